@@ -1,0 +1,145 @@
+"""The ``fedproof`` command line: one entry point for simulation, and later devnet, audit, deploy, server...
+
+Settings resolve once (CLI > pyproject ``[tool.flwr.app.config]`` > defaults) into a RunConfig that is
+written to the run's ``run.json``. Errors fedproof raises on purpose print as one line, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedproof.config import PARTITIONS, resolve
+from fedproof.errors import FedproofError
+from fedproof.rundir import RoundMetrics
+
+app = typer.Typer(
+    name="fedproof",
+    help="Federated training with differential privacy, encrypted aggregation and an auditable ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+@app.callback()
+def main() -> None:
+    """fedproof command line."""
+
+
+@app.command()
+def simulate(
+    clients: Annotated[Optional[int], typer.Option(help="Number of simulated clients.")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help="Federated rounds.")] = None,
+    fraction: Annotated[Optional[float], typer.Option(help="Fraction of clients trained per round.")] = None,
+    fraction_evaluate: Annotated[Optional[float], typer.Option(help="Fraction evaluating locally per round.")] = None,
+    partition: Annotated[Optional[str], typer.Option(help=f"Data split: {', '.join(PARTITIONS)}.")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Dirichlet concentration (smaller: more skew).")] = None,
+    classes_per_client: Annotated[Optional[int], typer.Option(help="Classes per client (pathological).")] = None,
+    local_epochs: Annotated[Optional[int], typer.Option(help="Local epochs per round.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Local mini-batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Local SGD learning rate.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for partitioning, initialisation, shuffling.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset directory (default: search).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Parent directory of run directories.")] = None,
+    run_id: Annotated[Optional[str], typer.Option(help="Run directory name (default: timestamped).")] = None,
+    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs Ray may use (default: all); one per client.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Run a federation on this machine with Flower's simulation engine."""
+    from fedproof.rundir import new_run_id
+    from fedproof.simulation import simulate as run
+
+    try:
+        config = resolve(
+            dict(
+                clients=clients,
+                rounds=rounds,
+                fraction_train=fraction,
+                fraction_evaluate=fraction_evaluate,
+                partition=partition,
+                alpha=alpha,
+                classes_per_client=classes_per_client,
+                local_epochs=local_epochs,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+                data_dir=str(data_dir) if data_dir else None,
+                run_dir=str(run_dir) if run_dir else None,
+                run_id=run_id,
+            )
+        )
+        if not config.run_id:
+            config = config.with_overrides(run_id=new_run_id())
+        console.print(
+            f"[bold]fedproof simulate[/]: {config.clients} clients, {config.rounds} rounds, "
+            f"{config.partition} partitions"
+            + (f" (alpha={config.alpha})" if config.partition == "dirichlet" else "")
+            + f", run [cyan]{config.run_id}[/]"
+        )
+        started = time.monotonic()
+        with _RoundProgress(config.rounds) as progress:
+            result = run(config, observer=progress.update, num_cpus=num_cpus, ray_address=ray_address, verbose=verbose)
+        wall = time.monotonic() - started
+    except FedproofError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    _summary(result.rounds, result.run_dir, wall)
+
+
+class _RoundProgress:
+    """A rich progress bar over rounds that shows the latest accuracy and loss."""
+
+    def __init__(self, rounds: int) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task = self.progress.add_task("rounds", total=rounds, status="waiting for the first round...")
+
+    def __enter__(self) -> _RoundProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, row: RoundMetrics) -> None:
+        status = f"accuracy {row.accuracy:.4f}  loss {row.loss:.4f}  ({row.seconds:.1f} s)"
+        self.progress.update(self.task, completed=row.round, status=status)
+
+
+def _summary(rows: list[RoundMetrics], run_dir: Path, wall: float) -> None:
+    table = Table(title="Rounds")
+    for column in ("round", "accuracy", "loss", "train loss", "client val acc", "clients", "seconds"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r.round),
+            f"{r.accuracy:.4f}",
+            f"{r.loss:.4f}",
+            "-" if r.train_loss is None else f"{r.train_loss:.4f}",
+            "-" if r.val_accuracy is None else f"{r.val_accuracy:.4f}",
+            str(r.train_clients),
+            f"{r.seconds:.1f}",
+        )
+    console.print(table)
+    final = rows[-1].accuracy if rows else float("nan")
+    console.print(f"final test accuracy [bold green]{final:.4f}[/], wall time [bold]{wall:.1f} s[/]")
+    console.print(f"artifacts in [cyan]{run_dir}[/]: run.json, metrics.jsonl, model.safetensors, accuracy.png")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,44 @@
+"""One client's share of the data: its partition of the training set, split into train and validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedproof.config import RunConfig
+from fedproof.data import load_dataset
+from fedproof.errors import ConfigError
+from fedproof.partition import PartitionSpec, partition_indices, train_val_split
+
+
+@dataclass(frozen=True)
+class ClientData:
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    num_classes: int
+
+
+def load_client_data(config: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
+    """The data of simulated client ``partition_id`` of ``num_partitions`` under ``config``'s scheme."""
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    dataset = load_dataset(config.data_dir or None)
+    spec = PartitionSpec(
+        scheme=config.partition,
+        num_partitions=num_partitions,
+        seed=config.seed,
+        alpha=config.alpha,
+        classes_per_partition=config.classes_per_client,
+    )
+    indices = partition_indices(dataset.train_y, spec)[partition_id]
+    train, val = train_val_split(indices, config.val_fraction, seed=config.seed + partition_id)
+    return ClientData(
+        train_x=dataset.train_x[train],
+        train_y=dataset.train_y[train],
+        val_x=dataset.train_x[val],
+        val_y=dataset.train_y[val],
+        num_classes=dataset.num_classes,
+    )

@@ -1,0 +1,139 @@
+"""One dataclass holds every setting of a run, resolved once: CLI > pyproject ``[tool.flwr.app.config]`` > defaults.
+
+Flower passes settings as a flat mapping of kebab-case keys (``context.run_config``, a ``ConfigRecord``);
+:meth:`RunConfig.from_mapping` and :meth:`RunConfig.to_mapping` translate between that and the dataclass,
+refusing unknown keys and wrong types so that a typo fails loudly instead of silently using a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedproof.errors import ConfigError
+
+PARTITIONS = ("iid", "dirichlet", "pathological")
+Scalar = int | float | str | bool
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one federated run. Field ``foo_bar`` is key ``foo-bar`` in Flower's run config."""
+
+    clients: int = 10
+    """Number of simulated clients (SuperNodes); also the number of data partitions."""
+    rounds: int = 5
+    fraction_train: float = 1.0
+    """Fraction of connected clients sampled for training each round."""
+    fraction_evaluate: float = 1.0
+    """Fraction sampled for evaluation on their local validation split (0 disables it)."""
+    partition: str = "dirichlet"
+    """How training data is split among clients: iid, dirichlet or pathological."""
+    alpha: float = 0.5
+    """Dirichlet concentration: smaller is more skewed."""
+    classes_per_client: int = 2
+    """Classes each client holds under pathological partitioning."""
+    local_epochs: int = 2
+    batch_size: int = 64
+    lr: float = 0.03
+    momentum: float = 0.9
+    val_fraction: float = 0.1
+    """Share of each client's partition held out as its local validation split."""
+    seed: int = 42
+    """Seeds partitioning, model initialisation and client sampling order of batches."""
+    data_dir: str = ""
+    """Where the dataset lives; empty searches the default places (see fedproof.data)."""
+    run_dir: str = "runs"
+    """Parent directory of run directories."""
+    run_id: str = ""
+    """Name of this run's directory under run_dir; empty picks a timestamped one."""
+    round_timeout: float = 3600.0
+    """Seconds the server waits for replies in each phase of a round."""
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (self.clients >= 1, "clients must be at least 1"),
+            (self.rounds >= 1, "rounds must be at least 1"),
+            (0.0 < self.fraction_train <= 1.0, "fraction-train must be in (0, 1]"),
+            (0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate must be in [0, 1]"),
+            (self.partition in PARTITIONS, f"partition must be one of {', '.join(PARTITIONS)}"),
+            (self.alpha > 0 and math.isfinite(self.alpha), "alpha must be a positive number"),
+            (self.classes_per_client >= 1, "classes-per-client must be at least 1"),
+            (self.local_epochs >= 1, "local-epochs must be at least 1"),
+            (self.batch_size >= 1, "batch-size must be at least 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
+            (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
+            (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
+            (self.seed >= 0, "seed must be non-negative"),
+            (self.round_timeout > 0, "round-timeout must be positive"),
+            ("/" not in self.run_id and self.run_id not in (".", ".."), "run-id must be a plain name"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ConfigError("invalid run configuration: " + "; ".join(problems))
+
+    # ----------------------------------------------------------------------------- Flower's flat mapping
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(_key(f.name) for f in fields(cls))
+
+    def to_mapping(self) -> dict[str, Scalar]:
+        return {_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], base: RunConfig | None = None) -> RunConfig:
+        """Build a config from kebab-case keys over ``base`` (defaults if None), checking keys and types."""
+        types = {_key(f.name): (f.name, f.type) for f in fields(cls)}
+        unknown = sorted(set(mapping) - set(types))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(types)}")
+        changes = {types[key][0]: _coerce(key, value, types[key][1]) for key, value in mapping.items()}
+        return dataclasses.replace(base or cls(), **changes)
+
+    def with_overrides(self, **overrides: Any) -> RunConfig:
+        """Apply the non-None keyword overrides (field names), as the CLI passes them."""
+        given = {_key(name): value for name, value in overrides.items() if value is not None}
+        return RunConfig.from_mapping(given, base=self)
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Scalar:
+    kind = {"int": int, "float": float, "str": str, "bool": bool}[str(annotation)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if type(value) is not kind:
+        raise ConfigError(f"setting {key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def pyproject_overrides(app_dir: Path) -> dict[str, Any]:
+    """The ``[tool.flwr.app.config]`` of fedproof's own ``app_dir/pyproject.toml``, or {}.
+
+    Another project's pyproject (a different ``[project].name``) is ignored: its keys are not ours.
+    """
+    path = app_dir / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    if doc.get("project", {}).get("name") != "fedproof":
+        return {}
+    return dict(doc.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+
+
+def resolve(cli: Mapping[str, Any] | None = None, app_dir: Path | None = None) -> RunConfig:
+    """Resolve a run's settings once: CLI (field names, None = not given) > pyproject > defaults."""
+    base = RunConfig.from_mapping(pyproject_overrides(app_dir or Path.cwd()))
+    return base.with_overrides(**(cli or {}))

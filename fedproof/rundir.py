@@ -1,0 +1,100 @@
+"""A run's directory: ``run.json`` (resolved config), ``metrics.jsonl`` (a row per round),
+``model.safetensors`` (the final global model) and ``accuracy.png``.
+
+Everything here is plain JSON or safetensors, so a run can be inspected or audited without unpickling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedproof.config import RunConfig
+
+RUN_JSON, METRICS_JSONL, MODEL_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "model.safetensors", "accuracy.png"
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """What one round produced, as written to ``metrics.jsonl``."""
+
+    round: int
+    accuracy: float
+    """Global model's accuracy on the central test set after this round."""
+    loss: float
+    seconds: float
+    """Wall time of the round: training, client evaluation and central evaluation."""
+    train_loss: float | None = None
+    val_accuracy: float | None = None
+    """Example-weighted accuracy on the clients' local validation splits."""
+    val_loss: float | None = None
+    train_clients: int = 0
+    evaluate_clients: int = 0
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+class RunDirectory:
+    """Reads and writes the files of one run directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, config: RunConfig) -> tuple[RunDirectory, RunConfig]:
+        """Create ``run_dir/run_id`` (choosing a run id if none is set) and write ``run.json``."""
+        if not config.run_id:
+            config = config.with_overrides(run_id=new_run_id())
+        path = Path(config.run_dir).expanduser().resolve() / config.run_id
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        (path / METRICS_JSONL).unlink(missing_ok=True)
+        run._write_json(RUN_JSON, {"config": config.to_mapping(), "started": time.time()})
+        return run, config
+
+    def _write_json(self, name: str, payload: dict[str, Any]) -> None:
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+        os.replace(tmp, self.path / name)
+
+    def config(self) -> RunConfig:
+        return RunConfig.from_mapping(json.loads((self.path / RUN_JSON).read_text())["config"])
+
+    def append_metrics(self, row: RoundMetrics) -> None:
+        with open(self.path / METRICS_JSONL, "a") as fh:
+            fh.write(json.dumps(asdict(row)) + "\n")
+
+    def metrics(self) -> list[RoundMetrics]:
+        path = self.path / METRICS_JSONL
+        if not path.exists():
+            return []
+        return [RoundMetrics(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+    def save_model(self, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+        path = self.path / MODEL_FILE
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+        return path
+
+    def load_model(self) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path / MODEL_FILE))
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Record how the run ended in ``run.json`` and draw the plot."""
+        from fedproof.plot import plot_metrics
+
+        doc = json.loads((self.path / RUN_JSON).read_text())
+        doc.update(finished=time.time(), summary=summary)
+        self._write_json(RUN_JSON, doc)
+        plot_metrics(self.metrics(), self.path / PLOT_FILE)

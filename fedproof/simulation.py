@@ -1,0 +1,58 @@
+"""Run a federation on one machine with Flower's simulation engine (Ray backend).
+
+The ServerApp runs in this process (so the CLI sees rounds as they finish); each simulated client's
+ClientApp runs in a Ray actor. ``num_cpus`` bounds how many run at once (one CPU each); ``ray_address``
+joins an existing Ray cluster instead of starting a local one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from fedproof.config import RunConfig
+from fedproof.data import load_dataset
+from fl_client.client_app import app as client_app
+from fl_server.federation import FederationResult
+from fl_server.recorder import RoundObserver
+from fl_server.server_app import build_server_app
+
+
+def backend_config(num_cpus: int | None = None, ray_address: str | None = None) -> dict:
+    init_args: dict = {"address": ray_address} if ray_address else {"num_cpus": num_cpus or os.cpu_count() or 1}
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
+
+
+def simulate(
+    config: RunConfig,
+    observer: RoundObserver | None = None,
+    num_cpus: int | None = None,
+    ray_address: str | None = None,
+    verbose: bool = False,
+) -> FederationResult:
+    """Run ``config`` in simulation and return the server's result."""
+    from flwr.simulation import run_simulation
+
+    load_dataset(config.data_dir or None)  # fail fast, before Ray starts, if the data is missing
+    results: list[FederationResult] = []
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(
+                server_app=build_server_app(config, observer, results),
+                client_app=client_app,
+                num_supernodes=config.clients,
+                backend_name="ray",
+                backend_config=backend_config(num_cpus, ray_address),
+                verbose_logging=verbose,
+            )
+    finally:
+        flwr_logger.setLevel(level)
+    if not results:
+        raise RuntimeError("the simulation ended without a result; rerun with --verbose to see Flower's log")
+    return results[0]

@@ -1,0 +1,21 @@
+"""Central evaluation of the global model on the held-out test set, on the server."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord
+
+from fedproof.data import Dataset
+from fedproof.model import make_model
+from fedproof.task import evaluate
+
+
+class CentralEvaluator:
+    """Evaluates global weights on ``dataset``'s test split; returns (loss, accuracy)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.model = make_model(dataset.num_classes)
+
+    def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        return evaluate(self.model, self.dataset.test_x, self.dataset.test_y)

@@ -1,0 +1,69 @@
+"""The server's side of a run: FedAvg over the connected clients, central evaluation, run artifacts."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedproof.config import RunConfig
+from fedproof.data import load_dataset
+from fedproof.model import make_model
+from fedproof.rundir import RoundMetrics, RunDirectory
+from fl_server.evaluation import CentralEvaluator
+from fl_server.recorder import RoundObserver, RoundRecorder
+
+
+@dataclass(frozen=True)
+class FederationResult:
+    config: RunConfig
+    run_dir: Path
+    rounds: list[RoundMetrics]
+    seconds: float
+
+
+def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None = None) -> FederationResult:
+    """Run ``config.rounds`` rounds of FedAvg on ``grid`` and write the run directory."""
+    started = time.monotonic()
+    run_dir, config = RunDirectory.create(config)
+    random.seed(config.seed)  # Flower samples clients with the global `random`
+    dataset = load_dataset(config.data_dir or None)
+    recorder = RoundRecorder(run_dir, CentralEvaluator(dataset), observer)
+    strategy = FedAvg(
+        fraction_train=config.fraction_train,
+        fraction_evaluate=config.fraction_evaluate,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=config.clients,
+        train_metrics_aggr_fn=recorder.aggregate_train_metrics,
+        evaluate_metrics_aggr_fn=recorder.aggregate_evaluate_metrics,
+    )
+    # Clients get the run's settings with every message: the server is the single source of truth,
+    # and it works the same under `flwr run` and `fedproof simulate`.
+    settings = ConfigRecord(config.to_mapping())
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(make_model(dataset.num_classes, seed=config.seed).state_dict()),
+        num_rounds=config.rounds,
+        timeout=config.round_timeout,
+        train_config=settings,
+        evaluate_config=ConfigRecord(config.to_mapping()),
+        evaluate_fn=recorder.evaluate,
+    )
+    run_dir.save_model(result.arrays.to_torch_state_dict(), metadata={"run_id": config.run_id, "round": str(config.rounds)})
+    seconds = time.monotonic() - started
+    final = recorder.rows[-1] if recorder.rows else None
+    run_dir.finish(
+        {
+            "rounds_completed": len(recorder.rows),
+            "final_accuracy": final.accuracy if final else None,
+            "final_loss": final.loss if final else None,
+            "wall_seconds": seconds,
+        }
+    )
+    return FederationResult(config=config, run_dir=run_dir.path, rounds=recorder.rows, seconds=seconds)

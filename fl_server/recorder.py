@@ -1,0 +1,79 @@
+"""Turns each round's results into a metrics row: central evaluation, plus the clients' aggregated metrics.
+
+It plugs into FedAvg through its documented hooks (``train_metrics_aggr_fn``, ``evaluate_metrics_aggr_fn``,
+``evaluate_fn``) rather than subclassing, so it composes with any strategy that later issues add.
+FedAvg calls them in this order each round: train aggregation, client-evaluate aggregation, then
+``evaluate_fn``, so the row is complete when ``evaluate_fn`` runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from fedproof.rundir import RoundMetrics, RunDirectory
+
+
+class RoundObserver(Protocol):
+    def __call__(self, row: RoundMetrics) -> None: ...
+
+
+#: Evaluates global weights, returning (loss, accuracy).
+Evaluator = Callable[[ArrayRecord], tuple[float, float]]
+
+
+class RoundRecorder:
+    def __init__(self, run_dir: RunDirectory, evaluator: Evaluator, observer: RoundObserver | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.run_dir = run_dir
+        self.evaluator = evaluator
+        self.observer = observer
+        self.clock = clock
+        self.rows: list[RoundMetrics] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._train: MetricRecord | None = None
+        self._eval: MetricRecord | None = None
+        self._train_clients = self._eval_clients = 0
+
+    def aggregate_train_metrics(self, replies: list[RecordDict], weight_key: str) -> MetricRecord:
+        self._train, self._train_clients = aggregate_metricrecords(replies, weight_key), len(replies)
+        return self._train
+
+    def aggregate_evaluate_metrics(self, replies: list[RecordDict], weight_key: str) -> MetricRecord:
+        self._eval, self._eval_clients = aggregate_metricrecords(replies, weight_key), len(replies)
+        return self._eval
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        loss, accuracy = self.evaluator(arrays)
+        now = self.clock()
+        if server_round > 0:
+            row = RoundMetrics(
+                round=server_round,
+                accuracy=accuracy,
+                loss=loss,
+                seconds=now - self._round_start,
+                train_loss=_get(self._train, "train_loss"),
+                val_accuracy=_get(self._eval, "val_accuracy"),
+                val_loss=_get(self._eval, "val_loss"),
+                train_clients=self._train_clients,
+                evaluate_clients=self._eval_clients,
+            )
+            self.rows.append(row)
+            self.run_dir.append_metrics(row)
+            if self.observer is not None:
+                self.observer(row)
+        self._reset()
+        self._round_start = now
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+
+def _get(record: MetricRecord | None, key: str) -> float | None:
+    if record is None or key not in record:
+        return None
+    return float(record[key])  # type: ignore[arg-type]
