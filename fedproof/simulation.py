@@ -19,9 +19,18 @@ from fl_server.recorder import RoundObserver
 from fl_server.server_app import build_server_app
 
 
-def backend_config(num_cpus: int | None = None, ray_address: str | None = None) -> dict:
+def backend_config(num_cpus: int | None = None, ray_address: str | None = None, verbose: bool = False) -> dict:
     init_args: dict = {"address": ray_address} if ray_address else {"num_cpus": num_cpus or os.cpu_count() or 1}
+    init_args["log_to_driver"] = verbose  # client errors come back as Flower error replies anyway
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
+
+
+class _DropDeprecationNotice(logging.Filter):
+    """``run_simulation`` logs a deprecation notice pointing at ``flwr run``; fedproof uses it on purpose
+    (it keeps the ServerApp in this process, so the CLI sees rounds live) and supports ``flwr run`` too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation` function is deprecated" not in record.getMessage()
 
 
 def simulate(
@@ -36,8 +45,10 @@ def simulate(
 
     load_dataset(config.data_dir or None)  # fail fast, before Ray starts, if the data is missing
     results: list[FederationResult] = []
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
+    level, notice_filter = flwr_logger.level, _DropDeprecationNotice()
+    flwr_logger.addFilter(notice_filter)
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
     try:
@@ -48,11 +59,12 @@ def simulate(
                 client_app=client_app,
                 num_supernodes=config.clients,
                 backend_name="ray",
-                backend_config=backend_config(num_cpus, ray_address),
+                backend_config=backend_config(num_cpus, ray_address, verbose),
                 verbose_logging=verbose,
             )
     finally:
         flwr_logger.setLevel(level)
+        flwr_logger.removeFilter(notice_filter)
     if not results:
         raise RuntimeError("the simulation ended without a result; rerun with --verbose to see Flower's log")
     return results[0]

@@ -1,0 +1,45 @@
+# fedproof: `make demo` runs the end-to-end demo, `make test` the test suite; both set up first.
+# Set-up is idempotent: the venv is reinstalled only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fedproof-setup
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+
+.PHONY: setup demo test bench data clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# torch first, pinned: this machine has its CPU build on disk; an open range would pull a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+# Debian's dataset-fashion-mnist, when apt is there and the data is not found anywhere fedproof looks.
+data: $(STAMP)
+	@if $(BIN)/python -c "import fedproof.data as d; d.locate()" 2>/dev/null; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+	  echo "Fashion-MNIST not found and apt-get is unavailable: see README (Data) to fetch it by hand."; \
+	fi
+
+demo: setup
+	$(BIN)/fedproof simulate
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/simulation.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

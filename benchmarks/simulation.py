@@ -1,0 +1,144 @@
+"""Simulation cost: `fedproof simulate` (Flower simulation engine on Ray) against an in-process FedAvg loop.
+
+For each client count, both run the same rounds of FedAvg on the same partitions of the real Fashion-MNIST,
+with the same local training code; the baseline is a plain Python loop in one process (no Flower, no Ray,
+clients one after another, torch using all cores). The ratio column says what the framework costs on top.
+Peak RSS is the sum over the whole process tree (driver, Ray's raylet/GCS, client actors), sampled.
+
+    python benchmarks/simulation.py [--clients 10 100] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and all its descendants, read from /proc."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            parents[int(entry)] = int(fields[1])
+            rss[int(entry)] = int(fields[21]) * PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+    members, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in members:
+                members.add(pid)
+                frontier.append(pid)
+    return sum(rss.get(pid, 0) for pid in members)
+
+
+def measure(cmd: list[str]) -> tuple[float, int, subprocess.CompletedProcess[str]]:
+    """Run ``cmd``, returning wall seconds, peak RSS of its process tree and the finished process."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_rss(proc.pid))
+            stop.wait(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    return time.monotonic() - started, peak, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+BASELINE = """
+import json, sys, time, torch
+from fedproof.config import RunConfig
+from fedproof.client_data import load_client_data
+from fedproof.data import load_dataset
+from fedproof.model import make_model
+from fedproof.task import evaluate
+from fl_client.training import TrainSettings, train_local
+
+config = RunConfig.from_mapping(json.loads(sys.argv[1]))
+data = load_dataset(config.data_dir or None)
+clients = [load_client_data(config, i, config.clients) for i in range(config.clients)]
+global_model = make_model(data.num_classes, seed=config.seed)
+rounds = []
+for rnd in range(1, config.rounds + 1):
+    t = time.monotonic()
+    states, weights = [], []
+    for pid, c in enumerate(clients):
+        model = make_model(data.num_classes)
+        model.load_state_dict(global_model.state_dict())
+        s = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum, rnd * 1009 + pid)
+        weights.append(train_local(model, c.train_x, c.train_y, s).num_examples)
+        states.append(model.state_dict())
+    total = sum(weights)
+    global_model.load_state_dict({k: sum(sd[k] * w for sd, w in zip(states, weights)) / total for k in states[0]})
+    for c in clients:  # the same local evaluation the federated run does
+        evaluate(global_model, c.val_x, c.val_y)
+    loss, acc = evaluate(global_model, data.test_x, data.test_y)
+    rounds.append({"seconds": time.monotonic() - t, "accuracy": acc})
+print(json.dumps(rounds))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for clients in args.clients:
+            settings = {"clients": clients, "rounds": args.rounds, "run-dir": tmp, "run-id": f"bench-{clients}"}
+            wall, rss, proc = measure(
+                [sys.executable, "-m", "fedproof.cli", "simulate", "--clients", str(clients), "--rounds",
+                 str(args.rounds), "--run-dir", tmp, "--run-id", f"bench-{clients}"]
+            )
+            if proc.returncode != 0:
+                sys.exit(f"fedproof simulate failed:\n{proc.stdout}\n{proc.stderr}")
+            metrics = [json.loads(line) for line in (Path(tmp) / f"bench-{clients}" / "metrics.jsonl").read_text().splitlines()]
+            b_wall, b_rss, b_proc = measure([sys.executable, "-c", BASELINE, json.dumps(settings)])
+            if b_proc.returncode != 0:
+                sys.exit(f"baseline failed:\n{b_proc.stderr}")
+            baseline = json.loads(b_proc.stdout.strip().splitlines()[-1])
+            sim_round = sum(m["seconds"] for m in metrics[1:]) / max(len(metrics) - 1, 1)  # round 1 pays start-up
+            base_round = sum(m["seconds"] for m in baseline[1:]) / max(len(baseline) - 1, 1)
+            rows.append(
+                (clients, args.rounds, wall, b_wall, sim_round, base_round, rss, b_rss,
+                 metrics[-1]["accuracy"], baseline[-1]["accuracy"])
+            )
+            print(f"done: {clients} clients", file=sys.stderr, flush=True)
+
+    print(f"\nFedAvg on Fashion-MNIST, Dirichlet(0.5), {args.rounds} rounds, {os.cpu_count()} cores; "
+          "baseline = in-process FedAvg loop (no Flower, no Ray)\n")
+    header = ("clients", "rounds", "wall s", "s/round (rounds 2+)", "x baseline", "peak RSS MB", "x baseline",
+              "final acc", "baseline acc")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for c, r, wall, b_wall, sr, br, rss, b_rss, acc, b_acc in rows:
+        print(f"| {c} | {r} | {wall:.0f} | {sr:.1f} | {sr / br:.2f} | {rss / 2**20:.0f} | {rss / b_rss:.2f} | "
+              f"{acc:.4f} | {b_acc:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
