@@ -54,6 +54,8 @@ class RunConfig:
     """Name of this run's directory under run_dir; empty picks a timestamped one."""
     round_timeout: float = 3600.0
     """Seconds the server waits for replies in each phase of a round."""
+    connect_timeout: float = 300.0
+    """Seconds the server waits, before the first round, for ``clients`` clients to connect."""
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -71,6 +73,7 @@ class RunConfig:
             (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
             (self.seed >= 0, "seed must be non-negative"),
             (self.round_timeout > 0, "round-timeout must be positive"),
+            (self.connect_timeout >= 0, "connect-timeout must be non-negative"),
             ("/" not in self.run_id and self.run_id not in (".", ".."), "run-id must be a plain name"),
         ]
         problems = [message for ok, message in checks if not ok]

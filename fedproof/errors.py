@@ -30,3 +30,7 @@ class DataIntegrityError(DataError):
 
 class PartitionError(DataError):
     """A partitioning would not assign every training sample to exactly one client."""
+
+
+class ClientsUnavailableError(FedproofError):
+    """Fewer clients connected than the run expects, within the time allowed."""

@@ -13,6 +13,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedproof.config import RunConfig
 from fedproof.data import load_dataset
+from fedproof.errors import ClientsUnavailableError
 from fedproof.model import make_model
 from fedproof.rundir import RoundMetrics, RunDirectory
 from fl_server.evaluation import CentralEvaluator
@@ -30,6 +31,7 @@ class FederationResult:
 def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None = None) -> FederationResult:
     """Run ``config.rounds`` rounds of FedAvg on ``grid`` and write the run directory."""
     started = time.monotonic()
+    wait_for_clients(grid, config.clients, config.connect_timeout)
     run_dir, config = RunDirectory.create(config)
     random.seed(config.seed)  # Flower samples clients with the global `random`
     dataset = load_dataset(config.data_dir or None)
@@ -67,3 +69,22 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         }
     )
     return FederationResult(config=config, run_dir=run_dir.path, rounds=recorder.rows, seconds=seconds)
+
+
+def wait_for_clients(
+    grid: Grid, expected: int, timeout: float, clock=time.monotonic, sleep=time.sleep, poll: float = 0.5
+) -> None:
+    """Return once ``expected`` clients are connected; raise a clear error after ``timeout`` seconds.
+
+    FedAvg would wait for them forever; a mismatch between ``clients`` and the SuperNodes actually
+    started (Flower's simulation defaults to 2) should fail the run with a message instead.
+    """
+    deadline = clock() + timeout
+    while (connected := len(list(grid.get_node_ids()))) < expected:
+        if clock() >= deadline:
+            raise ClientsUnavailableError(
+                f"only {connected} of the {expected} expected clients connected within {timeout:g} s. "
+                f"Start more SuperNodes (simulation: --federation-config 'num-supernodes={expected}'), "
+                f"or run with clients={connected}."
+            )
+        sleep(poll)

@@ -53,3 +53,4 @@ def test_other_projects_pyproject_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "other"\n[tool.flwr.app.config]\nfoo = 1\n')
     assert pyproject_overrides(tmp_path) == {}
     assert resolve({}, app_dir=tmp_path) == RunConfig()
+
