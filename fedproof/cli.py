@@ -18,6 +18,7 @@ from rich.table import Table
 from fedproof.config import PARTITIONS, resolve
 from fedproof.errors import FedproofError
 from fedproof.rundir import RoundMetrics
+from privacy.errors import PrivacyError
 
 app = typer.Typer(
     name="fedproof",
@@ -47,6 +48,13 @@ def simulate(
     batch_size: Annotated[Optional[int], typer.Option(help="Local mini-batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Local SGD learning rate.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for partitioning, initialisation, shuffling.")] = None,
+    dp: Annotated[Optional[bool], typer.Option("--dp/--no-dp", help="DP-SGD on every client (default: on).")] = None,
+    target_epsilon: Annotated[Optional[float], typer.Option(help="Each client's epsilon budget for the run.")] = None,
+    delta: Annotated[Optional[float], typer.Option(help="DP delta (must be below 1/samples per client).")] = None,
+    noise_multiplier: Annotated[
+        Optional[float], typer.Option(help="Fixed DP noise (default 0: calibrate from the target epsilon).")
+    ] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="DP-SGD per-sample clipping bound.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset directory (default: search).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Parent directory of run directories.")] = None,
     run_id: Annotated[Optional[str], typer.Option(help="Run directory name (default: timestamped).")] = None,
@@ -72,6 +80,11 @@ def simulate(
                 batch_size=batch_size,
                 lr=lr,
                 seed=seed,
+                dp=dp,
+                target_epsilon=target_epsilon,
+                delta=delta,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
                 data_dir=str(data_dir) if data_dir else None,
                 run_dir=str(run_dir) if run_dir else None,
                 run_id=run_id,
@@ -83,16 +96,21 @@ def simulate(
             f"[bold]fedproof simulate[/]: {config.clients} clients, {config.rounds} rounds, "
             f"{config.partition} partitions"
             + (f" (alpha={config.alpha})" if config.partition == "dirichlet" else "")
+            + (f", DP-SGD with epsilon <= {config.target_epsilon:g}, delta {config.delta:g}" if config.dp else ", no DP")
             + f", run [cyan]{config.run_id}[/]"
         )
         started = time.monotonic()
         with _RoundProgress(config.rounds) as progress:
             result = run(config, observer=progress.update, num_cpus=num_cpus, ray_address=ray_address, verbose=verbose)
         wall = time.monotonic() - started
-    except FedproofError as exc:
+    except (FedproofError, PrivacyError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
     _summary(result.rounds, result.run_dir, wall)
+    if result.epsilon_by_client:
+        _privacy_summary(result.epsilon_by_client, config.target_epsilon)
+    if result.stopped:
+        console.print(f"[yellow]run ended early:[/] {result.stopped}")
 
 
 class _RoundProgress:
@@ -123,10 +141,12 @@ class _RoundProgress:
 
 def _summary(rows: list[RoundMetrics], run_dir: Path, wall: float) -> None:
     table = Table(title="Rounds")
-    for column in ("round", "accuracy", "loss", "train loss", "client val acc", "clients", "seconds"):
+    dp = any(r.epsilon_max is not None for r in rows)
+    columns = ["round", "acc", "loss", "train loss", "val acc", "clients", "s"]
+    for column in columns + (["eps max", "declined"] if dp else []):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(
+        cells = [
             str(r.round),
             f"{r.accuracy:.4f}",
             f"{r.loss:.4f}",
@@ -134,11 +154,25 @@ def _summary(rows: list[RoundMetrics], run_dir: Path, wall: float) -> None:
             "-" if r.val_accuracy is None else f"{r.val_accuracy:.4f}",
             str(r.train_clients),
             f"{r.seconds:.1f}",
-        )
+        ]
+        if dp:
+            cells += ["-" if r.epsilon_max is None else f"{r.epsilon_max:.3f}", str(r.budget_exhausted)]
+        table.add_row(*cells)
     console.print(table)
     final = rows[-1].accuracy if rows else float("nan")
     console.print(f"final test accuracy [bold green]{final:.4f}[/], wall time [bold]{wall:.1f} s[/]")
     console.print(f"artifacts in [cyan]{run_dir}[/]: run.json, metrics.jsonl, model.safetensors, accuracy.png")
+
+
+def _privacy_summary(epsilons: dict[str, float], target: float) -> None:
+    table = Table(title="Privacy spent per client")
+    table.add_column("client", justify="right")
+    table.add_column("epsilon", justify="right")
+    table.add_column("budget", justify="right")
+    for client in sorted(epsilons, key=lambda c: (len(c), c)):
+        eps = epsilons[client]
+        table.add_row(client, f"{eps:.4f}", f"{target:g}" if target else "-")
+    console.print(table)
 
 
 if __name__ == "__main__":

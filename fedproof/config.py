@@ -13,9 +13,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedproof.errors import ConfigError
+
+if TYPE_CHECKING:
+    from privacy.dp import DPSettings
 
 PARTITIONS = ("iid", "dirichlet", "pathological")
 Scalar = int | float | str | bool
@@ -56,6 +59,18 @@ class RunConfig:
     """Seconds the server waits for replies in each phase of a round."""
     connect_timeout: float = 300.0
     """Seconds the server waits, before the first round, for ``clients`` clients to connect."""
+    dp: bool = True
+    """Train every client with DP-SGD (Opacus) under a privacy budget."""
+    target_epsilon: float = 3.0
+    """Each client's privacy budget over the whole run (0: no budget, needs a noise multiplier)."""
+    delta: float = 1e-5
+    noise_multiplier: float = 0.0
+    """Fixed DP noise; 0 calibrates it once from target-epsilon for the planned rounds."""
+    max_grad_norm: float = 1.0
+    """Per-sample gradient clipping bound of DP-SGD."""
+    grad_sample_mode: str = "ghost"
+    """How Opacus computes per-sample gradient norms: ghost, hooks or functorch (see benchmarks)."""
+    accountant: str = "prv"
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -79,6 +94,27 @@ class RunConfig:
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise ConfigError("invalid run configuration: " + "; ".join(problems))
+        if self.dp:
+            self.dp_settings()  # refuse bad DP settings now, before any training
+
+    def dp_settings(self) -> DPSettings | None:
+        """The clients' DP-SGD settings, or None when DP is off."""
+        if not self.dp:
+            return None
+        from privacy.dp import DPSettings  # imports opacus: only when DP is used
+        from privacy.errors import DPConfigError
+
+        try:
+            return DPSettings(
+                max_grad_norm=self.max_grad_norm,
+                delta=self.delta,
+                target_epsilon=self.target_epsilon or None,
+                noise_multiplier=self.noise_multiplier or None,
+                accountant=self.accountant,
+                grad_sample_mode=self.grad_sample_mode,
+            )
+        except DPConfigError as exc:
+            raise ConfigError(str(exc)) from exc
 
     # ----------------------------------------------------------------------------- Flower's flat mapping
     @classmethod

@@ -38,6 +38,11 @@ class RoundMetrics:
     val_loss: float | None = None
     train_clients: int = 0
     evaluate_clients: int = 0
+    epsilon_max: float | None = None
+    """Largest privacy spent by a client so far, among this round's replies (None without DP)."""
+    epsilon_mean: float | None = None
+    budget_exhausted: int = 0
+    """Clients that declined this round because their privacy budget is spent."""
 
 
 def new_run_id() -> str:

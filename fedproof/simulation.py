@@ -12,7 +12,9 @@ import os
 import warnings
 
 from fedproof.config import RunConfig
+from fedproof.client_data import load_client_data
 from fedproof.data import load_dataset
+from fedproof.model import make_model
 from fl_client.client_app import app as client_app
 from fl_server.federation import FederationResult
 from fl_server.recorder import RoundObserver
@@ -33,6 +35,19 @@ class _DropDeprecationNotice(logging.Filter):
         return "run_simulation` function is deprecated" not in record.getMessage()
 
 
+def preflight(config: RunConfig) -> None:
+    """Refuse, before Ray starts, a run that cannot work: missing data, or DP settings that no client
+    could honour (delta not below 1/n for the smallest client, a model Opacus rejects)."""
+    dataset = load_dataset(config.data_dir or None)
+    dp = config.dp_settings()
+    if dp is not None:
+        from privacy.dp import validate_model
+
+        validate_model(make_model(dataset.num_classes))
+        smallest = min(len(load_client_data(config, i, config.clients).train_y) for i in range(config.clients))
+        dp.check_dataset(smallest)
+
+
 def simulate(
     config: RunConfig,
     observer: RoundObserver | None = None,
@@ -43,7 +58,7 @@ def simulate(
     """Run ``config`` in simulation and return the server's result."""
     from flwr.simulation import run_simulation
 
-    load_dataset(config.data_dir or None)  # fail fast, before Ray starts, if the data is missing
+    preflight(config)
     results: list[FederationResult] = []
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_logger = logging.getLogger("flwr")

@@ -14,9 +14,10 @@ from fedproof.client_data import ClientData, load_client_data
 from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
 from fedproof.model import make_model
+from fedproof.protocol import TRAINED, ClientReport
 from fedproof.task import evaluate
 from fl_client.state import ClientState
-from fl_client.training import TrainSettings, train_local
+from fl_client.training import train_round
 
 app = ClientApp()
 
@@ -43,20 +44,19 @@ def train(msg: Message, context: Context) -> Message:
     data, partition_id = _data(context, config)
     model = make_model(data.num_classes)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    settings = TrainSettings(
-        epochs=config.local_epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        momentum=config.momentum,
-        seed=config.seed * 1_000_003 + server_round * 1_009 + partition_id,
-    )
-    result = train_local(model, data.train_x, data.train_y, settings)
-    state = ClientState.load(context).after_training(server_round, result.num_examples)
-    state.save(context)
-    metrics = MetricRecord(
-        {"train_loss": result.loss, "num-examples": result.num_examples, "rounds-trained": state.rounds_trained}
-    )
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+    seed = config.seed * 1_000_003 + server_round * 1_009 + partition_id
+    outcome = train_round(model, data.train_x, data.train_y, config, ClientState.load(context), server_round, seed)
+    outcome.state.save(context)
+    report = ClientReport(str(partition_id), outcome.status, outcome.epsilon, outcome.reason)
+    content = RecordDict({"client": report.to_record()})
+    content["metrics"] = MetricRecord({"num-examples": outcome.num_examples})
+    if outcome.status == TRAINED:
+        content["arrays"] = ArrayRecord(model.state_dict())
+        content["metrics"] = MetricRecord(
+            {"train_loss": outcome.loss, "num-examples": outcome.num_examples,
+             "rounds-trained": outcome.state.rounds_trained}
+        )
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()

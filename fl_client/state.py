@@ -1,10 +1,16 @@
-"""What a client remembers between rounds, kept in Flower's ``Context.state`` (which outlives a message)."""
+"""What a client remembers between rounds, kept in Flower's ``Context.state`` (which outlives a message).
+
+Besides counters it holds the client's DP noise multiplier (calibrated once) and its privacy accountant
+history, so epsilon composes over every round the client trained in, in simulation and deployment alike.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from flwr.app import Context, MetricRecord
+
+from privacy.dp import PrivacySpend
 
 STATE_KEY = "fedproof.client"
 
@@ -14,21 +20,47 @@ class ClientState:
     rounds_trained: int = 0
     examples_seen: int = 0
     last_round: int = 0
+    noise_multiplier: float = 0.0
+    """DP noise this client trains with; 0 until it is set or calibrated in its first round."""
+    spend: PrivacySpend = field(default_factory=PrivacySpend)
 
     @classmethod
     def load(cls, context: Context) -> ClientState:
         record = context.state.metric_records.get(STATE_KEY)
         if record is None:
             return cls()
-        return cls(**{k: int(v) for k, v in record.items()})  # type: ignore[arg-type]
+        return cls(
+            rounds_trained=int(record["rounds-trained"]),  # type: ignore[arg-type]
+            examples_seen=int(record["examples-seen"]),  # type: ignore[arg-type]
+            last_round=int(record["last-round"]),  # type: ignore[arg-type]
+            noise_multiplier=float(record["noise-multiplier"]),  # type: ignore[arg-type]
+            spend=PrivacySpend.from_lists(
+                record["dp-noise"], record["dp-rate"], record["dp-steps"]  # type: ignore[arg-type]
+            ),
+        )
 
     def save(self, context: Context) -> None:
-        context.state[STATE_KEY] = MetricRecord(asdict(self))
+        history = self.spend.to_lists()
+        context.state[STATE_KEY] = MetricRecord(
+            {
+                "rounds-trained": self.rounds_trained,
+                "examples-seen": self.examples_seen,
+                "last-round": self.last_round,
+                "noise-multiplier": self.noise_multiplier,
+                "dp-noise": history["noise"],
+                "dp-rate": history["rate"],
+                "dp-steps": history["steps"],
+            }
+        )
 
-    def after_training(self, server_round: int, num_examples: int) -> ClientState:
+    def after_training(
+        self, server_round: int, num_examples: int, spend: PrivacySpend | None = None, noise: float = 0.0
+    ) -> ClientState:
         return replace(
             self,
             rounds_trained=self.rounds_trained + 1,
             examples_seen=self.examples_seen + num_examples,
             last_round=server_round,
+            noise_multiplier=noise or self.noise_multiplier,
+            spend=self.spend if spend is None else spend,
         )

@@ -1,4 +1,9 @@
-"""Local training of the global model on a client's partition: plain mini-batch SGD with momentum."""
+"""A client's round of local training: plain SGD, or DP-SGD under a privacy budget.
+
+One training loop serves both; with DP on, :func:`privacy.dp.make_private` swaps in Opacus' private
+optimizer, criterion and Poisson-sampled loader, and the round is refused up front if it would take the
+client past its epsilon budget.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +12,77 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
+from fedproof.config import RunConfig
+from fedproof.protocol import BUDGET_EXHAUSTED, TRAINED
 from fedproof.task import to_tensors
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    seed: int
-
+from fl_client.state import ClientState
+from privacy.dp import RoundPlan, calibrate_noise, check_budget, make_private
+from privacy.errors import BudgetExhausted
 
 @dataclass(frozen=True)
-class TrainResult:
+class RoundOutcome:
+    status: str
+    """TRAINED, or BUDGET_EXHAUSTED when the client declined to train."""
     loss: float
-    """Mean training loss over the last local epoch."""
+    """Mean training loss over the last local epoch (0 when declined)."""
     num_examples: int
+    epsilon: float | None
+    """Privacy spent so far (after this round), None without DP."""
+    state: ClientState
+    reason: str = ""
 
 
-def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, settings: TrainSettings) -> TrainResult:
-    """Train ``model`` in place for ``settings.epochs`` passes over the data, shuffled by ``settings.seed``."""
-    x, y = to_tensors(images, labels)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
-    generator = torch.Generator().manual_seed(settings.seed)
+def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, loader: DataLoader, epochs: int) -> float:
+    """Train for ``epochs`` passes over ``loader``; return the mean loss of the last one."""
     model.train()
     epoch_loss = 0.0
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(y), generator=generator)
-        total = 0.0
-        for start in range(0, len(y), settings.batch_size):
-            batch = order[start : start + settings.batch_size]
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for xb, yb in loader:
+            if len(yb) == 0:  # Poisson sampling can draw an empty batch
+                continue
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            loss = criterion(model(xb), yb)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(batch)
-        epoch_loss = total / max(len(y), 1)
-    return TrainResult(loss=epoch_loss, num_examples=len(y))
+            total += loss.item() * len(yb)
+            count += len(yb)
+        epoch_loss = total / max(count, 1)
+    return epoch_loss
+
+
+def train_round(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: RunConfig,
+    state: ClientState,
+    server_round: int,
+    seed: int,
+) -> RoundOutcome:
+    """One round of local training of ``model`` (in place) on the client's data, private if configured."""
+    n = len(labels)
+    x, y = to_tensors(images, labels)
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    dp = config.dp_settings()
+    if dp is None:
+        loss = run_epochs(model, optimizer, nn.CrossEntropyLoss(), loader, config.local_epochs)
+        return RoundOutcome(TRAINED, loss, n, None, state.after_training(server_round, n))
+
+    dp.check_dataset(n)
+    plan = RoundPlan.for_data(n, config.batch_size, config.local_epochs)
+    noise = state.noise_multiplier or dp.noise_multiplier or calibrate_noise(dp, plan, config.rounds)
+    try:
+        check_budget(state.spend, noise, plan, dp)
+    except BudgetExhausted as exc:
+        return RoundOutcome(BUDGET_EXHAUSTED, 0.0, 0, exc.spent, state, str(exc))
+    with make_private(model, optimizer, loader, dp, noise, seed=seed + 1) as private:
+        loss = run_epochs(model, private.optimizer, private.criterion, private.loader, config.local_epochs)
+        spend = private.spend(state.spend)
+    epsilon = spend.epsilon(dp.delta, dp.accountant)
+    return RoundOutcome(TRAINED, loss, n, epsilon, state.after_training(server_round, n, spend, noise))

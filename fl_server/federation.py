@@ -9,7 +9,6 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
 from fedproof.config import RunConfig
 from fedproof.data import load_dataset
@@ -18,6 +17,7 @@ from fedproof.model import make_model
 from fedproof.rundir import RoundMetrics, RunDirectory
 from fl_server.evaluation import CentralEvaluator
 from fl_server.recorder import RoundObserver, RoundRecorder
+from fl_server.strategy import AllBudgetsExhausted, BudgetAwareFedAvg
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class FederationResult:
     run_dir: Path
     rounds: list[RoundMetrics]
     seconds: float
+    epsilon_by_client: dict[str, float]
+    stopped: str = ""
+    """Why the run ended before its last round, if it did."""
 
 
 def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None = None) -> FederationResult:
@@ -36,7 +39,8 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     random.seed(config.seed)  # Flower samples clients with the global `random`
     dataset = load_dataset(config.data_dir or None)
     recorder = RoundRecorder(run_dir, CentralEvaluator(dataset), observer)
-    strategy = FedAvg(
+    strategy = BudgetAwareFedAvg(
+        on_train_replies=recorder.observe_train_replies,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=1,
@@ -48,27 +52,42 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     # Clients get the run's settings with every message: the server is the single source of truth,
     # and it works the same under `flwr run` and `fedproof simulate`.
     settings = ConfigRecord(config.to_mapping())
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(make_model(dataset.num_classes, seed=config.seed).state_dict()),
-        num_rounds=config.rounds,
-        timeout=config.round_timeout,
-        train_config=settings,
-        evaluate_config=ConfigRecord(config.to_mapping()),
-        evaluate_fn=recorder.evaluate,
-    )
-    run_dir.save_model(result.arrays.to_torch_state_dict(), metadata={"run_id": config.run_id, "round": str(config.rounds)})
+    initial = ArrayRecord(make_model(dataset.num_classes, seed=config.seed).state_dict())
+    stopped = ""
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=config.rounds,
+            timeout=config.round_timeout,
+            train_config=settings,
+            evaluate_config=settings,
+            evaluate_fn=recorder.evaluate,
+        )
+        final = result.arrays
+    except AllBudgetsExhausted as exc:
+        stopped, final = str(exc), recorder.last_arrays or initial
+    run_dir.save_model(final.to_torch_state_dict(), metadata={"run_id": config.run_id, "round": str(len(recorder.rows))})
     seconds = time.monotonic() - started
-    final = recorder.rows[-1] if recorder.rows else None
+    last = recorder.rows[-1] if recorder.rows else None
     run_dir.finish(
         {
             "rounds_completed": len(recorder.rows),
-            "final_accuracy": final.accuracy if final else None,
-            "final_loss": final.loss if final else None,
+            "final_accuracy": last.accuracy if last else None,
+            "final_loss": last.loss if last else None,
             "wall_seconds": seconds,
+            "epsilon_by_client": recorder.epsilon_by_client,
+            "stopped": stopped,
         }
     )
-    return FederationResult(config=config, run_dir=run_dir.path, rounds=recorder.rows, seconds=seconds)
+    return FederationResult(
+        config=config,
+        run_dir=run_dir.path,
+        rounds=recorder.rows,
+        seconds=seconds,
+        epsilon_by_client=recorder.epsilon_by_client,
+        stopped=stopped,
+    )
 
 
 def wait_for_clients(

@@ -15,6 +15,7 @@ from typing import Protocol
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from fedproof.protocol import BUDGET_EXHAUSTED, ClientReport
 from fedproof.rundir import RoundMetrics, RunDirectory
 
 
@@ -34,12 +35,27 @@ class RoundRecorder:
         self.observer = observer
         self.clock = clock
         self.rows: list[RoundMetrics] = []
+        self.epsilon_by_client: dict[str, float] = {}
+        """Latest privacy spent reported by each client."""
+        self.last_arrays: ArrayRecord | None = None
         self._reset()
 
     def _reset(self) -> None:
         self._train: MetricRecord | None = None
         self._eval: MetricRecord | None = None
-        self._train_clients = self._eval_clients = 0
+        self._train_clients = self._eval_clients = self._exhausted = 0
+        self._epsilons: list[float] = []
+
+    def observe_train_replies(self, server_round: int, replies: list[RecordDict]) -> None:
+        """Every answered train reply, declined ones included: privacy spent and budget statuses."""
+        for content in replies:
+            report = ClientReport.from_reply(content)
+            if report is None:
+                continue
+            self._exhausted += report.status == BUDGET_EXHAUSTED
+            if report.epsilon is not None:
+                self._epsilons.append(report.epsilon)
+                self.epsilon_by_client[report.client_id] = report.epsilon
 
     def aggregate_train_metrics(self, replies: list[RecordDict], weight_key: str) -> MetricRecord:
         self._train, self._train_clients = aggregate_metricrecords(replies, weight_key), len(replies)
@@ -51,6 +67,7 @@ class RoundRecorder:
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         loss, accuracy = self.evaluator(arrays)
+        self.last_arrays = arrays
         now = self.clock()
         if server_round > 0:
             row = RoundMetrics(
@@ -63,6 +80,9 @@ class RoundRecorder:
                 val_loss=_get(self._eval, "val_loss"),
                 train_clients=self._train_clients,
                 evaluate_clients=self._eval_clients,
+                epsilon_max=max(self._epsilons) if self._epsilons else None,
+                epsilon_mean=sum(self._epsilons) / len(self._epsilons) if self._epsilons else None,
+                budget_exhausted=self._exhausted,
             )
             self.rows.append(row)
             self.run_dir.append_metrics(row)

@@ -19,7 +19,7 @@ FEDPROOF = [sys.executable, "-m", "fedproof.cli"]
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FEDPROOF_DATA_DIR": ""}
+    env = {**os.environ, "FEDPROOF_DATA_DIR": "", "COLUMNS": "200"}
     return subprocess.run([*FEDPROOF, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -28,7 +28,7 @@ def finished_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     runs = tmp_path_factory.mktemp("runs")
     proc = run_cli(
         "simulate", "--clients", "3", "--rounds", "2", "--data-dir", str(synthetic_dir),
-        "--run-dir", str(runs), "--run-id", "e2e", "--local-epochs", "1", "--batch-size", "16",
+        "--run-dir", str(runs), "--run-id", "e2e", "--local-epochs", "1", "--batch-size", "16", "--no-dp",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "final test accuracy" in proc.stdout
@@ -70,3 +70,32 @@ def test_missing_data_fails_fast_with_the_fix(tmp_path: Path) -> None:
 def test_help_lists_commands() -> None:
     proc = run_cli("--help", timeout=60)
     assert proc.returncode == 0 and "simulate" in proc.stdout
+
+
+def test_dp_budgets_are_reported_enforced_and_end_the_run(synthetic_dir: Path, tmp_path: Path) -> None:
+    """Fixed noise with a budget: the client with less data runs out first and declines while the other
+    trains on; once both are out the run ends cleanly, and no client ever passes its budget."""
+    proc = run_cli(
+        "simulate", "--clients", "2", "--rounds", "8", "--data-dir", str(synthetic_dir), "--run-dir", str(tmp_path),
+        "--run-id", "dp", "--local-epochs", "1", "--batch-size", "32", "--dp", "--noise-multiplier", "1.0",
+        "--target-epsilon", "3.0", "--delta", "1e-3",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Privacy spent per client" in proc.stdout and "exhausted their privacy budget" in proc.stdout
+    run = RunDirectory(tmp_path / "dp")
+    rows = run.metrics()
+    assert 2 <= len(rows) < 8
+    eps = [r.epsilon_max for r in rows]
+    assert all(e is not None and 0 < e <= 3.0 for e in eps) and eps == sorted(eps)
+    assert any(r.budget_exhausted == 1 and r.train_clients == 1 for r in rows)  # one declined, one trained
+    summary = json.loads((run.path / "run.json").read_text())["summary"]
+    assert "exhausted" in summary["stopped"]
+    assert set(summary["epsilon_by_client"]) == {"0", "1"}
+    assert all(0 < e <= 3.0 for e in summary["epsilon_by_client"].values())
+
+
+def test_delta_too_large_for_a_client_is_refused_before_training(synthetic_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli("simulate", "--clients", "3", "--data-dir", str(synthetic_dir), "--run-dir", str(tmp_path),
+                   "--delta", "0.05", timeout=120)
+    assert proc.returncode == 2 and "below 1/n" in proc.stdout
+    assert not list(tmp_path.iterdir())  # nothing started, no run directory

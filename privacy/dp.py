@@ -1,0 +1,232 @@
+"""Differential privacy for one client's local training: Opacus DP-SGD, with a budget kept across rounds.
+
+One entry point, :func:`make_private`, turns a model, optimizer and dataset into their private counterparts
+(Poisson sampling, per-sample clipping at ``max_grad_norm``, Gaussian noise) through Opacus'
+``PrivacyEngine``, and composes what the round spends with what earlier rounds spent.
+
+Accounting uses Opacus' PRV accountant by default: for the same steps it gives a tighter (smaller) valid
+epsilon than RDP (2.37 vs 2.57 for 1200 steps at q=1/30, sigma=2.15), so the same promise needs less
+noise. ``accountant="rdp"`` is available. What persists between rounds is the accountant's own history,
+a list of ``(noise_multiplier, sample_rate, steps)``: plain numbers that fit in Flower's ``Context.state``
+and that any Opacus accountant can replay, so epsilon after k rounds is exactly what Opacus computes
+for those steps.
+
+Noise is set either directly (``noise_multiplier``) or calibrated once, before the first round, from
+``target_epsilon`` for the planned rounds and local epochs (Opacus' ``get_noise_multiplier``), so the
+whole run fits the budget. Either way, with a target set, a round that would exceed it is refused
+(:class:`BudgetExhausted`) before any training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from privacy.errors import BudgetExhausted, DPConfigError
+
+ACCOUNTANTS = ("prv", "rdp")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+#: Accountants compute epsilon numerically; allow this much slack when comparing with a target.
+EPSILON_SLACK = 1e-9
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """How private one client's training is. Set ``target_epsilon``, ``noise_multiplier`` or both."""
+
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    target_epsilon: float | None = 3.0
+    """Budget over the whole federation; also what the noise is calibrated to when no noise is given."""
+    noise_multiplier: float | None = None
+    accountant: str = "prv"
+    grad_sample_mode: str = "hooks"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            problems.append("max-grad-norm must be a positive number")
+        if not 0 < self.delta < 1:
+            problems.append("delta must be in (0, 1)")
+        if self.target_epsilon is not None and not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
+            problems.append("target epsilon must be a positive number")
+        if self.noise_multiplier is not None and not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
+            problems.append("noise multiplier must be a positive number")
+        if self.target_epsilon is None and self.noise_multiplier is None:
+            problems.append("set a target epsilon or a noise multiplier")
+        if self.accountant not in ACCOUNTANTS:
+            problems.append(f"accountant must be one of {', '.join(ACCOUNTANTS)}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            problems.append(f"grad-sample-mode must be one of {', '.join(GRAD_SAMPLE_MODES)}")
+        if problems:
+            raise DPConfigError("invalid differential-privacy settings: " + "; ".join(problems))
+
+    def check_dataset(self, n_samples: int) -> None:
+        """delta must be below 1/n, else "private" could mean leaking a whole record with probability delta."""
+        if n_samples < 1:
+            raise DPConfigError("a client with no training samples cannot train with DP")
+        if self.delta >= 1.0 / n_samples:
+            raise DPConfigError(
+                f"delta {self.delta:g} must be below 1/n = {1.0 / n_samples:.3g} for a client with {n_samples} "
+                "samples; choose a smaller delta"
+            )
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What one round of local DP-SGD will be: Poisson sample rate and optimizer steps."""
+
+    sample_rate: float
+    steps: int
+
+    @classmethod
+    def for_data(cls, n_samples: int, batch_size: int, epochs: int) -> RoundPlan:
+        # Opacus' DPDataLoader: sample_rate = 1 / len(loader), and len(loader) steps per epoch.
+        batches = math.ceil(n_samples / batch_size)
+        return cls(sample_rate=1.0 / batches, steps=epochs * batches)
+
+
+@dataclass(frozen=True)
+class PrivacySpend:
+    """An accountant history: ``(noise_multiplier, sample_rate, steps)`` entries, as Opacus records them."""
+
+    history: tuple[tuple[float, float, int], ...] = ()
+
+    def after(self, noise_multiplier: float, sample_rate: float, steps: int) -> PrivacySpend:
+        """This spend plus ``steps`` more at the given noise and rate (merged like Opacus' accountants do)."""
+        if steps <= 0:
+            return self
+        if self.history and self.history[-1][:2] == (noise_multiplier, sample_rate):
+            last = self.history[-1]
+            return PrivacySpend((*self.history[:-1], (last[0], last[1], last[2] + steps)))
+        return PrivacySpend((*self.history, (noise_multiplier, sample_rate, steps)))
+
+    def epsilon(self, delta: float, accountant: str = "prv") -> float:
+        if not self.history:
+            return 0.0
+        acc = create_accountant(accountant)
+        acc.history = list(self.history)
+        return float(acc.get_epsilon(delta=delta))
+
+    @property
+    def steps(self) -> int:
+        return sum(h[2] for h in self.history)
+
+    def to_lists(self) -> dict[str, list[float]]:
+        return {
+            "noise": [h[0] for h in self.history],
+            "rate": [h[1] for h in self.history],
+            "steps": [float(h[2]) for h in self.history],
+        }
+
+    @classmethod
+    def from_lists(cls, noise: Sequence[float], rate: Sequence[float], steps: Sequence[float]) -> PrivacySpend:
+        if not len(noise) == len(rate) == len(steps):
+            raise DPConfigError("corrupt privacy history: lists of different lengths")
+        return cls(tuple((float(n), float(r), int(s)) for n, r, s in zip(noise, rate, steps, strict=True)))
+
+
+def calibrate_noise(settings: DPSettings, plan: RoundPlan, rounds: int) -> float:
+    """The noise multiplier that keeps ``rounds`` rounds of ``plan`` within ``settings.target_epsilon``."""
+    if settings.target_epsilon is None:
+        raise DPConfigError("calibrating noise needs a target epsilon")
+    try:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=settings.target_epsilon,
+                target_delta=settings.delta,
+                sample_rate=plan.sample_rate,
+                steps=plan.steps * rounds,
+                accountant=settings.accountant,
+                epsilon_tolerance=0.01,
+            )
+        )
+    except ValueError as exc:
+        raise DPConfigError(f"cannot reach epsilon {settings.target_epsilon:g} for this run: {exc}") from exc
+
+
+def check_budget(spent: PrivacySpend, noise: float, plan: RoundPlan, settings: DPSettings) -> float:
+    """Epsilon after one more round of ``plan``; raises :class:`BudgetExhausted` if it would pass the target."""
+    projected = spent.after(noise, plan.sample_rate, plan.steps).epsilon(settings.delta, settings.accountant)
+    if settings.target_epsilon is not None and projected > settings.target_epsilon + EPSILON_SLACK:
+        raise BudgetExhausted(spent.epsilon(settings.delta, settings.accountant), projected, settings.target_epsilon)
+    return projected
+
+
+def validate_model(model: nn.Module) -> None:
+    """Refuse, before any training, a model Opacus cannot train privately (e.g. one with BatchNorm)."""
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise DPConfigError("model cannot be trained with DP-SGD: " + "; ".join(str(e) for e in errors))
+
+
+@dataclass
+class PrivateTraining:
+    """What :func:`make_private` hands back: train with these, then call :meth:`close`."""
+
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    loader: DataLoader
+    _hooks: object
+    _engine: PrivacyEngine
+
+    def spend(self, before: PrivacySpend) -> PrivacySpend:
+        """``before`` plus the steps taken so far, as Opacus' accountant recorded them."""
+        for noise, rate, steps in self._engine.accountant.history:
+            before = before.after(noise, rate, steps)
+        return before
+
+    def close(self) -> None:
+        self._hooks.cleanup()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> PrivateTraining:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    settings: DPSettings,
+    noise_multiplier: float,
+    seed: int,
+) -> PrivateTraining:
+    """Make one round of training private: the single entry point over Opacus' ``PrivacyEngine``.
+
+    The model is validated first (a model Opacus rejects is refused before any training), Poisson
+    sampling replaces the loader's batching, and the optimizer clips per-sample gradients and adds noise.
+    ``wrap_model=False`` attaches Opacus' hooks to the model itself, so its ``state_dict`` keys are
+    unchanged; :meth:`PrivateTraining.close` takes them off again.
+    """
+    validate_model(model)
+    settings.check_dataset(len(loader.dataset))  # type: ignore[arg-type]
+    engine = PrivacyEngine(accountant=settings.accountant)
+    private = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        criterion=nn.CrossEntropyLoss(),
+        data_loader=loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=settings.max_grad_norm,
+        poisson_sampling=True,
+        noise_generator=torch.Generator().manual_seed(seed),
+        grad_sample_mode=settings.grad_sample_mode,
+        wrap_model=False,
+    )
+    if settings.grad_sample_mode == "ghost":  # ghost clipping also returns a criterion doing two backwards
+        hooks, dp_optimizer, criterion, dp_loader = private
+    else:
+        (hooks, dp_optimizer, dp_loader), criterion = private, nn.CrossEntropyLoss()
+    return PrivateTraining(dp_optimizer, criterion, dp_loader, hooks, engine)

@@ -1,0 +1,22 @@
+"""Typed errors of the privacy layer (kept free of fedproof imports: privacy depends on third parties only)."""
+
+from __future__ import annotations
+
+
+class PrivacyError(Exception):
+    """Base class of the privacy layer's deliberate errors."""
+
+
+class DPConfigError(PrivacyError, ValueError):
+    """A differential-privacy setting is out of range or cannot be honoured for this data or model."""
+
+
+class BudgetExhausted(PrivacyError):
+    """One more round of training would spend more privacy than the client's budget allows."""
+
+    def __init__(self, spent: float, projected: float, target: float) -> None:
+        super().__init__(
+            f"privacy budget exhausted: epsilon spent {spent:.4f}, one more round would reach "
+            f"{projected:.4f} > target {target:g}"
+        )
+        self.spent, self.projected, self.target = spent, projected, target

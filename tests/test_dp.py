@@ -1,0 +1,153 @@
+"""Differential privacy: accounting matches Opacus, budgets are enforced, noise and clipping really happen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import create_accountant
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedproof.config import RunConfig
+from fedproof.errors import ConfigError
+from fedproof.model import make_model
+from fedproof.protocol import BUDGET_EXHAUSTED, TRAINED
+from fl_client.state import ClientState
+from fl_client.training import run_epochs, train_round
+from privacy.dp import DPSettings, PrivacySpend, RoundPlan, calibrate_noise, check_budget, make_private, validate_model
+from privacy.errors import BudgetExhausted, DPConfigError
+
+
+def tiny_data(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 6, generator=g) * 5, torch.randint(0, 3, (n,), generator=g)
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def train_private(model: nn.Module, seed: int, settings: DPSettings, noise: float = 1.0, epochs: int = 1,
+                  spent: PrivacySpend = PrivacySpend()) -> PrivacySpend:
+    x, y = tiny_data()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with make_private(model, optimizer, loader, settings, noise, seed=seed) as private:
+        run_epochs(model, private.optimizer, private.criterion, private.loader, epochs)
+        return private.spend(spent)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_epsilon_after_k_rounds_equals_opacus(accountant: str) -> None:
+    settings = DPSettings(delta=1e-3, accountant=accountant, grad_sample_mode="hooks")
+    model, spent, epsilons = tiny_model(), PrivacySpend(), []
+    for k in range(3):
+        spent = train_private(model, seed=k, settings=settings, noise=1.1, spent=spent)
+        epsilons.append(spent.epsilon(settings.delta, accountant))
+    reference = create_accountant(accountant)
+    for _ in range(3 * 4):  # 3 rounds x 4 Poisson steps (64 samples / batch 16)
+        reference.step(noise_multiplier=1.1, sample_rate=1 / 4)
+    assert spent.steps == 12
+    assert epsilons[-1] == pytest.approx(reference.get_epsilon(delta=settings.delta), abs=1e-6)
+    assert epsilons == sorted(epsilons) and epsilons[0] > 0  # monotone over rounds
+
+
+def test_history_survives_flower_state() -> None:
+    from flwr.app import Context, RecordDict
+
+    spend = PrivacySpend().after(1.0, 0.1, 30).after(1.0, 0.1, 30).after(0.8, 0.2, 5)
+    assert spend.history == ((1.0, 0.1, 60), (0.8, 0.2, 5))
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    ClientState(noise_multiplier=1.0, spend=spend).save(context)
+    assert ClientState.load(context).spend == spend
+
+
+def test_noise_is_applied_and_seeded() -> None:
+    settings = DPSettings(grad_sample_mode="hooks")
+    a, b, c = tiny_model(), tiny_model(), tiny_model()
+    train_private(a, seed=1, settings=settings)
+    train_private(b, seed=1, settings=settings)
+    train_private(c, seed=2, settings=settings)
+    weights = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    assert torch.equal(weights(a), weights(b))
+    assert not torch.allclose(weights(a), weights(c))
+
+
+def test_clipping_bounds_per_sample_gradients() -> None:
+    clip = 0.5
+    settings = DPSettings(max_grad_norm=clip, grad_sample_mode="hooks")
+    model = tiny_model()
+    x, y = tiny_data(32)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with make_private(model, optimizer, loader, settings, noise_multiplier=1.0, seed=0) as private:
+        xb, yb = next(iter(private.loader))
+        private.criterion(model(xb), yb).backward()
+        params = [p for p in model.parameters() if p.requires_grad]
+        per_sample = torch.cat([p.grad_sample.flatten(1) for p in params], dim=1)
+        norms = per_sample.norm(dim=1)
+        assert norms.max() > 4 * clip  # the unclipped gradients are well above the bound
+        private.optimizer.clip_and_accumulate()
+        factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+        expected = (per_sample * factors[:, None]).sum(0)
+        summed = torch.cat([p.summed_grad.flatten() for p in params])
+        torch.testing.assert_close(summed, expected, rtol=1e-4, atol=1e-5)
+        assert (per_sample * factors[:, None]).norm(dim=1).max() <= clip + 1e-5
+
+
+def test_calibration_lands_at_or_just_under_target() -> None:
+    settings = DPSettings(target_epsilon=3.0, delta=1e-5)
+    plan = RoundPlan.for_data(n_samples=5400, batch_size=64, epochs=2)
+    noise = calibrate_noise(settings, plan, rounds=5)
+    spent = PrivacySpend()
+    for _ in range(5):
+        check_budget(spent, noise, plan, settings)  # every planned round fits
+        spent = spent.after(noise, plan.sample_rate, plan.steps)
+    assert 2.95 <= spent.epsilon(settings.delta) <= 3.0
+    with pytest.raises(BudgetExhausted, match="exhausted"):
+        check_budget(spent, noise, plan, settings)  # a sixth would not
+
+
+def test_client_declines_when_budget_would_be_exceeded() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(200, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=200)
+    config = RunConfig(dp=True, noise_multiplier=1.0, target_epsilon=5.0, delta=1e-3, batch_size=20,
+                       local_epochs=1, grad_sample_mode="hooks")
+    state, outcomes = ClientState(), []
+    for rnd in range(1, 30):
+        model = make_model(seed=0)
+        before = [p.detach().clone() for p in model.parameters()]
+        outcome = train_round(model, images, labels, config, state, rnd, seed=rnd)
+        outcomes.append(outcome)
+        if outcome.status == BUDGET_EXHAUSTED:
+            assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))  # never trained
+            assert outcome.num_examples == 0 and outcome.state == state
+            break
+        state = outcome.state
+    assert outcomes[-1].status == BUDGET_EXHAUSTED and len(outcomes) > 1
+    assert all(o.status == TRAINED for o in outcomes[:-1])
+    assert all(o.epsilon is not None and o.epsilon <= 5.0 for o in outcomes)
+
+
+@pytest.mark.parametrize(
+    "change", [{"target_epsilon": -1.0}, {"delta": 0.0}, {"delta": 1.5}, {"max_grad_norm": 0.0},
+               {"target_epsilon": 0.0, "noise_multiplier": 0.0}, {"grad_sample_mode": "ew"}],
+)
+def test_bad_dp_settings_are_refused(change: dict) -> None:
+    with pytest.raises(ConfigError):
+        RunConfig(**change)
+
+
+def test_delta_must_be_below_one_over_n() -> None:
+    with pytest.raises(DPConfigError, match="below 1/n"):
+        DPSettings(delta=0.01).check_dataset(100)
+    DPSettings(delta=0.009).check_dataset(100)
+
+
+def test_model_opacus_rejects_is_refused() -> None:
+    validate_model(make_model())  # ours passes without fixes
+    with pytest.raises(DPConfigError, match="cannot be trained with DP-SGD"):
+        validate_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))
