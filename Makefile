@@ -40,6 +40,8 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/simulation.py
+	$(BIN)/python benchmarks/dp_overhead.py
+	$(BIN)/python benchmarks/privacy_utility.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
