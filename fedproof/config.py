@@ -68,8 +68,8 @@ class RunConfig:
     """Fixed DP noise; 0 calibrates it once from target-epsilon for the planned rounds."""
     max_grad_norm: float = 1.0
     """Per-sample gradient clipping bound of DP-SGD."""
-    grad_sample_mode: str = "ghost"
-    """How Opacus computes per-sample gradient norms: ghost, hooks or functorch (see benchmarks)."""
+    grad_sample_mode: str = "hooks"
+    """How Opacus computes per-sample gradients: hooks, ghost or functorch (benchmarks/dp_overhead.py)."""
     accountant: str = "prv"
 
     def __post_init__(self) -> None:
