@@ -1,9 +1,10 @@
 """Turns each round's results into a metrics row: central evaluation, plus the clients' aggregated metrics.
 
 It plugs into FedAvg through its documented hooks (``train_metrics_aggr_fn``, ``evaluate_metrics_aggr_fn``,
-``evaluate_fn``) rather than subclassing, so it composes with any strategy that later issues add.
-FedAvg calls them in this order each round: train aggregation, client-evaluate aggregation, then
-``evaluate_fn``, so the row is complete when ``evaluate_fn`` runs.
+``evaluate_fn``) rather than subclassing, so it composes with any strategy that later issues add; the
+strategy also hands it every answered train reply (``observe_train_replies``), declined ones included,
+for privacy reporting. FedAvg calls them in this order each round: train replies, train aggregation,
+client-evaluate aggregation, then ``evaluate_fn``, so the row is complete when ``evaluate_fn`` runs.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class RoundRecorder:
         self.epsilon_by_client: dict[str, float] = {}
         """Latest privacy spent reported by each client."""
         self.last_arrays: ArrayRecord | None = None
+        self._round_start = clock()
         self._reset()
 
     def _reset(self) -> None:
