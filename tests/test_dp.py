@@ -151,3 +151,14 @@ def test_model_opacus_rejects_is_refused() -> None:
     validate_model(make_model())  # ours passes without fixes
     with pytest.raises(DPConfigError, match="cannot be trained with DP-SGD"):
         validate_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))
+
+
+def test_opacus_modes_agree() -> None:
+    """hooks, functorch and ghost clipping are interchangeable: same seed, same weights."""
+    results = []
+    for mode in ("hooks", "functorch", "ghost"):
+        model = tiny_model()
+        train_private(model, seed=3, settings=DPSettings(grad_sample_mode=mode), epochs=2)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results[0], results[2], rtol=1e-4, atol=1e-5)
