@@ -55,6 +55,13 @@ def simulate(
         Optional[float], typer.Option(help="Fixed DP noise (default 0: calibrate from the target epsilon).")
     ] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option(help="DP-SGD per-sample clipping bound.")] = None,
+    he: Annotated[
+        Optional[bool], typer.Option("--he/--no-he", help="Encrypted aggregation with CKKS (default: on).")
+    ] = None,
+    he_committee: Annotated[Optional[int], typer.Option(help="Clients that decrypt each round's sum.")] = None,
+    he_keys: Annotated[
+        Optional[Path], typer.Option(help="CKKS key set directory (default: a fresh one per run).")
+    ] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset directory (default: search).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Parent directory of run directories.")] = None,
     run_id: Annotated[Optional[str], typer.Option(help="Run directory name (default: timestamped).")] = None,
@@ -85,6 +92,9 @@ def simulate(
                 delta=delta,
                 noise_multiplier=noise_multiplier,
                 max_grad_norm=max_grad_norm,
+                he=he,
+                he_committee=he_committee,
+                he_keys=str(he_keys) if he_keys else None,
                 data_dir=str(data_dir) if data_dir else None,
                 run_dir=str(run_dir) if run_dir else None,
                 run_id=run_id,
@@ -97,6 +107,7 @@ def simulate(
             f"{config.partition} partitions"
             + (f" (alpha={config.alpha})" if config.partition == "dirichlet" else "")
             + (f", DP-SGD with epsilon <= {config.target_epsilon:g}, delta {config.delta:g}" if config.dp else ", no DP")
+            + (f", CKKS aggregation (committee of {config.he_committee})" if config.he else ", plaintext aggregation")
             + f", run [cyan]{config.run_id}[/]"
         )
         started = time.monotonic()
@@ -111,6 +122,25 @@ def simulate(
         _privacy_summary(result.epsilon_by_client, config.target_epsilon)
     if result.stopped:
         console.print(f"[yellow]run ended early:[/] {result.stopped}")
+
+
+he_app = typer.Typer(help="Homomorphic-encryption keys.", no_args_is_help=True)
+app.add_typer(he_app, name="he")
+
+
+@he_app.command("keygen")
+def he_keygen(
+    out: Annotated[Path, typer.Option(help="Directory for he-client.ctx (secret) and he-server.ctx (public).")],
+) -> None:
+    """Create a CKKS key set: he-client.ctx goes to every client, he-server.ctx to the server (both 0600)."""
+    from privacy.he import write_key_set
+
+    try:
+        files = write_key_set(out)
+    except (FedproofError, PrivacyError, OSError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    console.print(f"secret context (clients only): {files.client}\npublic context (server): {files.server}")
 
 
 class _RoundProgress:

@@ -71,6 +71,12 @@ class RunConfig:
     grad_sample_mode: str = "hooks"
     """How Opacus computes per-sample gradients: hooks, ghost or functorch (benchmarks/dp_overhead.py)."""
     accountant: str = "prv"
+    he: bool = True
+    """Encrypt updates (CKKS): the server sums ciphertexts and a client committee decrypts only the sum."""
+    he_committee: int = 2
+    """Clients drawn each round to decrypt the encrypted sum; all must agree."""
+    he_keys: str = ""
+    """Directory of the CKKS key set (fedproof he keygen); empty: a fresh set per run in its run directory."""
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -89,6 +95,7 @@ class RunConfig:
             (self.seed >= 0, "seed must be non-negative"),
             (self.round_timeout > 0, "round-timeout must be positive"),
             (self.connect_timeout >= 0, "connect-timeout must be non-negative"),
+            (self.he_committee >= 1, "he-committee must be at least 1"),
             ("/" not in self.run_id and self.run_id not in (".", ".."), "run-id must be a plain name"),
         ]
         problems = [message for ok, message in checks if not ok]

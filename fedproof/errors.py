@@ -34,3 +34,19 @@ class PartitionError(DataError):
 
 class ClientsUnavailableError(FedproofError):
     """Fewer clients connected than the run expects, within the time allowed."""
+
+
+class UpdateRejected(FedproofError):
+    """A client's update was refused before aggregation (malformed, corrupt, or out of range); the round goes on."""
+
+
+class AggregationError(FedproofError):
+    """A round produced no new model: its aggregate could not be formed or decrypted; the model is unchanged."""
+
+
+class CommitteeDisagreement(AggregationError):
+    """Decryption committee members returned aggregates that differ by more than the CKKS error allows."""
+
+
+class CommitteeUnavailable(AggregationError):
+    """Too few clients answered the decryption request, even after replacing the ones that dropped out."""

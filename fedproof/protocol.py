@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from fedproof.errors import UpdateRejected
 
 REPORT_KEY = "client"
 TRAINED, BUDGET_EXHAUSTED = "trained", "budget-exhausted"
@@ -43,3 +45,50 @@ class ClientReport:
             epsilon=float(epsilon) if isinstance(epsilon, (int, float)) else None,  # type: ignore[arg-type]
             reason=str(record.get("reason", "")),
         )
+
+
+# ----------------------------------------------------------------------------------------- encrypted updates
+CIPHERTEXTS_KEY, HEADER_KEY = "he", "he-header"
+CIPHERTEXT_STYPE = "fedproof.ckks"
+DECRYPT = "query.decrypt"
+"""Message type asking a decryption committee member to decrypt an encrypted sum."""
+SUM_KEY = "sum"
+
+
+@dataclass(frozen=True)
+class EncryptedPayload:
+    """Ciphertexts of a flat vector of ``num_values`` reals, as they travel in a Message.
+
+    The ciphertexts go in an ArrayRecord (one opaque ``Array`` each, which Flower cuts into 5 MiB chunks, so
+    payloads of any size pass its transport); ``num_values`` and ``num_summed`` (how many clients' vectors
+    were added into it: 1 for a client's update) go in a ConfigRecord beside it.
+    """
+
+    chunks: tuple[bytes, ...]
+    num_values: int
+    num_summed: int = 1
+
+    def put(self, content: RecordDict) -> RecordDict:
+        content[CIPHERTEXTS_KEY] = ArrayRecord(
+            {f"{i:05d}": Array(dtype="bytes", shape=(len(c),), stype=CIPHERTEXT_STYPE, data=c)
+             for i, c in enumerate(self.chunks)}
+        )
+        content[HEADER_KEY] = ConfigRecord({"num-values": self.num_values, "num-summed": self.num_summed})
+        return content
+
+    @classmethod
+    def take(cls, content: RecordDict) -> EncryptedPayload:
+        """The payload in ``content``; :class:`UpdateRejected` if it is missing or malformed."""
+        record, header = content.array_records.get(CIPHERTEXTS_KEY), content.config_records.get(HEADER_KEY)
+        if record is None or header is None:
+            raise UpdateRejected("the reply carries no encrypted update (was the client started without HE?)")
+        num_values, num_summed = header.get("num-values"), header.get("num-summed")
+        if not (isinstance(num_values, int) and isinstance(num_summed, int) and num_values > 0 and num_summed > 0):
+            raise UpdateRejected("encrypted update header lacks positive num-values / num-summed")
+        if any(array.stype != CIPHERTEXT_STYPE for array in record.values()):
+            raise UpdateRejected(f"encrypted update holds arrays that are not {CIPHERTEXT_STYPE}")
+        return cls(tuple(array.data for array in record.values()), num_values, num_summed)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(c) for c in self.chunks)

@@ -43,6 +43,12 @@ class RoundMetrics:
     epsilon_mean: float | None = None
     budget_exhausted: int = 0
     """Clients that declined this round because their privacy budget is spent."""
+    rejected_updates: int = 0
+    """Updates refused before aggregation (malformed, corrupt, out of range)."""
+    upload_bytes_per_param: float | None = None
+    """Mean bytes per model parameter of this round's updates (ciphertexts under HE, float32 otherwise)."""
+    failed: str = ""
+    """Why the round produced no new model (e.g. the decryption committee disagreed); empty when it did."""
 
 
 def new_run_id() -> str:
@@ -66,6 +72,11 @@ class RunDirectory:
         (path / METRICS_JSONL).unlink(missing_ok=True)
         run._write_json(RUN_JSON, {"config": config.to_mapping(), "started": time.time()})
         return run, config
+
+    def write_config(self, config: RunConfig) -> None:
+        """Rewrite run.json's config after settings resolved during start-up (e.g. the key set's path)."""
+        run = json.loads((self.path / RUN_JSON).read_text())
+        self._write_json(RUN_JSON, {**run, "config": config.to_mapping()})
 
     def _write_json(self, name: str, payload: dict[str, Any]) -> None:
         tmp = self.path / f".{name}.tmp"

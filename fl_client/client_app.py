@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -17,8 +17,9 @@ from fedproof.client_data import ClientData, load_client_data
 from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
 from fedproof.model import make_model
-from fedproof.protocol import TRAINED, ClientReport
+from fedproof.protocol import SUM_KEY, TRAINED, ClientReport, EncryptedPayload
 from fedproof.task import evaluate
+from fl_client.secure_update import decrypt_sum, encrypt_update, secret_context
 from fl_client.state import ClientState
 from fl_client.training import train_round
 
@@ -34,12 +35,18 @@ class _Job:
     partition_id: int
     data: ClientData
     model: nn.Module
+    global_arrays: ArrayRecord
+
+
+def _settings(msg: Message) -> tuple[RunConfig, int]:
+    """The run's settings and the round number, which the server sends with every message."""
+    settings = dict(msg.content["config"])
+    server_round = int(settings.pop("server-round", 0))  # type: ignore[call-overload]
+    return RunConfig.from_mapping(settings), server_round
 
 
 def _job(msg: Message, context: Context) -> _Job:
-    settings = dict(msg.content["config"])
-    server_round = int(settings.pop("server-round", 0))  # type: ignore[call-overload]
-    config = RunConfig.from_mapping(settings)
+    config, server_round = _settings(msg)
     try:
         partition_id = int(context.node_config["partition-id"])  # type: ignore[call-overload]
         num_partitions = int(context.node_config["num-partitions"])  # type: ignore[call-overload]
@@ -48,8 +55,9 @@ def _job(msg: Message, context: Context) -> _Job:
                           "'partition-id=<i> num-partitions=<n>'") from exc
     data = load_client_data(config, partition_id, num_partitions)
     model = make_model(data.num_classes)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return _Job(config, server_round, partition_id, data, model)
+    global_arrays = msg.content["arrays"]
+    model.load_state_dict(global_arrays.to_torch_state_dict())
+    return _Job(config, server_round, partition_id, data, model, global_arrays)
 
 
 @app.train()
@@ -64,7 +72,12 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({"client": report.to_record()})
     content["metrics"] = MetricRecord({"num-examples": outcome.num_examples})
     if outcome.status == TRAINED:
-        content["arrays"] = ArrayRecord(job.model.state_dict())
+        trained = ArrayRecord(job.model.state_dict())
+        if job.config.he:
+            secret = secret_context(job.config, context)
+            encrypt_update(trained, job.global_arrays, outcome.num_examples, secret).put(content)
+        else:
+            content["arrays"] = trained
         content["metrics"] = MetricRecord(
             {"train_loss": outcome.loss, "num-examples": outcome.num_examples,
              "rounds-trained": outcome.state.rounds_trained}
@@ -78,3 +91,11 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     loss, accuracy = evaluate(job.model, job.data.val_x, job.data.val_y)
     metrics = MetricRecord({"val_loss": loss, "val_accuracy": accuracy, "num-examples": len(job.data.val_y)})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query("decrypt")
+def decrypt(msg: Message, context: Context) -> Message:
+    """As a member of this round's decryption committee: decrypt the encrypted sum the server holds."""
+    config, _ = _settings(msg)
+    values = decrypt_sum(EncryptedPayload.take(msg.content), secret_context(config, context))
+    return Message(RecordDict({SUM_KEY: ArrayRecord({SUM_KEY: Array(values)})}), reply_to=msg)

@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedproof.protocol import BUDGET_EXHAUSTED, ClientReport
+from fedproof.protocol import BUDGET_EXHAUSTED, CIPHERTEXTS_KEY, HEADER_KEY, ClientReport
 from fedproof.rundir import RoundMetrics, RunDirectory
 
 
@@ -47,6 +48,9 @@ class RoundRecorder:
         self._eval: MetricRecord | None = None
         self._train_clients = self._eval_clients = self._exhausted = 0
         self._epsilons: list[float] = []
+        self._rejected = 0
+        self._failed = ""
+        self._upload: list[float] = []
 
     def observe_train_replies(self, server_round: int, replies: list[RecordDict]) -> None:
         """Every answered train reply, declined ones included: privacy spent and budget statuses."""
@@ -55,9 +59,17 @@ class RoundRecorder:
             if report is None:
                 continue
             self._exhausted += report.status == BUDGET_EXHAUSTED
+            if (size := upload_bytes_per_param(content)) is not None:
+                self._upload.append(size)
             if report.epsilon is not None:
                 self._epsilons.append(report.epsilon)
                 self.epsilon_by_client[report.client_id] = report.epsilon
+
+    def reject_update(self, server_round: int, reason: str) -> None:
+        self._rejected += 1
+
+    def fail_round(self, server_round: int, reason: str) -> None:
+        self._failed = reason
 
     def aggregate_train_metrics(self, replies: list[RecordDict], weight_key: str) -> MetricRecord:
         self._train, self._train_clients = aggregate_metricrecords(replies, weight_key), len(replies)
@@ -85,6 +97,9 @@ class RoundRecorder:
                 epsilon_max=max(self._epsilons) if self._epsilons else None,
                 epsilon_mean=sum(self._epsilons) / len(self._epsilons) if self._epsilons else None,
                 budget_exhausted=self._exhausted,
+                rejected_updates=self._rejected,
+                upload_bytes_per_param=sum(self._upload) / len(self._upload) if self._upload else None,
+                failed=self._failed,
             )
             self.rows.append(row)
             self.run_dir.append_metrics(row)
@@ -99,3 +114,16 @@ def _get(record: MetricRecord | None, key: str) -> float | None:
     if record is None or key not in record:
         return None
     return float(record[key])  # type: ignore[arg-type]
+
+
+def upload_bytes_per_param(content: RecordDict) -> float | None:
+    """Bytes per parameter of the update in a train reply: its ciphertexts, or its plaintext arrays."""
+    if CIPHERTEXTS_KEY in content.array_records and HEADER_KEY in content.config_records:
+        size = sum(len(a.data) for a in content.array_records[CIPHERTEXTS_KEY].values())
+        count = content.config_records[HEADER_KEY].get("num-values")
+        return size / count if isinstance(count, int) and count > 0 else None
+    arrays = content.array_records.get("arrays")
+    if arrays is None:
+        return None
+    count = sum(int(np.prod(a.shape)) for a in arrays.values())
+    return sum(len(a.data) for a in arrays.values()) / count if count else None

@@ -36,7 +36,11 @@ class BudgetAwareFedAvg(FedAvg):
             raise AllBudgetsExhausted(
                 f"all {len(declined)} clients asked in round {server_round} have exhausted their privacy budget"
             )
-        return super().aggregate_train(server_round, [m for m in replies if m not in declined])
+        return self._aggregate(server_round, [m for m in replies if m not in declined])
+
+    def _aggregate(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the updates of the clients that trained: plain FedAvg here; subclasses change only this."""
+        return super().aggregate_train(server_round, replies)
 
 
 def _declined(content: RecordDict) -> bool:

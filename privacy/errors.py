@@ -20,3 +20,23 @@ class BudgetExhausted(PrivacyError):
             f"{projected:.4f} > target {target:g}"
         )
         self.spent, self.projected, self.target = spent, projected, target
+
+
+class HEError(PrivacyError):
+    """Base class of homomorphic-encryption errors: bad keys, contexts or ciphertexts."""
+
+
+class ContextError(HEError, ValueError):
+    """A CKKS context file is missing, malformed, oversized or of the wrong kind."""
+
+
+class SecretKeyRefused(ContextError):
+    """A context holding a secret key was offered where only a public context may be loaded (the server)."""
+
+
+class CiphertextError(HEError, ValueError):
+    """A ciphertext is truncated, corrupt, oversized, or does not match the context's parameters."""
+
+
+class PlaintextRangeError(HEError, ValueError):
+    """Values to encrypt are not finite or exceed the range the CKKS parameters can sum without overflow."""

@@ -1,0 +1,55 @@
+"""A client's half of secure aggregation: encrypt ``n_k * delta_k``, and decrypt a sum when on the committee.
+
+The secret context is found, in order, at the SuperNode's node config ``he-context`` (a deployment: each
+device holds its own copy) or at ``<he-keys>/he-client.ctx`` from the run config (a simulation: the server
+generated the key set in a child process, and the clients share its file system).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, Context
+
+from fedproof.config import RunConfig
+from fedproof.errors import ConfigError
+from fedproof.protocol import EncryptedPayload
+from fedproof.weights import flatten
+from privacy.errors import PlaintextRangeError
+from privacy.he import CLIENT_CONTEXT, SecretContext, round_for_release
+
+
+def secret_context(config: RunConfig, context: Context) -> SecretContext:
+    path = context.node_config.get("he-context") or (Path(config.he_keys) / CLIENT_CONTEXT if config.he_keys else "")
+    if not path:
+        raise ConfigError("HE is on but this client has no key: start the SuperNode with --node-config "
+                          "'he-context=/path/he-client.ctx' (from `fedproof he keygen`)")
+    return _load(str(Path(str(path)).expanduser().resolve()))
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> SecretContext:
+    return SecretContext.load(Path(path))
+
+
+def encrypt_update(trained: ArrayRecord, global_arrays: ArrayRecord, num_examples: int,
+                   secret: SecretContext) -> EncryptedPayload:
+    """Ciphertexts of ``num_examples * (trained - global)``, refused if the update is out of range."""
+    delta = flatten(trained) - flatten(global_arrays)
+    if not np.all(np.isfinite(delta)):
+        raise PlaintextRangeError("the trained model holds NaN or infinite weights; not sending this update")
+    peak, bound = float(np.abs(delta).max()), secret.params.max_abs_delta
+    if peak > bound:
+        raise PlaintextRangeError(
+            f"update too large to encrypt: max |delta| {peak:.3g} > {bound:g} (lower the learning rate, or "
+            "make a key set with a larger max_abs_delta)"
+        )
+    return EncryptedPayload(tuple(secret.encrypt(num_examples * delta)), delta.size)
+
+
+def decrypt_sum(payload: EncryptedPayload, secret: SecretContext) -> np.ndarray:
+    """The plaintext of an encrypted sum, rounded for release (see :func:`privacy.he.round_for_release`)."""
+    values = secret.decrypt(payload.chunks, payload.num_values)
+    return round_for_release(values, secret.params, payload.num_summed)
