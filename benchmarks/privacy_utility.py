@@ -1,7 +1,8 @@
 """Privacy against utility on the demo's setting: final test accuracy for epsilon in {1, 3, 8} and no DP.
 
 Each row is one `fedproof simulate` run on the real Fashion-MNIST (10 clients, Dirichlet 0.5, 5 rounds by
-default), all in this one invocation; the baseline is the run without DP.
+default), all in this one invocation; the baseline is the run without DP. HE is off in every run: it does
+not change accuracy (benchmarks/he_overhead.py) and this table is about DP alone.
 
     python benchmarks/privacy_utility.py [--epsilons 1 3 8] [--rounds 5] [--clients 10]
 """
@@ -20,7 +21,7 @@ from measure import measure
 def run(tmp: str, name: str, rounds: int, clients: int, dp_args: list[str]) -> dict:
     wall, rss, proc = measure(
         [sys.executable, "-m", "fedproof.cli", "simulate", "--clients", str(clients), "--rounds", str(rounds),
-         "--run-dir", tmp, "--run-id", name, *dp_args]
+         "--run-dir", tmp, "--run-id", name, "--no-he", *dp_args]
     )
     if proc.returncode != 0:
         sys.exit(f"{name} failed:\n{proc.stdout}\n{proc.stderr}")

@@ -172,7 +172,7 @@ class _RoundProgress:
 def _summary(rows: list[RoundMetrics], run_dir: Path, wall: float) -> None:
     table = Table(title="Rounds")
     dp = any(r.epsilon_max is not None for r in rows)
-    columns = ["round", "acc", "loss", "train loss", "val acc", "clients", "s"]
+    columns = ["round", "acc", "loss", "train loss", "val acc", "clients", "s", "B/param up", "rejected"]
     for column in columns + (["eps max", "declined"] if dp else []):
         table.add_column(column, justify="right")
     for r in rows:
@@ -184,11 +184,16 @@ def _summary(rows: list[RoundMetrics], run_dir: Path, wall: float) -> None:
             "-" if r.val_accuracy is None else f"{r.val_accuracy:.4f}",
             str(r.train_clients),
             f"{r.seconds:.1f}",
+            "-" if r.upload_bytes_per_param is None else f"{r.upload_bytes_per_param:.2f}",
+            str(r.rejected_updates),
         ]
         if dp:
             cells += ["-" if r.epsilon_max is None else f"{r.epsilon_max:.3f}", str(r.budget_exhausted)]
         table.add_row(*cells)
     console.print(table)
+    for r in rows:
+        if r.failed:
+            console.print(f"[yellow]round {r.round} left the model unchanged:[/] {r.failed}")
     final = rows[-1].accuracy if rows else float("nan")
     console.print(f"final test accuracy [bold green]{final:.4f}[/], wall time [bold]{wall:.1f} s[/]")
     console.print(f"artifacts in [cyan]{run_dir}[/]: run.json, metrics.jsonl, model.safetensors, accuracy.png")
