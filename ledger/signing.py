@@ -1,22 +1,170 @@
-"""Canonical bytes of what fedproof hashes (and, with the signing issue, signs): built here and nowhere else.
+"""Identities, canonical bytes and signatures: everything fedproof hashes or signs is encoded here, and only here.
 
-A payload digest covers the exact bytes a client sends, chunk by chunk, each prefixed by its length as a
-big-endian u64, so that no two different chunkings of the same bytes hash alike.
+Clients sign with Ed25519 (pyca/cryptography). What they sign is a fixed binary layout, never JSON, so there is
+exactly one byte string per update (all integers big-endian, strings UTF-8 with a u16 length prefix)::
+
+    "fedproof/update/v1" 0x00
+    chain id            u64     \\
+    contract address    20 B     |  where the round is recorded: a signature cannot be replayed on another
+    run id              str      |  chain, contract or run ...
+    round               u64     /   ... or in another round
+    client id           str
+    payload SHA-256     32 B        of the exact bytes sent (ciphertexts, or plaintext arrays), see payload_digest
+    example count       u64
+    epsilon spent       u64         ceil(epsilon * 1e6); 2^64 - 1 when the client trains without DP
+
+A committee member's decryption is signed the same way under the tag ``fedproof/decrypt/v1`` (the payload
+being the decrypted sum and the example count 0).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ledger.errors import BadSignature, KeyFileError
+
+UPDATE_TAG, DECRYPT_TAG = b"fedproof/update/v1", b"fedproof/decrypt/v1"
 PAYLOAD_DOMAIN = b"fedproof/payload/v1\x00"
+NO_DP = 2**64 - 1
+EPSILON_SCALE = 1_000_000
+_MAX_KEY_FILE = 4096
 
 
 def payload_digest(chunks: Iterable[bytes]) -> bytes:
-    """SHA-256 over the domain tag and every chunk, each length-prefixed."""
+    """SHA-256 over a domain tag and every chunk, each prefixed by its length (u64), so that no two different
+    chunkings of the same bytes hash alike."""
     h = hashlib.sha256(PAYLOAD_DOMAIN)
     for chunk in chunks:
         h.update(struct.pack(">Q", len(chunk)))
         h.update(chunk)
     return h.digest()
+
+
+def scale_epsilon(epsilon: float | None) -> int:
+    """Epsilon as the integer that is signed and stored on chain: micro-epsilon, rounded up (never understated)."""
+    if epsilon is None:
+        return NO_DP
+    if not (epsilon >= 0 and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon must be a finite non-negative number, got {epsilon!r}")
+    return min(math.ceil(epsilon * EPSILON_SCALE), NO_DP - 1)
+
+
+def client_id_hash(client_id: str) -> bytes:
+    """The 32-byte id a client has on chain."""
+    return hashlib.sha256(b"fedproof/client/v1\x00" + client_id.encode()).digest()
+
+
+def run_id_hash(run_id: str) -> bytes:
+    """The 32-byte id a run has on chain."""
+    return hashlib.sha256(b"fedproof/run/v1\x00" + run_id.encode()).digest()
+
+
+def _str(value: str) -> bytes:
+    raw = value.encode()
+    if len(raw) > 0xFFFF:
+        raise ValueError("identifier too long to encode")
+    return struct.pack(">H", len(raw)) + raw
+
+
+@dataclass(frozen=True)
+class SignedFields:
+    """What a client vouches for with one signature (see the module docstring for the byte layout)."""
+
+    chain_id: int
+    contract: bytes
+    run_id: str
+    round: int
+    client_id: str
+    payload_sha256: bytes
+    num_examples: int
+    epsilon_scaled: int = NO_DP
+    tag: bytes = UPDATE_TAG
+
+    def __post_init__(self) -> None:
+        if len(self.contract) != 20 or len(self.payload_sha256) != 32:
+            raise ValueError("contract must be 20 bytes and payload_sha256 32 bytes")
+        if self.tag not in (UPDATE_TAG, DECRYPT_TAG):
+            raise ValueError(f"unknown signing tag {self.tag!r}")
+
+    def canonical_bytes(self) -> bytes:
+        return b"".join(
+            [
+                self.tag + b"\x00",
+                struct.pack(">Q", self.chain_id),
+                self.contract,
+                _str(self.run_id),
+                struct.pack(">Q", self.round),
+                _str(self.client_id),
+                self.payload_sha256,
+                struct.pack(">QQ", self.num_examples, self.epsilon_scaled),
+            ]
+        )
+
+
+def leaf_bytes(fields: SignedFields, public_key: bytes, signature: bytes) -> bytes:
+    """A round's Merkle leaf: the signed fields, the signer's key and the signature, so it verifies from itself."""
+    return b"fedproof/leaf/v1\x00" + fields.canonical_bytes() + public_key + signature
+
+
+class SigningKey:
+    """A client's Ed25519 key. Files are PKCS#8 PEM, unencrypted, written 0600."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load(cls, path: Path) -> SigningKey:
+        path = Path(path)
+        if not path.is_file():
+            raise KeyFileError(f"no signing key at {path} (create one with `fedproof keys init`)")
+        if path.stat().st_size > _MAX_KEY_FILE:
+            raise KeyFileError(f"{path}: too large to be an Ed25519 key")
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError(f"{path}: not an unencrypted PEM private key ({exc})") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(f"{path}: not an Ed25519 key")
+        return cls(key)
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        os.chmod(path, 0o600)
+        return path
+
+    @property
+    def public_key(self) -> bytes:
+        return self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def sign(self, fields: SignedFields) -> bytes:
+        return self._key.sign(fields.canonical_bytes())
+
+
+def verify_signature(public_key: bytes, fields: SignedFields, signature: bytes) -> None:
+    """Raise :class:`BadSignature` unless ``signature`` is ``public_key``'s signature over ``fields``."""
+    if len(public_key) != 32 or len(signature) != 64:
+        raise BadSignature(f"client {fields.client_id}: malformed key or signature")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, fields.canonical_bytes())
+    except InvalidSignature as exc:
+        raise BadSignature(f"client {fields.client_id}: signature does not match the update") from exc

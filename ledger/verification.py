@@ -1,0 +1,110 @@
+"""The server's gate before aggregation: who may send, what they signed, and once per round only.
+
+:class:`UpdateVerifier` checks, in this order, and raises the first failure as a typed error (and counts it by
+reason): the sender is on the allow-list and not revoked; the signature is valid over the fields as sent
+(:class:`BadSignature`: forged or altered); those fields name this chain, contract, run and round
+(:class:`ReplayedUpdate`); the payload hashes to the signed digest (:class:`PayloadMismatch`); and it is the
+client's first update of the round (:class:`DuplicateUpdate`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ledger.errors import (
+    DuplicateUpdate,
+    KeyFileError,
+    PayloadMismatch,
+    ReplayedUpdate,
+    RevokedClient,
+    UnknownClient,
+    UpdateVerificationError,
+)
+from ledger.signing import SignedFields, verify_signature
+
+_MAX_ALLOWLIST = 4 << 20
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """Client ids and their Ed25519 public keys; the server holds this and nothing secret of the clients."""
+
+    keys: Mapping[str, bytes]
+    revoked: frozenset[str] = field(default_factory=frozenset)
+
+    def key_for(self, client_id: str) -> bytes:
+        if client_id not in self.keys:
+            raise UnknownClient(f"client {client_id!r} is not on the allow-list")
+        if client_id in self.revoked:
+            raise RevokedClient(f"client {client_id!r} was revoked")
+        return self.keys[client_id]
+
+    def revoke(self, client_id: str) -> AllowList:
+        return AllowList(self.keys, self.revoked | {client_id})
+
+    def to_json(self) -> str:
+        return json.dumps({"version": 1, "clients": {k: v.hex() for k, v in sorted(self.keys.items())},
+                           "revoked": sorted(self.revoked)}, indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> AllowList:
+        path = Path(path)
+        if not path.is_file():
+            raise KeyFileError(f"no allow-list at {path} (create a key set with `fedproof keys init`)")
+        if path.stat().st_size > _MAX_ALLOWLIST:
+            raise KeyFileError(f"{path}: larger than any allow-list")
+        try:
+            doc = json.loads(path.read_text())
+            keys = {str(k): bytes.fromhex(v) for k, v in doc["clients"].items()}
+            revoked = frozenset(str(c) for c in doc.get("revoked", []))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KeyFileError(f"{path}: not a fedproof allow-list ({exc})") from exc
+        if doc.get("version") != 1 or any(len(k) != 32 for k in keys.values()):
+            raise KeyFileError(f"{path}: not a version-1 allow-list of 32-byte Ed25519 keys")
+        return cls(keys, revoked)
+
+
+class UpdateVerifier:
+    """Verifies the signed updates of one run, round by round."""
+
+    def __init__(self, allow: AllowList, chain_id: int, contract: bytes, run_id: str) -> None:
+        self.allow, self.chain_id, self.contract, self.run_id = allow, chain_id, contract, run_id
+        self.rejected: Counter[str] = Counter()
+        self._round, self._seen = 0, set()
+
+    def verify(self, fields: SignedFields, signature: bytes, payload_sha256: bytes, server_round: int) -> bytes:
+        """Check one update of ``server_round``; return the signer's public key, or raise (and count) why not."""
+        if server_round != self._round:
+            self._round, self._seen = server_round, set()
+        try:
+            key = self.allow.key_for(fields.client_id)
+            verify_signature(key, fields, signature)
+            expected = (self.chain_id, self.contract, self.run_id, server_round)
+            if (fields.chain_id, fields.contract, fields.run_id, fields.round) != expected:
+                raise ReplayedUpdate(
+                    f"client {fields.client_id}: update signed for chain {fields.chain_id}, run "
+                    f"{fields.run_id!r}, round {fields.round}; this is chain {self.chain_id}, run "
+                    f"{self.run_id!r}, round {server_round} (or another contract)"
+                )
+            if fields.payload_sha256 != payload_sha256:
+                raise PayloadMismatch(f"client {fields.client_id}: payload does not hash to the signed SHA-256")
+            if fields.client_id in self._seen:
+                raise DuplicateUpdate(f"client {fields.client_id}: second update in round {server_round}")
+        except UpdateVerificationError as exc:
+            self.rejected[exc.reason] += 1
+            raise
+        self._seen.add(fields.client_id)
+        return key
