@@ -59,8 +59,8 @@ def simulate(
         Optional[bool], typer.Option("--he/--no-he", help="Encrypted aggregation with CKKS (default: on).")
     ] = None,
     he_committee: Annotated[Optional[int], typer.Option(help="Clients that decrypt each round's sum.")] = None,
-    he_keys: Annotated[
-        Optional[Path], typer.Option(help="CKKS key set directory (default: a fresh one per run).")
+    key_set: Annotated[
+        Optional[Path], typer.Option(help="Key set directory: fedproof keys init (default: a fresh one per run).")
     ] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset directory (default: search).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Parent directory of run directories.")] = None,
@@ -94,7 +94,7 @@ def simulate(
                 max_grad_norm=max_grad_norm,
                 he=he,
                 he_committee=he_committee,
-                he_keys=str(he_keys) if he_keys else None,
+                key_set=str(key_set) if key_set else None,
                 data_dir=str(data_dir) if data_dir else None,
                 run_dir=str(run_dir) if run_dir else None,
                 run_id=run_id,
@@ -124,23 +124,29 @@ def simulate(
         console.print(f"[yellow]run ended early:[/] {result.stopped}")
 
 
-he_app = typer.Typer(help="Homomorphic-encryption keys.", no_args_is_help=True)
-app.add_typer(he_app, name="he")
+keys_app = typer.Typer(help="Key sets: CKKS contexts, client signing keys, the allow-list.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
-@he_app.command("keygen")
-def he_keygen(
-    out: Annotated[Path, typer.Option(help="Directory for he-client.ctx (secret) and he-server.ctx (public).")],
+@keys_app.command("init")
+def keys_init(
+    out: Annotated[Path, typer.Option(help="Directory for the key set (created; files 0600).")],
+    clients: Annotated[int, typer.Option(help="Clients with ids 0..N-1 (as simulation numbers them).")] = 10,
+    client_ids: Annotated[Optional[str], typer.Option(help="Comma-separated client ids instead.")] = None,
+    he: Annotated[bool, typer.Option("--he/--no-he", help="Also make the CKKS contexts.")] = True,
 ) -> None:
-    """Create a CKKS key set: he-client.ctx goes to every client, he-server.ctx to the server (both 0600)."""
-    from privacy.he import write_key_set
+    """Create a key set: he-client.ctx and clients/<id>.pem go to the clients; he-server.ctx and
+    allowlist.json to the server."""
+    from fedproof.keys import init_key_set
 
+    ids = [c.strip() for c in client_ids.split(",") if c.strip()] if client_ids else [str(i) for i in range(clients)]
     try:
-        files = write_key_set(out)
-    except (FedproofError, PrivacyError, OSError) as exc:
+        keys = init_key_set(out, ids, he=he)
+    except (FedproofError, PrivacyError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
-    console.print(f"secret context (clients only): {files.client}\npublic context (server): {files.server}")
+    console.print(f"key set for {len(ids)} clients in [cyan]{keys.directory}[/]: clients get he-client.ctx and "
+                  "clients/<id>.pem; the server gets he-server.ctx and allowlist.json")
 
 
 class _RoundProgress:

@@ -75,8 +75,18 @@ class RunConfig:
     """Encrypt updates (CKKS): the server sums ciphertexts and a client committee decrypts only the sum."""
     he_committee: int = 2
     """Clients drawn each round to decrypt the encrypted sum; all must agree."""
-    he_keys: str = ""
-    """Directory of the CKKS key set (fedproof he keygen); empty: a fresh set per run in its run directory."""
+    key_set: str = ""
+    ledger: bool = True
+    """Record every round's lineage on an Ethereum ledger (a local anvil devnet unless ledger-url is given)."""
+    ledger_url: str = ""
+    """JSON-RPC URL of the ledger node; empty: start (or reuse) the local devnet in devnet-dir."""
+    devnet_dir: str = ""
+    """Where the local devnet keeps its chain; empty: ~/.local/share/fedproof/devnet."""
+    ledger_contract: str = ""
+    """Address of the lineage contract; empty: deploy it once per chain and remember it."""
+    chain_id: int = 0
+    """Chain the run records on (resolved at start; 0 without a ledger). Clients sign it into every update."""
+    """Directory of the run's key set (fedproof keys init); empty: a fresh set per run in its run directory."""
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -96,6 +106,8 @@ class RunConfig:
             (self.round_timeout > 0, "round-timeout must be positive"),
             (self.connect_timeout >= 0, "connect-timeout must be non-negative"),
             (self.he_committee >= 1, "he-committee must be at least 1"),
+            (_is_address(self.ledger_contract), "ledger-contract must be empty or a 0x-prefixed 20-byte address"),
+            (self.chain_id >= 0, "chain-id must be non-negative"),
             ("/" not in self.run_id and self.run_id not in (".", ".."), "run-id must be a plain name"),
         ]
         problems = [message for ok, message in checks if not ok]
@@ -123,6 +135,10 @@ class RunConfig:
         except DPConfigError as exc:
             raise ConfigError(str(exc)) from exc
 
+    def contract_bytes(self) -> bytes:
+        """The lineage contract's 20-byte address, signed into every update (zeros without a ledger)."""
+        return bytes.fromhex(self.ledger_contract[2:]) if self.ledger_contract else bytes(20)
+
     # ----------------------------------------------------------------------------- Flower's flat mapping
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -145,6 +161,15 @@ class RunConfig:
         """Apply the non-None keyword overrides (field names), as the CLI passes them."""
         given = {_key(name): value for name, value in overrides.items() if value is not None}
         return RunConfig.from_mapping(given, base=self)
+
+
+def _is_address(value: str) -> bool:
+    if not value:
+        return True
+    try:
+        return value.startswith("0x") and len(bytes.fromhex(value[2:])) == 20
+    except ValueError:
+        return False
 
 
 def _key(name: str) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedproof.errors import UpdateRejected
-from ledger.signing import payload_digest
+from ledger.signing import SignedFields, payload_digest
 
 REPORT_KEY = "client"
 TRAINED, BUDGET_EXHAUSTED = "trained", "budget-exhausted"
@@ -100,3 +100,50 @@ class EncryptedPayload:
     @property
     def nbytes(self) -> int:
         return sum(len(c) for c in self.chunks)
+
+
+# ----------------------------------------------------------------------------------------- signatures
+SIGNED_KEY = "signed"
+
+
+@dataclass(frozen=True)
+class SignedEnvelope:
+    """A signature and the fields it covers, as they travel beside a payload (ledger.signing has the bytes)."""
+
+    fields: SignedFields
+    signature: bytes
+
+    def put(self, content: RecordDict) -> RecordDict:
+        f = self.fields
+        content[SIGNED_KEY] = ConfigRecord({
+            "tag": f.tag, "chain-id": f.chain_id, "contract": f.contract, "run-id": f.run_id, "round": f.round,
+            "client-id": f.client_id, "payload-sha256": f.payload_sha256, "num-examples": f.num_examples,
+            "epsilon-scaled": str(f.epsilon_scaled), "signature": self.signature,
+        })
+        return content
+
+    @classmethod
+    def take(cls, content: RecordDict) -> SignedEnvelope:
+        record = content.config_records.get(SIGNED_KEY)
+        if record is None:
+            raise UpdateRejected("the reply is not signed")
+        try:
+            fields = SignedFields(
+                tag=bytes(record["tag"]), chain_id=int(record["chain-id"]), contract=bytes(record["contract"]),
+                run_id=str(record["run-id"]), round=int(record["round"]), client_id=str(record["client-id"]),
+                payload_sha256=bytes(record["payload-sha256"]), num_examples=int(record["num-examples"]),
+                epsilon_scaled=int(str(record["epsilon-scaled"])),
+            )
+            return cls(fields, bytes(record["signature"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UpdateRejected(f"malformed signature record: {exc}") from exc
+
+
+def payload_chunks(content: RecordDict) -> list[bytes]:
+    """The exact bytes of a reply's payload, as signed: its ciphertexts, or each plaintext array's name and bytes."""
+    if CIPHERTEXTS_KEY in content.array_records:
+        return [array.data for array in content.array_records[CIPHERTEXTS_KEY].values()]
+    arrays = content.array_records.get("arrays")
+    if arrays is None:
+        raise UpdateRejected("the reply carries no update")
+    return [part for key, array in arrays.items() for part in (key.encode(), array.data)]

@@ -19,6 +19,7 @@ from fedproof.errors import ConfigError
 from fedproof.model import make_model
 from fedproof.protocol import SUM_KEY, TRAINED, ClientReport, EncryptedPayload
 from fedproof.task import evaluate
+from fl_client.signing import client_id, sign_decryption, sign_update
 from fl_client.secure_update import decrypt_sum, encrypt_update, secret_context
 from fl_client.state import ClientState
 from fl_client.training import train_round
@@ -68,7 +69,7 @@ def train(msg: Message, context: Context) -> Message:
         job.model, job.data.train_x, job.data.train_y, job.config, ClientState.load(context), job.server_round, seed
     )
     outcome.state.save(context)
-    report = ClientReport(str(job.partition_id), outcome.status, outcome.epsilon, outcome.reason)
+    report = ClientReport(client_id(context), outcome.status, outcome.epsilon, outcome.reason)
     content = RecordDict({"client": report.to_record()})
     content["metrics"] = MetricRecord({"num-examples": outcome.num_examples})
     if outcome.status == TRAINED:
@@ -82,6 +83,7 @@ def train(msg: Message, context: Context) -> Message:
             {"train_loss": outcome.loss, "num-examples": outcome.num_examples,
              "rounds-trained": outcome.state.rounds_trained}
         )
+        sign_update(content, job.config, context, job.server_round, outcome.num_examples, outcome.epsilon)
     return Message(content, reply_to=msg)
 
 
@@ -96,6 +98,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 @app.query("decrypt")
 def decrypt(msg: Message, context: Context) -> Message:
     """As a member of this round's decryption committee: decrypt the encrypted sum the server holds."""
-    config, _ = _settings(msg)
+    config, server_round = _settings(msg)
     values = decrypt_sum(EncryptedPayload.take(msg.content), secret_context(config, context))
-    return Message(RecordDict({SUM_KEY: ArrayRecord({SUM_KEY: Array(values)})}), reply_to=msg)
+    content = RecordDict({SUM_KEY: ArrayRecord({SUM_KEY: Array(values)})})
+    return Message(sign_decryption(content, values.tobytes(), config, context, server_round), reply_to=msg)

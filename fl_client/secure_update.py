@@ -1,7 +1,7 @@
 """A client's half of secure aggregation: encrypt ``n_k * delta_k``, and decrypt a sum when on the committee.
 
 The secret context is found, in order, at the SuperNode's node config ``he-context`` (a deployment: each
-device holds its own copy) or at ``<he-keys>/he-client.ctx`` from the run config (a simulation: the server
+device holds its own copy) or at ``<key-set>/he-client.ctx`` from the run config (a simulation: the server
 generated the key set in a child process, and the clients share its file system).
 """
 
@@ -18,14 +18,15 @@ from fedproof.errors import ConfigError
 from fedproof.protocol import EncryptedPayload
 from fedproof.weights import flatten
 from privacy.errors import PlaintextRangeError
-from privacy.he import CLIENT_CONTEXT, SecretContext, round_for_release
+from fedproof.keys import KeySet
+from privacy.he import SecretContext, round_for_release
 
 
 def secret_context(config: RunConfig, context: Context) -> SecretContext:
-    path = context.node_config.get("he-context") or (Path(config.he_keys) / CLIENT_CONTEXT if config.he_keys else "")
+    path = context.node_config.get("he-context") or (KeySet(Path(config.key_set)).he_client if config.key_set else "")
     if not path:
         raise ConfigError("HE is on but this client has no key: start the SuperNode with --node-config "
-                          "'he-context=/path/he-client.ctx' (from `fedproof he keygen`)")
+                          "'he-context=/path/he-client.ctx' (from `fedproof keys init`)")
     return _load(str(Path(str(path)).expanduser().resolve()))
 
 

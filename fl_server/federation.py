@@ -17,8 +17,11 @@ from fedproof.model import make_model
 from fedproof.rundir import RoundMetrics, RunDirectory
 from fl_server.evaluation import CentralEvaluator
 from fl_server.recorder import RoundObserver, RoundRecorder
-from fl_server.secure_aggregation import DecryptionCommittee, EncryptedFedAvg, server_context
-from fl_server.strategy import AllBudgetsExhausted, BudgetAwareFedAvg
+from fl_server.admission import Admission
+from fl_server.credentials import load_credentials
+from fl_server.secure_aggregation import DecryptionCommittee, EncryptedFedAvg
+from fl_server.strategy import AllBudgetsExhausted, GatedFedAvg
+from ledger.verification import UpdateVerifier
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,14 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     random.seed(config.seed)  # Flower samples clients with the global `random`
     dataset = load_dataset(config.data_dir or None)
     recorder = RoundRecorder(run_dir, CentralEvaluator(dataset), observer)
+    config, credentials = load_credentials(config, run_dir.path)
+    run_dir.write_config(config)
+    verifier = UpdateVerifier(credentials.allow, config.chain_id, config.contract_bytes(), config.run_id)
     strategy_kwargs = dict(
+        admission=Admission(verifier),
         on_train_replies=recorder.observe_train_replies,
+        on_rejected=recorder.reject_update,
+        on_failed=recorder.fail_round,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=1,
@@ -50,15 +59,11 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         train_metrics_aggr_fn=recorder.aggregate_train_metrics,
         evaluate_metrics_aggr_fn=recorder.aggregate_evaluate_metrics,
     )
-    if config.he:
-        config, public = server_context(config, run_dir.path)
-        run_dir.write_config(config)
-        committee = DecryptionCommittee(config.he_committee, public, config.seed, config.round_timeout)
-        strategy: BudgetAwareFedAvg = EncryptedFedAvg(
-            committee=committee, on_rejected=recorder.reject_update, on_failed=recorder.fail_round, **strategy_kwargs
-        )
+    if credentials.public is not None:
+        committee = DecryptionCommittee(config.he_committee, credentials.public, config.seed, config.round_timeout)
+        strategy: GatedFedAvg = EncryptedFedAvg(committee=committee, **strategy_kwargs)
     else:
-        strategy = BudgetAwareFedAvg(**strategy_kwargs)
+        strategy = GatedFedAvg(**strategy_kwargs)
     # Clients get the run's settings with every message: the server is the single source of truth,
     # and it works the same under `flwr run` and `fedproof simulate`.
     settings = ConfigRecord(config.to_mapping())

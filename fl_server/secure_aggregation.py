@@ -12,46 +12,26 @@ from __future__ import annotations
 
 import logging
 import random
-import subprocess
-import sys
-from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedproof.config import RunConfig
 from fedproof.errors import (
     AggregationError,
     CommitteeDisagreement,
     CommitteeUnavailable,
-    ConfigError,
     UpdateRejected,
 )
-from fedproof.protocol import DECRYPT, SUM_KEY, ClientReport, EncryptedPayload
+from fedproof.protocol import DECRYPT, SUM_KEY, EncryptedPayload
 from fedproof.weights import flatten, num_values, unflatten
-from fl_server.strategy import BudgetAwareFedAvg
+from fl_server.admission import Admission
+from fl_server.strategy import GatedFedAvg
+from ledger.errors import UpdateVerificationError
 from privacy.errors import CiphertextError
-from privacy.he import SERVER_CONTEXT, PublicContext, release_tolerance
+from privacy.he import PublicContext, release_tolerance
 
 log = logging.getLogger(__name__)
-
-
-def server_context(config: RunConfig, run_path: Path) -> tuple[RunConfig, PublicContext]:
-    """The run's public CKKS context; with no ``he-keys`` given, a fresh key set made in a child process.
-
-    Generating keys in another process keeps the secret key out of this one's memory; the clients read
-    ``he-client.ctx`` from the same directory, which works when they share this file system (simulation).
-    """
-    if not config.he_keys:
-        keys = run_path / "keys"
-        done = subprocess.run([sys.executable, "-m", "fedproof.cli", "he", "keygen", "--out", str(keys)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ConfigError(f"could not generate the CKKS key set: {done.stderr.strip() or done.stdout.strip()}")
-        config = config.with_overrides(he_keys=str(keys))
-    return config, PublicContext.load(Path(config.he_keys).expanduser() / SERVER_CONTEXT)
 
 
 class DecryptionCommittee:
@@ -66,7 +46,7 @@ class DecryptionCommittee:
         self.size, self.public, self.seed, self.timeout = size, public, seed, timeout
 
     def decrypt(self, grid: Grid, payload: EncryptedPayload, contributors: list[int], server_round: int,
-                settings: ConfigRecord) -> np.ndarray:
+                settings: ConfigRecord, admission: Admission | None = None) -> np.ndarray:
         pool = sorted(contributors)
         random.Random(self.seed * 1_000_003 + server_round).shuffle(pool)
         wanted = min(self.size, len(pool))
@@ -88,8 +68,11 @@ class DecryptionCommittee:
             replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=self.timeout)}
             for node in asked:
                 try:
-                    answers[node] = _decrypted(replies.get(node), payload.num_values)
-                except UpdateRejected as exc:
+                    values = _decrypted(replies.get(node), payload.num_values)
+                    if admission is not None:
+                        admission.check_decryption(server_round, replies[node], values.tobytes())
+                    answers[node] = values
+                except (UpdateRejected, UpdateVerificationError) as exc:
                     problems.append(f"node {node}: {exc}")
                     log.warning("round %s: committee member %s replaced: %s", server_round, node, exc)
         return _agreed(answers, release_tolerance(self.public.params, payload.num_summed), server_round)
@@ -122,30 +105,16 @@ def _agreed(answers: dict[int, np.ndarray], tolerance: float, server_round: int)
     return first
 
 
-class EncryptedFedAvg(BudgetAwareFedAvg):
+class EncryptedFedAvg(GatedFedAvg):
     """FedAvg whose clients send encrypted updates; the server sums them without being able to read them."""
 
-    def __init__(
-        self,
-        *,
-        committee: DecryptionCommittee,
-        on_rejected: Callable[[int, str], None] | None = None,
-        on_failed: Callable[[int, str], None] | None = None,
-        **kwargs,
-    ) -> None:
+    def __init__(self, *, committee: DecryptionCommittee, **kwargs) -> None:
         super().__init__(**kwargs)
         self.committee = committee
-        self.on_rejected = on_rejected or (lambda rnd, why: None)
-        self.on_failed = on_failed or (lambda rnd, why: None)
-        self._round: tuple[ArrayRecord, ConfigRecord, Grid] | None = None
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        messages = super().configure_train(server_round, arrays, config, grid)
-        self._round = (arrays, ConfigRecord(dict(config)), grid)
-        return messages
-
-    def _aggregate(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def _aggregate(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
         assert self._round is not None, "aggregate_train before configure_train"
         global_arrays, settings, grid = self._round
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
@@ -157,15 +126,12 @@ class EncryptedFedAvg(BudgetAwareFedAvg):
                 count = _num_examples(msg.content)
                 total.add(EncryptedPayload.take(msg.content).chunks)
             except (UpdateRejected, CiphertextError) as exc:
-                client = ClientReport.from_reply(msg.content)
-                reason = f"client {client.client_id if client else msg.metadata.src_node_id}: {exc}"
-                log.warning("round %s: update rejected: %s", server_round, reason)
-                self.on_rejected(server_round, reason)
+                self.reject(server_round, msg, exc)
                 continue
             accepted.append(msg)
             examples += count
         if not accepted:
-            return None, None
+            return None, None, []
         metrics = self.train_metrics_aggr_fn([m.content for m in accepted], self.weighted_by_key)
         try:
             if examples > total.params.max_total_examples:
@@ -173,12 +139,12 @@ class EncryptedFedAvg(BudgetAwareFedAvg):
                                        f"can sum ({total.params.max_total_examples})")
             summed = EncryptedPayload(tuple(total.serialize()), total.length, total.count)
             contributors = [m.metadata.src_node_id for m in accepted]
-            values = self.committee.decrypt(grid, summed, contributors, server_round, settings)
+            values = self.committee.decrypt(grid, summed, contributors, server_round, settings, self.admission)
         except AggregationError as exc:
             log.error("%s", exc)
             self.on_failed(server_round, str(exc))
-            return None, metrics
-        return unflatten(flatten(global_arrays) + values / examples, global_arrays), metrics
+            return None, metrics, []
+        return unflatten(flatten(global_arrays) + values / examples, global_arrays), metrics, accepted
 
 
 def _num_examples(content: RecordDict) -> int:

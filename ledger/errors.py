@@ -59,3 +59,105 @@ class PayloadMismatch(UpdateVerificationError):
 
 class MerkleProofError(LedgerError):
     """A Merkle proof does not lead from its leaf to the expected root."""
+
+
+# ---- the contract, its artifact and the devnet (ledger/contract.py, ledger/artifact.py, ledger/devnet.py)
+
+
+class LedgerValueError(LedgerError, ValueError):
+    """A value handed to the ledger has the wrong shape (a hash that is not 32 bytes, a negative round...)."""
+
+
+class LedgerArtifactError(LedgerError):
+    """The committed compiled contract (contracts/build/FedproofLedger.json) is missing or damaged."""
+
+
+class LedgerUnavailable(LedgerError):
+    """No Ethereum node answers at the ledger URL (never started, stopped, or gone in the middle of a run)."""
+
+
+class ContractNotFound(LedgerError):
+    """There is no contract code at the given address on this chain."""
+
+
+class ContractMismatch(ContractNotFound):
+    """The code at the given address is not this build of FedproofLedger."""
+
+
+class LedgerTxFailed(LedgerError):
+    """A ledger transaction reverted without a reason fedproof knows, ran out of gas, or was not mined in time."""
+
+
+class ContractRevert(LedgerTxFailed):
+    """The contract refused a call with one of its custom errors; nothing was written.
+
+    ``error`` is the Solidity error's name and ``arguments`` its decoded arguments (name -> value).
+    """
+
+    error = ""
+
+    def __init__(self, message: str, arguments: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.arguments = dict(arguments or {})
+
+
+class NotOwner(ContractRevert):
+    """The sending account is not the contract's owner (the coordinator that deployed it)."""
+
+    error = "NotOwner"
+
+
+class ClientAlreadyRegistered(ContractRevert):
+    """The client id already has a key on chain (keys are set once, even after revocation)."""
+
+    error = "AlreadyRegistered"
+
+
+class UnknownClientOnChain(ContractRevert):
+    """The client id was never registered on chain."""
+
+    error = "UnknownClient"
+
+
+class RoundOutOfOrder(ContractRevert):
+    """The round is not the run's latest recorded round + 1 (a duplicate, a gap or a rewind)."""
+
+    error = "RoundOutOfOrder"
+
+
+class ParentMismatch(ContractRevert):
+    """The round's parent model hash is not the model hash recorded for the previous round."""
+
+    error = "ParentMismatch"
+
+
+class UnknownModelOnChain(ContractRevert):
+    """No recorded round of that run has that model hash, so a deployment of it cannot be recorded."""
+
+    error = "UnknownModel"
+
+
+class ZeroHashRejected(ContractRevert):
+    """A public key or model hash of 32 zero bytes was given; zero means "absent" on chain."""
+
+    error = "ZeroHash"
+
+
+class DevnetError(LedgerError):
+    """The local anvil devnet cannot be started, stopped or read."""
+
+
+class AnvilNotFound(DevnetError):
+    """No anvil binary was found ($FEDPROOF_ANVIL, contracts/node_modules, PATH)."""
+
+
+class DevnetPortInUse(DevnetError):
+    """Something other than this data directory's devnet holds the port."""
+
+
+class DevnetStartFailed(DevnetError):
+    """anvil exited or did not answer in time after being started."""
+
+
+class DevnetStateCorrupt(DevnetError):
+    """The devnet's saved chain (chain.json) is not readable JSON, so anvil would refuse to load it."""

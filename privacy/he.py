@@ -165,7 +165,7 @@ def _parse_header(data: bytes, what: str) -> tuple[int, HEParams, bytes]:
 def _read_file(path: Path, limit: int) -> bytes:
     path = Path(path)
     if not path.is_file():
-        raise ContextError(f"no CKKS context at {path} (create a key set with `fedproof he keygen`)")
+        raise ContextError(f"no CKKS context at {path} (create a key set with `fedproof keys init`)")
     if path.stat().st_size > limit:
         raise ContextError(f"{path}: {path.stat().st_size} bytes, larger than any context ({limit} bytes)")
     return path.read_bytes()

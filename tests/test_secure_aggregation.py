@@ -203,4 +203,4 @@ def test_he_run_matches_plaintext_and_server_never_loads_a_secret_key(
         assert a.upload_bytes_per_param is not None and a.upload_bytes_per_param <= 12
         assert b.upload_bytes_per_param == pytest.approx(4.0, rel=0.01)  # float32 plus .npy headers
     he_config = json.loads((tmp_path / "he" / "run.json").read_text())["config"]
-    assert Path(he_config["he-keys"]).parent == tmp_path / "he"
+    assert Path(he_config["key-set"]).parent == tmp_path / "he"

@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.28;
+
+/// @title fedproof audit ledger
+/// @notice Append-only lineage of a federated run: one record per round (model hash, parent hash, Merkle root of the
+///         signed client updates, participant count, DP epsilon, bundle hash) and one per deployment.
+/// @dev Client signatures and updates stay off-chain; only their Merkle root is stored, so the cost of a round does not
+///      depend on how many clients took part. Auditors should trust the events, receipts and block hashes: storage of a
+///      dev chain can be rewritten (anvil_setStorageAt) without a new block, logs inside mined blocks cannot.
+contract FedproofLedger {
+    /// @notice The coordinator: the only account that may write.
+    address public immutable owner;
+
+    /// @dev Storage order differs from the getter's on purpose: timestamp shares a slot with numUpdates and
+    ///      epsilonMaxScaled (32 + 64 + 64 bits), so a round costs five storage slots instead of six (one cold
+    ///      SSTORE, ~20k gas, less). `rounds()` below returns the fields in the documented order.
+    struct Round {
+        bytes32 parentModelHash;
+        bytes32 modelHash;
+        bytes32 updatesMerkleRoot;
+        uint32 numUpdates;
+        uint64 epsilonMaxScaled;
+        uint64 timestamp;
+        bytes32 bundleHash;
+    }
+
+    /// @notice clientId => Ed25519 public key (32 bytes); zero means never registered.
+    mapping(bytes32 => bytes32) public clientKeys;
+    /// @notice clientId => revoked. A revoked client keeps its key (history stays checkable) but is not active.
+    mapping(bytes32 => bool) public revoked;
+    /// @dev runId => round => Round; read it through `rounds(runId, round)`.
+    mapping(bytes32 => mapping(uint64 => Round)) private _rounds;
+    /// @notice runId => last recorded round (0 = none).
+    mapping(bytes32 => uint64) public latestRound;
+
+    event ClientRegistered(bytes32 indexed clientId, bytes32 publicKey);
+    event ClientRevoked(bytes32 indexed clientId);
+    event RoundRecorded(
+        bytes32 indexed runId,
+        uint64 indexed round,
+        bytes32 indexed modelHash,
+        bytes32 parentModelHash,
+        bytes32 updatesMerkleRoot,
+        uint32 numUpdates,
+        uint64 epsilonMaxScaled,
+        bytes32 bundleHash
+    );
+    event DeploymentRecorded(
+        bytes32 indexed modelHash,
+        bytes32 indexed artifactHash,
+        bytes32 indexed runId,
+        uint64 round,
+        string target
+    );
+
+    error NotOwner();
+    error AlreadyRegistered(bytes32 clientId);
+    error UnknownClient(bytes32 clientId);
+    error RoundOutOfOrder(bytes32 runId, uint64 expected, uint64 got);
+    error ParentMismatch(bytes32 expected, bytes32 got);
+    error UnknownModel(bytes32 modelHash);
+    error ZeroHash();
+
+    modifier onlyOwner() {
+        if (msg.sender != owner) revert NotOwner();
+        _;
+    }
+
+    constructor() {
+        owner = msg.sender;
+    }
+
+    /// @notice Register a client's Ed25519 key. A key is set once: re-registering (even after revocation) is
+    ///         refused, so a clientId can never silently change keys.
+    function registerClient(bytes32 clientId, bytes32 publicKey) external onlyOwner {
+        if (publicKey == bytes32(0)) revert ZeroHash();
+        if (clientKeys[clientId] != bytes32(0)) revert AlreadyRegistered(clientId);
+        clientKeys[clientId] = publicKey;
+        emit ClientRegistered(clientId, publicKey);
+    }
+
+    /// @notice Revoke a registered client; its key stays readable for audits of earlier rounds.
+    function revokeClient(bytes32 clientId) external onlyOwner {
+        if (clientKeys[clientId] == bytes32(0)) revert UnknownClient(clientId);
+        revoked[clientId] = true;
+        emit ClientRevoked(clientId);
+    }
+
+    /// @notice True if the client has a key and was not revoked.
+    function isActiveClient(bytes32 clientId) external view returns (bool) {
+        return clientKeys[clientId] != bytes32(0) && !revoked[clientId];
+    }
+
+    /// @notice A recorded round (all zero if absent), in the order (parentModelHash, modelHash, updatesMerkleRoot,
+    ///         numUpdates, epsilonMaxScaled, bundleHash, timestamp), as a public mapping getter would return it.
+    function rounds(bytes32 runId, uint64 round)
+        external
+        view
+        returns (
+            bytes32 parentModelHash,
+            bytes32 modelHash,
+            bytes32 updatesMerkleRoot,
+            uint32 numUpdates,
+            uint64 epsilonMaxScaled,
+            bytes32 bundleHash,
+            uint64 timestamp
+        )
+    {
+        Round storage r = _rounds[runId][round];
+        return (
+            r.parentModelHash,
+            r.modelHash,
+            r.updatesMerkleRoot,
+            r.numUpdates,
+            r.epsilonMaxScaled,
+            r.bundleHash,
+            r.timestamp
+        );
+    }
+
+    /// @notice Record a finished round. Rounds of a run are recorded strictly in order (1, 2, 3, ...) and each
+    ///         round's parent must be the previous round's model, so the chain of records is the model lineage.
+    function recordRound(
+        bytes32 runId,
+        uint64 round,
+        bytes32 parentModelHash,
+        bytes32 modelHash,
+        bytes32 updatesMerkleRoot,
+        uint32 numUpdates,
+        uint64 epsilonMaxScaled,
+        bytes32 bundleHash
+    ) external onlyOwner {
+        uint64 expected = latestRound[runId] + 1;
+        if (round != expected) revert RoundOutOfOrder(runId, expected, round);
+        if (modelHash == bytes32(0)) revert ZeroHash();
+        if (round > 1) {
+            bytes32 previous = _rounds[runId][round - 1].modelHash;
+            if (parentModelHash != previous) revert ParentMismatch(previous, parentModelHash);
+        }
+        _rounds[runId][round] = Round({
+            parentModelHash: parentModelHash,
+            modelHash: modelHash,
+            updatesMerkleRoot: updatesMerkleRoot,
+            numUpdates: numUpdates,
+            epsilonMaxScaled: epsilonMaxScaled,
+            timestamp: uint64(block.timestamp),
+            bundleHash: bundleHash
+        });
+        latestRound[runId] = round;
+        emit RoundRecorded(
+            runId, round, modelHash, parentModelHash, updatesMerkleRoot, numUpdates, epsilonMaxScaled, bundleHash
+        );
+    }
+
+    /// @notice Record that a model of a recorded round was deployed (for example as a quantized edge artifact).
+    function recordDeployment(
+        bytes32 modelHash,
+        bytes32 artifactHash,
+        bytes32 runId,
+        uint64 round,
+        string calldata target
+    ) external onlyOwner {
+        if (modelHash == bytes32(0) || _rounds[runId][round].modelHash != modelHash) revert UnknownModel(modelHash);
+        emit DeploymentRecorded(modelHash, artifactHash, runId, round, target);
+    }
+}

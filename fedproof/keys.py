@@ -1,0 +1,59 @@
+"""A run's key set, made in one place: the CKKS contexts, one Ed25519 signing key per client, the allow-list.
+
+Layout of a key-set directory (every file 0600)::
+
+    he-client.ctx        CKKS secret context   -> every client, never the server
+    he-server.ctx        CKKS public context   -> the server (parameters only)
+    clients/<id>.pem     Ed25519 signing key   -> client <id> only
+    allowlist.json       client ids and public keys -> the server (and, registered on chain, the auditors)
+
+``fedproof simulate`` makes one per run in a child process (so the server's process never holds a secret);
+for a deployment, an operator runs ``fedproof keys init`` once and hands out the files as above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger.signing import SigningKey
+from ledger.verification import AllowList
+from privacy.he import CLIENT_CONTEXT, SERVER_CONTEXT, write_key_set
+
+ALLOWLIST, CLIENT_KEYS = "allowlist.json", "clients"
+
+
+@dataclass(frozen=True)
+class KeySet:
+    directory: Path
+
+    @property
+    def he_client(self) -> Path:
+        return self.directory / CLIENT_CONTEXT
+
+    @property
+    def he_server(self) -> Path:
+        return self.directory / SERVER_CONTEXT
+
+    @property
+    def allowlist(self) -> Path:
+        return self.directory / ALLOWLIST
+
+    def signing_key(self, client_id: str) -> Path:
+        if not client_id or "/" in client_id or client_id in (".", ".."):
+            raise ValueError(f"client id {client_id!r} cannot name a key file")
+        return self.directory / CLIENT_KEYS / f"{client_id}.pem"
+
+
+def init_key_set(directory: Path, client_ids: list[str], he: bool = True) -> KeySet:
+    """Create a fresh key set for ``client_ids`` in ``directory``."""
+    keys = KeySet(Path(directory))
+    if he:
+        write_key_set(keys.directory)
+    public = {}
+    for client_id in client_ids:
+        key = SigningKey.generate()
+        key.save(keys.signing_key(client_id))
+        public[client_id] = key.public_key
+    AllowList(public).save(keys.allowlist)
+    return keys

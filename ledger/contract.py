@@ -1,0 +1,603 @@
+"""A narrow, typed web3 (v8) wrapper around the FedproofLedger contract.
+
+Why it looks the way it does:
+
+* Every write is sent from one account (``w3.eth.accounts[0]`` by default: anvil's unlocked dev account, or
+  eth-tester's) with an explicit gas limit. Without one, web3 first runs ``eth_estimateGas``, which py-evm does by a
+  slow binary search; with one, a reverting transaction is *mined with status 0 and raises nothing*. So each write is
+  first run as an ``eth_call`` of the very same transaction: a revert there carries the contract's custom-error data,
+  which is mapped (by its 4-byte selector, taken from the ABI) to a typed error with the decoded arguments. Only then
+  is the transaction sent, and its receipt's status is still checked. This also makes both backends behave alike:
+  anvil raises ``ContractCustomError`` while eth-tester raises its own ``TransactionFailed`` with the data in the text.
+* Reads for audits come from event logs and receipts, filtered by indexed topics inside the node, not from contract
+  storage: storage of a dev chain can be rewritten (``anvil_setStorageAt``) without a new block, logs cannot.
+* A node that is not there (never started, or gone mid-run) becomes :class:`~ledger.errors.LedgerUnavailable`
+  with a message that says what to do, never a raw ``requests`` traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import requests
+from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
+from hexbytes import HexBytes
+from web3 import HTTPProvider, Web3
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
+
+from ledger import errors
+from ledger.artifact import Artifact, load_artifact
+
+
+# Gas limits per write, with a wide margin over what was measured (recordRound ~137 k in steady state, deployment
+# ~650 k). They only cap what a transaction may spend; unused gas is not charged.
+DEPLOY_GAS = 1_500_000
+REGISTER_GAS = 120_000
+REVOKE_GAS = 80_000
+RECORD_ROUND_GAS = 300_000
+DEPLOYMENT_BASE_GAS = 80_000
+DEPLOYMENT_GAS_PER_TARGET_BYTE = 100  # calldata (16/byte) + memory + event data (8/byte), rounded far up
+MAX_TARGET_BYTES = 1024
+RECEIPT_TIMEOUT = 30.0
+POLL_LATENCY = 0.005  # anvil answers ~18 ms after a send; web3's default 0.1 s poll would cap us at ~8 tx/s
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+
+_NODE_DOWN = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)
+_HINT = "run `fedproof devnet start`, or pass --ledger-url with the address of a running node"
+
+
+def _tester_errors() -> tuple[type[BaseException], ...]:
+    """eth-tester's revert exception (not a web3 exception), when eth-tester is installed (tests only)."""
+    try:
+        from eth_tester.exceptions import TransactionFailed
+    except ImportError:  # production installs have no eth-tester
+        return ()
+    return (TransactionFailed,)
+
+
+_REVERTS: tuple[type[BaseException], ...] = (ContractLogicError, *_tester_errors())
+
+
+# --------------------------------------------------------------------------------------------- values
+
+
+def _hash32(name: str, value: object) -> bytes:
+    if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
+        got = f"{len(value)} bytes" if isinstance(value, (bytes, bytearray)) else type(value).__name__
+        raise errors.LedgerValueError(f"{name} must be 32 bytes, got {got}")
+    return bytes(value)
+
+
+def _uint(name: str, value: object, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise errors.LedgerValueError(f"{name} must be an integer in [0, {maximum}], got {value!r}")
+    return value
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one FL round puts on chain. All hashes are 32 bytes; ``epsilon_max_scaled`` is epsilon x 10^6."""
+
+    run_id: bytes
+    round: int
+    parent_model_hash: bytes
+    model_hash: bytes
+    updates_merkle_root: bytes
+    num_updates: int
+    epsilon_max_scaled: int
+    bundle_hash: bytes
+
+    def __post_init__(self) -> None:
+        for name in ("run_id", "parent_model_hash", "model_hash", "updates_merkle_root", "bundle_hash"):
+            object.__setattr__(self, name, _hash32(name, getattr(self, name)))
+        _uint("round", self.round, UINT64_MAX)
+        _uint("num_updates", self.num_updates, UINT32_MAX)
+        _uint("epsilon_max_scaled", self.epsilon_max_scaled, UINT64_MAX)
+
+    def as_record(self) -> RoundRecord:
+        """The plain record (drops the receipt fields of a :class:`RecordedRound`)."""
+        return RoundRecord(
+            run_id=self.run_id,
+            round=self.round,
+            parent_model_hash=self.parent_model_hash,
+            model_hash=self.model_hash,
+            updates_merkle_root=self.updates_merkle_root,
+            num_updates=self.num_updates,
+            epsilon_max_scaled=self.epsilon_max_scaled,
+            bundle_hash=self.bundle_hash,
+        )
+
+
+@dataclass(frozen=True)
+class RecordedRound(RoundRecord):
+    """A round as found in a ``RoundRecorded`` log, with the transaction, block and gas that carried it."""
+
+    tx_hash: str
+    block_number: int
+    block_hash: str
+    gas_used: int
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The part of a mined transaction's receipt worth keeping (hashes as 0x-prefixed hex)."""
+
+    tx_hash: str
+    block_number: int
+    block_hash: str
+    gas_used: int
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    """A ``ClientRegistered`` (with its key) or ``ClientRevoked`` log."""
+
+    kind: Literal["registered", "revoked"]
+    client_id: bytes
+    public_key: bytes | None
+    tx_hash: str
+    block_number: int
+    block_hash: str
+    log_index: int
+
+
+@dataclass(frozen=True)
+class DeploymentEvent:
+    """A ``DeploymentRecorded`` log: which model of which round was shipped as which artifact, to which target."""
+
+    model_hash: bytes
+    artifact_hash: bytes
+    run_id: bytes
+    round: int
+    target: str
+    tx_hash: str
+    block_number: int
+    block_hash: str
+
+
+# --------------------------------------------------------------------------------------------- reverts
+
+
+def _revert_data(exc: BaseException) -> bytes | None:
+    """The raw revert data carried by either backend's exception, if any."""
+    data = getattr(exc, "data", None)
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data)
+    if isinstance(data, str) and data.startswith("0x"):
+        try:
+            return bytes.fromhex(data[2:])
+        except ValueError:
+            pass
+    # eth-tester: TransactionFailed("execution reverted: b'\xe5z...'"), the repr of the revert bytes.
+    text = str(exc.args[0]) if exc.args else ""
+    match = re.fullmatch(r"execution reverted: (b(['\"]).*\2)", text, flags=re.S)
+    if match:
+        try:
+            value = ast.literal_eval(match.group(1))
+        except (ValueError, SyntaxError):
+            return None
+        if isinstance(value, bytes):
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class _ErrorSpec:
+    name: str
+    names: tuple[str, ...]
+    types: tuple[str, ...]
+
+
+def _error_specs(abi: tuple[dict[str, Any], ...]) -> dict[bytes, _ErrorSpec]:
+    """4-byte selector -> custom error, from the ABI (so a renamed or added error cannot drift out of sync)."""
+    specs = {}
+    for entry in abi:
+        if entry.get("type") != "error":
+            continue
+        types = tuple(str(arg["type"]) for arg in entry.get("inputs", []))
+        selector = Web3.keccak(text=f"{entry['name']}({','.join(types)})")[:4]
+        specs[bytes(selector)] = _ErrorSpec(
+            entry["name"], tuple(str(arg["name"]) for arg in entry.get("inputs", [])), types
+        )
+    return specs
+
+
+_ERROR_CLASSES: dict[str, type[errors.ContractRevert]] = {
+    cls.error: cls
+    for cls in (
+        errors.NotOwner,
+        errors.ClientAlreadyRegistered,
+        errors.UnknownClientOnChain,
+        errors.RoundOutOfOrder,
+        errors.ParentMismatch,
+        errors.UnknownModelOnChain,
+        errors.ZeroHashRejected,
+    )
+}
+
+
+def _revert_message(name: str, args: dict[str, Any], sender: str, address: str) -> str:
+    h = {k: _hex(v) if isinstance(v, bytes) else v for k, v in args.items()}
+    if name == "NotOwner":
+        return f"account {sender} is not the owner of the ledger contract {address}; only the deployer may write"
+    if name == "AlreadyRegistered":
+        return f"client {h['clientId']} is already registered on chain (a key is set once, even after revocation)"
+    if name == "UnknownClient":
+        return f"client {h['clientId']} was never registered on chain"
+    if name == "RoundOutOfOrder":
+        what = "already recorded" if args["got"] < args["expected"] else "out of order"
+        return f"run {h['runId']}: round {args['got']} is {what}; the ledger expects round {args['expected']} next"
+    if name == "ParentMismatch":
+        return (
+            f"parent model hash {h['got']} is not the model hash recorded for the previous round ({h['expected']})"
+        )
+    if name == "UnknownModel":
+        return f"model {h['modelHash']} is not the model recorded for that run and round"
+    if name == "ZeroHash":
+        return "a hash of 32 zero bytes was given as a public key or model hash (zero means absent on chain)"
+    return f"contract error {name}({', '.join(f'{k}={v}' for k, v in h.items())})"
+
+
+# --------------------------------------------------------------------------------------------- the wrapper
+
+
+class LedgerContract:
+    """One deployed FedproofLedger, used from one sending account."""
+
+    def __init__(self, w3: Web3, address: str, *, sender: str | None = None, artifact: Artifact | None = None):
+        """Prefer :meth:`deploy` or :meth:`at`; this constructor does not check the address holds our code."""
+        self.w3 = w3
+        self.artifact = artifact or load_artifact()
+        self.address: str = Web3.to_checksum_address(address)
+        self._url = _endpoint(w3)
+        with self._node():
+            self.chain_id: int = int(w3.eth.chain_id)
+            self.sender: str = Web3.to_checksum_address(sender or w3.eth.accounts[0])
+        self._contract = w3.eth.contract(address=self.address, abi=self.artifact.abi_list)
+        self._errors = _error_specs(self.artifact.abi)
+        self.deploy_receipt: Receipt | None = None
+
+    def __repr__(self) -> str:
+        return f"LedgerContract(address={self.address}, chain_id={self.chain_id}, sender={self.sender})"
+
+    # ----------------------------------------------------------------------------- construction
+
+    @classmethod
+    def deploy(cls, w3: Web3, *, sender: str | None = None) -> LedgerContract:
+        """Deploy the committed artifact; the sender becomes the contract's owner."""
+        artifact = load_artifact()
+        url = _endpoint(w3)
+        with _node_errors(url):
+            account = Web3.to_checksum_address(sender or w3.eth.accounts[0])
+            tx_hash = w3.eth.send_transaction({"from": account, "data": artifact.bytecode, "gas": DEPLOY_GAS})
+            receipt = _wait(w3, tx_hash)
+        if receipt["status"] != 1 or not receipt.get("contractAddress"):
+            raise errors.LedgerTxFailed(
+                f"deploying FedproofLedger failed in transaction {_hex(receipt['transactionHash'])} "
+                f"(gas used {receipt['gasUsed']} of {DEPLOY_GAS})"
+            )
+        contract = cls(w3, receipt["contractAddress"], sender=account, artifact=artifact)
+        contract.deploy_receipt = _receipt(receipt)
+        return contract
+
+    @classmethod
+    def at(cls, w3: Web3, address: str, *, sender: str | None = None) -> LedgerContract:
+        """Attach to an existing deployment, after checking that the code there is this build of the contract."""
+        if not Web3.is_address(address):
+            raise errors.LedgerValueError(f"{address!r} is not an Ethereum address")
+        contract = cls(w3, address, sender=sender)
+        with contract._node():
+            code = bytes(w3.eth.get_code(contract.address))
+        if not code:
+            raise errors.ContractNotFound(
+                f"no contract code at {contract.address} on chain {contract.chain_id} (at {contract._url}); "
+                "the chain may have been reset: deploy the ledger again"
+            )
+        expected = bytes.fromhex(contract.artifact.deployed_bytecode[2:])
+        # Immutables (the owner) are zero bytes in the artifact and filled in at deployment; all else must match.
+        if len(code) != len(expected) or any(a != b and b != 0 for a, b in zip(code, expected)):
+            raise errors.ContractMismatch(
+                f"the code at {contract.address} on chain {contract.chain_id} is not this FedproofLedger build "
+                f"(artifact sha256 {contract.artifact.sha256[:16]}...)"
+            )
+        return contract
+
+    @staticmethod
+    def connect(url: str, timeout: float = 5.0) -> Web3:
+        """A Web3 on an HTTP JSON-RPC node, checked to answer now (so a missing devnet fails here, clearly)."""
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise errors.LedgerValueError(f"ledger URL must start with http:// or https://, got {url!r}")
+        # No retries: a local node that refuses a connection is down, and retrying only delays saying so.
+        provider = HTTPProvider(url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None)
+        w3 = Web3(provider)
+        try:
+            w3.eth.chain_id
+        except _NODE_DOWN as exc:
+            raise errors.LedgerUnavailable(f"no Ethereum node answers at {url} ({_reason(exc)}); {_HINT}") from exc
+        except (Web3RPCError, ValueError) as exc:  # something answers, but not JSON-RPC (or not Ethereum)
+            raise errors.LedgerUnavailable(
+                f"{url} answers but not as an Ethereum JSON-RPC node ({exc}); {_HINT}"
+            ) from exc
+        return w3
+
+    @staticmethod
+    def in_memory() -> Web3:
+        """An in-process eth-tester chain (py-evm), for tests: fast, but it cannot persist to disk."""
+        from web3 import EthereumTesterProvider
+
+        return Web3(EthereumTesterProvider())
+
+    # ----------------------------------------------------------------------------- writes
+
+    def register_client(self, client_id: bytes, public_key: bytes) -> Receipt:
+        """Register a client's Ed25519 public key (set once; see ``ClientAlreadyRegistered``)."""
+        args = [_hash32("client_id", client_id), _hash32("public_key", public_key)]
+        return self._transact("registerClient", args, REGISTER_GAS)
+
+    def revoke_client(self, client_id: bytes) -> Receipt:
+        """Revoke a registered client; its key stays on chain so its earlier updates stay checkable."""
+        return self._transact("revokeClient", [_hash32("client_id", client_id)], REVOKE_GAS)
+
+    def record_round(self, record: RoundRecord) -> Receipt:
+        """Record one finished round; the contract enforces the order of rounds and the parent link."""
+        if not isinstance(record, RoundRecord):
+            raise errors.LedgerValueError(f"record must be a RoundRecord, got {type(record).__name__}")
+        args = [
+            record.run_id,
+            record.round,
+            record.parent_model_hash,
+            record.model_hash,
+            record.updates_merkle_root,
+            record.num_updates,
+            record.epsilon_max_scaled,
+            record.bundle_hash,
+        ]
+        return self._transact("recordRound", args, RECORD_ROUND_GAS)
+
+    def record_deployment(
+        self, model_hash: bytes, artifact_hash: bytes, run_id: bytes, round: int, target: str
+    ) -> Receipt:
+        """Record that the model of (run, round) was shipped as the artifact with ``artifact_hash`` to ``target``."""
+        if not isinstance(target, str):
+            raise errors.LedgerValueError(f"target must be a string, got {type(target).__name__}")
+        size = len(target.encode("utf-8"))
+        if size > MAX_TARGET_BYTES:
+            raise errors.LedgerValueError(f"target is {size} bytes in UTF-8; at most {MAX_TARGET_BYTES} are recorded")
+        args = [
+            _hash32("model_hash", model_hash),
+            _hash32("artifact_hash", artifact_hash),
+            _hash32("run_id", run_id),
+            _uint("round", round, UINT64_MAX),
+            target,
+        ]
+        return self._transact("recordDeployment", args, DEPLOYMENT_BASE_GAS + DEPLOYMENT_GAS_PER_TARGET_BYTE * size)
+
+    # ----------------------------------------------------------------------------- views
+
+    def is_active_client(self, client_id: bytes) -> bool:
+        """Registered and not revoked (current state; for history use :meth:`client_events`)."""
+        return bool(self._view("isActiveClient", _hash32("client_id", client_id)))
+
+    def client_key(self, client_id: bytes) -> bytes | None:
+        """The client's registered Ed25519 public key, or None if it was never registered."""
+        key = bytes(self._view("clientKeys", _hash32("client_id", client_id)))
+        return None if key == bytes(32) else key
+
+    def latest_round(self, run_id: bytes) -> int:
+        """The last recorded round of the run (0: none yet)."""
+        return int(self._view("latestRound", _hash32("run_id", run_id)))
+
+    # ----------------------------------------------------------------------------- events
+
+    def round_events(
+        self, *, run_id: bytes | None = None, model_hash: bytes | None = None, from_block: int = 0
+    ) -> list[RecordedRound]:
+        """``RoundRecorded`` logs in chain order, filtered in the node by the indexed run id and/or model hash."""
+        topics = [
+            _topic(run_id, "run_id"),
+            None,  # round
+            _topic(model_hash, "model_hash"),
+        ]
+        receipts: dict[bytes, Any] = {}
+        out = []
+        for log, args in self._logs("RoundRecorded", topics, from_block):
+            tx = bytes(log["transactionHash"])
+            if tx not in receipts:
+                with self._node():
+                    receipts[tx] = self.w3.eth.get_transaction_receipt(tx)
+            out.append(
+                RecordedRound(
+                    run_id=bytes(args["runId"]),
+                    round=int(args["round"]),
+                    parent_model_hash=bytes(args["parentModelHash"]),
+                    model_hash=bytes(args["modelHash"]),
+                    updates_merkle_root=bytes(args["updatesMerkleRoot"]),
+                    num_updates=int(args["numUpdates"]),
+                    epsilon_max_scaled=int(args["epsilonMaxScaled"]),
+                    bundle_hash=bytes(args["bundleHash"]),
+                    tx_hash=_hex(tx),
+                    block_number=int(log["blockNumber"]),
+                    block_hash=_hex(log["blockHash"]),
+                    gas_used=int(receipts[tx]["gasUsed"]),
+                )
+            )
+        return out
+
+    def client_events(self, client_id: bytes | None = None, *, from_block: int = 0) -> list[ClientEvent]:
+        """``ClientRegistered`` and ``ClientRevoked`` logs, merged in chain order."""
+        topic = _topic(client_id, "client_id")
+        found: list[tuple[int, int, ClientEvent]] = []
+        for name, kind in (("ClientRegistered", "registered"), ("ClientRevoked", "revoked")):
+            for log, args in self._logs(name, [topic], from_block):
+                event = ClientEvent(
+                    kind=kind,  # type: ignore[arg-type]
+                    client_id=bytes(args["clientId"]),
+                    public_key=bytes(args["publicKey"]) if kind == "registered" else None,
+                    tx_hash=_hex(log["transactionHash"]),
+                    block_number=int(log["blockNumber"]),
+                    block_hash=_hex(log["blockHash"]),
+                    log_index=int(log["logIndex"]),
+                )
+                found.append((event.block_number, event.log_index, event))
+        return [event for _, _, event in sorted(found, key=lambda item: item[:2])]
+
+    def deployment_events(
+        self,
+        *,
+        model_hash: bytes | None = None,
+        artifact_hash: bytes | None = None,
+        run_id: bytes | None = None,
+        from_block: int = 0,
+    ) -> list[DeploymentEvent]:
+        """``DeploymentRecorded`` logs in chain order, filtered in the node by the indexed hashes given."""
+        topics = [_topic(model_hash, "model_hash"), _topic(artifact_hash, "artifact_hash"), _topic(run_id, "run_id")]
+        return [
+            DeploymentEvent(
+                model_hash=bytes(args["modelHash"]),
+                artifact_hash=bytes(args["artifactHash"]),
+                run_id=bytes(args["runId"]),
+                round=int(args["round"]),
+                target=str(args["target"]),
+                tx_hash=_hex(log["transactionHash"]),
+                block_number=int(log["blockNumber"]),
+                block_hash=_hex(log["blockHash"]),
+            )
+            for log, args in self._logs("DeploymentRecorded", topics, from_block)
+        ]
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    @contextmanager
+    def _node(self) -> Iterator[None]:
+        with _node_errors(self._url):
+            yield
+
+    def _view(self, fn: str, *args: Any) -> Any:
+        with self._node():
+            return getattr(self._contract.functions, fn)(*args).call()
+
+    def _logs(self, event: str, topics: list[str | None], from_block: int) -> list[tuple[Any, Any]]:
+        """Raw ``eth_getLogs`` with explicit topics (so the node filters), then ABI-decoded here."""
+        _uint("from_block", from_block, UINT64_MAX)
+        handle = getattr(self._contract.events, event)()
+        while topics and topics[-1] is None:
+            topics = topics[:-1]
+        query = {
+            "address": self.address,
+            "fromBlock": from_block,
+            "toBlock": "latest",
+            "topics": [_hex(HexBytes(handle.topic)), *topics],
+        }
+        with self._node():
+            logs = self.w3.eth.get_logs(query)  # type: ignore[arg-type]
+        return [(log, handle.process_log(log)["args"]) for log in logs]
+
+    def _transact(self, fn: str, args: list[Any], gas: int) -> Receipt:
+        """Check by ``eth_call`` (typed revert), send with an explicit gas limit, wait, check the status."""
+        tx = {
+            "from": self.sender,
+            "to": self.address,
+            "data": self._contract.encode_abi(fn, args=args),
+            "gas": gas,
+        }
+        self._preflight(fn, tx, "latest")
+        with self._node():
+            tx_hash = self.w3.eth.send_transaction(tx)  # type: ignore[arg-type]
+            receipt = _wait(self.w3, tx_hash)
+        if receipt["status"] == 1:
+            return _receipt(receipt)
+        where = f"transaction {_hex(receipt['transactionHash'])} in block {receipt['blockNumber']}"
+        if receipt["gasUsed"] >= gas:
+            raise errors.LedgerTxFailed(f"{fn} ran out of gas ({gas}) in {where}")
+        # It passed the check but reverted when mined: something changed in between. Replaying it on the
+        # state after its block usually shows the reason (for example another writer recorded the round first).
+        self._preflight(fn, tx, receipt["blockNumber"], suffix=f" (reverted when mined, {where})")
+        raise errors.LedgerTxFailed(f"{fn} reverted in {where}")
+
+    def _preflight(self, fn: str, tx: dict[str, Any], block: int | str, suffix: str = "") -> None:
+        try:
+            with self._node():
+                self.w3.eth.call(tx, block)  # type: ignore[arg-type]
+        except _REVERTS as exc:
+            raise self._decode_revert(fn, exc, suffix) from exc
+        except Web3RPCError as exc:
+            raise errors.LedgerTxFailed(f"the node refused {fn}: {exc}{suffix}") from exc
+
+    def _decode_revert(self, fn: str, exc: BaseException, suffix: str) -> errors.LedgerTxFailed:
+        data = _revert_data(exc)
+        spec = self._errors.get(data[:4]) if data and len(data) >= 4 else None
+        if spec is None:
+            return errors.LedgerTxFailed(f"{fn} reverted: {exc}{suffix}")
+        try:
+            values = abi_decode(list(spec.types), data[4:]) if spec.types else ()  # type: ignore[index]
+        except DecodingError:
+            return errors.LedgerTxFailed(f"{fn} reverted with malformed {spec.name} data{suffix}")
+        arguments = dict(zip(spec.names, values))
+        cls = _ERROR_CLASSES.get(spec.name, errors.ContractRevert)
+        return cls(_revert_message(spec.name, arguments, self.sender, self.address) + suffix, arguments)
+
+
+def _endpoint(w3: Web3) -> str:
+    return str(getattr(w3.provider, "endpoint_uri", None) or type(w3.provider).__name__)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timed out"
+    return type(exc).__name__
+
+
+@contextmanager
+def _node_errors(url: str) -> Iterator[None]:
+    try:
+        yield
+    except _NODE_DOWN as exc:
+        raise errors.LedgerUnavailable(
+            f"the Ethereum node at {url} does not answer ({_reason(exc)}); {_HINT}"
+        ) from exc
+
+
+def _wait(w3: Web3, tx_hash: bytes) -> Any:
+    try:
+        return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT, poll_latency=POLL_LATENCY)
+    except TimeExhausted as exc:
+        raise errors.LedgerTxFailed(
+            f"transaction {_hex(tx_hash)} was not mined within {RECEIPT_TIMEOUT:.0f} s (is the node mining?)"
+        ) from exc
+
+
+def _receipt(receipt: Any) -> Receipt:
+    return Receipt(
+        tx_hash=_hex(receipt["transactionHash"]),
+        block_number=int(receipt["blockNumber"]),
+        block_hash=_hex(receipt["blockHash"]),
+        gas_used=int(receipt["gasUsed"]),
+    )
+
+
+def _topic(value: bytes | None, name: str) -> str | None:
+    return None if value is None else _hex(_hash32(name, value))
+
+
+__all__ = [
+    "ClientEvent",
+    "DeploymentEvent",
+    "LedgerContract",
+    "Receipt",
+    "RecordedRound",
+    "RoundRecord",
+]

@@ -1,0 +1,389 @@
+"""The local devnet: one anvil process per data directory, detached, on 127.0.0.1 only, that keeps its chain.
+
+Layout of a data directory::
+
+    chain.json       anvil's state (--state): loaded at start, written every --state-interval s and on SIGTERM
+    chain.json.bak   copy of chain.json made at each start (a SIGKILL during a write can leave chain.json cut off)
+    anvil.pid        pid of the running anvil
+    anvil.log        anvil's output (appended)
+    deployment.json  {"chain_id", "address", "artifact_sha256"} of the ledger contract deployed on this chain
+
+Why: anvil is fast and persists to a file; eth-tester cannot persist at all. anvil's dev accounts are unlocked and
+derived from a public mnemonic, so it listens on loopback only. A SIGTERM makes anvil write its state; a SIGKILL
+loses at most the last ``state_interval`` seconds, the period of its background dumps.
+
+The binary is the one npm installs in ``contracts/node_modules`` (``@foundry-rs/anvil``, pinned 1.7.1, whose binary
+comes from the platform package ``@foundry-rs/anvil-<os>-<arch>``). The platform binary is run directly rather than
+through npm's ``.bin/anvil`` node wrapper: a SIGKILL of the wrapper would leave the real anvil running, orphaned.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from web3 import Web3
+
+from ledger import errors
+from ledger.artifact import load_artifact
+from ledger.contract import LedgerContract, _node_errors
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NODE_MODULES = REPO_ROOT / "contracts" / "node_modules"
+DEFAULT_CHAIN_ID = 31337
+HOST = "127.0.0.1"
+MAX_DEPLOYMENT_FILE_BYTES = 4096
+
+_NPM_PLATFORM = {"Linux": "linux", "Darwin": "darwin", "Windows": "win32"}
+_NPM_ARCH = {"x86_64": "amd64", "AMD64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def find_anvil() -> str:
+    """The anvil to run: $FEDPROOF_ANVIL, then contracts/node_modules (npm), then ``anvil`` on PATH."""
+    override = os.environ.get("FEDPROOF_ANVIL")
+    if override:
+        if not (os.path.isfile(override) and os.access(override, os.X_OK)):
+            raise errors.AnvilNotFound(f"$FEDPROOF_ANVIL is {override!r}, which is not an executable file")
+        return override
+    system, machine = _NPM_PLATFORM.get(platform.system()), _NPM_ARCH.get(platform.machine())
+    candidates = []
+    if system and machine:
+        exe = "anvil.exe" if system == "win32" else "anvil"
+        candidates.append(NODE_MODULES / "@foundry-rs" / f"anvil-{system}-{machine}" / "bin" / exe)
+    candidates.append(NODE_MODULES / ".bin" / "anvil")  # npm's node wrapper: works, but see the module docstring
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    on_path = shutil.which("anvil")
+    if on_path:
+        return on_path
+    raise errors.AnvilNotFound(
+        "anvil was not found: run `make setup` (it runs `npm ci --prefix contracts`, which installs the pinned "
+        "@foundry-rs/anvil), or point $FEDPROOF_ANVIL at an anvil binary"
+    )
+
+
+@dataclass(frozen=True)
+class DevnetStatus:
+    running: bool
+    pid: int | None
+    url: str
+    block_number: int | None
+    data_dir: Path
+
+
+class Devnet:
+    """Start, stop and inspect the anvil of one data directory. Safe to use from separate processes (CLI calls)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 8545,
+        state_interval: int = 1,
+        anvil: str | None = None,
+        chain_id: int = DEFAULT_CHAIN_ID,
+    ) -> None:
+        if not 0 < int(port) < 65536:
+            raise errors.LedgerValueError(f"port must be in 1..65535, got {port}")
+        if int(state_interval) < 1:
+            raise errors.LedgerValueError(f"state_interval must be at least 1 second, got {state_interval}")
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.port = int(port)
+        self.state_interval = int(state_interval)
+        self.chain_id = int(chain_id)
+        self._anvil = anvil
+        self.url = f"http://{HOST}:{self.port}"
+        self.state_file = self.data_dir / "chain.json"
+        self.pid_file = self.data_dir / "anvil.pid"
+        self.log_file = self.data_dir / "anvil.log"
+        self._proc: subprocess.Popen[bytes] | None = None  # kept only to reap our own child
+
+    # ----------------------------------------------------------------------------- public
+
+    def status(self) -> DevnetStatus:
+        pid = self._live_pid()
+        block = _rpc(self.url, "eth_blockNumber") if pid is not None else None
+        return DevnetStatus(
+            running=pid is not None and block is not None,
+            pid=pid,
+            url=self.url,
+            block_number=int(block, 16) if isinstance(block, str) else None,
+            data_dir=self.data_dir,
+        )
+
+    def start(self, timeout: float = 20) -> DevnetStatus:
+        """Start anvil detached and wait until it answers; if this data directory's anvil already runs, reuse it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pid = self._live_pid()
+        if pid is not None:
+            status = self._wait_ready(pid, min(timeout, 5.0))
+            if status is not None:
+                return status
+            raise errors.DevnetError(
+                f"anvil (pid {pid}) of {self.data_dir} is running but does not answer at {self.url}; "
+                f"was it started with another --port? stop it first with `fedproof devnet stop`"
+            )
+        self._check_port_free()
+        self._check_state_file()
+        anvil = self._anvil or find_anvil()
+        command = [
+            anvil,
+            "--host", HOST,
+            "--port", str(self.port),
+            "--chain-id", str(self.chain_id),
+            "--state", str(self.state_file),
+            "--state-interval", str(self.state_interval),
+        ]  # fmt: skip
+        with open(self.log_file, "ab") as log:
+            log.write(f"\n--- fedproof: starting {' '.join(command)}\n".encode())
+            log.flush()
+            try:
+                self._proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # survives the CLI that started it, and its Ctrl-C
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise errors.DevnetStartFailed(f"cannot run {anvil}: {exc.strerror}") from exc
+        _write_atomic(self.pid_file, f"{self._proc.pid}\n".encode())
+        status = self._wait_ready(self._proc.pid, timeout)
+        if status is not None:
+            return status
+        code = self._proc.poll()
+        if code is None:
+            self._terminate(self._proc.pid, 2.0)
+        self.pid_file.unlink(missing_ok=True)
+        what = f"exited with code {code}" if code is not None else f"did not answer within {timeout:.0f} s"
+        raise errors.DevnetStartFailed(f"anvil {what}; its log ({self.log_file}) ends with:\n{self._log_tail()}")
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM (anvil writes its state), wait; SIGKILL only if it is still alive after ``timeout``."""
+        pid = self._live_pid()
+        if pid is not None:
+            self._terminate(pid, timeout)
+        self.pid_file.unlink(missing_ok=True)
+
+    # ----------------------------------------------------------------------------- process
+
+    def _live_pid(self) -> int | None:
+        """The pid in the pidfile if that process is alive and is this data directory's anvil, else None."""
+        try:
+            text = self.pid_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise errors.DevnetError(f"cannot read {self.pid_file}: {exc.strerror}") from exc
+        if not text.isdigit() or int(text) <= 1:
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        pid = int(text)
+        if not self._alive(pid) or not self._is_ours(pid):
+            self.pid_file.unlink(missing_ok=True)  # stale: anvil died (kill -9, reboot) or the pid was reused
+            return None
+        return pid
+
+    def _alive(self, pid: int) -> bool:
+        if self._proc is not None and self._proc.pid == pid:
+            return self._proc.poll() is None  # also reaps our own child once it exits
+        try:
+            # Reap it if it is our child (a zombie would otherwise look alive to kill(pid, 0)).
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                return False
+        except ChildProcessError:
+            pass
+        except OSError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return True
+
+    def _is_ours(self, pid: int) -> bool:
+        """Guards against a reused pid: the process's command line names our state file (where /proc exists)."""
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return sys.platform != "linux"  # no /proc: trust the pidfile
+        return os.fsencode(str(self.state_file)) in args
+
+    def _terminate(self, pid: int, timeout: float) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        if self._wait_exit(pid, timeout):
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self._wait_exit(pid, 5.0)
+
+    def _wait_exit(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._alive(pid):
+                return True
+            time.sleep(0.02)
+        return not self._alive(pid)
+
+    def _wait_ready(self, pid: int, timeout: float) -> DevnetStatus | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            block = _rpc(self.url, "eth_blockNumber")
+            if isinstance(block, str):
+                return DevnetStatus(True, pid, self.url, int(block, 16), self.data_dir)
+            if not self._alive(pid) or time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    # ----------------------------------------------------------------------------- checks
+
+    def _check_port_free(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # Same option anvil (tokio) sets, so a port left in TIME_WAIT by the previous anvil counts as free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((HOST, self.port))
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    raise errors.DevnetError(f"cannot use port {self.port} on {HOST}: {exc.strerror}") from exc
+                who = "an Ethereum node" if _rpc(self.url, "eth_chainId") is not None else "another program"
+                raise errors.DevnetPortInUse(
+                    f"port {self.port} on {HOST} is already in use by {who} not started from {self.data_dir}; "
+                    "stop it or choose another --port"
+                ) from exc
+
+    def _check_state_file(self) -> None:
+        """anvil refuses to start on a cut-off state file; say so clearly, and keep a copy of a good one."""
+        if not self.state_file.exists():
+            return
+        try:
+            with open(self.state_file, "rb") as f:
+                json.load(f)
+        except (OSError, ValueError) as exc:
+            backup = self.state_file.with_name(self.state_file.name + ".bak")
+            hint = (
+                f"restore the copy taken at the previous start with `cp {backup} {self.state_file}`"
+                if backup.exists()
+                else "move it away to start a new, empty chain"
+            )
+            raise errors.DevnetStateCorrupt(
+                f"the saved chain {self.state_file} is damaged ({exc}); anvil was probably killed while writing it. "
+                f"{hint}"
+            ) from exc
+        shutil.copyfile(self.state_file, self.state_file.with_name(self.state_file.name + ".bak"))
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------------------------- deployment memory
+
+
+def remember_contract(data_dir: Path, contract: LedgerContract) -> None:
+    """Write ``<data_dir>/deployment.json`` so the next run on this chain uses the same contract."""
+    record = {"address": contract.address, "artifact_sha256": contract.artifact.sha256, "chain_id": contract.chain_id}
+    path = Path(data_dir).expanduser() / "deployment.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+
+
+def remembered_contract(data_dir: Path, w3: Web3) -> LedgerContract | None:
+    """The contract remembered for this chain, or None if there is none, it is for another chain or another
+    build of the contract (artifact hash), or its code is gone (the chain was reset)."""
+    path = Path(data_dir).expanduser() / "deployment.json"
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size > MAX_DEPLOYMENT_FILE_BYTES:
+        raise errors.DevnetError(f"{path} is {size} bytes, too large to be a deployment record; delete it")
+    try:
+        record = json.loads(path.read_bytes())
+        chain_id, address, artifact_sha = record["chain_id"], record["address"], record["artifact_sha256"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise errors.DevnetError(f"{path} is not a deployment record ({exc}); delete it to deploy anew") from exc
+    if not isinstance(chain_id, int) or not isinstance(address, str) or not Web3.is_address(address):
+        raise errors.DevnetError(f"{path} has a malformed chain_id or address; delete it to deploy anew")
+    with _node(w3):
+        current_chain = int(w3.eth.chain_id)
+    if chain_id != current_chain or artifact_sha != load_artifact().sha256:
+        return None
+    try:
+        return LedgerContract.at(w3, address)
+    except errors.ContractNotFound:  # also ContractMismatch: not our code there any more
+        return None
+
+
+def ensure_contract(w3: Web3, data_dir: Path) -> LedgerContract:
+    """The remembered contract of this chain, or a new deployment (then remembered)."""
+    contract = remembered_contract(data_dir, w3)
+    if contract is None:
+        contract = LedgerContract.deploy(w3)
+        remember_contract(data_dir, contract)
+    return contract
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _node(w3: Web3):  # noqa: ANN202 - a context manager: a node that is down -> LedgerUnavailable
+    return _node_errors(str(getattr(w3.provider, "endpoint_uri", None) or "the ledger node"))
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+
+
+def _rpc(url: str, method: str, timeout: float = 1.0) -> object | None:
+    """One JSON-RPC call; None if nothing (or nothing Ethereum-like) answers. Used for liveness, not for work."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": []}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            reply = json.loads(response.read(65536))
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return reply.get("result") if isinstance(reply, dict) else None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "Devnet",
+    "DevnetStatus",
+    "ensure_contract",
+    "find_anvil",
+    "remember_contract",
+    "remembered_contract",
+]
