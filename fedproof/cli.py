@@ -18,7 +18,11 @@ from rich.table import Table
 from fedproof.config import PARTITIONS, resolve
 from fedproof.errors import FedproofError
 from fedproof.rundir import RoundMetrics
+from ledger.errors import LedgerError
 from privacy.errors import PrivacyError
+
+USER_ERRORS = (FedproofError, PrivacyError, LedgerError)
+"""Errors raised on purpose: printed as one line, exit code 2."""
 
 app = typer.Typer(
     name="fedproof",
@@ -62,6 +66,13 @@ def simulate(
     key_set: Annotated[
         Optional[Path], typer.Option(help="Key set directory: fedproof keys init (default: a fresh one per run).")
     ] = None,
+    ledger: Annotated[
+        Optional[bool], typer.Option("--ledger/--no-ledger", help="Record the lineage on chain (default: on).")
+    ] = None,
+    ledger_url: Annotated[
+        Optional[str], typer.Option(help="Ethereum JSON-RPC URL (default: start the local anvil devnet).")
+    ] = None,
+    devnet_dir: Annotated[Optional[Path], typer.Option(help="Local devnet's data directory.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset directory (default: search).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Parent directory of run directories.")] = None,
     run_id: Annotated[Optional[str], typer.Option(help="Run directory name (default: timestamped).")] = None,
@@ -95,6 +106,9 @@ def simulate(
                 he=he,
                 he_committee=he_committee,
                 key_set=str(key_set) if key_set else None,
+                ledger=ledger,
+                ledger_url=ledger_url,
+                devnet_dir=str(devnet_dir) if devnet_dir else None,
                 data_dir=str(data_dir) if data_dir else None,
                 run_dir=str(run_dir) if run_dir else None,
                 run_id=run_id,
@@ -114,7 +128,7 @@ def simulate(
         with _RoundProgress(config.rounds) as progress:
             result = run(config, observer=progress.update, num_cpus=num_cpus, ray_address=ray_address, verbose=verbose)
         wall = time.monotonic() - started
-    except (FedproofError, PrivacyError) as exc:
+    except USER_ERRORS as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
     _summary(result.rounds, result.run_dir, wall)
@@ -122,7 +136,37 @@ def simulate(
         _privacy_summary(result.epsilon_by_client, config.target_epsilon)
     if result.stopped:
         console.print(f"[yellow]run ended early:[/] {result.stopped}")
+    if result.ledger is not None and result.ledger.contract:
+        _ledger_summary(result)
 
+
+def _ledger_summary(result) -> None:
+    """Where the lineage is, and the lineage of the final model as the ledger tells it."""
+    from fedproof.cli_audit import _contract
+
+    done = result.config
+    ledger = result.ledger
+    console.print(f"ledger: contract {ledger.contract} on chain {ledger.chain_id}, "
+                  f"{ledger.rounds_recorded} rounds recorded, final model {ledger.model_hash}")
+    if ledger.pending:
+        console.print(f"[yellow]{ledger.pending} round record(s) could not reach the ledger yet:[/] "
+                      f"fedproof ledger flush {result.run_dir}")
+        return
+    try:
+        contract = _contract(done.ledger_url or None, done.ledger_contract, Path(done.devnet_dir) if done.devnet_dir
+                             else None)
+        print_lineage(contract, bytes.fromhex(ledger.model_hash), [result.run_dir / "ledger"])
+    except USER_ERRORS as exc:
+        console.print(f"[yellow]could not read the lineage back:[/] {exc}")
+    console.print(f"check it any time: fedproof audit verify {result.run_dir / 'model.safetensors'}")
+
+
+from fedproof.cli_audit import audit_app, ledger_app, print_lineage  # noqa: E402
+from fedproof.cli_devnet import devnet_app  # noqa: E402
+
+app.add_typer(audit_app, name="audit")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(devnet_app, name="devnet")
 
 keys_app = typer.Typer(help="Key sets: CKKS contexts, client signing keys, the allow-list.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -142,7 +186,7 @@ def keys_init(
     ids = [c.strip() for c in client_ids.split(",") if c.strip()] if client_ids else [str(i) for i in range(clients)]
     try:
         keys = init_key_set(out, ids, he=he)
-    except (FedproofError, PrivacyError, OSError, ValueError) as exc:
+    except (*USER_ERRORS, OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
     console.print(f"key set for {len(ids)} clients in [cyan]{keys.directory}[/]: clients get he-client.ctx and "

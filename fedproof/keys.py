@@ -7,8 +7,9 @@ Layout of a key-set directory (every file 0600)::
     clients/<id>.pem     Ed25519 signing key   -> client <id> only
     allowlist.json       client ids and public keys -> the server (and, registered on chain, the auditors)
 
-``fedproof simulate`` makes one per run in a child process (so the server's process never holds a secret);
-for a deployment, an operator runs ``fedproof keys init`` once and hands out the files as above.
+``fedproof simulate`` makes one in a child process (so the server's process never holds a secret) and
+reuses it across runs on the same ledger, as real clients keep their identities; for a deployment, an
+operator runs ``fedproof keys init`` once and hands out the files as above.
 """
 
 from __future__ import annotations
@@ -46,14 +47,27 @@ class KeySet:
 
 
 def init_key_set(directory: Path, client_ids: list[str], he: bool = True) -> KeySet:
-    """Create a fresh key set for ``client_ids`` in ``directory``."""
+    """Create a key set for ``client_ids`` in ``directory``, or extend the one there: existing keys and
+    contexts are kept (identities registered on a ledger stay valid), missing ones are created."""
     keys = KeySet(Path(directory))
-    if he:
+    if he and not (keys.he_client.is_file() and keys.he_server.is_file()):
         write_key_set(keys.directory)
-    public = {}
+    allow = AllowList.load(keys.allowlist) if keys.allowlist.is_file() else AllowList({})
+    public = dict(allow.keys)
     for client_id in client_ids:
-        key = SigningKey.generate()
-        key.save(keys.signing_key(client_id))
+        path = keys.signing_key(client_id)
+        key = SigningKey.load(path) if path.is_file() else SigningKey.generate()
+        if not path.is_file():
+            key.save(path)
         public[client_id] = key.public_key
-    AllowList(public).save(keys.allowlist)
+    AllowList(public, allow.revoked).save(keys.allowlist)
     return keys
+
+
+def has_keys_for(keys: KeySet, client_ids: list[str], he: bool) -> bool:
+    if he and not (keys.he_client.is_file() and keys.he_server.is_file()):
+        return False
+    if not keys.allowlist.is_file():
+        return False
+    known = AllowList.load(keys.allowlist).keys
+    return all(c in known and keys.signing_key(c).is_file() for c in client_ids)

@@ -1,9 +1,9 @@
 """What the server holds to check its clients: the allow-list of signing keys and, with HE, the public context.
 
-With no ``key-set`` configured, a fresh key set is made for the run by ``fedproof keys init`` in a child
-process, so the secrets it writes (the clients' signing keys and the CKKS secret context) never enter this
-process's memory; the clients read theirs from the same directory, which works when they share this file
-system (simulation). A deployment passes the directory of an operator-made key set holding only the
+With no ``key-set`` configured (simulation), a key set is made by ``fedproof keys init`` in a child process, so
+the secrets it writes (the clients' signing keys and the CKKS secret context) never enter this process's
+memory; the clients read theirs from the same directory, which works when they share this file system. It
+is kept beside the ledger and reused by later runs, since client identities are registered on chain. A deployment passes the directory of an operator-made key set holding only the
 server's files.
 """
 
@@ -16,8 +16,10 @@ from pathlib import Path
 
 from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
-from fedproof.keys import KeySet
+from fedproof.keys import KeySet, has_keys_for
 from ledger.verification import AllowList
+
+DEFAULT_DEVNET_DIR = "~/.local/share/fedproof/devnet"
 from privacy.he import PublicContext
 
 
@@ -30,13 +32,28 @@ class ServerCredentials:
 
 def load_credentials(config: RunConfig, run_path: Path) -> tuple[RunConfig, ServerCredentials]:
     if not config.key_set:
-        directory = run_path / "keys"
+        directory = simulation_keys(config, run_path)
+        ids = [str(i) for i in range(config.clients)]
+        config = config.with_overrides(key_set=str(directory))
+        if has_keys_for(KeySet(directory), ids, config.he):
+            return config, _load(config)
         command = [sys.executable, "-m", "fedproof.cli", "keys", "init", "--out", str(directory),
                    "--clients", str(config.clients), "--he" if config.he else "--no-he"]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise ConfigError(f"could not create the run's key set: {done.stderr.strip() or done.stdout.strip()}")
-        config = config.with_overrides(key_set=str(directory))
+    return config, _load(config)
+
+
+def _load(config: RunConfig) -> ServerCredentials:
     keys = KeySet(Path(config.key_set).expanduser())
     public = PublicContext.load(keys.he_server) if config.he else None
-    return config, ServerCredentials(AllowList.load(keys.allowlist), public)
+    return ServerCredentials(AllowList.load(keys.allowlist), public)
+
+
+def simulation_keys(config: RunConfig, run_path: Path) -> Path:
+    """Where simulated clients keep their keys: beside the ledger they are registered on (so they keep their
+    identities across runs), or in the run directory without a ledger."""
+    if config.ledger:
+        return Path(config.devnet_dir or DEFAULT_DEVNET_DIR).expanduser() / "simulation-keys"
+    return run_path / "keys"

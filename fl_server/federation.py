@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord
@@ -14,11 +14,12 @@ from fedproof.config import RunConfig
 from fedproof.data import load_dataset
 from fedproof.errors import ClientsUnavailableError
 from fedproof.model import make_model
-from fedproof.rundir import RoundMetrics, RunDirectory
+from fedproof.rundir import MODEL_FILE, RoundMetrics, RunDirectory
 from fl_server.evaluation import CentralEvaluator
 from fl_server.recorder import RoundObserver, RoundRecorder
 from fl_server.admission import Admission
 from fl_server.credentials import load_credentials
+from fl_server.lineage import Lineage, open_ledger
 from fl_server.secure_aggregation import DecryptionCommittee, EncryptedFedAvg
 from fl_server.strategy import AllBudgetsExhausted, GatedFedAvg
 from ledger.verification import UpdateVerifier
@@ -33,24 +34,41 @@ class FederationResult:
     epsilon_by_client: dict[str, float]
     stopped: str = ""
     """Why the run ended before its last round, if it did."""
+    ledger: LedgerSummary | None = None
+
+
+@dataclass(frozen=True)
+class LedgerSummary:
+    contract: str
+    """Address of the lineage contract ('' without a ledger)."""
+    chain_id: int
+    model_hash: str
+    """SHA-256 of the final model file (hex), as recorded."""
+    rounds_recorded: int
+    pending: int
+    """Round records not yet on chain (the node was unreachable): `fedproof ledger flush` sends them."""
 
 
 def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None = None) -> FederationResult:
-    """Run ``config.rounds`` rounds of FedAvg on ``grid`` and write the run directory."""
+    """Run ``config.rounds`` rounds of FedAvg on ``grid``, record their lineage and write the run directory."""
     started = time.monotonic()
     wait_for_clients(grid, config.clients, config.connect_timeout)
     run_dir, config = RunDirectory.create(config)
     random.seed(config.seed)  # Flower samples clients with the global `random`
     dataset = load_dataset(config.data_dir or None)
-    recorder = RoundRecorder(run_dir, CentralEvaluator(dataset), observer)
     config, credentials = load_credentials(config, run_dir.path)
+    config, contract = open_ledger(config, credentials.allow)
     run_dir.write_config(config)
+    initial = ArrayRecord(make_model(dataset.num_classes, seed=config.seed).state_dict())
+    lineage = Lineage(run_dir.path, config, contract, initial)
+    recorder = RoundRecorder(run_dir, CentralEvaluator(dataset), observer)
     verifier = UpdateVerifier(credentials.allow, config.chain_id, config.contract_bytes(), config.run_id)
     strategy_kwargs = dict(
         admission=Admission(verifier),
         on_train_replies=recorder.observe_train_replies,
-        on_rejected=recorder.reject_update,
-        on_failed=recorder.fail_round,
+        on_rejected=_both(recorder.reject_update, lineage.rejected),
+        on_failed=_both(recorder.fail_round, lineage.failed),
+        on_aggregated=lineage.aggregated,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=1,
@@ -67,10 +85,9 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     # Clients get the run's settings with every message: the server is the single source of truth,
     # and it works the same under `flwr run` and `fedproof simulate`.
     settings = ConfigRecord(config.to_mapping())
-    initial = ArrayRecord(make_model(dataset.num_classes, seed=config.seed).state_dict())
     stopped = ""
     try:
-        result = strategy.start(
+        strategy.start(
             grid=grid,
             initial_arrays=initial,
             num_rounds=config.rounds,
@@ -79,12 +96,13 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
             evaluate_config=settings,
             evaluate_fn=recorder.evaluate,
         )
-        final = result.arrays
     except AllBudgetsExhausted as exc:
-        stopped, final = str(exc), recorder.last_arrays or initial
-    run_dir.save_model(final.to_torch_state_dict(), metadata={"run_id": config.run_id, "round": str(len(recorder.rows))})
+        stopped = str(exc)
+    lineage.final_model(run_dir.path / MODEL_FILE)
+    pending = lineage.flush()
     seconds = time.monotonic() - started
     last = recorder.rows[-1] if recorder.rows else None
+    ledger = LedgerSummary(config.ledger_contract, config.chain_id, lineage.model_hash, lineage.recorded, pending)
     run_dir.finish(
         {
             "rounds_completed": len(recorder.rows),
@@ -93,6 +111,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
             "wall_seconds": seconds,
             "epsilon_by_client": recorder.epsilon_by_client,
             "stopped": stopped,
+            "ledger": asdict(ledger),
         }
     )
     return FederationResult(
@@ -102,7 +121,16 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         seconds=seconds,
         epsilon_by_client=recorder.epsilon_by_client,
         stopped=stopped,
+        ledger=ledger,
     )
+
+
+def _both(*handlers):
+    def call(*args) -> None:
+        for handler in handlers:
+            handler(*args)
+
+    return call
 
 
 def wait_for_clients(

@@ -141,8 +141,7 @@ class EncryptedFedAvg(GatedFedAvg):
             contributors = [m.metadata.src_node_id for m in accepted]
             values = self.committee.decrypt(grid, summed, contributors, server_round, settings, self.admission)
         except AggregationError as exc:
-            log.error("%s", exc)
-            self.on_failed(server_round, str(exc))
+            self.fail(server_round, str(exc))
             return None, metrics, []
         return unflatten(flatten(global_arrays) + values / examples, global_arrays), metrics, accepted
 

@@ -53,6 +53,7 @@ class GatedFedAvg(FedAvg):
         self.on_failed = on_failed or (lambda rnd, why: None)
         self.on_aggregated = on_aggregated or (lambda rnd, parent, new, admitted: None)
         self._round: tuple[ArrayRecord, ConfigRecord, Grid] | None = None
+        self._failed = False
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -83,11 +84,20 @@ class GatedFedAvg(FedAvg):
                 admitted[id(msg)] = self.admission.admit(server_round, msg)
             except (UpdateRejected, UpdateVerificationError) as exc:
                 self.reject(server_round, msg, exc)
+        self._failed = False
         arrays, metrics, used = self._aggregate(server_round, [m for m in replies if id(m) in admitted])
+        if arrays is None and not self._failed:
+            self.fail(server_round, f"round {server_round}: no update could be aggregated; the model is unchanged")
         if arrays is not None and self._round is not None:
             leaves = [a for m in used if (a := admitted.get(id(m))) is not None]
             self.on_aggregated(server_round, self._round[0], arrays, leaves)
         return arrays, metrics
+
+    def fail(self, server_round: int, reason: str) -> None:
+        """The round produces no new model (reported once, with the reason)."""
+        self._failed = True
+        log.error("%s", reason)
+        self.on_failed(server_round, reason)
 
     def reject(self, server_round: int, msg: Message, exc: Exception) -> None:
         report = ClientReport.from_reply(msg.content)

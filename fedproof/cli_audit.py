@@ -1,0 +1,210 @@
+"""``fedproof audit ...`` and ``fedproof ledger flush``: read (and catch up) the on-chain lineage.
+
+The ledger is the local devnet's (``--devnet-dir``) unless ``--ledger-url`` names another node; the contract
+is the one remembered for that chain unless ``--contract`` gives it. Bundles are found by content in
+``--bundles`` directories (default: every ``runs/*/ledger`` here, and a model file's own run directory).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedproof.errors import FedproofError
+from ledger.errors import LedgerError
+
+console = Console()
+audit_app = typer.Typer(help="Audit the on-chain lineage: models, clients, rounds.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The run's ledger records.", no_args_is_help=True)
+
+LedgerUrl = Annotated[Optional[str], typer.Option(help="Ethereum JSON-RPC URL (default: the local devnet).")]
+ContractOpt = Annotated[Optional[str], typer.Option(help="Lineage contract address (default: remembered).")]
+DevnetDir = Annotated[Optional[Path], typer.Option(help="Local devnet's data directory.")]
+Bundles = Annotated[Optional[list[Path]], typer.Option(help="Directories holding round bundles (repeatable).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _contract(ledger_url: str | None, contract: str | None, devnet_dir: Path | None):
+    from fl_server.lineage import DEFAULT_DEVNET_DIR
+    from ledger.contract import LedgerContract
+    from ledger.devnet import Devnet, remembered_contract
+
+    data_dir = Path(devnet_dir or DEFAULT_DEVNET_DIR).expanduser()
+    w3 = LedgerContract.connect(ledger_url or Devnet(data_dir).url)
+    if contract:
+        return LedgerContract.at(w3, contract)
+    found = remembered_contract(data_dir, w3)
+    if found is None:
+        raise LedgerError(f"no lineage contract remembered in {data_dir} for this chain: pass --contract ADDRESS")
+    return found
+
+
+def _bundle_dirs(given: list[Path] | None, near: Path | None = None) -> list[Path]:
+    dirs = list(given or [])
+    if near is not None and (near.parent / "ledger").is_dir():
+        dirs.append(near.parent / "ledger")
+    if not given:
+        dirs += sorted(Path.cwd().glob("runs/*/ledger"))
+    return dirs
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(code=2) from exc
+
+
+def _short(h: bytes) -> str:
+    return h.hex()[:12]
+
+
+def _eps(scaled: int) -> str:
+    from ledger.signing import EPSILON_SCALE, NO_DP
+
+    return "-" if scaled == NO_DP else f"{scaled / EPSILON_SCALE:.3f}"
+
+
+def print_lineage(contract, model: bytes, bundle_dirs: list[Path], as_json: bool = False) -> None:
+    """The chain of rounds behind ``model``, with contributors per round when their bundles are at hand."""
+    from ledger.audit import lineage
+    from ledger.bundle import BundleError, find_bundle
+
+    rows = []
+    for event in lineage(contract, model):
+        try:
+            bundle = find_bundle(bundle_dirs, event.bundle_hash)
+            run, clients = bundle.run_id, sorted(u.fields.client_id for u in bundle.updates)
+        except BundleError:
+            run, clients = event.run_id.hex()[:12], None
+        rows.append({"run": run, "round": event.round, "model_hash": event.model_hash.hex(),
+                     "parent_model_hash": event.parent_model_hash.hex(), "updates": event.num_updates,
+                     "contributors": clients, "epsilon_max": _eps(event.epsilon_max_scaled),
+                     "block": event.block_number, "tx": event.tx_hash})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Lineage of model {model.hex()[:16]}… (newest first)")
+    for column in ("run", "round", "model", "parent", "updates", "contributors", "eps max", "block"):
+        table.add_column(column)
+    for r in rows:
+        who = "(bundle not found)" if r["contributors"] is None else ",".join(r["contributors"])
+        table.add_row(r["run"], str(r["round"]), r["model_hash"][:12], r["parent_model_hash"][:12],
+                      str(r["updates"]), who, r["epsilon_max"], str(r["block"]))
+    console.print(table)
+    console.print(f"initial model: {rows[-1]['parent_model_hash']}")
+
+
+@audit_app.command("lineage")
+def audit_lineage(model: Annotated[str, typer.Argument(help="Model file or its SHA-256 (hex).")],
+                  ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None,
+                  bundles: Bundles = None, as_json: AsJson = False) -> None:
+    """The chain of rounds back to the initial model, with contributors and epsilon per round."""
+    from ledger.audit import model_hash
+
+    try:
+        path = Path(model) if Path(model).is_file() else None
+        print_lineage(_contract(ledger_url, contract, devnet_dir), model_hash(model), _bundle_dirs(bundles, path),
+                      as_json)
+    except (LedgerError, FedproofError) as exc:
+        _fail(exc)
+
+
+@audit_app.command("client")
+def audit_client(client_id: str, ledger_url: LedgerUrl = None, contract: ContractOpt = None,
+                 devnet_dir: DevnetDir = None, bundles: Bundles = None, as_json: AsJson = False) -> None:
+    """Rounds a client contributed to, and its cumulative epsilon as it signed it."""
+    from ledger.audit import client_contributions
+    from ledger.signing import client_id_hash
+
+    try:
+        ledger = _contract(ledger_url, contract, devnet_dir)
+        found = client_contributions(ledger, client_id, _bundle_dirs(bundles))
+        events = ledger.client_events(client_id_hash(client_id))
+    except (LedgerError, FedproofError) as exc:
+        _fail(exc)
+    status = "never registered" if not events else ("revoked" if events[-1].kind == "revoked" else "registered")
+    rows = [{"run": c.run_id, "round": c.round, "examples": c.num_examples, "epsilon": c.epsilon,
+             "model_hash": c.model_hash.hex()} for c in found]
+    if as_json:
+        print(json.dumps({"client_id": client_id, "status": status, "contributions": rows}, indent=2))
+        return
+    table = Table(title=f"Client {client_id} ({status}): {len(rows)} contributions")
+    for column in ("run", "round", "examples", "epsilon so far", "model"):
+        table.add_column(column)
+    for r in rows:
+        eps = "-" if r["epsilon"] is None else f"{r['epsilon']:.3f}"
+        table.add_row(r["run"], str(r["round"]), str(r["examples"]), eps, r["model_hash"][:12])
+    console.print(table)
+
+
+@audit_app.command("round")
+def audit_round(run_id: str, server_round: Annotated[int, typer.Argument(metavar="ROUND")],
+                ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None,
+                as_json: AsJson = False) -> None:
+    """One round's record, with its transaction and block."""
+    from ledger.audit import round_record
+
+    try:
+        event = round_record(_contract(ledger_url, contract, devnet_dir), run_id, server_round)
+    except (LedgerError, FedproofError) as exc:
+        _fail(exc)
+    row = {"run": run_id, "round": event.round, "model_hash": event.model_hash.hex(),
+           "parent_model_hash": event.parent_model_hash.hex(), "updates_merkle_root": event.updates_merkle_root.hex(),
+           "updates": event.num_updates, "epsilon_max": _eps(event.epsilon_max_scaled),
+           "bundle_hash": event.bundle_hash.hex(), "tx": event.tx_hash, "block": event.block_number,
+           "block_hash": event.block_hash}
+    if as_json:
+        print(json.dumps(row, indent=2))
+        return
+    table = Table(title=f"Run {run_id}, round {server_round}", show_header=False)
+    for key, value in row.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(model: Annotated[Path, typer.Argument(help="The model file to verify.")],
+                 ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None,
+                 bundles: Bundles = None, as_json: AsJson = False) -> None:
+    """Prove a model file's history: its hash on chain, every bundle, Merkle proof and signature."""
+    from ledger.audit import verify_model
+
+    try:
+        report = verify_model(_contract(ledger_url, contract, devnet_dir), model, _bundle_dirs(bundles, model))
+    except (LedgerError, FedproofError) as exc:
+        if as_json:
+            print(json.dumps({"verified": False, "error": str(exc)}))
+            raise typer.Exit(code=1) from exc
+        console.print(f"[red]NOT VERIFIED:[/] {exc}")
+        raise typer.Exit(code=1) from exc
+    if as_json:
+        print(json.dumps({"verified": True, "model_hash": report.model_hash.hex(), "rounds": len(report.rounds),
+                          "updates": report.updates}))
+        return
+    console.print(f"[green]verified[/]: model {report.model_hash.hex()} — {len(report.rounds)} rounds, "
+                  f"{report.updates} signed updates, every bundle, Merkle proof and signature checked against the "
+                  "chain")
+
+
+@ledger_app.command("flush")
+def ledger_flush(run: Annotated[Path, typer.Argument(help="A run directory (runs/<run-id>).")],
+                 ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None) -> None:
+    """Send a run's round records that could not reach the ledger during the run."""
+    from ledger.outbox import Outbox
+
+    try:
+        config = json.loads((run / "run.json").read_text())["config"]
+        left = Outbox(run / "ledger").flush(_contract(ledger_url or config.get("ledger-url") or None,
+                                                      contract or config.get("ledger-contract") or None,
+                                                      devnet_dir or (Path(config["devnet-dir"]) if config.get(
+                                                          "devnet-dir") else None)))
+    except (LedgerError, FedproofError, OSError, KeyError, ValueError) as exc:
+        _fail(exc)
+    if left:
+        console.print(f"[yellow]{left} record(s) still pending:[/] the ledger is unreachable")
+        raise typer.Exit(code=1)
+    console.print("all round records are on chain")

@@ -1,0 +1,110 @@
+"""``fedproof devnet start|stop|status``: the local anvil chain that holds the audit ledger.
+
+Wired into the main CLI with ``app.add_typer(devnet_app, name="devnet")``. Ledger errors print as one line
+(``error: ...``) with exit code 2, like the rest of the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ledger.devnet import Devnet, DevnetStatus, ensure_contract, remembered_contract
+from ledger.errors import LedgerError
+
+DEFAULT_DATA_DIR = Path("~/.local/share/fedproof/devnet")
+
+devnet_app = typer.Typer(
+    name="devnet",
+    help="The local Ethereum devnet (anvil) that holds the audit ledger: start, stop, status.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+DataDirOption = Annotated[
+    Path, typer.Option("--data-dir", help="Where the chain, pidfile, log and deployment record live.")
+]
+PortOption = Annotated[int, typer.Option("--port", help="JSON-RPC port on 127.0.0.1.")]
+
+
+def _fail(exc: LedgerError) -> typer.Exit:
+    console.print(f"[red]error:[/] {escape(str(exc))}")
+    return typer.Exit(code=2)
+
+
+def _show(status: DevnetStatus, contract_address: str | None = None) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    state = "[green]running[/]" if status.running else "[yellow]not running[/]"
+    table.add_row("state", state)
+    table.add_row("url", status.url)
+    if status.pid is not None:
+        table.add_row("pid", str(status.pid))
+    if status.block_number is not None:
+        table.add_row("block", str(status.block_number))
+    if contract_address:
+        table.add_row("ledger contract", contract_address)
+    table.add_row("data dir", escape(str(status.data_dir)))
+    console.print(table)
+
+
+@devnet_app.command()
+def start(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    port: PortOption = 8545,
+    state_interval: Annotated[
+        int, typer.Option(help="Seconds between state saves: the most a crash (kill -9) can lose.")
+    ] = 1,
+    deploy: Annotated[
+        bool, typer.Option("--deploy/--no-deploy", help="Deploy the ledger contract if this chain has none.")
+    ] = True,
+) -> None:
+    """Start the devnet in the background (or report the one already running) and deploy the ledger contract."""
+    try:
+        devnet = Devnet(data_dir, port=port, state_interval=state_interval)
+        status = devnet.start()
+        address = None
+        if deploy:
+            from ledger.contract import LedgerContract
+
+            address = ensure_contract(LedgerContract.connect(devnet.url), devnet.data_dir).address
+    except LedgerError as exc:
+        raise _fail(exc) from exc
+    _show(status, address)
+
+
+@devnet_app.command()
+def stop(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = 8545) -> None:
+    """Stop the devnet; it saves its chain first, and the next start continues it."""
+    try:
+        devnet = Devnet(data_dir, port=port)
+        was_running = devnet.status().pid is not None
+        devnet.stop()
+    except LedgerError as exc:
+        raise _fail(exc) from exc
+    console.print("stopped" if was_running else "not running")
+
+
+@devnet_app.command()
+def status(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = 8545) -> None:
+    """Whether the devnet runs, its block height and the ledger contract's address."""
+    try:
+        devnet = Devnet(data_dir, port=port)
+        current = devnet.status()
+        address = None
+        if current.running:
+            from ledger.contract import LedgerContract
+
+            contract = remembered_contract(devnet.data_dir, LedgerContract.connect(devnet.url))
+            address = contract.address if contract else None
+    except LedgerError as exc:
+        raise _fail(exc) from exc
+    _show(current, address)

@@ -1,0 +1,123 @@
+"""Each round's lineage: the model file, the off-chain bundle of signed updates, and the on-chain record.
+
+Per round: the new global model is written as ``models/round-<n>.safetensors`` (its SHA-256 is the model
+hash), the admitted updates and the reasons for every rejection go into ``ledger/round-<n>.json`` (the
+bundle), and ``recordRound`` puts the parent and model hashes, the Merkle root of the updates, their count,
+the largest epsilon and the bundle's hash on chain, through an on-disk outbox so that a ledger node that is
+down delays the record without losing it. A round that left the model unchanged is recorded too (model hash =
+parent hash, no updates, the reason in its bundle): nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord
+from safetensors.numpy import save as safetensors_bytes
+
+from fedproof.config import RunConfig
+from fl_server.credentials import DEFAULT_DEVNET_DIR
+from fl_server.admission import Admitted
+from ledger.bundle import BundleUpdate, RoundBundle
+from ledger.contract import LedgerContract, RoundRecord
+from ledger.devnet import Devnet, ensure_contract
+from ledger.errors import LedgerError
+from ledger.outbox import Outbox
+from ledger.signing import client_id_hash, run_id_hash
+from ledger.verification import AllowList
+
+log = logging.getLogger(__name__)
+
+
+def open_ledger(config: RunConfig, allow: AllowList) -> tuple[RunConfig, LedgerContract | None]:
+    """Connect to the ledger (starting the local devnet if no URL is given), find or deploy the contract, and
+    register the allow-listed clients; return the config with the chain and contract filled in."""
+    if not config.ledger:
+        return config, None
+    data_dir = Path(config.devnet_dir or DEFAULT_DEVNET_DIR).expanduser()
+    url = config.ledger_url or Devnet(data_dir).start().url
+    w3 = LedgerContract.connect(url)
+    contract = LedgerContract.at(w3, config.ledger_contract) if config.ledger_contract else ensure_contract(w3, data_dir)
+    register_clients(contract, allow)
+    return config.with_overrides(chain_id=contract.chain_id, ledger_contract=contract.address), contract
+
+
+def register_clients(contract: LedgerContract, allow: AllowList) -> None:
+    for client_id, key in sorted(allow.keys.items()):
+        on_chain = contract.client_key(client_id_hash(client_id))
+        if on_chain is None:
+            contract.register_client(client_id_hash(client_id), key)
+        elif on_chain != key:
+            raise LedgerError(f"client {client_id!r} is registered on chain with another key; use a new client id "
+                              "or the key set it was registered with")
+        if client_id in allow.revoked and contract.is_active_client(client_id_hash(client_id)):
+            contract.revoke_client(client_id_hash(client_id))
+
+
+def write_model(path: Path, arrays: ArrayRecord, run_id: str, server_round: int) -> bytes:
+    """Write the global model as safetensors (no pickle); return the SHA-256 of the exact file bytes."""
+    tensors = {key: np.ascontiguousarray(a) for key, a in zip(arrays.keys(), arrays.to_numpy_ndarrays())}
+    data = safetensors_bytes(tensors, metadata={"run_id": run_id, "round": str(server_round)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return hashlib.sha256(data).digest()
+
+
+class Lineage:
+    def __init__(self, run_path: Path, config: RunConfig, contract: LedgerContract | None,
+                 initial: ArrayRecord) -> None:
+        self.config, self.contract = config, contract
+        self.models, self.bundles = run_path / "models", run_path / "ledger"
+        self.outbox = Outbox(self.bundles)
+        self.model_file = self.models / "round-0.safetensors"
+        self.parent = write_model(self.model_file, initial, config.run_id, 0)
+        self.recorded = 0
+        self._rejected: list[str] = []
+
+    @property
+    def model_hash(self) -> str:
+        """SHA-256 (hex) of the current global model's file."""
+        return self.parent.hex()
+
+    def rejected(self, server_round: int, reason: str) -> None:
+        self._rejected.append(reason)
+
+    def failed(self, server_round: int, reason: str) -> None:
+        self._record(RoundBundle(self.config.run_id, server_round, self.config.chain_id, self.config.contract_bytes(),
+                                 self.parent, self.parent, rejected=tuple(self._rejected), failed=reason))
+
+    def aggregated(self, server_round: int, parent: ArrayRecord, new: ArrayRecord, admitted: list[Admitted]) -> None:
+        path = self.models / f"round-{server_round}.safetensors"
+        digest = write_model(path, new, self.config.run_id, server_round)
+        updates = tuple(BundleUpdate(a.fields, a.public_key, a.signature) for a in admitted)
+        self._record(RoundBundle(self.config.run_id, server_round, self.config.chain_id, self.config.contract_bytes(),
+                                 self.parent, digest, updates, tuple(self._rejected)))
+        self.parent, self.model_file = digest, path
+
+    def _record(self, bundle: RoundBundle) -> None:
+        bundle.write(self.bundles)
+        self._rejected = []
+        self.recorded += 1
+        if self.contract is None:
+            return
+        self.outbox.push(RoundRecord(
+            run_id=run_id_hash(bundle.run_id), round=bundle.round, parent_model_hash=bundle.parent_model_hash,
+            model_hash=bundle.model_hash, updates_merkle_root=bundle.merkle_root, num_updates=len(bundle.updates),
+            epsilon_max_scaled=bundle.epsilon_max_scaled, bundle_hash=bundle.sha256,
+        ))
+        self.flush()
+
+    def flush(self) -> int:
+        pending = self.outbox.flush(self.contract)
+        if pending:
+            log.warning("ledger unreachable: %d round record(s) kept in %s, sent when it is back "
+                        "(or `fedproof ledger flush`)", pending, self.outbox.path)
+        return pending
+
+    def final_model(self, destination: Path) -> None:
+        """The run's model file is the last recorded model, byte for byte, so its hash is on the ledger."""
+        shutil.copyfile(self.model_file, destination)

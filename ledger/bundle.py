@@ -1,0 +1,123 @@
+"""A round's off-chain bundle: every admitted update's signed fields, key and signature, and what was rejected.
+
+Its SHA-256 goes on chain beside the Merkle root of its leaves, so an auditor holding the file can check it
+byte for byte against the chain, rebuild each leaf from its preimage, recompute the root and verify every
+signature. Encoding: JSON with sorted keys, no whitespace, ASCII only, bytes as lowercase hex: one byte
+string per bundle. Bundles are found by content (their hash), whatever their file name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger.errors import LedgerError
+from ledger.merkle import MerkleTree
+from ledger.signing import NO_DP, UPDATE_TAG, SignedFields, leaf_bytes
+
+_MAX_BUNDLE = 64 << 20
+
+
+class BundleError(LedgerError, ValueError):
+    """A bundle file is missing, oversized, malformed, or does not match what the chain recorded."""
+
+
+@dataclass(frozen=True)
+class BundleUpdate:
+    fields: SignedFields
+    public_key: bytes
+    signature: bytes
+
+    @property
+    def leaf(self) -> bytes:
+        return leaf_bytes(self.fields, self.public_key, self.signature)
+
+
+@dataclass(frozen=True)
+class RoundBundle:
+    run_id: str
+    round: int
+    chain_id: int
+    contract: bytes
+    parent_model_hash: bytes
+    model_hash: bytes
+    updates: tuple[BundleUpdate, ...] = ()
+    rejected: tuple[str, ...] = ()
+    """Why each refused update of the round was refused (nothing is dropped silently)."""
+    failed: str = ""
+    """Why the round left the model unchanged, if it did."""
+
+    @property
+    def merkle_root(self) -> bytes:
+        return MerkleTree([u.leaf for u in self.updates]).root
+
+    @property
+    def epsilon_max_scaled(self) -> int:
+        """Largest epsilon spent (scaled) among the updates; NO_DP when none trained with DP."""
+        scaled = [u.fields.epsilon_scaled for u in self.updates if u.fields.epsilon_scaled != NO_DP]
+        return max(scaled) if scaled else NO_DP
+
+    def to_bytes(self) -> bytes:
+        updates = sorted(self.updates, key=lambda u: hashlib.sha256(u.leaf).digest())
+        doc = {
+            "version": 1, "run_id": self.run_id, "round": self.round, "chain_id": self.chain_id,
+            "contract": self.contract.hex(), "parent_model_hash": self.parent_model_hash.hex(),
+            "model_hash": self.model_hash.hex(), "merkle_root": self.merkle_root.hex(),
+            "epsilon_max_scaled": str(self.epsilon_max_scaled), "rejected": list(self.rejected), "failed": self.failed,
+            "updates": [
+                {"client_id": u.fields.client_id, "payload_sha256": u.fields.payload_sha256.hex(),
+                 "num_examples": u.fields.num_examples, "epsilon_scaled": str(u.fields.epsilon_scaled),
+                 "public_key": u.public_key.hex(), "signature": u.signature.hex()}
+                for u in updates
+            ],
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    @property
+    def sha256(self) -> bytes:
+        return hashlib.sha256(self.to_bytes()).digest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, what: str = "bundle") -> RoundBundle:
+        try:
+            doc = json.loads(data)
+            contract = bytes.fromhex(doc["contract"])
+            updates = tuple(
+                BundleUpdate(
+                    SignedFields(chain_id=int(doc["chain_id"]), contract=contract, run_id=str(doc["run_id"]),
+                                 round=int(doc["round"]), client_id=str(u["client_id"]),
+                                 payload_sha256=bytes.fromhex(u["payload_sha256"]),
+                                 num_examples=int(u["num_examples"]), epsilon_scaled=int(u["epsilon_scaled"]),
+                                 tag=UPDATE_TAG),
+                    bytes.fromhex(u["public_key"]), bytes.fromhex(u["signature"]),
+                )
+                for u in doc["updates"]
+            )
+            bundle = cls(str(doc["run_id"]), int(doc["round"]), int(doc["chain_id"]), contract,
+                         bytes.fromhex(doc["parent_model_hash"]), bytes.fromhex(doc["model_hash"]), updates,
+                         tuple(str(r) for r in doc["rejected"]), str(doc["failed"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"{what}: not a fedproof round bundle ({exc})") from exc
+        if doc.get("version") != 1 or bundle.to_bytes() != bytes(data):
+            raise BundleError(f"{what}: not in canonical form (altered, or not version 1)")
+        return bundle
+
+    def write(self, directory: Path) -> Path:
+        path = Path(directory) / f"round-{self.round}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.to_bytes())
+        return path
+
+
+def find_bundle(directories: list[Path], sha256: bytes) -> RoundBundle:
+    """The bundle whose bytes hash to ``sha256``, searched in ``directories`` (content-addressed)."""
+    for directory in directories:
+        for path in sorted(Path(directory).glob("*.json")):
+            if path.stat().st_size > _MAX_BUNDLE:
+                continue
+            data = path.read_bytes()
+            if hashlib.sha256(data).digest() == sha256:
+                return RoundBundle.from_bytes(data, str(path))
+    raise BundleError(f"no bundle with SHA-256 {sha256.hex()} in {', '.join(map(str, directories)) or '(none)'}")
