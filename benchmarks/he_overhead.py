@@ -104,7 +104,7 @@ def round_time(tmp: str, he: bool, rounds: int) -> dict:
     name = "he" if he else "plain"
     wall, rss, proc = measure(
         [sys.executable, "-m", "fedproof.cli", "simulate", "--rounds", str(rounds), "--run-dir", tmp,
-         "--run-id", name, "--he" if he else "--no-he"]
+         "--run-id", name, "--he" if he else "--no-he", "--no-ledger"]
     )
     if proc.returncode != 0:
         sys.exit(f"{name} run failed:\n{proc.stdout}\n{proc.stderr}")
@@ -120,8 +120,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-rounds", action="store_true", help="only the micro-benchmarks")
+    parser.add_argument("--only-rounds", action="store_true", help="only the whole-round comparison")
     args = parser.parse_args()
 
+    if not args.only_rounds:
+        micro(args)
+    if not args.skip_rounds:
+        rounds(args)
+
+
+def micro(args: argparse.Namespace) -> None:
     big = max(args.sizes)
     ours, flare = fedproof_costs(big, 2), nvflare_costs(big, 2)
     print(f"\nBytes per parameter ({big:,} parameters; baseline float32 = 4)\n")
@@ -147,12 +155,13 @@ def main() -> None:
         print(f"| {size:,} | 10 | {r['encrypt_s']:.3f} | {r['sum_s']:.3f} | (NVIDIA FLARE parameters) | | "
               f"{r['decrypt_s']:.3f} | |", flush=True)
 
-    if args.skip_rounds:
-        return
+
+
+def rounds(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plain, he = round_time(tmp, False, args.rounds), round_time(tmp, True, args.rounds)
-    print(f"\nWhole rounds: demo setting (10 clients, Dirichlet 0.5, DP epsilon 3), {args.rounds} rounds; "
-          "baseline = plaintext aggregation\n")
+    print(f"\nWhole rounds: demo setting (10 clients, Dirichlet 0.5, DP epsilon 3, "
+          f"signed updates, no ledger), {args.rounds} rounds; baseline = plaintext aggregation\n")
     print("| aggregation | s/round (rounds 2+) | x plaintext | upload B/param | final accuracy | peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for name, r in [("plaintext FedAvg", plain), ("CKKS + committee of 2", he)]:

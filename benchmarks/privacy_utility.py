@@ -21,7 +21,7 @@ from measure import measure
 def run(tmp: str, name: str, rounds: int, clients: int, dp_args: list[str]) -> dict:
     wall, rss, proc = measure(
         [sys.executable, "-m", "fedproof.cli", "simulate", "--clients", str(clients), "--rounds", str(rounds),
-         "--run-dir", tmp, "--run-id", name, "--no-he", *dp_args]
+         "--run-dir", tmp, "--run-id", name, "--no-he", "--no-ledger", *dp_args]
     )
     if proc.returncode != 0:
         sys.exit(f"{name} failed:\n{proc.stdout}\n{proc.stderr}")

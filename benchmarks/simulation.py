@@ -63,7 +63,7 @@ def main() -> None:
             settings = {"clients": clients, "rounds": args.rounds, "run-dir": tmp, "run-id": f"bench-{clients}"}
             wall, rss, proc = measure(
                 [sys.executable, "-m", "fedproof.cli", "simulate", "--clients", str(clients), "--rounds",
-                 str(args.rounds), "--run-dir", tmp, "--run-id", f"bench-{clients}", "--no-dp", "--no-he"]
+                 str(args.rounds), "--run-dir", tmp, "--run-id", f"bench-{clients}", "--no-dp", "--no-he", "--no-ledger"]
             )
             if proc.returncode != 0:
                 sys.exit(f"fedproof simulate failed:\n{proc.stdout}\n{proc.stderr}")

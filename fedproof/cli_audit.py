@@ -2,7 +2,7 @@
 
 The ledger is the local devnet's (``--devnet-dir``) unless ``--ledger-url`` names another node; the contract
 is the one remembered for that chain unless ``--contract`` gives it. Bundles are found by content in
-``--bundles`` directories (default: every ``runs/*/ledger`` here, and a model file's own run directory).
+``--bundles`` directories (default: a model file's own run directory and every ``runs/*/ledger`` here).
 """
 
 from __future__ import annotations
@@ -45,12 +45,11 @@ def _contract(ledger_url: str | None, contract: str | None, devnet_dir: Path | N
 
 
 def _bundle_dirs(given: list[Path] | None, near: Path | None = None) -> list[Path]:
-    dirs = list(given or [])
-    if near is not None and (near.parent / "ledger").is_dir():
-        dirs.append(near.parent / "ledger")
-    if not given:
-        dirs += sorted(Path.cwd().glob("runs/*/ledger"))
-    return dirs
+    """The directories given, or else a model file's own run directory and every ``runs/*/ledger`` here."""
+    if given:
+        return list(given)
+    dirs = [near.parent / "ledger"] if near is not None and (near.parent / "ledger").is_dir() else []
+    return dirs + sorted(Path.cwd().glob("runs/*/ledger"))
 
 
 def _fail(exc: Exception) -> None:

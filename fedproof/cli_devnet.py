@@ -7,15 +7,20 @@ Wired into the main CLI with ``app.add_typer(devnet_app, name="devnet")``. Ledge
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ledger.devnet import Devnet, DevnetStatus, ensure_contract, remembered_contract
 from ledger.errors import LedgerError
+
+if TYPE_CHECKING:
+    from ledger.devnet import DevnetStatus
+
+# ledger.devnet (and web3, ~1 s to import) is imported inside the commands, so that wiring this sub-app into the
+# main CLI does not slow down every other fedproof command.
 
 DEFAULT_DATA_DIR = Path("~/.local/share/fedproof/devnet")
 
@@ -68,13 +73,14 @@ def start(
     ] = True,
 ) -> None:
     """Start the devnet in the background (or report the one already running) and deploy the ledger contract."""
+    from ledger.contract import LedgerContract
+    from ledger.devnet import Devnet, ensure_contract
+
     try:
         devnet = Devnet(data_dir, port=port, state_interval=state_interval)
         status = devnet.start()
         address = None
         if deploy:
-            from ledger.contract import LedgerContract
-
             address = ensure_contract(LedgerContract.connect(devnet.url), devnet.data_dir).address
     except LedgerError as exc:
         raise _fail(exc) from exc
@@ -84,6 +90,8 @@ def start(
 @devnet_app.command()
 def stop(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = 8545) -> None:
     """Stop the devnet; it saves its chain first, and the next start continues it."""
+    from ledger.devnet import Devnet
+
     try:
         devnet = Devnet(data_dir, port=port)
         was_running = devnet.status().pid is not None
@@ -96,13 +104,14 @@ def stop(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = 8545) ->
 @devnet_app.command()
 def status(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = 8545) -> None:
     """Whether the devnet runs, its block height and the ledger contract's address."""
+    from ledger.contract import LedgerContract
+    from ledger.devnet import Devnet, remembered_contract
+
     try:
         devnet = Devnet(data_dir, port=port)
         current = devnet.status()
         address = None
         if current.running:
-            from ledger.contract import LedgerContract
-
             contract = remembered_contract(devnet.data_dir, LedgerContract.connect(devnet.url))
             address = contract.address if contract else None
     except LedgerError as exc:

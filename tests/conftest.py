@@ -40,3 +40,19 @@ def write_synthetic(directory: Path, n_train: int = 600, n_test: int = 200, seed
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="session")
+def devnet(tmp_path_factory: pytest.TempPathFactory):
+    """A real anvil devnet on a free loopback port, for the whole session; stopped at the end."""
+    import socket
+
+    from ledger.devnet import Devnet
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    chain = Devnet(tmp_path_factory.mktemp("devnet"), port=port)
+    chain.start()
+    yield chain
+    chain.stop()

@@ -194,7 +194,7 @@ def test_he_run_matches_plaintext_and_server_never_loads_a_secret_key(
         raise AssertionError("a secret CKKS context was created in the server process")
 
     monkeypatch.setattr(SecretContext, "__init__", refuse)
-    common = dict(clients=3, rounds=2, data_dir=str(synthetic_dir), run_dir=str(tmp_path), dp=False)
+    common = dict(clients=3, rounds=2, data_dir=str(synthetic_dir), run_dir=str(tmp_path), dp=False, ledger=False)
     he = simulate(RunConfig(**common, run_id="he", he=True), num_cpus=2)
     plain = simulate(RunConfig(**common, run_id="plain", he=False), num_cpus=2)
     for a, b in zip(he.rounds, plain.rounds):

@@ -24,15 +24,57 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str
 
 
 @pytest.fixture(scope="module")
-def finished_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finished_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory, devnet) -> Path:
+    """The demo's whole path on small data: DP, HE, signed updates, lineage on a real anvil."""
     runs = tmp_path_factory.mktemp("runs")
     proc = run_cli(
         "simulate", "--clients", "3", "--rounds", "2", "--data-dir", str(synthetic_dir),
-        "--run-dir", str(runs), "--run-id", "e2e", "--local-epochs", "1", "--batch-size", "16", "--no-dp",
+        "--run-dir", str(runs), "--run-id", "e2e", "--local-epochs", "1", "--batch-size", "16",
+        "--noise-multiplier", "0.5", "--target-epsilon", "0", "--delta", "1e-3",
+        "--ledger-url", devnet.url, "--devnet-dir", str(devnet.data_dir),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "final test accuracy" in proc.stdout
+    assert "final test accuracy" in proc.stdout and "Lineage of model" in proc.stdout
     return runs / "e2e"
+
+
+def audit(devnet, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("audit", *args, "--ledger-url", devnet.url, "--devnet-dir", str(devnet.data_dir), timeout=120)
+
+
+def test_audit_verify_passes_on_the_runs_model_and_fails_on_a_tampered_copy(finished_run: Path, devnet,
+                                                                            tmp_path: Path) -> None:
+    model = finished_run / "model.safetensors"
+    ok = audit(devnet, "verify", str(model), "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["verified"] and report["rounds"] == 2 and report["updates"] == 6
+    tampered = tmp_path / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 1
+    tampered.write_bytes(bytes(data))
+    bad = audit(devnet, "verify", str(tampered), "--bundles", str(finished_run / "ledger"))
+    assert bad.returncode == 1 and "no round on this ledger produced" in bad.stdout
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    for path in (finished_run / "ledger").glob("round-*.json"):
+        (bundles / path.name).write_bytes(path.read_bytes().replace(b'"num_examples":', b'"num_examples":1'))
+    altered = audit(devnet, "verify", str(model), "--bundles", str(bundles))
+    assert altered.returncode == 1 and "bundle is missing or altered" in altered.stdout
+
+
+def test_audit_queries_show_lineage_client_and_round(finished_run: Path, devnet) -> None:
+    lineage = json.loads(audit(devnet, "lineage", str(finished_run / "model.safetensors"), "--json").stdout)
+    assert [r["round"] for r in lineage] == [2, 1]
+    assert lineage[0]["parent_model_hash"] == lineage[1]["model_hash"]
+    assert all(r["contributors"] == ["0", "1", "2"] and r["updates"] == 3 for r in lineage)
+    client = json.loads(audit(devnet, "client", "1", "--bundles", str(finished_run / "ledger"), "--json").stdout)
+    assert client["status"] == "registered"
+    assert [c["round"] for c in client["contributions"] if c["run"] == "e2e"] == [1, 2]
+    eps = [c["epsilon"] for c in client["contributions"] if c["run"] == "e2e"]
+    assert 0 < eps[0] < eps[1]  # cumulative, as signed
+    record = json.loads(audit(devnet, "round", "e2e", "2", "--json").stdout)
+    assert record["updates"] == 3 and record["tx"].startswith("0x")
 
 
 def test_artifacts_exist(finished_run: Path) -> None:
@@ -78,7 +120,7 @@ def test_dp_budgets_are_reported_enforced_and_end_the_run(synthetic_dir: Path, t
     proc = run_cli(
         "simulate", "--clients", "2", "--rounds", "8", "--data-dir", str(synthetic_dir), "--run-dir", str(tmp_path),
         "--run-id", "dp", "--local-epochs", "1", "--batch-size", "32", "--dp", "--noise-multiplier", "1.0",
-        "--target-epsilon", "3.0", "--delta", "1e-3",
+        "--target-epsilon", "3.0", "--delta", "1e-3", "--no-ledger",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Privacy spent per client" in proc.stdout and "exhausted their privacy budget" in proc.stdout
