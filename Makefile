@@ -1,18 +1,19 @@
 # fedproof: `make demo` runs the end-to-end demo, `make test` the test suite; both set up first.
-# Set-up is idempotent: the venv is reinstalled only when pyproject.toml changes.
+# Set-up is idempotent: the venv is reinstalled only when pyproject.toml changes, the npm packages
+# (solc, anvil) only when contracts/package-lock.json does.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedproof-setup
-FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+NPM    := contracts/node_modules/.fedproof-npm
 
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: setup demo test bench data clean
 
-setup: $(STAMP) data
+setup: $(STAMP) $(NPM) data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,11 @@ $(STAMP): pyproject.toml
 	@# torch first, pinned: this machine has its CPU build on disk; an open range would pull a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+# The contract compiler and the devnet: solc and anvil, pinned in contracts/package-lock.json.
+$(NPM): contracts/package-lock.json
+	npm ci --prefix contracts --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Debian's dataset-fashion-mnist, when apt is there and the data is not found anywhere fedproof looks.
@@ -42,6 +48,8 @@ bench: setup
 	$(BIN)/python benchmarks/simulation.py
 	$(BIN)/python benchmarks/dp_overhead.py
 	$(BIN)/python benchmarks/privacy_utility.py
+	$(BIN)/python benchmarks/he_overhead.py
+	$(BIN)/python benchmarks/ledger_costs.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -30,11 +30,11 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tabl
 
 
 def _contract(ledger_url: str | None, contract: str | None, devnet_dir: Path | None):
-    from fl_server.lineage import DEFAULT_DEVNET_DIR
     from ledger.contract import LedgerContract
+    from ledger.defaults import DEFAULT_DATA_DIR
     from ledger.devnet import Devnet, remembered_contract
 
-    data_dir = Path(devnet_dir or DEFAULT_DEVNET_DIR).expanduser()
+    data_dir = Path(devnet_dir or DEFAULT_DATA_DIR).expanduser()
     w3 = LedgerContract.connect(ledger_url or Devnet(data_dir).url)
     if contract:
         return LedgerContract.at(w3, contract)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # ledger.devnet (and web3, ~1 s to import) is imported inside the commands, so that wiring this sub-app into the
 # main CLI does not slow down every other fedproof command.
 
-DEFAULT_DATA_DIR = Path("~/.local/share/fedproof/devnet")
+from ledger.defaults import DEFAULT_DATA_DIR
 
 devnet_app = typer.Typer(
     name="devnet",

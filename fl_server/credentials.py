@@ -17,9 +17,9 @@ from pathlib import Path
 from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
 from fedproof.keys import KeySet, has_keys_for
+from ledger.defaults import DEFAULT_DATA_DIR
 from ledger.verification import AllowList
 
-DEFAULT_DEVNET_DIR = "~/.local/share/fedproof/devnet"
 from privacy.he import PublicContext
 
 
@@ -55,5 +55,5 @@ def simulation_keys(config: RunConfig, run_path: Path) -> Path:
     """Where simulated clients keep their keys: beside the ledger they are registered on (so they keep their
     identities across runs), or in the run directory without a ledger."""
     if config.ledger:
-        return Path(config.devnet_dir or DEFAULT_DEVNET_DIR).expanduser() / "simulation-keys"
+        return Path(config.devnet_dir or DEFAULT_DATA_DIR).expanduser() / "simulation-keys"
     return run_path / "keys"

@@ -20,10 +20,10 @@ from flwr.app import ArrayRecord
 from safetensors.numpy import save as safetensors_bytes
 
 from fedproof.config import RunConfig
-from fl_server.credentials import DEFAULT_DEVNET_DIR
 from fl_server.admission import Admitted
 from ledger.bundle import BundleUpdate, RoundBundle
 from ledger.contract import LedgerContract, RoundRecord
+from ledger.defaults import DEFAULT_DATA_DIR
 from ledger.devnet import Devnet, ensure_contract
 from ledger.errors import LedgerError
 from ledger.outbox import Outbox
@@ -38,7 +38,7 @@ def open_ledger(config: RunConfig, allow: AllowList) -> tuple[RunConfig, LedgerC
     register the allow-listed clients; return the config with the chain and contract filled in."""
     if not config.ledger:
         return config, None
-    data_dir = Path(config.devnet_dir or DEFAULT_DEVNET_DIR).expanduser()
+    data_dir = Path(config.devnet_dir or DEFAULT_DATA_DIR).expanduser()
     url = config.ledger_url or Devnet(data_dir).start().url
     w3 = LedgerContract.connect(url)
     contract = LedgerContract.at(w3, config.ledger_contract) if config.ledger_contract else ensure_contract(w3, data_dir)

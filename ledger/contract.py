@@ -263,7 +263,7 @@ class LedgerContract:
         self._url = _endpoint(w3)
         with self._node():
             self.chain_id: int = int(w3.eth.chain_id)
-            self.sender: str = Web3.to_checksum_address(sender or w3.eth.accounts[0])
+            self.sender: str = Web3.to_checksum_address(sender or _first_account(w3, self._url))
         self._contract = w3.eth.contract(address=self.address, abi=self.artifact.abi_list)
         self._errors = _error_specs(self.artifact.abi)
         self.deploy_receipt: Receipt | None = None
@@ -279,7 +279,7 @@ class LedgerContract:
         artifact = load_artifact()
         url = _endpoint(w3)
         with _node_errors(url):
-            account = Web3.to_checksum_address(sender or w3.eth.accounts[0])
+            account = Web3.to_checksum_address(sender or _first_account(w3, url))
             tx_hash = w3.eth.send_transaction({"from": account, "data": artifact.bytecode, "gas": DEPLOY_GAS})
             receipt = _wait(w3, tx_hash)
         if receipt["status"] != 1 or not receipt.get("contractAddress"):
@@ -325,7 +325,7 @@ class LedgerContract:
             w3.eth.chain_id
         except _NODE_DOWN as exc:
             raise errors.LedgerUnavailable(f"no Ethereum node answers at {url} ({_reason(exc)}); {_HINT}") from exc
-        except (Web3RPCError, ValueError) as exc:  # something answers, but not JSON-RPC (or not Ethereum)
+        except (Web3RPCError, ValueError, requests.exceptions.RequestException) as exc:  # answers, but not JSON-RPC
             raise errors.LedgerUnavailable(
                 f"{url} answers but not as an Ethereum JSON-RPC node ({exc}); {_HINT}"
             ) from exc
@@ -401,9 +401,13 @@ class LedgerContract:
     # ----------------------------------------------------------------------------- events
 
     def round_events(
-        self, *, run_id: bytes | None = None, model_hash: bytes | None = None, from_block: int = 0
+        self, *, run_id: bytes | None = None, model_hash: bytes | None = None, from_block: int = 0,
+        with_gas: bool = False,
     ) -> list[RecordedRound]:
-        """``RoundRecorded`` logs in chain order, filtered in the node by the indexed run id and/or model hash."""
+        """``RoundRecorded`` logs in chain order, filtered in the node by the indexed run id and/or model hash.
+
+        ``gas_used`` needs one receipt per transaction, so it is fetched only ``with_gas`` (else 0): audits walk
+        thousands of rounds and need the logs alone."""
         topics = [
             _topic(run_id, "run_id"),
             None,  # round
@@ -413,7 +417,7 @@ class LedgerContract:
         out = []
         for log, args in self._logs("RoundRecorded", topics, from_block):
             tx = bytes(log["transactionHash"])
-            if tx not in receipts:
+            if with_gas and tx not in receipts:
                 with self._node():
                     receipts[tx] = self.w3.eth.get_transaction_receipt(tx)
             out.append(
@@ -429,7 +433,7 @@ class LedgerContract:
                     tx_hash=_hex(tx),
                     block_number=int(log["blockNumber"]),
                     block_hash=_hex(log["blockHash"]),
-                    gas_used=int(receipts[tx]["gasUsed"]),
+                    gas_used=int(receipts[tx]["gasUsed"]) if with_gas else 0,
                 )
             )
         return out
@@ -550,6 +554,17 @@ class LedgerContract:
 
 def _endpoint(w3: Web3) -> str:
     return str(getattr(w3.provider, "endpoint_uri", None) or type(w3.provider).__name__)
+
+
+def _first_account(w3: Web3, url: str) -> str:
+    """The node's first unlocked account: anvil's (or eth-tester's) dev account 0 deploys and writes."""
+    accounts = w3.eth.accounts
+    if not accounts:
+        raise errors.LedgerUnavailable(
+            f"the node at {url} has no unlocked account to send ledger transactions from; use the local devnet "
+            "(`fedproof devnet start`)"
+        )
+    return str(accounts[0])
 
 
 def _reason(exc: BaseException) -> str:

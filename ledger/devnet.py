@@ -43,8 +43,14 @@ from ledger.contract import LedgerContract, _node_errors
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_MODULES = REPO_ROOT / "contracts" / "node_modules"
 DEFAULT_CHAIN_ID = 31337
+from ledger.defaults import DEFAULT_DATA_DIR  # noqa: E402,F401
 HOST = "127.0.0.1"
 MAX_DEPLOYMENT_FILE_BYTES = 4096
+
+# anvil processes started by this Python process, by pid. Devnet objects come and go (one per CLI call) while
+# anvil keeps running detached; holding the Popen here lets any of them reap it, and keeps Popen.__del__ from
+# warning that a process we meant to leave running is still running.
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
 
 _NPM_PLATFORM = {"Linux": "linux", "Darwin": "darwin", "Windows": "win32"}
 _NPM_ARCH = {"x86_64": "amd64", "AMD64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -108,7 +114,6 @@ class Devnet:
         self.state_file = self.data_dir / "chain.json"
         self.pid_file = self.data_dir / "anvil.pid"
         self.log_file = self.data_dir / "anvil.log"
-        self._proc: subprocess.Popen[bytes] | None = None  # kept only to reap our own child
 
     # ----------------------------------------------------------------------------- public
 
@@ -133,7 +138,7 @@ class Devnet:
                 return status
             raise errors.DevnetError(
                 f"anvil (pid {pid}) of {self.data_dir} is running but does not answer at {self.url}; "
-                f"was it started with another --port? stop it first with `fedproof devnet stop`"
+                "was it started with another --port? stop it first with `fedproof devnet stop`"
             )
         self._check_port_free()
         self._check_state_file()
@@ -150,7 +155,7 @@ class Devnet:
             log.write(f"\n--- fedproof: starting {' '.join(command)}\n".encode())
             log.flush()
             try:
-                self._proc = subprocess.Popen(
+                proc = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -160,13 +165,14 @@ class Devnet:
                 )
             except OSError as exc:
                 raise errors.DevnetStartFailed(f"cannot run {anvil}: {exc.strerror}") from exc
-        _write_atomic(self.pid_file, f"{self._proc.pid}\n".encode())
-        status = self._wait_ready(self._proc.pid, timeout)
+        _STARTED[proc.pid] = proc
+        _write_atomic(self.pid_file, f"{proc.pid}\n".encode())
+        status = self._wait_ready(proc.pid, timeout)
         if status is not None:
             return status
-        code = self._proc.poll()
+        code = proc.poll()
         if code is None:
-            self._terminate(self._proc.pid, 2.0)
+            self._terminate(proc.pid, 2.0)
         self.pid_file.unlink(missing_ok=True)
         what = f"exited with code {code}" if code is not None else f"did not answer within {timeout:.0f} s"
         raise errors.DevnetStartFailed(f"anvil {what}; its log ({self.log_file}) ends with:\n{self._log_tail()}")
@@ -198,8 +204,12 @@ class Devnet:
         return pid
 
     def _alive(self, pid: int) -> bool:
-        if self._proc is not None and self._proc.pid == pid:
-            return self._proc.poll() is None  # also reaps our own child once it exits
+        proc = _STARTED.get(pid)
+        if proc is not None:
+            if proc.poll() is None:  # also reaps our own child once it exits
+                return True
+            del _STARTED[pid]
+            return False
         try:
             # Reap it if it is our child (a zombie would otherwise look alive to kill(pid, 0)).
             if os.waitpid(pid, os.WNOHANG) != (0, 0):
@@ -261,20 +271,31 @@ class Devnet:
 
     # ----------------------------------------------------------------------------- checks
 
-    def _check_port_free(self) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            # Same option anvil (tokio) sets, so a port left in TIME_WAIT by the previous anvil counts as free.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((HOST, self.port))
-            except OSError as exc:
-                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
-                    raise errors.DevnetError(f"cannot use port {self.port} on {HOST}: {exc.strerror}") from exc
-                who = "an Ethereum node" if _rpc(self.url, "eth_chainId") is not None else "another program"
-                raise errors.DevnetPortInUse(
-                    f"port {self.port} on {HOST} is already in use by {who} not started from {self.data_dir}; "
-                    "stop it or choose another --port"
-                ) from exc
+    def _check_port_free(self, grace: float = 1.0) -> None:
+        """Refuse a port that another program listens on. A just-killed anvil's sockets can hold the port for a
+        moment (its listener still completes a handshake, an orphaned FIN-WAIT socket fails a test bind), so a
+        busy port is re-checked for ``grace`` seconds before it counts as taken."""
+        deadline = time.monotonic() + grace
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                # Same option anvil (tokio) sets, so sockets of the previous anvil in TIME_WAIT do not count.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((HOST, self.port))
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise errors.DevnetError(f"cannot use port {self.port} on {HOST}: {exc.strerror}") from exc
+            if not _accepts_connections(self.port):
+                return  # only closing connections hold it: anvil itself can bind the port
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        who = "an Ethereum node" if _rpc(self.url, "eth_chainId", timeout=0.5) is not None else "another program"
+        raise errors.DevnetPortInUse(
+            f"port {self.port} on {HOST} is already in use by {who} not started from {self.data_dir}; "
+            "stop it or choose another --port"
+        )
 
     def _check_state_file(self) -> None:
         """anvil refuses to start on a cut-off state file; say so clearly, and keep a copy of a good one."""
@@ -356,6 +377,19 @@ def ensure_contract(w3: Web3, data_dir: Path) -> LedgerContract:
 
 def _node(w3: Web3):  # noqa: ANN202 - a context manager: a node that is down -> LedgerUnavailable
     return _node_errors(str(getattr(w3.provider, "endpoint_uri", None) or "the ledger node"))
+
+
+def _accepts_connections(port: int) -> bool:
+    """Whether something listens on HOST:port (a refused connection means nothing does)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=1.0) as sock:
+            # With no listener, the kernel may pick the port itself as the ephemeral source port and connect the
+            # socket to itself (TCP simultaneous open): that is not a listener either.
+            return sock.getsockname() != sock.getpeername()
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return True  # timed out or stranger: assume the port is held
 
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy

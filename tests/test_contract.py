@@ -278,7 +278,8 @@ def test_record_deployment_requires_a_recorded_model(ledger: LedgerContract):
 
     receipt = ledger.record_deployment(h("run/model/2"), h("artifact/int8"), run, 2, "edge:onnx-int8 ✓")
     (event,) = ledger.deployment_events(model_hash=h("run/model/2"))
-    assert (event.artifact_hash, event.run_id, event.round, event.target) == (h("artifact/int8"), run, 2, "edge:onnx-int8 ✓")
+    expected = (h("artifact/int8"), run, 2, "edge:onnx-int8 ✓")
+    assert (event.artifact_hash, event.run_id, event.round, event.target) == expected
     assert event.tx_hash == receipt.tx_hash and event.block_number == receipt.block_number
     assert ledger.deployment_events(artifact_hash=h("artifact/int8")) == [event]
     assert ledger.deployment_events(artifact_hash=h("artifact/other")) == []

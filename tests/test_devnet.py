@@ -197,7 +197,8 @@ def test_cli_start_status_stop(devnet: Devnet):
     assert address in result.output
     result = runner.invoke(devnet_app, ["status", *opts])
     assert result.exit_code == 0 and "running" in result.output and address in result.output
-    busy = runner.invoke(devnet_app, ["start", "--data-dir", str(devnet.data_dir / "other"), "--port", str(devnet.port)])
+    elsewhere = ["--data-dir", str(devnet.data_dir / "other"), "--port", str(devnet.port)]
+    busy = runner.invoke(devnet_app, ["start", *elsewhere])
     assert busy.exit_code == 2 and busy.output.startswith("error:")
     result = runner.invoke(devnet_app, ["stop", *opts])
     assert result.exit_code == 0 and "stopped" in result.output
