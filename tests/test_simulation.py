@@ -141,3 +141,17 @@ def test_delta_too_large_for_a_client_is_refused_before_training(synthetic_dir: 
                    "--delta", "0.05", timeout=120)
     assert proc.returncode == 2 and "below 1/n" in proc.stdout
     assert not list(tmp_path.iterdir())  # nothing started, no run directory
+
+
+def test_a_ledger_that_is_down_stops_the_run_before_training(synthetic_dir: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    proc = run_cli("simulate", "--clients", "2", "--rounds", "1", "--data-dir", str(synthetic_dir), "--run-dir",
+                   str(tmp_path), "--run-id", "down", "--no-dp", "--ledger-url", f"http://127.0.0.1:{port}",
+                   "--devnet-dir", str(tmp_path / "chain"), timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no Ethereum node answers" in proc.stdout and "fedproof devnet start" in proc.stdout
+    assert not (tmp_path / "down" / "metrics.jsonl").exists()
