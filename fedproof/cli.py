@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -17,9 +17,11 @@ from rich.table import Table
 
 from fedproof.config import PARTITIONS, resolve
 from fedproof.errors import FedproofError
-from fedproof.rundir import RoundMetrics
 from ledger.errors import LedgerError
 from privacy.errors import PrivacyError
+
+if TYPE_CHECKING:
+    from fedproof.rundir import RoundMetrics
 
 USER_ERRORS = (FedproofError, PrivacyError, LedgerError)
 """Errors raised on purpose: printed as one line, exit code 2."""

@@ -1,0 +1,29 @@
+"""Running an exported model with onnxruntime alone: what the server's deploy checks and the edge device share.
+
+Imports numpy and onnxruntime only (never torch), so an edge device needs nothing else. Models take raw
+``uint8 (n, 28, 28)`` images (they standardise inside the graph) and return logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+INPUT = "images"
+
+
+def session(model: bytes, threads: int = 1) -> ort.InferenceSession:
+    """An inference session built from the model's bytes (never from a path that could change after a check)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def predict(sess: ort.InferenceSession, images: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """Predicted class of each image."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    if not len(images):
+        return np.zeros(0, np.int64)
+    return np.concatenate([sess.run(None, {INPUT: images[i : i + batch]})[0].argmax(1)
+                           for i in range(0, len(images), batch)])
