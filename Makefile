@@ -39,7 +39,7 @@ data: $(STAMP)
 	fi
 
 demo: setup
-	$(BIN)/fedproof simulate
+	$(BIN)/fedproof simulate --deploy
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python benchmarks/privacy_utility.py
 	$(BIN)/python benchmarks/he_overhead.py
 	$(BIN)/python benchmarks/ledger_costs.py
+	$(BIN)/python benchmarks/deploy.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -81,6 +81,7 @@ def simulate(
     num_cpus: Annotated[Optional[int], typer.Option(help="CPUs Ray may use (default: all); one per client.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    deploy: Annotated[bool, typer.Option(help="Then quantize and deploy the final model (fedproof deploy).")] = False,
 ) -> None:
     """Run a federation on this machine with Flower's simulation engine."""
     from fedproof.rundir import new_run_id
@@ -140,6 +141,22 @@ def simulate(
         console.print(f"[yellow]run ended early:[/] {result.stopped}")
     if result.ledger is not None and result.ledger.contract:
         _ledger_summary(result)
+    if deploy:
+        _deploy_and_show(result)
+
+
+def _deploy_and_show(result) -> None:
+    """Deploy the final model, then show the lineage of the deployed artifact as the ledger tells it."""
+    from fedproof.cli_audit import _contract
+
+    done = result.config
+    deployment = deploy_run(result.run_dir, None, Path("registry"), 1.0, Path(done.data_dir) if done.data_dir else None,
+                            done.ledger)
+    print_deployment(deployment)
+    if done.ledger:
+        contract = _contract(done.ledger_url or None, done.ledger_contract,
+                             Path(done.devnet_dir) if done.devnet_dir else None)
+        print_lineage(contract, bytes.fromhex(deployment.artifact_sha256), [result.run_dir / "ledger"])
 
 
 def _ledger_summary(result) -> None:
@@ -164,7 +181,11 @@ def _ledger_summary(result) -> None:
 
 
 from fedproof.cli_audit import audit_app, ledger_app, print_lineage  # noqa: E402
+from fedproof.cli_deploy import deploy_command, deploy_run, edge_app, print_deployment  # noqa: E402
 from fedproof.cli_devnet import devnet_app  # noqa: E402
+
+app.command("deploy")(deploy_command)
+app.add_typer(edge_app, name="edge")
 
 app.add_typer(audit_app, name="audit")
 app.add_typer(ledger_app, name="ledger")

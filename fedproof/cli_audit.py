@@ -69,9 +69,17 @@ def _eps(scaled: int) -> str:
 
 def print_lineage(contract, model: bytes, bundle_dirs: list[Path], as_json: bool = False) -> None:
     """The chain of rounds behind ``model``, with contributors per round when their bundles are at hand."""
-    from ledger.audit import lineage
+    from ledger.audit import ModelNotRecorded, deployment_of, lineage
     from ledger.bundle import BundleError, find_bundle
 
+    deployed = None
+    try:
+        lineage(contract, model)
+    except ModelNotRecorded:
+        deployed = deployment_of(contract, model)
+        if deployed is None:
+            raise
+        model = deployed.model_hash
     rows = []
     for event in lineage(contract, model):
         try:
@@ -84,8 +92,13 @@ def print_lineage(contract, model: bytes, bundle_dirs: list[Path], as_json: bool
                      "contributors": clients, "epsilon_max": _eps(event.epsilon_max_scaled),
                      "block": event.block_number, "tx": event.tx_hash})
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows if deployed is None else {
+            "artifact": deployed.artifact_hash.hex(), "target": deployed.target, "model_hash": model.hex(),
+            "deployment_block": deployed.block_number, "deployment_tx": deployed.tx_hash, "lineage": rows}, indent=2))
         return
+    if deployed is not None:
+        console.print(f"artifact {deployed.artifact_hash.hex()} ({deployed.target}) was deployed in block "
+                      f"{deployed.block_number} (tx {deployed.tx_hash}) from model {model.hex()}")
     table = Table(title=f"Lineage of model {model.hex()[:16]}… (newest first)")
     for column in ("run", "round", "model", "parent", "updates", "contributors", "eps max", "block"):
         table.add_column(column)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -102,7 +104,9 @@ def export_onnx(model: nn.Module) -> bytes:
     """One self-contained ONNX file with a dynamic batch dimension."""
     wrapped = _Standardised(model).eval()
     example = torch.zeros((2, 28, 28), dtype=torch.uint8)
-    with tempfile.TemporaryDirectory() as tmp:
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" x4, harmless
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         path = Path(tmp) / "model.onnx"
         program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=["images"],
                                     output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),

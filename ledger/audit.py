@@ -88,6 +88,12 @@ def _producer(contract: LedgerContract, model: bytes, cache: dict[bytes, dict[by
     return by_model.get(model, hits[0])
 
 
+def deployment_of(contract: LedgerContract, artifact: bytes):
+    """The latest ``DeploymentRecorded`` of a deployed artifact, or None if ``artifact`` was never deployed."""
+    found = contract.deployment_events(artifact_hash=artifact)
+    return found[-1] if found else None
+
+
 @dataclass(frozen=True)
 class Contribution:
     run_id: str

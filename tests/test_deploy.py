@@ -1,0 +1,141 @@
+"""Deployment: export + static int8 + accuracy gate + registry + ledger; the edge pulls only what the ledger vouches for."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord
+
+from fedproof.config import RunConfig
+from fedproof.data import load_dataset
+from fedproof.errors import FedproofError
+from fedproof.model import make_model
+from fedproof.task import to_tensors
+from fl_client.edge import ArtifactRejected, classify, pull
+from fl_server.deploy import AccuracyDropTooLarge, DeployError, DeploySettings, deploy, export_onnx, quantize_int8
+from fl_server.lineage import Lineage
+from ledger.contract import LedgerContract
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trained_model(data) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = make_model(data.num_classes)
+    x, y = to_tensors(data.train_x, data.train_y)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        for i in range(0, len(y), 32):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32]).backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def recorded_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A run of one recorded round whose model is a trained one, on an in-process chain."""
+    data = load_dataset(synthetic_dir)
+    chain = LedgerContract.deploy(LedgerContract.in_memory())
+    run_path = tmp_path_factory.mktemp("run") / "r"
+    config = RunConfig(run_id="r", chain_id=chain.chain_id, ledger_contract=chain.address)
+    run_path.mkdir()
+    (run_path / "run.json").write_text(json.dumps({"config": config.to_mapping()}))
+    initial = make_model(data.num_classes)
+    lineage = Lineage(run_path, config, chain, ArrayRecord(initial.state_dict()))
+    model = trained_model(data)
+    lineage.aggregated(1, ArrayRecord(initial.state_dict()), ArrayRecord(model.state_dict()), [])
+    lineage.final_model(run_path / "model.safetensors")
+    return run_path, data, chain, model
+
+
+def test_deploy_pull_predict_round_trip_agrees_with_fp32(recorded_run, tmp_path: Path) -> None:
+    run_path, data, chain, model = recorded_run
+    deployment = deploy(run_path, data, tmp_path / "registry", chain)
+    assert deployment.int8_bytes <= 0.27 * deployment.fp32_bytes
+    assert deployment.fp32_accuracy - deployment.int8_accuracy <= 0.01
+    manifest = json.loads((tmp_path / "registry" / f"{deployment.artifact_sha256}.json").read_text())
+    assert manifest["source_model_sha256"] == deployment.source_model_sha256 and manifest["round"] == 1
+    installed = pull("latest", tmp_path / "registry", tmp_path / "device", chain)
+    assert installed.artifact_sha256 == deployment.artifact_sha256
+    with torch.no_grad():
+        expected = model(to_tensors(data.test_x, data.test_y)[0]).argmax(1).numpy()
+    agreement = float((classify(tmp_path / "device", data.test_x) == expected).mean())
+    assert agreement >= 0.99
+
+
+def test_a_model_not_on_the_ledger_is_not_deployed(recorded_run, tmp_path: Path) -> None:
+    run_path, data, chain, _ = recorded_run
+    other = LedgerContract.deploy(LedgerContract.in_memory())  # a ledger that never saw this run
+    with pytest.raises(DeployError, match="not recorded on the ledger"):
+        deploy(run_path, data, tmp_path / "registry", other)
+    assert not (tmp_path / "registry").exists() or not any((tmp_path / "registry").iterdir())
+
+
+def test_too_large_an_accuracy_drop_publishes_nothing(recorded_run, tmp_path: Path) -> None:
+    run_path, data, chain, _ = recorded_run
+    with pytest.raises(AccuracyDropTooLarge, match="pp below fp32"):
+        deploy(run_path, data, tmp_path / "registry", chain, settings=DeploySettings(max_drop_pp=-100.0))
+    assert not list((tmp_path / "registry").glob("*.onnx")) if (tmp_path / "registry").exists() else True
+
+
+def test_tampered_and_unknown_artifacts_are_refused_and_nothing_is_installed(recorded_run, tmp_path: Path) -> None:
+    run_path, data, chain, model = recorded_run
+    deployment = deploy(run_path, data, tmp_path / "registry", chain)
+    artifact = Path(deployment.artifact)
+    good = artifact.read_bytes()
+    artifact.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(ArtifactRejected, match="does not hash to its name"):
+        pull(deployment.artifact_sha256, tmp_path / "registry", tmp_path / "device", chain)
+    artifact.write_bytes(good)
+    unknown = quantize_int8(export_onnx(make_model(data.num_classes).eval()), data.train_x[:64])
+    digest = hashlib.sha256(unknown).hexdigest()
+    (tmp_path / "registry" / f"{digest}.onnx").write_bytes(unknown)  # valid ONNX, right name, never deployed
+    with pytest.raises(ArtifactRejected, match="not recorded as a deployment"):
+        pull(digest, tmp_path / "registry", tmp_path / "device", chain)
+    with pytest.raises(ArtifactRejected, match="not an artifact hash"):
+        pull("abc", tmp_path / "registry", tmp_path / "device", chain)
+    assert not (tmp_path / "device").exists()
+    pull(deployment.artifact_sha256, tmp_path / "registry", tmp_path / "device", chain)
+    installed = tmp_path / "device" / f"{deployment.artifact_sha256}.onnx"
+    installed.write_bytes(installed.read_bytes() + b"\0")  # altered on the device after install
+    with pytest.raises(ArtifactRejected, match="altered after it was verified"):
+        classify(tmp_path / "device", data.test_x[:4])
+
+
+def test_the_edge_path_never_imports_torch(recorded_run, tmp_path: Path, synthetic_dir: Path) -> None:
+    run_path, data, chain, _ = recorded_run
+    deploy(run_path, data, tmp_path / "registry", chain)
+    pull("latest", tmp_path / "registry", tmp_path / "device", chain)
+    np.save(tmp_path / "images.npy", data.test_x[:16])
+    script = (
+        "import sys\n"
+        "from fedproof.cli import app\n"  # the whole CLI module, as `fedproof edge` loads it
+        "from fl_client import edge\n"
+        "import ledger.contract\n"
+        f"labels = edge.classify(__import__('pathlib').Path({str(tmp_path / 'device')!r}), "
+        f"edge.read_images(__import__('pathlib').Path({str(tmp_path / 'images.npy')!r})))\n"
+        "assert len(labels) == 16\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_bad_image_files_are_refused(tmp_path: Path) -> None:
+    from fl_client.edge import read_images
+
+    np.save(tmp_path / "floats.npy", np.zeros((2, 28, 28), np.float32))
+    with pytest.raises(FedproofError, match="expected uint8"):
+        read_images(tmp_path / "floats.npy")
+    (tmp_path / "junk.idx").write_bytes(b"\x00\x00\x08\x03junk")
+    with pytest.raises(FedproofError):
+        read_images(tmp_path / "junk.idx")
