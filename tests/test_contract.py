@@ -221,7 +221,7 @@ def test_round_events_by_run_and_by_model(ledger: LedgerContract):
     assert len(ledger.round_events()) == 5
     assert ledger.round_events(run_id=h("nobody")) == []
 
-    (one,) = ledger.round_events(model_hash=h("a/model/2"))
+    (one,) = ledger.round_events(model_hash=h("a/model/2"), with_gas=True)
     assert one.as_record() == recs_a[1]
     receipt = ledger.w3.eth.get_transaction_receipt(one.tx_hash)
     assert receipt["blockNumber"] == one.block_number and receipt["gasUsed"] == one.gas_used
@@ -243,7 +243,7 @@ def test_record_round_gas_does_not_depend_on_participants(ledger: LedgerContract
     assert abs(first_10 - first_100) < 300  # calldata bytes differ slightly with the values, nothing else
     assert abs(steady_10 - steady_100) < 300
     assert steady_10 < first_10 < 200_000
-    events = ledger.round_events(run_id=h("hundred"))
+    events = ledger.round_events(run_id=h("hundred"), with_gas=True)
     assert [e.num_updates for e in events] == [100, 100] and events[1].gas_used == steady_100
 
 
