@@ -182,7 +182,12 @@ def _ledger_summary(result) -> None:
 
 from fedproof.cli_audit import audit_app, ledger_app, print_lineage  # noqa: E402
 from fedproof.cli_deploy import deploy_command, deploy_run, edge_app, print_deployment  # noqa: E402
+from fedproof.cli_deployment import client_command, provision_command, server_app  # noqa: E402
 from fedproof.cli_devnet import devnet_app  # noqa: E402
+
+app.command("provision")(provision_command)
+app.add_typer(server_app, name="server")
+app.command("client")(client_command)
 
 app.command("deploy")(deploy_command)
 app.add_typer(edge_app, name="edge")

@@ -85,6 +85,8 @@ class RunConfig:
     ledger_contract: str = ""
     """Address of the lineage contract; empty: deploy it once per chain and remember it."""
     chain_id: int = 0
+    metrics_port: int = 0
+    """Serve Prometheus metrics of the federation on this port of the server (0: off)."""
     """Chain the run records on (resolved at start; 0 without a ledger). Clients sign it into every update."""
     """Directory of the run's key set (fedproof keys init); empty: a fresh set per run in its run directory."""
 

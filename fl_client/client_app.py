@@ -54,6 +54,8 @@ def _job(msg: Message, context: Context) -> _Job:
     except KeyError as exc:
         raise ConfigError(f"node config lacks {exc}: start the SuperNode with --node-config "
                           "'partition-id=<i> num-partitions=<n>'") from exc
+    if context.node_config.get("data-dir"):  # a device's own copy of the data, wherever it keeps it
+        config = config.with_overrides(data_dir=str(context.node_config["data-dir"]))
     data = load_client_data(config, partition_id, num_partitions)
     model = make_model(data.num_classes)
     global_arrays = msg.content["arrays"]

@@ -20,6 +20,7 @@ from fl_server.recorder import RoundObserver, RoundRecorder
 from fl_server.admission import Admission
 from fl_server.credentials import load_credentials
 from fl_server.lineage import Lineage, open_ledger
+from fl_server.metrics import FederationMetrics
 from fl_server.secure_aggregation import DecryptionCommittee, EncryptedFedAvg
 from fl_server.strategy import AllBudgetsExhausted, GatedFedAvg
 from ledger.verification import UpdateVerifier
@@ -61,12 +62,13 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     run_dir.write_config(config)
     initial = ArrayRecord(make_model(dataset.num_classes, seed=config.seed).state_dict())
     lineage = Lineage(run_dir.path, config, contract, initial)
-    recorder = RoundRecorder(run_dir, CentralEvaluator(dataset), observer)
+    metrics = FederationMetrics(config.metrics_port)
+    recorder = RoundRecorder(run_dir, CentralEvaluator(dataset), _both(metrics.observe_round, observer or _none))
     verifier = UpdateVerifier(credentials.allow, config.chain_id, config.contract_bytes(), config.run_id)
     strategy_kwargs = dict(
         admission=Admission(verifier),
         on_train_replies=recorder.observe_train_replies,
-        on_rejected=_both(recorder.reject_update, lineage.rejected),
+        on_rejected=_both(recorder.reject_update, lineage.rejected, metrics.reject),
         on_failed=_both(recorder.fail_round, lineage.failed),
         on_aggregated=lineage.aggregated,
         fraction_train=config.fraction_train,
@@ -123,6 +125,10 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         stopped=stopped,
         ledger=ledger,
     )
+
+
+def _none(*args) -> None:
+    return None
 
 
 def _both(*handlers):

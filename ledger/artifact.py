@@ -19,7 +19,29 @@ from typing import Any
 from ledger.errors import LedgerArtifactError
 
 CONTRACT_NAME = "FedproofLedger"
-ARTIFACT_PATH = Path(__file__).resolve().parents[1] / "contracts" / "build" / f"{CONTRACT_NAME}.json"
+
+
+def _locate() -> Path:
+    """The artifact of this checkout; else of the installed project (Flower runs an app from a copy of its .py
+    files only, so an app's modules may not sit beside ``contracts/``); else one packaged beside this module."""
+    relative = Path("contracts") / "build" / f"{CONTRACT_NAME}.json"
+    here = Path(__file__).resolve().parents[1] / relative
+    if here.is_file():
+        return here
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        direct = distribution("fedproof").read_text("direct_url.json") or "{}"
+        url = json.loads(direct).get("url", "")
+        if url.startswith("file://") and (Path(url[7:]) / relative).is_file():
+            return Path(url[7:]) / relative
+    except (PackageNotFoundError, ValueError):
+        pass
+    packaged = Path(__file__).resolve().parent / f"{CONTRACT_NAME}.json"
+    return packaged if packaged.is_file() else here
+
+
+ARTIFACT_PATH = _locate()
 MAX_ARTIFACT_BYTES = 2_000_000  # the real one is ~20 KB; anything this large is not our artifact
 _HEX = re.compile(r"0x(?:[0-9a-f]{2})+")
 _KEYS = ("abi", "bytecode", "compiler", "contractName", "deployedBytecode", "sourceSha256")

@@ -1,0 +1,160 @@
+"""``fedproof provision``, ``fedproof server start|run|status|stop`` and ``fedproof client``: fedproof across machines.
+
+The server and the clients are Flower's deployment engine (SuperLink, SuperNodes) started from the kits that
+``provision`` writes; ``server run`` launches the federation on the SuperLink with ``flwr run``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from fedproof.errors import FedproofError
+from ledger.errors import LedgerError
+
+console = Console()
+server_app = typer.Typer(help="The long-running server: Flower SuperLink with TLS and node authentication.",
+                         no_args_is_help=True)
+Kit = Annotated[Path, typer.Option(help="The server's startup kit (from fedproof provision).")]
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(code=2) from exc
+
+
+def provision_command(
+    clients: Annotated[int, typer.Option(help="Number of client kits (client ids 0..N-1).")],
+    server_host: Annotated[str, typer.Option(help="Host name or IP address clients dial (put in the TLS cert).")],
+    out: Annotated[Path, typer.Option(help="Directory for the kits.")] = Path("kits"),
+    port: Annotated[int, typer.Option(help="SuperLink port.")] = 9092,
+    force: Annotated[bool, typer.Option(help="Replace existing kits (and all their keys).")] = False,
+) -> None:
+    """Write one startup kit per party: kits/server and kits/client-<i>, each with only what that party may hold."""
+    from fedproof.provision import provision
+
+    try:
+        kits = provision(out, clients, server_host, port, force)
+    except (FedproofError, OSError) as exc:
+        _fail(exc)
+    console.print(f"server kit: {kits.server}\nclient kits: {', '.join(str(p) for p in kits.clients.values())}\n"
+                  "copy each client kit to its device; keep the server kit on the server")
+
+
+@server_app.command("start")
+def server_start(
+    kit: Kit = Path("kits/server"),
+    bind: Annotated[str, typer.Option(help="Address the SuperLink listens on (0.0.0.0: every interface).")] = "0.0.0.0",
+    ledger_url: Annotated[Optional[str], typer.Option(help="Ledger node (default: start a devnet in the kit).")] = None,
+    devnet_port: Annotated[int, typer.Option(help="Port of the devnet the server starts.")] = 8545,
+    no_ledger: Annotated[bool, typer.Option("--no-ledger", help="Run without a ledger.")] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node authentication (testing only).")] = False,
+) -> None:
+    """Start the SuperLink (TLS + SuperNode authentication) and the devnet; print the address clients use."""
+    from fedproof.deployment import ServerKit, SuperLink
+
+    if insecure:
+        console.print("[yellow]warning: --insecure: no TLS and no node authentication; anyone can join and read "
+                      "traffic. Use only on a trusted test network.[/]")
+    try:
+        server = ServerKit.load(kit)
+        ledger = {"ledger": not no_ledger, "ledger-url": ledger_url or "", "devnet-dir": ""}
+        if not no_ledger and not ledger_url:
+            from ledger.devnet import Devnet
+
+            devnet = Devnet(server.state / "devnet", port=devnet_port)
+            ledger.update({"ledger-url": devnet.start().url, "devnet-dir": str(devnet.data_dir)})
+        SuperLink(server, bind, insecure).start()
+        (server.state / "ledger.json").write_text(json.dumps(ledger, indent=2))
+    except (FedproofError, LedgerError, OSError) as exc:
+        _fail(exc)
+    console.print(f"SuperLink running (pid {SuperLink(server).running_pid()}); clients connect to "
+                  f"[bold]{server.address}[/] with: fedproof client --kit <client kit> --server {server.address}\n"
+                  f"ledger: {ledger['ledger-url'] or 'off'}; log: {server.state / 'superlink.log'}")
+
+
+@server_app.command("run")
+def server_run(
+    kit: Kit = Path("kits/server"),
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
+    run_dir: Annotated[Path, typer.Option(help="Where the server writes run directories.")] = Path("runs"),
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off).")] = 9400,
+    config: Annotated[Optional[list[str]], typer.Option("-c", help="More run settings, key=value.")] = None,
+) -> None:
+    """Run a federation on the started SuperLink (``flwr run`` of this app), streaming its log."""
+    from fedproof.deployment import ServerKit, run_on_superlink
+
+    try:
+        server = ServerKit.load(kit)
+        ledger = json.loads((server.state / "ledger.json").read_text())
+        overrides: dict[str, object] = {"clients": server.clients, "rounds": rounds, "key-set": str(server.path),
+                                        "run-dir": str(run_dir.resolve()), "metrics-port": metrics_port, **ledger}
+        for item in config or []:
+            key, _, value = item.partition("=")
+            overrides[key.strip()] = json.loads(value) if value.strip()[:1] in '0123456789-tf["' else value
+        done = run_on_superlink(server, overrides)
+    except (FedproofError, OSError, ValueError) as exc:
+        _fail(exc)
+    console.print(done.stdout[-4000:])
+    if done.returncode != 0:
+        console.print(done.stderr[-2000:])
+        raise typer.Exit(code=done.returncode)
+
+
+@server_app.command("status")
+def server_status(kit: Kit = Path("kits/server")) -> None:
+    """Whether the SuperLink runs, and the SuperNodes it knows."""
+    import subprocess
+
+    from fedproof.deployment import CONNECTION, FLOWER_ENV, ServerKit, SuperLink, _bin
+
+    server = ServerKit.load(kit)
+    pid = SuperLink(server).running_pid()
+    console.print(f"SuperLink: {'running, pid ' + str(pid) if pid else 'not running'} ({server.address})")
+    if pid:
+        out = subprocess.run([_bin("flwr"), "supernode", "ls", CONNECTION], capture_output=True, text=True,
+                             env={**os.environ, **FLOWER_ENV, **server.env()}, timeout=60)
+        console.print(out.stdout or out.stderr)
+
+
+@server_app.command("stop")
+def server_stop(kit: Kit = Path("kits/server")) -> None:
+    """Stop the SuperLink and the devnet this kit started."""
+    from fedproof.deployment import ServerKit, SuperLink
+
+    server = ServerKit.load(kit)
+    SuperLink(server).stop()
+    if (server.state / "devnet").is_dir():
+        from ledger.devnet import Devnet
+
+        ledger = json.loads((server.state / "ledger.json").read_text()) if (server.state / "ledger.json").is_file() else {}
+        port = int(ledger.get("ledger-url", ":8545").rsplit(":", 1)[-1] or 8545)
+        Devnet(server.state / "devnet", port=port).stop()
+    console.print("stopped")
+
+
+def client_command(
+    kit: Annotated[Path, typer.Option(help="This client's startup kit.")],
+    server: Annotated[Optional[str], typer.Option(help="SuperLink address HOST:PORT (default: from the kit).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="This device's Fashion-MNIST directory.")] = None,
+    port: Annotated[int, typer.Option(help="Local port of the SuperNode's runtime API.")] = 9094,
+    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node key (testing only).")] = False,
+) -> None:
+    """Run this device's SuperNode (in the foreground): it trains with its own data, keys and HE context."""
+    from fedproof.deployment import FLOWER_ENV, supernode_command
+    from fedproof.provision import read_kit
+
+    if insecure:
+        console.print("[yellow]warning: --insecure: no TLS and no node authentication (testing only).[/]")
+    try:
+        address = server or read_kit(kit, "client")["server"]
+        command = supernode_command(kit, address, port, str(data_dir.resolve()) if data_dir else "", insecure)
+    except (FedproofError, OSError) as exc:
+        _fail(exc)
+    os.environ.update(FLOWER_ENV)
+    os.execvp(command[0], command)

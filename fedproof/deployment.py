@@ -1,0 +1,211 @@
+"""Flower's deployment engine from startup kits: a SuperLink with TLS and node authentication, SuperNodes, runs.
+
+Processes are Flower's own (``flower-superlink``, ``flower-supernode``, ``flwr run``); this module only builds
+their command lines from a kit, starts them detached with a pidfile and a log, waits on readiness (the port
+accepting connections; the node registrations answering), never on sleeps, and stops them by PID.
+
+Each server kit gets its own ``FLWR_HOME`` (``<kit>/state/flwr-home``) holding one SuperLink connection,
+``fedproof``, with the kit's CA as root certificate, so ``flwr`` commands never touch the user's config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedproof.errors import ConfigError, FedproofError
+from fedproof.provision import read_kit
+
+CONNECTION = "fedproof"
+ROOT = Path(__file__).resolve().parents[1]
+FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+              # Flower's processes start their helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name
+              "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+
+
+class DeploymentError(FedproofError):
+    """A Flower process could not be started, did not become ready, or refused to run."""
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen | None = None,
+                  log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise DeploymentError(f"process exited with code {process.returncode} before listening on {port}"
+                                  + (f":\n{_tail(log)}" if log else ""))
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise DeploymentError(f"nothing listens on {host}:{port} after {timeout:g} s" + (f":\n{_tail(log)}" if log else ""))
+
+
+def _tail(log: Path | None, lines: int = 12) -> str:
+    try:
+        return "\n".join(Path(log).read_text(errors="replace").splitlines()[-lines:]) if log else ""
+    except OSError:
+        return ""
+
+
+def _spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **FLOWER_ENV, **(env or {})})
+
+
+def stop_pid(pid: int, timeout: float = 10) -> None:
+    """SIGTERM the process group of ``pid`` (Flower's children included), SIGKILL after ``timeout``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+                if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                    return
+            except (ProcessLookupError, FileNotFoundError):
+                return
+            time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class ServerKit:
+    path: Path
+    host: str
+    port: int
+    clients: int
+
+    @classmethod
+    def load(cls, kit: Path, host: str | None = None, port: int | None = None) -> ServerKit:
+        doc = read_kit(kit, "server")
+        return cls(Path(kit).resolve(), host or doc["host"], int(port or doc["port"]), int(doc["clients"]))
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.state / "flwr-home"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {"FLWR_HOME": str(self.flwr_home)}
+
+
+class SuperLink:
+    """The long-running server: Flower's SuperLink with TLS and SuperNode authentication, from a server kit."""
+
+    def __init__(self, kit: ServerKit, bind: str = "127.0.0.1", insecure: bool = False) -> None:
+        self.kit, self.bind, self.insecure = kit, bind, insecure
+        self.pid_file, self.log = kit.state / "superlink.pid", kit.state / "superlink.log"
+
+    def command(self) -> list[str]:
+        k = self.kit.path
+        security = ["--insecure"] if self.insecure else [
+            "--ssl-ca-certfile", str(k / "ca.crt"), "--ssl-certfile", str(k / "server.crt"),
+            "--ssl-keyfile", str(k / "server.key"), "--enable-supernode-auth"]
+        return [_bin("flower-superlink"), *security, "--host", self.bind, "--port", str(self.kit.port),
+                "--database", str(self.kit.state / "superlink.db"), "--disable-runtime-dependency-installation"]
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def start(self, timeout: float = 60) -> None:
+        if self.running_pid() is not None:
+            return
+        self.write_connection()
+        process = _spawn(self.command(), self.log, self.kit.env())
+        self.pid_file.write_text(str(process.pid))
+        wait_for_port("127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind, self.kit.port, timeout,
+                      process, self.log)
+        if not self.insecure:
+            self.register_nodes()
+
+    def write_connection(self) -> None:
+        home = self.kit.flwr_home
+        home.mkdir(parents=True, exist_ok=True)
+        security = "insecure = true" if self.insecure else f'root-certificates = "{self.kit.path / "ca.crt"}"'
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.kit.port}"\n{security}\n'
+        )
+
+    def register_nodes(self) -> list[str]:
+        """Register every client's node key with the SuperLink (already registered keys are left as they are)."""
+        done = []
+        for pub in sorted((self.kit.path / "node-keys").glob("*.pub")):
+            proc = subprocess.run([_bin("flwr"), "supernode", "register", str(pub), CONNECTION],
+                                  capture_output=True, text=True, env={**os.environ, **FLOWER_ENV, **self.kit.env()},
+                                  timeout=60)
+            out = proc.stdout + proc.stderr
+            if proc.returncode != 0 and "already" not in out.lower():
+                raise DeploymentError(f"could not register node key {pub.name}: {out.strip()[-500:]}")
+            done.append(pub.stem)
+        return done
+
+    def stop(self) -> None:
+        pid = self.running_pid()
+        if pid is not None:
+            stop_pid(pid)
+        self.pid_file.unlink(missing_ok=True)
+
+
+def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", insecure: bool = False) -> list[str]:
+    """The ``flower-supernode`` command of a client kit: its node key, the CA, its data and its secrets."""
+    kit = Path(kit).resolve()
+    doc = read_kit(kit, "client")
+    cid = doc["client_id"]
+    node_config = {"partition-id": doc["partition_id"], "num-partitions": doc["num_partitions"], "client-id": cid,
+                   "signing-key": str(kit / "clients" / f"{cid}.pem"), "he-context": str(kit / "he-client.ctx")}
+    if data_dir:
+        node_config["data-dir"] = data_dir
+    rendered = " ".join(f'{k}={json.dumps(v) if isinstance(v, str) else v}' for k, v in node_config.items())
+    security = ["--insecure"] if insecure else ["--root-certificates", str(kit / "ca.crt"),
+                                                "--auth-supernode-private-key", str(kit / "node.key")]
+    return [_bin("flower-supernode"), *security, "--superlink", server, "--port", str(port),
+            "--node-config", rendered, "--max-retries", "5", "--max-wait-time", "60"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_on_superlink(kit: ServerKit, overrides: dict[str, object], stream: bool = True,
+                     timeout: float | None = None) -> subprocess.CompletedProcess[str] | subprocess.Popen:
+    """``flwr run`` of this project on the kit's SuperLink, with run-config ``overrides``."""
+    rendered = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
+                        for k, v in overrides.items())
+    command = [_bin("flwr"), "run", str(ROOT), CONNECTION, *(["--stream"] if stream else []), "-c", rendered]
+    env = {**os.environ, **FLOWER_ENV, **kit.env(), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    if not (kit.flwr_home / "config.toml").is_file():
+        raise ConfigError(f"no SuperLink connection in {kit.flwr_home}: start the server first (fedproof server start)")
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)

@@ -1,0 +1,156 @@
+"""Startup kits for a real deployment: one folder per party, holding only what that party may hold.
+
+Server kit::
+
+    ca.crt                     the consortium's TLS root (the CA key is not kept: re-provision to add parties)
+    server.crt, server.key     the SuperLink's TLS certificate (SANs: the server host, localhost, 127.0.0.1)
+    he-server.ctx              CKKS public context (parameters only)
+    allowlist.json             every client's Ed25519 public key
+    node-keys/<id>.pub         every client's Flower node-authentication public key (OpenSSH ECDSA)
+    kit.json                   what the kit is for: clients, server host and port
+
+Client kit ``client-<id>``::
+
+    ca.crt                     to check the SuperLink's certificate
+    node.key, node.pub         its Flower node-authentication key pair (ECDSA P-384, OpenSSH format)
+    clients/<id>.pem           its Ed25519 signing key
+    he-client.ctx              CKKS secret context
+    kit.json                   its client id, data partition and the server's address
+
+Key material is written 0600; an existing kit is never overwritten without ``force``. Everything is made with
+``cryptography``; the secret CKKS context is generated in this process, so run provisioning on an operator's
+machine, never on the server.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from fedproof.errors import ConfigError
+from fedproof.keys import CLIENT_KEYS, init_key_set
+
+KIT = "kit.json"
+
+
+@dataclass(frozen=True)
+class Kits:
+    server: Path
+    clients: dict[str, Path]
+
+
+def _write(path: Path, data: bytes, private: bool = True) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600 if private else 0o644)
+
+
+def _pem_key(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _certificates(host: str, days: int) -> tuple[bytes, bytes, bytes]:
+    """A CA certificate, and a server certificate + key it signed, valid for ``host``, localhost and 127.0.0.1."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedproof consortium CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA384())
+    )
+    names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    try:
+        names.append(x509.IPAddress(ipaddress.ip_address(host)))
+    except ValueError:
+        names.append(x509.DNSName(host))
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])).issuer_name(ca_name)
+        .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(list(dict.fromkeys(names))), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    return (ca.public_bytes(serialization.Encoding.PEM), server.public_bytes(serialization.Encoding.PEM),
+            _pem_key(server_key))
+
+
+def node_key_pair() -> tuple[bytes, bytes]:
+    """A Flower SuperNode identity: ECDSA P-384, private and public key in OpenSSH format (as Flower expects)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public + b"\n"
+
+
+def provision(out: Path, clients: int, server_host: str, port: int = 9092, force: bool = False,
+              days: int = 365, partition: str = "dirichlet") -> Kits:
+    """Write a server kit and ``clients`` client kits under ``out``."""
+    out = Path(out)
+    if clients < 1:
+        raise ConfigError("provision at least one client")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(f"{out} already holds kits: refusing to overwrite keys (pass --force to replace them)")
+        shutil.rmtree(out)
+    ids = [str(i) for i in range(clients)]
+    ca, server_crt, server_key = _certificates(server_host, days)
+    server = out / "server"
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = init_key_set(Path(tmp), ids, he=True)
+        _write(server / "ca.crt", ca, private=False)
+        _write(server / "server.crt", server_crt, private=False)
+        _write(server / "server.key", server_key)
+        _write(server / "he-server.ctx", keys.he_server.read_bytes())
+        _write(server / "allowlist.json", keys.allowlist.read_bytes())
+        client_dirs = {}
+        for i in ids:
+            kit = out / f"client-{i}"
+            private, public = node_key_pair()
+            _write(kit / "ca.crt", ca, private=False)
+            _write(kit / "node.key", private)
+            _write(kit / "node.pub", public, private=False)
+            _write(server / "node-keys" / f"{i}.pub", public, private=False)
+            _write(kit / CLIENT_KEYS / f"{i}.pem", keys.signing_key(i).read_bytes())
+            _write(kit / "he-client.ctx", keys.he_client.read_bytes())
+            _write(kit / KIT, json.dumps({"role": "client", "client_id": i, "partition_id": int(i),
+                                          "num_partitions": clients, "partition": partition,
+                                          "server": f"{server_host}:{port}"}, indent=2).encode(), private=False)
+            client_dirs[i] = kit
+    _write(server / KIT, json.dumps({"role": "server", "clients": clients, "host": server_host, "port": port},
+                                    indent=2).encode(), private=False)
+    return Kits(server, client_dirs)
+
+
+def read_kit(kit: Path, role: str) -> dict:
+    try:
+        doc = json.loads((Path(kit) / KIT).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{kit} is not a fedproof startup kit ({exc}); make kits with `fedproof provision`") from exc
+    if doc.get("role") != role:
+        raise ConfigError(f"{kit} is a {doc.get('role')} kit, not a {role} kit")
+    return doc
