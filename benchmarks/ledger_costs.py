@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ledger.audit import lineage
-from ledger.bundle import BundleUpdate, RoundBundle
+from ledger.bundle import SignedUpdate, RoundBundle
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.devnet import Devnet
 from ledger.signing import SignedFields, SigningKey, payload_digest, run_id_hash, scale_epsilon
@@ -36,7 +36,7 @@ def bundle_for(contract: LedgerContract, run: str, rnd: int, parent: bytes, keys
         fields = SignedFields(chain_id=contract.chain_id, contract=bytes.fromhex(contract.address[2:]), run_id=run,
                               round=rnd, client_id=str(i), payload_sha256=payload_digest([b"%d-%d" % (rnd, i)]),
                               num_examples=5400, epsilon_scaled=scale_epsilon(0.6 * rnd))
-        updates.append(BundleUpdate(fields, key.public_key, key.sign(fields)))
+        updates.append(SignedUpdate(fields, key.public_key, key.sign(fields)))
     model = hashlib.sha256(b"%s-%d" % (run.encode(), rnd)).digest()
     return RoundBundle(run, rnd, contract.chain_id, bytes.fromhex(contract.address[2:]), parent, model,
                        tuple(updates))

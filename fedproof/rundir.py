@@ -47,6 +47,10 @@ class RoundMetrics:
     """Updates refused before aggregation (malformed, corrupt, out of range)."""
     upload_bytes_per_param: float | None = None
     """Mean bytes per model parameter of this round's updates (ciphertexts under HE, float32 otherwise)."""
+    client_train_seconds: float | None = None
+    """Clients' local training time (example-weighted mean): the part of ``seconds`` that is learning."""
+    client_secure_seconds: float | None = None
+    """Clients' time to encrypt and sign their update (example-weighted mean)."""
     failed: str = ""
     """Why the round produced no new model (e.g. the decryption committee disagreed); empty when it did."""
 

@@ -1,41 +1,27 @@
 """The server's gate: a reply's signature is checked against the allow-list before its update may be aggregated.
 
-This turns a train reply into the material of its Merkle leaf (fields, key, signature), or raises why not
+This turns a train reply into a :class:`~ledger.bundle.SignedUpdate` (its Merkle leaf), or raises why not
 (:class:`~ledger.errors.UpdateVerificationError`, or :class:`UpdateRejected` for a reply with no usable
 signature); committee replies are checked the same way under their own signing tag.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from flwr.app import Message
 
 from fedproof.errors import UpdateRejected
 from fedproof.protocol import ClientReport, SignedEnvelope, payload_chunks
 from ledger.errors import BadSignature, ReplayedUpdate
-from ledger.signing import DECRYPT_TAG, UPDATE_TAG, SignedFields, leaf_bytes, payload_digest, verify_signature
+from ledger.bundle import SignedUpdate
+from ledger.signing import DECRYPT_TAG, UPDATE_TAG, payload_digest, verify_signature
 from ledger.verification import UpdateVerifier
-
-
-@dataclass(frozen=True)
-class Admitted:
-    """A verified update's signed fields, signer key and signature: one leaf of the round's Merkle tree."""
-
-    fields: SignedFields
-    public_key: bytes
-    signature: bytes
-
-    @property
-    def leaf(self) -> bytes:
-        return leaf_bytes(self.fields, self.public_key, self.signature)
 
 
 class Admission:
     def __init__(self, verifier: UpdateVerifier) -> None:
         self.verifier = verifier
 
-    def admit(self, server_round: int, msg: Message) -> Admitted:
+    def admit(self, server_round: int, msg: Message) -> SignedUpdate:
         envelope = SignedEnvelope.take(msg.content)
         fields = envelope.fields
         report = ClientReport.from_reply(msg.content)
@@ -46,7 +32,7 @@ class Admission:
             raise BadSignature(f"client {fields.client_id}: example count {count} differs from the signed one")
         key = self.verifier.verify(fields, envelope.signature, payload_digest(payload_chunks(msg.content)),
                                    server_round)
-        return Admitted(fields, key, envelope.signature)
+        return SignedUpdate(fields, key, envelope.signature)
 
     def check_decryption(self, server_round: int, msg: Message, values: bytes) -> None:
         """A committee reply must be signed, by an allowed client, for this round, over exactly these values."""

@@ -20,8 +20,7 @@ from flwr.app import ArrayRecord
 from safetensors.numpy import save as safetensors_bytes
 
 from fedproof.config import RunConfig
-from fl_server.admission import Admitted
-from ledger.bundle import BundleUpdate, RoundBundle
+from ledger.bundle import RoundBundle, SignedUpdate
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.defaults import DEFAULT_DATA_DIR
 from ledger.devnet import Devnet, ensure_contract
@@ -90,12 +89,12 @@ class Lineage:
         self._record(RoundBundle(self.config.run_id, server_round, self.config.chain_id, self.config.contract_bytes(),
                                  self.parent, self.parent, rejected=tuple(self._rejected), failed=reason))
 
-    def aggregated(self, server_round: int, parent: ArrayRecord, new: ArrayRecord, admitted: list[Admitted]) -> None:
+    def aggregated(self, server_round: int, parent: ArrayRecord, new: ArrayRecord,
+                   admitted: list[SignedUpdate]) -> None:
         path = self.models / f"round-{server_round}.safetensors"
         digest = write_model(path, new, self.config.run_id, server_round)
-        updates = tuple(BundleUpdate(a.fields, a.public_key, a.signature) for a in admitted)
         self._record(RoundBundle(self.config.run_id, server_round, self.config.chain_id, self.config.contract_bytes(),
-                                 self.parent, digest, updates, tuple(self._rejected)))
+                                 self.parent, digest, tuple(admitted), tuple(self._rejected)))
         self.parent, self.model_file = digest, path
 
     def _record(self, bundle: RoundBundle) -> None:

@@ -99,6 +99,8 @@ class RoundRecorder:
                 budget_exhausted=self._exhausted,
                 rejected_updates=self._rejected,
                 upload_bytes_per_param=sum(self._upload) / len(self._upload) if self._upload else None,
+                client_train_seconds=_get(self._train, "train-seconds"),
+                client_secure_seconds=_get(self._train, "secure-seconds"),
                 failed=self._failed,
             )
             self.rows.append(row)

@@ -23,12 +23,13 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedproof.errors import UpdateRejected
 from fedproof.protocol import BUDGET_EXHAUSTED, ClientReport
-from fl_server.admission import Admission, Admitted
+from fl_server.admission import Admission
+from ledger.bundle import SignedUpdate
 from ledger.errors import UpdateVerificationError
 
 log = logging.getLogger(__name__)
 
-Aggregated = Callable[[int, ArrayRecord, ArrayRecord, list[Admitted]], None]
+Aggregated = Callable[[int, ArrayRecord, ArrayRecord, list[SignedUpdate]], None]
 
 
 class AllBudgetsExhausted(Exception):
@@ -72,7 +73,7 @@ class GatedFedAvg(FedAvg):
             raise AllBudgetsExhausted(
                 f"all {len(declined)} clients asked in round {server_round} have exhausted their privacy budget"
             )
-        admitted: dict[int, Admitted | None] = {}
+        admitted: dict[int, SignedUpdate | None] = {}
         declined_ids = {id(m) for m in declined}
         for msg in replies:
             if id(msg) in declined_ids:

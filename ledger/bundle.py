@@ -25,7 +25,9 @@ class BundleError(LedgerError, ValueError):
 
 
 @dataclass(frozen=True)
-class BundleUpdate:
+class SignedUpdate:
+    """One admitted update as the ledger keeps it: the signed fields, the signer's key and the signature (a leaf)."""
+
     fields: SignedFields
     public_key: bytes
     signature: bytes
@@ -43,7 +45,7 @@ class RoundBundle:
     contract: bytes
     parent_model_hash: bytes
     model_hash: bytes
-    updates: tuple[BundleUpdate, ...] = ()
+    updates: tuple[SignedUpdate, ...] = ()
     rejected: tuple[str, ...] = ()
     """Why each refused update of the round was refused (nothing is dropped silently)."""
     failed: str = ""
@@ -85,7 +87,7 @@ class RoundBundle:
             doc = json.loads(data)
             contract = bytes.fromhex(doc["contract"])
             updates = tuple(
-                BundleUpdate(
+                SignedUpdate(
                     SignedFields(chain_id=int(doc["chain_id"]), contract=contract, run_id=str(doc["run_id"]),
                                  round=int(doc["round"]), client_id=str(u["client_id"]),
                                  payload_sha256=bytes.fromhex(u["payload_sha256"]),

@@ -10,10 +10,9 @@ import pytest
 from flwr.app import Array, ArrayRecord
 
 from fedproof.config import RunConfig
-from fl_server.admission import Admitted
 from fl_server.lineage import Lineage, register_clients
 from ledger.audit import AuditFailure, ModelNotRecorded, lineage, verify_model
-from ledger.bundle import RoundBundle
+from ledger.bundle import RoundBundle, SignedUpdate
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.errors import LedgerUnavailable
 from ledger.signing import SignedFields, SigningKey, client_id_hash, payload_digest, run_id_hash, scale_epsilon
@@ -33,11 +32,11 @@ def model(value: float) -> ArrayRecord:
     return ArrayRecord({"w": Array(np.full((3, 3), value, np.float32))})
 
 
-def admitted(contract: LedgerContract, run_id: str, rnd: int, client: str) -> Admitted:
+def admitted(contract: LedgerContract, run_id: str, rnd: int, client: str) -> SignedUpdate:
     fields = SignedFields(chain_id=contract.chain_id, contract=bytes.fromhex(contract.address[2:]), run_id=run_id,
                           round=rnd, client_id=client, payload_sha256=payload_digest([f"{client}{rnd}".encode()]),
                           num_examples=100, epsilon_scaled=scale_epsilon(0.5 * rnd))
-    return Admitted(fields, KEYS[client].public_key, KEYS[client].sign(fields))
+    return SignedUpdate(fields, KEYS[client].public_key, KEYS[client].sign(fields))
 
 
 def run(tmp_path: Path, contract: LedgerContract, rounds: int = 3, run_id: str = "r1",
