@@ -129,14 +129,24 @@ class SignedEnvelope:
             raise UpdateRejected("the reply is not signed")
         try:
             fields = SignedFields(
-                tag=bytes(record["tag"]), chain_id=int(record["chain-id"]), contract=bytes(record["contract"]),
-                run_id=str(record["run-id"]), round=int(record["round"]), client_id=str(record["client-id"]),
-                payload_sha256=bytes(record["payload-sha256"]), num_examples=int(record["num-examples"]),
-                epsilon_scaled=int(str(record["epsilon-scaled"])),
+                tag=_typed(record, "tag", bytes), chain_id=_typed(record, "chain-id", int),
+                contract=_typed(record, "contract", bytes), run_id=_typed(record, "run-id", str),
+                round=_typed(record, "round", int), client_id=_typed(record, "client-id", str),
+                payload_sha256=_typed(record, "payload-sha256", bytes),
+                num_examples=_typed(record, "num-examples", int),
+                epsilon_scaled=int(_typed(record, "epsilon-scaled", str)),
             )
-            return cls(fields, bytes(record["signature"]))
+            return cls(fields, _typed(record, "signature", bytes))
         except (KeyError, TypeError, ValueError) as exc:
             raise UpdateRejected(f"malformed signature record: {exc}") from exc
+
+
+def _typed(record: ConfigRecord, key: str, kind: type):
+    """``record[key]`` if it is exactly of ``kind`` (never converted: ``bytes(10**12)`` would allocate a terabyte)."""
+    value = record[key]
+    if type(value) is not kind or (kind is int and not 0 <= value < 2**64) or (kind is str and len(value) > 4096):
+        raise TypeError(f"{key} must be {kind.__name__}")
+    return value
 
 
 def payload_chunks(content: RecordDict) -> list[bytes]:
