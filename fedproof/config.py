@@ -85,6 +85,8 @@ class RunConfig:
     ledger_contract: str = ""
     """Address of the lineage contract; empty: deploy it once per chain and remember it."""
     chain_id: int = 0
+    max_unrecorded_rounds: int = 3
+    """Rounds training may run ahead of an unreachable ledger before it pauses until the ledger is back."""
     metrics_port: int = 0
     """Serve Prometheus metrics of the federation on this port of the server (0: off)."""
     """Chain the run records on (resolved at start; 0 without a ledger). Clients sign it into every update."""
@@ -110,6 +112,7 @@ class RunConfig:
             (self.he_committee >= 1, "he-committee must be at least 1"),
             (_is_address(self.ledger_contract), "ledger-contract must be empty or a 0x-prefixed 20-byte address"),
             (self.chain_id >= 0, "chain-id must be non-negative"),
+            (self.max_unrecorded_rounds >= 0, "max-unrecorded-rounds must be non-negative"),
             ("/" not in self.run_id and self.run_id not in (".", ".."), "run-id must be a plain name"),
         ]
         problems = [message for ok, message in checks if not ok]

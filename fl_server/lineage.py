@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +70,9 @@ def write_model(path: Path, arrays: ArrayRecord, run_id: str, server_round: int)
 
 class Lineage:
     def __init__(self, run_path: Path, config: RunConfig, contract: LedgerContract | None,
-                 initial: ArrayRecord) -> None:
+                 initial: ArrayRecord, sleep: Callable[[float], None] = time.sleep, retry_seconds: float = 5.0) -> None:
         self.config, self.contract = config, contract
+        self.sleep, self.retry_seconds = sleep, retry_seconds
         self.models, self.bundles = run_path / "models", run_path / "ledger"
         self.outbox = Outbox(self.bundles)
         self.model_file = self.models / "round-0.safetensors"
@@ -111,7 +114,14 @@ class Lineage:
         self.flush()
 
     def flush(self) -> int:
+        """Send what is pending; past ``max-unrecorded-rounds`` unsent records, wait (retrying) for the ledger."""
         pending = self.outbox.flush(self.contract)
+        while pending > self.config.max_unrecorded_rounds:
+            log.warning("ledger unreachable: %d round record(s) unsent, more than max-unrecorded-rounds=%d: training "
+                        "is paused until the ledger answers again (retrying every %g s; `fedproof devnet start`)",
+                        pending, self.config.max_unrecorded_rounds, self.retry_seconds)
+            self.sleep(self.retry_seconds)
+            pending = self.outbox.flush(self.contract)
         if pending:
             log.warning("ledger unreachable: %d round record(s) kept in %s, sent when it is back "
                         "(or `fedproof ledger flush`)", pending, self.outbox.path)

@@ -1,15 +1,17 @@
-"""Round records waiting for the chain: written to disk before they are sent, removed once mined.
+"""Round records waiting for the chain, in a SQLite file: written (committed) before sending, removed once mined.
 
-When the ledger node is down, a round's record stays in ``outbox.jsonl`` and training goes on; the next
-round, the end of the run or ``fedproof ledger flush`` sends what is pending, in order. A record the
-chain already holds (sent, then the process died before removing it) counts as sent: sending is
-idempotent.
+When the ledger node is down, a round's record stays in ``outbox.sqlite`` and training goes on (up to a limit
+the caller enforces); the next round, the end of the run, a restart or ``fedproof ledger flush`` sends what
+is pending, in order. A record the chain already holds (sent, then the process died before removing it)
+counts as sent: sending is idempotent. SQLite gives atomic, durable commits, so a crash at any point loses
+no record and never leaves a half-written one.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import sqlite3
+from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,8 +28,8 @@ def _encode(record: RoundRecord) -> str:
     return json.dumps(doc, sort_keys=True)
 
 
-def _decode(line: str) -> RoundRecord:
-    doc = json.loads(line)
+def _decode(text: str) -> RoundRecord:
+    doc = json.loads(text)
     for key in _HASHES:
         doc[key] = bytes.fromhex(doc[key])
     return RoundRecord(**doc)
@@ -35,49 +37,58 @@ def _decode(line: str) -> RoundRecord:
 
 class Outbox:
     def __init__(self, directory: Path) -> None:
-        self.path = Path(directory) / "outbox.jsonl"
-        self.receipts = Path(directory) / "receipts.jsonl"
+        self.path = Path(directory) / "outbox.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.execute("CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS receipts (round INTEGER, tx_hash TEXT, block_number INTEGER, "
+                       "block_hash TEXT, gas_used INTEGER)")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
 
     def pending(self) -> list[RoundRecord]:
-        if not self.path.is_file():
-            return []
-        return [_decode(line) for line in self.path.read_text().splitlines() if line.strip()]
+        with closing(self._connect()) as db:
+            return [_decode(text) for (text,) in db.execute("SELECT record FROM pending ORDER BY seq")]
 
     def push(self, record: RoundRecord) -> None:
-        self._write([*self.pending(), record])
+        with closing(self._connect()) as db, db:
+            db.execute("INSERT INTO pending (record) VALUES (?)", (_encode(record),))
+
+    def receipts(self) -> list[dict]:
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT round, tx_hash, block_number, block_hash, gas_used FROM receipts").fetchall()
+        return [dict(zip(("round", "tx_hash", "block_number", "block_hash", "gas_used"), row)) for row in rows]
 
     def flush(self, contract: LedgerContract | None) -> int:
         """Send every pending record in order; return how many are still pending (0: all on chain)."""
-        pending = self.pending()
         if contract is None:
-            return len(pending)
-        while pending:
-            record = pending[0]
-            try:
-                receipt = contract.record_round(record)
-            except LedgerUnavailable:
-                break
-            except RoundOutOfOrder:
-                if not self._already_recorded(contract, record):
-                    raise
-                receipt = None
-            if receipt is not None:
-                self._log_receipt(record, receipt)
-            pending = pending[1:]
-            self._write(pending)
-        return len(pending)
+            return len(self.pending())
+        with closing(self._connect()) as db:
+            while True:
+                row = db.execute("SELECT seq, record FROM pending ORDER BY seq LIMIT 1").fetchone()
+                if row is None:
+                    return 0
+                seq, record = row[0], _decode(row[1])
+                try:
+                    receipt: Receipt | None = contract.record_round(record)
+                except LedgerUnavailable:
+                    return db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
+                except RoundOutOfOrder:
+                    if not _already_recorded(contract, record):
+                        raise
+                    receipt = None
+                with db:
+                    if receipt is not None:
+                        db.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?)", (
+                            record.round, receipt.tx_hash, receipt.block_number, receipt.block_hash,
+                            receipt.gas_used))
+                    db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
 
-    @staticmethod
-    def _already_recorded(contract: LedgerContract, record: RoundRecord) -> bool:
-        found = contract.round_events(run_id=record.run_id, model_hash=record.model_hash)
-        return any(event.as_record() == record for event in found)
 
-    def _log_receipt(self, record: RoundRecord, receipt: Receipt) -> None:
-        with open(self.receipts, "a") as fh:
-            fh.write(json.dumps({"round": record.round, **asdict(receipt)}, sort_keys=True) + "\n")
-
-    def _write(self, records: list[RoundRecord]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(_encode(r) + "\n" for r in records))
-        os.replace(tmp, self.path)
+def _already_recorded(contract: LedgerContract, record: RoundRecord) -> bool:
+    found = contract.round_events(run_id=record.run_id, model_hash=record.model_hash)
+    return any(event.as_record() == record for event in found)

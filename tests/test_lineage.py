@@ -122,3 +122,32 @@ def test_records_wait_in_the_outbox_while_the_ledger_is_down(tmp_path: Path, cha
     lin.outbox.push(chain.round_events(run_id=run_id_hash("r1"))[-1].as_record())  # sent, then a crash
     assert lin.outbox.flush(chain) == 0  # already on chain: counts as sent, not as an error
     verify_model(chain, tmp_path / "r1" / "model.safetensors", [tmp_path / "r1" / "ledger"])
+
+
+def test_training_pauses_past_the_unrecorded_limit_and_resumes_when_the_ledger_is_back(tmp_path: Path, chain) -> None:
+    flaky = DownThenUp(chain)
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:  # the ledger comes back while training waits
+        naps.append(seconds)
+        flaky.up = True
+
+    config = RunConfig(run_id="p", chain_id=chain.chain_id, ledger_contract=chain.address, max_unrecorded_rounds=1)
+    lin = Lineage(tmp_path / "p", config, flaky, model(0.0), sleep=nap)
+    lin.aggregated(1, model(0), model(1), [admitted(chain, "p", 1, "a")])
+    assert not naps and len(lin.outbox.pending()) == 1  # one round ahead of the ledger is allowed
+    lin.aggregated(2, model(1), model(2), [admitted(chain, "p", 2, "a")])
+    assert len(naps) == 1 and lin.outbox.pending() == []
+    assert [e.round for e in chain.round_events(run_id=run_id_hash("p"))] == [1, 2]
+
+
+def test_unsent_records_survive_a_restart(tmp_path: Path, chain) -> None:
+    from ledger.outbox import Outbox
+
+    flaky = DownThenUp(chain)
+    run(tmp_path, flaky, rounds=2)
+    del flaky  # the server process dies with two records unsent
+    reopened = Outbox(tmp_path / "r1" / "ledger")
+    assert [r.round for r in reopened.pending()] == [1, 2]
+    assert reopened.flush(chain) == 0 and len(reopened.receipts()) == 2
+    verify_model(chain, tmp_path / "r1" / "model.safetensors", [tmp_path / "r1" / "ledger"])
