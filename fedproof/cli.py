@@ -82,6 +82,9 @@ def simulate(
     ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
     deploy: Annotated[bool, typer.Option(help="Then quantize and deploy the final model (fedproof deploy).")] = False,
+    resume: Annotated[
+        Optional[str], typer.Option(help="Continue this run id from its last recorded round (after a crash).")
+    ] = None,
 ) -> None:
     """Run a federation on this machine with Flower's simulation engine."""
     from fedproof.rundir import new_run_id
@@ -117,6 +120,17 @@ def simulate(
                 run_id=run_id,
             )
         )
+        if resume:  # the run's own saved settings, not today's defaults
+            from fedproof.config import RunConfig
+            from fedproof.rundir import RUN_JSON
+
+            saved = Path(config.run_dir).expanduser() / resume / RUN_JSON
+            if not saved.is_file():
+                raise FedproofError(f"cannot resume: no run {resume!r} in {saved.parent.parent}")
+            import json
+
+            config = RunConfig.from_mapping(json.loads(saved.read_text())["config"]).with_overrides(
+                resume=True, rounds=rounds)
         if not config.run_id:
             config = config.with_overrides(run_id=new_run_id())
         console.print(

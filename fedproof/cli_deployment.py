@@ -101,9 +101,11 @@ def server_run(
     except (FedproofError, OSError, ValueError) as exc:
         _fail(exc)
     console.print(done.stdout[-4000:])
-    if done.returncode != 0:
+    failed = "ServerApp raised an exception" in done.stdout + done.stderr  # flwr run itself still exits 0
+    if done.returncode != 0 or failed:
         console.print(done.stderr[-2000:])
-        raise typer.Exit(code=done.returncode)
+        console.print("[red]error:[/] the federation failed (see above)")
+        raise typer.Exit(code=done.returncode or 1)
 
 
 @server_app.command("status")

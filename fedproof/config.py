@@ -55,6 +55,8 @@ class RunConfig:
     """Parent directory of run directories."""
     run_id: str = ""
     """Name of this run's directory under run_dir; empty picks a timestamped one."""
+    resume: bool = False
+    """Continue run-id from its last recorded round (after a crash) instead of starting it afresh."""
     round_timeout: float = 3600.0
     """Seconds the server waits for replies in each phase of a round."""
     connect_timeout: float = 300.0

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedproof.config import RunConfig
+from fedproof.errors import ConfigError
 
 RUN_JSON, METRICS_JSONL, MODEL_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "model.safetensors", "accuracy.png"
 
@@ -71,11 +72,31 @@ class RunDirectory:
         if not config.run_id:
             config = config.with_overrides(run_id=new_run_id())
         path = Path(config.run_dir).expanduser().resolve() / config.run_id
+        config = config.with_overrides(run_dir=str(path.parent))  # absolute: clients may run elsewhere (Ray actors)
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
         (path / METRICS_JSONL).unlink(missing_ok=True)
         run._write_json(RUN_JSON, {"config": config.to_mapping(), "started": time.time()})
         return run, config
+
+    @classmethod
+    def reopen(cls, config: RunConfig) -> tuple[RunDirectory, RunConfig]:
+        """An existing run directory, to resume it: its metrics so far are kept."""
+        path = Path(config.run_dir).expanduser().resolve() / config.run_id
+        if not (path / RUN_JSON).is_file():
+            raise ConfigError(f"cannot resume: no run {config.run_id!r} in {path.parent}")
+        return cls(path), config.with_overrides(run_dir=str(path.parent))
+
+    def keep_rounds(self, last: int) -> list[RoundMetrics]:
+        """Drop metrics rows after round ``last`` (not recorded before a crash); return the rows kept."""
+        rows = [r for r in self.metrics() if r.round <= last] if (self.path / METRICS_JSONL).is_file() else []
+        self._write_lines(METRICS_JSONL, [json.dumps(asdict(r)) for r in rows])
+        return rows
+
+    def _write_lines(self, name: str, lines: list[str]) -> None:
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text("".join(line + "\n" for line in lines))
+        os.replace(tmp, self.path / name)
 
     def write_config(self, config: RunConfig) -> None:
         """Rewrite run.json's config after settings resolved during start-up (e.g. the key set's path)."""

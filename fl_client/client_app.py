@@ -22,7 +22,7 @@ from fedproof.protocol import SUM_KEY, TRAINED, ClientReport, EncryptedPayload
 from fedproof.task import evaluate
 from fl_client.signing import client_id, sign_decryption, sign_update
 from fl_client.secure_update import decrypt_sum, encrypt_update, secret_context
-from fl_client.state import ClientState
+from fl_client.state import ClientState, state_file
 from fl_client.training import train_round
 
 app = ClientApp()
@@ -69,11 +69,13 @@ def train(msg: Message, context: Context) -> Message:
     job = _job(msg, context)
     seed = job.config.seed * 1_000_003 + job.server_round * 1_009 + job.partition_id
     started = time.perf_counter()
+    saved = state_file(context, job.config.run_dir, job.config.run_id, client_id(context))
     outcome = train_round(
-        job.model, job.data.train_x, job.data.train_y, job.config, ClientState.load(context), job.server_round, seed
+        job.model, job.data.train_x, job.data.train_y, job.config, ClientState.load(context, saved), job.server_round,
+        seed,
     )
     trained_at = time.perf_counter()
-    outcome.state.save(context)
+    outcome.state.save(context, saved)
     report = ClientReport(client_id(context), outcome.status, outcome.epsilon, outcome.reason)
     content = RecordDict({"client": report.to_record()})
     content["metrics"] = MetricRecord({"num-examples": outcome.num_examples})

@@ -2,11 +2,19 @@
 
 Besides counters it holds the client's DP noise multiplier (calibrated once) and its privacy accountant
 history, so epsilon composes over every round the client trained in, in simulation and deployment alike.
+
+``Context.state`` lives as long as the client's process (or the simulation): a restart would forget the
+privacy already spent and so break the budget. So the state is also written to a file (atomically: temp,
+fsync, rename) and read back when ``Context.state`` is empty: ``<state-dir>/<client-id>.json`` from the node
+config on a device, or ``<run-dir>/<run-id>/clients/`` in simulation (clients share the file system).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from flwr.app import Context, MetricRecord
 
@@ -25,8 +33,10 @@ class ClientState:
     spend: PrivacySpend = field(default_factory=PrivacySpend)
 
     @classmethod
-    def load(cls, context: Context) -> ClientState:
+    def load(cls, context: Context, path: Path | None = None) -> ClientState:
         record = context.state.metric_records.get(STATE_KEY)
+        if record is None and path is not None and path.is_file():
+            record = MetricRecord(json.loads(path.read_text()))
         if record is None:
             return cls()
         return cls(
@@ -39,9 +49,9 @@ class ClientState:
             ),
         )
 
-    def save(self, context: Context) -> None:
+    def save(self, context: Context, path: Path | None = None) -> None:
         history = self.spend.to_lists()
-        context.state[STATE_KEY] = MetricRecord(
+        context.state[STATE_KEY] = record = MetricRecord(
             {
                 "rounds-trained": self.rounds_trained,
                 "examples-seen": self.examples_seen,
@@ -52,6 +62,8 @@ class ClientState:
                 "dp-steps": history["steps"],
             }
         )
+        if path is not None:
+            _write_durably(path, json.dumps(dict(record)).encode())
 
     def after_training(
         self, server_round: int, num_examples: int, spend: PrivacySpend | None = None, noise: float = 0.0
@@ -64,3 +76,22 @@ class ClientState:
             noise_multiplier=noise or self.noise_multiplier,
             spend=self.spend if spend is None else spend,
         )
+
+
+def state_file(context: Context, run_dir: str, run_id: str, client_id: str) -> Path | None:
+    """Where this client keeps its state on disk (see the module docstring)."""
+    if not client_id or "/" in client_id:
+        return None
+    base = context.node_config.get("state-dir")
+    directory = Path(str(base)).expanduser() if base else Path(run_dir).expanduser() / run_id / "clients"
+    return directory / f"{client_id}.json"
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

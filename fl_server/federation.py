@@ -54,16 +54,23 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     """Run ``config.rounds`` rounds of FedAvg on ``grid``, record their lineage and write the run directory."""
     started = time.monotonic()
     wait_for_clients(grid, config.clients, config.connect_timeout)
-    run_dir, config = RunDirectory.create(config)
+    run_dir, config = RunDirectory.reopen(config) if config.resume else RunDirectory.create(config)
     random.seed(config.seed)  # Flower samples clients with the global `random`
     dataset = load_dataset(config.data_dir or None)
     config, credentials = load_credentials(config, run_dir.path)
     config, contract = open_ledger(config, credentials.allow)
     run_dir.write_config(config)
     initial = ArrayRecord(make_model(dataset.num_classes, seed=config.seed).state_dict())
-    lineage = Lineage(run_dir.path, config, contract, initial)
+    done = 0
+    if config.resume:  # after a crash: go on from the last round recorded, with its model
+        lineage = Lineage(run_dir.path, config, contract)
+        done, initial = lineage.resume(like=initial)
+        random.seed(config.seed * 7_919 + done)
+    else:
+        lineage = Lineage(run_dir.path, config, contract, initial)
     metrics = FederationMetrics(config.metrics_port)
     recorder = RoundRecorder(run_dir, CentralEvaluator(dataset), _both(metrics.observe_round, observer or _none))
+    recorder.rows.extend(run_dir.keep_rounds(done))
     verifier = UpdateVerifier(credentials.allow, config.chain_id, config.contract_bytes(), config.run_id)
     strategy_kwargs = dict(
         admission=Admission(verifier),
@@ -78,6 +85,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         min_available_nodes=config.clients,
         train_metrics_aggr_fn=recorder.aggregate_train_metrics,
         evaluate_metrics_aggr_fn=recorder.aggregate_evaluate_metrics,
+        round_offset=done,
     )
     if credentials.public is not None:
         committee = DecryptionCommittee(config.he_committee, credentials.public, config.seed, config.round_timeout)
@@ -89,15 +97,16 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     settings = ConfigRecord(config.to_mapping())
     stopped = ""
     try:
-        strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=config.rounds,
-            timeout=config.round_timeout,
-            train_config=settings,
-            evaluate_config=settings,
-            evaluate_fn=recorder.evaluate,
-        )
+        if config.rounds > done:
+            strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=config.rounds - done,
+                timeout=config.round_timeout,
+                train_config=settings,
+                evaluate_config=settings,
+                evaluate_fn=lambda rnd, arrays: recorder.evaluate(rnd + done if rnd else 0, arrays),
+            )
     except AllBudgetsExhausted as exc:
         stopped = str(exc)
     lineage.final_model(run_dir.path / MODEL_FILE)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
+from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_bytes
 
 from fedproof.config import RunConfig
@@ -63,22 +65,52 @@ def write_model(path: Path, arrays: ArrayRecord, run_id: str, server_round: int)
     """Write the global model as safetensors (no pickle); return the SHA-256 of the exact file bytes."""
     tensors = {key: np.ascontiguousarray(a) for key, a in zip(arrays.keys(), arrays.to_numpy_ndarrays())}
     data = safetensors_bytes(tensors, metadata={"run_id": run_id, "round": str(server_round)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    write_durably(path, data)
     return hashlib.sha256(data).digest()
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Checkpoints survive a crash whole or not at all: temp file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 class Lineage:
     def __init__(self, run_path: Path, config: RunConfig, contract: LedgerContract | None,
-                 initial: ArrayRecord, sleep: Callable[[float], None] = time.sleep, retry_seconds: float = 5.0) -> None:
+                 initial: ArrayRecord | None = None, sleep: Callable[[float], None] = time.sleep,
+                 retry_seconds: float = 5.0) -> None:
+        """The lineage of a new run starting from ``initial``; with ``initial=None``, call :meth:`resume`."""
         self.config, self.contract = config, contract
         self.sleep, self.retry_seconds = sleep, retry_seconds
         self.models, self.bundles = run_path / "models", run_path / "ledger"
         self.outbox = Outbox(self.bundles)
-        self.model_file = self.models / "round-0.safetensors"
-        self.parent = write_model(self.model_file, initial, config.run_id, 0)
         self.recorded = 0
         self._rejected: list[str] = []
+        self.model_file = self.models / "round-0.safetensors"
+        if initial is not None:
+            self.parent = write_model(self.model_file, initial, config.run_id, 0)
+
+    def resume(self, like: ArrayRecord) -> tuple[int, ArrayRecord]:
+        """After a crash: the last round whose bundle was written (its record is on chain or in the outbox,
+        flushed first) and that round's model, as an ArrayRecord in ``like``'s (the model's) key order."""
+        done = [int(p.stem.split("-")[1]) for p in self.bundles.glob("round-*.json")]
+        last = max(done, default=0)
+        self.model_file = self.models / f"round-{last}.safetensors"
+        data = self.model_file.read_bytes()
+        self.parent = hashlib.sha256(data).digest()
+        if last and RoundBundle.from_bytes((self.bundles / f"round-{last}.json").read_bytes()).model_hash != self.parent:
+            raise LedgerError(f"cannot resume: {self.model_file} is not the model round {last} recorded")
+        self.recorded = len(done)
+        self.flush()
+        tensors = safetensors_load(data)
+        if set(tensors) != set(like.keys()):
+            raise LedgerError(f"cannot resume: {self.model_file} does not hold this run's model")
+        return last, ArrayRecord({k: Array(tensors[k]) for k in like.keys()})
 
     @property
     def model_hash(self) -> str:

@@ -45,9 +45,12 @@ class GatedFedAvg(FedAvg):
         on_rejected: Callable[[int, str], None] | None = None,
         on_failed: Callable[[int, str], None] | None = None,
         on_aggregated: Aggregated | None = None,
+        round_offset: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.round_offset = round_offset
+        """Rounds already done before this start (a resumed run): Flower counts from 1, the run goes on."""
         self.admission = admission
         self.on_train_replies = on_train_replies or (lambda rnd, replies: None)
         self.on_rejected = on_rejected or (lambda rnd, why: None)
@@ -58,13 +61,21 @@ class GatedFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        messages = super().configure_train(server_round, arrays, config, grid)
+        messages = super().configure_train(server_round + self.round_offset, arrays, config, grid)
         self._round = (arrays, ConfigRecord(dict(config)), grid)
         return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return super().aggregate_evaluate(server_round + self.round_offset, replies)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         replies = list(replies)
         answered = [m for m in replies if not m.has_error()]
         self.on_train_replies(server_round, [m.content for m in answered])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,12 @@ class RoundBundle:
     def write(self, directory: Path) -> Path:
         path = Path(directory) / f"round-{self.round}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.to_bytes())
+        tmp = path.with_name(f".{path.name}.tmp")  # whole or not at all: temp, fsync, rename
+        with open(tmp, "wb") as fh:
+            fh.write(self.to_bytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
         return path
 
 

@@ -137,3 +137,13 @@ def test_key_set_files_are_private(tmp_path: Path) -> None:
     for path in Path(keys.directory).rglob("*"):
         if path.is_file():
             assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_a_client_that_crashes_mid_round_does_not_fail_it_and_is_not_in_the_record(keys) -> None:
+    from flwr.app import Error
+
+    crashed = Message(Error(code=0, reason="ClientApp raised: out of memory"),
+                      reply_to=Message(RecordDict(), dst_node_id=3, message_type="train"))
+    arrays, rejected, aggregated = run_round(keys, [update("0", 1.0, keys), crashed, update("1", 3.0, keys)])
+    assert np.allclose(flatten(arrays), 2.0) and not rejected
+    assert sorted(leaf.fields.client_id for leaf in aggregated[0]) == ["0", "1"]  # exactly what was aggregated

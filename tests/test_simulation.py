@@ -155,3 +155,37 @@ def test_a_ledger_that_is_down_stops_the_run_before_training(synthetic_dir: Path
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "no Ethereum node answers" in proc.stdout and "fedproof devnet start" in proc.stdout
     assert not (tmp_path / "down" / "metrics.jsonl").exists()
+
+
+def test_a_killed_run_resumes_from_its_last_recorded_round_with_one_unbroken_lineage(
+        synthetic_dir: Path, tmp_path: Path, devnet) -> None:
+    import signal
+    import time
+
+    args = ["--clients", "2", "--rounds", "3", "--data-dir", str(synthetic_dir), "--run-dir", str(tmp_path),
+            "--local-epochs", "1", "--batch-size", "32", "--noise-multiplier", "0.8", "--target-epsilon", "0",
+            "--delta", "1e-3", "--ledger-url", devnet.url, "--devnet-dir", str(devnet.data_dir)]
+    env = {**os.environ, "FEDPROOF_DATA_DIR": "", "COLUMNS": "200"}
+    victim = subprocess.Popen([*FEDPROOF, "simulate", "--run-id", "crash", *args], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "crash" / "ledger" / "round-1.json"
+    deadline = time.monotonic() + 300
+    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling a file the run writes: the readiness signal, not a guess of duration
+    assert first.exists(), "round 1 was never recorded"
+    os.killpg(victim.pid, signal.SIGKILL)  # the server, and Ray with it, die mid-run
+    victim.wait()
+    assert not (tmp_path / "crash" / "ledger" / "round-3.json").exists()
+    resumed = run_cli("simulate", "--resume", "crash", "--run-dir", str(tmp_path), "--devnet-dir",
+                      str(devnet.data_dir), "--data-dir", str(synthetic_dir))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    rows = RunDirectory(tmp_path / "crash").metrics()
+    assert [r.round for r in rows] == [1, 2, 3]
+    lineage = json.loads(audit(devnet, "lineage", str(tmp_path / "crash" / "model.safetensors"), "--json").stdout)
+    assert [r["round"] for r in lineage] == [3, 2, 1]  # each recorded once, none skipped
+    assert all(a["parent_model_hash"] == b["model_hash"] for a, b in zip(lineage, lineage[1:]))
+    verified = audit(devnet, "verify", str(tmp_path / "crash" / "model.safetensors"))
+    assert verified.returncode == 0, verified.stdout
+    eps = [r.epsilon_max for r in rows]
+    assert eps[0] < eps[1] < eps[2]  # round 2 composed on round 1: the privacy spent before the crash was kept
+    assert sorted(p.name for p in (tmp_path / "crash" / "clients").iterdir()) == ["0.json", "1.json"]
