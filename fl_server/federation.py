@@ -71,6 +71,8 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     metrics = FederationMetrics(config.metrics_port)
     recorder = RoundRecorder(run_dir, CentralEvaluator(dataset), _both(metrics.observe_round, observer or _none))
     recorder.rows.extend(run_dir.keep_rounds(done))
+    # a crash between recording round `done` and writing its metrics row: evaluate its model again at the start
+    first_row = 0 if done == 0 or any(r.round == done for r in recorder.rows) else done
     verifier = UpdateVerifier(credentials.allow, config.chain_id, config.contract_bytes(), config.run_id)
     strategy_kwargs = dict(
         admission=Admission(verifier),
@@ -105,7 +107,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
                 timeout=config.round_timeout,
                 train_config=settings,
                 evaluate_config=settings,
-                evaluate_fn=lambda rnd, arrays: recorder.evaluate(rnd + done if rnd else 0, arrays),
+                evaluate_fn=lambda rnd, arrays: recorder.evaluate(rnd + done if rnd else first_row, arrays),
             )
     except AllBudgetsExhausted as exc:
         stopped = str(exc)
