@@ -85,6 +85,7 @@ def server_run(
     run_dir: Annotated[Path, typer.Option(help="Where the server writes run directories.")] = Path("runs"),
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off).")] = 9400,
     config: Annotated[Optional[list[str]], typer.Option("-c", help="More run settings, key=value.")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue this run id from its last recorded round.")] = None,
 ) -> None:
     """Run a federation on the started SuperLink (``flwr run`` of this app), streaming its log."""
     from fedproof.deployment import ServerKit, run_on_superlink
@@ -94,6 +95,10 @@ def server_run(
         ledger = json.loads((server.state / "ledger.json").read_text())
         overrides: dict[str, object] = {"clients": server.clients, "rounds": rounds, "key-set": str(server.path),
                                         "run-dir": str(run_dir.resolve()), "metrics-port": metrics_port, **ledger}
+        if resume:  # the run's saved settings, then resume from its last recorded round
+            saved = json.loads((run_dir / resume / "run.json").read_text())["config"]
+            overrides = {**saved, **{k: v for k, v in overrides.items() if k != "rounds"}, "run-id": resume,
+                         "resume": True}
         for item in config or []:
             key, _, value = item.partition("=")
             overrides[key.strip()] = json.loads(value) if value.strip()[:1] in '0123456789-tf["' else value

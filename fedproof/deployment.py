@@ -183,7 +183,8 @@ def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", ins
     doc = read_kit(kit, "client")
     cid = doc["client_id"]
     node_config = {"partition-id": doc["partition_id"], "num-partitions": doc["num_partitions"], "client-id": cid,
-                   "signing-key": str(kit / "clients" / f"{cid}.pem"), "he-context": str(kit / "he-client.ctx")}
+                   "signing-key": str(kit / "clients" / f"{cid}.pem"), "he-context": str(kit / "he-client.ctx"),
+                   "state-dir": str(kit / "state")}  # its privacy history survives restarts of the device
     if data_dir:
         node_config["data-dir"] = data_dir
     rendered = " ".join(f'{k}={json.dumps(v) if isinstance(v, str) else v}' for k, v in node_config.items())
