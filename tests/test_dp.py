@@ -162,3 +162,23 @@ def test_opacus_modes_agree() -> None:
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(results[0], results[2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [7445, 7424, 5400, 64 * 117 - 3])
+def test_the_round_plan_is_what_opacus_records(n: int) -> None:
+    """117 batches make 116 Poisson steps in Opacus (int(1 / (1 / 117)) == 116): the plan must say the same."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fedproof.model import make_model
+    from privacy.dp import DPSettings, RoundPlan, make_private
+
+    loader = DataLoader(TensorDataset(torch.zeros(n, 1, 28, 28), torch.zeros(n, dtype=torch.long)), batch_size=64)
+    model = make_model()
+    settings = DPSettings(max_grad_norm=1.0, delta=1e-5, target_epsilon=None, noise_multiplier=1.0,
+                          accountant="prv", grad_sample_mode="hooks")
+    with make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, settings, 1.0, seed=0) as private:
+        recorded_rate = 1 / len(private.loader)
+        recorded_steps = len(private.loader)
+    plan = RoundPlan.for_data(n, 64, 1)
+    assert (plan.sample_rate, plan.steps) == (recorded_rate, recorded_steps)
