@@ -64,7 +64,9 @@ def deployment(tmp: Path, rounds: int, settings: list[str]) -> tuple[list[dict],
     kits = tmp / "kits"
     cli("provision", "--clients", "3", "--server-host", "127.0.0.1", "--port", str(port), "--out", str(kits))
     cli("server", "start", "--kit", str(kits / "server"), "--bind", "127.0.0.1", "--devnet-port", str(devnet))
-    nodes = [subprocess.Popen([*FEDPROOF, "client", "--kit", str(kits / f"client-{i}"), "--port", str(free_port())],
+    threads = str(max(1, (os.cpu_count() or 1) // 3))  # 3 SuperNodes share this host: do not oversubscribe it
+    nodes = [subprocess.Popen([*FEDPROOF, "client", "--kit", str(kits / f"client-{i}"), "--port", str(free_port()),
+                               "--threads", threads],
                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
              for i in range(3)]
     memory = PeakRss([node.pid for node in nodes])

@@ -150,6 +150,7 @@ def client_command(
     server: Annotated[Optional[str], typer.Option(help="SuperLink address HOST:PORT (default: from the kit).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="This device's Fashion-MNIST directory.")] = None,
     port: Annotated[int, typer.Option(help="Local port of the SuperNode's runtime API.")] = 9094,
+    threads: Annotated[int, typer.Option(help="CPU threads for training (default 0: torch's default, all).")] = 0,
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node key (testing only).")] = False,
 ) -> None:
     """Run this device's SuperNode (in the foreground): it trains with its own data, keys and HE context."""
@@ -160,7 +161,8 @@ def client_command(
         console.print("[yellow]warning: --insecure: no TLS and no node authentication (testing only).[/]")
     try:
         address = server or read_kit(kit, "client")["server"]
-        command = supernode_command(kit, address, port, str(data_dir.resolve()) if data_dir else "", insecure)
+        command = supernode_command(kit, address, port, str(data_dir.resolve()) if data_dir else "", insecure,
+                                    threads)
     except (FedproofError, OSError) as exc:
         _fail(exc)
     os.environ.update(FLOWER_ENV)

@@ -177,7 +177,8 @@ class SuperLink:
         self.pid_file.unlink(missing_ok=True)
 
 
-def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", insecure: bool = False) -> list[str]:
+def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", insecure: bool = False,
+                      threads: int = 0) -> list[str]:
     """The ``flower-supernode`` command of a client kit: its node key, the CA, its data and its secrets."""
     kit = Path(kit).resolve()
     doc = read_kit(kit, "client")
@@ -187,6 +188,8 @@ def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", ins
                    "state-dir": str(kit / "state")}  # its privacy history survives restarts of the device
     if data_dir:
         node_config["data-dir"] = data_dir
+    if threads:
+        node_config["threads"] = threads
     rendered = " ".join(f'{k}={json.dumps(v) if isinstance(v, str) else v}' for k, v in node_config.items())
     security = ["--insecure"] if insecure else ["--root-certificates", str(kit / "ca.crt"),
                                                 "--auth-supernode-private-key", str(kit / "node.key")]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+import torch
 from torch import nn
 
 from fedproof.client_data import ClientData, load_client_data
@@ -49,6 +50,9 @@ def _settings(msg: Message) -> tuple[RunConfig, int]:
 
 def _job(msg: Message, context: Context) -> _Job:
     config, server_round = _settings(msg)
+    threads = int(context.node_config.get("threads", 0))  # type: ignore[call-overload]
+    if threads > 0:  # a device sharing its CPUs (or several SuperNodes on one host) caps torch's threads
+        torch.set_num_threads(threads)
     try:
         partition_id = int(context.node_config["partition-id"])  # type: ignore[call-overload]
         num_partitions = int(context.node_config["num-partitions"])  # type: ignore[call-overload]
