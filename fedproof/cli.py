@@ -161,23 +161,17 @@ def simulate(
 
 def _deploy_and_show(result) -> None:
     """Deploy the final model, then show the lineage of the deployed artifact as the ledger tells it."""
-    from fedproof.cli_audit import _contract
-
     done = result.config
     deployment = deploy_run(result.run_dir, None, Path("registry"), 1.0, Path(done.data_dir) if done.data_dir else None,
                             done.ledger)
     print_deployment(deployment)
     if done.ledger:
-        contract = _contract(done.ledger_url or None, done.ledger_contract,
-                             Path(done.devnet_dir) if done.devnet_dir else None)
+        contract = open_contract(run_config=done.to_mapping())
         print_lineage(contract, bytes.fromhex(deployment.artifact_sha256), [result.run_dir / "ledger"])
 
 
 def _ledger_summary(result) -> None:
     """Where the lineage is, and the lineage of the final model as the ledger tells it."""
-    from fedproof.cli_audit import _contract
-
-    done = result.config
     ledger = result.ledger
     console.print(f"ledger: contract {ledger.contract} on chain {ledger.chain_id}, "
                   f"{ledger.rounds_recorded} rounds recorded, final model {ledger.model_hash}")
@@ -186,15 +180,14 @@ def _ledger_summary(result) -> None:
                       f"fedproof ledger flush {result.run_dir}")
         return
     try:
-        contract = _contract(done.ledger_url or None, done.ledger_contract, Path(done.devnet_dir) if done.devnet_dir
-                             else None)
+        contract = open_contract(run_config=result.config.to_mapping())
         print_lineage(contract, bytes.fromhex(ledger.model_hash), [result.run_dir / "ledger"])
     except USER_ERRORS as exc:
         console.print(f"[yellow]could not read the lineage back:[/] {exc}")
     console.print(f"check it any time: fedproof audit verify {result.run_dir / 'model.safetensors'}")
 
 
-from fedproof.cli_audit import audit_app, ledger_app, print_lineage  # noqa: E402
+from fedproof.cli_audit import audit_app, ledger_app, open_contract, print_lineage  # noqa: E402
 from fedproof.cli_deploy import deploy_command, deploy_run, edge_app, print_deployment  # noqa: E402
 from fedproof.cli_deployment import client_command, provision_command, server_app  # noqa: E402
 from fedproof.cli_devnet import devnet_app  # noqa: E402

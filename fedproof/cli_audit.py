@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Optional
 
 import typer
@@ -29,7 +30,13 @@ Bundles = Annotated[Optional[list[Path]], typer.Option(help="Directories holding
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
-def _contract(ledger_url: str | None, contract: str | None, devnet_dir: Path | None):
+def open_contract(ledger_url: str | None = None, contract: str | None = None, devnet_dir: Path | None = None,
+                  run_config: Mapping[str, object] | None = None):
+    """The lineage contract: options given win, then a run's saved settings (``run.json``), then the devnet's."""
+    saved = run_config or {}
+    ledger_url = ledger_url or str(saved.get("ledger-url") or "") or None
+    contract = contract or str(saved.get("ledger-contract") or "") or None
+    devnet_dir = devnet_dir or (Path(str(saved["devnet-dir"])) if saved.get("devnet-dir") else None)
     from ledger.contract import LedgerContract
     from ledger.defaults import DEFAULT_DATA_DIR
     from ledger.devnet import Devnet, remembered_contract
@@ -55,10 +62,6 @@ def _bundle_dirs(given: list[Path] | None, near: Path | None = None) -> list[Pat
 def _fail(exc: Exception) -> None:
     console.print(f"[red]error:[/] {exc}")
     raise typer.Exit(code=2) from exc
-
-
-def _short(h: bytes) -> str:
-    return h.hex()[:12]
 
 
 def _eps(scaled: int) -> str:
@@ -119,7 +122,7 @@ def audit_lineage(model: Annotated[str, typer.Argument(help="Model file or its S
 
     try:
         path = Path(model) if Path(model).is_file() else None
-        print_lineage(_contract(ledger_url, contract, devnet_dir), model_hash(model), _bundle_dirs(bundles, path),
+        print_lineage(open_contract(ledger_url, contract, devnet_dir), model_hash(model), _bundle_dirs(bundles, path),
                       as_json)
     except (LedgerError, FedproofError) as exc:
         _fail(exc)
@@ -133,7 +136,7 @@ def audit_client(client_id: str, ledger_url: LedgerUrl = None, contract: Contrac
     from ledger.signing import client_id_hash
 
     try:
-        ledger = _contract(ledger_url, contract, devnet_dir)
+        ledger = open_contract(ledger_url, contract, devnet_dir)
         found = client_contributions(ledger, client_id, _bundle_dirs(bundles))
         events = ledger.client_events(client_id_hash(client_id))
     except (LedgerError, FedproofError) as exc:
@@ -161,7 +164,7 @@ def audit_round(run_id: str, server_round: Annotated[int, typer.Argument(metavar
     from ledger.audit import round_record
 
     try:
-        event = round_record(_contract(ledger_url, contract, devnet_dir), run_id, server_round)
+        event = round_record(open_contract(ledger_url, contract, devnet_dir), run_id, server_round)
     except (LedgerError, FedproofError) as exc:
         _fail(exc)
     row = {"run": run_id, "round": event.round, "model_hash": event.model_hash.hex(),
@@ -186,7 +189,7 @@ def audit_verify(model: Annotated[Path, typer.Argument(help="The model file to v
     from ledger.audit import verify_model
 
     try:
-        report = verify_model(_contract(ledger_url, contract, devnet_dir), model, _bundle_dirs(bundles, model))
+        report = verify_model(open_contract(ledger_url, contract, devnet_dir), model, _bundle_dirs(bundles, model))
     except (LedgerError, FedproofError) as exc:
         if as_json:
             print(json.dumps({"verified": False, "error": str(exc)}))
@@ -210,10 +213,7 @@ def ledger_flush(run: Annotated[Path, typer.Argument(help="A run directory (runs
 
     try:
         config = json.loads((run / "run.json").read_text())["config"]
-        left = Outbox(run / "ledger").flush(_contract(ledger_url or config.get("ledger-url") or None,
-                                                      contract or config.get("ledger-contract") or None,
-                                                      devnet_dir or (Path(config["devnet-dir"]) if config.get(
-                                                          "devnet-dir") else None)))
+        left = Outbox(run / "ledger").flush(open_contract(ledger_url, contract, devnet_dir, config))
     except (LedgerError, FedproofError, OSError, KeyError, ValueError) as exc:
         _fail(exc)
     if left:

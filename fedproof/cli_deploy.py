@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from fedproof.cli_audit import ContractOpt, DevnetDir, LedgerUrl, _contract
+from fedproof.cli_audit import ContractOpt, DevnetDir, LedgerUrl, open_contract
 from fedproof.errors import FedproofError
 from ledger.errors import LedgerError
 
@@ -60,9 +60,7 @@ def deploy_run(run_path: Path, server_round: int | None, registry: Path, max_dro
         config = json.loads((run_path / "run.json").read_text())["config"]
         chain = None
         if ledger:
-            chain = _contract(ledger_url or config.get("ledger-url") or None,
-                              contract or config.get("ledger-contract") or None,
-                              devnet_dir or (Path(config["devnet-dir"]) if config.get("devnet-dir") else None))
+            chain = open_contract(ledger_url, contract, devnet_dir, config)
         dataset = load_dataset(data_dir or config.get("data-dir") or None)
         return deploy(run_path, dataset, registry, chain, server_round, DeploySettings(max_drop_pp=max_drop))
     except (FedproofError, LedgerError, OSError, KeyError, ValueError) as exc:
@@ -89,7 +87,7 @@ def edge_pull(
     from fl_client.edge import pull
 
     try:
-        installed = pull(ref, registry, install_dir.expanduser(), _contract(ledger_url, contract, devnet_dir))
+        installed = pull(ref, registry, install_dir.expanduser(), open_contract(ledger_url, contract, devnet_dir))
     except (FedproofError, LedgerError) as exc:
         _fail(exc)
     console.print(f"installed {installed.artifact_sha256[:16]}… (model of round {installed.run_round}, recorded in "

@@ -203,12 +203,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_on_superlink(kit: ServerKit, overrides: dict[str, object], stream: bool = True,
-                     timeout: float | None = None) -> subprocess.CompletedProcess[str] | subprocess.Popen:
+def run_on_superlink(kit: ServerKit, overrides: dict[str, object],
+                     timeout: float | None = None) -> subprocess.CompletedProcess[str]:
     """``flwr run`` of this project on the kit's SuperLink, with run-config ``overrides``."""
     rendered = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
                         for k, v in overrides.items())
-    command = [_bin("flwr"), "run", str(ROOT), CONNECTION, *(["--stream"] if stream else []), "-c", rendered]
+    command = [_bin("flwr"), "run", str(ROOT), CONNECTION, "--stream", "-c", rendered]
     env = {**os.environ, **FLOWER_ENV, **kit.env(), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     if not (kit.flwr_home / "config.toml").is_file():
         raise ConfigError(f"no SuperLink connection in {kit.flwr_home}: start the server first (fedproof server start)")

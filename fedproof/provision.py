@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fedproof.errors import ConfigError
+from fedproof.files import write_atomically
 from fedproof.keys import CLIENT_KEYS, init_key_set
 
 KIT = "kit.json"
@@ -48,14 +48,6 @@ KIT = "kit.json"
 class Kits:
     server: Path
     clients: dict[str, Path]
-
-
-def _write(path: Path, data: bytes, private: bool = True) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o600 if private else 0o644)
 
 
 def _pem_key(key) -> bytes:
@@ -122,27 +114,27 @@ def provision(out: Path, clients: int, server_host: str, port: int = 9092, force
     server = out / "server"
     with tempfile.TemporaryDirectory() as tmp:
         keys = init_key_set(Path(tmp), ids, he=True)
-        _write(server / "ca.crt", ca, private=False)
-        _write(server / "server.crt", server_crt, private=False)
-        _write(server / "server.key", server_key)
-        _write(server / "he-server.ctx", keys.he_server.read_bytes())
-        _write(server / "allowlist.json", keys.allowlist.read_bytes())
+        write_atomically(server / "ca.crt", ca)
+        write_atomically(server / "server.crt", server_crt)
+        write_atomically(server / "server.key", server_key, private=True)
+        write_atomically(server / "he-server.ctx", keys.he_server.read_bytes(), private=True)
+        write_atomically(server / "allowlist.json", keys.allowlist.read_bytes(), private=True)
         client_dirs = {}
         for i in ids:
             kit = out / f"client-{i}"
             private, public = node_key_pair()
-            _write(kit / "ca.crt", ca, private=False)
-            _write(kit / "node.key", private)
-            _write(kit / "node.pub", public, private=False)
-            _write(server / "node-keys" / f"{i}.pub", public, private=False)
-            _write(kit / CLIENT_KEYS / f"{i}.pem", keys.signing_key(i).read_bytes())
-            _write(kit / "he-client.ctx", keys.he_client.read_bytes())
-            _write(kit / KIT, json.dumps({"role": "client", "client_id": i, "partition_id": int(i),
-                                          "num_partitions": clients, "partition": partition,
-                                          "server": f"{server_host}:{port}"}, indent=2).encode(), private=False)
+            write_atomically(kit / "ca.crt", ca)
+            write_atomically(kit / "node.key", private, private=True)
+            write_atomically(kit / "node.pub", public)
+            write_atomically(server / "node-keys" / f"{i}.pub", public)
+            write_atomically(kit / CLIENT_KEYS / f"{i}.pem", keys.signing_key(i).read_bytes(), private=True)
+            write_atomically(kit / "he-client.ctx", keys.he_client.read_bytes(), private=True)
+            write_atomically(kit / KIT, json.dumps({"role": "client", "client_id": i, "partition_id": int(i),
+                                                    "num_partitions": clients, "partition": partition,
+                                                    "server": f"{server_host}:{port}"}, indent=2).encode())
             client_dirs[i] = kit
-    _write(server / KIT, json.dumps({"role": "server", "clients": clients, "host": server_host, "port": port},
-                                    indent=2).encode(), private=False)
+    write_atomically(server / KIT, json.dumps({"role": "server", "clients": clients, "host": server_host,
+                                               "port": port}, indent=2).encode())
     return Kits(server, client_dirs)
 
 

@@ -7,7 +7,6 @@ Everything here is plain JSON or safetensors, so a run can be inspected or audit
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -15,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
+from fedproof.files import write_atomically
 
 RUN_JSON, METRICS_JSONL, MODEL_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "model.safetensors", "accuracy.png"
 
@@ -94,9 +94,7 @@ class RunDirectory:
         return rows
 
     def _write_lines(self, name: str, lines: list[str]) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text("".join(line + "\n" for line in lines))
-        os.replace(tmp, self.path / name)
+        write_atomically(self.path / name, "".join(line + "\n" for line in lines).encode())
 
     def write_config(self, config: RunConfig) -> None:
         """Rewrite run.json's config after settings resolved during start-up (e.g. the key set's path)."""
@@ -104,9 +102,7 @@ class RunDirectory:
         self._write_json(RUN_JSON, {**run, "config": config.to_mapping()})
 
     def _write_json(self, name: str, payload: dict[str, Any]) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-        os.replace(tmp, self.path / name)
+        write_atomically(self.path / name, json.dumps(payload, indent=2, sort_keys=True).encode())
 
     def config(self) -> RunConfig:
         return RunConfig.from_mapping(json.loads((self.path / RUN_JSON).read_text())["config"])
@@ -120,13 +116,6 @@ class RunDirectory:
         if not path.exists():
             return []
         return [RoundMetrics(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-
-    def save_model(self, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-        path = self.path / MODEL_FILE
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
 
     def load_model(self) -> dict[str, torch.Tensor]:
         return load_file(str(self.path / MODEL_FILE))

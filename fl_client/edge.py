@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from fedproof.data import parse_idx
 from fedproof.errors import FedproofError
+from fedproof.files import write_atomically
 from fedproof.inference import predict, session
 from ledger.contract import LedgerContract
 
@@ -77,10 +77,10 @@ def pull(ref: str, registry: Path, install_dir: Path, contract: LedgerContract) 
     record = records[-1]
     install_dir.mkdir(parents=True, exist_ok=True)
     target = install_dir / f"{wanted.hex()}.onnx"
-    _write_atomic(target, data)
+    write_atomically(target, data)
     installed = Installed(wanted.hex(), record.model_hash.hex(), record.round, record.block_number, record.tx_hash,
                           str(target))
-    _write_atomic(install_dir / CURRENT, (json.dumps(asdict(installed), indent=2) + "\n").encode())
+    write_atomically(install_dir / CURRENT, (json.dumps(asdict(installed), indent=2) + "\n").encode())
     return installed
 
 
@@ -119,8 +119,3 @@ def classify(install_dir: Path, images: np.ndarray) -> np.ndarray:
     sess, _ = load(install_dir)
     return predict(sess, images)
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

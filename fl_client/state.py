@@ -12,12 +12,12 @@ config on a device, or ``<run-dir>/<run-id>/clients/`` in simulation (clients sh
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from flwr.app import Context, MetricRecord
 
+from fedproof.files import write_atomically
 from privacy.dp import PrivacySpend
 
 STATE_KEY = "fedproof.client"
@@ -63,7 +63,7 @@ class ClientState:
             }
         )
         if path is not None:
-            _write_durably(path, json.dumps(dict(record)).encode())
+            write_atomically(path, json.dumps(dict(record)).encode())
 
     def after_training(
         self, server_round: int, num_examples: int, spend: PrivacySpend | None = None, noise: float = 0.0
@@ -85,13 +85,3 @@ def state_file(context: Context, run_dir: str, run_id: str, client_id: str) -> P
     base = context.node_config.get("state-dir")
     directory = Path(str(base)).expanduser() if base else Path(run_dir).expanduser() / run_id / "clients"
     return directory / f"{client_id}.json"
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

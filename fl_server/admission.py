@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from flwr.app import Message
 
-from fedproof.errors import UpdateRejected
 from fedproof.protocol import ClientReport, SignedEnvelope, payload_chunks
 from ledger.errors import BadSignature, ReplayedUpdate
 from ledger.bundle import SignedUpdate

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from torch import nn
 
 from fedproof.data import Dataset
 from fedproof.errors import FedproofError
+from fedproof.files import write_atomically
 from fedproof.inference import predict, session
 from fedproof.model import make_model
 from fedproof.task import PIXEL_MEAN, PIXEL_STD
@@ -199,7 +199,7 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
     artifact_hash = hashlib.sha256(int8).digest()
     registry.mkdir(parents=True, exist_ok=True)
     artifact = registry / f"{artifact_hash.hex()}.onnx"
-    _write_atomic(artifact, int8)
+    write_atomically(artifact, int8)
     receipt: Receipt | None = None
     if contract is not None and recorded is not None:
         receipt = contract.record_deployment(digest, artifact_hash, recorded.run_id, recorded.round, TARGET)
@@ -213,12 +213,7 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
         "format": "QDQ", "weights": "int8 per-channel" if settings.per_channel else "int8 per-tensor",
         "activations": "uint8", "calibration": f"{len(calibration)} training images, MinMax"},
         "chain_id": contract.chain_id if contract else 0, "contract": contract.address if contract else ""}
-    _write_atomic(registry / f"{artifact_hash.hex()}.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_atomically(registry / f"{artifact_hash.hex()}.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n")
                   .encode())
     return deployment
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

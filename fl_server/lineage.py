@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_bytes
 
 from fedproof.config import RunConfig
+from fedproof.files import write_atomically
 from ledger.bundle import RoundBundle, SignedUpdate
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.defaults import DEFAULT_DATA_DIR
@@ -65,19 +65,8 @@ def write_model(path: Path, arrays: ArrayRecord, run_id: str, server_round: int)
     """Write the global model as safetensors (no pickle); return the SHA-256 of the exact file bytes."""
     tensors = {key: np.ascontiguousarray(a) for key, a in zip(arrays.keys(), arrays.to_numpy_ndarrays())}
     data = safetensors_bytes(tensors, metadata={"run_id": run_id, "round": str(server_round)})
-    write_durably(path, data)
+    write_atomically(path, data)  # a checkpoint survives a crash whole or not at all
     return hashlib.sha256(data).digest()
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Checkpoints survive a crash whole or not at all: temp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class Lineage:

@@ -43,7 +43,6 @@ from ledger.contract import LedgerContract, _node_errors
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_MODULES = REPO_ROOT / "contracts" / "node_modules"
 DEFAULT_CHAIN_ID = 31337
-from ledger.defaults import DEFAULT_DATA_DIR  # noqa: E402,F401
 HOST = "127.0.0.1"
 MAX_DEPLOYMENT_FILE_BYTES = 4096
 

@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedproof.config import RunConfig
-from fedproof.protocol import CIPHERTEXTS_KEY, HEADER_KEY, SUM_KEY, ClientReport, EncryptedPayload
+from fedproof.protocol import CIPHERTEXTS_KEY, SUM_KEY, ClientReport, EncryptedPayload
 from fedproof.weights import flatten
 from fl_client.secure_update import decrypt_sum, encrypt_update
 from fl_server.secure_aggregation import DecryptionCommittee, EncryptedFedAvg
