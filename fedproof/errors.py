@@ -37,7 +37,14 @@ class ClientsUnavailableError(FedproofError):
 
 
 class UpdateRejected(FedproofError):
-    """A client's update was refused before aggregation (malformed, corrupt, or out of range); the round goes on."""
+    """A client's reply was refused before aggregation (malformed, corrupt, or out of range); the round goes on.
+
+    ``reason`` is the short code it is counted under (a :class:`fedproof.replies.Reason` value).
+    """
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class AggregationError(FedproofError):

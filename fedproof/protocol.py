@@ -1,22 +1,32 @@
-"""What a client reports beside its update, shared by ClientApp and ServerApp (neither imports the other).
+"""The wire format of a round, shared by ClientApp and ServerApp (neither imports the other).
 
-A train reply holds the update (``arrays``), FedAvg's ``metrics`` (with ``num-examples``) and a ``client``
-ConfigRecord: who the client is, whether it trained or declined, and the privacy it has spent. A client
-that declines (its privacy budget would be exceeded) sends no update; the server counts that as a status,
-not a failure.
+The server sends ``arrays`` (the global model) and ``config`` (the run's settings plus ``server-round``)
+with every train and evaluate message. A train reply holds the update (plaintext ``arrays``, or the
+ciphertexts of :class:`EncryptedPayload`), ``metrics`` (with ``num-examples``), a ``client`` ConfigRecord
+(who the client is, whether it trained or declined, and the privacy it has spent) and the
+:class:`SignedEnvelope`. A client that declines (its privacy budget would be exceeded) sends no update; the
+server counts that as a status, not a failure. This module writes records; :mod:`fedproof.replies` reads
+replies, with every check.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedproof.errors import UpdateRejected
 from ledger.signing import SignedFields, payload_digest
+from privacy.he import HEParams
 
+TRAIN, EVALUATE = "train", "evaluate"
+"""Message types of the two phases every round has (``DECRYPT`` below is the third, under HE)."""
+ARRAYS_KEY, CONFIG_KEY, METRICS_KEY = "arrays", "config", "metrics"
 REPORT_KEY = "client"
 TRAINED, BUDGET_EXHAUSTED = "trained", "budget-exhausted"
+PLAIN_MAX_ABS_DELTA = HEParams.max_abs_delta
+"""Largest |update - global| per parameter of a plaintext update: the bound HE's default scheme enforces."""
 
 
 @dataclass(frozen=True)
@@ -35,17 +45,22 @@ class ClientReport:
 
     @classmethod
     def from_reply(cls, content: RecordDict) -> ClientReport | None:
-        """The report in a reply, or None if it carries none (or not one of ours)."""
+        """The report in a reply; None if it carries none (not a fedproof client); :class:`UpdateRejected` if
+        it is malformed (fields of the wrong type, an unknown status, an epsilon that is not a finite number)."""
         record = content.config_records.get(REPORT_KEY)
         if record is None:
             return None
-        epsilon = record.get("epsilon")
-        return cls(
-            client_id=str(record.get("client-id", "?")),
-            status=str(record.get("status", TRAINED)),
-            epsilon=float(epsilon) if isinstance(epsilon, (int, float)) else None,  # type: ignore[arg-type]
-            reason=str(record.get("reason", "")),
-        )
+        try:
+            client_id, status = _typed(record, "client-id", str), _typed(record, "status", str)
+            reason = _typed(record, "reason", str) if "reason" in record else ""
+            epsilon = _typed(record, "epsilon", float) if "epsilon" in record else None
+        except (KeyError, TypeError) as exc:
+            raise UpdateRejected(f"malformed client report: {exc}") from exc
+        if status not in (TRAINED, BUDGET_EXHAUSTED):
+            raise UpdateRejected(f"client report has an unknown status {status[:40]!r}")
+        if epsilon is not None and not (math.isfinite(epsilon) and epsilon >= 0):
+            raise UpdateRejected("client report's epsilon is not a finite non-negative number")
+        return cls(client_id, status, epsilon, reason)
 
 
 # ----------------------------------------------------------------------------------------- encrypted updates
@@ -64,7 +79,7 @@ class EncryptedPayload:
     payloads of any size pass its transport); ``num_values``, ``num_summed`` (how many clients' vectors
     were added into it: 1 for a client's update) and the payload's SHA-256 go in a ConfigRecord beside it.
     SEAL itself notices only about a third of single bit flips in a seeded ciphertext, so :meth:`take` checks
-    the digest (which the signing issue will sign).
+    the digest (and the client's signature covers the same digest).
     """
 
     chunks: tuple[bytes, ...]
@@ -86,20 +101,18 @@ class EncryptedPayload:
         """The payload in ``content``; :class:`UpdateRejected` if it is missing or malformed."""
         record, header = content.array_records.get(CIPHERTEXTS_KEY), content.config_records.get(HEADER_KEY)
         if record is None or header is None:
-            raise UpdateRejected("the reply carries no encrypted update (was the client started without HE?)")
+            raise UpdateRejected("the reply carries no encrypted update (was the client started without HE?)",
+                                 "wrong-mode")
         num_values, num_summed = header.get("num-values"), header.get("num-summed")
         if not (isinstance(num_values, int) and isinstance(num_summed, int) and num_values > 0 and num_summed > 0):
             raise UpdateRejected("encrypted update header lacks positive num-values / num-summed")
         if any(array.stype != CIPHERTEXT_STYPE for array in record.values()):
-            raise UpdateRejected(f"encrypted update holds arrays that are not {CIPHERTEXT_STYPE}")
+            raise UpdateRejected(f"encrypted update holds arrays that are not {CIPHERTEXT_STYPE}", "wrong-dtype")
         chunks = tuple(array.data for array in record.values())
         if header.get("sha256") != payload_digest(chunks):
-            raise UpdateRejected("encrypted update does not match its SHA-256: corrupted or altered in transit")
+            raise UpdateRejected("encrypted update does not match its SHA-256: corrupted or altered in transit",
+                                 "payload-mismatch")
         return cls(chunks, num_values, num_summed)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(c) for c in self.chunks)
 
 
 # ----------------------------------------------------------------------------------------- signatures
@@ -126,7 +139,7 @@ class SignedEnvelope:
     def take(cls, content: RecordDict) -> SignedEnvelope:
         record = content.config_records.get(SIGNED_KEY)
         if record is None:
-            raise UpdateRejected("the reply is not signed")
+            raise UpdateRejected("the reply is not signed", "unsigned")
         try:
             fields = SignedFields(
                 tag=_typed(record, "tag", bytes), chain_id=_typed(record, "chain-id", int),
@@ -153,7 +166,7 @@ def payload_chunks(content: RecordDict) -> list[bytes]:
     """The exact bytes of a reply's payload, as signed: its ciphertexts, or each plaintext array's name and bytes."""
     if CIPHERTEXTS_KEY in content.array_records:
         return [array.data for array in content.array_records[CIPHERTEXTS_KEY].values()]
-    arrays = content.array_records.get("arrays")
+    arrays = content.array_records.get(ARRAYS_KEY)
     if arrays is None:
-        raise UpdateRejected("the reply carries no update")
+        raise UpdateRejected("the reply carries no update", "wrong-mode")
     return [part for key, array in arrays.items() for part in (key.encode(), array.data)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,10 @@ class RoundMetrics:
     """Clients' time to encrypt and sign their update (example-weighted mean)."""
     failed: str = ""
     """Why the round produced no new model (e.g. the decryption committee disagreed); empty when it did."""
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+    """Train replies set aside, counted by reason code (``fedproof.replies.Reason``)."""
+    evaluate_rejected: dict[str, int] = field(default_factory=dict)
+    """Evaluate replies set aside, counted by reason code."""
 
 
 def new_run_id() -> str:

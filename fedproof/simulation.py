@@ -16,8 +16,7 @@ from fedproof.client_data import load_client_data
 from fedproof.data import load_dataset
 from fedproof.model import make_model
 from fl_client.client_app import app as client_app
-from fl_server.federation import FederationResult
-from fl_server.recorder import RoundObserver
+from fl_server.federation import FederationResult, RoundObserver
 from fl_server.server_app import build_server_app
 
 

@@ -19,10 +19,10 @@ from fedproof.client_data import ClientData, load_client_data
 from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
 from fedproof.model import make_model
-from fedproof.protocol import SUM_KEY, TRAINED, ClientReport, EncryptedPayload
+from fedproof.protocol import ARRAYS_KEY, SUM_KEY, TRAINED, ClientReport, EncryptedPayload
 from fedproof.task import evaluate
 from fl_client.signing import client_id, sign_decryption, sign_update
-from fl_client.secure_update import decrypt_sum, encrypt_update, secret_context
+from fl_client.secure_update import decrypt_sum, encrypt_update, plain_update, secret_context
 from fl_client.state import ClientState, state_file
 from fl_client.training import train_round
 
@@ -89,11 +89,10 @@ def train(msg: Message, context: Context) -> Message:
             secret = secret_context(job.config, context)
             encrypt_update(trained, job.global_arrays, outcome.num_examples, secret).put(content)
         else:
-            content["arrays"] = trained
+            content[ARRAYS_KEY] = plain_update(trained, job.global_arrays)
         content["metrics"] = MetricRecord(
             {"train_loss": outcome.loss, "num-examples": outcome.num_examples,
-             "rounds-trained": outcome.state.rounds_trained, "train-seconds": trained_at - started,
-             "secure-seconds": 0.0}
+             "rounds-trained": outcome.state.rounds_trained, "train-seconds": trained_at - started}
         )
         sign_update(content, job.config, context, job.server_round, outcome.num_examples, outcome.epsilon)
         content["metrics"]["secure-seconds"] = time.perf_counter() - trained_at  # encrypt + sign; not signed itself

@@ -1,29 +1,35 @@
-"""The server's side of a run: FedAvg over the connected clients, central evaluation, run artifacts."""
+"""The server's side of a run: the loop over rounds (each one ``fl_server.round.run_round``), and the run's files."""
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from fedproof.config import RunConfig
 from fedproof.data import load_dataset
 from fedproof.errors import ClientsUnavailableError
 from fedproof.model import make_model
+from fedproof.protocol import PLAIN_MAX_ABS_DELTA
 from fedproof.rundir import MODEL_FILE, RoundMetrics, RunDirectory
-from fl_server.evaluation import CentralEvaluator
-from fl_server.recorder import RoundObserver, RoundRecorder
 from fl_server.admission import Admission
+from fl_server.committee import Committee
 from fl_server.credentials import load_credentials
+from fl_server.evaluation import CentralEvaluator
 from fl_server.lineage import Lineage, open_ledger
 from fl_server.metrics import FederationMetrics
-from fl_server.secure_aggregation import DecryptionCommittee, EncryptedFedAvg
-from fl_server.strategy import AllBudgetsExhausted, GatedFedAvg
+from fl_server.round import RoundPlan, run_round
 from ledger.verification import UpdateVerifier
+
+
+class RoundObserver(Protocol):
+    """Sees each round's metrics row as it is written (the CLI's progress bar)."""
+
+    def __call__(self, row: RoundMetrics) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -51,103 +57,78 @@ class LedgerSummary:
 
 
 def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None = None) -> FederationResult:
-    """Run ``config.rounds`` rounds of FedAvg on ``grid``, record their lineage and write the run directory."""
+    """Run rounds ``done + 1 .. config.rounds`` on ``grid`` (``done`` is 0, or the last recorded round when
+    resuming), record each round's lineage, and write the run directory."""
     started = time.monotonic()
     wait_for_clients(grid, config.clients, config.connect_timeout)
     run_dir, config = RunDirectory.reopen(config) if config.resume else RunDirectory.create(config)
-    random.seed(config.seed)  # Flower samples clients with the global `random`
     dataset = load_dataset(config.data_dir or None)
     config, credentials = load_credentials(config, run_dir.path)
     config, contract = open_ledger(config, credentials.allow)
     run_dir.write_config(config)
-    initial = ArrayRecord(make_model(dataset.num_classes, seed=config.seed).state_dict())
-    done = 0
+    model = ArrayRecord(make_model(dataset.num_classes, seed=config.seed).state_dict())
     if config.resume:  # after a crash: go on from the last round recorded, with its model
         lineage = Lineage(run_dir.path, config, contract)
-        done, initial = lineage.resume(like=initial)
-        random.seed(config.seed * 7_919 + done)
+        done, model = lineage.resume(like=model)
     else:
-        lineage = Lineage(run_dir.path, config, contract, initial)
-    metrics = FederationMetrics(config.metrics_port)
-    recorder = RoundRecorder(run_dir, CentralEvaluator(dataset), _both(metrics.observe_round, observer or _none))
-    recorder.rows.extend(run_dir.keep_rounds(done))
-    # a crash between recording round `done` and writing its metrics row: evaluate its model again at the start
-    first_row = 0 if done == 0 or any(r.round == done for r in recorder.rows) else done
-    verifier = UpdateVerifier(credentials.allow, config.chain_id, config.contract_bytes(), config.run_id)
-    strategy_kwargs = dict(
-        admission=Admission(verifier),
-        on_train_replies=recorder.observe_train_replies,
-        on_rejected=_both(recorder.reject_update, lineage.rejected, metrics.reject),
-        on_failed=_both(recorder.fail_round, lineage.failed),
-        on_aggregated=lineage.aggregated,
+        lineage, done = Lineage(run_dir.path, config, contract, model), 0
+    prometheus = FederationMetrics(config.metrics_port)
+    evaluate = CentralEvaluator(dataset)
+    rows = run_dir.keep_rounds(done)
+    if done and not any(r.round == done for r in rows):  # crashed between recording round `done` and its row
+        loss, accuracy = evaluate(model)
+        rows.append(RoundMetrics(round=done, accuracy=accuracy, loss=loss, seconds=0.0))
+        run_dir.append_metrics(rows[-1])
+    plan = RoundPlan(
+        settings=config.to_mapping(),
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
-        min_train_nodes=1,
-        min_evaluate_nodes=1,
-        min_available_nodes=config.clients,
-        train_metrics_aggr_fn=recorder.aggregate_train_metrics,
-        evaluate_metrics_aggr_fn=recorder.aggregate_evaluate_metrics,
-        round_offset=done,
+        seed=config.seed,
+        timeout=config.round_timeout,
+        admission=Admission(UpdateVerifier(credentials.allow, config.chain_id, config.contract_bytes(), config.run_id)),
+        evaluate=evaluate,
+        max_abs_delta=PLAIN_MAX_ABS_DELTA,
+        he=credentials.public,
+        committee=(Committee(config.he_committee, config.seed, config.round_timeout, credentials.public.params)
+                   if credentials.public is not None else None),
     )
-    if credentials.public is not None:
-        committee = DecryptionCommittee(config.he_committee, credentials.public, config.seed, config.round_timeout)
-        strategy: GatedFedAvg = EncryptedFedAvg(committee=committee, **strategy_kwargs)
-    else:
-        strategy = GatedFedAvg(**strategy_kwargs)
-    # Clients get the run's settings with every message: the server is the single source of truth,
-    # and it works the same under `flwr run` and `fedproof simulate`.
-    settings = ConfigRecord(config.to_mapping())
+    epsilon_by_client: dict[str, float] = {}
     stopped = ""
-    try:
-        if config.rounds > done:
-            strategy.start(
-                grid=grid,
-                initial_arrays=initial,
-                num_rounds=config.rounds - done,
-                timeout=config.round_timeout,
-                train_config=settings,
-                evaluate_config=settings,
-                evaluate_fn=lambda rnd, arrays: recorder.evaluate(rnd + done if rnd else first_row, arrays),
-            )
-    except AllBudgetsExhausted as exc:
-        stopped = str(exc)
+    for server_round in range(done + 1, config.rounds + 1):
+        result = run_round(grid, plan, server_round, model)
+        for client, epsilon in [(a.update.client_id, a.update.epsilon) for a in result.admitted] + [
+                (d.client_id, d.epsilon) for d in result.declines]:
+            if epsilon is not None:
+                epsilon_by_client[client] = epsilon
+        if result.stop:
+            stopped = result.stop
+            break
+        lineage.record(result)
+        assert result.metrics is not None
+        rows.append(result.metrics)
+        run_dir.append_metrics(result.metrics)
+        prometheus.observe(result)
+        if observer is not None:
+            observer(result.metrics)
+        model = result.current
     lineage.final_model(run_dir.path / MODEL_FILE)
     pending = lineage.flush()
     seconds = time.monotonic() - started
-    last = recorder.rows[-1] if recorder.rows else None
+    last = rows[-1] if rows else None
     ledger = LedgerSummary(config.ledger_contract, config.chain_id, lineage.model_hash, lineage.recorded, pending)
     run_dir.finish(
         {
-            "rounds_completed": len(recorder.rows),
+            "rounds_completed": len(rows),
             "final_accuracy": last.accuracy if last else None,
             "final_loss": last.loss if last else None,
             "wall_seconds": seconds,
-            "epsilon_by_client": recorder.epsilon_by_client,
+            "epsilon_by_client": epsilon_by_client,
             "stopped": stopped,
             "ledger": asdict(ledger),
         }
     )
-    return FederationResult(
-        config=config,
-        run_dir=run_dir.path,
-        rounds=recorder.rows,
-        seconds=seconds,
-        epsilon_by_client=recorder.epsilon_by_client,
-        stopped=stopped,
-        ledger=ledger,
-    )
-
-
-def _none(*args) -> None:
-    return None
-
-
-def _both(*handlers):
-    def call(*args) -> None:
-        for handler in handlers:
-            handler(*args)
-
-    return call
+    return FederationResult(config=config, run_dir=run_dir.path, rounds=rows, seconds=seconds,
+                            epsilon_by_client=epsilon_by_client, stopped=stopped, ledger=ledger)
 
 
 def wait_for_clients(

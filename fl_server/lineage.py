@@ -24,7 +24,9 @@ from safetensors.numpy import save as safetensors_bytes
 
 from fedproof.config import RunConfig
 from fedproof.files import write_atomically
-from ledger.bundle import RoundBundle, SignedUpdate
+from fedproof.protocol import TRAIN
+from fl_server.round import RoundResult
+from ledger.bundle import RoundBundle
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.defaults import DEFAULT_DATA_DIR
 from ledger.devnet import Devnet, ensure_contract
@@ -79,7 +81,6 @@ class Lineage:
         self.models, self.bundles = run_path / "models", run_path / "ledger"
         self.outbox = Outbox(self.bundles)
         self.recorded = 0
-        self._rejected: list[str] = []
         self.model_file = self.models / "round-0.safetensors"
         if initial is not None:
             self.parent = write_model(self.model_file, initial, config.run_id, 0)
@@ -106,24 +107,21 @@ class Lineage:
         """SHA-256 (hex) of the current global model's file."""
         return self.parent.hex()
 
-    def rejected(self, server_round: int, reason: str) -> None:
-        self._rejected.append(reason)
-
-    def failed(self, server_round: int, reason: str) -> None:
-        self._record(RoundBundle(self.config.run_id, server_round, self.config.chain_id, self.config.contract_bytes(),
-                                 self.parent, self.parent, rejected=tuple(self._rejected), failed=reason))
-
-    def aggregated(self, server_round: int, parent: ArrayRecord, new: ArrayRecord,
-                   admitted: list[SignedUpdate]) -> None:
-        path = self.models / f"round-{server_round}.safetensors"
-        digest = write_model(path, new, self.config.run_id, server_round)
-        self._record(RoundBundle(self.config.run_id, server_round, self.config.chain_id, self.config.contract_bytes(),
-                                 self.parent, digest, tuple(admitted), tuple(self._rejected)))
+    def record(self, result: RoundResult) -> None:
+        """Write the round's model file and bundle, and send its record: the new model with its admitted
+        updates, or (no new model) the parent again with the failure reason. Every set-aside reply is listed."""
+        rejected = tuple(str(r) if r.phase == TRAIN else f"{r.phase} {r}" for r in result.rejections)
+        common = (self.config.run_id, result.round, self.config.chain_id, self.config.contract_bytes(), self.parent)
+        if result.model is None:
+            self._record(RoundBundle(*common, self.parent, rejected=rejected, failed=result.failure))
+            return
+        path = self.models / f"round-{result.round}.safetensors"
+        digest = write_model(path, result.model, self.config.run_id, result.round)
+        self._record(RoundBundle(*common, digest, result.leaves, rejected))
         self.parent, self.model_file = digest, path
 
     def _record(self, bundle: RoundBundle) -> None:
         bundle.write(self.bundles)
-        self._rejected = []
         self.recorded += 1
         if self.contract is None:
             return

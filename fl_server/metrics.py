@@ -1,6 +1,6 @@
 """Prometheus metrics of a running federation (``metrics-port`` in the run config; 0 = off).
 
-Exposed: rounds done, updates accepted and rejected (by reason), round seconds, the largest epsilon spent,
+Exposed: rounds done, updates accepted and rejected (by reason code), round seconds, the largest epsilon spent,
 and the round each gauge refers to; scraped at ``http://<server>:<metrics-port>/metrics``.
 """
 
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from fedproof.rundir import RoundMetrics
+from fedproof.protocol import TRAIN
+from fl_server.round import RoundResult
 
 
 class FederationMetrics:
@@ -26,26 +27,17 @@ class FederationMetrics:
         if port:
             start_http_server(port, registry=r)
 
-    def observe_round(self, row: RoundMetrics) -> None:
+    def observe(self, result: RoundResult) -> None:
+        row = result.metrics
         self.rounds.inc()
-        self.accepted.inc(row.train_clients)
+        self.accepted.inc(len(result.admitted))
+        for rejection in result.rejected(TRAIN):
+            self.rejected.labels(reason=rejection.reason.value).inc()  # a bounded set of codes, as Prometheus wants
+        if row is None:
+            return
         self.seconds.observe(row.seconds)
         self.accuracy.set(row.accuracy)
         if row.epsilon_max is not None:
             self.epsilon.set(row.epsilon_max)
         if row.failed:
             self.failed.inc()
-
-    def reject(self, server_round: int, reason: str) -> None:
-        self.rejected.labels(reason=_reason(reason)).inc()
-
-
-def _reason(text: str) -> str:
-    """A short label for a rejection message (bounded label values, as Prometheus wants)."""
-    for label, needle in (("bad-signature", "signature"), ("replayed", "signed for"), ("unknown-client", "allow-list"),
-                          ("revoked-client", "revoked"), ("duplicate", "second update"),
-                          ("payload-mismatch", "does not hash"), ("corrupt-ciphertext", "ciphertext"),
-                          ("unsigned", "not signed")):
-        if needle in text:
-            return label
-    return "other"

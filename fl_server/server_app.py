@@ -6,8 +6,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedproof.config import RunConfig
-from fl_server.federation import FederationResult, run_federation
-from fl_server.recorder import RoundObserver
+from fl_server.federation import FederationResult, RoundObserver, run_federation
 
 
 def build_server_app(

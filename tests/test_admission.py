@@ -1,4 +1,4 @@
-"""The server's gate end to end: replies signed by fl_client, checked by fl_server before FedAvg sees them."""
+"""The server's gate end to end: replies signed by fl_client, decoded and admitted by fl_server before aggregation."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fakegrid import FakeGrid
 from fedproof.config import RunConfig
 from fedproof.keys import init_key_set
 from fedproof.protocol import SIGNED_KEY, ClientReport
 from fedproof.weights import flatten
 from fl_client.signing import sign_update
 from fl_server.admission import Admission
-from fl_server.strategy import GatedFedAvg
+from fl_server.round import RoundPlan, RoundResult, run_round
 from ledger.verification import AllowList, UpdateVerifier
 
 CONTRACT = "0x" + "ab" * 20
@@ -33,101 +34,98 @@ def keys(tmp_path_factory: pytest.TempPathFactory):
     return init_key_set(tmp_path_factory.mktemp("keys"), ["0", "1", "2", "stranger"], he=False)
 
 
-class Grid:
-    def get_node_ids(self) -> list[int]:
-        return [1, 2, 3]
-
-
 def config(keys, **changes) -> RunConfig:
     base = RunConfig(run_id="run-a", chain_id=31337, ledger_contract=CONTRACT, key_set=str(keys.directory), he=False)
     return dataclasses.replace(base, **changes)
 
 
-def update(client: str, value: float, keys, server_round: int = 1, **changes) -> Message:
+def update(client: str, value: float, keys, server_round: int = 1, **changes) -> RecordDict:
     """A client's signed plaintext reply; ``changes`` alter the config it signs under (replays)."""
-    train = Message(RecordDict(), dst_node_id=int(client) + 1 if client.isdigit() else 99, message_type="train")
     arrays = ArrayRecord({"w": Array(np.full((4, 5), value, np.float32))})
     content = RecordDict({"arrays": arrays, "client": ClientReport(client).to_record(),
                           "metrics": MetricRecord({"num-examples": 10 * (1 + len(client))})})
     context = Context(run_id=1, node_id=1, node_config={"client-id": client}, state=RecordDict(), run_config={})
     sign_update(content, config(keys, **changes), context, server_round, 10 * (1 + len(client)), None)
-    return Message(content, reply_to=train)
+    return content
 
 
-def run_round(keys, replies: list[Message]):
-    rejected, aggregated = [], []
+def run(keys, replies: list) -> RoundResult:
+    """One round over nodes 1..n, node i answering ``replies[i-1]``; evaluation off."""
     allow = AllowList.load(keys.allowlist).revoke("stranger")
-    strategy = GatedFedAvg(
+    plan = RoundPlan(
+        settings={}, fraction_train=1.0, fraction_evaluate=0.0, seed=1, timeout=5,
         admission=Admission(UpdateVerifier(allow, 31337, bytes.fromhex("ab" * 20), "run-a")),
-        on_rejected=lambda rnd, why: rejected.append(why),
-        on_aggregated=lambda rnd, parent, new, leaves: aggregated.append(leaves),
-        min_available_nodes=3,
+        evaluate=lambda arrays: (0.0, 0.0), max_abs_delta=4.0,
     )
-    base = ArrayRecord({"w": Array(np.zeros((4, 5), np.float32))})
-    strategy.configure_train(1, base, ConfigRecord({}), Grid())
-    arrays, _ = strategy.aggregate_train(1, replies)
-    return arrays, rejected, aggregated
+    grid = FakeGrid(list(range(1, len(replies) + 1)), train=lambda node, msg: replies[node - 1])
+    return run_round(grid, plan, 1, ArrayRecord({"w": Array(np.zeros((4, 5), np.float32))}))
+
+
+def rejected(result: RoundResult) -> list[str]:
+    return [str(r) for r in result.rejections]
 
 
 def test_genuine_updates_are_aggregated_and_become_leaves(keys) -> None:
-    arrays, rejected, aggregated = run_round(keys, [update("0", 1.0, keys), update("1", 3.0, keys)])
-    assert not rejected
-    assert np.allclose(flatten(arrays), 2.0)
-    assert sorted(leaf.fields.client_id for leaf in aggregated[0]) == ["0", "1"]
+    result = run(keys, [update("0", 1.0, keys), update("1", 3.0, keys)])
+    assert not result.rejections and not result.failure
+    assert np.allclose(flatten(result.model), 2.0)
+    assert sorted(leaf.fields.client_id for leaf in result.leaves) == ["0", "1"]
 
 
 @pytest.mark.parametrize(
-    "bad, reason",
+    "bad, reason, code",
     [
-        ("replayed-round", "round 2"),
-        ("other-run", "run 'run-b'"),
-        ("other-chain", "chain 1"),
-        ("other-contract", "another contract"),
-        ("unknown", "not on the allow-list"),
-        ("revoked", "revoked"),
-        ("duplicate", "second update"),
-        ("tampered", "does not hash"),
-        ("forged", "signature does not match"),
-        ("unsigned", "not signed"),
+        ("replayed-round", "round 2", "replayed"),
+        ("other-run", "run 'run-b'", "replayed"),
+        ("other-chain", "chain 1", "replayed"),
+        ("other-contract", "another contract", "replayed"),
+        ("unknown", "not on the allow-list", "unknown-client"),
+        ("revoked", "revoked", "revoked-client"),
+        ("duplicate", "second update", "duplicate"),
+        ("tampered", "does not hash", "payload-mismatch"),
+        ("forged", "signature does not match", "bad-signature"),
+        ("unsigned", "not signed", "unsigned"),
     ],
 )
-def test_bad_updates_never_reach_the_aggregate(keys, bad: str, reason: str) -> None:
+def test_bad_updates_never_reach_the_aggregate(keys, bad: str, reason: str, code: str) -> None:
     good = [update("0", 1.0, keys), update("1", 3.0, keys)]
     if bad == "replayed-round":
-        extra = update("2", 100.0, keys, server_round=2)
+        extra = update("2", 2.5, keys, server_round=2)
     elif bad == "other-run":
-        extra = update("2", 100.0, keys, run_id="run-b")
+        extra = update("2", 2.5, keys, run_id="run-b")
     elif bad == "other-chain":
-        extra = update("2", 100.0, keys, chain_id=1)
+        extra = update("2", 2.5, keys, chain_id=1)
     elif bad == "other-contract":
-        extra = update("2", 100.0, keys, ledger_contract="0x" + "cd" * 20)
+        extra = update("2", 2.5, keys, ledger_contract="0x" + "cd" * 20)
     elif bad == "unknown":  # a key that is not on the allow-list
         (keys.directory / "clients" / "9.pem").write_bytes((keys.directory / "clients" / "2.pem").read_bytes())
-        extra = update("9", 100.0, keys)
+        extra = update("9", 2.5, keys)
     elif bad == "revoked":
-        extra = update("stranger", 100.0, keys)
+        extra = update("stranger", 2.5, keys)
     elif bad == "duplicate":
-        extra = update("0", 100.0, keys)
+        extra = update("0", 2.5, keys)
     elif bad == "tampered":  # the bytes changed after signing
-        extra = update("2", 100.0, keys)
-        extra.content["arrays"] = ArrayRecord({"w": Array(np.full((4, 5), 1e6, np.float32))})
+        extra = update("2", 2.5, keys)
+        extra["arrays"] = ArrayRecord({"w": Array(np.full((4, 5), 3.9, np.float32))})
     elif bad == "forged":  # the signed record claims client 2, signed with client 1's key
-        extra = update("2", 100.0, keys)
-        extra.content[SIGNED_KEY]["signature"] = bytes(update("1", 100.0, keys).content[SIGNED_KEY]["signature"])
+        extra = update("2", 2.5, keys)
+        extra[SIGNED_KEY]["signature"] = bytes(update("1", 2.5, keys)[SIGNED_KEY]["signature"])
     else:
-        extra = update("2", 100.0, keys)
-        del extra.content[SIGNED_KEY]
-    arrays, rejected, aggregated = run_round(keys, [*good, extra])
-    assert len(rejected) == 1 and reason in rejected[0], rejected
-    assert np.allclose(flatten(arrays), 2.0)  # exactly the two genuine updates
-    assert len(aggregated[0]) == 2
+        extra = update("2", 2.5, keys)
+        del extra[SIGNED_KEY]
+    result = run(keys, [*good, extra])
+    assert len(result.rejections) == 1 and reason in rejected(result)[0], rejected(result)
+    assert result.rejections[0].reason.value == code
+    assert np.allclose(flatten(result.model), 2.0)  # exactly the two genuine updates
+    assert len(result.leaves) == 2
 
 
 def test_signed_epsilon_and_count_are_what_the_client_claimed(keys) -> None:
-    msg = update("0", 1.0, keys)
-    msg.content["metrics"] = MetricRecord({"num-examples": 10_000})  # inflate its weight after signing
-    _, rejected, _ = run_round(keys, [msg, update("1", 3.0, keys)])
-    assert len(rejected) == 1 and "example count" in rejected[0]
+    content = update("0", 1.0, keys)
+    content["metrics"] = MetricRecord({"num-examples": 10_000})  # inflate its weight after signing
+    result = run(keys, [content, update("1", 3.0, keys)])
+    assert [r.reason.value for r in result.rejections] == ["bad-signature"]
+    assert "example count" in rejected(result)[0]
 
 
 def test_key_set_files_are_private(tmp_path: Path) -> None:
@@ -139,11 +137,9 @@ def test_key_set_files_are_private(tmp_path: Path) -> None:
             assert path.stat().st_mode & 0o077 == 0, path
 
 
-def test_a_client_that_crashes_mid_round_does_not_fail_it_and_is_not_in_the_record(keys) -> None:
-    from flwr.app import Error
-
-    crashed = Message(Error(code=0, reason="ClientApp raised: out of memory"),
-                      reply_to=Message(RecordDict(), dst_node_id=3, message_type="train"))
-    arrays, rejected, aggregated = run_round(keys, [update("0", 1.0, keys), crashed, update("1", 3.0, keys)])
-    assert np.allclose(flatten(arrays), 2.0) and not rejected
-    assert sorted(leaf.fields.client_id for leaf in aggregated[0]) == ["0", "1"]  # exactly what was aggregated
+def test_a_client_that_crashes_or_never_answers_does_not_fail_the_round_and_is_not_in_the_record(keys) -> None:
+    crashed = Error(code=0, reason="ClientApp raised: out of memory")
+    result = run(keys, [update("0", 1.0, keys), crashed, None, update("1", 3.0, keys)])
+    assert np.allclose(flatten(result.model), 2.0) and not result.failure
+    assert sorted(r.reason.value for r in result.rejections) == ["client-error", "no-reply"]
+    assert sorted(leaf.fields.client_id for leaf in result.leaves) == ["0", "1"]  # exactly what was aggregated

@@ -21,6 +21,7 @@ from fedproof.task import to_tensors
 from fl_client.edge import ArtifactRejected, classify, pull
 from fl_server.deploy import AccuracyDropTooLarge, DeployError, DeploySettings, deploy, export_onnx, quantize_int8
 from fl_server.lineage import Lineage
+from rounds import round_result
 from ledger.contract import LedgerContract
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def recorded_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     initial = make_model(data.num_classes)
     lineage = Lineage(run_path, config, chain, ArrayRecord(initial.state_dict()))
     model = trained_model(data)
-    lineage.aggregated(1, ArrayRecord(initial.state_dict()), ArrayRecord(model.state_dict()), [])
+    lineage.record(round_result(1, ArrayRecord(initial.state_dict()), ArrayRecord(model.state_dict())))
     lineage.final_model(run_path / "model.safetensors")
     return run_path, data, chain, model
 

@@ -11,6 +11,7 @@ from flwr.app import Array, ArrayRecord
 
 from fedproof.config import RunConfig
 from fl_server.lineage import Lineage, register_clients
+from rounds import round_result
 from ledger.audit import AuditFailure, ModelNotRecorded, lineage, verify_model
 from ledger.bundle import RoundBundle, SignedUpdate
 from ledger.contract import LedgerContract, RoundRecord
@@ -44,14 +45,14 @@ def run(tmp_path: Path, contract: LedgerContract, rounds: int = 3, run_id: str =
     config = RunConfig(run_id=run_id, chain_id=contract.chain_id, ledger_contract=contract.address)
     lin = Lineage(tmp_path / run_id, config, contract, model(0.0))
     for rnd in range(1, rounds + 1):
-        lin.aggregated(rnd, model(rnd - 1), model(rnd), [admitted(contract, run_id, rnd, c) for c in clients])
+        lin.record(round_result(rnd, model(rnd - 1), model(rnd), [admitted(contract, run_id, rnd, c) for c in clients]))
     lin.final_model(tmp_path / run_id / "model.safetensors")
     return lin
 
 
 def test_lineage_walks_back_to_the_initial_model_and_verify_passes(tmp_path: Path, chain) -> None:
     lin = run(tmp_path, chain)
-    lin.failed(4, "committee disagreed")  # a void round: recorded, but it produced nothing
+    lin.record(round_result(4, model(3), None, failure="committee disagreed"))  # a void round: recorded, but it produced nothing
     steps = lineage(chain, lin.parent)
     assert [s.round for s in steps] == [3, 2, 1]
     assert all(a.parent_model_hash == b.model_hash for a, b in zip(steps, steps[1:]))
@@ -134,9 +135,9 @@ def test_training_pauses_past_the_unrecorded_limit_and_resumes_when_the_ledger_i
 
     config = RunConfig(run_id="p", chain_id=chain.chain_id, ledger_contract=chain.address, max_unrecorded_rounds=1)
     lin = Lineage(tmp_path / "p", config, flaky, model(0.0), sleep=nap)
-    lin.aggregated(1, model(0), model(1), [admitted(chain, "p", 1, "a")])
+    lin.record(round_result(1, model(0), model(1), [admitted(chain, "p", 1, "a")]))
     assert not naps and len(lin.outbox.pending()) == 1  # one round ahead of the ledger is allowed
-    lin.aggregated(2, model(1), model(2), [admitted(chain, "p", 2, "a")])
+    lin.record(round_result(2, model(1), model(2), [admitted(chain, "p", 2, "a")]))
     assert len(naps) == 1 and lin.outbox.pending() == []
     assert [e.round for e in chain.round_events(run_id=run_id_hash("p"))] == [1, 2]
 

@@ -1,27 +1,36 @@
-"""Encrypted FedAvg on the server: bad updates are dropped alone, the committee must agree, results match FedAvg."""
+"""Encrypted rounds: bad updates are dropped alone, committee replies are checked and must agree, results match FedAvg."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fakegrid import FakeGrid
 from fedproof.config import RunConfig
-from fedproof.protocol import CIPHERTEXTS_KEY, SUM_KEY, ClientReport, EncryptedPayload
+from fedproof.keys import init_key_set
+from fedproof.protocol import CIPHERTEXTS_KEY, SIGNED_KEY, SUM_KEY, ClientReport, EncryptedPayload
 from fedproof.weights import flatten
 from fl_client.secure_update import decrypt_sum, encrypt_update
-from fl_server.secure_aggregation import DecryptionCommittee, EncryptedFedAvg
+from fl_client.signing import sign_decryption, sign_update
+from fl_server.admission import Admission
+from fl_server.committee import Committee
+from fl_server.round import RoundPlan, RoundResult, run_round
+from ledger.verification import AllowList, UpdateVerifier
 from privacy.errors import PlaintextRangeError
 from privacy.he import PublicContext, SecretContext
 
-SECRET = SecretContext.generate()
-PUBLIC = PublicContext.from_bytes(SECRET.public().to_bytes())
 NODES = [11, 12, 13, 14]
 COUNTS = {11: 300, 12: 500, 13: 50, 14: 1000}
+KEYS = init_key_set(Path(tempfile.mkdtemp(prefix="fedproof-he-keys-")), [str(n) for n in NODES], he=True)
+SECRET = SecretContext.load(KEYS.he_client)
+PUBLIC = PublicContext.load(KEYS.he_server)
+CONFIG = RunConfig(run_id="he-run", chain_id=31337, ledger_contract="0x" + "ab" * 20, key_set=str(KEYS.directory))
 
 
 @pytest.fixture(autouse=True)
@@ -31,28 +40,8 @@ def _task_identity():
     yield
 
 
-class FakeGrid:
-    """Stands in for Flower's Grid: clients answer decrypt requests with ``answer(node, payload)``."""
-
-    def __init__(self, answer=None) -> None:
-        self.asked: list[int] = []
-        self.answer = answer or (lambda node, payload: decrypt_sum(payload, SECRET))
-
-    def get_node_ids(self) -> list[int]:
-        return NODES
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            self.asked.append(node)
-            values = self.answer(node, EncryptedPayload.take(msg.content))
-            if values is None:
-                replies.append(Message(Error(code=0, reason="client crashed"), reply_to=msg))
-            else:
-                record = ArrayRecord({SUM_KEY: Array(np.asarray(values, dtype=np.float64))})
-                replies.append(Message(RecordDict({SUM_KEY: record}), reply_to=msg))
-        return replies
+def context(node: int) -> Context:
+    return Context(run_id=1, node_id=node, node_config={"client-id": str(node)}, state=RecordDict(), run_config={})
 
 
 def global_model() -> ArrayRecord:
@@ -67,12 +56,22 @@ def trained(node: int, base: ArrayRecord) -> ArrayRecord:
                         for k, a in zip(base.keys(), base.to_numpy_ndarrays())})
 
 
-def reply(node: int, base: ArrayRecord, payload: EncryptedPayload | None = None) -> Message:
-    train = Message(RecordDict(), dst_node_id=node, message_type="train")
+def reply(node: int, base: ArrayRecord, payload: EncryptedPayload | None = None, count: int | None = None,
+          server_round: int = 1) -> RecordDict:
+    """A client's signed encrypted train reply (``payload``: what it encrypted instead of its real update)."""
     payload = payload or encrypt_update(trained(node, base), base, COUNTS[node], SECRET)
     content = payload.put(RecordDict({"client": ClientReport(str(node)).to_record()}))
-    content["metrics"] = MetricRecord({"num-examples": COUNTS[node], "train_loss": 1.0})
-    return Message(content, reply_to=train)
+    count = COUNTS[node] if count is None else count
+    content["metrics"] = MetricRecord({"num-examples": count, "train_loss": 1.0})
+    return sign_update(content, CONFIG, context(node), server_round, count, None)
+
+
+def honest_decryption(node: int, msg: Message) -> RecordDict:
+    """A committee member's reply: the decrypted sum, signed."""
+    config = msg.content["config"]
+    values = decrypt_sum(EncryptedPayload.take(msg.content), SECRET)
+    content = RecordDict({SUM_KEY: ArrayRecord({SUM_KEY: Array(values)})})
+    return sign_decryption(content, values.tobytes(), CONFIG, context(node), int(config["server-round"]))
 
 
 def fedavg(nodes: list[int], base: ArrayRecord) -> np.ndarray:
@@ -80,97 +79,122 @@ def fedavg(nodes: list[int], base: ArrayRecord) -> np.ndarray:
     return sum(COUNTS[n] * flatten(trained(n, base)) for n in nodes) / total
 
 
-def strategy(grid: FakeGrid, base: ArrayRecord, committee: int = 2, events: list | None = None) -> EncryptedFedAvg:
-    events = events if events is not None else []
-    s = EncryptedFedAvg(
-        committee=DecryptionCommittee(committee, PUBLIC, seed=7, timeout=5),
-        on_rejected=lambda rnd, why: events.append(("rejected", why)),
-        on_failed=lambda rnd, why: events.append(("failed", why)),
-        min_available_nodes=len(NODES),
+def run(base: ArrayRecord, replies: dict[int, RecordDict], decrypt=honest_decryption, committee: int = 2,
+        server_round: int = 1) -> tuple[RoundResult, FakeGrid]:
+    allow = AllowList.load(KEYS.allowlist)
+    plan = RoundPlan(
+        settings=CONFIG.to_mapping(), fraction_train=1.0, fraction_evaluate=0.0, seed=7, timeout=5,
+        admission=Admission(UpdateVerifier(allow, CONFIG.chain_id, CONFIG.contract_bytes(), CONFIG.run_id)),
+        evaluate=lambda arrays: (0.0, 0.0), max_abs_delta=4.0, he=PUBLIC,
+        committee=Committee(committee, seed=7, timeout=5, params=PUBLIC.params),
     )
-    s.configure_train(1, base, ConfigRecord(RunConfig().to_mapping()), grid)
-    return s
+    grid = FakeGrid(sorted(replies), train=lambda node, msg: replies[node], query_decrypt=decrypt)
+    return run_round(grid, plan, server_round, base), grid
 
 
 def test_encrypted_fedavg_equals_plaintext_fedavg() -> None:
-    base, grid = global_model(), FakeGrid()
-    arrays, metrics = strategy(grid, base).aggregate_train(1, [reply(n, base) for n in NODES])
-    assert arrays is not None and metrics is not None
-    assert np.abs(flatten(arrays) - fedavg(NODES, base)).max() < 1e-5  # float32 rounding dominates
-    assert len(grid.asked) == 2 and set(grid.asked) <= set(NODES)
-    assert list(arrays.keys()) == list(base.keys())
+    base = global_model()
+    result, grid = run(base, {n: reply(n, base) for n in NODES})
+    assert result.model is not None and not result.rejections
+    assert np.abs(flatten(result.model) - fedavg(NODES, base)).max() < 1e-5  # float32 rounding dominates
+    assert len(grid.asked["query.decrypt"]) == 2 and set(grid.asked["query.decrypt"]) <= set(NODES)
+    assert list(result.model.keys()) == list(base.keys())
+    assert result.metrics.upload_bytes_per_param is not None and result.metrics.upload_bytes_per_param <= 12
 
 
 def test_committee_is_redrawn_each_round_from_the_participants() -> None:
     base = global_model()
     drawn = set()
     for rnd in range(1, 9):
-        grid = FakeGrid()
-        s = strategy(grid, base)
-        s.aggregate_train(rnd, [reply(n, base) for n in NODES[:3]])
-        assert set(grid.asked) <= set(NODES[:3])
-        drawn.add(tuple(sorted(grid.asked)))
+        result, grid = run(base, {n: reply(n, base, server_round=rnd) for n in NODES[:3]}, server_round=rnd)
+        assert result.model is not None
+        assert set(grid.asked["query.decrypt"]) <= set(NODES[:3])
+        drawn.add(tuple(sorted(grid.asked["query.decrypt"])))
     assert len(drawn) > 1
 
 
-
-@pytest.mark.parametrize("damage", ["bit-flip", "truncated", "wrong-length", "no-payload", "bad-count"])
-def test_a_damaged_update_is_rejected_and_the_round_goes_on(damage: str) -> None:
-    base, events = global_model(), []
-    good = [reply(n, base) for n in NODES[:3]]
+@pytest.mark.parametrize("damage, code", [("bit-flip", "payload-mismatch"), ("truncated", "corrupt-ciphertext"),
+                                          ("wrong-length", "wrong-shape"), ("no-payload", "wrong-mode"),
+                                          ("bad-count", "bad-example-count")])
+def test_a_damaged_update_is_rejected_and_the_round_goes_on(damage: str, code: str) -> None:
+    base = global_model()
+    replies = {n: reply(n, base) for n in NODES[:3]}
     bad = reply(14, base)
     if damage == "bit-flip":  # in transit: the digest no longer matches
-        chunks = bad.content[CIPHERTEXTS_KEY]
+        chunks = bad[CIPHERTEXTS_KEY]
         first = next(iter(chunks.keys()))
         data = chunks[first].data
         chunks[first] = Array(dtype="bytes", shape=(len(data),), stype=chunks[first].stype,
                               data=data[:100] + bytes([data[100] ^ 0x10]) + data[101:])
-    elif damage == "truncated":  # by the sender: digest matches, SEAL refuses the bytes
-        payload = EncryptedPayload.take(bad.content)
-        cut = (payload.chunks[0][:-50], *payload.chunks[1:])
-        bad = reply(14, base, EncryptedPayload(cut, payload.num_values))
+    elif damage == "truncated":  # by the sender, and signed: digest and signature match, SEAL refuses the bytes
+        payload = EncryptedPayload.take(bad)
+        bad = reply(14, base, EncryptedPayload((payload.chunks[0][:-50], *payload.chunks[1:]), payload.num_values))
     elif damage == "wrong-length":
         bad = reply(14, base, EncryptedPayload(tuple(SECRET.encrypt(np.zeros(10))), 10))
     elif damage == "no-payload":
-        del bad.content[CIPHERTEXTS_KEY]
+        del bad[CIPHERTEXTS_KEY]
     else:
-        bad.content["metrics"] = MetricRecord({"num-examples": 0})
-    arrays, _ = strategy(FakeGrid(), base, events=events).aggregate_train(1, [*good, bad])
-    assert [kind for kind, _ in events] == ["rejected"]
-    assert np.abs(flatten(arrays) - fedavg(NODES[:3], base)).max() < 1e-5
+        bad = reply(14, base, count=0)
+    replies[14] = bad
+    result, _ = run(base, replies)
+    assert [(r.client_id, r.reason.value) for r in result.rejections] == [("14", code)]
+    assert np.abs(flatten(result.model) - fedavg(NODES[:3], base)).max() < 1e-5
+    assert sorted(leaf.fields.client_id for leaf in result.leaves) == ["11", "12", "13"]
 
 
 def test_committee_disagreement_voids_the_round() -> None:
-    base, events = global_model(), []
-    liar = lambda node, payload: decrypt_sum(payload, SECRET) + (1.0 if node == grid.asked[0] else 0.0)
-    grid = FakeGrid(liar)
-    arrays, metrics = strategy(grid, base, events=events).aggregate_train(1, [reply(n, base) for n in NODES])
-    assert arrays is None and metrics is not None  # the model stays as it was; the run goes on
-    assert events and events[0][0] == "failed" and "differing by" in events[0][1]
+    base, first = global_model(), []
+
+    def liar(node: int, msg: Message) -> RecordDict:  # the first member asked adds 1 to what it signs
+        first.append(first[0] if first else node)
+        content = honest_decryption(node, msg)
+        if node == first[0]:
+            values = content[SUM_KEY][SUM_KEY].numpy() + 1.0
+            content = sign_decryption(RecordDict({SUM_KEY: ArrayRecord({SUM_KEY: Array(values)})}),
+                                      values.tobytes(), CONFIG, context(node), 1)
+        return content
+
+    result, _ = run(base, {n: reply(n, base) for n in NODES}, decrypt=liar)
+    assert result.model is None and result.metrics is not None  # the model stays as it was; the run goes on
+    assert "differing by" in result.failure and result.current is base
 
 
-def test_a_committee_member_that_drops_out_is_replaced() -> None:
-    base = global_model()
-    first: list[int] = []
+@pytest.mark.parametrize("fault", ["crash", "silent", "unsigned", "forged", "other-round"])
+def test_a_committee_member_that_drops_out_or_cheats_is_replaced(fault: str) -> None:
+    base, first = global_model(), []
 
-    def flaky(node: int, payload: EncryptedPayload):
-        if not first:
-            first.append(node)
+    def flaky(node: int, msg: Message):
+        if first:
+            return honest_decryption(node, msg)
+        first.append(node)
+        content = honest_decryption(node, msg)
+        if fault == "crash":
+            return Error(code=0, reason="client crashed")
+        if fault == "silent":
             return None
-        return decrypt_sum(payload, SECRET)
+        if fault == "unsigned":
+            del content[SIGNED_KEY]
+        elif fault == "forged":  # returns values other than those it signed
+            content[SUM_KEY] = ArrayRecord({SUM_KEY: Array(content[SUM_KEY][SUM_KEY].numpy() + 1)})
+        else:
+            values = content[SUM_KEY][SUM_KEY].numpy()
+            content = sign_decryption(RecordDict({SUM_KEY: ArrayRecord({SUM_KEY: Array(values)})}),
+                                      values.tobytes(), CONFIG, context(node), 2)
+        return content
 
-    grid = FakeGrid(flaky)
-    arrays, _ = strategy(grid, base).aggregate_train(1, [reply(n, base) for n in NODES])
-    assert len(grid.asked) == 3 and len(set(grid.asked)) == 3
-    assert np.abs(flatten(arrays) - fedavg(NODES, base)).max() < 1e-5
+    result, grid = run(base, {n: reply(n, base) for n in NODES}, decrypt=flaky)
+    assert len(grid.asked["query.decrypt"]) == 3 and len(set(grid.asked["query.decrypt"])) == 3
+    assert np.abs(flatten(result.model) - fedavg(NODES, base)).max() < 1e-5
+    expected = {"crash": "client-error", "silent": "no-reply", "unsigned": "unsigned", "forged": "bad-signature",
+                "other-round": "replayed"}[fault]
+    assert [(r.phase, r.reason.value) for r in result.rejections] == [("decrypt", expected)]
 
 
 def test_round_fails_cleanly_when_no_committee_can_be_formed() -> None:
-    base, events = global_model(), []
-    arrays, _ = strategy(FakeGrid(lambda n, p: None), base, events=events).aggregate_train(
-        1, [reply(n, base) for n in NODES]
-    )
-    assert arrays is None and events[0][0] == "failed" and "committee members decrypted" in events[0][1]
+    base = global_model()
+    result, _ = run(base, {n: reply(n, base) for n in NODES}, decrypt=lambda node, msg: None)
+    assert result.model is None and "committee members decrypted" in result.failure
+    assert len(result.leaves) == 0 and len(result.rejections) == len(NODES)
 
 
 def test_a_client_refuses_to_encrypt_a_diverged_or_oversized_update() -> None:

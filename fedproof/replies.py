@@ -1,0 +1,318 @@
+"""Reading replies: one decoder per reply kind, and the only place a reply's structure is trusted or refused.
+
+A reply from a client is outside input. Each decoder turns one Flower ``Message`` into a plain value or a
+:class:`Rejection` carrying a :class:`Reason` code; it never raises and never lets anything malformed
+through:
+
+* :func:`decode_train_reply` -> :class:`Update` | :class:`Declined` | :class:`Rejection`. An update has the
+  global model's exact keys, shapes and dtypes (plaintext), or exactly the ciphertexts its length needs
+  (HE); finite values within the per-parameter bound; a positive example count; a client report; and a
+  signature envelope (whether the signature is *valid* is the admission gate's question, which needs the
+  allow-list).
+* :func:`decode_evaluate_reply` -> :class:`Evaluation` | :class:`Rejection`.
+* :func:`decode_decrypt_reply` -> :class:`Decryption` | :class:`Rejection`.
+
+Checks run cheapest and most specific first, so a stock Flower client that sends NaN weights is refused as
+``non-finite`` rather than merely ``unsigned``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from fedproof.errors import UpdateRejected
+from fedproof.protocol import (
+    ARRAYS_KEY,
+    BUDGET_EXHAUSTED,
+    CIPHERTEXTS_KEY,
+    METRICS_KEY,
+    SUM_KEY,
+    ClientReport,
+    EncryptedPayload,
+    SignedEnvelope,
+    payload_chunks,
+)
+from ledger.signing import payload_digest
+from privacy.he import HEParams
+
+MAX_EXAMPLES = 2**31 - 1
+"""Largest example count a reply may claim (the signed field is a u64; sums must stay exact in float64)."""
+NPY_HEADER_ALLOWANCE = 4096
+"""Bytes an ``.npy`` header may add to an array's payload before the array is refused as oversized."""
+
+
+class Reason(str, Enum):
+    """Why a reply was set aside: the label metrics, bundles and Prometheus count it under."""
+
+    NO_REPLY = "no-reply"
+    CLIENT_ERROR = "client-error"
+    UNEXPECTED_SENDER = "unexpected-sender"
+    MALFORMED = "malformed"
+    WRONG_MODE = "wrong-mode"
+    WRONG_SHAPE = "wrong-shape"
+    WRONG_DTYPE = "wrong-dtype"
+    NON_FINITE = "non-finite"
+    OVER_NORM = "over-norm"
+    BAD_EXAMPLE_COUNT = "bad-example-count"
+    CORRUPT_CIPHERTEXT = "corrupt-ciphertext"
+    UNSIGNED = "unsigned"
+    BAD_SIGNATURE = "bad-signature"
+    UNKNOWN_CLIENT = "unknown-client"
+    REVOKED_CLIENT = "revoked-client"
+    REPLAYED = "replayed"
+    DUPLICATE = "duplicate"
+    PAYLOAD_MISMATCH = "payload-mismatch"
+
+    @classmethod
+    def of(cls, exc: Exception) -> Reason:
+        """The code a typed error carries (``reason`` on fedproof's and the ledger's errors), else MALFORMED."""
+        try:
+            return cls(getattr(exc, "reason", cls.MALFORMED.value))
+        except ValueError:
+            return cls.MALFORMED
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A reply set aside, and why. ``client_id`` is what the reply claimed, or ``node-<id>`` if nothing."""
+
+    node_id: int
+    client_id: str
+    reason: Reason
+    detail: str
+    phase: str = "train"
+    """Which exchange the reply answered: train, evaluate or decrypt."""
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: client {self.client_id} (node {self.node_id}): {self.detail}"
+
+
+@dataclass(frozen=True)
+class Declined:
+    """A client that chose not to train this round (its privacy budget would be exceeded)."""
+
+    node_id: int
+    client_id: str
+    epsilon: float | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Update:
+    """A well-formed train reply: exactly one of ``delta`` (plaintext) or ``ciphertexts`` (HE) is set."""
+
+    node_id: int
+    client_id: str
+    num_examples: int
+    epsilon: float | None
+    envelope: SignedEnvelope
+    payload_sha256: bytes
+    """SHA-256 of the payload bytes as received (what the signature must cover)."""
+    delta: np.ndarray | None
+    """Plaintext: the trained weights minus the global model, flat float64."""
+    ciphertexts: EncryptedPayload | None
+    """HE: the encrypted ``num_examples * delta``."""
+    upload_bytes: int
+    train_loss: float | None = None
+    train_seconds: float | None = None
+    secure_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    node_id: int
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class Decryption:
+    node_id: int
+    values: np.ndarray
+    envelope: SignedEnvelope
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What an update must look like: the global model's layout and weights, and the HE scheme if any."""
+
+    layout: tuple[tuple[str, tuple[int, ...], str], ...]
+    """(key, shape, dtype) of every array, in the model's order."""
+    weights: np.ndarray
+    """The global model, flat float64 (the parent every delta is taken from)."""
+    max_abs_delta: float
+    """Largest |update - global| per parameter a client may send."""
+    he: HEParams | None = None
+
+    @classmethod
+    def of(cls, arrays: ArrayRecord, max_abs_delta: float, he: HEParams | None = None) -> ModelSpec:
+        ndarrays = arrays.to_numpy_ndarrays()
+        layout = tuple((k, tuple(a.shape), a.dtype.str) for k, a in zip(arrays.keys(), ndarrays))
+        weights = np.concatenate([a.ravel() for a in ndarrays]).astype(np.float64)
+        return cls(layout, weights, max_abs_delta, he)
+
+    @property
+    def num_values(self) -> int:
+        return int(self.weights.size)
+
+
+def decode_train_reply(msg: Message, spec: ModelSpec) -> Update | Declined | Rejection:
+    """A train reply as a plain value; every structural check is here (signatures: the admission gate)."""
+    node = msg.metadata.src_node_id
+    if msg.has_error():
+        return Rejection(node, f"node-{node}", Reason.CLIENT_ERROR, f"error {msg.error.code}: {msg.error.reason}")
+    client = f"node-{node}"
+    try:
+        content = msg.content
+        report = ClientReport.from_reply(content)
+        if report is not None:
+            client = report.client_id
+            if report.status == BUDGET_EXHAUSTED:
+                return Declined(node, client, report.epsilon, report.reason)
+        count = _num_examples(content.metric_records.get(METRICS_KEY))
+        if spec.he is not None:
+            payload = _ciphertexts(content, spec)
+            delta, size = None, sum(len(c) for c in payload.chunks)
+        else:
+            payload, (delta, size) = None, _plain_delta(content, spec)
+        digest = payload_digest(payload_chunks(content))
+        envelope = SignedEnvelope.take(content)
+        if report is None:  # signed, yet no report: not something a fedproof client sends
+            raise UpdateRejected("the reply carries no client report", Reason.MALFORMED.value)
+        metrics = content.metric_records[METRICS_KEY]
+        return Update(
+            node_id=node, client_id=client, num_examples=count, epsilon=report.epsilon, envelope=envelope,
+            payload_sha256=digest, delta=delta, ciphertexts=payload, upload_bytes=size,
+            train_loss=_finite(metrics, "train_loss"), train_seconds=_finite(metrics, "train-seconds"),
+            secure_seconds=_finite(metrics, "secure-seconds"),
+        )
+    except UpdateRejected as exc:
+        return Rejection(node, client, Reason.of(exc), str(exc))
+    except Exception as exc:  # noqa: BLE001 - outside input: whatever else it trips is still a rejection
+        return Rejection(node, client, Reason.MALFORMED, f"unreadable reply ({type(exc).__name__}: {exc})")
+
+
+def decode_evaluate_reply(msg: Message) -> Evaluation | Rejection:
+    """An evaluate reply: finite ``val_loss`` >= 0, ``val_accuracy`` in [0, 1] and a positive example count."""
+    node = msg.metadata.src_node_id
+    if msg.has_error():
+        return Rejection(node, f"node-{node}", Reason.CLIENT_ERROR, f"error {msg.error.code}: {msg.error.reason}",
+                         "evaluate")
+    try:
+        metrics = msg.content.metric_records.get(METRICS_KEY)
+        count = _num_examples(metrics)
+        loss, accuracy = _finite(metrics, "val_loss"), _finite(metrics, "val_accuracy")
+        if loss is None or accuracy is None or loss < 0 or not 0 <= accuracy <= 1:
+            raise UpdateRejected("evaluate metrics need a finite val_loss >= 0 and a val_accuracy in [0, 1]")
+        return Evaluation(node, loss, accuracy, count)
+    except UpdateRejected as exc:
+        return Rejection(node, f"node-{node}", Reason.of(exc), str(exc), "evaluate")
+    except Exception as exc:  # noqa: BLE001
+        return Rejection(node, f"node-{node}", Reason.MALFORMED, f"unreadable reply ({type(exc).__name__}: {exc})",
+                         "evaluate")
+
+
+def decode_decrypt_reply(msg: Message, length: int) -> Decryption | Rejection:
+    """A committee member's decrypted sum: ``length`` finite float64 values and a signature envelope."""
+    node = msg.metadata.src_node_id
+    if msg.has_error():
+        return Rejection(node, f"node-{node}", Reason.CLIENT_ERROR, f"error {msg.error.code}: {msg.error.reason}",
+                         "decrypt")
+    try:
+        record = msg.content.array_records.get(SUM_KEY)
+        if record is None or list(record.keys()) != [SUM_KEY]:
+            raise UpdateRejected("the reply carries no decrypted sum")
+        values = _array(record[SUM_KEY], (length,), np.dtype(np.float64).str)
+        if not np.all(np.isfinite(values)):
+            raise UpdateRejected("the decrypted sum holds NaN or infinite values", Reason.NON_FINITE.value)
+        return Decryption(node, values, SignedEnvelope.take(msg.content))
+    except UpdateRejected as exc:
+        return Rejection(node, f"node-{node}", Reason.of(exc), str(exc), "decrypt")
+    except Exception as exc:  # noqa: BLE001
+        return Rejection(node, f"node-{node}", Reason.MALFORMED, f"unreadable reply ({type(exc).__name__}: {exc})",
+                         "decrypt")
+
+
+# ----------------------------------------------------------------------------------------- the checks
+
+
+def _num_examples(metrics: MetricRecord | None) -> int:
+    count = metrics.get("num-examples") if metrics is not None else None
+    if type(count) is not int or not 1 <= count <= MAX_EXAMPLES:
+        raise UpdateRejected(f"num-examples must be an integer in 1..{MAX_EXAMPLES}", Reason.BAD_EXAMPLE_COUNT.value)
+    return count
+
+
+def _finite(metrics: MetricRecord | None, key: str) -> float | None:
+    """An optional scalar metric: a finite number, or None (a reported value that is not one is refused)."""
+    value = metrics.get(key) if metrics is not None else None
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise UpdateRejected(f"metric {key} must be a finite number", Reason.NON_FINITE.value)
+    return float(value)
+
+
+def _array(array, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """An ``Array`` as numpy, refused unless it is exactly ``shape`` and ``dtype`` (size checked before parsing)."""
+    if array.stype != "numpy.ndarray" or array.dtype != np.dtype(dtype).name:
+        raise UpdateRejected(f"array of dtype {array.dtype!r} ({array.stype}), expected {np.dtype(dtype).name}",
+                             Reason.WRONG_DTYPE.value)
+    if tuple(array.shape) != shape:
+        raise UpdateRejected(f"array of shape {tuple(array.shape)}, expected {shape}", Reason.WRONG_SHAPE.value)
+    if len(array.data) > int(np.prod(shape)) * np.dtype(dtype).itemsize + NPY_HEADER_ALLOWANCE:
+        raise UpdateRejected(f"array of {len(array.data)} bytes is larger than its shape allows",
+                             Reason.WRONG_SHAPE.value)
+    values = array.numpy()
+    if values.shape != shape or values.dtype.str != np.dtype(dtype).str:
+        raise UpdateRejected(f"array bytes hold {values.dtype} {values.shape}, not what its metadata says",
+                             Reason.WRONG_SHAPE.value)
+    return values
+
+
+def _plain_delta(content, spec: ModelSpec) -> tuple[np.ndarray, int]:
+    """The update's ``trained - global`` (flat float64) and its size in bytes, after every plaintext check."""
+    if CIPHERTEXTS_KEY in content.array_records:
+        raise UpdateRejected("an encrypted update in a run without HE", Reason.WRONG_MODE.value)
+    arrays = content.array_records.get(ARRAYS_KEY)
+    if arrays is None:
+        raise UpdateRejected("the reply carries no update", Reason.WRONG_MODE.value)
+    keys, expected = list(arrays.keys()), [key for key, _, _ in spec.layout]
+    if keys != expected:
+        extra, missing = sorted(set(keys) - set(expected)), sorted(set(expected) - set(keys))
+        raise UpdateRejected(f"arrays do not match the model (extra {extra[:3]}, missing {missing[:3]}, or "
+                             "out of order)", Reason.WRONG_SHAPE.value)
+    parts = [_array(arrays[key], shape, dtype) for key, shape, dtype in spec.layout]
+    trained = np.concatenate([p.ravel() for p in parts]).astype(np.float64)
+    if not np.all(np.isfinite(trained)):
+        raise UpdateRejected("the update holds NaN or infinite values", Reason.NON_FINITE.value)
+    delta = trained - spec.weights
+    peak = float(np.abs(delta).max()) if delta.size else 0.0
+    if peak > spec.max_abs_delta:
+        raise UpdateRejected(f"max |update - global| is {peak:.3g}, above the bound {spec.max_abs_delta:g}",
+                             Reason.OVER_NORM.value)
+    return delta, sum(len(arrays[key].data) for key in keys)
+
+
+def _ciphertexts(content, spec: ModelSpec) -> EncryptedPayload:
+    """The update's ciphertexts: one client's (``num-summed`` 1), exactly as many as the model needs, each
+    no larger than a ciphertext can be. SEAL parses them when they are added to the round's sum."""
+    assert spec.he is not None
+    if ARRAYS_KEY in content.array_records:
+        raise UpdateRejected("a plaintext update in a run with HE", Reason.WRONG_MODE.value)
+    payload = EncryptedPayload.take(content)
+    if payload.num_values != spec.num_values or payload.num_summed != 1:
+        raise UpdateRejected(f"encrypted update of {payload.num_values} values (summed {payload.num_summed}); the "
+                             f"model has {spec.num_values}", Reason.WRONG_SHAPE.value)
+    expected = spec.he.num_ciphertexts(spec.num_values)
+    if len(payload.chunks) != expected:
+        raise UpdateRejected(f"{len(payload.chunks)} ciphertexts, expected {expected}", Reason.WRONG_SHAPE.value)
+    if any(len(c) > spec.he.max_ciphertext_bytes for c in payload.chunks):
+        raise UpdateRejected("a ciphertext is larger than the scheme allows", Reason.CORRUPT_CIPHERTEXT.value)
+    return payload

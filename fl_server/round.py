@@ -1,0 +1,244 @@
+"""One federated round, top to bottom, as plain values: sample, send, decode, admit, aggregate, evaluate.
+
+    sample nodes (seeded by run and round)
+      -> send `train` (global model + settings)          grid.send_and_receive
+      -> decode each reply                               fedproof.replies: Update | Declined | Rejection
+      -> all asked declined? the run is over             RoundResult.stop
+      -> admit each update                               fl_server.admission: signature, allow-list, replay
+      -> aggregate                                       fl_server.aggregation (plain) or, under HE,
+                                                         add ciphertexts + fl_server.committee decrypts the sum
+      -> new model = parent + sum(n_k delta_k) / sum(n_k), or None with the failure reason
+      -> send `evaluate` to the nodes not refused        decode each reply: Evaluation | Rejection
+      -> central evaluation of the resulting model
+      -> RoundResult (frozen): what the lineage, metrics.jsonl, Prometheus and the progress bar consume
+
+Flower provides the transport (``Grid``) and the records; everything else is here. No reply can raise out of
+this function: every one becomes a value, a rejection with a reason code at worst.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedproof.protocol import ARRAYS_KEY, CONFIG_KEY, EVALUATE, TRAIN
+from fedproof.replies import (
+    Declined,
+    Evaluation,
+    ModelSpec,
+    Reason,
+    Rejection,
+    Update,
+    decode_evaluate_reply,
+    decode_train_reply,
+)
+from fedproof.rundir import RoundMetrics
+from fl_server.admission import Admission, Admitted
+from fl_server.aggregation import add_ciphertexts, apply_mean, plain_sum
+from fl_server.committee import Committee
+from ledger.bundle import SignedUpdate
+from privacy.he import PublicContext
+
+log = logging.getLogger(__name__)
+
+#: Evaluates global weights on the server's test set: (loss, accuracy).
+Evaluator = Callable[[ArrayRecord], tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What every round of a run shares: the settings sent to clients, sampling, the gate, the crypto."""
+
+    settings: Mapping[str, bool | int | float | str]
+    """The run's settings, sent with every message (the client adds nothing of the server's to its own)."""
+    fraction_train: float
+    fraction_evaluate: float
+    seed: int
+    """Seeds the choice of nodes each round (ordinary randomness: reproducible by design)."""
+    timeout: float
+    admission: Admission
+    evaluate: Evaluator
+    max_abs_delta: float
+    """Largest |update - global| per parameter a plaintext update may carry (HE: the scheme's own bound)."""
+    he: PublicContext | None = None
+    committee: Committee | None = None
+    clock: Callable[[], float] = time.monotonic
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    parent: ArrayRecord
+    model: ArrayRecord | None
+    """The new global model; None when the round produced none (``failure`` says why)."""
+    admitted: tuple[Admitted, ...]
+    """The updates in the aggregate, each with its signed leaf."""
+    declines: tuple[Declined, ...]
+    rejections: tuple[Rejection, ...]
+    """Every reply set aside in this round, train, decrypt and evaluate, each with its reason code."""
+    evaluations: tuple[Evaluation, ...]
+    failure: str
+    stop: str
+    """Non-empty when the run should end here (every client asked has exhausted its privacy budget)."""
+    metrics: RoundMetrics | None
+    """The round's row for metrics.jsonl (None when ``stop`` is set: nothing happened to record)."""
+
+    @property
+    def current(self) -> ArrayRecord:
+        """The global model after this round: the new one, or the parent unchanged."""
+        return self.model if self.model is not None else self.parent
+
+    @property
+    def leaves(self) -> tuple[SignedUpdate, ...]:
+        """The admitted updates' signed leaves, as the lineage records them."""
+        return tuple(a.leaf for a in self.admitted)
+
+    def rejected(self, phase: str) -> list[Rejection]:
+        return [r for r in self.rejections if r.phase == phase]
+
+
+def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord) -> RoundResult:
+    started = plan.clock()
+    spec = ModelSpec.of(parent, plan.he.params.max_abs_delta if plan.he else plan.max_abs_delta,
+                        plan.he.params if plan.he else None)
+    nodes = sorted(grid.get_node_ids())
+    asked = sample(nodes, plan.fraction_train, random.Random(f"train/{plan.seed}/{server_round}"))
+    replies, rejections = exchange(grid, _messages(asked, TRAIN, parent, plan.settings, server_round),
+                                   plan.timeout, TRAIN)
+    updates: list[Update] = []
+    declines: list[Declined] = []
+    for reply in replies:
+        outcome = decode_train_reply(reply, spec)
+        if isinstance(outcome, Update):
+            updates.append(outcome)
+        elif isinstance(outcome, Declined):
+            declines.append(outcome)
+        else:
+            rejections.append(outcome)
+    if asked and len(declines) == len(asked):
+        stop = f"all {len(asked)} clients asked in round {server_round} have exhausted their privacy budget"
+        return RoundResult(server_round, parent, None, (), tuple(declines), tuple(rejections), (), "", stop, None)
+
+    admitted: list[Admitted] = []
+    for outcome in (plan.admission.admit(server_round, u) for u in updates):
+        (admitted if isinstance(outcome, Admitted) else rejections).append(outcome)
+
+    model, admitted, failure = aggregate(grid, plan, server_round, parent, spec, admitted, rejections)
+    current = model if model is not None else parent
+
+    refused = {r.node_id for r in rejections}
+    evaluators = sample([n for n in nodes if n not in refused], plan.fraction_evaluate,
+                        random.Random(f"evaluate/{plan.seed}/{server_round}"))
+    evaluations: list[Evaluation] = []
+    if evaluators:
+        replies, set_aside = exchange(grid, _messages(evaluators, EVALUATE, current, plan.settings, server_round),
+                                      plan.timeout, EVALUATE)
+        for outcome in (decode_evaluate_reply(m) for m in replies):
+            (evaluations if isinstance(outcome, Evaluation) else set_aside).append(outcome)
+        rejections.extend(set_aside)
+    for r in rejections:
+        log.warning("round %s: %s reply set aside: %s", server_round, r.phase, r)
+
+    loss, accuracy = plan.evaluate(current)
+    result = RoundResult(server_round, parent, model, tuple(admitted), tuple(declines), tuple(rejections),
+                         tuple(evaluations), failure, "", None)
+    return replace(result, metrics=round_metrics(result, loss, accuracy, plan.clock() - started, spec.num_values))
+
+
+def aggregate(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord, spec: ModelSpec,
+              admitted: list[Admitted], rejections: list[Rejection]) -> tuple[ArrayRecord | None, list[Admitted], str]:
+    """The new model from the admitted updates, the updates actually in it, and why there is none if not."""
+    if not admitted:
+        return None, [], f"round {server_round}: no update could be aggregated; the model is unchanged"
+    if plan.he is None:
+        examples = sum(a.update.num_examples for a in admitted)
+        return apply_mean(parent, plain_sum(admitted), examples), admitted, ""
+    assert plan.committee is not None, "HE needs a decryption committee"
+    total = add_ciphertexts(plan.he, spec.num_values, admitted)
+    rejections.extend(total.rejections)
+    if total.payload is None:
+        return None, [], f"round {server_round}: no update could be aggregated; the model is unchanged"
+    if total.num_examples > plan.he.params.max_total_examples:
+        return None, [], (f"round {server_round}: {total.num_examples} examples exceed what the CKKS parameters "
+                          f"can sum ({plan.he.params.max_total_examples})")
+    outcome = plan.committee.decrypt(grid, plan.admission, server_round, plan.settings, total.payload,
+                                     [a.update.node_id for a in total.used])
+    rejections.extend(outcome.rejections)
+    if outcome.values is None:
+        return None, [], outcome.failure
+    return apply_mean(parent, outcome.values, total.num_examples), list(total.used), ""
+
+
+def sample(nodes: list[int], fraction: float, rng: random.Random) -> list[int]:
+    """``fraction`` of ``nodes`` (at least one, none if fraction is 0), sorted."""
+    if fraction <= 0 or not nodes:
+        return []
+    return sorted(rng.sample(nodes, max(1, min(len(nodes), int(len(nodes) * fraction)))))
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float, phase: str) -> tuple[list[Message], list[Rejection]]:
+    """Send ``messages`` and collect one reply per asked node; a missing or unasked-for reply is a rejection."""
+    asked = {m.metadata.dst_node_id for m in messages}
+    got: dict[int, Message] = {}
+    rejections: list[Rejection] = []
+    for reply in grid.send_and_receive(messages, timeout=timeout) if messages else ():
+        node = reply.metadata.src_node_id
+        if node not in asked or node in got:
+            rejections.append(Rejection(node, f"node-{node}", Reason.UNEXPECTED_SENDER,
+                                        "a reply nobody asked this node for", phase))
+        else:
+            got[node] = reply
+    for node in sorted(asked - set(got)):
+        rejections.append(Rejection(node, f"node-{node}", Reason.NO_REPLY, f"no reply within {timeout:g} s", phase))
+    return [got[n] for n in sorted(got)], rejections
+
+
+def _messages(nodes: Iterable[int], kind: str, arrays: ArrayRecord, settings: Mapping, server_round: int
+              ) -> list[Message]:
+    content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord({**settings, "server-round": server_round})})
+    return [Message(content, dst_node_id=node, message_type=kind, group_id=str(server_round)) for node in nodes]
+
+
+def round_metrics(result: RoundResult, loss: float, accuracy: float, seconds: float, num_values: int
+                  ) -> RoundMetrics:
+    """The round's row: central evaluation, the admitted updates' means, privacy spent, what was set aside."""
+    updates = [a.update for a in result.admitted]
+    epsilons = [e for e in [u.epsilon for u in updates] + [d.epsilon for d in result.declines] if e is not None]
+    train = result.rejected(TRAIN)
+    return RoundMetrics(
+        round=result.round,
+        accuracy=accuracy,
+        loss=loss,
+        seconds=seconds,
+        train_loss=_weighted(updates, lambda u: u.train_loss),
+        val_accuracy=_weighted(result.evaluations, lambda e: e.accuracy),
+        val_loss=_weighted(result.evaluations, lambda e: e.loss),
+        train_clients=len(updates),
+        evaluate_clients=len(result.evaluations),
+        epsilon_max=max(epsilons) if epsilons else None,
+        epsilon_mean=float(np.mean(epsilons)) if epsilons else None,
+        budget_exhausted=len(result.declines),
+        rejected_updates=len(train),
+        upload_bytes_per_param=float(np.mean([u.upload_bytes / num_values for u in updates])) if updates else None,
+        client_train_seconds=_weighted(updates, lambda u: u.train_seconds),
+        client_secure_seconds=_weighted(updates, lambda u: u.secure_seconds),
+        failed=result.failure,
+        rejected_reasons=dict(Counter(r.reason.value for r in train)),
+        evaluate_rejected=dict(Counter(r.reason.value for r in result.rejected(EVALUATE))),
+    )
+
+
+def _weighted(items, value: Callable) -> float | None:
+    """Example-weighted mean of ``value(item)`` over the items that report it."""
+    pairs = [(v, i.num_examples) for i in items if (v := value(i)) is not None]
+    if not pairs:
+        return None
+    return sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
