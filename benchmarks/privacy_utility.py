@@ -17,6 +17,8 @@ from pathlib import Path
 
 from measure import measure
 
+from fedproof.rundir import RunDirectory
+
 
 def run(tmp: str, name: str, rounds: int, clients: int, dp_args: list[str]) -> dict:
     wall, rss, proc = measure(
@@ -27,7 +29,7 @@ def run(tmp: str, name: str, rounds: int, clients: int, dp_args: list[str]) -> d
         sys.exit(f"{name} failed:\n{proc.stdout}\n{proc.stderr}")
     run_dir = Path(tmp) / name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((run_dir / "run.json").read_text())["summary"]
+    summary = RunDirectory(run_dir).read()["summary"]
     later = rows[1:] or rows  # round 1 pays Ray start-up and noise calibration
     return {
         "accuracy": rows[-1]["accuracy"],

@@ -21,6 +21,8 @@ args = parser.parse_args()
 
 w3 = LedgerContract.connect(args.ledger_url)
 contract = LedgerContract.at(w3, args.contract) if args.contract else remembered_contract(DEFAULT_DATA_DIR, w3)
+if contract is None:
+    raise SystemExit(f"no lineage contract is remembered for this chain in {DEFAULT_DATA_DIR}: pass --contract 0x...")
 try:
     report = verify_model(contract, args.model, [args.model.parent / "ledger"])
 except AuditFailure as failure:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedproof.config import PARTITIONS, resolve
+from fedproof.config import PARTITIONS, parse_overrides, resolve
 from fedproof.errors import FedproofError
 from ledger.errors import LedgerError
 from privacy.errors import PrivacyError
@@ -66,7 +66,7 @@ def simulate(
     ] = None,
     he_committee: Annotated[Optional[int], typer.Option(help="Clients that decrypt each round's sum.")] = None,
     key_set: Annotated[
-        Optional[Path], typer.Option(help="Key set directory: fedproof keys init (default: a fresh one per run).")
+        Optional[Path], typer.Option(help="Key set directory: fedproof keys init (default: one kept beside the devnet).")
     ] = None,
     ledger: Annotated[
         Optional[bool], typer.Option("--ledger/--no-ledger", help="Record the lineage on chain (default: on).")
@@ -84,6 +84,9 @@ def simulate(
     deploy: Annotated[bool, typer.Option(help="Then quantize and deploy the final model (fedproof deploy).")] = False,
     resume: Annotated[
         Optional[str], typer.Option(help="Continue this run id from its last recorded round (after a crash).")
+    ] = None,
+    settings: Annotated[
+        Optional[list[str]], typer.Option("-c", help="Any run setting, key=value (TOML values, as flwr run -c).")
     ] = None,
 ) -> None:
     """Run a federation on this machine with Flower's simulation engine."""
@@ -118,19 +121,14 @@ def simulate(
                 data_dir=str(data_dir) if data_dir else None,
                 run_dir=str(run_dir) if run_dir else None,
                 run_id=run_id,
-            )
+            ),
+            settings=parse_overrides(settings),
         )
         if resume:  # the run's own saved settings, not today's defaults
-            from fedproof.config import RunConfig
-            from fedproof.rundir import RUN_JSON
+            from fedproof.rundir import RunDirectory
 
-            saved = Path(config.run_dir).expanduser() / resume / RUN_JSON
-            if not saved.is_file():
-                raise FedproofError(f"cannot resume: no run {resume!r} in {saved.parent.parent}")
-            import json
-
-            config = RunConfig.from_mapping(json.loads(saved.read_text())["config"]).with_overrides(
-                resume=True, rounds=rounds)
+            saved = RunDirectory(Path(config.run_dir).expanduser() / resume)
+            config = saved.config().with_overrides(resume=True, rounds=rounds)
         if not config.run_id:
             config = config.with_overrides(run_id=new_run_id())
         console.print(

@@ -209,10 +209,11 @@ def audit_verify(model: Annotated[Path, typer.Argument(help="The model file to v
 def ledger_flush(run: Annotated[Path, typer.Argument(help="A run directory (runs/<run-id>).")],
                  ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None) -> None:
     """Send a run's round records that could not reach the ledger during the run."""
+    from fedproof.rundir import RunDirectory
     from ledger.outbox import Outbox
 
     try:
-        config = json.loads((run / "run.json").read_text())["config"]
+        config = RunDirectory(run).config().to_mapping()
         left = Outbox(run / "ledger").flush(open_contract(ledger_url, contract, devnet_dir, config))
     except (LedgerError, FedproofError, OSError, KeyError, ValueError) as exc:
         _fail(exc)

@@ -6,7 +6,6 @@ the command only.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -54,10 +53,11 @@ def deploy_run(run_path: Path, server_round: int | None, registry: Path, max_dro
                ledger: bool, ledger_url: str | None = None, contract: str | None = None,
                devnet_dir: Path | None = None):
     from fedproof.data import load_dataset
+    from fedproof.rundir import RunDirectory
     from fl_server.deploy import DeploySettings, deploy
 
     try:
-        config = json.loads((run_path / "run.json").read_text())["config"]
+        config = RunDirectory(run_path).config().to_mapping()
         chain = None
         if ledger:
             chain = open_contract(ledger_url, contract, devnet_dir, config)

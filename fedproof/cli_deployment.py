@@ -84,10 +84,12 @@ def server_run(
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
     run_dir: Annotated[Path, typer.Option(help="Where the server writes run directories.")] = Path("runs"),
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off).")] = 9400,
-    config: Annotated[Optional[list[str]], typer.Option("-c", help="More run settings, key=value.")] = None,
+    config: Annotated[Optional[list[str]], typer.Option("-c", help="More run settings, key=value (TOML values, as flwr run -c).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue this run id from its last recorded round.")] = None,
 ) -> None:
     """Run a federation on the started SuperLink (``flwr run`` of this app), streaming its log."""
+    from fedproof.config import parse_overrides
+    from fedproof.rundir import RunDirectory
     from fedproof.deployment import ServerKit, run_on_superlink
 
     try:
@@ -96,12 +98,10 @@ def server_run(
         overrides: dict[str, object] = {"clients": server.clients, "rounds": rounds, "key-set": str(server.path),
                                         "run-dir": str(run_dir.resolve()), "metrics-port": metrics_port, **ledger}
         if resume:  # the run's saved settings, then resume from its last recorded round
-            saved = json.loads((run_dir / resume / "run.json").read_text())["config"]
+            saved = RunDirectory(run_dir / resume).config().to_mapping()
             overrides = {**saved, **{k: v for k, v in overrides.items() if k != "rounds"}, "run-id": resume,
                          "resume": True}
-        for item in config or []:
-            key, _, value = item.partition("=")
-            overrides[key.strip()] = json.loads(value) if value.strip()[:1] in '0123456789-tf["' else value
+        overrides.update(parse_overrides(config))
         done = run_on_superlink(server, overrides)
     except (FedproofError, OSError, ValueError) as exc:
         _fail(exc)

@@ -78,6 +78,7 @@ class RunConfig:
     he_committee: int = 2
     """Clients drawn each round to decrypt the encrypted sum; all must agree."""
     key_set: str = ""
+    """Directory of the run's key set (fedproof keys init); empty: one kept beside the devnet (simulation)."""
     ledger: bool = True
     """Record every round's lineage on an Ethereum ledger (a local anvil devnet unless ledger-url is given)."""
     ledger_url: str = ""
@@ -87,12 +88,11 @@ class RunConfig:
     ledger_contract: str = ""
     """Address of the lineage contract; empty: deploy it once per chain and remember it."""
     chain_id: int = 0
+    """Chain the run records on (resolved at start; 0 without a ledger). Clients sign it into every update."""
     max_unrecorded_rounds: int = 3
     """Rounds training may run ahead of an unreachable ledger before it pauses until the ledger is back."""
     metrics_port: int = 0
     """Serve Prometheus metrics of the federation on this port of the server (0: off)."""
-    """Chain the run records on (resolved at start; 0 without a ledger). Clients sign it into every update."""
-    """Directory of the run's key set (fedproof keys init); empty: a fresh set per run in its run directory."""
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -194,6 +194,28 @@ def _coerce(key: str, value: Any, annotation: Any) -> Scalar:
     return value
 
 
+def parse_overrides(items: list[str] | None) -> dict[str, Scalar]:
+    """``-c key=value`` settings, as ``flwr run -c`` reads them: each value is a TOML value (``true``, ``3``,
+    ``1e-5``, ``"text"``). For a text setting the quotes may be left out (``-c grad-sample-mode=functorch``),
+    since the setting's type says what the value is; a value that is not of the setting's type is refused."""
+    types = {_key(f.name): str(f.type) for f in fields(RunConfig)}
+    overrides: dict[str, Scalar] = {}
+    for item in items or []:
+        key, sep, text = (part.strip() for part in item.partition("="))
+        if not sep or key not in types:
+            raise ConfigError(f"-c {item!r}: expected key=value with a known key; known: {', '.join(types)}")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            if types[key] != "str":
+                raise ConfigError(f"-c {item!r}: {text!r} is not a TOML value of type {types[key]}") from None
+            value = text
+        if types[key] == "str" and not isinstance(value, str):
+            value = text  # run-id=2026 is the text "2026"
+        overrides[key] = value
+    return overrides
+
+
 def pyproject_overrides(app_dir: Path) -> dict[str, Any]:
     """The ``[tool.flwr.app.config]`` of fedproof's own ``app_dir/pyproject.toml``, or {}.
 
@@ -211,7 +233,9 @@ def pyproject_overrides(app_dir: Path) -> dict[str, Any]:
     return dict(doc.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
 
 
-def resolve(cli: Mapping[str, Any] | None = None, app_dir: Path | None = None) -> RunConfig:
-    """Resolve a run's settings once: CLI (field names, None = not given) > pyproject > defaults."""
-    base = RunConfig.from_mapping(pyproject_overrides(app_dir or Path.cwd()))
+def resolve(cli: Mapping[str, Any] | None = None, app_dir: Path | None = None,
+            settings: Mapping[str, Scalar] | None = None) -> RunConfig:
+    """Resolve a run's settings once: CLI options (field names, None = not given) > ``-c`` settings (keys, as
+    :func:`parse_overrides` reads them) > pyproject > defaults."""
+    base = RunConfig.from_mapping({**pyproject_overrides(app_dir or Path.cwd()), **(settings or {})})
     return base.with_overrides(**(cli or {}))

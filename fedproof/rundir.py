@@ -100,16 +100,29 @@ class RunDirectory:
     def _write_lines(self, name: str, lines: list[str]) -> None:
         write_atomically(self.path / name, "".join(line + "\n" for line in lines).encode())
 
+    def read(self) -> dict[str, Any]:
+        """``run.json`` as a whole: the one place it is parsed."""
+        path = self.path / RUN_JSON
+        if not path.is_file():
+            raise ConfigError(f"no run in {self.path}: it has no {RUN_JSON}")
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+            raise ConfigError(f"{path} holds no run settings")
+        return doc
+
     def write_config(self, config: RunConfig) -> None:
         """Rewrite run.json's config after settings resolved during start-up (e.g. the key set's path)."""
-        run = json.loads((self.path / RUN_JSON).read_text())
-        self._write_json(RUN_JSON, {**run, "config": config.to_mapping()})
+        self._write_json(RUN_JSON, {**self.read(), "config": config.to_mapping()})
 
     def _write_json(self, name: str, payload: dict[str, Any]) -> None:
         write_atomically(self.path / name, json.dumps(payload, indent=2, sort_keys=True).encode())
 
     def config(self) -> RunConfig:
-        return RunConfig.from_mapping(json.loads((self.path / RUN_JSON).read_text())["config"])
+        """The run's resolved settings, as saved."""
+        return RunConfig.from_mapping(self.read()["config"])
 
     def append_metrics(self, row: RoundMetrics) -> None:
         with open(self.path / METRICS_JSONL, "a") as fh:
@@ -128,7 +141,7 @@ class RunDirectory:
         """Record how the run ended in ``run.json`` and draw the plot."""
         from fedproof.plot import plot_metrics
 
-        doc = json.loads((self.path / RUN_JSON).read_text())
+        doc = self.read()
         doc.update(finished=time.time(), summary=summary)
         self._write_json(RUN_JSON, doc)
         plot_metrics(self.metrics(), self.path / PLOT_FILE)

@@ -39,6 +39,7 @@ from fedproof.errors import FedproofError
 from fedproof.files import write_atomically
 from fedproof.inference import predict, session
 from fedproof.model import make_model
+from fedproof.rundir import RunDirectory
 from fedproof.task import PIXEL_MEAN, PIXEL_STD
 from ledger.contract import LedgerContract, Receipt
 from ledger.signing import run_id_hash
@@ -170,7 +171,7 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
            server_round: int | None = None, settings: DeploySettings | None = None) -> Deployment:
     """Quantize, check and publish the model of ``server_round`` (default: the run's final model)."""
     settings = settings or DeploySettings()
-    run_id = json.loads((run_path / "run.json").read_text())["config"]["run-id"]
+    run_id = RunDirectory(run_path).config().run_id
     source = run_path / "model.safetensors" if server_round is None else run_path / "models" / \
         f"round-{server_round}.safetensors"
     if not source.is_file():

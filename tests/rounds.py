@@ -1,10 +1,11 @@
-"""Building RoundResults by hand, for tests of what consumes them (lineage, deploy)."""
+"""Building rounds by hand: signed replies for a fake grid, RoundResults for what consumes them (lineage, deploy)."""
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Context, MetricRecord, RecordDict
 
-from fedproof.protocol import SignedEnvelope
+from fedproof.protocol import ClientReport, SignedEnvelope
+from fl_client.signing import sign_update
 from fedproof.replies import Update
 from fl_server.admission import Admitted
 from fl_server.round import RoundResult
@@ -22,3 +23,14 @@ def round_result(rnd: int, parent: ArrayRecord, model: ArrayRecord | None, leave
         for i, leaf in enumerate(leaves)
     )
     return RoundResult(rnd, parent, model, admitted, (), (), (), failure, "", None)
+
+
+def signed_reply(config, client: str, arrays: ArrayRecord | None, count: int, server_round: int = 1,
+                 **metrics) -> RecordDict:
+    """A fedproof client's plaintext train reply, signed with ``client``'s key from ``config.key_set``."""
+    content = RecordDict({"client": ClientReport(client).to_record(),
+                          "metrics": MetricRecord({"num-examples": count, **metrics})})
+    if arrays is not None:
+        content["arrays"] = arrays
+    context = Context(run_id=1, node_id=1, node_config={"client-id": client}, state=RecordDict(), run_config={})
+    return sign_update(content, config, context, server_round, count, None)

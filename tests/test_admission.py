@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Error, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Error, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fakegrid import FakeGrid
+from rounds import signed_reply
 from fedproof.config import RunConfig
 from fedproof.keys import init_key_set
-from fedproof.protocol import SIGNED_KEY, ClientReport
+from fedproof.protocol import SIGNED_KEY
 from fedproof.weights import flatten
-from fl_client.signing import sign_update
 from fl_server.admission import Admission
 from fl_server.round import RoundPlan, RoundResult, run_round
 from ledger.verification import AllowList, UpdateVerifier
@@ -42,11 +42,7 @@ def config(keys, **changes) -> RunConfig:
 def update(client: str, value: float, keys, server_round: int = 1, **changes) -> RecordDict:
     """A client's signed plaintext reply; ``changes`` alter the config it signs under (replays)."""
     arrays = ArrayRecord({"w": Array(np.full((4, 5), value, np.float32))})
-    content = RecordDict({"arrays": arrays, "client": ClientReport(client).to_record(),
-                          "metrics": MetricRecord({"num-examples": 10 * (1 + len(client))})})
-    context = Context(run_id=1, node_id=1, node_config={"client-id": client}, state=RecordDict(), run_config={})
-    sign_update(content, config(keys, **changes), context, server_round, 10 * (1 + len(client)), None)
-    return content
+    return signed_reply(config(keys, **changes), client, arrays, 10 * (1 + len(client)), server_round)
 
 
 def run(keys, replies: list) -> RoundResult:

@@ -54,3 +54,22 @@ def test_other_projects_pyproject_is_ignored(tmp_path: Path) -> None:
     assert pyproject_overrides(tmp_path) == {}
     assert resolve({}, app_dir=tmp_path) == RunConfig()
 
+
+
+def test_dash_c_settings_parse_as_toml_values_typed_by_the_setting() -> None:
+    from fedproof.config import parse_overrides
+
+    parsed = parse_overrides(["grad-sample-mode=functorch", "run-id=2026", "dp=false", "lr=0.1", "delta=1e-5",
+                              'data-dir="/a b"', "seed=7", "target-epsilon=3"])
+    assert parsed == {"grad-sample-mode": "functorch", "run-id": "2026", "dp": False, "lr": 0.1, "delta": 1e-5,
+                      "data-dir": "/a b", "seed": 7, "target-epsilon": 3}
+    assert RunConfig.from_mapping(parsed).grad_sample_mode == "functorch"
+    for bad in ["dp=maybe", "rounds=three", "no-such-key=1", "rounds"]:
+        with pytest.raises(ConfigError):
+            parse_overrides([bad])
+
+
+def test_resolution_order_with_dash_c(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "fedproof"\n[tool.flwr.app.config]\nrounds = 7\n')
+    config = resolve({"clients": 2}, app_dir=tmp_path, settings={"rounds": 3, "clients": 5, "lr": 0.5})
+    assert (config.clients, config.rounds, config.lr) == (2, 3, 0.5)  # option > -c > pyproject

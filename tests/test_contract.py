@@ -68,6 +68,7 @@ def test_artifact_source_hash_matches_source():
     assert artifact.compiler.startswith("0.8.28+")
 
 
+@pytest.mark.slow
 def test_committed_artifact_matches_fresh_compilation(tmp_path: Path):
     node = shutil.which("node")
     if node is None:

@@ -17,6 +17,8 @@ import pytest
 from fedproof.deployment import free_port, stop_pid
 from fedproof.provision import node_key_pair, provision
 
+pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
+
 FEDPROOF = [sys.executable, "-m", "fedproof.cli"]
 ENV = {**os.environ, "COLUMNS": "200", "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 

@@ -21,6 +21,8 @@ from ledger import errors
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.devnet import Devnet, ensure_contract, find_anvil, remember_contract, remembered_contract
 
+pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
+
 try:
     ANVIL: str | None = find_anvil()
 except errors.AnvilNotFound:

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fedproof.rundir import RunDirectory
+
+pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
 
 ROOT = Path(__file__).resolve().parents[1]
 

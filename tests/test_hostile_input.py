@@ -11,22 +11,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fedproof.data import parse_idx
 from fedproof.errors import FedproofError, UpdateRejected
+from fedproof.replies import (Declined, Decryption, Evaluation, ModelSpec, Reason, Rejection, Update,
+                              decode_decrypt_reply, decode_evaluate_reply, decode_train_reply)
 from fedproof.protocol import CIPHERTEXT_STYPE, CIPHERTEXTS_KEY, HEADER_KEY, SIGNED_KEY, EncryptedPayload, SignedEnvelope
 from ledger.bundle import BundleError, RoundBundle
 from ledger.errors import KeyFileError, UpdateVerificationError
 from ledger.signing import SignedFields, SigningKey, payload_digest
 from ledger.verification import AllowList, UpdateVerifier
 from privacy.errors import CiphertextError, ContextError
-from privacy.he import PublicContext, SecretContext
+from privacy.he import HEParams, PublicContext, SecretContext
 
 SECRET = SecretContext.generate()
 PUBLIC = PublicContext.from_bytes(SECRET.public().to_bytes())
-GOOD = SECRET.encrypt(np.linspace(-1, 1, 5000))
+VALUES = np.linspace(-1, 1, 5000)
+GOOD = SECRET.encrypt(VALUES)
 MANY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -49,28 +52,46 @@ def mutated(draw, valid: bytes):
 
 @MANY
 @given(st.data())
-def test_ciphertexts_random_or_mutated_never_corrupt_the_sum(data) -> None:
-    total = PUBLIC.new_sum(5000)
+def test_ciphertexts_mutated_in_transit_are_refused_and_a_refused_one_leaves_the_sum_untouched(data) -> None:
     chunk = data.draw(mutated(GOOD[0]))
+    assume(chunk != GOOD[0])
+    # in transit: the digest the client signed no longer matches, whatever SEAL would think of the bytes
+    content = EncryptedPayload(tuple(GOOD), 5000).put(RecordDict())
+    first = next(iter(content[CIPHERTEXTS_KEY].keys()))
+    content[CIPHERTEXTS_KEY][first] = Array(dtype="bytes", shape=(len(chunk),), stype=CIPHERTEXT_STYPE, data=chunk)
+    with pytest.raises(UpdateRejected) as refused:
+        EncryptedPayload.take(content)
+    assert refused.value.reason == "payload-mismatch"
+    # at the sum (a sender that signed its own garbage): SEAL refuses the update whole, or takes it whole
+    total = PUBLIC.new_sum(5000)
     try:
         total.add([chunk, *GOOD[1:]])
     except CiphertextError:
-        assert total.count == 0  # refused whole
+        assert total.count == 0
+        total.add(GOOD)  # what was refused left nothing behind: the sum is exactly the good update
+        assert np.abs(SECRET.decrypt(total.serialize(), 5000) - VALUES).max() < SECRET.params.error_bound(1)
         return
-    assert total.count == 1  # SEAL accepted it (a flip it cannot see): the payload digest catches those
+    assert total.count == 1
 
 
 @MANY
 @given(st.data())
-def test_contexts_random_or_mutated_are_refused_or_parse(data) -> None:
-    blob = data.draw(mutated(SECRET.to_bytes()[:200]))  # the header and the start of the key
-    with pytest.raises(ContextError):
-        SecretContext.from_bytes(blob)
-    public = data.draw(mutated(PUBLIC.to_bytes()))
+def test_contexts_random_or_mutated_are_refused_or_parse_to_a_working_context(data) -> None:
+    blob = data.draw(mutated(SECRET.to_bytes()))  # header, length and key: every part can be hit
     try:
-        PublicContext.from_bytes(public)
+        parsed = SecretContext.from_bytes(blob)
     except ContextError:
         pass
+    else:  # SEAL accepted the key bytes: it is a well-formed key of valid parameters, and works as one
+        assert parsed.params == HEParams(**{f: getattr(parsed.params, f) for f in HEParams.__dataclass_fields__})
+        values = parsed.decrypt(parsed.encrypt(VALUES[:10]), 10)
+        assert values.shape == (10,) and np.all(np.isfinite(values))
+    public = data.draw(mutated(PUBLIC.to_bytes()))
+    try:
+        parsed_public = PublicContext.from_bytes(public)
+    except ContextError:
+        return
+    assert parsed_public.to_bytes() == public  # only a canonical, complete header parses
 
 
 values = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True), st.text(max_size=20),
@@ -164,3 +185,51 @@ def test_allow_lists_and_keys_refuse_random_files(tmp_path: Path, blob) -> None:
         AllowList.load(path)
     with pytest.raises(KeyFileError):
         SigningKey.load(path)
+
+
+SPEC = ModelSpec.of(ArrayRecord({"w": Array(np.zeros((2, 3), np.float32))}), max_abs_delta=4.0)
+array_values = st.one_of(st.just(np.zeros((2, 3), np.float32)), st.just(np.full((2, 3), np.nan, np.float32)),
+                         st.just(np.zeros((3, 2), np.float32)), st.just(np.zeros((2, 3), np.float64)),
+                         st.just(np.zeros(5000, np.float64)), st.just(np.ones((2, 3), np.int64)))
+metric_values = st.one_of(st.integers(-2**40, 2**40), st.floats(allow_nan=True), st.lists(st.floats(), max_size=3))
+
+
+@st.composite
+def replies(draw):
+    """A reply of any shape: random metrics, config and arrays under the keys the decoders read, or not."""
+    from flwr.app import Message, MetricRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    content = RecordDict()
+    for key in draw(st.lists(st.sampled_from(["metrics", "client", "signed", "arrays", "he", "he-header", "sum"]),
+                             max_size=5, unique=True)):
+        try:
+            if key in ("metrics",):
+                content[key] = MetricRecord(draw(st.dictionaries(st.sampled_from(
+                    ["num-examples", "train_loss", "val_loss", "val_accuracy", "train-seconds"]), metric_values)))
+            elif key in ("arrays", "sum"):
+                names = draw(st.lists(st.sampled_from(["w", "sum", "extra"]), min_size=1, max_size=2, unique=True))
+                content[key] = ArrayRecord({n: Array(draw(array_values)) for n in names})
+            elif key == "he":
+                content[key] = ArrayRecord({"00000": Array(dtype="bytes", shape=(3,), stype=CIPHERTEXT_STYPE,
+                                                           data=draw(st.binary(max_size=64)))})
+            else:
+                content[key] = ConfigRecord(draw(st.dictionaries(st.sampled_from(
+                    ["client-id", "status", "epsilon", "reason", "num-values", "num-summed", "sha256", "tag",
+                     "signature", "round"]), values, max_size=6)))
+        except (TypeError, ValueError):
+            pass  # Flower itself refuses to build such a record
+    train = Message(RecordDict(), dst_node_id=7, message_type="train")
+    return Message(content, reply_to=train)
+
+
+@MANY
+@given(msg=replies())
+def test_every_reply_decoder_returns_a_value_and_never_raises(msg) -> None:
+    for outcome in (decode_train_reply(msg, SPEC), decode_evaluate_reply(msg), decode_decrypt_reply(msg, 6)):
+        assert isinstance(outcome, (Update, Declined, Evaluation, Decryption, Rejection))
+        if isinstance(outcome, Rejection):
+            assert outcome.node_id == 7 and isinstance(outcome.reason, Reason)
+        if isinstance(outcome, Update):  # only a well-formed update gets this far
+            assert outcome.delta is not None and np.all(np.isfinite(outcome.delta))

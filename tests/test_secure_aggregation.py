@@ -208,6 +208,7 @@ def test_a_client_refuses_to_encrypt_a_diverged_or_oversized_update() -> None:
         encrypt_update(far, base, 10, SECRET)
 
 
+@pytest.mark.slow
 def test_he_run_matches_plaintext_and_server_never_loads_a_secret_key(
     synthetic_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,6 +15,8 @@ from fedproof.model import make_model
 from fedproof.rundir import RunDirectory
 from fedproof.task import evaluate
 
+pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
+
 FEDPROOF = [sys.executable, "-m", "fedproof.cli"]
 
 

@@ -1,0 +1,195 @@
+"""run_round with a fake grid, one test per outcome: what each reply becomes, and that none can fail the round.
+
+(The encrypted path, with its committee failures, is in test_secure_aggregation.py.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fakegrid import FakeGrid
+from fedproof.config import RunConfig
+from fedproof.keys import init_key_set
+from fedproof.protocol import BUDGET_EXHAUSTED, ClientReport
+from fedproof.weights import flatten
+from fl_server.admission import Admission
+from fl_server.round import RoundPlan, RoundResult, run_round
+from ledger.verification import AllowList, UpdateVerifier
+from rounds import signed_reply
+
+CLIENTS = ["1", "2", "3", "4"]
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
+    keys = init_key_set(tmp_path_factory.mktemp("keys"), CLIENTS, he=False)
+    return RunConfig(run_id="r", chain_id=31337, ledger_contract="0x" + "ab" * 20, key_set=str(keys.directory),
+                     he=False)
+
+
+def parent() -> ArrayRecord:
+    return ArrayRecord({"w": Array(np.zeros((4, 5), np.float32)), "b": Array(np.zeros(3, np.float32))})
+
+
+def weights(value: float, **changes) -> ArrayRecord:
+    arrays = {"w": Array(np.full((4, 5), value, np.float32)), "b": Array(np.full(3, value, np.float32))}
+    arrays.update({k: Array(v) for k, v in changes.items()})
+    return ArrayRecord(arrays)
+
+
+def evaluation(loss: float = 0.5, accuracy: float = 0.75, count: int = 10) -> RecordDict:
+    return RecordDict({"metrics": MetricRecord({"val_loss": loss, "val_accuracy": accuracy, "num-examples": count})})
+
+
+def run(config: RunConfig, train: dict, evaluate=None, fraction_evaluate: float = 1.0) -> tuple[RoundResult, FakeGrid]:
+    """One plaintext round over nodes 1..4; node n answers ``train[n]`` (missing: no reply)."""
+    plan = RoundPlan(
+        settings=config.to_mapping(), fraction_train=1.0, fraction_evaluate=fraction_evaluate, seed=3, timeout=5,
+        admission=Admission(UpdateVerifier(AllowList.load(config.key_set + "/allowlist.json"), config.chain_id,
+                                           config.contract_bytes(), config.run_id)),
+        evaluate=lambda arrays: (float(np.abs(flatten(arrays)).sum()), 0.5), max_abs_delta=4.0,
+    )
+    grid = FakeGrid([1, 2, 3, 4], train=lambda node, msg: train.get(node),
+                    evaluate=evaluate or (lambda node, msg: evaluation()))
+    return run_round(grid, plan, 1, parent()), grid
+
+
+def test_all_admitted(config: RunConfig) -> None:
+    result, grid = run(config, {n: signed_reply(config, str(n), weights(n * 0.5), 10 * n, train_loss=1.0 * n)
+                                for n in (1, 2, 3, 4)})
+    expected = sum(10 * n * n * 0.5 for n in (1, 2, 3, 4)) / sum(10 * n for n in (1, 2, 3, 4))
+    assert result.model is not None and np.allclose(flatten(result.model), expected)
+    assert not result.rejections and not result.failure and not result.stop
+    assert sorted(leaf.fields.client_id for leaf in result.leaves) == CLIENTS
+    row = result.metrics
+    assert row.train_clients == 4 and row.evaluate_clients == 4 and row.val_accuracy == pytest.approx(0.75)
+    assert row.train_loss == pytest.approx(expected * 2)  # example-weighted, like the model
+    assert row.loss == pytest.approx(23 * expected, rel=1e-5)  # the central evaluation ran on the new model
+    assert grid.asked["evaluate"] == [1, 2, 3, 4]
+
+
+STOCK = {  # what a stock Flower quickstart ClientApp sends (no fedproof import), and its variants
+    "stock": (RecordDict({"arrays": weights(1.0), "metrics": MetricRecord({"train_loss": 0.1, "num-examples": 5})}),
+              "unsigned"),
+    "nan": (RecordDict({"arrays": weights(np.nan), "metrics": MetricRecord({"num-examples": 5})}), "non-finite"),
+    "wrong-shape": (RecordDict({"arrays": weights(1.0, w=np.zeros((5, 4), np.float32)),
+                                "metrics": MetricRecord({"num-examples": 5})}), "wrong-shape"),
+    "extra-array": (RecordDict({"arrays": weights(1.0, extra=np.zeros(2, np.float32)),
+                                "metrics": MetricRecord({"num-examples": 5})}), "wrong-shape"),
+    "no-count": (RecordDict({"arrays": weights(1.0), "metrics": MetricRecord({"train_loss": 0.1})}),
+                 "bad-example-count"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(STOCK))
+def test_a_stock_flower_client_is_refused_alone_and_not_asked_to_evaluate(config: RunConfig, variant: str) -> None:
+    content, code = STOCK[variant]
+    result, grid = run(config, {1: signed_reply(config, "1", weights(1.0), 10),
+                                2: signed_reply(config, "2", weights(3.0), 10), 3: content,
+                                4: signed_reply(config, "4", weights(2.0), 20)})
+    assert [(r.node_id, r.phase, r.reason.value) for r in result.rejections] == [(3, "train", code)]
+    assert np.allclose(flatten(result.model), 2.0) and np.all(np.isfinite(flatten(result.model)))
+    assert grid.asked["evaluate"] == [1, 2, 4]
+    assert result.metrics.rejected_updates == 1 and result.metrics.rejected_reasons == {code: 1}
+
+
+@pytest.mark.parametrize("bad, code", [
+    (weights(np.nan), "non-finite"),
+    (weights(np.inf), "non-finite"),
+    (weights(1.0, w=np.zeros((2, 10), np.float32)), "wrong-shape"),
+    (weights(1.0, w=np.zeros((4, 5), np.float64)), "wrong-dtype"),
+    (weights(1.0, extra=np.zeros(1, np.float32)), "wrong-shape"),
+    (ArrayRecord({"w": Array(np.zeros((4, 5), np.float32))}), "wrong-shape"),
+    (weights(4.5), "over-norm"),
+    ("no-arrays", "wrong-mode"),
+])
+def test_a_signed_but_malformed_plaintext_update_is_rejected_alone(config: RunConfig, bad, code: str) -> None:
+    """Under --no-he an allow-listed client signs what it sends: its signature is valid, its update is not."""
+    if isinstance(bad, str):  # signed, then the update taken out
+        bad = signed_reply(config, "2", weights(1.0), 10)
+        del bad["arrays"]
+    else:
+        bad = signed_reply(config, "2", bad, 10)
+    result, _ = run(config, {1: signed_reply(config, "1", weights(1.0), 10), 2: bad,
+                             3: signed_reply(config, "3", weights(3.0), 10), 4: signed_reply(config, "4", weights(2.0), 20)})
+    assert [(r.client_id, r.reason.value) for r in result.rejections] == [("2", code)]
+    assert np.allclose(flatten(result.model), 2.0)
+
+
+def test_all_declined_ends_the_run_with_its_reason(config: RunConfig) -> None:
+    declined = RecordDict({"client": ClientReport("x", BUDGET_EXHAUSTED, 3.0, "spent").to_record(),
+                           "metrics": MetricRecord({"num-examples": 1})})
+    result, grid = run(config, {n: declined for n in (1, 2, 3, 4)})
+    assert result.stop.startswith("all 4 clients asked in round 1 have exhausted")
+    assert result.model is None and result.metrics is None and "evaluate" not in grid.asked
+
+
+def test_some_declined_are_counted_not_failed(config: RunConfig) -> None:
+    declined = RecordDict({"client": ClientReport("4", BUDGET_EXHAUSTED, 3.0, "spent").to_record()})
+    result, _ = run(config, {1: signed_reply(config, "1", weights(1.0), 10), 4: declined})
+    assert not result.stop and result.metrics.budget_exhausted == 1 and result.metrics.epsilon_max == 3.0
+    assert sorted(r.reason.value for r in result.rejections) == ["no-reply", "no-reply"]
+
+
+def test_nobody_answers_leaves_the_model_unchanged_and_the_round_recorded(config: RunConfig) -> None:
+    result, grid = run(config, {})
+    assert result.model is None and result.current is result.parent
+    assert "no update could be aggregated" in result.failure and result.metrics.failed == result.failure
+    assert result.metrics.rejected_reasons == {"no-reply": 4}
+    assert "evaluate" not in grid.asked  # nobody who failed to answer is asked again this round
+
+
+def test_evaluate_replies_pass_the_same_gate(config: RunConfig) -> None:
+    answers = {
+        1: evaluation(),
+        2: RecordDict({"metrics": MetricRecord({"eval_loss": 0.3, "eval_acc": 0.9, "num-examples": 64})}),  # stock
+        3: evaluation(accuracy=float("nan")),
+        4: Error(code=0, reason="ClientApp raised"),
+    }
+    result, _ = run(config, {n: signed_reply(config, str(n), weights(1.0), 10) for n in (1, 2, 3, 4)},
+                    evaluate=lambda node, msg: answers[node])
+    assert result.model is not None and not result.failure
+    assert [(r.node_id, r.phase, r.reason.value) for r in result.rejections] == [
+        (2, "evaluate", "malformed"), (3, "evaluate", "non-finite"), (4, "evaluate", "client-error")]
+    assert result.metrics.evaluate_clients == 1 and result.metrics.val_accuracy == pytest.approx(0.75)
+    assert result.metrics.evaluate_rejected == {"malformed": 1, "non-finite": 1, "client-error": 1}
+    assert result.metrics.rejected_updates == 0
+
+
+def test_a_reply_nobody_asked_for_is_set_aside(config: RunConfig) -> None:
+    class Chatty(FakeGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            replies = list(super().send_and_receive(messages, timeout=timeout))
+            return replies + [Message(replies[0].content, reply_to=Message(RecordDict(), dst_node_id=9,
+                                                                             message_type="train"))]
+
+    plan_grid = Chatty([1, 2], train=lambda node, msg: signed_reply(config, str(node), weights(1.0), 10),
+                       evaluate=lambda node, msg: evaluation())
+    plan = RoundPlan(settings={}, fraction_train=1.0, fraction_evaluate=1.0, seed=1, timeout=1,
+                     admission=Admission(UpdateVerifier(AllowList.load(config.key_set + "/allowlist.json"),
+                                                        config.chain_id, config.contract_bytes(), config.run_id)),
+                     evaluate=lambda arrays: (0.0, 0.0), max_abs_delta=4.0)
+    result = run_round(plan_grid, plan, 1, parent())
+    assert [(r.node_id, r.phase, r.reason.value) for r in result.rejections] == [
+        (9, "train", "unexpected-sender"), (9, "evaluate", "unexpected-sender")]
+    assert len(result.leaves) == 2
+
+
+def test_sampling_is_seeded_by_run_and_round(config: RunConfig) -> None:
+    from fl_server.round import sample
+    import random
+
+    nodes = list(range(100))
+    a = sample(nodes, 0.1, random.Random("train/1/2"))
+    assert a == sample(nodes, 0.1, random.Random("train/1/2")) and len(a) == 10
+    assert a != sample(nodes, 0.1, random.Random("train/1/3"))
+    assert sample(nodes, 0.0, random.Random(0)) == [] and sample([1], 0.01, random.Random(0)) == [1]
