@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedproof.deployment import free_port, stop_pid
+from fedproof.processes import free_port, stop_pid
 from measure import tree_rss
 
 FEDPROOF = [sys.executable, "-m", "fedproof.cli"]

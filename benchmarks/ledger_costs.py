@@ -20,7 +20,7 @@ from pathlib import Path
 from ledger.audit import lineage
 from ledger.bundle import SignedUpdate, RoundBundle
 from ledger.contract import LedgerContract, RoundRecord
-from ledger.devnet import Devnet
+from fedproof.devnet import Devnet
 from ledger.signing import SignedFields, SigningKey, payload_digest, run_id_hash, scale_epsilon
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from fedproof.deployment import free_port
-from ledger.devnet import Devnet
+from fedproof.devnet import Devnet
 
 ROOT = Path(__file__).resolve().parents[1]
 FEDPROOF = [sys.executable, "-m", "fedproof.cli"]

@@ -39,7 +39,7 @@ def open_contract(ledger_url: str | None = None, contract: str | None = None, de
     devnet_dir = devnet_dir or (Path(str(saved["devnet-dir"])) if saved.get("devnet-dir") else None)
     from ledger.contract import LedgerContract
     from ledger.defaults import DEFAULT_DATA_DIR
-    from ledger.devnet import Devnet, remembered_contract
+    from fedproof.devnet import Devnet, remembered_contract
 
     data_dir = Path(devnet_dir or DEFAULT_DATA_DIR).expanduser()
     w3 = LedgerContract.connect(ledger_url or Devnet(data_dir).url)

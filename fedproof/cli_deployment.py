@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from fedproof.errors import FedproofError
+from fedproof.files import write_atomically
 from ledger.errors import LedgerError
 
 console = Console()
@@ -65,12 +66,12 @@ def server_start(
         server = ServerKit.load(kit)
         ledger = {"ledger": not no_ledger, "ledger-url": ledger_url or "", "devnet-dir": ""}
         if not no_ledger and not ledger_url:
-            from ledger.devnet import Devnet
+            from fedproof.devnet import Devnet
 
             devnet = Devnet(server.state / "devnet", port=devnet_port)
             ledger.update({"ledger-url": devnet.start().url, "devnet-dir": str(devnet.data_dir)})
         SuperLink(server, bind, insecure).start()
-        (server.state / "ledger.json").write_text(json.dumps(ledger, indent=2))
+        write_atomically(server.state / "ledger.json", json.dumps(ledger, indent=2).encode())
     except (FedproofError, LedgerError, OSError) as exc:
         _fail(exc)
     console.print(f"SuperLink running (pid {SuperLink(server).running_pid()}); clients connect to "
@@ -137,7 +138,7 @@ def server_stop(kit: Kit = Path("kits/server")) -> None:
     server = ServerKit.load(kit)
     SuperLink(server).stop()
     if (server.state / "devnet").is_dir():
-        from ledger.devnet import Devnet
+        from fedproof.devnet import Devnet
 
         ledger = json.loads((server.state / "ledger.json").read_text()) if (server.state / "ledger.json").is_file() else {}
         port = int(ledger.get("ledger-url", ":8545").rsplit(":", 1)[-1] or 8545)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedproof.errors import ConfigError, FedproofError
+from fedproof.files import write_atomically
+from fedproof.processes import Process
 from fedproof.provision import read_kit
 
 CONNECTION = "fedproof"
@@ -40,50 +41,19 @@ def _bin(name: str) -> str:
 
 
 def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen | None = None,
-                  log: Path | None = None) -> None:
+                  log: Process | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise DeploymentError(f"process exited with code {process.returncode} before listening on {port}"
-                                  + (f":\n{_tail(log)}" if log else ""))
+                                  + (f":\n{log.log_tail(12)}" if log else ""))
         with socket.socket() as s:
             s.settimeout(0.2)
             if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
-    raise DeploymentError(f"nothing listens on {host}:{port} after {timeout:g} s" + (f":\n{_tail(log)}" if log else ""))
-
-
-def _tail(log: Path | None, lines: int = 12) -> str:
-    try:
-        return "\n".join(Path(log).read_text(errors="replace").splitlines()[-lines:]) if log else ""
-    except OSError:
-        return ""
-
-
-def _spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **FLOWER_ENV, **(env or {})})
-
-
-def stop_pid(pid: int, timeout: float = 10) -> None:
-    """SIGTERM the process group of ``pid`` (Flower's children included), SIGKILL after ``timeout``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-                if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-                    return
-            except (ProcessLookupError, FileNotFoundError):
-                return
-            time.sleep(0.05)
+    raise DeploymentError(f"nothing listens on {host}:{port} after {timeout:g} s"
+                          + (f":\n{log.log_tail(12)}" if log else ""))
 
 
 @dataclass(frozen=True)
@@ -119,7 +89,8 @@ class SuperLink:
 
     def __init__(self, kit: ServerKit, bind: str = "127.0.0.1", insecure: bool = False) -> None:
         self.kit, self.bind, self.insecure = kit, bind, insecure
-        self.pid_file, self.log = kit.state / "superlink.pid", kit.state / "superlink.log"
+        self.process = Process(kit.state / "superlink.pid", kit.state / "superlink.log",
+                               marker=str(kit.state / "superlink.db"))
 
     def command(self) -> list[str]:
         k = self.kit.path
@@ -130,32 +101,23 @@ class SuperLink:
                 "--database", str(self.kit.state / "superlink.db"), "--disable-runtime-dependency-installation"]
 
     def running_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-            return pid
-        except (OSError, ValueError):
-            return None
+        return self.process.live_pid()
 
     def start(self, timeout: float = 60) -> None:
         if self.running_pid() is not None:
             return
         self.write_connection()
-        process = _spawn(self.command(), self.log, self.kit.env())
-        self.pid_file.write_text(str(process.pid))
+        process = self.process.spawn(self.command(), {**os.environ, **FLOWER_ENV, **self.kit.env()})
         wait_for_port("127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind, self.kit.port, timeout,
-                      process, self.log)
+                      process, self.process)
         if not self.insecure:
             self.register_nodes()
 
     def write_connection(self) -> None:
-        home = self.kit.flwr_home
-        home.mkdir(parents=True, exist_ok=True)
         security = "insecure = true" if self.insecure else f'root-certificates = "{self.kit.path / "ca.crt"}"'
-        (home / "config.toml").write_text(
+        write_atomically(self.kit.flwr_home / "config.toml", (
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.kit.port}"\n{security}\n'
-        )
+            f'address = "127.0.0.1:{self.kit.port}"\n{security}\n').encode())
 
     def register_nodes(self) -> list[str]:
         """Register every client's node key with the SuperLink (already registered keys are left as they are)."""
@@ -171,10 +133,7 @@ class SuperLink:
         return done
 
     def stop(self) -> None:
-        pid = self.running_pid()
-        if pid is not None:
-            stop_pid(pid)
-        self.pid_file.unlink(missing_ok=True)
+        self.process.stop()
 
 
 def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", insecure: bool = False,
@@ -195,12 +154,6 @@ def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", ins
                                                 "--auth-supernode-private-key", str(kit / "node.key")]
     return [_bin("flower-supernode"), *security, "--superlink", server, "--port", str(port),
             "--node-config", rendered, "--max-retries", "5", "--max-wait-time", "60"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_on_superlink(kit: ServerKit, overrides: dict[str, object],

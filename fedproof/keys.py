@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ledger.signing import SigningKey
 from ledger.verification import AllowList
-from privacy.he import CLIENT_CONTEXT, SERVER_CONTEXT, write_key_set
+from fedproof.files import write_atomically
+from privacy.he import CLIENT_CONTEXT, SERVER_CONTEXT, SecretContext
 
 ALLOWLIST, CLIENT_KEYS = "allowlist.json", "clients"
 
@@ -51,16 +52,18 @@ def init_key_set(directory: Path, client_ids: list[str], he: bool = True) -> Key
     contexts are kept (identities registered on a ledger stay valid), missing ones are created."""
     keys = KeySet(Path(directory))
     if he and not (keys.he_client.is_file() and keys.he_server.is_file()):
-        write_key_set(keys.directory)
+        secret = SecretContext.generate()
+        write_atomically(keys.he_client, secret.to_bytes(), private=True)
+        write_atomically(keys.he_server, secret.public().to_bytes(), private=True)
     allow = AllowList.load(keys.allowlist) if keys.allowlist.is_file() else AllowList({})
     public = dict(allow.keys)
     for client_id in client_ids:
         path = keys.signing_key(client_id)
         key = SigningKey.load(path) if path.is_file() else SigningKey.generate()
         if not path.is_file():
-            key.save(path)
+            write_atomically(path, key.to_pem(), private=True)
         public[client_id] = key.public_key
-    AllowList(public, allow.revoked).save(keys.allowlist)
+    write_atomically(keys.allowlist, AllowList(public, allow.revoked).to_json().encode(), private=True)
     return keys
 
 

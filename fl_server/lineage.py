@@ -29,7 +29,7 @@ from fl_server.round import RoundResult
 from ledger.bundle import RoundBundle
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.defaults import DEFAULT_DATA_DIR
-from ledger.devnet import Devnet, ensure_contract
+from fedproof.devnet import Devnet, ensure_contract
 from ledger.errors import LedgerError
 from ledger.outbox import Outbox
 from ledger.signing import client_id_hash, run_id_hash
@@ -121,7 +121,7 @@ class Lineage:
         self.parent, self.model_file = digest, path
 
     def _record(self, bundle: RoundBundle) -> None:
-        bundle.write(self.bundles)
+        write_atomically(self.bundles / bundle.file_name, bundle.to_bytes())  # whole or not at all
         self.recorded += 1
         if self.contract is None:
             return

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,16 +106,10 @@ class RoundBundle:
             raise BundleError(f"{what}: not in canonical form (altered, or not version 1)")
         return bundle
 
-    def write(self, directory: Path) -> Path:
-        path = Path(directory) / f"round-{self.round}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")  # whole or not at all: temp, fsync, rename
-        with open(tmp, "wb") as fh:
-            fh.write(self.to_bytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return path
+    @property
+    def file_name(self) -> str:
+        """The name a run directory keeps it under (auditors find bundles by content, whatever the name)."""
+        return f"round-{self.round}.json"
 
 
 def find_bundle(directories: list[Path], sha256: bytes) -> RoundBundle:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -141,16 +140,10 @@ class SigningKey:
             raise KeyFileError(f"{path}: not an Ed25519 key")
         return cls(key)
 
-    def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-        os.chmod(path, 0o600)
-        return path
+    def to_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (what :meth:`load` reads; write it 0600)."""
+        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
 
     @property
     def public_key(self) -> bytes:

@@ -10,7 +10,6 @@ client's first update of the round (:class:`DuplicateUpdate`).
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,14 +49,6 @@ class AllowList:
     def to_json(self) -> str:
         return json.dumps({"version": 1, "clients": {k: v.hex() for k, v in sorted(self.keys.items())},
                            "revoked": sorted(self.revoked)}, indent=2, sort_keys=True) + "\n"
-
-    def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.to_json())
-        return path
 
     @classmethod
     def load(cls, path: Path) -> AllowList:

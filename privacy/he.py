@@ -171,16 +171,6 @@ def _read_file(path: Path, limit: int) -> bytes:
     return path.read_bytes()
 
 
-def _write_private(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o600)
-    return path
-
-
 _MAX_CONTEXT_FILE = 1 << 20
 
 
@@ -209,9 +199,6 @@ class PublicContext:
     @classmethod
     def load(cls, path: Path) -> PublicContext:
         return cls.from_bytes(_read_file(path, _MAX_CONTEXT_FILE), str(path))
-
-    def save(self, path: Path) -> Path:
-        return _write_private(path, self.to_bytes())
 
     def new_sum(self, length: int) -> EncryptedSum:
         return EncryptedSum(self, length)
@@ -293,9 +280,6 @@ class SecretContext:
     def load(cls, path: Path) -> SecretContext:
         return cls.from_bytes(_read_file(path, _MAX_CONTEXT_FILE), str(path))
 
-    def save(self, path: Path) -> Path:
-        return _write_private(path, self.to_bytes())
-
     def encrypt(self, values: np.ndarray) -> list[bytes]:
         """Seeded symmetric ciphertexts of ``values`` (1-D), ``values_per_ciphertext`` reals per ciphertext."""
         values = np.asarray(values, dtype=np.float64)
@@ -349,18 +333,3 @@ def round_for_release(values: np.ndarray, params: HEParams, num_summed: int) -> 
 def release_tolerance(params: HEParams, num_summed: int) -> float:
     """Worst-case |released - exact| per value: the error bound plus half a rounding step (at most 2x the bound)."""
     return params.error_bound(num_summed) + 2.0 ** math.ceil(math.log2(params.error_bound(num_summed))) / 2
-
-
-@dataclass(frozen=True)
-class KeyFiles:
-    client: Path
-    """The secret context: every client gets a copy, the server never does."""
-    server: Path
-    """The public context: parameters only."""
-
-
-def write_key_set(directory: Path, params: HEParams | None = None) -> KeyFiles:
-    """Generate a fresh CKKS key set and write both context files (0600) into ``directory``."""
-    secret = SecretContext.generate(params)
-    directory = Path(directory)
-    return KeyFiles(secret.save(directory / CLIENT_CONTEXT), secret.public().save(directory / SERVER_CONTEXT))

@@ -47,7 +47,7 @@ def devnet(tmp_path_factory: pytest.TempPathFactory):
     """A real anvil devnet on a free loopback port, for the whole session; stopped at the end."""
     import socket
 
-    from ledger.devnet import Devnet
+    from fedproof.devnet import Devnet
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

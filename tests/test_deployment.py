@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedproof.deployment import free_port, stop_pid
+from fedproof.processes import free_port, stop_pid
 from fedproof.provision import node_key_pair, provision
 
 pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from ledger import errors
 from ledger.contract import LedgerContract, RoundRecord
-from ledger.devnet import Devnet, ensure_contract, find_anvil, remember_contract, remembered_contract
+from fedproof.devnet import Devnet, ensure_contract, find_anvil, remember_contract, remembered_contract
 
 pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from fedproof.keys import init_key_set
 from privacy.errors import CiphertextError, ContextError, PlaintextRangeError, SecretKeyRefused
 from privacy.he import (
     CLIENT_CONTEXT,
@@ -19,7 +20,6 @@ from privacy.he import (
     SecretContext,
     release_tolerance,
     round_for_release,
-    write_key_set,
 )
 
 SECRET = SecretContext.generate()
@@ -57,22 +57,22 @@ def test_ciphertexts_are_compact() -> None:
 
 
 def test_server_context_holds_no_key_and_cannot_decrypt(tmp_path: Path) -> None:
-    files = write_key_set(tmp_path)
-    assert {files.client.name, files.server.name} == {CLIENT_CONTEXT, SERVER_CONTEXT}
-    for path in (files.client, files.server):
+    files = init_key_set(tmp_path, [], he=True)
+    assert {files.he_client.name, files.he_server.name} == {CLIENT_CONTEXT, SERVER_CONTEXT}
+    for path in (files.he_client, files.he_server):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    public = PublicContext.load(files.server)
+    public = PublicContext.load(files.he_server)
     assert not hasattr(public, "decrypt") and not hasattr(public, "encrypt")
-    assert files.server.stat().st_size < 64  # parameters only: no secret, public, relin or Galois key
+    assert files.he_server.stat().st_size < 64  # parameters only: no secret, public, relin or Galois key
     with pytest.raises(ContextError, match="holds no secret key"):
-        SecretContext.load(files.server)
+        SecretContext.load(files.he_server)
     with pytest.raises(SecretKeyRefused, match="holds a secret key"):
-        PublicContext.load(files.client)
+        PublicContext.load(files.he_client)
 
 
 def test_key_set_round_trips(tmp_path: Path) -> None:
-    files = write_key_set(tmp_path)
-    a, b = SecretContext.load(files.client), SecretContext.load(files.client)
+    files = init_key_set(tmp_path, [], he=True)
+    a, b = SecretContext.load(files.he_client), SecretContext.load(files.he_client)
     values = np.linspace(-3, 3, 5000)
     assert np.abs(b.decrypt(a.encrypt(values), values.size) - values).max() <= a.params.error_bound(1)
     other = SecretContext.generate()  # another key set cannot read it

@@ -77,7 +77,7 @@ def test_a_bundle_that_does_not_match_its_root_fails(tmp_path: Path, chain) -> N
     moved = tuple(dataclasses.replace(u, fields=dataclasses.replace(u.fields, round=2)) for u in honest.updates)
     swapped = dataclasses.replace(honest, round=2, parent_model_hash=honest.model_hash, model_hash=b"\x02" * 32,
                                   updates=moved)
-    swapped.write(tmp_path / "r1" / "ledger")
+    (tmp_path / "r1" / "ledger" / swapped.file_name).write_bytes(swapped.to_bytes())
     chain.record_round(RoundRecord(run_id_hash("r1"), 2, honest.model_hash, b"\x02" * 32, honest.merkle_root, 2,
                                    swapped.epsilon_max_scaled, swapped.sha256))
     with pytest.raises(AuditFailure, match="round 2.*Merkle proof"):

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedproof.files import write_atomically
 from ledger.errors import (
     BadSignature,
     DuplicateUpdate,
@@ -92,10 +93,11 @@ def test_canonical_bytes_are_unambiguous() -> None:
 
 
 def test_keys_and_allow_list_round_trip_and_bad_files_are_refused(tmp_path: Path) -> None:
-    path = KEYS["0"].save(tmp_path / "client.pem")
+    path = write_atomically(tmp_path / "client.pem", KEYS["0"].to_pem(), private=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert SigningKey.load(path).public_key == KEYS["0"].public_key
-    assert AllowList.load(ALLOW.revoke("2").save(tmp_path / "allow.json")) == ALLOW.revoke("2")
+    allow = write_atomically(tmp_path / "allow.json", ALLOW.revoke("2").to_json().encode(), private=True)
+    assert AllowList.load(allow) == ALLOW.revoke("2")
     (tmp_path / "bad.pem").write_text("not a key")
     with pytest.raises(KeyFileError):
         SigningKey.load(tmp_path / "bad.pem")

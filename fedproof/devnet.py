@@ -24,10 +24,7 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -36,20 +33,18 @@ from pathlib import Path
 
 from web3 import Web3
 
+from fedproof.files import write_atomically
+from fedproof.processes import Process, alive, stop_pid
 from ledger import errors
 from ledger.artifact import load_artifact
 from ledger.contract import LedgerContract, _node_errors
+from ledger.defaults import DEFAULT_DATA_DIR  # noqa: F401 - the devnet's default home, re-exported
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_MODULES = REPO_ROOT / "contracts" / "node_modules"
 DEFAULT_CHAIN_ID = 31337
 HOST = "127.0.0.1"
 MAX_DEPLOYMENT_FILE_BYTES = 4096
-
-# anvil processes started by this Python process, by pid. Devnet objects come and go (one per CLI call) while
-# anvil keeps running detached; holding the Popen here lets any of them reap it, and keeps Popen.__del__ from
-# warning that a process we meant to leave running is still running.
-_STARTED: dict[int, subprocess.Popen[bytes]] = {}
 
 _NPM_PLATFORM = {"Linux": "linux", "Darwin": "darwin", "Windows": "win32"}
 _NPM_ARCH = {"x86_64": "amd64", "AMD64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -113,6 +108,7 @@ class Devnet:
         self.state_file = self.data_dir / "chain.json"
         self.pid_file = self.data_dir / "anvil.pid"
         self.log_file = self.data_dir / "anvil.log"
+        self.process = Process(self.pid_file, self.log_file, marker=str(self.state_file))
 
     # ----------------------------------------------------------------------------- public
 
@@ -150,113 +146,30 @@ class Devnet:
             "--state", str(self.state_file),
             "--state-interval", str(self.state_interval),
         ]  # fmt: skip
-        with open(self.log_file, "ab") as log:
-            log.write(f"\n--- fedproof: starting {' '.join(command)}\n".encode())
-            log.flush()
-            try:
-                proc = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # survives the CLI that started it, and its Ctrl-C
-                    close_fds=True,
-                )
-            except OSError as exc:
-                raise errors.DevnetStartFailed(f"cannot run {anvil}: {exc.strerror}") from exc
-        _STARTED[proc.pid] = proc
-        _write_atomic(self.pid_file, f"{proc.pid}\n".encode())
+        try:
+            proc = self.process.spawn(command)
+        except OSError as exc:
+            raise errors.DevnetStartFailed(f"cannot run {anvil}: {exc.strerror}") from exc
         status = self._wait_ready(proc.pid, timeout)
         if status is not None:
             return status
         code = proc.poll()
         if code is None:
-            self._terminate(proc.pid, 2.0)
+            stop_pid(proc.pid, 2.0)
         self.pid_file.unlink(missing_ok=True)
         what = f"exited with code {code}" if code is not None else f"did not answer within {timeout:.0f} s"
-        raise errors.DevnetStartFailed(f"anvil {what}; its log ({self.log_file}) ends with:\n{self._log_tail()}")
+        raise errors.DevnetStartFailed(
+            f"anvil {what}; its log ({self.log_file}) ends with:\n{self.process.log_tail()}")
 
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM (anvil writes its state), wait; SIGKILL only if it is still alive after ``timeout``."""
-        pid = self._live_pid()
-        if pid is not None:
-            self._terminate(pid, timeout)
-        self.pid_file.unlink(missing_ok=True)
-
-    # ----------------------------------------------------------------------------- process
+        self.process.stop(timeout)
 
     def _live_pid(self) -> int | None:
-        """The pid in the pidfile if that process is alive and is this data directory's anvil, else None."""
         try:
-            text = self.pid_file.read_text().strip()
-        except FileNotFoundError:
-            return None
+            return self.process.live_pid()
         except OSError as exc:
             raise errors.DevnetError(f"cannot read {self.pid_file}: {exc.strerror}") from exc
-        if not text.isdigit() or int(text) <= 1:
-            self.pid_file.unlink(missing_ok=True)
-            return None
-        pid = int(text)
-        if not self._alive(pid) or not self._is_ours(pid):
-            self.pid_file.unlink(missing_ok=True)  # stale: anvil died (kill -9, reboot) or the pid was reused
-            return None
-        return pid
-
-    def _alive(self, pid: int) -> bool:
-        proc = _STARTED.get(pid)
-        if proc is not None:
-            if proc.poll() is None:  # also reaps our own child once it exits
-                return True
-            del _STARTED[pid]
-            return False
-        try:
-            # Reap it if it is our child (a zombie would otherwise look alive to kill(pid, 0)).
-            if os.waitpid(pid, os.WNOHANG) != (0, 0):
-                return False
-        except ChildProcessError:
-            pass
-        except OSError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        stat = Path(f"/proc/{pid}/stat")
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return True
-
-    def _is_ours(self, pid: int) -> bool:
-        """Guards against a reused pid: the process's command line names our state file (where /proc exists)."""
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return sys.platform != "linux"  # no /proc: trust the pidfile
-        return os.fsencode(str(self.state_file)) in args
-
-    def _terminate(self, pid: int, timeout: float) -> None:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        if self._wait_exit(pid, timeout):
-            return
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        self._wait_exit(pid, 5.0)
-
-    def _wait_exit(self, pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self._alive(pid):
-                return True
-            time.sleep(0.02)
-        return not self._alive(pid)
 
     def _wait_ready(self, pid: int, timeout: float) -> DevnetStatus | None:
         deadline = time.monotonic() + timeout
@@ -264,7 +177,7 @@ class Devnet:
             block = _rpc(self.url, "eth_blockNumber")
             if isinstance(block, str):
                 return DevnetStatus(True, pid, self.url, int(block, 16), self.data_dir)
-            if not self._alive(pid) or time.monotonic() >= deadline:
+            if not alive(pid) or time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
 
@@ -316,13 +229,6 @@ class Devnet:
             ) from exc
         shutil.copyfile(self.state_file, self.state_file.with_name(self.state_file.name + ".bak"))
 
-    def _log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_file.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
 
 # --------------------------------------------------------------------------------------------- deployment memory
 
@@ -331,8 +237,7 @@ def remember_contract(data_dir: Path, contract: LedgerContract) -> None:
     """Write ``<data_dir>/deployment.json`` so the next run on this chain uses the same contract."""
     record = {"address": contract.address, "artifact_sha256": contract.artifact.sha256, "chain_id": contract.chain_id}
     path = Path(data_dir).expanduser() / "deployment.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    write_atomically(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 
 def remembered_contract(data_dir: Path, w3: Web3) -> LedgerContract | None:
@@ -404,12 +309,6 @@ def _rpc(url: str, method: str, timeout: float = 1.0) -> object | None:
     except (OSError, ValueError, urllib.error.URLError):
         return None
     return reply.get("result") if isinstance(reply, dict) else None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 __all__ = [
