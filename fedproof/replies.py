@@ -19,8 +19,10 @@ Checks run cheapest and most specific first, so a stock Flower client that sends
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
@@ -44,6 +46,7 @@ MAX_EXAMPLES = 2**31 - 1
 """Largest example count a reply may claim (the signed field is a u64; sums must stay exact in float64)."""
 NPY_HEADER_ALLOWANCE = 4096
 """Bytes an ``.npy`` header may add to an array's payload before the array is refused as oversized."""
+T = TypeVar("T")
 
 
 class Reason(str, Enum):
@@ -164,79 +167,84 @@ class ModelSpec:
 
 def decode_train_reply(msg: Message, spec: ModelSpec) -> Update | Declined | Rejection:
     """A train reply as a plain value; every structural check is here (signatures: the admission gate)."""
-    node = msg.metadata.src_node_id
-    if msg.has_error():
-        return Rejection(node, f"node-{node}", Reason.CLIENT_ERROR, f"error {msg.error.code}: {msg.error.reason}")
-    client = f"node-{node}"
-    try:
-        content = msg.content
-        report = ClientReport.from_reply(content)
-        if report is not None:
-            client = report.client_id
-            if report.status == BUDGET_EXHAUSTED:
-                return Declined(node, client, report.epsilon, report.reason)
-        count = _num_examples(content.metric_records.get(METRICS_KEY))
-        if spec.he is not None:
-            payload = _ciphertexts(content, spec)
-            delta, size = None, sum(len(c) for c in payload.chunks)
-        else:
-            payload, (delta, size) = None, _plain_delta(content, spec)
-        digest = payload_digest(payload_chunks(content))
-        envelope = SignedEnvelope.take(content)
-        if report is None:  # signed, yet no report: not something a fedproof client sends
-            raise UpdateRejected("the reply carries no client report", Reason.MALFORMED.value)
-        metrics = content.metric_records[METRICS_KEY]
-        return Update(
-            node_id=node, client_id=client, num_examples=count, epsilon=report.epsilon, envelope=envelope,
-            payload_sha256=digest, delta=delta, ciphertexts=payload, upload_bytes=size,
-            train_loss=_finite(metrics, "train_loss"), train_seconds=_finite(metrics, "train-seconds"),
-            secure_seconds=_finite(metrics, "secure-seconds"),
-        )
-    except UpdateRejected as exc:
-        return Rejection(node, client, Reason.of(exc), str(exc))
-    except Exception as exc:  # noqa: BLE001 - outside input: whatever else it trips is still a rejection
-        return Rejection(node, client, Reason.MALFORMED, f"unreadable reply ({type(exc).__name__}: {exc})")
+    return _guarded(msg, "train", lambda: _train(msg, spec))
 
 
 def decode_evaluate_reply(msg: Message) -> Evaluation | Rejection:
     """An evaluate reply: finite ``val_loss`` >= 0, ``val_accuracy`` in [0, 1] and a positive example count."""
-    node = msg.metadata.src_node_id
-    if msg.has_error():
-        return Rejection(node, f"node-{node}", Reason.CLIENT_ERROR, f"error {msg.error.code}: {msg.error.reason}",
-                         "evaluate")
-    try:
-        metrics = msg.content.metric_records.get(METRICS_KEY)
-        count = _num_examples(metrics)
-        loss, accuracy = _finite(metrics, "val_loss"), _finite(metrics, "val_accuracy")
-        if loss is None or accuracy is None or loss < 0 or not 0 <= accuracy <= 1:
-            raise UpdateRejected("evaluate metrics need a finite val_loss >= 0 and a val_accuracy in [0, 1]")
-        return Evaluation(node, loss, accuracy, count)
-    except UpdateRejected as exc:
-        return Rejection(node, f"node-{node}", Reason.of(exc), str(exc), "evaluate")
-    except Exception as exc:  # noqa: BLE001
-        return Rejection(node, f"node-{node}", Reason.MALFORMED, f"unreadable reply ({type(exc).__name__}: {exc})",
-                         "evaluate")
+    return _guarded(msg, "evaluate", lambda: _evaluation(msg))
 
 
 def decode_decrypt_reply(msg: Message, length: int) -> Decryption | Rejection:
     """A committee member's decrypted sum: ``length`` finite float64 values and a signature envelope."""
+    return _guarded(msg, "decrypt", lambda: _decryption(msg, length))
+
+
+def _guarded(msg: Message, phase: str, read: Callable[[], T]) -> T | Rejection:
+    """``read()``, with an error reply, a typed refusal or anything else the bytes trip turned into a Rejection."""
     node = msg.metadata.src_node_id
     if msg.has_error():
         return Rejection(node, f"node-{node}", Reason.CLIENT_ERROR, f"error {msg.error.code}: {msg.error.reason}",
-                         "decrypt")
+                         phase)
     try:
-        record = msg.content.array_records.get(SUM_KEY)
-        if record is None or list(record.keys()) != [SUM_KEY]:
-            raise UpdateRejected("the reply carries no decrypted sum")
-        values = _array(record[SUM_KEY], (length,), np.dtype(np.float64).str)
-        if not np.all(np.isfinite(values)):
-            raise UpdateRejected("the decrypted sum holds NaN or infinite values", Reason.NON_FINITE.value)
-        return Decryption(node, values, SignedEnvelope.take(msg.content))
+        return read()
     except UpdateRejected as exc:
-        return Rejection(node, f"node-{node}", Reason.of(exc), str(exc), "decrypt")
-    except Exception as exc:  # noqa: BLE001
-        return Rejection(node, f"node-{node}", Reason.MALFORMED, f"unreadable reply ({type(exc).__name__}: {exc})",
-                         "decrypt")
+        return Rejection(node, _claimed(msg), Reason.of(exc), str(exc), phase)
+    except Exception as exc:  # noqa: BLE001 - outside input: whatever else it trips is still a rejection
+        return Rejection(node, _claimed(msg), Reason.MALFORMED, f"unreadable reply ({type(exc).__name__}: {exc})",
+                         phase)
+
+
+def _claimed(msg: Message) -> str:
+    """Who the reply says it is from (unverified: for the log and the bundle), or ``node-<id>``."""
+    try:
+        report = ClientReport.from_reply(msg.content)
+    except Exception:  # noqa: BLE001
+        report = None
+    return report.client_id if report is not None else f"node-{msg.metadata.src_node_id}"
+
+
+def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
+    node, content = msg.metadata.src_node_id, msg.content
+    report = ClientReport.from_reply(content)
+    if report is not None and report.status == BUDGET_EXHAUSTED:
+        return Declined(node, report.client_id, report.epsilon, report.reason)
+    count = _num_examples(content.metric_records.get(METRICS_KEY))
+    if spec.he is not None:
+        payload = _ciphertexts(content, spec)
+        delta, size = None, sum(len(c) for c in payload.chunks)
+    else:
+        payload, (delta, size) = None, _plain_delta(content, spec)
+    digest = payload_digest(payload_chunks(content))
+    envelope = SignedEnvelope.take(content)
+    if report is None:  # signed, yet no report: not something a fedproof client sends
+        raise UpdateRejected("the reply carries no client report", Reason.MALFORMED.value)
+    metrics = content.metric_records[METRICS_KEY]
+    return Update(
+        node_id=node, client_id=report.client_id, num_examples=count, epsilon=report.epsilon, envelope=envelope,
+        payload_sha256=digest, delta=delta, ciphertexts=payload, upload_bytes=size,
+        train_loss=_finite(metrics, "train_loss"), train_seconds=_finite(metrics, "train-seconds"),
+        secure_seconds=_finite(metrics, "secure-seconds"),
+    )
+
+
+def _evaluation(msg: Message) -> Evaluation:
+    metrics = msg.content.metric_records.get(METRICS_KEY)
+    count = _num_examples(metrics)
+    loss, accuracy = _finite(metrics, "val_loss"), _finite(metrics, "val_accuracy")
+    if loss is None or accuracy is None or loss < 0 or not 0 <= accuracy <= 1:
+        raise UpdateRejected("evaluate metrics need a finite val_loss >= 0 and a val_accuracy in [0, 1]")
+    return Evaluation(msg.metadata.src_node_id, loss, accuracy, count)
+
+
+def _decryption(msg: Message, length: int) -> Decryption:
+    record = msg.content.array_records.get(SUM_KEY)
+    if record is None or list(record.keys()) != [SUM_KEY]:
+        raise UpdateRejected("the reply carries no decrypted sum")
+    values = _array(record[SUM_KEY], (length,), np.dtype(np.float64).str)
+    if not np.all(np.isfinite(values)):
+        raise UpdateRejected("the decrypted sum holds NaN or infinite values", Reason.NON_FINITE.value)
+    return Decryption(msg.metadata.src_node_id, values, SignedEnvelope.take(msg.content))
 
 
 # ----------------------------------------------------------------------------------------- the checks
