@@ -75,6 +75,9 @@ def simulate(
         Optional[str], typer.Option(help="Ethereum JSON-RPC URL (default: start the local anvil devnet).")
     ] = None,
     devnet_dir: Annotated[Optional[Path], typer.Option(help="Local devnet's data directory.")] = None,
+    devnet_port: Annotated[
+        Optional[int], typer.Option(help="Local devnet's port (default: the directory's own; 8545 for the default).")
+    ] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset directory (default: search).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Parent directory of run directories.")] = None,
     run_id: Annotated[Optional[str], typer.Option(help="Run directory name (default: timestamped).")] = None,
@@ -118,6 +121,7 @@ def simulate(
                 ledger=ledger,
                 ledger_url=ledger_url,
                 devnet_dir=str(devnet_dir) if devnet_dir else None,
+                devnet_port=devnet_port,
                 data_dir=str(data_dir) if data_dir else None,
                 run_dir=str(run_dir) if run_dir else None,
                 run_id=run_id,

@@ -52,7 +52,8 @@ def server_start(
     kit: Kit = Path("kits/server"),
     bind: Annotated[str, typer.Option(help="Address the SuperLink listens on (0.0.0.0: every interface).")] = "0.0.0.0",
     ledger_url: Annotated[Optional[str], typer.Option(help="Ledger node (default: start a devnet in the kit).")] = None,
-    devnet_port: Annotated[int, typer.Option(help="Port of the devnet the server starts.")] = 8545,
+    devnet_port: Annotated[Optional[int], typer.Option(
+        help="Port of the devnet the server starts (default: its directory's own, a free port chosen once).")] = None,
     no_ledger: Annotated[bool, typer.Option("--no-ledger", help="Run without a ledger.")] = False,
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node authentication (testing only).")] = False,
 ) -> None:
@@ -140,9 +141,7 @@ def server_stop(kit: Kit = Path("kits/server")) -> None:
     if (server.state / "devnet").is_dir():
         from fedproof.devnet import Devnet
 
-        ledger = json.loads((server.state / "ledger.json").read_text()) if (server.state / "ledger.json").is_file() else {}
-        port = int(ledger.get("ledger-url", ":8545").rsplit(":", 1)[-1] or 8545)
-        Devnet(server.state / "devnet", port=port).stop()
+        Devnet(server.state / "devnet").stop()  # by its pidfile
     console.print("stopped")
 
 

@@ -7,7 +7,7 @@ Wired into the main CLI with ``app.add_typer(devnet_app, name="devnet")``. Ledge
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -36,7 +36,8 @@ console = Console()
 DataDirOption = Annotated[
     Path, typer.Option("--data-dir", help="Where the chain, pidfile, log and deployment record live.")
 ]
-PortOption = Annotated[int, typer.Option("--port", help="JSON-RPC port on 127.0.0.1.")]
+PortOption = Annotated[Optional[int], typer.Option(
+    "--port", help="JSON-RPC port on 127.0.0.1 (default: the directory's own; 8545 for the default directory).")]
 
 
 def _fail(exc: LedgerError) -> typer.Exit:
@@ -50,21 +51,25 @@ def _show(status: DevnetStatus, contract_address: str | None = None) -> None:
     table.add_column()
     state = "[green]running[/]" if status.running else "[yellow]not running[/]"
     table.add_row("state", state)
-    table.add_row("url", status.url)
+    table.add_row("data dir", escape(str(status.data_dir)))
+    table.add_row("port", str(status.port) if status.port else "none yet (chosen at first start)")
+    if status.url:
+        table.add_row("url", status.url)
     if status.pid is not None:
         table.add_row("pid", str(status.pid))
+    if status.chain_id is not None:
+        table.add_row("chain id", str(status.chain_id))
     if status.block_number is not None:
         table.add_row("block", str(status.block_number))
     if contract_address:
         table.add_row("ledger contract", contract_address)
-    table.add_row("data dir", escape(str(status.data_dir)))
     console.print(table)
 
 
 @devnet_app.command()
 def start(
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    port: PortOption = 8545,
+    port: PortOption = None,
     state_interval: Annotated[
         int, typer.Option(help="Seconds between state saves: the most a crash (kill -9) can lose.")
     ] = 1,
@@ -88,7 +93,7 @@ def start(
 
 
 @devnet_app.command()
-def stop(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = 8545) -> None:
+def stop(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = None) -> None:
     """Stop the devnet; it saves its chain first, and the next start continues it."""
     from fedproof.devnet import Devnet
 
@@ -102,7 +107,7 @@ def stop(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = 8545) ->
 
 
 @devnet_app.command()
-def status(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = 8545) -> None:
+def status(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = None) -> None:
     """Whether the devnet runs, its block height and the ledger contract's address."""
     from ledger.contract import LedgerContract
     from fedproof.devnet import Devnet, remembered_contract

@@ -85,6 +85,9 @@ class RunConfig:
     """JSON-RPC URL of the ledger node; empty: start (or reuse) the local devnet in devnet-dir."""
     devnet_dir: str = ""
     """Where the local devnet keeps its chain; empty: ~/.local/share/fedproof/devnet."""
+    devnet_port: int = 0
+    """Port of the local devnet; 0: the directory's own (recorded there; 8545 for the default directory, a free
+    port chosen at first start for any other)."""
     ledger_contract: str = ""
     """Address of the lineage contract; empty: deploy it once per chain and remember it."""
     chain_id: int = 0
@@ -114,6 +117,7 @@ class RunConfig:
             (self.he_committee >= 1, "he-committee must be at least 1"),
             (_is_address(self.ledger_contract), "ledger-contract must be empty or a 0x-prefixed 20-byte address"),
             (self.chain_id >= 0, "chain-id must be non-negative"),
+            (0 <= self.devnet_port < 65536, "devnet-port must be in 0..65535 (0: the devnet directory's own)"),
             (self.max_unrecorded_rounds >= 0, "max-unrecorded-rounds must be non-negative"),
             ("/" not in self.run_id and self.run_id not in (".", ".."), "run-id must be a plain name"),
         ]

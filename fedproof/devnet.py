@@ -5,8 +5,13 @@ Layout of a data directory::
     chain.json       anvil's state (--state): loaded at start, written every --state-interval s and on SIGTERM
     chain.json.bak   copy of chain.json made at each start (a SIGKILL during a write can leave chain.json cut off)
     anvil.pid        pid of the running anvil
+    anvil.port       the port this directory's devnet listens on (127.0.0.1): chosen once, reused on restart
     anvil.log        anvil's output (appended)
     deployment.json  {"chain_id", "address", "artifact_sha256"} of the ledger contract deployed on this chain
+
+A data directory owns its port. Given none, the default directory keeps 8545 and any other takes a free
+loopback port at its first start; either way the port is recorded and reused, so a second devnet (a
+benchmark's, a test's, another project's) never collides with the first.
 
 Why: anvil is fast and persists to a file; eth-tester cannot persist at all. anvil's dev accounts are unlocked and
 derived from a public mnemonic, so it listens on loopback only. A SIGTERM makes anvil write its state; a SIGKILL
@@ -34,7 +39,7 @@ from pathlib import Path
 from web3 import Web3
 
 from fedproof.files import write_atomically
-from fedproof.processes import Process, alive, stop_pid
+from fedproof.processes import Process, alive, free_port, stop_pid
 from ledger import errors
 from ledger.artifact import load_artifact
 from ledger.contract import LedgerContract, _node_errors
@@ -43,6 +48,8 @@ from ledger.defaults import DEFAULT_DATA_DIR  # noqa: F401 - the devnet's defaul
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_MODULES = REPO_ROOT / "contracts" / "node_modules"
 DEFAULT_CHAIN_ID = 31337
+DEFAULT_PORT = 8545
+"""The default data directory's port (what wallets and tools expect of a local node)."""
 HOST = "127.0.0.1"
 MAX_DEPLOYMENT_FILE_BYTES = 4096
 
@@ -80,8 +87,11 @@ class DevnetStatus:
     running: bool
     pid: int | None
     url: str
+    """'' when this directory has no port yet (it never ran, and none was given)."""
     block_number: int | None
     data_dir: Path
+    port: int = 0
+    chain_id: int | None = None
 
 
 class Devnet:
@@ -90,21 +100,23 @@ class Devnet:
     def __init__(
         self,
         data_dir: Path,
-        port: int = 8545,
+        port: int | None = None,
         state_interval: int = 1,
         anvil: str | None = None,
         chain_id: int = DEFAULT_CHAIN_ID,
     ) -> None:
-        if not 0 < int(port) < 65536:
+        if port is not None and not 0 < int(port) < 65536:
             raise errors.LedgerValueError(f"port must be in 1..65535, got {port}")
         if int(state_interval) < 1:
             raise errors.LedgerValueError(f"state_interval must be at least 1 second, got {state_interval}")
         self.data_dir = Path(data_dir).expanduser().resolve()
-        self.port = int(port)
+        self.port_file = self.data_dir / "anvil.port"
+        self.port = int(port) if port is not None else self._recorded_port() or (
+            DEFAULT_PORT if self.data_dir == Path(DEFAULT_DATA_DIR).expanduser().resolve() else 0)
+        """0 until start() picks one: a directory other than the default that never ran and got no port."""
         self.state_interval = int(state_interval)
         self.chain_id = int(chain_id)
         self._anvil = anvil
-        self.url = f"http://{HOST}:{self.port}"
         self.state_file = self.data_dir / "chain.json"
         self.pid_file = self.data_dir / "anvil.pid"
         self.log_file = self.data_dir / "anvil.log"
@@ -112,15 +124,27 @@ class Devnet:
 
     # ----------------------------------------------------------------------------- public
 
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise errors.DevnetError(f"no devnet has run in {self.data_dir}, so it has no port yet: start it with "
+                                     f"`fedproof devnet start --data-dir {self.data_dir}`")
+        return f"http://{HOST}:{self.port}"
+
     def status(self) -> DevnetStatus:
         pid = self._live_pid()
+        if not self.port:
+            return DevnetStatus(False, pid, "", None, self.data_dir)
         block = _rpc(self.url, "eth_blockNumber") if pid is not None else None
+        chain = _rpc(self.url, "eth_chainId") if isinstance(block, str) else None
         return DevnetStatus(
             running=pid is not None and block is not None,
             pid=pid,
             url=self.url,
             block_number=int(block, 16) if isinstance(block, str) else None,
             data_dir=self.data_dir,
+            port=self.port,
+            chain_id=int(chain, 16) if isinstance(chain, str) else None,
         )
 
     def start(self, timeout: float = 20) -> DevnetStatus:
@@ -135,6 +159,8 @@ class Devnet:
                 f"anvil (pid {pid}) of {self.data_dir} is running but does not answer at {self.url}; "
                 "was it started with another --port? stop it first with `fedproof devnet stop`"
             )
+        if not self.port:
+            self.port = free_port()  # this directory's from now on: recorded below, reused on restart
         self._check_port_free()
         self._check_state_file()
         anvil = self._anvil or find_anvil()
@@ -152,6 +178,7 @@ class Devnet:
             raise errors.DevnetStartFailed(f"cannot run {anvil}: {exc.strerror}") from exc
         status = self._wait_ready(proc.pid, timeout)
         if status is not None:
+            write_atomically(self.port_file, f"{self.port}\n".encode())
             return status
         code = proc.poll()
         if code is None:
@@ -165,6 +192,18 @@ class Devnet:
         """SIGTERM (anvil writes its state), wait; SIGKILL only if it is still alive after ``timeout``."""
         self.process.stop(timeout)
 
+    def _recorded_port(self) -> int | None:
+        try:
+            text = self.port_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise errors.DevnetError(f"cannot read {self.port_file}: {exc.strerror}") from exc
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise errors.DevnetError(f"{self.port_file} does not hold a port number; delete it (a new port is "
+                                     "chosen at the next start) or pass --port")
+        return int(text)
+
     def _live_pid(self) -> int | None:
         try:
             return self.process.live_pid()
@@ -176,7 +215,9 @@ class Devnet:
         while True:
             block = _rpc(self.url, "eth_blockNumber")
             if isinstance(block, str):
-                return DevnetStatus(True, pid, self.url, int(block, 16), self.data_dir)
+                chain = _rpc(self.url, "eth_chainId")
+                return DevnetStatus(True, pid, self.url, int(block, 16), self.data_dir, self.port,
+                                    int(chain, 16) if isinstance(chain, str) else None)
             if not alive(pid) or time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
@@ -206,7 +247,7 @@ class Devnet:
         who = "an Ethereum node" if _rpc(self.url, "eth_chainId", timeout=0.5) is not None else "another program"
         raise errors.DevnetPortInUse(
             f"port {self.port} on {HOST} is already in use by {who} not started from {self.data_dir}; "
-            "stop it or choose another --port"
+            "stop it, or give this devnet another port (--port; --devnet-port on simulate and server start)"
         )
 
     def _check_state_file(self) -> None:

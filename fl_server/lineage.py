@@ -44,7 +44,7 @@ def open_ledger(config: RunConfig, allow: AllowList) -> tuple[RunConfig, LedgerC
     if not config.ledger:
         return config, None
     data_dir = Path(config.devnet_dir or DEFAULT_DATA_DIR).expanduser()
-    url = config.ledger_url or Devnet(data_dir).start().url
+    url = config.ledger_url or Devnet(data_dir, port=config.devnet_port or None).start().url
     w3 = LedgerContract.connect(url)
     contract = LedgerContract.at(w3, config.ledger_contract) if config.ledger_contract else ensure_contract(w3, data_dir)
     register_clients(contract, allow)

@@ -205,3 +205,39 @@ def test_cli_start_status_stop(devnet: Devnet):
     result = runner.invoke(devnet_app, ["stop", *opts])
     assert result.exit_code == 0 and "stopped" in result.output
     assert not devnet.status().running
+
+
+@needs_anvil
+def test_a_directory_without_a_port_takes_a_free_one_keeps_it_and_reports_it(tmp_path: Path) -> None:
+    net = Devnet(tmp_path / "own", anvil=ANVIL)
+    assert net.port == 0 and net.status().url == ""  # never ran, no port given: none yet
+    try:
+        first = net.start()
+        assert first.port not in (0, 8545) and first.chain_id == 31337 and first.port == net.port
+        assert (tmp_path / "own" / "anvil.port").read_text().strip() == str(first.port)
+        again = Devnet(tmp_path / "own", anvil=ANVIL)  # another CLI call finds the same devnet
+        assert again.port == first.port and again.status().pid == first.pid
+        net.stop()
+        assert Devnet(tmp_path / "own", anvil=ANVIL).start().port == first.port  # reused on restart
+    finally:
+        net.stop(timeout=5)
+
+
+@needs_anvil
+def test_devnet_status_lists_directory_port_pid_and_chain(tmp_path: Path) -> None:
+    port = free_port()
+    runner = CliRunner()
+    from fedproof.cli import app
+
+    try:
+        assert runner.invoke(app, ["devnet", "start", "--data-dir", str(tmp_path), "--port", str(port),
+                                   "--no-deploy"]).exit_code == 0
+        shown = runner.invoke(app, ["devnet", "status", "--data-dir", str(tmp_path)], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.output
+        pid = Devnet(tmp_path).status().pid
+        for label, value in (("data dir", str(tmp_path)), ("port", str(port)), ("pid", str(pid)),
+                             ("chain id", "31337")):
+            assert any(line.split()[:len(label.split())] == label.split() and value in line
+                       for line in shown.output.splitlines()), (label, shown.output)
+    finally:
+        runner.invoke(app, ["devnet", "stop", "--data-dir", str(tmp_path)])

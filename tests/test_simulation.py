@@ -194,3 +194,41 @@ def test_a_killed_run_resumes_from_its_last_recorded_round_with_one_unbroken_lin
            for k in (1, 2, 3)]  # as the clients signed them
     assert eps[0] < eps[1] < eps[2]  # round 2 composed on round 1: the privacy spent before the crash was kept
     assert sorted(p.name for p in (tmp_path / "crash" / "clients").iterdir()) == ["0.json", "1.json"]
+
+
+def test_a_run_on_its_own_devnet_directory_beside_the_default_devnet(synthetic_dir: Path, tmp_path: Path) -> None:
+    """The default devnet holds 8545; a run with --devnet-dir gets a chain (and port) of its own; both audit."""
+    import socket
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8545)) == 0:
+            pytest.skip("something already listens on 127.0.0.1:8545 (this test starts the default devnet there)")
+    home = tmp_path / "home"
+    env = {**os.environ, "HOME": str(home), "FEDPROOF_DATA_DIR": "", "COLUMNS": "200"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*FEDPROOF, *args], capture_output=True, text=True, timeout=600, env=env)
+
+    own = tmp_path / "own-chain"
+    small = ["--clients", "2", "--rounds", "1", "--data-dir", str(synthetic_dir), "--run-dir", str(tmp_path / "runs"),
+             "--no-dp", "--local-epochs", "1"]
+    try:
+        assert cli("devnet", "start").returncode == 0  # the default devnet, in $HOME
+        default_run = cli("simulate", *small, "--run-id", "on-default")
+        assert default_run.returncode == 0, default_run.stdout + default_run.stderr
+        own_run = cli("simulate", *small, "--run-id", "on-own", "--devnet-dir", str(own))
+        assert own_run.returncode == 0, own_run.stdout + own_run.stderr
+        port = int((own / "anvil.port").read_text())
+        assert port != 8545
+        status = cli("devnet", "status", "--data-dir", str(own))
+        assert f"http://127.0.0.1:{port}" in status.stdout and "31337" in status.stdout
+        for run_id, where in (("on-default", []), ("on-own", ["--devnet-dir", str(own)])):
+            model = tmp_path / "runs" / run_id / "model.safetensors"
+            verified = cli("audit", "verify", str(model), *where, "--json")
+            assert verified.returncode == 0 and json.loads(verified.stdout)["verified"], verified.stdout
+        # each chain holds only its own run's records
+        crossed = cli("audit", "verify", str(tmp_path / "runs" / "on-own" / "model.safetensors"), "--json")
+        assert crossed.returncode != 0 and not json.loads(crossed.stdout)["verified"]
+    finally:
+        cli("devnet", "stop", "--data-dir", str(own))
+        cli("devnet", "stop")
