@@ -131,10 +131,11 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
     for outcome in (plan.admission.admit(server_round, u) for u in updates):
         (admitted if isinstance(outcome, Admitted) else rejections).append(outcome)
 
-    model, admitted, failure = aggregate(grid, plan, server_round, parent, spec, admitted, rejections)
-    current = model if model is not None else parent
+    aggregate = aggregate_updates(grid, plan, server_round, parent, spec, admitted)
+    rejections.extend(aggregate.rejections)
+    current = aggregate.model if aggregate.model is not None else parent
 
-    refused = {r.node_id for r in rejections}
+    refused = {r.node_id for r in rejections if r.phase == TRAIN}
     evaluators = sample([n for n in nodes if n not in refused], plan.fraction_evaluate,
                         random.Random(f"evaluate/{plan.seed}/{server_round}"))
     evaluations: list[Evaluation] = []
@@ -148,33 +149,44 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
         log.warning("round %s: %s reply set aside: %s", server_round, r.phase, r)
 
     loss, accuracy = plan.evaluate(current)
-    result = RoundResult(server_round, parent, model, tuple(admitted), tuple(declines), tuple(rejections),
-                         tuple(evaluations), failure, "", None)
+    result = RoundResult(server_round, parent, aggregate.model, aggregate.used, tuple(declines), tuple(rejections),
+                         tuple(evaluations), aggregate.failure, "", None)
     return replace(result, metrics=round_metrics(result, loss, accuracy, plan.clock() - started, spec.num_values))
 
 
-def aggregate(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord, spec: ModelSpec,
-              admitted: list[Admitted], rejections: list[Rejection]) -> tuple[ArrayRecord | None, list[Admitted], str]:
-    """The new model from the admitted updates, the updates actually in it, and why there is none if not."""
+@dataclass(frozen=True)
+class Aggregate:
+    """What aggregation made of the admitted updates: a new model (or None and why), the updates in it, and
+    those it set aside on the way (a ciphertext SEAL refused, a committee member replaced)."""
+
+    model: ArrayRecord | None
+    used: tuple[Admitted, ...] = ()
+    rejections: tuple[Rejection, ...] = ()
+    failure: str = ""
+
+
+def aggregate_updates(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord, spec: ModelSpec,
+                      admitted: list[Admitted]) -> Aggregate:
+    nothing = f"round {server_round}: no update could be aggregated; the model is unchanged"
     if not admitted:
-        return None, [], f"round {server_round}: no update could be aggregated; the model is unchanged"
+        return Aggregate(None, failure=nothing)
     if plan.he is None:
         examples = sum(a.update.num_examples for a in admitted)
-        return apply_mean(parent, plain_sum(admitted), examples), admitted, ""
+        return Aggregate(apply_mean(parent, plain_sum(admitted), examples), tuple(admitted))
     assert plan.committee is not None, "HE needs a decryption committee"
     total = add_ciphertexts(plan.he, spec.num_values, admitted)
-    rejections.extend(total.rejections)
     if total.payload is None:
-        return None, [], f"round {server_round}: no update could be aggregated; the model is unchanged"
+        return Aggregate(None, rejections=total.rejections, failure=nothing)
     if total.num_examples > plan.he.params.max_total_examples:
-        return None, [], (f"round {server_round}: {total.num_examples} examples exceed what the CKKS parameters "
-                          f"can sum ({plan.he.params.max_total_examples})")
+        return Aggregate(None, rejections=total.rejections, failure=(
+            f"round {server_round}: {total.num_examples} examples exceed what the CKKS parameters can sum "
+            f"({plan.he.params.max_total_examples})"))
     outcome = plan.committee.decrypt(grid, plan.admission, server_round, plan.settings, total.payload,
                                      [a.update.node_id for a in total.used])
-    rejections.extend(outcome.rejections)
+    rejections = total.rejections + outcome.rejections
     if outcome.values is None:
-        return None, [], outcome.failure
-    return apply_mean(parent, outcome.values, total.num_examples), list(total.used), ""
+        return Aggregate(None, rejections=rejections, failure=outcome.failure)
+    return Aggregate(apply_mean(parent, outcome.values, total.num_examples), total.used, rejections)
 
 
 def sample(nodes: list[int], fraction: float, rng: random.Random) -> list[int]:
