@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedproof.deployment import free_port
+from fedproof.processes import free_port
 from fedproof.devnet import Devnet
 
 ROOT = Path(__file__).resolve().parents[1]
