@@ -96,10 +96,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     stopped = ""
     for server_round in range(done + 1, config.rounds + 1):
         result = run_round(grid, plan, server_round, model)
-        for client, epsilon in [(a.update.client_id, a.update.epsilon) for a in result.admitted] + [
-                (d.client_id, d.epsilon) for d in result.declines]:
-            if epsilon is not None:
-                epsilon_by_client[client] = epsilon
+        epsilon_by_client.update(result.privacy_spent)
         if result.stop:
             stopped = result.stop
             break
@@ -136,8 +133,8 @@ def wait_for_clients(
 ) -> None:
     """Return once ``expected`` clients are connected; raise a clear error after ``timeout`` seconds.
 
-    FedAvg would wait for them forever; a mismatch between ``clients`` and the SuperNodes actually
-    started (Flower's simulation defaults to 2) should fail the run with a message instead.
+    Rounds would otherwise sample from whoever happens to be connected; a mismatch between ``clients`` and
+    the SuperNodes actually started (Flower's simulation defaults to 2) should fail the run with a message.
     """
     deadline = clock() + timeout
     while (connected := len(list(grid.get_node_ids()))) < expected:

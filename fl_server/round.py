@@ -97,6 +97,13 @@ class RoundResult:
         return self.model if self.model is not None else self.parent
 
     @property
+    def privacy_spent(self) -> dict[str, float]:
+        """Epsilon each client reported this round (admitted updates and declines; none without DP)."""
+        reports = [(a.update.client_id, a.update.epsilon) for a in self.admitted]
+        reports += [(d.client_id, d.epsilon) for d in self.declines]
+        return {client: epsilon for client, epsilon in reports if epsilon is not None}
+
+    @property
     def leaves(self) -> tuple[SignedUpdate, ...]:
         """The admitted updates' signed leaves, as the lineage records them."""
         return tuple(a.leaf for a in self.admitted)
