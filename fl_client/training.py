@@ -81,7 +81,7 @@ def train_round(
         check_budget(state.spend, noise, plan, dp)
     except BudgetExhausted as exc:
         return RoundOutcome(BUDGET_EXHAUSTED, 0.0, 0, exc.spent, state, str(exc))
-    with make_private(model, optimizer, loader, dp, noise, seed=seed + 1) as private:
+    with make_private(model, optimizer, loader, dp, noise) as private:
         loss = run_epochs(model, private.optimizer, private.criterion, private.loader, config.local_epochs)
         spend = private.spend(state.spend)
     epsilon = spend.epsilon(dp.delta, dp.accountant)

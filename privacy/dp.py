@@ -11,6 +11,9 @@ a list of ``(noise_multiplier, sample_rate, steps)``: plain numbers that fit in 
 and that any Opacus accountant can replay, so epsilon after k rounds is exactly what Opacus computes
 for those steps.
 
+The noise and the Poisson sampling draw from :class:`privacy.secure_random.SecureRandom`, a CSPRNG keyed from
+the client's OS entropy for every round, never from a seed: nothing the server knows can replay them.
+
 Noise is set either directly (``noise_multiplier``) or calibrated once, before the first round, from
 ``target_epsilon`` for the planned rounds and local epochs (Opacus' ``get_noise_multiplier``), so the
 whole run fits the budget. Either way, with a target set, a round that would exceed it is refused
@@ -27,11 +30,13 @@ import torch
 from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
 from privacy.errors import BudgetExhausted, DPConfigError
+from privacy.secure_random import SecurePoissonSampler, SecureRandom
 
 ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
@@ -203,14 +208,14 @@ def make_private(
     loader: DataLoader,
     settings: DPSettings,
     noise_multiplier: float,
-    seed: int,
 ) -> PrivateTraining:
     """Make one round of training private: the single entry point over Opacus' ``PrivacyEngine``.
 
     The model is validated first (a model Opacus rejects is refused before any training), Poisson
-    sampling replaces the loader's batching, and the optimizer clips per-sample gradients and adds noise.
-    ``wrap_model=False`` attaches Opacus' hooks to the model itself, so its ``state_dict`` keys are
-    unchanged; :meth:`PrivateTraining.close` takes them off again.
+    sampling replaces the loader's batching, and the optimizer clips per-sample gradients and adds noise;
+    both draw from a fresh :class:`SecureRandom` keyed from OS entropy (Opacus' accounting is unchanged: the
+    same sample rate, steps and noise multiplier). ``wrap_model=False`` attaches Opacus' hooks to the model
+    itself, so its ``state_dict`` keys are unchanged; :meth:`PrivateTraining.close` takes them off again.
     """
     validate_model(model)
     settings.check_dataset(len(loader.dataset))  # type: ignore[arg-type]
@@ -223,7 +228,6 @@ def make_private(
         noise_multiplier=noise_multiplier,
         max_grad_norm=settings.max_grad_norm,
         poisson_sampling=True,
-        noise_generator=torch.Generator().manual_seed(seed),
         grad_sample_mode=settings.grad_sample_mode,
         wrap_model=False,
     )
@@ -231,4 +235,35 @@ def make_private(
         hooks, dp_optimizer, criterion, dp_loader = private
     else:
         (hooks, dp_optimizer, dp_loader), criterion = private, nn.CrossEntropyLoss()
-    return PrivateTraining(dp_optimizer, criterion, dp_loader, hooks, engine)
+    rng = SecureRandom.from_os()
+    secure_loader = DataLoader(  # Opacus' Poisson batches (same rate, steps and empty-batch collate), our coins
+        dp_loader.dataset,
+        batch_sampler=SecurePoissonSampler(len(dp_loader.dataset), dp_loader.sample_rate, len(dp_loader), rng),
+        collate_fn=dp_loader.collate_fn,
+    )
+    _draw_noise_from(rng, dp_optimizer)
+    return PrivateTraining(dp_optimizer, criterion, secure_loader, hooks, engine)
+
+
+class _SecureNoise:
+    """Mixed into the class of Opacus' DP optimizer: ``add_noise`` exactly as Opacus writes it (clipped sum plus
+    N(0, (noise_multiplier * max_grad_norm)^2)), with the noise drawn from a :class:`SecureRandom`."""
+
+    _secure_random: SecureRandom
+
+    def add_noise(self) -> None:
+        noise_multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)  # type: ignore
+        for p in self.params:  # type: ignore[attr-defined]
+            _check_processed_flag(p.summed_grad)
+            noise = self._secure_random.gaussian_noise(noise_multiplier * self.max_grad_norm,  # type: ignore
+                                                       p.summed_grad.shape, p.summed_grad.dtype)
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+def _draw_noise_from(rng: SecureRandom, optimizer: torch.optim.Optimizer) -> None:
+    """Give this optimizer instance :class:`_SecureNoise`'s ``add_noise`` (a subclass of its own class, so every
+    other step of Opacus' pipeline is untouched)."""
+    cls = type(optimizer)
+    optimizer.__class__ = type(f"Secure{cls.__name__}", (_SecureNoise, cls), {})
+    optimizer._secure_random = rng  # type: ignore[attr-defined]

@@ -34,7 +34,7 @@ def train_private(model: nn.Module, seed: int, settings: DPSettings, noise: floa
     x, y = tiny_data()
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with make_private(model, optimizer, loader, settings, noise, seed=seed) as private:
+    with make_private(model, optimizer, loader, settings, noise) as private:
         run_epochs(model, private.optimizer, private.criterion, private.loader, epochs)
         return private.spend(spent)
 
@@ -64,15 +64,43 @@ def test_history_survives_flower_state() -> None:
     assert ClientState.load(context).spend == spend
 
 
-def test_noise_is_applied_and_seeded() -> None:
+def weights(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_noise_and_sampling_are_fresh_every_time_and_only_the_entropy_can_repeat_them(monkeypatch) -> None:
+    import privacy.secure_random as secure_random
+
     settings = DPSettings(grad_sample_mode="hooks")
-    a, b, c = tiny_model(), tiny_model(), tiny_model()
+    a, b = tiny_model(), tiny_model()
     train_private(a, seed=1, settings=settings)
-    train_private(b, seed=1, settings=settings)
-    train_private(c, seed=2, settings=settings)
-    weights = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
-    assert torch.equal(weights(a), weights(b))
-    assert not torch.allclose(weights(a), weights(c))
+    train_private(b, seed=1, settings=settings)  # the same settings, data, seed and initial model
+    assert not torch.allclose(weights(a), weights(b))
+    monkeypatch.setattr(secure_random, "_entropy", lambda n: bytes(range(n)))  # the test-only path
+    c, d = tiny_model(), tiny_model()
+    train_private(c, seed=1, settings=settings)
+    train_private(d, seed=2, settings=settings)  # the seed plays no part in DP's randomness
+    assert torch.equal(weights(c), weights(d))
+
+
+def test_the_noise_cannot_be_regenerated_from_anything_the_server_knows() -> None:
+    """Zero inputs make every per-sample gradient of a bias-free layer zero, so what the optimizer adds is the
+    noise alone. A server knows the run's seed, the round and the partition: every generator it can seed from
+    them (the old formula, the config seed) misses."""
+    settings = DPSettings(max_grad_norm=1.0, grad_sample_mode="hooks")
+    model = nn.Linear(6, 64, bias=False)
+    loader = DataLoader(TensorDataset(torch.zeros(32, 6), torch.zeros(32, dtype=torch.long)), batch_size=32)
+    with make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, settings, 1.0) as private:
+        xb, yb = next(iter(private.loader))
+        private.criterion(model(xb), yb).backward() if len(yb) else None
+        private.optimizer.pre_step()
+        noise = model.weight.grad.detach().flatten() * private.optimizer.expected_batch_size
+    assert noise.std() == pytest.approx(1.0, rel=0.15) and abs(float(noise.mean())) < 0.15  # N(0, (1.0 * 1.0)^2)
+    seed, rounds, partitions = 42, range(1, 6), range(10)
+    candidates = [seed * 1_000_003 + r * 1_009 + p + 1 for r in rounds for p in partitions] + [seed, seed + 1, 0]
+    for candidate in candidates:
+        guess = torch.normal(0.0, 1.0, size=(64, 6), generator=torch.Generator().manual_seed(candidate)).flatten()
+        assert abs(float(torch.corrcoef(torch.stack([noise, guess]))[0, 1])) < 0.3, candidate
 
 
 def test_clipping_bounds_per_sample_gradients() -> None:
@@ -82,7 +110,7 @@ def test_clipping_bounds_per_sample_gradients() -> None:
     x, y = tiny_data(32)
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with make_private(model, optimizer, loader, settings, noise_multiplier=1.0, seed=0) as private:
+    with make_private(model, optimizer, loader, settings, noise_multiplier=1.0) as private:
         xb, yb = next(iter(private.loader))
         private.criterion(model(xb), yb).backward()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -132,6 +160,22 @@ def test_client_declines_when_budget_would_be_exceeded() -> None:
     assert all(o.epsilon is not None and o.epsilon <= 5.0 for o in outcomes)
 
 
+@pytest.mark.parametrize("dp", [True, False])
+def test_dp_rounds_differ_between_runs_and_plain_rounds_repeat(dp: bool) -> None:
+    """Same data, settings, seed and initial model: DP's noise and sampling make every run its own; without DP,
+    determinism is kept (it protects nobody there, and it keeps tests and benchmarks repeatable)."""
+    rng = np.random.default_rng(1)
+    images, labels = rng.integers(0, 255, size=(120, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=120)
+    config = RunConfig(dp=dp, noise_multiplier=1.0, target_epsilon=0.0, delta=1e-3, batch_size=20, local_epochs=1,
+                       grad_sample_mode="hooks")
+    trained = []
+    for _ in range(2):
+        model = make_model(seed=0)
+        assert train_round(model, images, labels, config, ClientState(), 1, seed=7).status == TRAINED
+        trained.append(weights(model))
+    assert torch.equal(trained[0], trained[1]) is not dp
+
+
 @pytest.mark.parametrize(
     "change", [{"target_epsilon": -1.0}, {"delta": 0.0}, {"delta": 1.5}, {"max_grad_norm": 0.0},
                {"target_epsilon": 0.0, "noise_multiplier": 0.0}, {"grad_sample_mode": "ew"}],
@@ -153,8 +197,11 @@ def test_model_opacus_rejects_is_refused() -> None:
         validate_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))
 
 
-def test_opacus_modes_agree() -> None:
-    """hooks, functorch and ghost clipping are interchangeable: same seed, same weights."""
+def test_opacus_modes_agree(monkeypatch) -> None:
+    """hooks, functorch and ghost clipping are interchangeable: same random stream, same weights."""
+    import privacy.secure_random as secure_random
+
+    monkeypatch.setattr(secure_random, "_entropy", lambda n: bytes(n))  # the test-only path
     results = []
     for mode in ("hooks", "functorch", "ghost"):
         model = tiny_model()
@@ -177,7 +224,7 @@ def test_the_round_plan_is_what_opacus_records(n: int) -> None:
     model = make_model()
     settings = DPSettings(max_grad_norm=1.0, delta=1e-5, target_epsilon=None, noise_multiplier=1.0,
                           accountant="prv", grad_sample_mode="hooks")
-    with make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, settings, 1.0, seed=0) as private:
+    with make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, settings, 1.0) as private:
         recorded_rate = 1 / len(private.loader)
         recorded_steps = len(private.loader)
     plan = RoundPlan.for_data(n, 64, 1)
