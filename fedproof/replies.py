@@ -32,6 +32,7 @@ from fedproof.protocol import (
     ARRAYS_KEY,
     BUDGET_EXHAUSTED,
     CIPHERTEXTS_KEY,
+    WITHHELD,
     METRICS_KEY,
     SUM_KEY,
     ClientReport,
@@ -39,7 +40,7 @@ from fedproof.protocol import (
     SignedEnvelope,
     payload_chunks,
 )
-from ledger.signing import payload_digest
+from ledger.signing import payload_digest, unscale_epsilon
 from privacy.he import HEParams
 
 MAX_EXAMPLES = 2**31 - 1
@@ -70,6 +71,8 @@ class Reason(str, Enum):
     REPLAYED = "replayed"
     DUPLICATE = "duplicate"
     PAYLOAD_MISMATCH = "payload-mismatch"
+    WITHHELD = "withheld"
+    """An evaluate reply without metrics, on purpose: the client's privacy keeps them on the device."""
 
     @classmethod
     def of(cls, exc: Exception) -> Reason:
@@ -97,7 +100,8 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Declined:
-    """A client that chose not to train this round (its privacy budget would be exceeded)."""
+    """A client that chose not to train this round (its privacy budget would be exceeded). Its ``epsilon`` is what
+    it says, unsigned: shown in logs, never reported as privacy spent."""
 
     node_id: int
     client_id: str
@@ -113,6 +117,7 @@ class Update:
     client_id: str
     num_examples: int
     epsilon: float | None
+    """The privacy spent as the client signed it (never the unsigned report): the one epsilon reported."""
     envelope: SignedEnvelope
     payload_sha256: bytes
     """SHA-256 of the payload bytes as received (what the signature must cover)."""
@@ -221,7 +226,8 @@ def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
         raise UpdateRejected("the reply carries no client report", Reason.MALFORMED.value)
     metrics = content.metric_records[METRICS_KEY]
     return Update(
-        node_id=node, client_id=report.client_id, num_examples=count, epsilon=report.epsilon, envelope=envelope,
+        node_id=node, client_id=report.client_id, num_examples=count,
+        epsilon=unscale_epsilon(envelope.fields.epsilon_scaled), envelope=envelope,
         payload_sha256=digest, delta=delta, ciphertexts=payload, upload_bytes=size,
         train_loss=_finite(metrics, "train_loss"), train_seconds=_finite(metrics, "train-seconds"),
         secure_seconds=_finite(metrics, "secure-seconds"),
@@ -229,6 +235,9 @@ def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
 
 
 def _evaluation(msg: Message) -> Evaluation:
+    report = ClientReport.from_reply(msg.content)
+    if report is not None and report.status == WITHHELD:
+        raise UpdateRejected(f"client {report.client_id} releases no metrics: {report.reason}", Reason.WITHHELD.value)
     metrics = msg.content.metric_records.get(METRICS_KEY)
     count = _num_examples(metrics)
     loss, accuracy = _finite(metrics, "val_loss"), _finite(metrics, "val_accuracy")

@@ -19,7 +19,7 @@ from fedproof.client_data import ClientData, load_client_data
 from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
 from fedproof.model import make_model
-from fedproof.protocol import ARRAYS_KEY, SUM_KEY, TRAINED, ClientReport, EncryptedPayload
+from fedproof.protocol import ARRAYS_KEY, SUM_KEY, TRAINED, WITHHELD, ClientReport, EncryptedPayload
 from fedproof.task import evaluate
 from fl_client.signing import client_id, sign_decryption, sign_update
 from fl_client.secure_update import decrypt_sum, encrypt_update, plain_update, secret_context
@@ -90,10 +90,11 @@ def train(msg: Message, context: Context) -> Message:
             encrypt_update(trained, job.global_arrays, outcome.num_examples, secret).put(content)
         else:
             content[ARRAYS_KEY] = plain_update(trained, job.global_arrays)
-        content["metrics"] = MetricRecord(
-            {"train_loss": outcome.loss, "num-examples": outcome.num_examples,
-             "rounds-trained": outcome.state.rounds_trained, "train-seconds": trained_at - started}
-        )
+        metrics = {"num-examples": outcome.num_examples, "rounds-trained": outcome.state.rounds_trained,
+                   "train-seconds": trained_at - started}
+        if not job.config.dp:  # under DP the loss stays here: the accountant does not cover it
+            metrics["train_loss"] = outcome.loss
+        content["metrics"] = MetricRecord(metrics)
         sign_update(content, job.config, context, job.server_round, outcome.num_examples, outcome.epsilon)
         content["metrics"]["secure-seconds"] = time.perf_counter() - trained_at  # encrypt + sign; not signed itself
     return Message(content, reply_to=msg)
@@ -101,6 +102,11 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
+    config, _ = _settings(msg)
+    if config.dp:  # exact accuracy and loss on local data are outside what the accountant covers: withheld
+        report = ClientReport(client_id(context), WITHHELD, reason="a DP client releases only what its accountant "
+                                                                  "covers; its validation metrics stay on the device")
+        return Message(RecordDict({"client": report.to_record()}), reply_to=msg)
     job = _job(msg, context)
     loss, accuracy = evaluate(job.model, job.data.val_x, job.data.val_y)
     metrics = MetricRecord({"val_loss": loss, "val_accuracy": accuracy, "num-examples": len(job.data.val_y)})

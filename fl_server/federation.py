@@ -82,7 +82,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     plan = RoundPlan(
         settings=config.to_mapping(),
         fraction_train=config.fraction_train,
-        fraction_evaluate=config.fraction_evaluate,
+        fraction_evaluate=0.0 if config.dp else config.fraction_evaluate,  # DP clients withhold metrics anyway
         seed=config.seed,
         timeout=config.round_timeout,
         admission=Admission(UpdateVerifier(credentials.allow, config.chain_id, config.contract_bytes(), config.run_id)),

@@ -98,10 +98,8 @@ class RoundResult:
 
     @property
     def privacy_spent(self) -> dict[str, float]:
-        """Epsilon each client reported this round (admitted updates and declines; none without DP)."""
-        reports = [(a.update.client_id, a.update.epsilon) for a in self.admitted]
-        reports += [(d.client_id, d.epsilon) for d in self.declines]
-        return {client: epsilon for client, epsilon in reports if epsilon is not None}
+        """Epsilon each admitted update signed this round (none without DP); declines' claims are not counted."""
+        return {a.update.client_id: a.update.epsilon for a in self.admitted if a.update.epsilon is not None}
 
     @property
     def leaves(self) -> tuple[SignedUpdate, ...]:
@@ -230,7 +228,7 @@ def round_metrics(result: RoundResult, loss: float, accuracy: float, seconds: fl
                   ) -> RoundMetrics:
     """The round's row: central evaluation, the admitted updates' means, privacy spent, what was set aside."""
     updates = [a.update for a in result.admitted]
-    epsilons = [e for e in [u.epsilon for u in updates] + [d.epsilon for d in result.declines] if e is not None]
+    epsilons = list(result.privacy_spent.values())  # signed values only
     train = result.rejected(TRAIN)
     return RoundMetrics(
         round=result.round,

@@ -58,6 +58,11 @@ def scale_epsilon(epsilon: float | None) -> int:
     return min(math.ceil(epsilon * EPSILON_SCALE), NO_DP - 1)
 
 
+def unscale_epsilon(scaled: int) -> float | None:
+    """The epsilon a signed field states (None: the signer trained without DP)."""
+    return None if scaled == NO_DP else scaled / EPSILON_SCALE
+
+
 def client_id_hash(client_id: str) -> bytes:
     """The 32-byte id a client has on chain."""
     return hashlib.sha256(b"fedproof/client/v1\x00" + client_id.encode()).digest()

@@ -26,11 +26,12 @@ def round_result(rnd: int, parent: ArrayRecord, model: ArrayRecord | None, leave
 
 
 def signed_reply(config, client: str, arrays: ArrayRecord | None, count: int, server_round: int = 1,
-                 **metrics) -> RecordDict:
-    """A fedproof client's plaintext train reply, signed with ``client``'s key from ``config.key_set``."""
-    content = RecordDict({"client": ClientReport(client).to_record(),
+                 epsilon: float | None = None, claimed_epsilon: float | None = None, **metrics) -> RecordDict:
+    """A fedproof client's plaintext train reply, signed with ``client``'s key from ``config.key_set``; it signs
+    ``epsilon`` and its unsigned report claims ``claimed_epsilon``."""
+    content = RecordDict({"client": ClientReport(client, epsilon=claimed_epsilon).to_record(),
                           "metrics": MetricRecord({"num-examples": count, **metrics})})
     if arrays is not None:
         content["arrays"] = arrays
     context = Context(run_id=1, node_id=1, node_config={"client-id": client}, state=RecordDict(), run_config={})
-    return sign_update(content, config, context, server_round, count, None)
+    return sign_update(content, config, context, server_round, count, epsilon)

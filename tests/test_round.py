@@ -136,7 +136,8 @@ def test_all_declined_ends_the_run_with_its_reason(config: RunConfig) -> None:
 def test_some_declined_are_counted_not_failed(config: RunConfig) -> None:
     declined = RecordDict({"client": ClientReport("4", BUDGET_EXHAUSTED, 3.0, "spent").to_record()})
     result, _ = run(config, {1: signed_reply(config, "1", weights(1.0), 10), 4: declined})
-    assert not result.stop and result.metrics.budget_exhausted == 1 and result.metrics.epsilon_max == 3.0
+    assert not result.stop and result.metrics.budget_exhausted == 1
+    assert result.metrics.epsilon_max is None  # a decline's epsilon is unsigned: never reported as spent
     assert sorted(r.reason.value for r in result.rejections) == ["no-reply", "no-reply"]
 
 
@@ -193,3 +194,34 @@ def test_sampling_is_seeded_by_run_and_round(config: RunConfig) -> None:
     assert a == sample(nodes, 0.1, random.Random("train/1/2")) and len(a) == 10
     assert a != sample(nodes, 0.1, random.Random("train/1/3"))
     assert sample(nodes, 0.0, random.Random(0)) == [] and sample([1], 0.01, random.Random(0)) == [1]
+
+
+def test_the_signed_epsilon_is_the_one_reported(config: RunConfig) -> None:
+    result, _ = run(config, {1: signed_reply(config, "1", weights(1.0), 10, epsilon=2.5, claimed_epsilon=0.1),
+                             2: signed_reply(config, "2", weights(1.0), 10, epsilon=1.25)})
+    assert result.privacy_spent == {"1": 2.5, "2": 1.25}
+    assert result.metrics.epsilon_max == 2.5 and result.metrics.epsilon_mean == pytest.approx(1.875)
+
+
+def test_a_client_that_withholds_its_metrics_is_set_aside_as_withheld(config: RunConfig) -> None:
+    from fedproof.protocol import WITHHELD
+
+    withheld = RecordDict({"client": ClientReport("2", WITHHELD, reason="DP").to_record()})
+    result, _ = run(config, {n: signed_reply(config, str(n), weights(1.0), 10) for n in (1, 2)},
+                    evaluate=lambda node, msg: withheld if node == 2 else evaluation())
+    assert [(r.node_id, r.reason.value) for r in result.rejected("evaluate")] == [(2, "withheld")]
+    assert result.metrics.evaluate_clients == 1 and result.model is not None
+
+
+def test_a_dp_client_withholds_evaluate_metrics(config: RunConfig) -> None:
+    from flwr.app import ConfigRecord, Context
+
+    from fedproof.protocol import WITHHELD
+    from fl_client.client_app import evaluate_local
+
+    msg = Message(RecordDict({"arrays": parent(), "config": ConfigRecord({**RunConfig(dp=True).to_mapping(),
+                                                                          "server-round": 1})}),
+                  dst_node_id=1, message_type="evaluate")
+    context = Context(run_id=1, node_id=1, node_config={"client-id": "1"}, state=RecordDict(), run_config={})
+    reply = evaluate_local(msg, context)
+    assert ClientReport.from_reply(reply.content).status == WITHHELD and "metrics" not in reply.content
