@@ -35,12 +35,24 @@ def provision_command(
     out: Annotated[Path, typer.Option(help="Directory for the kits.")] = Path("kits"),
     port: Annotated[int, typer.Option(help="SuperLink port.")] = 9092,
     force: Annotated[bool, typer.Option(help="Replace existing kits (and all their keys).")] = False,
+    max_epsilon: Annotated[float, typer.Option(help="Clients' policy: lifetime epsilon cap of each dataset.")] = 3.0,
+    max_delta: Annotated[float, typer.Option(help="Clients' policy: largest delta accepted.")] = 1e-5,
+    min_noise: Annotated[float, typer.Option(help="Clients' policy: smallest DP noise multiplier.")] = 0.0,
+    max_clip: Annotated[float, typer.Option(help="Clients' policy: largest per-sample clipping norm.")] = 1.0,
 ) -> None:
-    """Write one startup kit per party: kits/server and kits/client-<i>, each with only what that party may hold."""
+    """Write one startup kit per party: kits/server and kits/client-<i>, each with only what that party may hold.
+
+    Every client kit gets a privacy policy (policy.json: DP and HE required, the caps given here, no metrics
+    released); edit a kit's file to give one data holder another policy. Runs may only ask for more privacy."""
     from fedproof.provision import provision
+    from privacy.policy import PolicyError, PrivacyPolicy
 
     try:
-        kits = provision(out, clients, server_host, port, force)
+        policy = PrivacyPolicy(max_epsilon=max_epsilon, max_delta=max_delta, min_noise_multiplier=min_noise,
+                               max_clip=max_clip)
+        kits = provision(out, clients, server_host, port, force, policy=policy)
+    except PolicyError as exc:
+        _fail(exc)
     except (FedproofError, OSError) as exc:
         _fail(exc)
     console.print(f"server kit: {kits.server}\nclient kits: {', '.join(str(p) for p in kits.clients.values())}\n"

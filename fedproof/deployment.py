@@ -144,7 +144,8 @@ def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", ins
     cid = doc["client_id"]
     node_config = {"partition-id": doc["partition_id"], "num-partitions": doc["num_partitions"], "client-id": cid,
                    "signing-key": str(kit / "clients" / f"{cid}.pem"), "he-context": str(kit / "he-client.ctx"),
-                   "state-dir": str(kit / "state")}  # its privacy history survives restarts of the device
+                   "state-dir": str(kit / "state"),  # its privacy history survives restarts of the device
+                   "privacy-policy": str(kit / "policy.json")}  # what it allows, whatever a run asks
     if data_dir:
         node_config["data-dir"] = data_dir
     if threads:

@@ -40,8 +40,11 @@ from cryptography.x509.oid import NameOID
 from fedproof.errors import ConfigError
 from fedproof.files import write_atomically
 from fedproof.keys import CLIENT_KEYS, init_key_set
+from privacy.policy import PrivacyPolicy
 
 KIT = "kit.json"
+POLICY = "policy.json"
+"""A client kit's privacy policy (privacy.policy.PrivacyPolicy): what its device allows, whatever a run asks."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,10 @@ def node_key_pair() -> tuple[bytes, bytes]:
 
 
 def provision(out: Path, clients: int, server_host: str, port: int = 9092, force: bool = False,
-              days: int = 365, partition: str = "dirichlet") -> Kits:
-    """Write a server kit and ``clients`` client kits under ``out``."""
+              days: int = 365, partition: str = "dirichlet", policy: PrivacyPolicy | None = None) -> Kits:
+    """Write a server kit and ``clients`` client kits under ``out``; each client kit holds ``policy`` (default: the
+    strict one) as its own ``policy.json``, which its device reads and the server cannot override."""
+    policy = policy or PrivacyPolicy()
     out = Path(out)
     if clients < 1:
         raise ConfigError("provision at least one client")
@@ -129,6 +134,7 @@ def provision(out: Path, clients: int, server_host: str, port: int = 9092, force
             write_atomically(server / "node-keys" / f"{i}.pub", public)
             write_atomically(kit / CLIENT_KEYS / f"{i}.pem", keys.signing_key(i).read_bytes(), private=True)
             write_atomically(kit / "he-client.ctx", keys.he_client.read_bytes(), private=True)
+            write_atomically(kit / POLICY, policy.to_json().encode())
             write_atomically(kit / KIT, json.dumps({"role": "client", "client_id": i, "partition_id": int(i),
                                                     "num_partitions": clients, "partition": partition,
                                                     "server": f"{server_host}:{port}"}, indent=2).encode())

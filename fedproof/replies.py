@@ -32,6 +32,7 @@ from fedproof.protocol import (
     ARRAYS_KEY,
     BUDGET_EXHAUSTED,
     CIPHERTEXTS_KEY,
+    POLICY_REFUSED,
     WITHHELD,
     METRICS_KEY,
     SUM_KEY,
@@ -100,13 +101,15 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Declined:
-    """A client that chose not to train this round (its privacy budget would be exceeded). Its ``epsilon`` is what
-    it says, unsigned: shown in logs, never reported as privacy spent."""
+    """A client that chose not to train this round: its privacy budget would be exceeded, or the run asks for less
+    privacy than its policy allows. Its ``epsilon`` is what it says, unsigned: never reported as privacy spent."""
 
     node_id: int
     client_id: str
     epsilon: float | None
     reason: str
+    status: str = BUDGET_EXHAUSTED
+    """BUDGET_EXHAUSTED, or POLICY_REFUSED (the run asked for less privacy than the client's policy allows)."""
 
 
 @dataclass(frozen=True)
@@ -212,8 +215,8 @@ def _claimed(msg: Message) -> str:
 def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
     node, content = msg.metadata.src_node_id, msg.content
     report = ClientReport.from_reply(content)
-    if report is not None and report.status == BUDGET_EXHAUSTED:
-        return Declined(node, report.client_id, report.epsilon, report.reason)
+    if report is not None and report.status in (BUDGET_EXHAUSTED, POLICY_REFUSED):
+        return Declined(node, report.client_id, report.epsilon, report.reason, report.status)
     count = _num_examples(content.metric_records.get(METRICS_KEY))
     if spec.he is not None:
         payload = _ciphertexts(content, spec)

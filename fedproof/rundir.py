@@ -44,6 +44,8 @@ class RoundMetrics:
     epsilon_mean: float | None = None
     budget_exhausted: int = 0
     """Clients that declined this round because their privacy budget is spent."""
+    policy_refused: int = 0
+    """Clients that declined because the run asked for less privacy than their policy allows."""
     rejected_updates: int = 0
     """Updates refused before aggregation (malformed, corrupt, out of range)."""
     upload_bytes_per_param: float | None = None

@@ -21,6 +21,7 @@ from fedproof.errors import ConfigError
 from fedproof.model import make_model
 from fedproof.protocol import ARRAYS_KEY, SUM_KEY, TRAINED, WITHHELD, ClientReport, EncryptedPayload
 from fedproof.task import evaluate
+from fl_client.policy import client_policy
 from fl_client.signing import client_id, sign_decryption, sign_update
 from fl_client.secure_update import decrypt_sum, encrypt_update, plain_update, secret_context
 from fl_client.state import ClientState, state_file
@@ -74,9 +75,10 @@ def train(msg: Message, context: Context) -> Message:
     seed = job.config.seed * 1_000_003 + job.server_round * 1_009 + job.partition_id
     started = time.perf_counter()
     saved = state_file(context, job.config.run_dir, job.config.run_id, client_id(context))
+    policy = client_policy(job.config, context)
     outcome = train_round(
         job.model, job.data.train_x, job.data.train_y, job.config, ClientState.load(context, saved), job.server_round,
-        seed,
+        seed, policy,
     )
     trained_at = time.perf_counter()
     outcome.state.save(context, saved)
@@ -92,7 +94,7 @@ def train(msg: Message, context: Context) -> Message:
             content[ARRAYS_KEY] = plain_update(trained, job.global_arrays)
         metrics = {"num-examples": outcome.num_examples, "rounds-trained": outcome.state.rounds_trained,
                    "train-seconds": trained_at - started}
-        if not job.config.dp:  # under DP the loss stays here: the accountant does not cover it
+        if outcome.epsilon is None and policy.release_metrics:  # under DP the loss stays: nothing accounts for it
             metrics["train_loss"] = outcome.loss
         content["metrics"] = MetricRecord(metrics)
         sign_update(content, job.config, context, job.server_round, outcome.num_examples, outcome.epsilon)
@@ -103,9 +105,11 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
     config, _ = _settings(msg)
-    if config.dp:  # exact accuracy and loss on local data are outside what the accountant covers: withheld
-        report = ClientReport(client_id(context), WITHHELD, reason="a DP client releases only what its accountant "
-                                                                  "covers; its validation metrics stay on the device")
+    policy = client_policy(config, context)
+    if config.dp or policy.dp_required or not policy.release_metrics:  # exact accuracy and loss are outside what
+        report = ClientReport(client_id(context), WITHHELD,  # an accountant covers: they stay on the device
+                              reason="this client's policy releases no validation metrics (DP: only what its "
+                                     "accountant covers)")
         return Message(RecordDict({"client": report.to_record()}), reply_to=msg)
     job = _job(msg, context)
     loss, accuracy = evaluate(job.model, job.data.val_x, job.data.val_y)

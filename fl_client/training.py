@@ -15,16 +15,18 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedproof.config import RunConfig
-from fedproof.protocol import BUDGET_EXHAUSTED, TRAINED
+from fedproof.protocol import BUDGET_EXHAUSTED, POLICY_REFUSED, TRAINED
 from fedproof.task import to_tensors
+from fl_client.policy import run_policy
 from fl_client.state import ClientState
 from privacy.dp import RoundPlan, calibrate_noise, check_budget, make_private
 from privacy.errors import BudgetExhausted
+from privacy.policy import PrivacyPolicy, PolicyRefusal
 
 @dataclass(frozen=True)
 class RoundOutcome:
     status: str
-    """TRAINED, or BUDGET_EXHAUSTED when the client declined to train."""
+    """TRAINED; BUDGET_EXHAUSTED or POLICY_REFUSED when the client declined to train (``reason`` says why)."""
     loss: float
     """Mean training loss over the last local epoch (0 when declined)."""
     num_examples: int
@@ -61,22 +63,29 @@ def train_round(
     state: ClientState,
     server_round: int,
     seed: int,
+    policy: PrivacyPolicy | None = None,
 ) -> RoundOutcome:
-    """One round of local training of ``model`` (in place) on the client's data, private if configured."""
+    """One round of local training of ``model`` (in place) on the client's data, as private as the run asks and
+    at least as private as ``policy`` (default: the run's own settings) demands; a request weaker than the
+    policy is refused (POLICY_REFUSED) before anything is trained."""
+    policy = policy or run_policy(config)
+    try:
+        dp = policy.admit(dp=config.dp, he=config.he, settings=config.dp_settings())
+    except PolicyRefusal as exc:
+        return RoundOutcome(POLICY_REFUSED, 0.0, 0, None, state, str(exc))
     n = len(labels)
     x, y = to_tensors(images, labels)
     loader = DataLoader(
         TensorDataset(x, y), batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    dp = config.dp_settings()
     if dp is None:
         loss = run_epochs(model, optimizer, nn.CrossEntropyLoss(), loader, config.local_epochs)
         return RoundOutcome(TRAINED, loss, n, None, state.after_training(server_round, n))
 
     dp.check_dataset(n)
     plan = RoundPlan.for_data(n, config.batch_size, config.local_epochs)
-    noise = state.noise_multiplier or dp.noise_multiplier or calibrate_noise(dp, plan, config.rounds)
+    noise = policy.noise_floor(state.noise_multiplier or dp.noise_multiplier or calibrate_noise(dp, plan, config.rounds))
     try:
         check_budget(state.spend, noise, plan, dp)
     except BudgetExhausted as exc:

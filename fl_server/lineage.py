@@ -110,7 +110,8 @@ class Lineage:
     def record(self, result: RoundResult) -> None:
         """Write the round's model file and bundle, and send its record: the new model with its admitted
         updates, or (no new model) the parent again with the failure reason. Every set-aside reply is listed."""
-        rejected = tuple(str(r) if r.phase == TRAIN else f"{r.phase} {r}" for r in result.rejections)
+        rejected = tuple(str(r) if r.phase == TRAIN else f"{r.phase} {r}" for r in result.rejections) + tuple(
+            f"declined: client {d.client_id}: {d.status}: {d.reason}" for d in result.declines)
         common = (self.config.run_id, result.round, self.config.chain_id, self.config.contract_bytes(), self.parent)
         if result.model is None:
             self._record(RoundBundle(*common, self.parent, rejected=rejected, failed=result.failure))

@@ -29,7 +29,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedproof.protocol import ARRAYS_KEY, CONFIG_KEY, EVALUATE, TRAIN
+from fedproof.protocol import ARRAYS_KEY, BUDGET_EXHAUSTED, CONFIG_KEY, EVALUATE, TRAIN
 from fedproof.replies import (
     Declined,
     Evaluation,
@@ -129,7 +129,10 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
         else:
             rejections.append(outcome)
     if asked and len(declines) == len(asked):
-        stop = f"all {len(asked)} clients asked in round {server_round} have exhausted their privacy budget"
+        refused = sorted({d.reason for d in declines if d.status != BUDGET_EXHAUSTED})
+        stop = (f"all {len(asked)} clients asked in round {server_round} have exhausted their privacy budget"
+                if not refused else f"all {len(asked)} clients asked in round {server_round} declined; their "
+                                    f"privacy policies refuse: {'; '.join(refused)}")
         return RoundResult(server_round, parent, None, (), tuple(declines), tuple(rejections), (), "", stop, None)
 
     admitted: list[Admitted] = []
@@ -242,7 +245,8 @@ def round_metrics(result: RoundResult, loss: float, accuracy: float, seconds: fl
         evaluate_clients=len(result.evaluations),
         epsilon_max=max(epsilons) if epsilons else None,
         epsilon_mean=float(np.mean(epsilons)) if epsilons else None,
-        budget_exhausted=len(result.declines),
+        budget_exhausted=sum(d.status == BUDGET_EXHAUSTED for d in result.declines),
+        policy_refused=sum(d.status != BUDGET_EXHAUSTED for d in result.declines),
         rejected_updates=len(train),
         upload_bytes_per_param=float(np.mean([u.upload_bytes / num_values for u in updates])) if updates else None,
         client_train_seconds=_weighted(updates, lambda u: u.train_seconds),

@@ -16,6 +16,7 @@ import pytest
 
 from fedproof.processes import free_port, stop_pid
 from fedproof.provision import node_key_pair, provision
+from privacy.policy import PrivacyPolicy
 
 pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
 
@@ -34,7 +35,9 @@ def test_kits_hold_only_what_each_party_may_hold(tmp_path: Path) -> None:
                       "node-keys/0.pub", "node-keys/1.pub"}
     for cid, kit in kits.clients.items():
         files = {p.relative_to(kit).as_posix() for p in kit.rglob("*") if p.is_file()}
-        assert files == {"ca.crt", "node.key", "node.pub", f"clients/{cid}.pem", "he-client.ctx", "kit.json"}
+        assert files == {"ca.crt", "node.key", "node.pub", f"clients/{cid}.pem", "he-client.ctx", "kit.json",
+                         "policy.json"}
+        assert PrivacyPolicy.load(kit / "policy.json") == PrivacyPolicy()  # the strict defaults
     secret = [kits.server / "server.key", kits.server / "he-server.ctx", kits.server / "allowlist.json"] + [
         kit / name for kit in kits.clients.values() for name in ("node.key", "he-client.ctx")]
     for path in secret:
@@ -53,7 +56,7 @@ def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: P
     port, devnet_port = free_port(), free_port()
     kits = tmp_path / "kits"
     assert cli("provision", "--clients", "3", "--server-host", "127.0.0.1", "--port", str(port), "--out",
-               str(kits)).returncode == 0
+               str(kits), "--max-epsilon", "1000", "--max-delta", "1e-3").returncode == 0  # what the run below asks
     started = cli("server", "start", "--kit", str(kits / "server"), "--bind", "127.0.0.1", "--devnet-port",
                   str(devnet_port))
     pids: list[int] = []

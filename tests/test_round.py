@@ -225,3 +225,20 @@ def test_a_dp_client_withholds_evaluate_metrics(config: RunConfig) -> None:
     context = Context(run_id=1, node_id=1, node_config={"client-id": "1"}, state=RecordDict(), run_config={})
     reply = evaluate_local(msg, context)
     assert ClientReport.from_reply(reply.content).status == WITHHELD and "metrics" not in reply.content
+
+
+def test_policy_refusals_are_counted_recorded_and_end_a_run_only_when_everyone_refuses(
+        config: RunConfig, tmp_path) -> None:
+    from fedproof.protocol import POLICY_REFUSED
+    from fl_server.lineage import Lineage
+    from ledger.bundle import RoundBundle
+
+    refusal = RecordDict({"client": ClientReport("4", POLICY_REFUSED, reason="dp-required: DP only").to_record()})
+    result, _ = run(config, {1: signed_reply(config, "1", weights(1.0), 10), 2: refusal, 3: refusal, 4: refusal})
+    assert not result.stop and result.metrics.policy_refused == 3 and result.metrics.budget_exhausted == 0
+    lineage = Lineage(tmp_path, config, None, parent())
+    lineage.record(result)
+    bundle = RoundBundle.from_bytes((tmp_path / "ledger" / "round-1.json").read_bytes())
+    assert sum("declined: client 4: policy-refused: dp-required" in line for line in bundle.rejected) == 3
+    everyone, _ = run(config, {n: refusal for n in (1, 2, 3, 4)})
+    assert "privacy policies refuse: dp-required: DP only" in everyone.stop and everyone.model is None

@@ -1,0 +1,33 @@
+"""Which privacy policy this client holds: its own file on a device, the run's settings in a simulation.
+
+A device (a SuperNode started by ``fedproof client``) reads ``privacy-policy`` from its node config: the kit's
+``policy.json``. A device started without one gets the strict defaults. The run's settings (what the server sends)
+never choose the file. In a simulation every dataset is the operator's, who also sets the run: simulated
+clients (no ``client-id`` in their node config) take the run's own settings as their policy.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from flwr.app import Context
+
+from fedproof.config import RunConfig
+from privacy.policy import PrivacyPolicy
+
+
+def client_policy(config: RunConfig, context: Context) -> PrivacyPolicy:
+    path = context.node_config.get("privacy-policy")
+    if path:
+        return PrivacyPolicy.load(Path(str(path)).expanduser())
+    if "client-id" in context.node_config:  # a device with no policy file: the strictest defaults
+        return PrivacyPolicy()
+    return run_policy(config)
+
+
+def run_policy(config: RunConfig) -> PrivacyPolicy:
+    """A policy that admits exactly ``config``'s privacy settings (a simulation's data holders)."""
+    return PrivacyPolicy(dp_required=config.dp, max_epsilon=config.target_epsilon or math.inf,
+                         max_delta=config.delta, min_clip=config.max_grad_norm, max_clip=config.max_grad_norm,
+                         he_required=config.he, release_metrics=not config.dp)

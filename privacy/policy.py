@@ -1,0 +1,124 @@
+"""A data holder's privacy policy: what its device allows, whatever the server asks.
+
+The server sends its run settings with every message; a device trains only if they are at least as private as
+its policy. Settings may *tighten* the policy (a smaller epsilon, more noise, a smaller clip, a smaller delta):
+never loosen it. A request for anything weaker is refused with a :class:`PolicyRefusal` that names the rule, the
+device trains nothing and sends nothing but the refusal.
+
+A device reads its policy from its own files (``policy.json`` in its kit, written by ``fedproof provision``);
+nothing in a message can name another. The defaults are the strict ones: DP and HE required, a lifetime
+epsilon of 3 at delta <= 1e-5, clipping within [0.01, 1], no metrics released.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from privacy.dp import DPSettings
+from privacy.errors import PrivacyError
+
+_MAX_POLICY_FILE = 64 << 10
+
+
+class PolicyError(PrivacyError, ValueError):
+    """A policy file is missing, oversized, malformed, or states an impossible policy."""
+
+
+class PolicyRefusal(PrivacyError):
+    """The server asked for settings weaker than the device's policy: nothing is trained or sent."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    dp_required: bool = True
+    max_epsilon: float = 3.0
+    """The largest epsilon this dataset may ever spend (every round of every run)."""
+    max_delta: float = 1e-5
+    min_noise_multiplier: float = 0.0
+    """Noise below this is never used (0: whatever the budget calibrates)."""
+    min_clip: float = 0.01
+    max_clip: float = 1.0
+    he_required: bool = True
+    release_metrics: bool = False
+    """Whether a client training without DP may send its local loss and validation metrics."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_epsilon > 0, "max_epsilon must be a positive number (inf: no cap)"),
+            (0 < self.max_delta < 1, "max_delta must be in (0, 1)"),
+            (self.min_noise_multiplier >= 0 and math.isfinite(self.min_noise_multiplier),
+             "min_noise_multiplier must be a non-negative number"),
+            (0 < self.min_clip <= self.max_clip and math.isfinite(self.max_clip), "need 0 < min_clip <= max_clip"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise PolicyError("invalid privacy policy: " + "; ".join(problems))
+
+    def admit(self, *, dp: bool, he: bool, settings: DPSettings | None) -> DPSettings | None:
+        """The DP settings this device trains with for the server's request, or :class:`PolicyRefusal`.
+
+        The run's target epsilon, if it has one, can only lower the lifetime cap; its noise can only be raised to
+        the policy's floor (more noise is always allowed)."""
+        if self.he_required and not he:
+            raise PolicyRefusal("he-required", "this device sends updates encrypted only; the run has HE off")
+        if settings is None:
+            if self.dp_required:
+                raise PolicyRefusal("dp-required", "this device trains with DP only; the run has DP off")
+            return None
+        if settings.target_epsilon is not None and settings.target_epsilon > self.max_epsilon:
+            raise PolicyRefusal("epsilon-above-policy", f"the run asks for epsilon {settings.target_epsilon:g}; "
+                                                        f"this device allows at most {self.max_epsilon:g}")
+        if settings.delta > self.max_delta:
+            raise PolicyRefusal("delta-above-policy", f"the run asks for delta {settings.delta:g}; this device "
+                                                      f"allows at most {self.max_delta:g}")
+        if not self.min_clip <= settings.max_grad_norm <= self.max_clip:
+            raise PolicyRefusal("clip-outside-policy", f"the run clips at {settings.max_grad_norm:g}; this device "
+                                                       f"allows [{self.min_clip:g}, {self.max_clip:g}]")
+        if settings.noise_multiplier is not None and settings.noise_multiplier < self.min_noise_multiplier:
+            raise PolicyRefusal("noise-below-policy", f"the run asks for noise {settings.noise_multiplier:g}; this "
+                                                      f"device adds at least {self.min_noise_multiplier:g}")
+        cap = min(self.max_epsilon, settings.target_epsilon or math.inf)
+        return DPSettings(max_grad_norm=settings.max_grad_norm, delta=settings.delta,
+                          target_epsilon=cap if math.isfinite(cap) else None,
+                          noise_multiplier=settings.noise_multiplier, accountant=settings.accountant,
+                          grad_sample_mode=settings.grad_sample_mode)
+
+    def noise_floor(self, noise: float) -> float:
+        """The noise multiplier to train with: the calibrated or requested one, raised to the policy's floor."""
+        return max(noise, self.min_noise_multiplier)
+
+    # ------------------------------------------------------------------------------------------- its file
+    def to_json(self) -> str:
+        return json.dumps({"version": 1, **asdict(self)}, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, what: str = "privacy policy") -> PrivacyPolicy:
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict) or doc.pop("version", None) != 1:
+                raise ValueError("not a version-1 policy")
+            kinds = {"dp_required": bool, "he_required": bool, "release_metrics": bool}
+            for key, value in doc.items():
+                wanted = kinds.get(key, float)
+                ok = type(value) is bool if wanted is bool else type(value) in (int, float)
+                if key not in cls.__dataclass_fields__ or not ok:
+                    raise ValueError(f"{key!r} is not a policy field of type {wanted.__name__}")
+            return cls(**{k: float(v) if kinds.get(k, float) is float else v for k, v in doc.items()})
+        except (ValueError, TypeError) as exc:
+            raise PolicyError(f"{what}: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: Path) -> PrivacyPolicy:
+        path = Path(path)
+        if not path.is_file():
+            raise PolicyError(f"no privacy policy at {path} (fedproof provision writes one into every client kit)")
+        if path.stat().st_size > _MAX_POLICY_FILE:
+            raise PolicyError(f"{path}: too large to be a privacy policy")
+        return cls.from_json(path.read_text(), str(path))
