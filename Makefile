@@ -38,8 +38,9 @@ data: $(STAMP)
 	  echo "Fashion-MNIST not found and apt-get is unavailable: see README (Data) to fetch it by hand."; \
 	fi
 
+# Each demo simulates new data holders (their lifetime privacy budgets live in the run directory's client-state/).
 demo: setup
-	$(BIN)/fedproof simulate --deploy
+	$(BIN)/fedproof simulate --deploy --run-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -103,12 +103,12 @@ def nvflare_costs(size: int, clients: int) -> dict:
 def round_time(tmp: str, he: bool, rounds: int) -> dict:
     name = "he" if he else "plain"
     wall, rss, proc = measure(
-        [sys.executable, "-m", "fedproof.cli", "simulate", "--rounds", str(rounds), "--run-dir", tmp,
-         "--run-id", name, "--he" if he else "--no-he", "--no-ledger"]
+        [sys.executable, "-m", "fedproof.cli", "simulate", "--rounds", str(rounds), "--run-dir", f"{tmp}/{name}",
+         "--run-id", name, "--he" if he else "--no-he", "--no-ledger"]  # own run dirs: fresh privacy budgets
     )
     if proc.returncode != 0:
         sys.exit(f"{name} run failed:\n{proc.stdout}\n{proc.stderr}")
-    rows = [json.loads(line) for line in (Path(tmp) / name / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (Path(tmp) / name / name / "metrics.jsonl").read_text().splitlines()]
     later = rows[1:] or rows  # round 1 pays Ray start-up, DP calibration and key generation
     return {"round_s": sum(r["seconds"] for r in later) / len(later), "accuracy": rows[-1]["accuracy"],
             "upload": rows[-1]["upload_bytes_per_param"], "wall": wall, "rss": rss}

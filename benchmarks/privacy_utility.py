@@ -23,11 +23,11 @@ from fedproof.rundir import RunDirectory
 def run(tmp: str, name: str, rounds: int, clients: int, dp_args: list[str]) -> dict:
     wall, rss, proc = measure(
         [sys.executable, "-m", "fedproof.cli", "simulate", "--clients", str(clients), "--rounds", str(rounds),
-         "--run-dir", tmp, "--run-id", name, "--no-he", "--no-ledger", *dp_args]
+         "--run-dir", f"{tmp}/{name}", "--run-id", name, "--no-he", "--no-ledger", *dp_args]  # fresh budgets each
     )
     if proc.returncode != 0:
         sys.exit(f"{name} failed:\n{proc.stdout}\n{proc.stderr}")
-    run_dir = Path(tmp) / name
+    run_dir = Path(tmp) / name / name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = RunDirectory(run_dir).read()["summary"]
     later = rows[1:] or rows  # round 1 pays Ray start-up and noise calibration

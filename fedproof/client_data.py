@@ -19,6 +19,8 @@ class ClientData:
     val_x: np.ndarray
     val_y: np.ndarray
     num_classes: int
+    dataset: str = ""
+    """The identity of the dataset these records come from (``fedproof.data.Dataset.identity``)."""
 
 
 def load_client_data(config: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
@@ -41,4 +43,5 @@ def load_client_data(config: RunConfig, partition_id: int, num_partitions: int) 
         val_x=dataset.train_x[val],
         val_y=dataset.train_y[val],
         num_classes=dataset.num_classes,
+        dataset=dataset.identity,
     )

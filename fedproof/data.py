@@ -102,6 +102,9 @@ class Dataset:
     test_y: np.ndarray
     num_classes: int
     source: Path
+    identity: str = ""
+    """SHA-256 over the training files' own SHA-256s: which records these are (a privacy budget is kept per
+    dataset, whatever partition of it a run trains on)."""
 
 
 # --------------------------------------------------------------------------------------------- IDX format
@@ -237,6 +240,7 @@ def _load(directory: Path, spec: DatasetSpec) -> Dataset:
         test_y=test_y.astype(np.int64),
         num_classes=spec.num_classes,
         source=directory,
+        identity=hashlib.sha256(f"{spec.train_images.sha256}:{spec.train_labels.sha256}".encode()).hexdigest(),
     )
 
 

@@ -74,11 +74,11 @@ def train(msg: Message, context: Context) -> Message:
     job = _job(msg, context)
     seed = job.config.seed * 1_000_003 + job.server_round * 1_009 + job.partition_id
     started = time.perf_counter()
-    saved = state_file(context, job.config.run_dir, job.config.run_id, client_id(context))
+    saved = state_file(context, job.config.run_dir, client_id(context), job.data.dataset)
     policy = client_policy(job.config, context)
+    state = ClientState.load(context, saved, job.config.run_id)
     outcome = train_round(
-        job.model, job.data.train_x, job.data.train_y, job.config, ClientState.load(context, saved), job.server_round,
-        seed, policy,
+        job.model, job.data.train_x, job.data.train_y, job.config, state, job.server_round, seed, policy,
     )
     trained_at = time.perf_counter()
     outcome.state.save(context, saved)

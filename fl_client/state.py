@@ -1,12 +1,16 @@
-"""What a client remembers between rounds, kept in Flower's ``Context.state`` (which outlives a message).
+"""What a client remembers: the privacy its dataset has spent (for life), and this run's counters and noise.
 
-Besides counters it holds the client's DP noise multiplier (calibrated once) and its privacy accountant
-history, so epsilon composes over every round the client trained in, in simulation and deployment alike.
+The privacy spent is an accountant history (``PrivacySpend``) that composes over every round of every run that
+trained on this dataset: a new run, or a server that asks under a new run id, continues it; it never restarts.
+The run's own fields (its calibrated noise multiplier, rounds trained, last round) start afresh when the run
+changes.
 
-``Context.state`` lives as long as the client's process (or the simulation): a restart would forget the
-privacy already spent and so break the budget. So the state is also written to a file (atomically: temp,
-fsync, rename) and read back when ``Context.state`` is empty: ``<state-dir>/<client-id>.json`` from the node
-config on a device, or ``<run-dir>/<run-id>/clients/`` in simulation (clients share the file system).
+Where it lives: Flower's ``Context.state`` (for as long as the client's process and run last) and, durably, a
+file written atomically (temp, fsync, rename) that is read when ``Context.state`` is empty:
+``<state-dir>/<client-id>-<dataset>.json`` on a device (``state-dir`` from its own node config, which no message
+can change), or ``<run-dir>/client-state/`` in a simulation, shared by every run in that run directory.
+``<dataset>`` names the records (``fedproof.data.Dataset.identity``), not the partition a run assigns: a server
+that reshuffles partitions finds the same budget.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from flwr.app import Context, MetricRecord
+from flwr.app import ConfigRecord, Context, MetricRecord
 
 from fedproof.files import write_atomically
 from privacy.dp import PrivacySpend
 
-STATE_KEY = "fedproof.client"
+STATE_KEY, RUN_KEY = "fedproof.client", "fedproof.client.run"
+_MAX_STATE_FILE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -29,17 +34,24 @@ class ClientState:
     examples_seen: int = 0
     last_round: int = 0
     noise_multiplier: float = 0.0
-    """DP noise this client trains with; 0 until it is set or calibrated in its first round."""
+    """DP noise this client trains with in this run; 0 until it is set or calibrated in its first round."""
     spend: PrivacySpend = field(default_factory=PrivacySpend)
+    """Everything this dataset has spent, over all runs."""
+    run_id: str = ""
 
     @classmethod
-    def load(cls, context: Context, path: Path | None = None) -> ClientState:
-        record = context.state.metric_records.get(STATE_KEY)
+    def load(cls, context: Context, path: Path | None = None, run_id: str = "") -> ClientState:
+        """This client's state for run ``run_id``: the run's own fields reset if the saved state is another run's."""
+        record, saved_run = context.state.metric_records.get(STATE_KEY), context.state.config_records.get(RUN_KEY)
         if record is None and path is not None and path.is_file():
-            record = MetricRecord(json.loads(path.read_text()))
+            if path.stat().st_size > _MAX_STATE_FILE:
+                raise ValueError(f"{path}: too large to be a client state file")
+            doc = json.loads(path.read_text())
+            saved_run = {"run-id": str(doc.pop("run-id", ""))}
+            record = MetricRecord(doc)
         if record is None:
-            return cls()
-        return cls(
+            return cls(run_id=run_id)
+        state = cls(
             rounds_trained=int(record["rounds-trained"]),  # type: ignore[arg-type]
             examples_seen=int(record["examples-seen"]),  # type: ignore[arg-type]
             last_round=int(record["last-round"]),  # type: ignore[arg-type]
@@ -47,7 +59,11 @@ class ClientState:
             spend=PrivacySpend.from_lists(
                 record["dp-noise"], record["dp-rate"], record["dp-steps"]  # type: ignore[arg-type]
             ),
+            run_id=str(saved_run.get("run-id", "")) if saved_run is not None else "",
         )
+        if state.run_id != run_id:  # another run: its noise and counters are not this run's; its spend is
+            state = cls(spend=state.spend, examples_seen=state.examples_seen, run_id=run_id)
+        return state
 
     def save(self, context: Context, path: Path | None = None) -> None:
         history = self.spend.to_lists()
@@ -62,8 +78,9 @@ class ClientState:
                 "dp-steps": history["steps"],
             }
         )
+        context.state[RUN_KEY] = ConfigRecord({"run-id": self.run_id})
         if path is not None:
-            write_atomically(path, json.dumps(dict(record)).encode())
+            write_atomically(path, json.dumps({**dict(record), "run-id": self.run_id}).encode())
 
     def after_training(
         self, server_round: int, num_examples: int, spend: PrivacySpend | None = None, noise: float = 0.0
@@ -78,10 +95,10 @@ class ClientState:
         )
 
 
-def state_file(context: Context, run_dir: str, run_id: str, client_id: str) -> Path | None:
+def state_file(context: Context, run_dir: str, client_id: str, dataset: str) -> Path | None:
     """Where this client keeps its state on disk (see the module docstring)."""
-    if not client_id or "/" in client_id:
+    if not client_id or "/" in client_id or client_id in (".", ".."):
         return None
     base = context.node_config.get("state-dir")
-    directory = Path(str(base)).expanduser() if base else Path(run_dir).expanduser() / run_id / "clients"
-    return directory / f"{client_id}.json"
+    directory = Path(str(base)).expanduser() if base else Path(run_dir).expanduser() / "client-state"
+    return directory / f"{client_id}-{dataset[:16] or 'data'}.json"

@@ -23,6 +23,7 @@ whole run fits the budget. Either way, with a target set, a round that would exc
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -219,7 +220,9 @@ def make_private(
     """
     validate_model(model)
     settings.check_dataset(len(loader.dataset))  # type: ignore[arg-type]
-    engine = PrivacyEngine(accountant=settings.accountant)
+    with warnings.catch_warnings():  # "Secure RNG turned off": Opacus' own; ours replaces it just below
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=settings.accountant)
     private = engine.make_private(
         module=model,
         optimizer=optimizer,
