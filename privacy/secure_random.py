@@ -6,12 +6,16 @@ noise bit for bit (trust review, finding 1). Seeding torch from OS entropy inste
 Twister or Philox state that its own outputs can reveal, and Opacus' ``secure_mode`` needs torchcsprng, which has
 no build for torch 2.13.
 
-So: a ChaCha20 keystream (RFC 8439, through pyca/cryptography), keyed with 32 bytes of ``os.urandom`` on the
-client and never stored or sent. ChaCha20 is a stream cipher whose output cannot be told from random without the
-key; it runs at GB/s in software (no AES-NI needed), and it is already a dependency. From the stream:
+So: AES-128 in counter mode, keyed with 16 bytes of ``os.urandom`` on the client and never stored or sent, through
+randomgen's ``AESCounter`` bit generator (AES-NI where the CPU has it) under numpy's ``Generator``. A block cipher in
+counter mode keyed at random is a cryptographically secure generator: its output cannot be told from random, nor
+its future predicted from its past, without the key. Among the sound choices measured here for the 4 x 65k normals
+one DP step of the demo model needs, it is the fastest: 2.7 ms, against 6.4 ms for a ChaCha20 keystream from
+pyca/cryptography through Box-Muller in torch, 8.1 ms for randomgen's ChaCha20 and 10.6 ms for ChaCha20 through
+Box-Muller in numpy. From it:
 
-* uniforms: 53 random bits per float64, in [0, 1);
-* standard normals: Box-Muller on pairs of uniforms (both the cosine and the sine branch);
+* uniforms: numpy's ``random`` (53 random bits per float64);
+* standard normals: numpy's ziggurat;
 * DP noise of standard deviation s: the sum of four independent N(0, s^2) draws, halved. Floating-point
   Gaussian samplers leave gaps that reveal which sample was drawn (Mironov 2012; the attack on Opacus: Jin et al.
   2021, arXiv 2112.05307). Summing 2n draws and dividing by sqrt(2n) is the mitigation of Holohan and Braghin
@@ -29,11 +33,10 @@ import os
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from randomgen import AESCounter
 from torch.utils.data import Sampler
 
-KEY_BYTES = 32
-_TWO_53 = 2.0**-53
+KEY_BYTES = 16
 
 
 def _entropy(n: int) -> bytes:
@@ -41,13 +44,12 @@ def _entropy(n: int) -> bytes:
 
 
 class SecureRandom:
-    """A ChaCha20 keystream turned into uniforms, normals and DP noise (see the module docstring)."""
+    """AES-CTR randomness turned into uniforms, normals and DP noise (see the module docstring)."""
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
             raise ValueError(f"a SecureRandom key is {KEY_BYTES} bytes")
-        # A fresh key per generator, so the all-zero nonce (counter starting at 0) never repeats under one key.
-        self._stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+        self._generator = np.random.Generator(AESCounter(key=int.from_bytes(key, "little")))
 
     @classmethod
     def from_os(cls) -> SecureRandom:
@@ -56,21 +58,16 @@ class SecureRandom:
 
     def uniform(self, n: int) -> np.ndarray:
         """``n`` float64 uniforms in [0, 1), 53 random bits each."""
-        words = np.frombuffer(self._stream.update(bytes(8 * n)), dtype="<u8")
-        return (words >> np.uint64(11)).astype(np.float64) * _TWO_53
+        return self._generator.random(n)
 
     def standard_normal(self, n: int) -> np.ndarray:
-        """``n`` independent N(0, 1) draws (Box-Muller)."""
-        pairs = (n + 1) // 2
-        u = self.uniform(2 * pairs)
-        radius = np.sqrt(-2.0 * np.log1p(-u[:pairs]))  # 1 - u is in (0, 1]: the log is finite
-        angle = 2.0 * math.pi * u[pairs:]
-        return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
+        """``n`` independent N(0, 1) draws."""
+        return self._generator.standard_normal(n)
 
     def gaussian_noise(self, std: float, shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """N(0, std^2) noise of ``shape``: four independent draws summed and halved (Holohan and Braghin, n = 2)."""
         size = math.prod(shape)
-        draws = self.standard_normal(4 * size).reshape(4, size).sum(axis=0) * (std / 2.0)
+        draws = self._generator.standard_normal((4, size)).sum(axis=0) * (std / 2.0)
         return torch.from_numpy(draws.reshape(tuple(shape))).to(dtype)
 
     def poisson_mask(self, n: int, rate: float) -> np.ndarray:
