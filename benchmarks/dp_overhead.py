@@ -1,6 +1,6 @@
 """DP-SGD cost on the client: seconds per local epoch without DP and with each Opacus mode.
 
-fedproof's DP draws its noise and Poisson batches from a ChaCha20 CSPRNG (``privacy.secure_random``); the row
+fedproof's DP draws its noise and Poisson batches from an AES-CTR CSPRNG (``privacy.secure_random``); the row
 "hooks, torch's generator" is Opacus as it ships (predictable ``torch`` generators), to price that choice.
 
 Same model (fedproof's CNN), same 6,000 real Fashion-MNIST training images, batch 64, one torch thread,
@@ -81,7 +81,7 @@ def main() -> None:
         print(f"| {names.get(mode, mode)} | {best[mode]:.2f} | {best[mode] / best['none']:.2f} | "
               f"{peak[mode] / 2**20:.0f} | {peak[mode] / peak['none']:.2f} |")
     print(f"\nThe secure generator costs {100 * (best['hooks'] / best['torch-rng'] - 1):+.1f}% per epoch "
-          "(hooks with ChaCha20 noise and sampling against hooks with torch's generators).")
+          "(hooks with AES-CTR noise and sampling against hooks with torch's generators).")
 
 
 if __name__ == "__main__":
