@@ -130,8 +130,8 @@ def test_dp_budgets_are_reported_enforced_and_end_the_run(synthetic_dir: Path, t
     run = RunDirectory(tmp_path / "dp")
     rows = run.metrics()
     assert 2 <= len(rows) < 8
-    eps = [r.epsilon_max for r in rows]
-    assert all(e is not None and 0 < e <= 3.0 for e in eps) and eps == sorted(eps)
+    eps = [r.epsilon_max for r in rows]  # the largest signed epsilon among the round's updates
+    assert all(e is not None and 0 < e <= 3.0 for e in eps)
     assert any(r.budget_exhausted == 1 and r.train_clients == 1 for r in rows)  # one declined, one trained
     summary = json.loads((run.path / "run.json").read_text())["summary"]
     assert "exhausted" in summary["stopped"]
@@ -194,7 +194,8 @@ def test_a_killed_run_resumes_from_its_last_recorded_round_with_one_unbroken_lin
     eps = [RoundBundle.from_bytes((tmp_path / "crash" / "ledger" / f"round-{k}.json").read_bytes()).epsilon_max_scaled
            for k in (1, 2, 3)]  # as the clients signed them
     assert eps[0] < eps[1] < eps[2]  # round 2 composed on round 1: the privacy spent before the crash was kept
-    assert sorted(p.name for p in (tmp_path / "crash" / "clients").iterdir()) == ["0.json", "1.json"]
+    kept = sorted(p.name.split("-")[0] for p in (tmp_path / "client-state").iterdir())  # per client and dataset
+    assert kept == ["0", "1"]
 
 
 def test_a_run_on_its_own_devnet_directory_beside_the_default_devnet(synthetic_dir: Path, tmp_path: Path) -> None:
