@@ -39,6 +39,8 @@ def provision_command(
     max_delta: Annotated[float, typer.Option(help="Clients' policy: largest delta accepted.")] = 1e-5,
     min_noise: Annotated[float, typer.Option(help="Clients' policy: smallest DP noise multiplier.")] = 0.0,
     max_clip: Annotated[float, typer.Option(help="Clients' policy: largest per-sample clipping norm.")] = 1.0,
+    declared_examples: Annotated[int, typer.Option(
+        help="Each client's registered aggregation weight (its declared dataset size); 0: none registered.")] = 0,
 ) -> None:
     """Write one startup kit per party: kits/server and kits/client-<i>, each with only what that party may hold.
 
@@ -50,7 +52,7 @@ def provision_command(
     try:
         policy = PrivacyPolicy(max_epsilon=max_epsilon, max_delta=max_delta, min_noise_multiplier=min_noise,
                                max_clip=max_clip)
-        kits = provision(out, clients, server_host, port, force, policy=policy)
+        kits = provision(out, clients, server_host, port, force, policy=policy, declared_examples=declared_examples)
     except PolicyError as exc:
         _fail(exc)
     except (FedproofError, OSError) as exc:

@@ -146,6 +146,8 @@ def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", ins
                    "signing-key": str(kit / "clients" / f"{cid}.pem"), "he-context": str(kit / "he-client.ctx"),
                    "state-dir": str(kit / "state"),  # its privacy history survives restarts of the device
                    "privacy-policy": str(kit / "policy.json")}  # what it allows, whatever a run asks
+    if doc.get("declared_examples"):
+        node_config["declared-examples"] = int(doc["declared_examples"])  # its registered aggregation weight
     if data_dir:
         node_config["data-dir"] = data_dir
     if threads:

@@ -47,9 +47,11 @@ class KeySet:
         return self.directory / CLIENT_KEYS / f"{client_id}.pem"
 
 
-def init_key_set(directory: Path, client_ids: list[str], he: bool = True) -> KeySet:
+def init_key_set(directory: Path, client_ids: list[str], he: bool = True,
+                 weights: dict[str, int] | None = None) -> KeySet:
     """Create a key set for ``client_ids`` in ``directory``, or extend the one there: existing keys and
-    contexts are kept (identities registered on a ledger stay valid), missing ones are created."""
+    contexts are kept (identities registered on a ledger stay valid), missing ones are created. ``weights``
+    registers clients' aggregation weights (declared dataset sizes) in the allow-list."""
     keys = KeySet(Path(directory))
     if he and not (keys.he_client.is_file() and keys.he_server.is_file()):
         secret = SecretContext.generate()
@@ -63,7 +65,8 @@ def init_key_set(directory: Path, client_ids: list[str], he: bool = True) -> Key
         if not path.is_file():
             write_atomically(path, key.to_pem(), private=True)
         public[client_id] = key.public_key
-    write_atomically(keys.allowlist, AllowList(public, allow.revoked).to_json().encode(), private=True)
+    registry = AllowList(public, allow.revoked, allow.weights).with_weights(weights or {})
+    write_atomically(keys.allowlist, registry.to_json().encode(), private=True)
     return keys
 
 

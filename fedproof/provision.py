@@ -103,9 +103,12 @@ def node_key_pair() -> tuple[bytes, bytes]:
 
 
 def provision(out: Path, clients: int, server_host: str, port: int = 9092, force: bool = False,
-              days: int = 365, partition: str = "dirichlet", policy: PrivacyPolicy | None = None) -> Kits:
+              days: int = 365, partition: str = "dirichlet", policy: PrivacyPolicy | None = None,
+              declared_examples: int = 0) -> Kits:
     """Write a server kit and ``clients`` client kits under ``out``; each client kit holds ``policy`` (default: the
-    strict one) as its own ``policy.json``, which its device reads and the server cannot override."""
+    strict one) as its own ``policy.json``, which its device reads and the server cannot override. With
+    ``declared_examples``, every client's aggregation weight is registered in the allow-list and its kit: it
+    weighs its updates with it, and the server refuses any claim above it."""
     policy = policy or PrivacyPolicy()
     out = Path(out)
     if clients < 1:
@@ -118,7 +121,8 @@ def provision(out: Path, clients: int, server_host: str, port: int = 9092, force
     ca, server_crt, server_key = _certificates(server_host, days)
     server = out / "server"
     with tempfile.TemporaryDirectory() as tmp:
-        keys = init_key_set(Path(tmp), ids, he=True)
+        weights = {i: declared_examples for i in ids} if declared_examples else None
+        keys = init_key_set(Path(tmp), ids, he=True, weights=weights)
         write_atomically(server / "ca.crt", ca)
         write_atomically(server / "server.crt", server_crt)
         write_atomically(server / "server.key", server_key, private=True)
@@ -137,6 +141,7 @@ def provision(out: Path, clients: int, server_host: str, port: int = 9092, force
             write_atomically(kit / POLICY, policy.to_json().encode())
             write_atomically(kit / KIT, json.dumps({"role": "client", "client_id": i, "partition_id": int(i),
                                                     "num_partitions": clients, "partition": partition,
+                                                    "declared_examples": declared_examples,
                                                     "server": f"{server_host}:{port}"}, indent=2).encode())
             client_dirs[i] = kit
     write_atomically(server / KIT, json.dumps({"role": "server", "clients": clients, "host": server_host,

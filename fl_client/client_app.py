@@ -85,19 +85,22 @@ def train(msg: Message, context: Context) -> Message:
     report = ClientReport(client_id(context), outcome.status, outcome.epsilon, outcome.reason)
     content = RecordDict({"client": report.to_record()})
     content["metrics"] = MetricRecord({"num-examples": outcome.num_examples})
+    # the weight this client's update carries: its registered, declared dataset size on a device; its exact
+    # count in a simulation (where the server registered the partition sizes)
+    weight = int(context.node_config.get("declared-examples", 0)) or outcome.num_examples  # type: ignore
     if outcome.status == TRAINED:
         trained = ArrayRecord(job.model.state_dict())
         if job.config.he:
             secret = secret_context(job.config, context)
-            encrypt_update(trained, job.global_arrays, outcome.num_examples, secret).put(content)
+            encrypt_update(trained, job.global_arrays, weight, secret).put(content)
         else:
             content[ARRAYS_KEY] = plain_update(trained, job.global_arrays)
-        metrics = {"num-examples": outcome.num_examples, "rounds-trained": outcome.state.rounds_trained,
+        metrics = {"num-examples": weight, "rounds-trained": outcome.state.rounds_trained,
                    "train-seconds": trained_at - started}
         if outcome.epsilon is None and policy.release_metrics:  # under DP the loss stays: nothing accounts for it
             metrics["train_loss"] = outcome.loss
         content["metrics"] = MetricRecord(metrics)
-        sign_update(content, job.config, context, job.server_round, outcome.num_examples, outcome.epsilon)
+        sign_update(content, job.config, context, job.server_round, weight, outcome.epsilon)
         content["metrics"]["secure-seconds"] = time.perf_counter() - trained_at  # encrypt + sign; not signed itself
     return Message(content, reply_to=msg)
 

@@ -37,6 +37,10 @@ class Admission:
                 raise BadSignature(f"signature is for another kind of reply or another sender ({fields.client_id!r})")
             if fields.num_examples != update.num_examples:
                 raise BadSignature(f"example count {update.num_examples} differs from the signed one")
+            registered = self.verifier.allow.weights.get(fields.client_id)
+            if registered is not None and fields.num_examples > registered:
+                return Rejection(update.node_id, update.client_id, Reason.BAD_EXAMPLE_COUNT,
+                                 f"claims {fields.num_examples} examples, above its registered weight {registered}")
             key = self.verifier.verify(fields, signature, update.payload_sha256, server_round)
         except UpdateVerificationError as exc:
             return Rejection(update.node_id, update.client_id, Reason.of(exc), str(exc))

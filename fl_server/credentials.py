@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedproof.client_data import load_client_data
 from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
 from fedproof.keys import KeySet, has_keys_for
@@ -31,18 +32,21 @@ class ServerCredentials:
 
 
 def load_credentials(config: RunConfig, run_path: Path) -> tuple[RunConfig, ServerCredentials]:
-    if not config.key_set:
-        directory = simulation_keys(config, run_path)
-        ids = [str(i) for i in range(config.clients)]
-        config = config.with_overrides(key_set=str(directory))
-        if has_keys_for(KeySet(directory), ids, config.he):
-            return config, _load(config)
+    if config.key_set:
+        return config, _load(config)
+    directory = simulation_keys(config, run_path)
+    ids = [str(i) for i in range(config.clients)]
+    config = config.with_overrides(key_set=str(directory))
+    if not has_keys_for(KeySet(directory), ids, config.he):
         command = [sys.executable, "-m", "fedproof.cli", "keys", "init", "--out", str(directory),
                    "--clients", str(config.clients), "--he" if config.he else "--no-he"]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise ConfigError(f"could not create the run's key set: {done.stderr.strip() or done.stdout.strip()}")
-    return config, _load(config)
+    credentials = _load(config)
+    # Simulated data holders are the operator's: it registers each one's partition size as its weight.
+    sizes = {i: len(load_client_data(config, int(i), config.clients).train_y) for i in ids}
+    return config, ServerCredentials(credentials.allow.with_weights(sizes), credentials.public)
 
 
 def _load(config: RunConfig) -> ServerCredentials:

@@ -35,6 +35,9 @@ class AllowList:
 
     keys: Mapping[str, bytes]
     revoked: frozenset[str] = field(default_factory=frozenset)
+    weights: Mapping[str, int] = field(default_factory=dict)
+    """Each client's registered aggregation weight (its declared dataset size): the most examples an update of
+    its may claim. A client without one is not bounded (key sets made before weights were registered)."""
 
     def key_for(self, client_id: str) -> bytes:
         if client_id not in self.keys:
@@ -44,11 +47,17 @@ class AllowList:
         return self.keys[client_id]
 
     def revoke(self, client_id: str) -> AllowList:
-        return AllowList(self.keys, self.revoked | {client_id})
+        return AllowList(self.keys, self.revoked | {client_id}, self.weights)
+
+    def with_weights(self, weights: Mapping[str, int]) -> AllowList:
+        return AllowList(self.keys, self.revoked, {**self.weights, **weights})
 
     def to_json(self) -> str:
-        return json.dumps({"version": 1, "clients": {k: v.hex() for k, v in sorted(self.keys.items())},
-                           "revoked": sorted(self.revoked)}, indent=2, sort_keys=True) + "\n"
+        doc = {"version": 1, "clients": {k: v.hex() for k, v in sorted(self.keys.items())},
+               "revoked": sorted(self.revoked)}
+        if self.weights:
+            doc["weights"] = dict(sorted(self.weights.items()))
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def load(cls, path: Path) -> AllowList:
@@ -61,11 +70,14 @@ class AllowList:
             doc = json.loads(path.read_text())
             keys = {str(k): bytes.fromhex(v) for k, v in doc["clients"].items()}
             revoked = frozenset(str(c) for c in doc.get("revoked", []))
+            weights = {str(k): v for k, v in doc.get("weights", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KeyFileError(f"{path}: not a fedproof allow-list ({exc})") from exc
         if doc.get("version") != 1 or any(len(k) != 32 for k in keys.values()):
             raise KeyFileError(f"{path}: not a version-1 allow-list of 32-byte Ed25519 keys")
-        return cls(keys, revoked)
+        if any(type(w) is not int or not 1 <= w < 2**31 for w in weights.values()):
+            raise KeyFileError(f"{path}: registered weights must be integers in 1..2^31-1")
+        return cls(keys, revoked, weights)
 
 
 class UpdateVerifier:

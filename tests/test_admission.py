@@ -139,3 +139,31 @@ def test_a_client_that_crashes_or_never_answers_does_not_fail_the_round_and_is_n
     assert np.allclose(flatten(result.model), 2.0) and not result.failure
     assert sorted(r.reason.value for r in result.rejections) == ["client-error", "no-reply"]
     assert sorted(leaf.fields.client_id for leaf in result.leaves) == ["0", "1"]  # exactly what was aggregated
+
+
+def test_a_claimed_weight_above_the_registered_one_is_refused_at_the_gate(keys) -> None:
+    allow = AllowList.load(keys.allowlist).with_weights({"0": 20, "1": 25})
+    plan = RoundPlan(settings={}, fraction_train=1.0, fraction_evaluate=0.0, seed=1, timeout=5,
+                     admission=Admission(UpdateVerifier(allow, 31337, bytes.fromhex("ab" * 20), "run-a")),
+                     evaluate=lambda arrays: (0.0, 0.0), max_abs_delta=4.0)
+    honest, within = update("0", 1.0, keys), update("1", 3.0, keys)  # signed counts: 20 (<= 20) and 20 (<= 25)
+    boosted = signed_reply(config(keys), "0", ArrayRecord({"w": Array(np.full((4, 5), 3.0, np.float32))}), 21)
+    replies = [honest, within, boosted]
+    grid = FakeGrid([1, 2, 3], train=lambda node, msg: replies[node - 1])
+    result = run_round(grid, plan, 1, ArrayRecord({"w": Array(np.zeros((4, 5), np.float32))}))
+    assert [(r.client_id, r.reason.value) for r in result.rejections] == [("0", "bad-example-count")]
+    assert "claims 21 examples, above its registered weight 20" in result.rejections[0].detail
+    assert sorted(leaf.fields.client_id for leaf in result.leaves) == ["0", "1"]
+
+
+def test_registered_weights_survive_the_allow_list_file(tmp_path: Path) -> None:
+    from fedproof.files import write_atomically
+    from ledger.errors import KeyFileError
+
+    allow = AllowList({"a": bytes(32)}).with_weights({"a": 600})
+    path = write_atomically(tmp_path / "allow.json", allow.to_json().encode())
+    assert AllowList.load(path) == allow and AllowList.load(path).revoke("a").weights == {"a": 600}
+    for bad in ('"600"', "0", "2147483648", "1.5"):
+        path.write_text(allow.to_json().replace("600", bad))
+        with pytest.raises(KeyFileError, match="weights"):
+            AllowList.load(path)

@@ -52,6 +52,17 @@ def test_kits_hold_only_what_each_party_may_hold(tmp_path: Path) -> None:
         provision(tmp_path / "kits", 2, "server.example.org")
 
 
+def test_declared_weights_are_registered_and_carried_by_each_device(tmp_path: Path) -> None:
+    from fedproof.deployment import supernode_command
+    from ledger.verification import AllowList
+
+    kits = provision(tmp_path / "kits", 2, "127.0.0.1", declared_examples=6000)
+    assert AllowList.load(kits.server / "allowlist.json").weights == {"0": 6000, "1": 6000}
+    command = supernode_command(kits.clients["1"], "127.0.0.1:9092", 9094)
+    assert "declared-examples=6000" in command[command.index("--node-config") + 1]
+    assert f"privacy-policy=\"{kits.clients['1'] / 'policy.json'}\"" in command[command.index("--node-config") + 1]
+
+
 def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: Path) -> None:
     port, devnet_port = free_port(), free_port()
     kits = tmp_path / "kits"
