@@ -167,6 +167,11 @@ def _typed(record: ConfigRecord, key: str, kind: type):
     return value
 
 
+def model_digest(arrays: ArrayRecord) -> str:
+    """SHA-256 (hex) of a model as it travels: each array's name and bytes, in order."""
+    return payload_digest([part for key, array in arrays.items() for part in (key.encode(), array.data)]).hex()
+
+
 def payload_chunks(content: RecordDict) -> list[bytes]:
     """The exact bytes of a reply's payload, as signed: its ciphertexts, or each plaintext array's name and bytes."""
     if CIPHERTEXTS_KEY in content.array_records:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from fedproof.client_data import ClientData, load_client_data
 from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
 from fedproof.model import make_model
-from fedproof.protocol import ARRAYS_KEY, SUM_KEY, TRAINED, WITHHELD, ClientReport, EncryptedPayload
+from fedproof.protocol import ARRAYS_KEY, SUM_KEY, TRAINED, WITHHELD, ClientReport, EncryptedPayload, model_digest
 from fedproof.task import evaluate
 from fl_client.policy import client_policy
 from fl_client.signing import client_id, sign_decryption, sign_update
@@ -69,9 +69,26 @@ def _job(msg: Message, context: Context) -> _Job:
     return _Job(config, server_round, partition_id, data, model, global_arrays)
 
 
+SENT_MODELS_KEY = "fedproof.client.sent-models"
+"""Context.state: digests of the global models this client was sent for training in this run (the only models
+it evaluates)."""
+
+
+def _remember_sent_model(context: Context, arrays: ArrayRecord) -> None:
+    record = context.state.config_records.get(SENT_MODELS_KEY)
+    seen = list(record["digests"]) if record is not None else []  # type: ignore[arg-type]
+    context.state[SENT_MODELS_KEY] = ConfigRecord({"digests": (seen + [model_digest(arrays)])[-16:]})
+
+
+def _was_sent_for_training(context: Context, arrays: ArrayRecord) -> bool:
+    record = context.state.config_records.get(SENT_MODELS_KEY)
+    return record is not None and model_digest(arrays) in list(record["digests"])  # type: ignore[arg-type]
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     job = _job(msg, context)
+    _remember_sent_model(context, job.global_arrays)
     seed = job.config.seed * 1_000_003 + job.server_round * 1_009 + job.partition_id
     started = time.perf_counter()
     saved = state_file(context, job.config.run_dir, client_id(context), job.data.dataset)
@@ -113,6 +130,10 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         report = ClientReport(client_id(context), WITHHELD,  # an accountant covers: they stay on the device
                               reason="this client's policy releases no validation metrics (DP: only what its "
                                      "accountant covers)")
+        return Message(RecordDict({"client": report.to_record()}), reply_to=msg)
+    if not _was_sent_for_training(context, msg.content["arrays"]):  # crafted models would probe the local data
+        report = ClientReport(client_id(context), WITHHELD,
+                              reason="this client evaluates only models it was sent for training in this run")
         return Message(RecordDict({"client": report.to_record()}), reply_to=msg)
     job = _job(msg, context)
     loss, accuracy = evaluate(job.model, job.data.val_x, job.data.val_y)

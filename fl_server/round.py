@@ -8,7 +8,8 @@
       -> aggregate                                       fl_server.aggregation (plain) or, under HE,
                                                          add ciphertexts + fl_server.committee decrypts the sum
       -> new model = parent + sum(n_k delta_k) / sum(n_k), or None with the failure reason
-      -> send `evaluate` to the nodes not refused        decode each reply: Evaluation | Rejection
+      -> send `evaluate` (the parent: the model they were
+         sent) to the nodes not refused                  decode each reply: Evaluation | Rejection
       -> central evaluation of the resulting model
       -> RoundResult (frozen): what the lineage, metrics.jsonl, Prometheus and the progress bar consume
 
@@ -148,7 +149,9 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
                         random.Random(f"evaluate/{plan.seed}/{server_round}"))
     evaluations: list[Evaluation] = []
     if evaluators:
-        replies, set_aside = exchange(grid, _messages(evaluators, EVALUATE, current, plan.settings, server_round),
+        # clients evaluate only a model they were sent for training (a crafted one could probe their data): the
+        # round's parent, so `val_*` measure the model each round started from
+        replies, set_aside = exchange(grid, _messages(evaluators, EVALUATE, parent, plan.settings, server_round),
                                       plan.timeout, EVALUATE)
         for outcome in (decode_evaluate_reply(m) for m in replies):
             (evaluations if isinstance(outcome, Evaluation) else set_aside).append(outcome)

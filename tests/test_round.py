@@ -242,3 +242,22 @@ def test_policy_refusals_are_counted_recorded_and_end_a_run_only_when_everyone_r
     assert sum("declined: client 4: policy-refused: dp-required" in line for line in bundle.rejected) == 3
     everyone, _ = run(config, {n: refusal for n in (1, 2, 3, 4)})
     assert "privacy policies refuse: dp-required: DP only" in everyone.stop and everyone.model is None
+
+
+def test_a_client_evaluates_only_models_it_was_sent_for_training() -> None:
+    from flwr.app import ConfigRecord, Context
+
+    from fedproof.protocol import WITHHELD
+    from fl_client.client_app import _remember_sent_model, _was_sent_for_training, evaluate_local
+
+    crafted = weights(0.5)  # e.g. a model made to answer one class, to read the local label histogram
+    msg = Message(RecordDict({"arrays": crafted, "config": ConfigRecord({**RunConfig(dp=False).to_mapping(),
+                                                                          "server-round": 1})}),
+                  dst_node_id=1, message_type="evaluate")
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
+                      state=RecordDict(), run_config={})  # simulated, no DP: its policy releases metrics
+    reply = evaluate_local(msg, context)
+    report = ClientReport.from_reply(reply.content)
+    assert report.status == WITHHELD and "only models it was sent for training" in report.reason
+    _remember_sent_model(context, parent())
+    assert _was_sent_for_training(context, parent()) and not _was_sent_for_training(context, crafted)
