@@ -63,3 +63,14 @@ def test_the_lifetime_budget_spans_runs_and_restarts_until_it_is_spent(tmp_path:
     assert any(o.status == BUDGET_EXHAUSTED for o in outcomes)  # and it ends
     assert all(e <= 5.0 for e in epsilons)
     assert outcomes[-1].status == BUDGET_EXHAUSTED
+
+
+def test_a_server_that_reshuffles_partitions_finds_the_same_budget(synthetic_dir: Path) -> None:
+    """The budget file is named by the dataset's records, not by the partition the run's settings assign."""
+    from fedproof.client_data import load_client_data
+
+    a = load_client_data(RunConfig(data_dir=str(synthetic_dir), seed=1, alpha=0.5), 0, 2)
+    b = load_client_data(RunConfig(data_dir=str(synthetic_dir), seed=99, alpha=5.0, partition="iid"), 0, 2)
+    assert not np.array_equal(a.train_y, b.train_y)  # other records assigned...
+    assert a.dataset == b.dataset and len(a.dataset) == 64  # ...the same dataset, so the same budget file
+    assert state_file(context(), "/runs", "0", a.dataset) == state_file(context(), "/runs", "0", b.dataset)
