@@ -12,6 +12,7 @@ replies, with every check.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -165,6 +166,14 @@ def _typed(record: ConfigRecord, key: str, kind: type):
     if type(value) is not kind or (kind is int and not 0 <= value < 2**64) or (kind is str and len(value) > 4096):
         raise TypeError(f"{key} must be {kind.__name__}")
     return value
+
+
+ROUND_KEY = "server-round"
+
+
+def round_settings(settings: Mapping[str, bool | int | float | str], server_round: int) -> ConfigRecord:
+    """The ``config`` record of every message the server sends: the run's settings and the round."""
+    return ConfigRecord({**settings, ROUND_KEY: server_round})
 
 
 def model_digest(arrays: ArrayRecord) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedproof.errors import UpdateRejected
+from fedproof.weights import flatten
 from fedproof.protocol import (
     ARRAYS_KEY,
     BUDGET_EXHAUSTED,
@@ -165,8 +166,7 @@ class ModelSpec:
     def of(cls, arrays: ArrayRecord, max_abs_delta: float, he: HEParams | None = None) -> ModelSpec:
         ndarrays = arrays.to_numpy_ndarrays()
         layout = tuple((k, tuple(a.shape), a.dtype.str) for k, a in zip(arrays.keys(), ndarrays))
-        weights = np.concatenate([a.ravel() for a in ndarrays]).astype(np.float64)
-        return cls(layout, weights, max_abs_delta, he)
+        return cls(layout, flatten(arrays), max_abs_delta, he)
 
     @property
     def num_values(self) -> int:

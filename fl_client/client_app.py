@@ -19,7 +19,7 @@ from fedproof.client_data import ClientData, load_client_data
 from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
 from fedproof.model import make_model
-from fedproof.protocol import ARRAYS_KEY, SUM_KEY, TRAINED, WITHHELD, ClientReport, EncryptedPayload, model_digest
+from fedproof.protocol import ARRAYS_KEY, ROUND_KEY, SUM_KEY, TRAINED, WITHHELD, ClientReport, EncryptedPayload, model_digest
 from fedproof.task import evaluate
 from fl_client.policy import client_policy
 from fl_client.signing import client_id, sign_decryption, sign_update
@@ -45,7 +45,7 @@ class _Job:
 def _settings(msg: Message) -> tuple[RunConfig, int]:
     """The run's settings and the round number, which the server sends with every message."""
     settings = dict(msg.content["config"])
-    server_round = int(settings.pop("server-round", 0))  # type: ignore[call-overload]
+    server_round = int(settings.pop(ROUND_KEY, 0))  # type: ignore[call-overload]
     return RunConfig.from_mapping(settings), server_round
 
 

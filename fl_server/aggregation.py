@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord
 
 from fedproof.protocol import EncryptedPayload
 from fedproof.replies import Reason, Rejection
-from fedproof.weights import unflatten
+from fedproof.weights import flatten, unflatten
 from fl_server.admission import Admitted
 from privacy.errors import CiphertextError
 from privacy.he import PublicContext
@@ -54,5 +54,4 @@ def add_ciphertexts(public: PublicContext, num_values: int, admitted: list[Admit
 
 def apply_mean(parent: ArrayRecord, weighted_sum: np.ndarray, num_examples: int) -> ArrayRecord:
     """The new global model: the parent plus the example-weighted mean update, in the parent's layout."""
-    flat = np.concatenate([a.ravel() for a in parent.to_numpy_ndarrays()]).astype(np.float64)
-    return unflatten(flat + weighted_sum / num_examples, parent)
+    return unflatten(flatten(parent) + weighted_sum / num_examples, parent)

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedproof.protocol import CONFIG_KEY, DECRYPT, EncryptedPayload
+from fedproof.protocol import CONFIG_KEY, DECRYPT, EncryptedPayload, round_settings
 from fedproof.replies import Decryption, Reason, Rejection, decode_decrypt_reply
 from fl_server.admission import Admission
 from privacy.he import HEParams, release_tolerance
@@ -49,7 +49,7 @@ class Committee:
         wanted = min(self.size, len(pool))
         answers: dict[int, np.ndarray] = {}
         rejected: list[Rejection] = []
-        config = ConfigRecord({**settings, "server-round": server_round})
+        config = round_settings(settings, server_round)
         while len(answers) < wanted:
             missing = wanted - len(answers)
             if len(pool) < missing:

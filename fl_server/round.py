@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedproof.protocol import ARRAYS_KEY, BUDGET_EXHAUSTED, CONFIG_KEY, EVALUATE, TRAIN
+from fedproof.protocol import ARRAYS_KEY, BUDGET_EXHAUSTED, CONFIG_KEY, EVALUATE, TRAIN, round_settings
 from fedproof.replies import (
     Declined,
     Evaluation,
@@ -226,7 +226,7 @@ def exchange(grid: Grid, messages: list[Message], timeout: float, phase: str) ->
 
 def _messages(nodes: Iterable[int], kind: str, arrays: ArrayRecord, settings: Mapping, server_round: int
               ) -> list[Message]:
-    content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord({**settings, "server-round": server_round})})
+    content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: round_settings(settings, server_round)})
     return [Message(content, dst_node_id=node, message_type=kind, group_id=str(server_round)) for node in nodes]
 
 
