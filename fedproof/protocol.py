@@ -62,7 +62,7 @@ class ClientReport:
             epsilon = _typed(record, "epsilon", float) if "epsilon" in record else None
         except (KeyError, TypeError) as exc:
             raise UpdateRejected(f"malformed client report: {exc}") from exc
-        if status not in (TRAINED, BUDGET_EXHAUSTED, POLICY_REFUSED, WITHHELD):
+        if status not in (TRAINED, BUDGET_EXHAUSTED, POLICY_REFUSED, WITHHELD, REFUSED):
             raise UpdateRejected(f"client report has an unknown status {status[:40]!r}")
         if epsilon is not None and not (math.isfinite(epsilon) and epsilon >= 0):
             raise UpdateRejected("client report's epsilon is not a finite non-negative number")
@@ -132,9 +132,9 @@ class SignedEnvelope:
     fields: SignedFields
     signature: bytes
 
-    def put(self, content: RecordDict) -> RecordDict:
+    def put(self, content: RecordDict, key: str = SIGNED_KEY) -> RecordDict:
         f = self.fields
-        content[SIGNED_KEY] = ConfigRecord({
+        content[key] = ConfigRecord({
             "tag": f.tag, "chain-id": f.chain_id, "contract": f.contract, "run-id": f.run_id, "round": f.round,
             "client-id": f.client_id, "payload-sha256": f.payload_sha256, "num-examples": f.num_examples,
             "epsilon-scaled": str(f.epsilon_scaled), "signature": self.signature,
@@ -142,8 +142,8 @@ class SignedEnvelope:
         return content
 
     @classmethod
-    def take(cls, content: RecordDict) -> SignedEnvelope:
-        record = content.config_records.get(SIGNED_KEY)
+    def take(cls, content: RecordDict, key: str = SIGNED_KEY) -> SignedEnvelope:
+        record = content.config_records.get(key)
         if record is None:
             raise UpdateRejected("the reply is not signed", "unsigned")
         try:
@@ -189,3 +189,72 @@ def payload_chunks(content: RecordDict) -> list[bytes]:
     if arrays is None:
         raise UpdateRejected("the reply carries no update", "wrong-mode")
     return [part for key, array in arrays.items() for part in (key.encode(), array.data)]
+
+
+# ----------------------------------------------------------------------------------------- threshold HE
+KEYGEN_HELLO, KEYGEN_DEAL, KEYGEN_FINISH = "query.keygen_hello", "query.keygen_deal", "query.keygen_finish"
+"""The key ceremony's three exchanges (privacy.keygen): announce, deal shares, finish and acknowledge."""
+DECRYPT_SHARE = "query.decrypt_share"
+"""Asks a key holder for its partial decryption of a round's sum, with the signed leaves it must check."""
+REFUSED = "refused"
+"""A decryptor's reply status when a request fails its checks (the reason names the check)."""
+CEREMONY_KEY, REQUEST_KEY, PARTIAL_KEY, DECRYPTION_KEY = "ceremony", "decrypt-request", "partial", "decryption"
+MAX_LEAVES = 4096
+
+
+def hello_record(party: str, contribution: bytes, exchange_key: bytes) -> ConfigRecord:
+    return ConfigRecord({"party": party, "contribution": contribution, "exchange-key": exchange_key})
+
+
+def take_hello(record: ConfigRecord) -> tuple[str, bytes, bytes]:
+    try:
+        return _typed(record, "party", str), _typed(record, "contribution", bytes), _typed(record, "exchange-key", bytes)
+    except (KeyError, TypeError) as exc:
+        raise UpdateRejected(f"malformed key-ceremony hello: {exc}") from exc
+
+
+def partial_chunks(sum_sha256: bytes, merkle_root: bytes, decryptors: tuple[str, ...], partial: bytes) -> list[bytes]:
+    """What a decryptor signs: the sum it decrypted, the leaves it checked, the set it decrypted with, its share."""
+    return [b"partial", sum_sha256, merkle_root, "\n".join(decryptors).encode(), partial]
+
+
+@dataclass(frozen=True)
+class DecryptionRequest:
+    """The server's request for partial decryptions: who decrypts together, the sum it computed, and every
+    admitted update (its signature and ciphertexts) so each decryptor recomputes the sum and checks it."""
+
+    decryptors: tuple[str, ...]
+    sum_sha256: bytes
+    leaves: tuple[tuple[SignedEnvelope, tuple[bytes, ...]], ...]
+
+    def put(self, content: RecordDict) -> RecordDict:
+        content[REQUEST_KEY] = ConfigRecord({"decryptors": list(self.decryptors), "sum-sha256": self.sum_sha256,
+                                             "leaves": len(self.leaves)})
+        for i, (envelope, chunks) in enumerate(self.leaves):
+            content[f"leaf-{i:04d}"] = ArrayRecord(
+                {f"{j:05d}": Array(dtype="bytes", shape=(len(c),), stype=CIPHERTEXT_STYPE, data=c)
+                 for j, c in enumerate(chunks)})
+            envelope.put(content, f"leaf-{i:04d}-signed")
+        return content
+
+    @classmethod
+    def take(cls, content: RecordDict) -> DecryptionRequest:
+        record = content.config_records.get(REQUEST_KEY)
+        if record is None:
+            raise UpdateRejected("not a decryption request")
+        try:
+            decryptors = record["decryptors"]
+            if not isinstance(decryptors, list) or not all(isinstance(d, str) for d in decryptors):
+                raise TypeError("decryptors must be a list of client ids")
+            count, digest = _typed(record, "leaves", int), _typed(record, "sum-sha256", bytes)
+        except (KeyError, TypeError) as exc:
+            raise UpdateRejected(f"malformed decryption request: {exc}") from exc
+        if count > MAX_LEAVES:
+            raise UpdateRejected(f"a decryption request of {count} leaves")
+        leaves = []
+        for i in range(count):
+            arrays = content.array_records.get(f"leaf-{i:04d}")
+            if arrays is None or any(a.stype != CIPHERTEXT_STYPE for a in arrays.values()):
+                raise UpdateRejected(f"leaf {i} of the request carries no ciphertexts")
+            leaves.append((SignedEnvelope.take(content, f"leaf-{i:04d}-signed"), tuple(a.data for a in arrays.values())))
+        return cls(tuple(decryptors), digest, tuple(leaves))

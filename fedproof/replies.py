@@ -34,7 +34,10 @@ from fedproof.protocol import (
     BUDGET_EXHAUSTED,
     CIPHERTEXTS_KEY,
     POLICY_REFUSED,
+    REFUSED,
     WITHHELD,
+    PARTIAL_KEY,
+    DECRYPTION_KEY,
     METRICS_KEY,
     SUM_KEY,
     ClientReport,
@@ -44,6 +47,7 @@ from fedproof.protocol import (
 )
 from ledger.signing import payload_digest, unscale_epsilon
 from privacy.he import HEParams
+from privacy.threshold import ThresholdParams
 
 MAX_EXAMPLES = 2**31 - 1
 """Largest example count a reply may claim (the signed field is a u64; sums must stay exact in float64)."""
@@ -75,6 +79,8 @@ class Reason(str, Enum):
     PAYLOAD_MISMATCH = "payload-mismatch"
     WITHHELD = "withheld"
     """An evaluate reply without metrics, on purpose: the client's privacy keeps them on the device."""
+    REFUSED = "refused"
+    """A key holder refused to help decrypt: the request failed one of its checks (the detail names which)."""
 
     @classmethod
     def of(cls, exc: Exception) -> Reason:
@@ -151,6 +157,18 @@ class Decryption:
 
 
 @dataclass(frozen=True)
+class PartialDecryption:
+    """A key holder's flooded partial decryption of a round's sum, and what it says it decrypted."""
+
+    node_id: int
+    values: np.ndarray
+    """(ciphertexts, N) uint64 residues."""
+    sum_sha256: bytes
+    merkle_root: bytes
+    envelope: SignedEnvelope
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """What an update must look like: the global model's layout and weights, and the HE scheme if any."""
 
@@ -160,10 +178,11 @@ class ModelSpec:
     """The global model, flat float64 (the parent every delta is taken from)."""
     max_abs_delta: float
     """Largest |update - global| per parameter a client may send."""
-    he: HEParams | None = None
+    he: HEParams | ThresholdParams | None = None
 
     @classmethod
-    def of(cls, arrays: ArrayRecord, max_abs_delta: float, he: HEParams | None = None) -> ModelSpec:
+    def of(cls, arrays: ArrayRecord, max_abs_delta: float, he: HEParams | ThresholdParams | None = None
+           ) -> ModelSpec:
         ndarrays = arrays.to_numpy_ndarrays()
         layout = tuple((k, tuple(a.shape), a.dtype.str) for k, a in zip(arrays.keys(), ndarrays))
         return cls(layout, flatten(arrays), max_abs_delta, he)
@@ -186,6 +205,11 @@ def decode_evaluate_reply(msg: Message) -> Evaluation | Rejection:
 def decode_decrypt_reply(msg: Message, length: int) -> Decryption | Rejection:
     """A committee member's decrypted sum: ``length`` finite float64 values and a signature envelope."""
     return _guarded(msg, "decrypt", lambda: _decryption(msg, length))
+
+
+def decode_partial_reply(msg: Message, shape: tuple[int, int]) -> PartialDecryption | Rejection:
+    """A key holder's partial decryption (``shape`` uint64 residues, a signature envelope), or its refusal."""
+    return _guarded(msg, "decrypt", lambda: _partial(msg, shape))
 
 
 def _guarded(msg: Message, phase: str, read: Callable[[], T]) -> T | Rejection:
@@ -257,6 +281,20 @@ def _decryption(msg: Message, length: int) -> Decryption:
     if not np.all(np.isfinite(values)):
         raise UpdateRejected("the decrypted sum holds NaN or infinite values", Reason.NON_FINITE.value)
     return Decryption(msg.metadata.src_node_id, values, SignedEnvelope.take(msg.content))
+
+
+def _partial(msg: Message, shape: tuple[int, int]) -> PartialDecryption:
+    report = ClientReport.from_reply(msg.content)
+    if report is not None and report.status == REFUSED:
+        raise UpdateRejected(f"client {report.client_id} refused: {report.reason}", Reason.REFUSED.value)
+    record, meta = msg.content.array_records.get(PARTIAL_KEY), msg.content.config_records.get(DECRYPTION_KEY)
+    if record is None or list(record.keys()) != [PARTIAL_KEY] or meta is None:
+        raise UpdateRejected("the reply carries no partial decryption")
+    values = _array(record[PARTIAL_KEY], shape, np.dtype(np.uint64).str)
+    digest, root = meta.get("sum-sha256"), meta.get("merkle-root")
+    if type(digest) is not bytes or type(root) is not bytes:
+        raise UpdateRejected("the partial decryption does not say what it decrypted")
+    return PartialDecryption(msg.metadata.src_node_id, values, digest, root, SignedEnvelope.take(msg.content))
 
 
 # ----------------------------------------------------------------------------------------- the checks

@@ -19,11 +19,22 @@ from fedproof.client_data import ClientData, load_client_data
 from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
 from fedproof.model import make_model
-from fedproof.protocol import ARRAYS_KEY, ROUND_KEY, SUM_KEY, TRAINED, WITHHELD, ClientReport, EncryptedPayload, model_digest
+from fedproof.protocol import (
+    ARRAYS_KEY,
+    PLAIN_MAX_ABS_DELTA,
+    ROUND_KEY,
+    SUM_KEY,
+    TRAINED,
+    WITHHELD,
+    ClientReport,
+    EncryptedPayload,
+    model_digest,
+)
 from fedproof.task import evaluate
 from fl_client.policy import client_policy
 from fl_client.signing import client_id, sign_decryption, sign_update
-from fl_client.secure_update import decrypt_sum, encrypt_update, plain_update, secret_context
+from fl_client import threshold
+from fl_client.secure_update import checked_delta, decrypt_sum, encrypt_update, plain_update, secret_context
 from fl_client.state import ClientState, state_file
 from fl_client.training import train_round
 
@@ -107,7 +118,10 @@ def train(msg: Message, context: Context) -> Message:
     weight = int(context.node_config.get("declared-examples", 0)) or outcome.num_examples  # type: ignore
     if outcome.status == TRAINED:
         trained = ArrayRecord(job.model.state_dict())
-        if job.config.he:
+        if job.config.he and job.config.he_scheme == "threshold":
+            delta = checked_delta(trained, job.global_arrays, PLAIN_MAX_ABS_DELTA)
+            threshold.encrypt_update(delta, weight, job.config.he_weight_scale, context).put(content)
+        elif job.config.he:
             secret = secret_context(job.config, context)
             encrypt_update(trained, job.global_arrays, weight, secret).put(content)
         else:
@@ -148,3 +162,35 @@ def decrypt(msg: Message, context: Context) -> Message:
     values = decrypt_sum(EncryptedPayload.take(msg.content), secret_context(config, context))
     content = RecordDict({SUM_KEY: ArrayRecord({SUM_KEY: Array(values)})})
     return Message(sign_decryption(content, values.tobytes(), config, context, server_round), reply_to=msg)
+
+
+# ----------------------------------------------------------------------------------------- threshold HE
+
+
+@app.query("keygen_hello")
+def keygen_hello(msg: Message, context: Context) -> Message:
+    """Key ceremony, step 1: announce this device's contribution to the common polynomial and its share key."""
+    config, _ = _settings(msg)
+    return Message(threshold.keygen_hello(config, context), reply_to=msg)
+
+
+@app.query("keygen_deal")
+def keygen_deal(msg: Message, context: Context) -> Message:
+    """Key ceremony, step 2: deal this device's public-key share and sealed Shamir shares."""
+    config, _ = _settings(msg)
+    return Message(threshold.keygen_deal(msg.content, config, context), reply_to=msg)
+
+
+@app.query("keygen_finish")
+def keygen_finish(msg: Message, context: Context) -> Message:
+    """Key ceremony, step 3: keep the threshold share and the joint key; acknowledge the key's digest."""
+    config, _ = _settings(msg)
+    return Message(threshold.keygen_finish(msg.content, config, context), reply_to=msg)
+
+
+@app.query("decrypt_share")
+def decrypt_share(msg: Message, context: Context) -> Message:
+    """As one of t key holders: check the round's signed leaves and sum, then send a flooded partial decryption."""
+    config, server_round = _settings(msg)
+    return Message(threshold.decrypt_share(msg.content, config, server_round, context, config.min_contributors),
+                   reply_to=msg)

@@ -70,7 +70,7 @@ def train_round(
     policy is refused (POLICY_REFUSED) before anything is trained."""
     policy = policy or run_policy(config)
     try:
-        dp = policy.admit(dp=config.dp, he=config.he, settings=config.dp_settings())
+        dp = policy.admit(dp=config.dp, he=config.he, settings=config.dp_settings(), he_scheme=config.he_scheme)
     except PolicyRefusal as exc:
         return RoundOutcome(POLICY_REFUSED, 0.0, 0, None, state, str(exc))
     n = len(labels)

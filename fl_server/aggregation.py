@@ -18,6 +18,8 @@ from fedproof.weights import flatten, unflatten
 from fl_server.admission import Admitted
 from privacy.errors import CiphertextError
 from privacy.he import PublicContext
+from privacy.ring import addmod
+from privacy.threshold import ThresholdParams, sum_ciphertexts
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,29 @@ def add_ciphertexts(public: PublicContext, num_values: int, admitted: list[Admit
         used.append(a)
     payload = EncryptedPayload(tuple(total.serialize()), num_values, total.count) if used else None
     return EncryptedTotal(payload, tuple(used), tuple(rejections))
+
+
+@dataclass(frozen=True)
+class ThresholdTotal:
+    """The round's summed ciphertexts under the joint key ((chunks, 2, N) residues), and the updates in it."""
+
+    values: np.ndarray | None
+    used: tuple[Admitted, ...]
+    rejections: tuple[Rejection, ...]
+
+
+def threshold_sum(params: ThresholdParams, admitted: list[Admitted]) -> ThresholdTotal:
+    """Add the admitted updates' ciphertexts; one that does not parse is rejected alone."""
+    total, used, rejections = None, [], []
+    for a in admitted:
+        try:
+            polys = sum_ciphertexts(params, [a.update.ciphertexts.chunks])  # type: ignore[union-attr]
+        except CiphertextError as exc:
+            rejections.append(Rejection(a.update.node_id, a.update.client_id, Reason.CORRUPT_CIPHERTEXT, str(exc)))
+            continue
+        total = polys if total is None else addmod(total, polys, params.q)
+        used.append(a)
+    return ThresholdTotal(total, tuple(used), tuple(rejections))
 
 
 def apply_mean(parent: ArrayRecord, weighted_sum: np.ndarray, num_examples: int) -> ArrayRecord:

@@ -28,7 +28,8 @@ from privacy.he import PublicContext
 class ServerCredentials:
     allow: AllowList
     public: PublicContext | None
-    """The CKKS public context; None when HE is off."""
+    """shared-key HE's public context; None otherwise (threshold HE has no context file: its clients make the
+    key at the start of each run)."""
 
 
 def load_credentials(config: RunConfig, run_path: Path) -> tuple[RunConfig, ServerCredentials]:
@@ -37,9 +38,10 @@ def load_credentials(config: RunConfig, run_path: Path) -> tuple[RunConfig, Serv
     directory = simulation_keys(config, run_path)
     ids = [str(i) for i in range(config.clients)]
     config = config.with_overrides(key_set=str(directory))
-    if not has_keys_for(KeySet(directory), ids, config.he):
+    shared_key = config.he and config.he_scheme == "shared-key"
+    if not has_keys_for(KeySet(directory), ids, shared_key):
         command = [sys.executable, "-m", "fedproof.cli", "keys", "init", "--out", str(directory),
-                   "--clients", str(config.clients), "--he" if config.he else "--no-he"]
+                   "--clients", str(config.clients), "--he" if shared_key else "--no-he"]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise ConfigError(f"could not create the run's key set: {done.stderr.strip() or done.stdout.strip()}")
@@ -51,7 +53,7 @@ def load_credentials(config: RunConfig, run_path: Path) -> tuple[RunConfig, Serv
 
 def _load(config: RunConfig) -> ServerCredentials:
     keys = KeySet(Path(config.key_set).expanduser())
-    public = PublicContext.load(keys.he_server) if config.he else None
+    public = PublicContext.load(keys.he_server) if config.he and config.he_scheme == "shared-key" else None
     return ServerCredentials(AllowList.load(keys.allowlist), public)
 
 

@@ -18,12 +18,14 @@ from fedproof.protocol import PLAIN_MAX_ABS_DELTA
 from fedproof.rundir import MODEL_FILE, RoundMetrics, RunDirectory
 from fl_server.admission import Admission
 from fl_server.committee import Committee
+from fl_server.decryptors import ThresholdCommittee
+from fl_server.keygen import run_ceremony
 from fl_server.credentials import load_credentials
 from fl_server.evaluation import CentralEvaluator
 from fl_server.lineage import Lineage, open_ledger
 from fl_server.metrics import FederationMetrics
 from fl_server.round import RoundPlan, run_round
-from ledger.verification import UpdateVerifier
+from ledger.verification import AllowList, Domain, UpdateVerifier
 
 
 class RoundObserver(Protocol):
@@ -65,6 +67,9 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     dataset = load_dataset(config.data_dir or None)
     config, credentials = load_credentials(config, run_dir.path)
     config, contract = open_ledger(config, credentials.allow)
+    threshold_he = config.he and config.he_scheme == "threshold"
+    if threshold_he and not config.he_weight_scale:
+        config = config.with_overrides(he_weight_scale=weight_scale(credentials.allow))
     run_dir.write_config(config)
     model = ArrayRecord(make_model(dataset.num_classes, seed=config.seed).state_dict())
     if config.resume:  # after a crash: go on from the last round recorded, with its model
@@ -79,6 +84,12 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         loss, accuracy = evaluate(model)
         rows.append(RoundMetrics(round=done, accuracy=accuracy, loss=loss, seconds=0.0))
         run_dir.append_metrics(rows[-1])
+    domain = Domain(config.chain_id, config.contract_bytes(), config.run_id)
+    threshold = None
+    if threshold_he:  # the clients make the run's key now; no party ever holds all of it
+        key = run_ceremony(grid, config.to_mapping(), credentials.allow, domain, config.he_threshold,
+                           config.round_timeout)
+        threshold = ThresholdCommittee(key, config.seed, config.round_timeout, credentials.allow, domain)
     plan = RoundPlan(
         settings=config.to_mapping(),
         fraction_train=config.fraction_train,
@@ -91,6 +102,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         he=credentials.public,
         committee=(Committee(config.he_committee, config.seed, config.round_timeout, credentials.public.params)
                    if credentials.public is not None else None),
+        threshold=threshold,
     )
     epsilon_by_client: dict[str, float] = {}
     stopped = ""
@@ -126,6 +138,19 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     )
     return FederationResult(config=config, run_dir=run_dir.path, rounds=rows, seconds=seconds,
                             epsilon_by_client=epsilon_by_client, stopped=stopped, ledger=ledger)
+
+
+UNREGISTERED_WEIGHT_SCALE = 2**20
+"""he-weight-scale when not every client has a registered weight: sums of up to a million examples."""
+
+
+def weight_scale(allow: AllowList) -> int:
+    """W for threshold HE: the registered weights' total when every allowed client has one (the sum of any round
+    is then at most W), else :data:`UNREGISTERED_WEIGHT_SCALE`."""
+    weights = allow.weights
+    if allow.keys and all(c in weights for c in allow.keys):
+        return sum(weights[c] for c in allow.keys)
+    return UNREGISTERED_WEIGHT_SCALE
 
 
 def wait_for_clients(

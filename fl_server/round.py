@@ -43,8 +43,10 @@ from fedproof.replies import (
 )
 from fedproof.rundir import RoundMetrics
 from fl_server.admission import Admission, Admitted
-from fl_server.aggregation import add_ciphertexts, apply_mean, plain_sum
+from fl_server.aggregation import add_ciphertexts, apply_mean, plain_sum, threshold_sum
 from fl_server.committee import Committee
+from fl_server.decryptors import ThresholdCommittee
+from fl_server.exchange import exchange
 from ledger.bundle import SignedUpdate
 from privacy.he import PublicContext
 
@@ -71,6 +73,9 @@ class RoundPlan:
     """Largest |update - global| per parameter a plaintext update may carry (HE: the scheme's own bound)."""
     he: PublicContext | None = None
     committee: Committee | None = None
+    """shared-key HE: the context the server sums with, and the committee that decrypts."""
+    threshold: ThresholdCommittee | None = None
+    """threshold HE (the default): the run's key holders, who decrypt only verified sums."""
     clock: Callable[[], float] = time.monotonic
 
 
@@ -113,8 +118,8 @@ class RoundResult:
 
 def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord) -> RoundResult:
     started = plan.clock()
-    spec = ModelSpec.of(parent, plan.he.params.max_abs_delta if plan.he else plan.max_abs_delta,
-                        plan.he.params if plan.he else None)
+    scheme = plan.threshold.key.params if plan.threshold else plan.he.params if plan.he else None
+    spec = ModelSpec.of(parent, plan.he.params.max_abs_delta if plan.he else plan.max_abs_delta, scheme)
     nodes = sorted(grid.get_node_ids())
     asked = sample(nodes, plan.fraction_train, random.Random(f"train/{plan.seed}/{server_round}"))
     replies, rejections = exchange(grid, _messages(asked, TRAIN, parent, plan.settings, server_round),
@@ -181,6 +186,8 @@ def aggregate_updates(grid: Grid, plan: RoundPlan, server_round: int, parent: Ar
     nothing = f"round {server_round}: no update could be aggregated; the model is unchanged"
     if not admitted:
         return Aggregate(None, failure=nothing)
+    if plan.threshold is not None:
+        return _threshold_aggregate(grid, plan, server_round, parent, spec, admitted)
     if plan.he is None:
         examples = sum(a.update.num_examples for a in admitted)
         return Aggregate(apply_mean(parent, plain_sum(admitted), examples), tuple(admitted))
@@ -200,28 +207,33 @@ def aggregate_updates(grid: Grid, plan: RoundPlan, server_round: int, parent: Ar
     return Aggregate(apply_mean(parent, outcome.values, total.num_examples), total.used, rejections)
 
 
+def _threshold_aggregate(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord, spec: ModelSpec,
+                         admitted: list[Admitted]) -> Aggregate:
+    """Sum the ciphertexts, have t key holders decrypt the verified sum, and scale it back: clients encrypted
+    ``(n_k / W) * delta_k`` with W = ``he-weight-scale``, so the mean is ``sum * W / sum(n_k)``."""
+    assert plan.threshold is not None
+    total = threshold_sum(plan.threshold.key.params, admitted)
+    if total.values is None:
+        return Aggregate(None, rejections=total.rejections,
+                         failure=f"round {server_round}: no update could be aggregated; the model is unchanged")
+    scale = int(plan.settings["he-weight-scale"])
+    examples = sum(a.update.num_examples for a in total.used)
+    if examples > scale:
+        return Aggregate(None, rejections=total.rejections, failure=(
+            f"round {server_round}: {examples} examples exceed he-weight-scale {scale}; the sum could overflow"))
+    outcome = plan.threshold.decrypt(grid, server_round, plan.settings, list(total.used), total.values,
+                                     spec.num_values)
+    rejections = total.rejections + outcome.rejections
+    if outcome.values is None:
+        return Aggregate(None, rejections=rejections, failure=outcome.failure)
+    return Aggregate(apply_mean(parent, outcome.values * scale, examples), total.used, rejections)
+
+
 def sample(nodes: list[int], fraction: float, rng: random.Random) -> list[int]:
     """``fraction`` of ``nodes`` (at least one, none if fraction is 0), sorted."""
     if fraction <= 0 or not nodes:
         return []
     return sorted(rng.sample(nodes, max(1, min(len(nodes), int(len(nodes) * fraction)))))
-
-
-def exchange(grid: Grid, messages: list[Message], timeout: float, phase: str) -> tuple[list[Message], list[Rejection]]:
-    """Send ``messages`` and collect one reply per asked node; a missing or unasked-for reply is a rejection."""
-    asked = {m.metadata.dst_node_id for m in messages}
-    got: dict[int, Message] = {}
-    rejections: list[Rejection] = []
-    for reply in grid.send_and_receive(messages, timeout=timeout) if messages else ():
-        node = reply.metadata.src_node_id
-        if node not in asked or node in got:
-            rejections.append(Rejection(node, f"node-{node}", Reason.UNEXPECTED_SENDER,
-                                        "a reply nobody asked this node for", phase))
-        else:
-            got[node] = reply
-    for node in sorted(asked - set(got)):
-        rejections.append(Rejection(node, f"node-{node}", Reason.NO_REPLY, f"no reply within {timeout:g} s", phase))
-    return [got[n] for n in sorted(got)], rejections
 
 
 def _messages(nodes: Iterable[int], kind: str, arrays: ArrayRecord, settings: Mapping, server_round: int

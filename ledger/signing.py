@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ledger.errors import BadSignature, KeyFileError
 
 UPDATE_TAG, DECRYPT_TAG = b"fedproof/update/v1", b"fedproof/decrypt/v1"
+KEYGEN_TAG, PARTIAL_TAG = b"fedproof/keygen/v1", b"fedproof/partial-decryption/v1"
+"""Threshold HE: a key-ceremony step (``round`` is the step, 1..3) and a partial decryption of a round's sum."""
 PAYLOAD_DOMAIN = b"fedproof/payload/v1\x00"
 NO_DP = 2**64 - 1
 EPSILON_SCALE = 1_000_000
@@ -97,7 +99,7 @@ class SignedFields:
     def __post_init__(self) -> None:
         if len(self.contract) != 20 or len(self.payload_sha256) != 32:
             raise ValueError("contract must be 20 bytes and payload_sha256 32 bytes")
-        if self.tag not in (UPDATE_TAG, DECRYPT_TAG):
+        if self.tag not in (UPDATE_TAG, DECRYPT_TAG, KEYGEN_TAG, PARTIAL_TAG):
             raise ValueError(f"unknown signing tag {self.tag!r}")
 
     def canonical_bytes(self) -> bytes:

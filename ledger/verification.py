@@ -111,3 +111,29 @@ class UpdateVerifier:
             raise
         self._seen.add(fields.client_id)
         return key
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Where a signed statement belongs: a chain, a contract and a run (what every signature binds)."""
+
+    chain_id: int
+    contract: bytes
+    run_id: str
+
+
+def verify_statement(allow: AllowList, domain: Domain, fields: SignedFields, signature: bytes, *, tag: bytes,
+                     round: int, client_id: str, payload_sha256: bytes) -> bytes:
+    """Check a signed statement other than an update (a key-ceremony step, a partial decryption): signed by
+    ``client_id`` (allowed, not revoked), under ``tag``, for this domain and ``round``, over exactly
+    ``payload_sha256``. Returns the signer's key; raises the typed error of the first failure."""
+    if fields.client_id != client_id or fields.tag != tag:
+        raise BadSignature(f"a statement signed as {fields.client_id!r} under another tag; expected {client_id!r}")
+    key = allow.key_for(client_id)
+    verify_signature(key, fields, signature)
+    if (fields.chain_id, fields.contract, fields.run_id, fields.round) != (domain.chain_id, domain.contract,
+                                                                           domain.run_id, round):
+        raise ReplayedUpdate(f"client {client_id}: statement signed for another chain, contract, run or step")
+    if fields.payload_sha256 != payload_sha256:
+        raise PayloadMismatch(f"client {client_id}: the statement's payload is not the one signed")
+    return key

@@ -46,6 +46,12 @@ class PrivacyPolicy:
     min_clip: float = 0.01
     max_clip: float = 1.0
     he_required: bool = True
+    shared_key_allowed: bool = False
+    """Whether this device joins a federation whose clients share one CKKS secret key (any of them, with the
+    server, could read this device's updates). Off: threshold HE only."""
+    min_contributors: int = 3
+    """As a decryptor: the fewest distinct clients' updates a sum must hold before this device helps decrypt it
+    (a run may ask for more, never fewer; never below 2)."""
     release_metrics: bool = False
     """Whether a client training without DP may send its local loss and validation metrics."""
 
@@ -56,18 +62,24 @@ class PrivacyPolicy:
             (self.min_noise_multiplier >= 0 and math.isfinite(self.min_noise_multiplier),
              "min_noise_multiplier must be a non-negative number"),
             (0 < self.min_clip <= self.max_clip and math.isfinite(self.max_clip), "need 0 < min_clip <= max_clip"),
+            (self.min_contributors >= 2, "min_contributors must be at least 2"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise PolicyError("invalid privacy policy: " + "; ".join(problems))
 
-    def admit(self, *, dp: bool, he: bool, settings: DPSettings | None) -> DPSettings | None:
+    def admit(self, *, dp: bool, he: bool, settings: DPSettings | None, he_scheme: str = "threshold"
+              ) -> DPSettings | None:
         """The DP settings this device trains with for the server's request, or :class:`PolicyRefusal`.
 
         The run's target epsilon, if it has one, can only lower the lifetime cap; its noise can only be raised to
         the policy's floor (more noise is always allowed)."""
         if self.he_required and not he:
             raise PolicyRefusal("he-required", "this device sends updates encrypted only; the run has HE off")
+        if he and he_scheme != "threshold" and not self.shared_key_allowed:
+            raise PolicyRefusal("shared-key-refused", f"the run uses the {he_scheme!r} HE scheme, in which other "
+                                                      "clients could decrypt this device's updates; its policy "
+                                                      "allows threshold HE only")
         if settings is None:
             if self.dp_required:
                 raise PolicyRefusal("dp-required", "this device trains with DP only; the run has DP off")
@@ -90,6 +102,11 @@ class PrivacyPolicy:
                           noise_multiplier=settings.noise_multiplier, accountant=settings.accountant,
                           grad_sample_mode=settings.grad_sample_mode)
 
+    def contributors_floor(self, requested: int) -> int:
+        """The fewest contributors a sum must have for this device to help decrypt it: the run's number, raised to
+        the policy's."""
+        return max(2, self.min_contributors, requested)
+
     def noise_floor(self, noise: float) -> float:
         """The noise multiplier to train with: the calibrated or requested one, raised to the policy's floor."""
         return max(noise, self.min_noise_multiplier)
@@ -104,10 +121,11 @@ class PrivacyPolicy:
             doc = json.loads(text)
             if not isinstance(doc, dict) or doc.pop("version", None) != 1:
                 raise ValueError("not a version-1 policy")
-            kinds = {"dp_required": bool, "he_required": bool, "release_metrics": bool}
+            kinds = {"dp_required": bool, "he_required": bool, "release_metrics": bool, "shared_key_allowed": bool,
+                     "min_contributors": int}
             for key, value in doc.items():
                 wanted = kinds.get(key, float)
-                ok = type(value) is bool if wanted is bool else type(value) in (int, float)
+                ok = type(value) is wanted if wanted in (bool, int) else type(value) in (int, float)
                 if key not in cls.__dataclass_fields__ or not ok:
                     raise ValueError(f"{key!r} is not a policy field of type {wanted.__name__}")
             return cls(**{k: float(v) if kinds.get(k, float) is float else v for k, v in doc.items()})

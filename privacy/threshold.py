@@ -104,6 +104,10 @@ class ThresholdParams:
         """One ciphertext on the wire: two polynomials of N residues, ``data_bits`` each, bit-packed."""
         return 2 * self.n * self.data_bits // 8
 
+    @property
+    def max_ciphertext_bytes(self) -> int:
+        return self.ciphertext_bytes
+
     def ciphertext_noise_std(self, parties: int, summands: int) -> float:
         """Per-coefficient std of the noise of a sum of ``summands`` fresh ciphertexts under the key of ``parties``.
 
