@@ -140,7 +140,11 @@ def simulate(
             f"{config.partition} partitions"
             + (f" (alpha={config.alpha})" if config.partition == "dirichlet" else "")
             + (f", DP-SGD with epsilon <= {config.target_epsilon:g}, delta {config.delta:g}" if config.dp else ", no DP")
-            + (f", CKKS aggregation (committee of {config.he_committee})" if config.he else ", plaintext aggregation")
+            + ((", threshold CKKS aggregation (" + (f"{config.he_threshold} key holders" if config.he_threshold else
+                                                   "a majority of key holders") + " decrypt)"
+                if config.he_scheme == "threshold" else f", shared-key CKKS aggregation (committee of "
+                                                        f"{config.he_committee})") if config.he
+               else ", plaintext aggregation")
             + f", run [cyan]{config.run_id}[/]"
         )
         started = time.monotonic()
@@ -214,10 +218,11 @@ def keys_init(
     out: Annotated[Path, typer.Option(help="Directory for the key set (created; files 0600).")],
     clients: Annotated[int, typer.Option(help="Clients with ids 0..N-1 (as simulation numbers them).")] = 10,
     client_ids: Annotated[Optional[str], typer.Option(help="Comma-separated client ids instead.")] = None,
-    he: Annotated[bool, typer.Option("--he/--no-he", help="Also make the CKKS contexts.")] = True,
+    he: Annotated[bool, typer.Option("--he/--no-he", help="Also make the shared-key scheme's CKKS contexts "
+                                                           "(he-scheme=shared-key; threshold HE needs none).")] = False,
 ) -> None:
-    """Create a key set: he-client.ctx and clients/<id>.pem go to the clients; he-server.ctx and
-    allowlist.json to the server."""
+    """Create a key set: clients/<id>.pem go to the clients, allowlist.json to the server and every client
+    (with --he, also the shared-key scheme's he-client.ctx for every client and he-server.ctx for the server)."""
     from fedproof.keys import init_key_set
 
     ids = [c.strip() for c in client_ids.split(",") if c.strip()] if client_ids else [str(i) for i in range(clients)]
@@ -226,8 +231,9 @@ def keys_init(
     except (*USER_ERRORS, OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
-    console.print(f"key set for {len(ids)} clients in [cyan]{keys.directory}[/]: clients get he-client.ctx and "
-                  "clients/<id>.pem; the server gets he-server.ctx and allowlist.json")
+    console.print(f"key set for {len(ids)} clients in [cyan]{keys.directory}[/]: each client gets its "
+                  "clients/<id>.pem and allowlist.json; the server gets allowlist.json"
+                  + (" (shared-key HE: he-client.ctx to every client, he-server.ctx to the server)" if he else ""))
 
 
 class _RoundProgress:

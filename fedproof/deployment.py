@@ -143,7 +143,7 @@ def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", ins
     doc = read_kit(kit, "client")
     cid = doc["client_id"]
     node_config = {"partition-id": doc["partition_id"], "num-partitions": doc["num_partitions"], "client-id": cid,
-                   "signing-key": str(kit / "clients" / f"{cid}.pem"), "he-context": str(kit / "he-client.ctx"),
+                   "signing-key": str(kit / "clients" / f"{cid}.pem"), "allow-list": str(kit / "allowlist.json"),
                    "state-dir": str(kit / "state"),  # its privacy history survives restarts of the device
                    "privacy-policy": str(kit / "policy.json")}  # what it allows, whatever a run asks
     if doc.get("declared_examples"):

@@ -4,7 +4,6 @@ Server kit::
 
     ca.crt                     the consortium's TLS root (the CA key is not kept: re-provision to add parties)
     server.crt, server.key     the SuperLink's TLS certificate (SANs: the server host, localhost, 127.0.0.1)
-    he-server.ctx              CKKS public context (parameters only)
     allowlist.json             every client's Ed25519 public key
     node-keys/<id>.pub         every client's Flower node-authentication public key (OpenSSH ECDSA)
     kit.json                   what the kit is for: clients, server host and port
@@ -14,12 +13,15 @@ Client kit ``client-<id>``::
     ca.crt                     to check the SuperLink's certificate
     node.key, node.pub         its Flower node-authentication key pair (ECDSA P-384, OpenSSH format)
     clients/<id>.pem           its Ed25519 signing key
-    he-client.ctx              CKKS secret context
+    allowlist.json             every client's Ed25519 public key (to check its peers in the key ceremony and the
+                               updates it helps decrypt)
+    policy.json                its privacy policy
     kit.json                   its client id, data partition and the server's address
 
-Key material is written 0600; an existing kit is never overwritten without ``force``. Everything is made with
-``cryptography``; the secret CKKS context is generated in this process, so run provisioning on an operator's
-machine, never on the server.
+No kit holds CKKS key material: the clients generate the run's threshold key among themselves at the start of
+each run (privacy.keygen), each keeping its own share on its device. Key material is written 0600; an existing
+kit is never overwritten without ``force``. Everything is made with ``cryptography``; the clients' signing keys
+are generated in this process, so run provisioning on an operator's machine, never on the server.
 """
 
 from __future__ import annotations
@@ -122,11 +124,10 @@ def provision(out: Path, clients: int, server_host: str, port: int = 9092, force
     server = out / "server"
     with tempfile.TemporaryDirectory() as tmp:
         weights = {i: declared_examples for i in ids} if declared_examples else None
-        keys = init_key_set(Path(tmp), ids, he=True, weights=weights)
+        keys = init_key_set(Path(tmp), ids, he=False, weights=weights)  # threshold HE: clients make the key
         write_atomically(server / "ca.crt", ca)
         write_atomically(server / "server.crt", server_crt)
         write_atomically(server / "server.key", server_key, private=True)
-        write_atomically(server / "he-server.ctx", keys.he_server.read_bytes(), private=True)
         write_atomically(server / "allowlist.json", keys.allowlist.read_bytes(), private=True)
         client_dirs = {}
         for i in ids:
@@ -137,7 +138,7 @@ def provision(out: Path, clients: int, server_host: str, port: int = 9092, force
             write_atomically(kit / "node.pub", public)
             write_atomically(server / "node-keys" / f"{i}.pub", public)
             write_atomically(kit / CLIENT_KEYS / f"{i}.pem", keys.signing_key(i).read_bytes(), private=True)
-            write_atomically(kit / "he-client.ctx", keys.he_client.read_bytes(), private=True)
+            write_atomically(kit / "allowlist.json", keys.allowlist.read_bytes())  # public: to check its peers
             write_atomically(kit / POLICY, policy.to_json().encode())
             write_atomically(kit / KIT, json.dumps({"role": "client", "client_id": i, "partition_id": int(i),
                                                     "num_partitions": clients, "partition": partition,

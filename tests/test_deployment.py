@@ -31,15 +31,16 @@ def cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess
 def test_kits_hold_only_what_each_party_may_hold(tmp_path: Path) -> None:
     kits = provision(tmp_path / "kits", 2, "server.example.org")
     server = {p.relative_to(kits.server).as_posix() for p in kits.server.rglob("*") if p.is_file()}
-    assert server == {"ca.crt", "server.crt", "server.key", "he-server.ctx", "allowlist.json", "kit.json",
+    assert server == {"ca.crt", "server.crt", "server.key", "allowlist.json", "kit.json",
                       "node-keys/0.pub", "node-keys/1.pub"}
     for cid, kit in kits.clients.items():
         files = {p.relative_to(kit).as_posix() for p in kit.rglob("*") if p.is_file()}
-        assert files == {"ca.crt", "node.key", "node.pub", f"clients/{cid}.pem", "he-client.ctx", "kit.json",
-                         "policy.json"}
+        assert files == {"ca.crt", "node.key", "node.pub", f"clients/{cid}.pem", "allowlist.json", "kit.json",
+                         "policy.json"}  # no CKKS key of any kind: the clients make the run's threshold key
+        assert not any("ctx" in name or "secret" in name for name in files)
         assert PrivacyPolicy.load(kit / "policy.json") == PrivacyPolicy()  # the strict defaults
-    secret = [kits.server / "server.key", kits.server / "he-server.ctx", kits.server / "allowlist.json"] + [
-        kit / name for kit in kits.clients.values() for name in ("node.key", "he-client.ctx")]
+    secret = [kits.server / "server.key", kits.server / "allowlist.json"] + [
+        kit / name for kit in kits.clients.values() for name in ("node.key", f"clients/{kit.name[7:]}.pem")]
     for path in secret:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert (kits.clients["0"] / "node.key").read_bytes() != (kits.clients["1"] / "node.key").read_bytes()
