@@ -1,4 +1,5 @@
-"""Encrypted rounds: bad updates are dropped alone, committee replies are checked and must agree, results match FedAvg."""
+"""Shared-key encrypted rounds (he-scheme=shared-key): bad updates are dropped alone, committee replies are checked
+and must agree, results match FedAvg."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ COUNTS = {11: 300, 12: 500, 13: 50, 14: 1000}
 KEYS = init_key_set(Path(tempfile.mkdtemp(prefix="fedproof-he-keys-")), [str(n) for n in NODES], he=True)
 SECRET = SecretContext.load(KEYS.he_client)
 PUBLIC = PublicContext.load(KEYS.he_server)
-CONFIG = RunConfig(run_id="he-run", chain_id=31337, ledger_contract="0x" + "ab" * 20, key_set=str(KEYS.directory))
+CONFIG = RunConfig(run_id="he-run", chain_id=31337, ledger_contract="0x" + "ab" * 20, key_set=str(KEYS.directory),
+                   he_scheme="shared-key")
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,231 @@
+"""Threshold HE in the round, with the real client code on a fake grid: the key ceremony, FedAvg through t
+decryptors, dropouts, and a malicious server's requests, each refused with its reason."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fakegrid import FakeGrid
+from fedproof.config import RunConfig
+from fedproof.keys import init_key_set
+from fedproof.protocol import CONFIG_KEY, REFUSED, ClientReport, DecryptionRequest, EncryptedPayload, round_settings
+from fedproof.weights import flatten
+from fl_client import threshold
+from fl_client.signing import sign_update
+from fl_server.admission import Admission
+from fl_server.decryptors import ThresholdCommittee
+from fl_server.keygen import KeyCeremonyFailed, run_ceremony
+from fl_server.round import RoundPlan, RoundResult, run_round
+from ledger.verification import AllowList, Domain, UpdateVerifier
+from privacy.keygen import CeremonyError
+from privacy.threshold import sum_ciphertexts, sum_digest
+
+NODES = [21, 22, 23, 24, 25]
+COUNTS = {21: 300, 22: 500, 23: 50, 24: 1000, 25: 150}
+SCALE = 4000
+KEYS = init_key_set(Path(tempfile.mkdtemp(prefix="fedproof-mhe-keys-")), [str(n) for n in NODES], he=False)
+CONFIG = RunConfig(run_id="mhe-run", chain_id=31337, ledger_contract="0x" + "cd" * 20, key_set=str(KEYS.directory),
+                   he_weight_scale=SCALE)
+DOMAIN = Domain(CONFIG.chain_id, CONFIG.contract_bytes(), CONFIG.run_id)
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+
+
+def global_model() -> ArrayRecord:
+    rng = np.random.default_rng(0)
+    return ArrayRecord({"w": Array(rng.normal(size=(20, 300)).astype(np.float32)),
+                        "b": Array(rng.normal(size=(2500,)).astype(np.float32))})
+
+
+def delta(node: int) -> np.ndarray:
+    return np.random.default_rng(node).uniform(-0.5, 0.5, flatten(global_model()).size)
+
+
+class Devices:
+    """Each node's ClientApp state (its Context), answering through fl_client.threshold as a device would."""
+
+    def __init__(self, nodes=NODES) -> None:
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"client-id": str(n)}, state=RecordDict(),
+                                    run_config={}) for n in nodes}
+        self.absent: set[int] = set()  # nodes that stopped answering decryption requests
+
+    def handlers(self) -> dict:
+        ctx = self.contexts
+        return {
+            "query_keygen_hello": lambda node, msg: threshold.keygen_hello(CONFIG, ctx[node]),
+            "query_keygen_deal": lambda node, msg: threshold.keygen_deal(msg.content, CONFIG, ctx[node]),
+            "query_keygen_finish": lambda node, msg: threshold.keygen_finish(msg.content, CONFIG, ctx[node]),
+            "query_decrypt_share": self.decrypt,
+            "train": self.train,
+        }
+
+    def decrypt(self, node: int, msg: Message):
+        if node in self.absent:
+            return None
+        server_round = int(msg.content[CONFIG_KEY]["server-round"])
+        return threshold.decrypt_share(msg.content, CONFIG, server_round, self.contexts[node], CONFIG.min_contributors)
+
+    def train(self, node: int, msg: Message) -> RecordDict:
+        server_round = int(msg.content[CONFIG_KEY]["server-round"])
+        payload = threshold.encrypt_update(delta(node), COUNTS[node], SCALE, self.contexts[node])
+        content = payload.put(RecordDict({"client": ClientReport(str(node)).to_record()}))
+        content["metrics"] = MetricRecord({"num-examples": COUNTS[node]})
+        return sign_update(content, CONFIG, self.contexts[node], server_round, COUNTS[node], None)
+
+
+def ceremony(devices: Devices, nodes=NODES, threshold_=0):
+    grid = FakeGrid(nodes, **devices.handlers())
+    return run_ceremony(grid, CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, threshold_, 5), grid
+
+
+@pytest.fixture(scope="module")
+def keyed():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    devices = Devices()
+    key, _ = ceremony(devices)
+    return devices, key
+
+
+def run(devices: Devices, key, trainers=NODES, server_round: int = 1) -> tuple[RoundResult, FakeGrid]:
+    allow = AllowList.load(KEYS.allowlist)
+    plan = RoundPlan(
+        settings=CONFIG.to_mapping(), fraction_train=1.0, fraction_evaluate=0.0, seed=3, timeout=5,
+        admission=Admission(UpdateVerifier(allow, CONFIG.chain_id, CONFIG.contract_bytes(), CONFIG.run_id)),
+        evaluate=lambda arrays: (0.0, 0.0), max_abs_delta=4.0,
+        threshold=ThresholdCommittee(key, 3, 5, allow, DOMAIN),
+    )
+    handlers = devices.handlers()
+    train = handlers.pop("train")
+    grid = FakeGrid(NODES, train=lambda node, msg: train(node, msg) if node in trainers else None, **handlers)
+    return run_round(grid, plan, server_round, global_model()), grid
+
+
+def fedavg(nodes) -> np.ndarray:
+    total = sum(COUNTS[n] for n in nodes)
+    return flatten(global_model()) + sum(COUNTS[n] * delta(n) for n in nodes) / total
+
+
+def test_the_ceremony_gives_every_party_its_own_share_of_one_key(keyed) -> None:
+    devices, key = keyed
+    assert key.threshold == 3 and sorted(key.nodes) == sorted(str(n) for n in NODES)
+    holdings = [threshold.key_holding(devices.contexts[n]) for n in NODES]
+    assert len({h.public_key.digest for h in holdings}) == 1 and holdings[0].public_key.digest == key.digest
+    assert len({h.share.tobytes() for h in holdings}) == len(NODES)  # no two parties hold the same share
+    assert all(threshold.CEREMONY_STATE not in devices.contexts[n].state for n in NODES)  # s_i is gone
+
+
+def test_threshold_fedavg_equals_plaintext_fedavg(keyed) -> None:
+    devices, key = keyed
+    result, grid = run(devices, key, server_round=1)
+    assert result.failure == "" and len(result.admitted) == len(NODES)
+    assert np.abs(flatten(result.model) - fedavg(NODES)).max() < 1e-4
+    assert len(grid.asked["query.decrypt_share"]) == key.threshold  # t partials, not n
+
+
+def test_up_to_n_minus_t_holders_may_drop_between_upload_and_decryption(keyed) -> None:
+    devices, key = keyed
+    devices.absent = {NODES[0], NODES[3]}  # n - t = 2 gone after sending their updates
+    try:
+        result, _ = run(devices, key, server_round=2)
+    finally:
+        devices.absent = set()
+    assert result.failure == "", result.failure
+    assert np.abs(flatten(result.model) - fedavg(NODES)).max() < 1e-4
+
+
+def test_too_few_contributors_voids_the_round_and_keeps_the_model(keyed) -> None:
+    devices, key = keyed
+    result, _ = run(devices, key, trainers=NODES[:2], server_round=3)
+    assert result.model is None and "key holders decrypted" in result.failure
+    assert {r.reason.value for r in result.rejected("decrypt")} == {"refused"}
+    assert all("too-few-contributors" in r.detail for r in result.rejected("decrypt"))
+    assert result.current is result.parent
+
+
+class MaliciousServer:
+    """Crafts decryption requests from genuine signed updates of a round, as a server that wants more than the sum."""
+
+    def __init__(self, devices: Devices, server_round: int) -> None:
+        self.devices, self.round = devices, server_round
+        self.replies = {}
+        for node in NODES:
+            msg = Message(RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round)}), dst_node_id=node,
+                          message_type="train", group_id="x")
+            content = devices.train(node, msg)
+            self.replies[node] = (EncryptedPayload.take(content), content)
+
+    def leaf(self, node):
+        from fedproof.protocol import SignedEnvelope
+        payload, content = self.replies[node]
+        return SignedEnvelope.take(content), payload.chunks
+
+    def ask(self, holder: int, leaves, decryptors=None, digest=None) -> str:
+        decryptors = decryptors or tuple(sorted([str(holder), str(NODES[1]), str(NODES[2])]))
+        if digest is None:
+            digest = sum_digest(sum_ciphertexts(threshold.PARAMS, [chunks for _, chunks in leaves]))
+        content = DecryptionRequest(tuple(decryptors), digest, tuple(leaves)).put(
+            RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), self.round)}))
+        reply = threshold.decrypt_share(content, CONFIG, self.round, self.devices.contexts[holder], 3)
+        report = ClientReport.from_reply(reply)
+        return report.reason if report is not None and report.status == REFUSED else "decrypted"
+
+
+def test_a_malicious_server_gets_only_refusals_with_reasons(keyed) -> None:
+    devices, _ = keyed
+    evil = MaliciousServer(devices, server_round=10)
+    holder = NODES[0]
+    one, two, three = (evil.leaf(n) for n in NODES[1:4])
+    # one victim's ciphertext wrapped as a "sum"; a sum of fewer than min-contributors
+    assert evil.ask(holder, [one]).startswith("too-few-contributors")
+    assert evil.ask(holder, [one, two]).startswith("too-few-contributors")
+    # the same client twice to reach the count
+    assert evil.ask(holder, [one, one, two]).startswith("too-few-contributors")
+    # asked to decrypt a sum that is not the sum of the signed leaves
+    assert evil.ask(holder, [one, two, three], digest=sum_digest(sum_ciphertexts(threshold.PARAMS, [one[1]])))\
+        .startswith("sum-mismatch")
+    # a leaf whose ciphertexts are not the ones its client signed
+    swapped = (one[0], two[1])
+    assert evil.ask(holder, [swapped, two, three]).startswith("bad-leaf")
+    # a decryptor set that is not t holders including this one
+    assert evil.ask(holder, [one, two, three], decryptors=(str(NODES[1]), str(NODES[2]))).startswith("bad-decryptors")
+    # the honest request is served; a second, different sum in the same round is not
+    assert evil.ask(holder, [one, two, three]) == "decrypted"
+    assert evil.ask(holder, [one, two, three]) == "decrypted"  # the same sum again: a new set after a dropout
+    assert evil.ask(holder, [one, two, evil.leaf(NODES[4])]).startswith("second-sum")
+
+
+def test_a_leaf_from_another_round_or_run_is_refused(keyed) -> None:
+    devices, _ = keyed
+    old, new = MaliciousServer(devices, 20), MaliciousServer(devices, 21)
+    leaves = [old.leaf(NODES[1]), new.leaf(NODES[2]), new.leaf(NODES[3])]
+    assert new.ask(NODES[0], leaves).startswith("bad-leaf")
+
+
+def test_a_ceremony_below_a_majority_threshold_is_refused_by_server_and_devices(monkeypatch) -> None:
+    with pytest.raises(KeyCeremonyFailed, match="majority"):
+        ceremony(Devices(), threshold_=2)  # 2 of 5: fewer than a majority could decrypt
+    import fl_server.keygen
+
+    monkeypatch.setattr(fl_server.keygen, "check_threshold", lambda t, n: None)  # a server that asks anyway
+    with pytest.raises(CeremonyError, match="majority"):
+        ceremony(Devices(), threshold_=2)
+
+
+def test_the_ceremony_fails_clearly_when_a_party_stops_half_way() -> None:
+    devices = Devices()
+    handlers = devices.handlers()
+    handlers["query_keygen_finish"] = lambda node, msg: (
+        None if node == NODES[4] else threshold.keygen_finish(msg.content, CONFIG, devices.contexts[node]))
+    grid = FakeGrid(NODES, **handlers)
+    with pytest.raises(KeyCeremonyFailed, match="did not complete the finish step"):
+        run_ceremony(grid, CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5)
