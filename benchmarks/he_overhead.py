@@ -1,11 +1,14 @@
-"""Cost of encrypted aggregation, measured in one run against plaintext FedAvg (and NVIDIA FLARE's CKKS defaults).
+"""Cost of encrypted aggregation, measured in one run against plaintext FedAvg, for both HE schemes (threshold,
+the default, and shared-key) and NVIDIA FLARE's CKKS defaults.
 
-1. Bytes per parameter on the wire, up (client -> server) and down (the sum the committee decrypts).
-2. Seconds: one client encrypting its update, the server summing K updates (deserialize + add + serialize),
-   one committee member decrypting the sum; for 100k and 1M parameters and 10 / 100 clients. Baseline: the
-   plaintext server doing the same weighted sum over float32 arrays.
-3. Whole rounds: `fedproof simulate` on the demo setting (real Fashion-MNIST, 10 clients, Dirichlet 0.5,
-   DP on) with HE against the same run with plaintext aggregation.
+1. Bytes per parameter on the wire: a client's upload; what a decryptor downloads (shared-key: the sum;
+   threshold: every admitted update, to recompute the sum itself) and uploads (the sum / its partial).
+2. Seconds: one client encrypting its update, the server summing K updates, one decryptor's work (threshold:
+   parse and re-add the K signed updates, then its flooded partial decryption), the server fusing t partials;
+   for 100k and 1M parameters and 10 / 100 clients. Baseline: the plaintext weighted sum over float32 arrays.
+3. The key ceremony's computation per party (threshold), for 10 and 100 parties.
+4. Whole rounds: `fedproof simulate` on the demo setting (real Fashion-MNIST, 10 clients, Dirichlet 0.5,
+   DP on, same seeds) with each scheme against plaintext aggregation.
 
     python benchmarks/he_overhead.py [--sizes 100000 1000000] [--clients 10 100] [--rounds 3] [--skip-rounds]
 """
@@ -24,6 +27,16 @@ import tenseal as ts
 from measure import measure
 
 from privacy.he import PublicContext, SecretContext
+from privacy.keygen import deal, finish, hello
+from privacy.threshold import (
+    ThresholdParams,
+    fuse,
+    majority,
+    partial_decryption,
+    sum_ciphertexts,
+)
+
+THRESHOLD = ThresholdParams()
 
 
 def timed(fn):
@@ -65,6 +78,52 @@ def fedproof_costs(size: int, clients: int) -> dict:
     }
 
 
+def threshold_key(parties: int):
+    """Every party's steps of the key ceremony, in one process; returns (holdings, seconds per party's compute)."""
+    ids = [f"p{i:03d}" for i in range(parties)]
+    t = majority(parties)
+    started = time.perf_counter()
+    said = {p: hello(THRESHOLD, p) for p in ids}
+    hellos = {p: h for p, (h, _) in said.items()}
+    deals = {p: deal(THRESHOLD, p, said[p][1], hellos, t) for p in ids}
+    holdings = {k: finish(THRESHOLD, k, said[k][1], hellos, {p: (deals[p].public_share, deals[p].sealed[k])
+                                                               for p in ids}, t) for k in ids}
+    return holdings, (time.perf_counter() - started) / parties
+
+
+def threshold_costs(size: int, clients: int, holdings) -> dict:
+    counts, values = updates(size, clients)
+    scale = int(counts.sum())
+    distinct = min(clients, 3)  # encrypting is per client and parallel: a few distinct ciphertexts, cycled
+    key = next(iter(holdings.values())).public_key
+    first, encrypt_s = timed(lambda: key.encrypt(values[0] / scale))
+    encrypted = [first] + [key.encrypt(values[i] / scale) for i in range(1, distinct)]
+    payloads = [encrypted[i % distinct] for i in range(clients)]
+    exact = sum(values[i % distinct] for i in range(clients)) / scale
+    total, sum_s = timed(lambda: sum_ciphertexts(THRESHOLD, payloads))
+    ordered = sorted(holdings)
+    t = holdings[ordered[0]].threshold
+    chosen = ordered[:t]
+    points = [holdings[c].x for c in chosen]
+    std = THRESHOLD.flooding_std(len(holdings), clients)
+    partials = []
+    for c in chosen:
+        partial, partial_s = timed(lambda: partial_decryption(THRESHOLD, holdings[c].share, holdings[c].x, points,
+                                                              total, std))
+        partials.append(partial)
+    decrypted, fuse_s = timed(lambda: fuse(THRESHOLD, total, partials, size))
+    return {
+        "up": sum(map(len, first)) / size,
+        "down": clients * sum(map(len, first)) / size,
+        "partial_up": partials[0].nbytes / size,
+        "encrypt_s": encrypt_s,
+        "sum_s": sum_s,
+        "decrypt_s": sum_s + partial_s,  # a decryptor re-adds the signed updates, then decrypts its part
+        "fuse_s": fuse_s,
+        "error": float(np.abs(decrypted - exact).max() * scale / counts.sum()),
+    }
+
+
 def plaintext_sum_seconds(size: int, clients: int) -> float:
     counts, values = updates(size, clients)
     blobs = [v.astype(np.float32).tobytes() for v in values]
@@ -100,11 +159,12 @@ def nvflare_costs(size: int, clients: int) -> dict:
             "decrypt_s": decrypt_s}
 
 
-def round_time(tmp: str, he: bool, rounds: int) -> dict:
-    name = "he" if he else "plain"
+def round_time(tmp: str, scheme: str, rounds: int) -> dict:
+    name = scheme
+    he = ["--no-he"] if scheme == "plain" else ["--he", "-c", f'he-scheme="{scheme}"']
     wall, rss, proc = measure(
         [sys.executable, "-m", "fedproof.cli", "simulate", "--rounds", str(rounds), "--run-dir", f"{tmp}/{name}",
-         "--run-id", name, "--he" if he else "--no-he", "--no-ledger"]  # own run dirs: fresh privacy budgets
+         "--run-id", name, *he, "--no-ledger"]  # own run dirs: fresh privacy budgets
     )
     if proc.returncode != 0:
         sys.exit(f"{name} run failed:\n{proc.stdout}\n{proc.stderr}")
@@ -131,41 +191,59 @@ def main() -> None:
 
 def micro(args: argparse.Namespace) -> None:
     big = max(args.sizes)
-    ours, flare = fedproof_costs(big, 2), nvflare_costs(big, 2)
-    print(f"\nBytes per parameter ({big:,} parameters; baseline float32 = 4)\n")
-    print("| scheme | up B/param | x float32 | down B/param | x float32 |")
+    holdings, _ = threshold_key(10)
+    ours, threshold, flare = fedproof_costs(big, 2), threshold_costs(big, 10, holdings), nvflare_costs(big, 2)
+    print(f"\nBytes per parameter ({big:,} parameters, 10 clients; baseline float32 = 4)\n")
+    print("| scheme | client up | x float32 | decryptor down | decryptor up |")
     print("|---|---|---|---|---|")
-    for name, r in [("plaintext float32", {"up": 4.0, "down": 4.0}),
-                    ("fedproof CKKS: seeded symmetric, 2 reals/slot, N=4096, one 50-bit prime", ours),
-                    ("NVIDIA FLARE defaults: TenSEAL N=8192 [60,40,40] 2^40", flare)]:
-        print(f"| {name} | {r['up']:.2f} | {r['up'] / 4:.2f} | {r['down']:.2f} | {r['down'] / 4:.2f} |")
+    print("| plaintext float32 | 4.00 | 1.00 | - | - |")
+    print(f"| **threshold** (default): joint key, N=4096, one 60-bit prime, coefficient-packed, bit-packed | "
+          f"{threshold['up']:.2f} | {threshold['up'] / 4:.2f} | {threshold['down']:.1f} (10 signed updates) | "
+          f"{threshold['partial_up']:.2f} (its partial) |")
+    print(f"| shared-key: seeded symmetric, 2 reals/slot, N=4096, one 50-bit prime | {ours['up']:.2f} | "
+          f"{ours['up'] / 4:.2f} | {ours['down']:.2f} (the sum) | 8.00 (the sum, float64) |")
+    print(f"| NVIDIA FLARE defaults: TenSEAL N=8192 [60,40,40] 2^40 (shared key) | {flare['up']:.2f} | "
+          f"{flare['up'] / 4:.2f} | {flare['down']:.2f} | - |")
 
-    print("\nSeconds per step (server sum = deserialize, add and serialize all updates; baseline = plaintext "
-          "weighted sum of float32 updates)\n")
-    print("| parameters | clients | client encrypt s | server sum s | plaintext sum s | x plaintext | "
-          "committee decrypt s | max error of the average |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\nKey ceremony (threshold): computation per party, all three steps (hello, deal, finish)\n")
+    print("| parties | threshold | s per party |")
+    print("|---|---|---|")
+    for parties in (10, 100):
+        _, per_party = threshold_key(parties) if parties != 10 else (None, threshold_key(10)[1])
+        print(f"| {parties} | {majority(parties)} | {per_party:.2f} |", flush=True)
+
+    print("\nSeconds per step (server sum = parse and add all updates; baseline = plaintext weighted sum of float32 "
+          "updates; threshold decryptor = re-add the signed updates + flooded partial; error = max |decrypted "
+          "average - exact|)\n")
+    print("| parameters | clients | scheme | client encrypt s | server sum s | plaintext sum s | x plaintext | "
+          "decryptor s | server fuse s | max error of the average |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for clients in args.clients:
-            r, base = fedproof_costs(size, clients), plaintext_sum_seconds(size, clients)
-            print(f"| {size:,} | {clients} | {r['encrypt_s']:.3f} | {r['sum_s']:.3f} | {base:.3f} | "
-                  f"{r['sum_s'] / base:.1f} | {r['decrypt_s']:.3f} | {r['error']:.1e} |", flush=True)
+            base = plaintext_sum_seconds(size, clients)
+            for name, r in [("threshold", threshold_costs(size, clients, holdings)),
+                            ("shared-key", fedproof_costs(size, clients))]:
+                print(f"| {size:,} | {clients} | {name} | {r['encrypt_s']:.3f} | {r['sum_s']:.3f} | {base:.3f} | "
+                      f"{r['sum_s'] / base:.1f} | {r['decrypt_s']:.3f} | {r.get('fuse_s', 0.0):.3f} | "
+                      f"{r['error']:.1e} |", flush=True)
     for size in args.sizes:
         r = nvflare_costs(size, 10)
-        print(f"| {size:,} | 10 | {r['encrypt_s']:.3f} | {r['sum_s']:.3f} | (NVIDIA FLARE parameters) | | "
-              f"{r['decrypt_s']:.3f} | |", flush=True)
-
+        print(f"| {size:,} | 10 | NVIDIA FLARE | {r['encrypt_s']:.3f} | {r['sum_s']:.3f} | | | "
+              f"{r['decrypt_s']:.3f} | | |", flush=True)
 
 
 def rounds(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        plain, he = round_time(tmp, False, args.rounds), round_time(tmp, True, args.rounds)
-    print(f"\nWhole rounds: demo setting (10 clients, Dirichlet 0.5, DP epsilon 3, "
-          f"signed updates, no ledger), {args.rounds} rounds; baseline = plaintext aggregation\n")
+        results = {scheme: round_time(tmp, scheme, args.rounds) for scheme in ("plain", "threshold", "shared-key")}
+    plain = results["plain"]
+    print(f"\nWhole rounds: demo setting (10 clients, Dirichlet 0.5, DP epsilon 3, signed updates, same seeds, no "
+          f"ledger), {args.rounds} rounds; baseline = plaintext aggregation\n")
     print("| aggregation | s/round (rounds 2+) | x plaintext | upload B/param | final accuracy | peak RSS MB |")
     print("|---|---|---|---|---|---|")
-    for name, r in [("plaintext FedAvg", plain), ("CKKS + committee of 2", he)]:
-        print(f"| {name} | {r['round_s']:.1f} | {r['round_s'] / plain['round_s']:.2f} | {r['upload']:.2f} | "
+    for name, r in [("plaintext FedAvg", plain), ("threshold CKKS (default; key ceremony before round 1)",
+                                                  results["threshold"]),
+                    ("shared-key CKKS + committee of 2", results["shared-key"])]:
+        print(f"| {name} | {r['round_s']:.1f} | {r['round_s'] / plain['round_s']:.2f} | {r['upload'] or 0:.2f} | "
               f"{r['accuracy']:.4f} | {r['rss'] / 2**20:.0f} |")
 
 
