@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from fedproof.data import parse_idx
 from fedproof.errors import FedproofError, UpdateRejected
-from fedproof.replies import (Declined, Decryption, Evaluation, ModelSpec, Reason, Rejection, Update,
-                              decode_decrypt_reply, decode_evaluate_reply, decode_train_reply)
+from fedproof.replies import (Declined, Decryption, Evaluation, ModelSpec, PartialDecryption, Reason, Rejection,
+                              Update, decode_decrypt_reply, decode_evaluate_reply, decode_partial_reply,
+                              decode_train_reply)
 from fedproof.protocol import CIPHERTEXT_STYPE, CIPHERTEXTS_KEY, HEADER_KEY, SIGNED_KEY, EncryptedPayload, SignedEnvelope
 from ledger.bundle import BundleError, RoundBundle
 from ledger.errors import KeyFileError, UpdateVerificationError
@@ -25,6 +26,8 @@ from ledger.signing import SignedFields, SigningKey, payload_digest
 from ledger.verification import AllowList, UpdateVerifier
 from privacy.errors import CiphertextError, ContextError
 from privacy.he import HEParams, PublicContext, SecretContext
+from privacy.threshold import ThresholdParams, ciphertext_polys
+from test_threshold import Federation
 
 SECRET = SecretContext.generate()
 PUBLIC = PublicContext.from_bytes(SECRET.public().to_bytes())
@@ -72,6 +75,30 @@ def test_ciphertexts_mutated_in_transit_are_refused_and_a_refused_one_leaves_the
         assert np.abs(SECRET.decrypt(total.serialize(), 5000) - VALUES).max() < SECRET.params.error_bound(1)
         return
     assert total.count == 1
+
+
+THRESHOLD = ThresholdParams()
+JOINT = None  # a three-party key, made on first use
+
+
+def _joint():
+    global JOINT
+    if JOINT is None:
+        JOINT = Federation(["a", "b", "c"], 2)
+        JOINT.good = JOINT.pk.encrypt(VALUES)
+    return JOINT
+
+
+@MANY
+@given(st.data())
+def test_threshold_ciphertexts_random_or_mutated_are_refused_or_parse_to_residues(data) -> None:
+    fed = _joint()
+    chunk = data.draw(mutated(fed.good[0]))
+    try:
+        polys = ciphertext_polys(THRESHOLD, chunk)
+    except CiphertextError:
+        return
+    assert polys.shape == (2, THRESHOLD.n) and np.all(polys < THRESHOLD.q)
 
 
 @MANY
@@ -202,14 +229,15 @@ def replies(draw):
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     content = RecordDict()
-    for key in draw(st.lists(st.sampled_from(["metrics", "client", "signed", "arrays", "he", "he-header", "sum"]),
-                             max_size=5, unique=True)):
+    for key in draw(st.lists(st.sampled_from(["metrics", "client", "signed", "arrays", "he", "he-header", "sum",
+                                              "partial", "decryption"]), max_size=5, unique=True)):
         try:
             if key in ("metrics",):
                 content[key] = MetricRecord(draw(st.dictionaries(st.sampled_from(
                     ["num-examples", "train_loss", "val_loss", "val_accuracy", "train-seconds"]), metric_values)))
-            elif key in ("arrays", "sum"):
-                names = draw(st.lists(st.sampled_from(["w", "sum", "extra"]), min_size=1, max_size=2, unique=True))
+            elif key in ("arrays", "sum", "partial"):
+                names = draw(st.lists(st.sampled_from(["w", "sum", "partial", "extra"]), min_size=1, max_size=2,
+                                      unique=True))
                 content[key] = ArrayRecord({n: Array(draw(array_values)) for n in names})
             elif key == "he":
                 content[key] = ArrayRecord({"00000": Array(dtype="bytes", shape=(3,), stype=CIPHERTEXT_STYPE,
@@ -217,7 +245,7 @@ def replies(draw):
             else:
                 content[key] = ConfigRecord(draw(st.dictionaries(st.sampled_from(
                     ["client-id", "status", "epsilon", "reason", "num-values", "num-summed", "sha256", "tag",
-                     "signature", "round"]), values, max_size=6)))
+                     "signature", "round", "sum-sha256", "merkle-root"]), values, max_size=6)))
         except (TypeError, ValueError):
             pass  # Flower itself refuses to build such a record
     train = Message(RecordDict(), dst_node_id=7, message_type="train")
@@ -227,8 +255,9 @@ def replies(draw):
 @MANY
 @given(msg=replies())
 def test_every_reply_decoder_returns_a_value_and_never_raises(msg) -> None:
-    for outcome in (decode_train_reply(msg, SPEC), decode_evaluate_reply(msg), decode_decrypt_reply(msg, 6)):
-        assert isinstance(outcome, (Update, Declined, Evaluation, Decryption, Rejection))
+    for outcome in (decode_train_reply(msg, SPEC), decode_evaluate_reply(msg), decode_decrypt_reply(msg, 6),
+                    decode_partial_reply(msg, (2, 3))):
+        assert isinstance(outcome, (Update, Declined, Evaluation, Decryption, PartialDecryption, Rejection))
         if isinstance(outcome, Rejection):
             assert outcome.node_id == 7 and isinstance(outcome.reason, Reason)
         if isinstance(outcome, Update):  # only a well-formed update gets this far
