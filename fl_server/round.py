@@ -5,8 +5,9 @@
       -> decode each reply                               fedproof.replies: Update | Declined | Rejection
       -> all asked declined? the run is over             RoundResult.stop
       -> admit each update                               fl_server.admission: signature, allow-list, replay
-      -> aggregate                                       fl_server.aggregation (plain) or, under HE,
-                                                         add ciphertexts + fl_server.committee decrypts the sum
+      -> aggregate                                       fl_server.aggregation (plain) or, under HE, add
+                                                         ciphertexts + t key holders decrypt the verified sum
+                                                         (fl_server.decryptors; shared-key: fl_server.committee)
       -> new model = parent + sum(n_k delta_k) / sum(n_k), or None with the failure reason
       -> send `evaluate` (the parent: the model they were
          sent) to the nodes not refused                  decode each reply: Evaluation | Rejection
@@ -35,7 +36,6 @@ from fedproof.replies import (
     Declined,
     Evaluation,
     ModelSpec,
-    Reason,
     Rejection,
     Update,
     decode_evaluate_reply,
