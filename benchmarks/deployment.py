@@ -130,7 +130,7 @@ def main() -> None:
         print(f"| {name} | {total:.1f} | {total / base:.2f} | {train:.1f} | {secure:.2f} | "
               f"{total - train - secure:.1f} | {rows[-1]['accuracy']:.4f} |")
     print(f"\nA ClientApp process start (Python + torch + fedproof imports) costs {start:.1f} s; deployment pays it "
-          "for every message (train, evaluate, and decrypt for committee members), one message at a time per "
+          "for every message (train, evaluate, the key ceremony and decrypt for key holders), one message at a time per "
           "node, and Flower's SuperNodes and Grid poll every 3 s when idle.")
     print(f"Peak memory of one device (SuperNode + ClientApp process tree): {peak / 2**20:.0f} MB.")
 

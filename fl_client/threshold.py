@@ -149,9 +149,11 @@ def _keep(context: Context, holding: KeyHolding) -> None:
     p0, a = holding.public_key.to_arrays()
     context.state[KEY_ARRAYS] = ArrayRecord({"p0": Array(p0), "a": Array(a), "share": Array(holding.share)})
     parties = sorted(holding.points)
+    prior = context.state.config_records.get(KEY_STATE)  # a new key in the same run keeps the rounds' log:
+    log = {k: list(prior[k]) for k in ("rounds", "sums", "repeats")} if prior else {  # type: ignore[arg-type]
+        "rounds": [], "sums": [], "repeats": []}  # re-keying never buys a second sum of a round
     context.state[KEY_STATE] = ConfigRecord({"party": holding.party, "parties": parties,
-                                             "threshold": holding.threshold, "rounds": [], "sums": [],
-                                             "repeats": [], "decryptions": 0})
+                                             "threshold": holding.threshold, **log, "decryptions": 0})
 
 
 def key_holding(context: Context) -> KeyHolding:
