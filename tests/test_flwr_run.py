@@ -37,7 +37,8 @@ def test_flwr_run_local_simulation(synthetic_dir: Path, tmp_path: Path) -> None:
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     }
     overrides = (
-        f"clients=2 rounds=1 local-epochs=1 batch-size=16 dp=false ledger=false data-dir='{synthetic_dir}' "
+        f"clients=2 rounds=1 local-epochs=1 batch-size=16 dp=false ledger=false min-contributors=2 "
+        f"data-dir='{synthetic_dir}' "
         f"run-dir='{runs}' run-id='flwr'"
     )
     try:

@@ -211,23 +211,30 @@ def test_a_client_refuses_to_encrypt_a_diverged_or_oversized_update() -> None:
 
 
 @pytest.mark.slow
-def test_he_run_matches_plaintext_and_server_never_loads_a_secret_key(
+def test_he_runs_match_plaintext_and_the_server_never_holds_key_material(
     synthetic_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The ServerApp runs in this process, the ClientApps in Ray workers: a secret key here fails the test."""
+    """The ServerApp runs in this process, the ClientApps in Ray workers: under the threshold scheme (the default)
+    a key share drawn here, and under shared-key a secret context created here, fails the test."""
+    import privacy.keygen
     from fedproof.simulation import simulate
+    from privacy.threshold import SecretShare
 
     def refuse(*args, **kwargs):
-        raise AssertionError("a secret CKKS context was created in the server process")
+        raise AssertionError("secret key material was created in the server process")
 
     monkeypatch.setattr(SecretContext, "__init__", refuse)
+    monkeypatch.setattr(SecretShare, "generate", refuse)
+    monkeypatch.setattr(privacy.keygen, "hello", refuse)
     common = dict(clients=3, rounds=2, data_dir=str(synthetic_dir), run_dir=str(tmp_path), dp=False, ledger=False)
-    he = simulate(RunConfig(**common, run_id="he", he=True), num_cpus=2)
+    threshold = simulate(RunConfig(**common, run_id="threshold", he=True), num_cpus=2)
+    shared = simulate(RunConfig(**common, run_id="shared", he=True, he_scheme="shared-key"), num_cpus=2)
     plain = simulate(RunConfig(**common, run_id="plain", he=False), num_cpus=2)
-    for a, b in zip(he.rounds, plain.rounds):
-        assert abs(a.accuracy - b.accuracy) <= 0.003
-        assert a.rejected_updates == 0 and not a.failed
-        assert a.upload_bytes_per_param is not None and a.upload_bytes_per_param <= 12
+    for t, s, b in zip(threshold.rounds, shared.rounds, plain.rounds):
+        assert abs(t.accuracy - b.accuracy) <= 0.003 and abs(s.accuracy - b.accuracy) <= 0.003
+        assert t.rejected_updates == s.rejected_updates == 0 and not t.failed and not s.failed
+        assert t.upload_bytes_per_param is not None and t.upload_bytes_per_param <= 16
+        assert s.upload_bytes_per_param is not None and s.upload_bytes_per_param <= 12
         assert b.upload_bytes_per_param == pytest.approx(4.0, rel=0.01)  # float32 plus .npy headers
-    he_config = json.loads((tmp_path / "he" / "run.json").read_text())["config"]
-    assert Path(he_config["key-set"]).parent == tmp_path / "he"
+    keys = Path(json.loads((tmp_path / "threshold" / "run.json").read_text())["config"]["key-set"])
+    assert keys.parent == tmp_path / "threshold" and not list(keys.glob("*.ctx"))  # signing keys only

@@ -122,6 +122,7 @@ def test_dp_budgets_are_reported_enforced_and_end_the_run(synthetic_dir: Path, t
     trains on; once both are out the run ends cleanly, and no client ever passes its budget."""
     proc = run_cli(
         "simulate", "--clients", "2", "--rounds", "8", "--data-dir", str(synthetic_dir), "--run-dir", str(tmp_path),
+        "-c", "min-contributors=2",  # two data holders: their sum is what each may let be decrypted
         "--run-id", "dp", "--local-epochs", "1", "--batch-size", "32", "--dp", "--noise-multiplier", "1.0",
         "--target-epsilon", "3.0", "--delta", "1e-3", "--no-ledger",
     )
@@ -165,7 +166,8 @@ def test_a_killed_run_resumes_from_its_last_recorded_round_with_one_unbroken_lin
     import signal
     import time
 
-    args = ["--clients", "2", "--rounds", "3", "--data-dir", str(synthetic_dir), "--run-dir", str(tmp_path),
+    args = ["--clients", "2", "--rounds", "3", "-c", "min-contributors=2", "--data-dir", str(synthetic_dir),
+            "--run-dir", str(tmp_path),
             "--local-epochs", "1", "--batch-size", "32", "--noise-multiplier", "0.8", "--target-epsilon", "0",
             "--delta", "1e-3", "--ledger-url", devnet.url, "--devnet-dir", str(devnet.data_dir)]
     env = {**os.environ, "FEDPROOF_DATA_DIR": "", "COLUMNS": "200"}
@@ -212,7 +214,8 @@ def test_a_run_on_its_own_devnet_directory_beside_the_default_devnet(synthetic_d
         return subprocess.run([*FEDPROOF, *args], capture_output=True, text=True, timeout=600, env=env)
 
     own = tmp_path / "own-chain"
-    small = ["--clients", "2", "--rounds", "1", "--data-dir", str(synthetic_dir), "--run-dir", str(tmp_path / "runs"),
+    small = ["--clients", "2", "--rounds", "1", "-c", "min-contributors=2", "--data-dir", str(synthetic_dir), "--run-dir",
+             str(tmp_path / "runs"),
              "--no-dp", "--local-epochs", "1"]
     try:
         assert cli("devnet", "start").returncode == 0  # the default devnet, in $HOME
