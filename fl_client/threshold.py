@@ -44,7 +44,14 @@ from ledger.signing import KEYGEN_TAG, PARTIAL_TAG, UPDATE_TAG, leaf_bytes, payl
 from ledger.verification import verify_statement
 from privacy.errors import CiphertextError, PrivacyError
 from privacy.keygen import Hello, KeyHolding, PartySecrets, deal, deal_chunks, finish, hello
-from privacy.threshold import JointPublicKey, ThresholdParams, partial_decryption, sum_ciphertexts, sum_digest
+from privacy.threshold import (
+    JointPublicKey,
+    ThresholdParams,
+    majority,
+    partial_decryption,
+    sum_ciphertexts,
+    sum_digest,
+)
 
 PARAMS = ThresholdParams()
 CEREMONY_STATE, KEY_ARRAYS, KEY_STATE = "fedproof.ceremony", "fedproof.threshold-key", "fedproof.threshold"
@@ -80,6 +87,9 @@ def _verified_hellos(content: RecordDict, config: RunConfig, context: Context) -
         if party in hellos:
             raise UpdateRejected(f"party {party!r} announced twice")
         hellos[party] = announced
+    if len(hellos) < majority(len(allow.keys)):  # a server must not shrink the key to itself and its accomplices
+        raise UpdateRejected(f"a key of {len(hellos)} parties: this device joins only keys held by a majority of "
+                             f"the {len(allow.keys)} registered clients")
     return hellos
 
 
@@ -88,8 +98,8 @@ def keygen_deal(content: RecordDict, config: RunConfig, context: Context) -> Rec
     hellos = _verified_hellos(content, config, context)
     threshold = int(_ceremony(content)["threshold"])  # type: ignore[call-overload]
     stored = context.state.config_records.get(CEREMONY_STATE)
-    if stored is None:
-        raise UpdateRejected("a deal request before this device's hello")
+    if stored is None or "parties" in stored:  # dealing one secret twice, to other sets, could leak it
+        raise UpdateRejected("a deal request before this device's hello, or a second one for the same secret")
     secrets = PartySecrets.from_bytes(stored["secrets"], PARAMS)  # type: ignore[arg-type]
     dealt = deal(PARAMS, client_id(context), secrets, hellos, threshold)
     parties = sorted(hellos)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fakegrid import FakeGrid
 from fedproof.config import RunConfig
+from fedproof.errors import UpdateRejected
 from fedproof.keys import init_key_set
 from fedproof.protocol import CONFIG_KEY, REFUSED, ClientReport, DecryptionRequest, EncryptedPayload, round_settings
 from fedproof.weights import flatten
@@ -229,3 +230,22 @@ def test_the_ceremony_fails_clearly_when_a_party_stops_half_way() -> None:
     grid = FakeGrid(NODES, **handlers)
     with pytest.raises(KeyCeremonyFailed, match="did not complete the finish step"):
         run_ceremony(grid, CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5)
+
+
+def test_a_device_deals_its_secret_once_and_only_into_a_key_of_most_registered_clients() -> None:
+    devices = Devices()
+    handlers, captured = devices.handlers(), {}
+    honest_deal = handlers["query_keygen_deal"]
+    handlers["query_keygen_deal"] = lambda node, msg: captured.setdefault(node, msg) and honest_deal(node, msg)
+    # a server that asks for a second deal of the same secret (to another set, it could collect enough shares)
+    handlers["query_keygen_finish"] = lambda node, msg: threshold.keygen_deal(captured[node].content, CONFIG,
+                                                                              devices.contexts[node])
+    with pytest.raises(UpdateRejected, match="second one for the same secret"):
+        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5)
+    # a key of 2 of the 5 registered clients (a server shrinking the federation to an accomplice and a victim)
+    request = captured[NODES[0]].content
+    small = RecordDict({"ceremony": ConfigRecord({"threshold": 2, "parties": 2})})
+    for key in ("hello-0000", "hello-0001"):
+        small[key], small[f"{key}-signed"] = request[key], request[f"{key}-signed"]
+    with pytest.raises(UpdateRejected, match="majority of the 5 registered"):
+        threshold.keygen_deal(small, CONFIG, Devices().contexts[NODES[1]])
