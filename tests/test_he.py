@@ -26,6 +26,7 @@ SECRET = SecretContext.generate()
 PUBLIC = PublicContext.from_bytes(SECRET.public().to_bytes())
 
 
+@pytest.mark.slow  # the shared-key scheme's property test (threshold's is beside it in test_threshold.py)
 @settings(max_examples=20, deadline=None)
 @given(
     length=st.integers(1, 100_000),
