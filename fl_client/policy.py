@@ -32,3 +32,10 @@ def run_policy(config: RunConfig) -> PrivacyPolicy:
                          max_delta=config.delta, min_clip=config.max_grad_norm, max_clip=config.max_grad_norm,
                          he_required=config.he, release_metrics=not config.dp,
                          shared_key_allowed=config.he_scheme == "shared-key", min_contributors=config.min_contributors)
+
+
+def federation_size(config: RunConfig, context: Context, registered: int) -> int:
+    """How many clients a threshold key should be held by a majority of: a device counts the clients registered on
+    its own allow-list; a simulated client (the operator's) counts the run's clients, since a simulation's key set
+    is reused by later runs with other numbers of clients."""
+    return registered if "client-id" in context.node_config else config.clients

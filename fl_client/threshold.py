@@ -36,7 +36,7 @@ from fedproof.protocol import (
     partial_chunks,
     take_hello,
 )
-from fl_client.policy import client_policy
+from fl_client.policy import client_policy, federation_size
 from fl_client.signing import allow_list, client_id, domain, sign_statement
 from ledger.errors import UpdateVerificationError
 from ledger.merkle import MerkleTree
@@ -87,9 +87,10 @@ def _verified_hellos(content: RecordDict, config: RunConfig, context: Context) -
         if party in hellos:
             raise UpdateRejected(f"party {party!r} announced twice")
         hellos[party] = announced
-    if len(hellos) < majority(len(allow.keys)):  # a server must not shrink the key to itself and its accomplices
+    federation = federation_size(config, context, len(allow.keys))
+    if len(hellos) < majority(federation):  # a server must not shrink the key to itself and its accomplices
         raise UpdateRejected(f"a key of {len(hellos)} parties: this device joins only keys held by a majority of "
-                             f"the {len(allow.keys)} registered clients")
+                             f"the {federation} registered clients")
     return hellos
 
 
