@@ -24,9 +24,7 @@ is ever unpickled.
 from __future__ import annotations
 
 import math
-import os
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import tenseal.sealapi as seal
 
-from privacy.errors import CiphertextError, ContextError, PlaintextRangeError, SecretKeyRefused
+from privacy import seal_io
+from privacy.errors import CiphertextError, ContextError, SecretKeyRefused
 
 MAGIC, VERSION = b"FPHE", 1
 PUBLIC, SECRET = 0, 1
@@ -112,17 +111,10 @@ class _Seal:
             raise ContextError(f"SEAL rejects the CKKS parameters {params}")
         self.scale = 2.0**params.scale_bits
 
-    @staticmethod
-    def to_bytes(obj) -> bytes:
-        with _scratch() as path:
-            obj.save(path)
-            return Path(path).read_bytes()
+    to_bytes = staticmethod(seal_io.save)
 
     def load(self, obj, data: bytes):
-        with _scratch() as path:
-            Path(path).write_bytes(data)
-            obj.load(self.context, path)
-        return obj
+        return seal_io.load(self.context, obj, data)
 
     def load_ciphertext(self, data: bytes) -> seal.Ciphertext:
         if not isinstance(data, (bytes, bytearray)) or not 16 <= len(data) <= self.params.max_ciphertext_bytes:
@@ -137,20 +129,6 @@ class _Seal:
         if ct.size() != 2 or ct.coeff_modulus_size() != 1 or not ct.is_ntt_form() or ct.scale != self.scale:
             raise CiphertextError("ciphertext does not match the run's CKKS parameters (size, level or scale)")
         return ct
-
-
-class _scratch:
-    """A private temporary file path (SEAL's Python bindings save and load through paths only)."""
-
-    _dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-
-    def __enter__(self) -> str:
-        fd, self.path = tempfile.mkstemp(prefix="fedproof-he-", dir=self._dir)
-        os.close(fd)
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        os.unlink(self.path)
 
 
 def _parse_header(data: bytes, what: str) -> tuple[int, HEParams, bytes]:
@@ -282,16 +260,7 @@ class SecretContext:
 
     def encrypt(self, values: np.ndarray) -> list[bytes]:
         """Seeded symmetric ciphertexts of ``values`` (1-D), ``values_per_ciphertext`` reals per ciphertext."""
-        values = np.asarray(values, dtype=np.float64)
-        if values.ndim != 1 or values.size == 0:
-            raise PlaintextRangeError(f"expected a non-empty 1-D vector, got shape {values.shape}")
-        if not np.all(np.isfinite(values)):
-            raise PlaintextRangeError("refusing to encrypt NaN or infinite values")
-        peak = float(np.abs(values).max())
-        if peak > self.params.value_capacity:
-            raise PlaintextRangeError(
-                f"|value| {peak:.4g} exceeds the CKKS capacity {self.params.value_capacity:.4g} of these parameters"
-            )
+        values = seal_io.encryptable(values, self.params.value_capacity)
         per, half = self.params.values_per_ciphertext, self.params.values_per_ciphertext // 2
         padded = np.zeros(self.params.num_ciphertexts(values.size) * per)
         padded[: values.size] = values

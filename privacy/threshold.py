@@ -42,16 +42,15 @@ import hashlib
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import tenseal.sealapi as seal
 
-from privacy.errors import CiphertextError, ContextError, PlaintextRangeError
+from privacy import seal_io
+from privacy.errors import CiphertextError, ContextError
 from privacy.ring import U64, addmod, from_signed, mulmod, ring, submod, to_signed
 
 KEY_NOISE_STD = 3.2
@@ -164,17 +163,10 @@ class _Seal:
         raw = self.save(plain)
         return raw[3], raw[4]
 
-    @staticmethod
-    def save(obj) -> bytes:
-        with _scratch() as path:
-            obj.save(path)
-            return Path(path).read_bytes()
+    save = staticmethod(seal_io.save)
 
     def load(self, obj, data: bytes):
-        with _scratch() as path:
-            Path(path).write_bytes(data)
-            obj.load(self.context, path)
-        return obj
+        return seal_io.load(self.context, obj, data)
 
     def _wrap(self, body: bytes) -> bytes:
         major, minor = self._version
@@ -195,18 +187,6 @@ class _Seal:
         """SEAL's layout of an NTT-form plaintext at the data level (``Plaintext::save_members``)."""
         body = struct.pack("<4Q", *self.data_parms_id) + struct.pack("<Qd", values.size, scale) + self._array(values)
         return self._wrap(body)
-
-class _scratch:
-    _dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-
-    def __enter__(self) -> str:
-        fd, self.path = tempfile.mkstemp(prefix="fedproof-mhe-", dir=self._dir)
-        os.close(fd)
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        os.unlink(self.path)
-
 
 _BACKENDS: dict[ThresholdParams, _Seal] = {}
 
@@ -346,14 +326,7 @@ class JointPublicKey:
     def encrypt(self, values: np.ndarray) -> list[bytes]:
         """Ciphertexts of ``values`` (1-D), N per ciphertext in the coefficients, as SEAL serializes them."""
         p = self.params
-        values = np.asarray(values, dtype=np.float64)
-        if values.ndim != 1 or values.size == 0:
-            raise PlaintextRangeError(f"expected a non-empty 1-D vector, got shape {values.shape}")
-        if not np.all(np.isfinite(values)):
-            raise PlaintextRangeError("refusing to encrypt NaN or infinite values")
-        peak = float(np.abs(values).max())
-        if peak > p.max_abs_value:
-            raise PlaintextRangeError(f"|value| {peak:.4g} exceeds the capacity {p.max_abs_value:g} of the scheme")
+        values = seal_io.encryptable(values, p.max_abs_value)
         backend, r = _backend(p), ring(p.n, p.q)
         padded = np.zeros(p.num_ciphertexts(values.size) * p.n)
         padded[: values.size] = values
