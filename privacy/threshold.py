@@ -13,7 +13,8 @@ Key generation, dealer-free (Mouchet et al., Protocol 1 "EncKeyGen"; Lattigo ``m
     pk  = (sum_i p0_i, a)                   = (-a * s + e, a) for s = sum_i s_i: a SEAL public key
 No party, and not the server, ever holds s.
 
-Threshold (Mouchet et al., section 5.2 "t-out-of-N"; Lattigo ``multiparty.Thresholdizer`` / ``Combiner``):
+Threshold (Mouchet, Bertrand and Hubaux, "An Efficient Threshold Access-Structure for RLWE-Based Multiparty
+Homomorphic Encryption", eprint 2022/780; Lattigo ``multiparty.Thresholdizer`` / ``Combiner.GenAdditiveShare``):
     party i deals Shamir shares of s_i: f_i(X) = s_i + sum_{j=1}^{t-1} r_ij X^j,  r_ij uniform in R_q,
     and sends f_i(x_k) to party k (x_k = its public point); party k keeps tsk_k = sum_i f_i(x_k).
     For any set T of t parties: sum_{k in T} lambda_k tsk_k = s, lambda_k = prod_{j in T, j!=k} x_j/(x_j - x_k).
