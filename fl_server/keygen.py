@@ -47,6 +47,18 @@ class KeyCeremonyFailed(FedproofError):
     """The clients could not make the run's threshold key: the run cannot use threshold HE."""
 
 
+class PartiesDropped(KeyCeremonyFailed):
+    """Parties that said hello did not complete a later step (or sent something unusable): the ceremony starts
+    again without their nodes."""
+
+    def __init__(self, message: str, nodes: set[int]) -> None:
+        super().__init__(message)
+        self.nodes = nodes
+
+
+CEREMONY_ATTEMPTS = 3
+
+
 @dataclass(frozen=True)
 class FederationKey:
     params: ThresholdParams
@@ -63,12 +75,29 @@ class FederationKey:
 
 def run_ceremony(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, threshold: int, timeout: float,
                  params: ThresholdParams | None = None) -> FederationKey:
-    params = params or ThresholdParams()
+    """The run's key, made by the connected clients. A party that drops out (or sends something unusable) after
+    its hello is left out and the ceremony starts again with fresh secrets, up to :data:`CEREMONY_ATTEMPTS` times;
+    the devices themselves refuse a key held by fewer than a majority of the registered clients."""
+    params, excluded = params or ThresholdParams(), set()
+    for attempt in range(1, CEREMONY_ATTEMPTS + 1):
+        nodes = [n for n in sorted(grid.get_node_ids()) if n not in excluded]
+        try:
+            return _ceremony(grid, nodes, settings, allow, domain, threshold, timeout, params)
+        except PartiesDropped as exc:
+            if attempt == CEREMONY_ATTEMPTS:
+                raise
+            log.warning("key ceremony: %s; starting again without them", exc)
+            excluded |= exc.nodes
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _ceremony(grid: Grid, nodes_asked: list[int], settings: Mapping, allow: AllowList, domain: Domain,
+              threshold: int, timeout: float, params: ThresholdParams) -> FederationKey:
     config = round_settings(settings, 0)
 
     # 1. hello
     hellos: dict[str, tuple[int, Hello, SignedEnvelope]] = {}
-    for reply in _ask(grid, sorted(grid.get_node_ids()), KEYGEN_HELLO, lambda node: RecordDict(), config, timeout):
+    for reply in _ask(grid, nodes_asked, KEYGEN_HELLO, lambda node: RecordDict(), config, timeout):
         try:
             party, contribution, key = take_hello(reply.content.config_records["hello"])
             announced = Hello(party, contribution, key)
@@ -111,9 +140,9 @@ def run_ceremony(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain
                              client_id=party, payload_sha256=payload_digest(deal_chunks(party, public,
                                                                                         sealed_hashes(sealed))))
         except (FedproofError, UpdateVerificationError, KeyError, TypeError, ValueError) as exc:
-            raise KeyCeremonyFailed(f"key ceremony: {party}'s deal is unusable: {exc}") from exc
+            raise PartiesDropped(f"{party}'s deal is unusable: {exc}", {nodes[party]}) from exc
         deals[party] = (public, sealed, envelope)
-    _all_answered("deal", deals, parties)
+    _all_answered("deal", deals, nodes)
     crp = common_random_polynomial(params, crp_seed({p: hellos[p][1].contribution for p in parties}))
     try:
         joint = JointPublicKey.combine(params, [deals[p][0] for p in parties], crp)
@@ -143,11 +172,11 @@ def run_ceremony(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain
             verify_statement(allow, domain, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=3,
                              client_id=party, payload_sha256=payload_digest([b"ack", digest]))
         except (FedproofError, UpdateVerificationError, KeyError, TypeError) as exc:
-            raise KeyCeremonyFailed(f"key ceremony: {party}'s acknowledgement is unusable: {exc}") from exc
+            raise PartiesDropped(f"{party}'s acknowledgement is unusable: {exc}", {nodes[party]}) from exc
         if digest != joint.digest:
-            raise KeyCeremonyFailed(f"key ceremony: {party} computed another joint key than the server")
+            raise PartiesDropped(f"{party} computed another joint key than the server", {nodes[party]})
         acks[party] = digest
-    _all_answered("finish", acks, parties)
+    _all_answered("finish", acks, nodes)
     log.info("key ceremony: %d key holders, threshold %d, key %s", len(parties), threshold, joint.digest.hex()[:16])
     return FederationKey(params, nodes, threshold, joint.digest)
 
@@ -173,8 +202,8 @@ def _by_party(replies: list[Message], nodes: Mapping[str, int]) -> list[tuple[st
     return [(party_of[r.metadata.src_node_id], r) for r in replies if r.metadata.src_node_id in party_of]
 
 
-def _all_answered(step: str, answers: Mapping[str, object], parties: list[str]) -> None:
-    missing = [p for p in parties if p not in answers]
+def _all_answered(step: str, answers: Mapping[str, object], nodes: Mapping[str, int]) -> None:
+    missing = [p for p in sorted(nodes) if p not in answers]
     if missing:
-        raise KeyCeremonyFailed(f"key ceremony: {len(missing)} of {len(parties)} parties did not complete the "
-                                f"{step} step ({', '.join(missing[:5])}); every party must, for the key to exist")
+        raise PartiesDropped(f"key ceremony: {len(missing)} of {len(nodes)} parties did not complete the {step} "
+                             f"step ({', '.join(missing[:5])})", {nodes[p] for p in missing})

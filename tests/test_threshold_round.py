@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fakegrid import FakeGrid
@@ -222,14 +222,33 @@ def test_a_ceremony_below_a_majority_threshold_is_refused_by_server_and_devices(
         ceremony(Devices(), threshold_=2)
 
 
-def test_the_ceremony_fails_clearly_when_a_party_stops_half_way() -> None:
+def test_a_party_that_stops_half_way_is_left_out_and_the_ceremony_starts_again() -> None:
     devices = Devices()
     handlers = devices.handlers()
     handlers["query_keygen_finish"] = lambda node, msg: (
         None if node == NODES[4] else threshold.keygen_finish(msg.content, CONFIG, devices.contexts[node]))
-    grid = FakeGrid(NODES, **handlers)
-    with pytest.raises(KeyCeremonyFailed, match="did not complete the finish step"):
-        run_ceremony(grid, CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5)
+    key = run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5)
+    assert sorted(key.nodes.values()) == NODES[:4] and key.threshold == 3  # a majority of those who stayed
+    assert all(threshold.key_holding(devices.contexts[n]).public_key.digest == key.digest for n in NODES[:4])
+
+
+def as_flower(handler):
+    """A handler whose exceptions become error replies, as Flower's ClientApp turns them."""
+    def answer(node, msg):
+        try:
+            return handler(node, msg)
+        except Exception as exc:  # noqa: BLE001 - what Flower does with a ClientApp's exception
+            return Error(code=0, reason=str(exc))
+    return answer
+
+
+def test_the_ceremony_fails_clearly_when_too_few_parties_stay() -> None:
+    devices = Devices()
+    handlers = {kind: as_flower(h) for kind, h in devices.handlers().items()}
+    handlers["query_keygen_deal"] = as_flower(lambda node, msg: (  # three of five vanish after their hello
+        None if node in NODES[2:] else threshold.keygen_deal(msg.content, CONFIG, devices.contexts[node])))
+    with pytest.raises(KeyCeremonyFailed):
+        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5)
 
 
 def test_a_device_deals_its_secret_once_and_only_into_a_key_of_most_registered_clients() -> None:
