@@ -145,12 +145,11 @@ UNREGISTERED_WEIGHT_SCALE = 2**20
 
 
 def weight_scale(allow: AllowList) -> int:
-    """W for threshold HE: the registered weights' total when every allowed client has one (the sum of any round
-    is then at most W), else :data:`UNREGISTERED_WEIGHT_SCALE`."""
-    weights = allow.weights
-    if allow.keys and all(c in weights for c in allow.keys):
-        return sum(weights[c] for c in allow.keys)
-    return UNREGISTERED_WEIGHT_SCALE
+    """W for threshold HE: the registered weights' total (a simulation registers its clients' partition sizes;
+    a round whose weights exceed it is refused), else :data:`UNREGISTERED_WEIGHT_SCALE`. The decrypted mean's
+    error grows with W / sum(n_k): register weights (``provision --declared-examples``) for full precision."""
+    weights = {c: w for c, w in allow.weights.items() if c in allow.keys}
+    return sum(weights.values()) if weights else UNREGISTERED_WEIGHT_SCALE
 
 
 def wait_for_clients(
