@@ -63,7 +63,7 @@ class ThresholdCommittee:
             messages = [Message(request.put(RecordDict({CONFIG_KEY: config})), dst_node_id=key.nodes[p],
                                 message_type=DECRYPT_SHARE, group_id=str(server_round)) for p in chosen]
             replies, missing = exchange(grid, messages, self.timeout, "decrypt")
-            failed = [r for r in missing]
+            failed = list(missing)
             partials = []
             for reply in replies:
                 party = party_of[reply.metadata.src_node_id]
