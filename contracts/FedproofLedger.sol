@@ -32,9 +32,12 @@ contract FedproofLedger {
     mapping(bytes32 => mapping(uint64 => Round)) private _rounds;
     /// @notice runId => last recorded round (0 = none).
     mapping(bytes32 => uint64) public latestRound;
+    /// @notice runId => the model the run starts from (zero: the run was never started).
+    mapping(bytes32 => bytes32) public initialModel;
 
     event ClientRegistered(bytes32 indexed clientId, bytes32 publicKey);
     event ClientRevoked(bytes32 indexed clientId);
+    event RunStarted(bytes32 indexed runId, bytes32 indexed initialModelHash);
     event RoundRecorded(
         bytes32 indexed runId,
         uint64 indexed round,
@@ -60,6 +63,8 @@ contract FedproofLedger {
     error ParentMismatch(bytes32 expected, bytes32 got);
     error UnknownModel(bytes32 modelHash);
     error ZeroHash();
+    error RunNotStarted(bytes32 runId);
+    error RunAlreadyStarted(bytes32 runId);
 
     modifier onlyOwner() {
         if (msg.sender != owner) revert NotOwner();
@@ -91,6 +96,15 @@ contract FedproofLedger {
         return clientKeys[clientId] != bytes32(0) && !revoked[clientId];
     }
 
+    /// @notice Register the model a run starts from, once, before its first round: an audit walks a lineage back
+    ///         to a registered initial model (or to another run's recorded model), never to an arbitrary hash.
+    function startRun(bytes32 runId, bytes32 initialModelHash) external onlyOwner {
+        if (initialModelHash == bytes32(0)) revert ZeroHash();
+        if (initialModel[runId] != bytes32(0)) revert RunAlreadyStarted(runId);
+        initialModel[runId] = initialModelHash;
+        emit RunStarted(runId, initialModelHash);
+    }
+
     /// @notice A recorded round (all zero if absent), in the order (parentModelHash, modelHash, updatesMerkleRoot,
     ///         numUpdates, epsilonMaxScaled, bundleHash, timestamp), as a public mapping getter would return it.
     function rounds(bytes32 runId, uint64 round)
@@ -119,7 +133,8 @@ contract FedproofLedger {
     }
 
     /// @notice Record a finished round. Rounds of a run are recorded strictly in order (1, 2, 3, ...) and each
-    ///         round's parent must be the previous round's model, so the chain of records is the model lineage.
+    ///         round's parent must be the previous round's model (round 1's: the run's registered initial model),
+    ///         so the chain of records is the model lineage.
     function recordRound(
         bytes32 runId,
         uint64 round,
@@ -133,10 +148,9 @@ contract FedproofLedger {
         uint64 expected = latestRound[runId] + 1;
         if (round != expected) revert RoundOutOfOrder(runId, expected, round);
         if (modelHash == bytes32(0)) revert ZeroHash();
-        if (round > 1) {
-            bytes32 previous = _rounds[runId][round - 1].modelHash;
-            if (parentModelHash != previous) revert ParentMismatch(previous, parentModelHash);
-        }
+        bytes32 previous = round > 1 ? _rounds[runId][round - 1].modelHash : initialModel[runId];
+        if (previous == bytes32(0)) revert RunNotStarted(runId);
+        if (parentModelHash != previous) revert ParentMismatch(previous, parentModelHash);
         _rounds[runId][round] = Round({
             parentModelHash: parentModelHash,
             modelHash: modelHash,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedproof.errors import ConfigError
+from ledger.verification import Domain
 
 if TYPE_CHECKING:
     from privacy.dp import DPSettings
@@ -106,6 +107,9 @@ class RunConfig:
     """Address of the lineage contract; empty: deploy it once per chain and remember it."""
     chain_id: int = 0
     """Chain the run records on (resolved at start; 0 without a ledger). Clients sign it into every update."""
+    chain_genesis: str = ""
+    """The chain's genesis block hash, 0x-prefixed hex (resolved at start; empty without a ledger): signed into
+    every statement, since every fresh devnet has the same chain id and first contract address."""
     max_unrecorded_rounds: int = 3
     """Rounds training may run ahead of an unreachable ledger before it pauses until the ledger is back."""
     metrics_port: int = 0
@@ -135,6 +139,7 @@ class RunConfig:
             (self.he_weight_scale >= 0, "he-weight-scale must be non-negative (0: resolved at start)"),
             (_is_address(self.ledger_contract), "ledger-contract must be empty or a 0x-prefixed 20-byte address"),
             (self.chain_id >= 0, "chain-id must be non-negative"),
+            (_is_hash(self.chain_genesis), "chain-genesis must be empty or a 0x-prefixed 32-byte hash"),
             (0 <= self.devnet_port < 65536, "devnet-port must be in 0..65535 (0: the devnet directory's own)"),
             (self.max_unrecorded_rounds >= 0, "max-unrecorded-rounds must be non-negative"),
             ("/" not in self.run_id and self.run_id not in (".", ".."), "run-id must be a plain name"),
@@ -168,6 +173,14 @@ class RunConfig:
         """The lineage contract's 20-byte address, signed into every update (zeros without a ledger)."""
         return bytes.fromhex(self.ledger_contract[2:]) if self.ledger_contract else bytes(20)
 
+    def domain(self) -> Domain:
+        """Where this run's statements belong: what every signature of it binds."""
+        return Domain(self.chain_id, self.contract_bytes(), self.run_id, self.genesis_bytes())
+
+    def genesis_bytes(self) -> bytes:
+        """The chain's genesis block hash, signed into every statement (zeros without a ledger)."""
+        return bytes.fromhex(self.chain_genesis[2:]) if self.chain_genesis else bytes(32)
+
     # ----------------------------------------------------------------------------- Flower's flat mapping
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -192,13 +205,17 @@ class RunConfig:
         return RunConfig.from_mapping(given, base=self)
 
 
-def _is_address(value: str) -> bool:
+def _is_address(value: str, size: int = 20) -> bool:
     if not value:
         return True
     try:
-        return value.startswith("0x") and len(bytes.fromhex(value[2:])) == 20
+        return value.startswith("0x") and len(bytes.fromhex(value[2:])) == size
     except ValueError:
         return False
+
+
+def _is_hash(value: str) -> bool:
+    return _is_address(value, 32)
 
 
 def _key(name: str) -> str:

@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedproof.errors import UpdateRejected
@@ -137,7 +138,8 @@ class SignedEnvelope:
         content[key] = ConfigRecord({
             "tag": f.tag, "chain-id": f.chain_id, "contract": f.contract, "run-id": f.run_id, "round": f.round,
             "client-id": f.client_id, "payload-sha256": f.payload_sha256, "num-examples": f.num_examples,
-            "epsilon-scaled": str(f.epsilon_scaled), "signature": self.signature,
+            "epsilon-scaled": str(f.epsilon_scaled), "genesis": f.genesis, "parent-model": f.parent_model_hash,
+            "signature": self.signature,
         })
         return content
 
@@ -154,6 +156,7 @@ class SignedEnvelope:
                 payload_sha256=_typed(record, "payload-sha256", bytes),
                 num_examples=_typed(record, "num-examples", int),
                 epsilon_scaled=int(_typed(record, "epsilon-scaled", str)),
+                genesis=_typed(record, "genesis", bytes), parent_model_hash=_typed(record, "parent-model", bytes),
             )
             return cls(fields, _typed(record, "signature", bytes))
         except (KeyError, TypeError, ValueError) as exc:
@@ -196,9 +199,12 @@ KEYGEN_HELLO, KEYGEN_DEAL, KEYGEN_FINISH = "query.keygen_hello", "query.keygen_d
 """The key ceremony's three exchanges (privacy.keygen): announce, deal shares, finish and acknowledge."""
 DECRYPT_SHARE = "query.decrypt_share"
 """Asks a key holder for its partial decryption of a round's sum, with the signed leaves it must check."""
+COSIGN_MODEL = "query.cosign_model"
+"""Asks a key holder to fuse the round's partial decryptions itself and co-sign the resulting model's hash."""
 REFUSED = "refused"
 """A decryptor's reply status when a request fails its checks (the reason names the check)."""
 CEREMONY_KEY, REQUEST_KEY, PARTIAL_KEY, DECRYPTION_KEY = "ceremony", "decrypt-request", "partial", "decryption"
+COSIGN_KEY = "cosign"
 MAX_LEAVES = 4096
 
 
@@ -258,3 +264,49 @@ class DecryptionRequest:
                 raise UpdateRejected(f"leaf {i} of the request carries no ciphertexts")
             leaves.append((SignedEnvelope.take(content, f"leaf-{i:04d}-signed"), tuple(a.data for a in arrays.values())))
         return cls(tuple(decryptors), digest, tuple(leaves))
+
+
+@dataclass(frozen=True)
+class CosignRequest:
+    """The server's request for a model co-signature: everything a key holder needs to recompute the round's new
+    model by itself (the decryption request with every signed leaf, the t signed partial decryptions, the parent
+    model) and the hash the server got."""
+
+    decryption: DecryptionRequest
+    partials: tuple[tuple[SignedEnvelope, np.ndarray], ...]
+    """One per decryptor, in the decryptors' order: its signed envelope and (ciphertexts, N) uint64 residues."""
+    parent: ArrayRecord
+    model_sha256: bytes
+
+    def put(self, content: RecordDict) -> RecordDict:
+        self.decryption.put(content)
+        content[COSIGN_KEY] = ConfigRecord({"model-sha256": self.model_sha256, "partials": len(self.partials)})
+        content[ARRAYS_KEY] = self.parent
+        for i, (envelope, values) in enumerate(self.partials):
+            content[f"partial-{i:04d}"] = ArrayRecord({PARTIAL_KEY: Array(np.ascontiguousarray(values))})
+            envelope.put(content, f"partial-{i:04d}-signed")
+        return content
+
+    @classmethod
+    def take(cls, content: RecordDict) -> CosignRequest:
+        decryption = DecryptionRequest.take(content)
+        record, parent = content.config_records.get(COSIGN_KEY), content.array_records.get(ARRAYS_KEY)
+        if record is None or parent is None:
+            raise UpdateRejected("not a co-signing request")
+        try:
+            digest, count = _typed(record, "model-sha256", bytes), _typed(record, "partials", int)
+        except (KeyError, TypeError) as exc:
+            raise UpdateRejected(f"malformed co-signing request: {exc}") from exc
+        if count != len(decryption.decryptors):
+            raise UpdateRejected("a co-signing request needs one partial decryption per decryptor")
+        partials = []
+        for i in range(count):
+            arrays = content.array_records.get(f"partial-{i:04d}")
+            if arrays is None or PARTIAL_KEY not in arrays:
+                raise UpdateRejected(f"partial decryption {i} is missing")
+            array = arrays[PARTIAL_KEY]
+            if (array.stype != "numpy.ndarray" or array.dtype != "uint64" or len(array.shape) != 2
+                    or len(array.data) > math.prod(array.shape) * 8 + 1024):  # sizes checked before parsing
+                raise UpdateRejected(f"partial decryption {i} is not a matrix of uint64 residues")
+            partials.append((SignedEnvelope.take(content, f"partial-{i:04d}-signed"), array.numpy()))
+        return cls(decryption, tuple(partials), parent, digest)

@@ -38,6 +38,7 @@ from fedproof.protocol import (
     WITHHELD,
     PARTIAL_KEY,
     DECRYPTION_KEY,
+    COSIGN_KEY,
     METRICS_KEY,
     SUM_KEY,
     ClientReport,
@@ -75,6 +76,7 @@ class Reason(str, Enum):
     UNKNOWN_CLIENT = "unknown-client"
     REVOKED_CLIENT = "revoked-client"
     REPLAYED = "replayed"
+    WRONG_PARENT = "wrong-parent"
     DUPLICATE = "duplicate"
     PAYLOAD_MISMATCH = "payload-mismatch"
     WITHHELD = "withheld"
@@ -210,6 +212,31 @@ def decode_decrypt_reply(msg: Message, length: int) -> Decryption | Rejection:
 def decode_partial_reply(msg: Message, shape: tuple[int, int]) -> PartialDecryption | Rejection:
     """A key holder's partial decryption (``shape`` uint64 residues, a signature envelope), or its refusal."""
     return _guarded(msg, "decrypt", lambda: _partial(msg, shape))
+
+
+@dataclass(frozen=True)
+class ModelCosignature:
+    """A key holder's signature of the round's model statement, and the model hash it says it computed."""
+
+    node_id: int
+    model_sha256: bytes
+    envelope: SignedEnvelope
+
+
+def decode_cosign_reply(msg: Message) -> ModelCosignature | Rejection:
+    """A key holder's co-signature of the round's new model, or its refusal."""
+    return _guarded(msg, "cosign", lambda: _cosign(msg))
+
+
+def _cosign(msg: Message) -> ModelCosignature:
+    report = ClientReport.from_reply(msg.content)
+    if report is not None and report.status == REFUSED:
+        raise UpdateRejected(f"client {report.client_id} refused: {report.reason}", Reason.REFUSED.value)
+    record = msg.content.config_records.get(COSIGN_KEY)
+    digest = record.get("model-sha256") if record is not None else None
+    if type(digest) is not bytes or len(digest) != 32:
+        raise UpdateRejected("the reply carries no model co-signature")
+    return ModelCosignature(msg.metadata.src_node_id, digest, SignedEnvelope.take(msg.content))
 
 
 def _guarded(msg: Message, phase: str, read: Callable[[], T]) -> T | Rejection:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from ledger.signing import model_file_bytes, model_hash
+
 
 def flatten(record: ArrayRecord) -> np.ndarray:
     return np.concatenate([a.ravel() for a in record.to_numpy_ndarrays()]).astype(np.float64)
@@ -27,3 +29,23 @@ def unflatten(vector: np.ndarray, like: ArrayRecord) -> ArrayRecord:
 
 def num_values(record: ArrayRecord) -> int:
     return sum(a.size for a in record.to_numpy_ndarrays())
+
+
+def apply_mean(parent: ArrayRecord, weighted_sum: np.ndarray, num_examples: int) -> ArrayRecord:
+    """The new global model: the parent plus the example-weighted mean update, in the parent's layout. The server
+    and each co-signing client compute it with these same float operations, so they agree bit for bit."""
+    return unflatten(flatten(parent) + weighted_sum / num_examples, parent)
+
+
+def tensors(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return dict(zip(record.keys(), record.to_numpy_ndarrays()))
+
+
+def model_bytes(record: ArrayRecord, run_id: str) -> bytes:
+    """The model file's exact bytes (safetensors): what the lineage hashes and records."""
+    return model_file_bytes(tensors(record), run_id)
+
+
+def hash_model(record: ArrayRecord, run_id: str) -> bytes:
+    """SHA-256 of :func:`model_bytes`: the model hash a client signs as its parent and co-signs as a result."""
+    return model_hash(tensors(record), run_id)

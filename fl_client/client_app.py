@@ -31,6 +31,7 @@ from fedproof.protocol import (
     model_digest,
 )
 from fedproof.task import evaluate
+from fedproof.weights import hash_model
 from fl_client.policy import client_policy
 from fl_client.signing import client_id, sign_decryption, sign_update
 from fl_client import threshold
@@ -131,7 +132,8 @@ def train(msg: Message, context: Context) -> Message:
         if outcome.epsilon is None and policy.release_metrics:  # under DP the loss stays: nothing accounts for it
             metrics["train_loss"] = outcome.loss
         content["metrics"] = MetricRecord(metrics)
-        sign_update(content, job.config, context, job.server_round, weight, outcome.epsilon)
+        sign_update(content, job.config, context, job.server_round, weight, outcome.epsilon,
+                    hash_model(job.global_arrays, job.config.run_id))
         content["metrics"]["secure-seconds"] = time.perf_counter() - trained_at  # encrypt + sign; not signed itself
     return Message(content, reply_to=msg)
 
@@ -193,4 +195,13 @@ def decrypt_share(msg: Message, context: Context) -> Message:
     """As one of t key holders: check the round's signed leaves and sum, then send a flooded partial decryption."""
     config, server_round = _settings(msg)
     return Message(threshold.decrypt_share(msg.content, config, server_round, context, config.min_contributors),
+                   reply_to=msg)
+
+
+@app.query("cosign_model")
+def cosign_model(msg: Message, context: Context) -> Message:
+    """As a key holder: fuse the round's signed partial decryptions, compute the new model from the parent, and
+    sign its hash if it is the one the server names (the lineage records a model only clients vouched for)."""
+    config, server_round = _settings(msg)
+    return Message(threshold.cosign_model(msg.content, config, server_round, context, config.min_contributors),
                    reply_to=msg)

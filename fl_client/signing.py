@@ -16,6 +16,7 @@ from fedproof.errors import ConfigError
 from fedproof.keys import KeySet
 from fedproof.protocol import SignedEnvelope, payload_chunks
 from ledger.signing import DECRYPT_TAG, NO_DP, UPDATE_TAG, SignedFields, SigningKey, payload_digest, scale_epsilon
+from ledger.trust import LedgerTrust
 from ledger.verification import AllowList, Domain
 
 
@@ -40,33 +41,38 @@ def _load(path: str) -> SigningKey:
 
 
 def sign_update(content: RecordDict, config: RunConfig, context: Context, server_round: int, num_examples: int,
-                epsilon: float | None) -> RecordDict:
-    """Add the signature over ``content``'s payload (already in it) to the reply."""
+                epsilon: float | None, parent_model_hash: bytes) -> RecordDict:
+    """Add the signature over ``content``'s payload (already in it) and the model it trained from to the reply."""
+    where = domain(config, context)
     fields = SignedFields(
-        chain_id=config.chain_id, contract=config.contract_bytes(), run_id=config.run_id, round=server_round,
+        chain_id=where.chain_id, contract=where.contract, run_id=where.run_id, round=server_round,
         client_id=client_id(context), payload_sha256=payload_digest(payload_chunks(content)),
-        num_examples=num_examples, epsilon_scaled=scale_epsilon(epsilon), tag=UPDATE_TAG,
+        num_examples=num_examples, epsilon_scaled=scale_epsilon(epsilon), tag=UPDATE_TAG, genesis=where.genesis,
+        parent_model_hash=parent_model_hash,
     )
     return SignedEnvelope(fields, signing_key(config, context).sign(fields)).put(content)
 
 
 def sign_decryption(content: RecordDict, values: bytes, config: RunConfig, context: Context,
                     server_round: int) -> RecordDict:
+    where = domain(config, context)
     fields = SignedFields(
-        chain_id=config.chain_id, contract=config.contract_bytes(), run_id=config.run_id, round=server_round,
+        chain_id=where.chain_id, contract=where.contract, run_id=where.run_id, round=server_round,
         client_id=client_id(context), payload_sha256=payload_digest([values]), num_examples=0,
-        epsilon_scaled=NO_DP, tag=DECRYPT_TAG,
+        epsilon_scaled=NO_DP, tag=DECRYPT_TAG, genesis=where.genesis,
     )
     return SignedEnvelope(fields, signing_key(config, context).sign(fields)).put(content)
 
 
 def sign_statement(content: RecordDict, chunks: list[bytes], tag: bytes, step: int, config: RunConfig,
                    context: Context, key: str = "signed") -> RecordDict:
-    """Sign a statement other than an update (a key-ceremony step, a partial decryption) over ``chunks``."""
+    """Sign a statement other than an update (a key-ceremony step, a partial decryption, a model co-signature)
+    over ``chunks``."""
+    where = domain(config, context)
     fields = SignedFields(
-        chain_id=config.chain_id, contract=config.contract_bytes(), run_id=config.run_id, round=step,
+        chain_id=where.chain_id, contract=where.contract, run_id=where.run_id, round=step,
         client_id=client_id(context), payload_sha256=payload_digest(chunks), num_examples=0, epsilon_scaled=NO_DP,
-        tag=tag,
+        tag=tag, genesis=where.genesis,
     )
     return SignedEnvelope(fields, signing_key(config, context).sign(fields)).put(content, key)
 
@@ -83,5 +89,17 @@ def allow_list(config: RunConfig, context: Context) -> AllowList:
     return AllowList.load(Path(str(path)).expanduser())  # read afresh: a revocation counts at once
 
 
-def domain(config: RunConfig) -> Domain:
-    return Domain(config.chain_id, config.contract_bytes(), config.run_id)
+def domain(config: RunConfig, context: Context) -> Domain:
+    """Where this device's statements belong: the run's chain, genesis block and contract, which must be the
+    ones the device pins (node config ``ledger-trust``: the kit's ``trust.json``) when it has a pin; a simulated
+    client (the operator's) takes the run's."""
+    where = config.domain()
+    path = context.node_config.get("ledger-trust")
+    if path:
+        pinned = LedgerTrust.load(Path(str(path)).expanduser())
+        if (where.chain_id, where.genesis, where.contract) != (pinned.chain_id, pinned.genesis, pinned.contract):
+            raise ConfigError(f"the server names chain {where.chain_id} (genesis {where.genesis.hex()[:12]}…, "
+                              f"contract 0x{where.contract.hex()}); this device is pinned to chain "
+                              f"{pinned.chain_id} (genesis {pinned.genesis.hex()[:12]}…, contract "
+                              f"0x{pinned.contract.hex()}): it signs nothing for another ledger")
+    return where

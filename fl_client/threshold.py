@@ -17,6 +17,7 @@ the key's budget of decryptions (``ThresholdParams.max_decryptions``).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
@@ -25,6 +26,8 @@ from fedproof.config import RunConfig
 from fedproof.errors import UpdateRejected
 from fedproof.protocol import (
     CEREMONY_KEY,
+    COSIGN_KEY,
+    CosignRequest,
     DECRYPTION_KEY,
     PARTIAL_KEY,
     REFUSED,
@@ -40,13 +43,24 @@ from fl_client.policy import client_policy, federation_size
 from fl_client.signing import allow_list, client_id, domain, sign_statement
 from ledger.errors import UpdateVerificationError
 from ledger.merkle import MerkleTree
-from ledger.signing import KEYGEN_TAG, PARTIAL_TAG, UPDATE_TAG, leaf_bytes, payload_digest
+from fedproof.weights import apply_mean, hash_model, num_values
+from ledger.signing import (
+    KEYGEN_TAG,
+    MODEL_TAG,
+    PARTIAL_TAG,
+    UPDATE_TAG,
+    leaf_bytes,
+    model_statement_chunks,
+    payload_digest,
+)
 from ledger.verification import verify_statement
 from privacy.errors import CiphertextError, PrivacyError
 from privacy.keygen import Hello, KeyHolding, PartySecrets, deal, deal_chunks, finish, hello
 from privacy.threshold import (
     JointPublicKey,
     ThresholdParams,
+    check_partial,
+    fuse,
     majority,
     partial_decryption,
     sum_ciphertexts,
@@ -75,7 +89,7 @@ def keygen_hello(config: RunConfig, context: Context) -> RecordDict:
 
 
 def _verified_hellos(content: RecordDict, config: RunConfig, context: Context) -> dict[str, Hello]:
-    allow, where = allow_list(config, context), domain(config)
+    allow, where = allow_list(config, context), domain(config, context)
     count = _ceremony(content)["parties"]
     hellos: dict[str, Hello] = {}
     for i in range(int(count)):  # type: ignore[call-overload]
@@ -124,7 +138,7 @@ def keygen_finish(content: RecordDict, config: RunConfig, context: Context) -> R
     party, threshold = client_id(context), int(stored["threshold"])  # type: ignore[call-overload]
     hellos = {p: Hello(p, c, k) for p, c, k in zip(stored["parties"], stored["contributions"],  # type: ignore
                                                     stored["exchange-keys"])}  # type: ignore[call-overload]
-    allow, where = allow_list(config, context), domain(config)
+    allow, where = allow_list(config, context), domain(config, context)
     deals: dict[str, tuple[np.ndarray, bytes]] = {}
     for i in range(int(_ceremony(content)["parties"])):  # type: ignore[call-overload]
         meta = content.config_records[f"deal-{i:04d}-sealed"]
@@ -203,20 +217,60 @@ def decrypt_share(content: RecordDict, config: RunConfig, server_round: int, con
 
 def _decrypt_share(content: RecordDict, config: RunConfig, server_round: int, context: Context,
                    min_contributors: int) -> RecordDict:
-    try:
-        holding = key_holding(context)
-    except PrivacyError as exc:
-        raise DecryptionRefused("no-key", str(exc)) from exc
+    holding = _holding(context)
     try:
         request = DecryptionRequest.take(content)
     except UpdateRejected as exc:
         raise DecryptionRefused("malformed", str(exc)) from exc
+    decryptors = _decryptor_set(request, holding)
+    if holding.party not in decryptors:
+        raise DecryptionRefused("bad-decryptors", "this device is not in the decryptor set it is asked to join")
+    checked = _verified_sum(request, config, server_round, context, min_contributors)
+    _log_decryption(context, server_round, checked.digest, checked.total.shape[0])
+    points = [holding.points[d] for d in decryptors]
+    std = PARAMS.flooding_std(len(holding.points), len(allow_list(config, context).keys))
+    partial = partial_decryption(PARAMS, holding.share, holding.x, points, checked.total, std)
+    reply = RecordDict({PARTIAL_KEY: ArrayRecord({PARTIAL_KEY: Array(partial)}),
+                        DECRYPTION_KEY: ConfigRecord({"sum-sha256": checked.digest, "merkle-root": checked.root})})
+    return sign_statement(reply, partial_chunks(checked.digest, checked.root, decryptors,
+                                                partial.astype("<u8").tobytes()),
+                          PARTIAL_TAG, server_round, config, context)
+
+
+def _holding(context: Context) -> KeyHolding:
+    try:
+        return key_holding(context)
+    except PrivacyError as exc:
+        raise DecryptionRefused("no-key", str(exc)) from exc
+
+
+def _decryptor_set(request: DecryptionRequest, holding: KeyHolding) -> tuple[str, ...]:
     decryptors = request.decryptors
     if (len(decryptors) != holding.threshold or len(set(decryptors)) != len(decryptors)
-            or holding.party not in decryptors or not set(decryptors) <= set(holding.points)):
+            or not set(decryptors) <= set(holding.points)):
         raise DecryptionRefused("bad-decryptors", f"decryptors {list(decryptors)[:8]} are not {holding.threshold} "
-                                                  "distinct key holders including this one")
-    allow, where = allow_list(config, context), domain(config)
+                                                  "distinct key holders")
+    return decryptors
+
+
+@dataclass(frozen=True)
+class CheckedSum:
+    """A round's sum as this device recomputed it from the signed leaves, and what the leaves say."""
+
+    total: np.ndarray
+    digest: bytes
+    root: bytes
+    leaves: int
+    examples: int
+    parent: bytes
+    """The model every leaf signed it trained from."""
+
+
+def _verified_sum(request: DecryptionRequest, config: RunConfig, server_round: int, context: Context,
+                  min_contributors: int) -> CheckedSum:
+    """Every leaf signed by a distinct allowed client for this run and round, from one parent model, at least the
+    device's floor of them; their ciphertexts summed here, and that sum the one the server named."""
+    allow, where = allow_list(config, context), domain(config, context)
     floor = client_policy(config, context).contributors_floor(min_contributors)
     contributors = {envelope.fields.client_id for envelope, _ in request.leaves}
     if len(contributors) < floor or len(contributors) != len(request.leaves):
@@ -233,6 +287,10 @@ def _decrypt_share(content: RecordDict, config: RunConfig, server_round: int, co
         except UpdateVerificationError as exc:
             raise DecryptionRefused("bad-leaf", str(exc)) from exc
         leaves.append(leaf_bytes(f, key, envelope.signature))
+    parents = {envelope.fields.parent_model_hash for envelope, _ in request.leaves}
+    if len(parents) != 1:
+        raise DecryptionRefused("mixed-parents", "the leaves were trained from different models: the server sent "
+                                                 "clients different models in one round")
     try:
         total = sum_ciphertexts(PARAMS, [chunks for _, chunks in request.leaves])
     except CiphertextError as exc:
@@ -240,15 +298,60 @@ def _decrypt_share(content: RecordDict, config: RunConfig, server_round: int, co
     digest = sum_digest(total)
     if digest != request.sum_sha256:
         raise DecryptionRefused("sum-mismatch", "the sum of the signed leaves is not the sum asked to decrypt")
-    _log_decryption(context, server_round, digest, total.shape[0])
-    points = [holding.points[d] for d in decryptors]
-    std = PARAMS.flooding_std(len(holding.points), len(allow.keys))
-    partial = partial_decryption(PARAMS, holding.share, holding.x, points, total, std)
-    root = MerkleTree(leaves).root
-    reply = RecordDict({PARTIAL_KEY: ArrayRecord({PARTIAL_KEY: Array(partial)}),
-                        DECRYPTION_KEY: ConfigRecord({"sum-sha256": digest, "merkle-root": root})})
-    return sign_statement(reply, partial_chunks(digest, root, decryptors, partial.astype("<u8").tobytes()),
-                          PARTIAL_TAG, server_round, config, context)
+    return CheckedSum(total, digest, MerkleTree(leaves).root, len(leaves),
+                      sum(e.fields.num_examples for e, _ in request.leaves), parents.pop())
+
+
+# ----------------------------------------------------------------------------------------- co-signing
+
+def cosign_model(content: RecordDict, config: RunConfig, server_round: int, context: Context,
+                 min_contributors: int) -> RecordDict:
+    """A signature of the round's new model hash, after this device fused the t signed partial decryptions
+    itself and computed the model from the parent; or a refusal with the check that failed."""
+    try:
+        return _cosign_model(content, config, server_round, context, min_contributors)
+    except DecryptionRefused as exc:
+        report = ClientReport(client_id(context), REFUSED, reason=str(exc))
+        return RecordDict({"client": report.to_record()})
+
+
+def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, context: Context,
+                  min_contributors: int) -> RecordDict:
+    holding = _holding(context)
+    try:
+        request = CosignRequest.take(content)
+    except UpdateRejected as exc:
+        raise DecryptionRefused("malformed", str(exc)) from exc
+    decryptors = _decryptor_set(request.decryption, holding)
+    checked = _verified_sum(request.decryption, config, server_round, context, min_contributors)
+    allow, where = allow_list(config, context), domain(config, context)
+    partials = []
+    for party, (envelope, values) in zip(decryptors, request.partials):
+        try:
+            check_partial(PARAMS, values, checked.total.shape[0])
+            chunks = partial_chunks(checked.digest, checked.root, decryptors, values.astype("<u8").tobytes())
+            verify_statement(allow, where, envelope.fields, envelope.signature, tag=PARTIAL_TAG, round=server_round,
+                             client_id=party, payload_sha256=payload_digest(chunks))
+        except (UpdateVerificationError, CiphertextError) as exc:
+            raise DecryptionRefused("bad-partial", f"decryptor {party}: {exc}") from exc
+        partials.append(values)
+    parent = request.parent
+    if hash_model(parent, config.run_id) != checked.parent:
+        raise DecryptionRefused("wrong-parent", "the parent model sent is not the one the leaves trained from")
+    values = fuse(PARAMS, checked.total, partials, num_values(parent))
+    if not np.all(np.abs(values) <= PARAMS.max_abs_value * 1.01):
+        raise DecryptionRefused("out-of-range", "the fused sum lies outside the scheme's range")
+    scale = config.he_weight_scale
+    if not 1 <= checked.examples <= scale:
+        raise DecryptionRefused("bad-weights", f"{checked.examples} examples outside 1..he-weight-scale {scale}")
+    model = hash_model(apply_mean(parent, values * scale, checked.examples), config.run_id)
+    if model != request.model_sha256:
+        raise DecryptionRefused("model-mismatch", "the model this device computed from the round is not the one "
+                                                  "the server names")
+    statement = model_statement_chunks(checked.parent, model, checked.root, checked.leaves, holding.threshold,
+                                       len(holding.points))
+    reply = RecordDict({COSIGN_KEY: ConfigRecord({"model-sha256": model})})
+    return sign_statement(reply, statement, MODEL_TAG, server_round, config, context)
 
 
 def _log_decryption(context: Context, server_round: int, digest: bytes, ciphertexts: int) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fedproof.replies import Decryption, Reason, Rejection, Update
 from ledger.bundle import SignedUpdate
 from ledger.errors import BadSignature, ReplayedUpdate, UpdateVerificationError
-from ledger.signing import DECRYPT_TAG, UPDATE_TAG, payload_digest, verify_signature
+from ledger.signing import DECRYPT_TAG, UPDATE_TAG, ZERO_HASH, payload_digest, verify_signature
 from ledger.verification import UpdateVerifier
 
 
@@ -30,7 +30,8 @@ class Admission:
     def __init__(self, verifier: UpdateVerifier) -> None:
         self.verifier = verifier
 
-    def admit(self, server_round: int, update: Update) -> Admitted | Rejection:
+    def admit(self, server_round: int, update: Update, parent_model_hash: bytes = ZERO_HASH) -> Admitted | Rejection:
+        """Admit ``update`` into round ``server_round``, whose clients were sent the model ``parent_model_hash``."""
         fields, signature = update.envelope.fields, update.envelope.signature
         try:
             if fields.tag != UPDATE_TAG or fields.client_id != update.client_id:
@@ -41,7 +42,7 @@ class Admission:
             if registered is not None and fields.num_examples > registered:
                 return Rejection(update.node_id, update.client_id, Reason.BAD_EXAMPLE_COUNT,
                                  f"claims {fields.num_examples} examples, above its registered weight {registered}")
-            key = self.verifier.verify(fields, signature, update.payload_sha256, server_round)
+            key = self.verifier.verify(fields, signature, update.payload_sha256, server_round, parent_model_hash)
         except UpdateVerificationError as exc:
             return Rejection(update.node_id, update.client_id, Reason.of(exc), str(exc))
         return Admitted(update, SignedUpdate(fields, key, signature))
@@ -51,8 +52,7 @@ class Admission:
         f, v = decryption.envelope.fields, self.verifier
         try:
             verify_signature(v.allow.key_for(f.client_id), f, decryption.envelope.signature)
-            if (f.tag, f.chain_id, f.contract, f.run_id, f.round) != (DECRYPT_TAG, v.chain_id, v.contract, v.run_id,
-                                                                      server_round):
+            if f.tag != DECRYPT_TAG or not v.domain.holds(f) or f.round != server_round:
                 raise ReplayedUpdate(f"client {f.client_id}: decryption signed for another round, run or chain")
             if f.payload_sha256 != payload_digest([decryption.values.tobytes()]):
                 raise BadSignature(f"client {f.client_id}: decrypted values differ from the signed ones")

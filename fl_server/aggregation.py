@@ -76,7 +76,3 @@ def threshold_sum(params: ThresholdParams, admitted: list[Admitted]) -> Threshol
         used.append(a)
     return ThresholdTotal(total, tuple(used), tuple(rejections))
 
-
-def apply_mean(parent: ArrayRecord, weighted_sum: np.ndarray, num_examples: int) -> ArrayRecord:
-    """The new global model: the parent plus the example-weighted mean update, in the parent's layout."""
-    return unflatten(flatten(parent) + weighted_sum / num_examples, parent)

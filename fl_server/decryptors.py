@@ -8,6 +8,12 @@ holders, contributors or not. If any of the t refuses, fails or does not answer,
 of t is asked (the Lagrange weights depend on the set), up to :data:`ATTEMPTS` times: so up to n - t holders
 may drop out. Each partial must be signed by its holder over (sum digest, Merkle root of the leaves, the set,
 the partial), and the fused values must lie in the scheme's range, or the round is void.
+
+Then t key holders co-sign the new model (:meth:`ThresholdCommittee.cosign`): each is sent the leaves, the t
+signed partials and the parent, recomputes the sum, fuses the partials and applies the mean itself, and signs
+(parent hash, model hash, Merkle root, leaf count, t, n) only if it gets the hash the server names. The decryptors
+are asked first; holders that refuse or do not answer are replaced by the other holders, once. Without t
+co-signatures the round is void: the lineage never records a model that only the server vouches for.
 """
 
 from __future__ import annotations
@@ -18,24 +24,68 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedproof.protocol import CONFIG_KEY, DECRYPT_SHARE, DecryptionRequest, partial_chunks, round_settings
-from fedproof.replies import PartialDecryption, Reason, Rejection, decode_partial_reply
+from fedproof.protocol import (
+    CONFIG_KEY,
+    COSIGN_MODEL,
+    DECRYPT_SHARE,
+    CosignRequest,
+    DecryptionRequest,
+    partial_chunks,
+    round_settings,
+)
+from fedproof.replies import (
+    ModelCosignature,
+    PartialDecryption,
+    Reason,
+    Rejection,
+    decode_cosign_reply,
+    decode_partial_reply,
+)
 from fl_server.admission import Admitted
-from fl_server.committee import CommitteeOutcome
 from fl_server.keygen import FederationKey
 from fl_server.exchange import exchange
 from ledger.errors import UpdateVerificationError
 from ledger.merkle import MerkleTree
-from ledger.signing import PARTIAL_TAG, payload_digest
+from ledger.bundle import Cosignature
+from ledger.signing import MODEL_TAG, PARTIAL_TAG, leaf_bytes, model_statement_chunks, payload_digest
 from ledger.verification import AllowList, Domain, verify_statement
 from privacy.errors import CiphertextError
 from privacy.threshold import check_partial, fuse, sum_digest
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    """What t key holders made of a round's sum: the values (None when the round is void, ``failure`` says why),
+    the request they answered and their signed partials (in the decryptors' order), and who was set aside."""
+
+    values: np.ndarray | None
+    failure: str = ""
+    rejections: tuple[Rejection, ...] = ()
+    request: DecryptionRequest | None = None
+    partials: tuple[PartialDecryption, ...] = ()
+
+
+@dataclass(frozen=True)
+class Endorsement:
+    """The clients' co-signatures of a round's model, and the key (t of n) they state they decrypted with."""
+
+    threshold: int
+    holders: int
+    cosignatures: tuple[Cosignature, ...]
+
+
+@dataclass(frozen=True)
+class Cosigned:
+    endorsement: Endorsement | None
+    """None when fewer than t key holders vouched for the model (``failure`` says why)."""
+    failure: str = ""
+    rejections: tuple[Rejection, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,7 +97,7 @@ class ThresholdCommittee:
     domain: Domain
 
     def decrypt(self, grid: Grid, server_round: int, settings: Mapping, admitted: list[Admitted],
-                total: np.ndarray, length: int) -> CommitteeOutcome:
+                total: np.ndarray, length: int) -> Decrypted:
         key, params = self.key, self.key.params
         digest, root = sum_digest(total), MerkleTree([a.leaf.leaf for a in admitted]).root
         leaves = tuple((a.update.envelope, a.update.ciphertexts.chunks) for a in admitted)  # type: ignore[union-attr]
@@ -73,19 +123,73 @@ class ThresholdCommittee:
             if not failed:
                 values = fuse(params, total, [p.values for p in partials], length)
                 if not np.all(np.abs(values) <= params.max_abs_value * 1.01):
-                    return CommitteeOutcome(None, f"round {server_round}: the fused sum lies outside the scheme's "
-                                                  "range (a partial decryption was wrong); the round is void",
-                                            tuple(rejected))
-                return CommitteeOutcome(values, "", tuple(rejected))
+                    return Decrypted(None, f"round {server_round}: the fused sum lies outside the scheme's range "
+                                           "(a partial decryption was wrong); the round is void", tuple(rejected))
+                by_party = {party_of[p.node_id]: p for p in partials}
+                return Decrypted(values, "", tuple(rejected), request, tuple(by_party[c] for c in chosen))
             for r in failed:
                 log.warning("round %s: decryptor set aside: %s", server_round, r)
             rejected += failed
             gone = {party_of.get(r.node_id, r.client_id) for r in failed}
             live = [p for p in live if p not in gone]
         problems = "; ".join(str(r) for r in rejected[-4:]) or "no answer"
-        return CommitteeOutcome(None, f"round {server_round}: fewer than {key.threshold} key holders decrypted the "
-                                      f"sum ({problems}); the round is void and the model unchanged",
-                                tuple(rejected))
+        return Decrypted(None, f"round {server_round}: fewer than {key.threshold} key holders decrypted the sum "
+                               f"({problems}); the round is void and the model unchanged", tuple(rejected))
+
+    def cosign(self, grid: Grid, server_round: int, settings: Mapping, decrypted: Decrypted, parent: ArrayRecord,
+               parent_hash: bytes, model_hash: bytes) -> Cosigned:
+        """At least t key holders' signatures of (parent, model, leaves, t of n), each after recomputing the model."""
+        key, request = self.key, decrypted.request
+        assert request is not None, "co-signing follows a successful decryption"
+        root = MerkleTree([leaf_bytes(e.fields, self.allow.keys[e.fields.client_id], e.signature)
+                           for e, _ in request.leaves]).root
+        statement = model_statement_chunks(parent_hash, model_hash, root, len(request.leaves), key.threshold,
+                                           len(key.nodes))
+        cosign = CosignRequest(request, tuple((p.envelope, p.values) for p in decrypted.partials), parent, model_hash)
+        config, party_of = round_settings(settings, server_round), {node: party for party, node in key.nodes.items()}
+        others = [p for p in sorted(key.nodes) if p not in request.decryptors]
+        random.Random(f"cosigners/{self.seed}/{server_round}").shuffle(others)
+        signed: dict[str, Cosignature] = {}
+        rejected: list[Rejection] = []
+        for asked in (list(request.decryptors), others):
+            wanted = asked[: key.threshold - len(signed)] if asked is not request.decryptors else asked
+            if not wanted:
+                continue
+            messages = [Message(cosign.put(RecordDict({CONFIG_KEY: config})), dst_node_id=key.nodes[p],
+                                message_type=COSIGN_MODEL, group_id=str(server_round)) for p in wanted]
+            replies, missing = exchange(grid, messages, self.timeout, "cosign")
+            rejected += missing
+            for reply in replies:
+                party = party_of[reply.metadata.src_node_id]
+                outcome = self._check_cosign(decode_cosign_reply(reply), party, server_round, model_hash, statement)
+                if isinstance(outcome, Rejection):
+                    rejected.append(outcome)
+                else:
+                    signed[party] = outcome
+            if len(signed) >= key.threshold:
+                endorsement = Endorsement(key.threshold, len(key.nodes), tuple(signed[p] for p in sorted(signed)))
+                return Cosigned(endorsement, "", tuple(rejected))
+        for r in rejected:
+            log.warning("round %s: co-signature set aside: %s", server_round, r)
+        problems = "; ".join(str(r) for r in rejected[-4:]) or "no answer"
+        return Cosigned(None, f"round {server_round}: only {len(signed)} of the {key.threshold} key holders needed "
+                              f"co-signed the new model ({problems}); the round is void and the model unchanged",
+                        tuple(rejected))
+
+    def _check_cosign(self, outcome: ModelCosignature | Rejection, party: str, server_round: int, model_hash: bytes,
+                      statement: list[bytes]) -> Cosignature | Rejection:
+        if isinstance(outcome, Rejection):
+            return outcome
+        try:
+            if outcome.model_sha256 != model_hash:
+                raise CiphertextError(f"it computed model {outcome.model_sha256.hex()[:16]}…, not the server's")
+            key = verify_statement(self.allow, self.domain, outcome.envelope.fields, outcome.envelope.signature,
+                                   tag=MODEL_TAG, round=server_round, client_id=party,
+                                   payload_sha256=payload_digest(statement))
+        except (UpdateVerificationError, CiphertextError) as exc:
+            return Rejection(outcome.node_id, party, Reason.of(exc) if isinstance(exc, UpdateVerificationError)
+                             else Reason.PAYLOAD_MISMATCH, str(exc), "cosign")
+        return Cosignature(party, key, outcome.envelope.signature)
 
     def _check(self, outcome: PartialDecryption | Rejection, party: str, server_round: int, digest: bytes,
                root: bytes, chosen: tuple[str, ...]) -> PartialDecryption | Rejection:

@@ -84,7 +84,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         loss, accuracy = evaluate(model)
         rows.append(RoundMetrics(round=done, accuracy=accuracy, loss=loss, seconds=0.0))
         run_dir.append_metrics(rows[-1])
-    domain = Domain(config.chain_id, config.contract_bytes(), config.run_id)
+    domain = config.domain()
     threshold = None
     if threshold_he:  # the clients make the run's key now; no party ever holds all of it
         key = run_ceremony(grid, config.to_mapping(), credentials.allow, domain, config.he_threshold,
@@ -96,7 +96,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         fraction_evaluate=0.0 if config.dp else config.fraction_evaluate,  # DP clients withhold metrics anyway
         seed=config.seed,
         timeout=config.round_timeout,
-        admission=Admission(UpdateVerifier(credentials.allow, config.chain_id, config.contract_bytes(), config.run_id)),
+        admission=Admission(UpdateVerifier(credentials.allow, domain)),
         evaluate=evaluate,
         max_abs_delta=PLAIN_MAX_ABS_DELTA,
         he=credentials.public,

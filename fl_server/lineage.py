@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord
 from safetensors.numpy import load as safetensors_load
-from safetensors.numpy import save as safetensors_bytes
 
 from fedproof.config import RunConfig
 from fedproof.files import write_atomically
+from fedproof.weights import model_bytes
 from fedproof.protocol import TRAIN
 from fl_server.round import RoundResult
 from ledger.bundle import RoundBundle
@@ -48,7 +48,8 @@ def open_ledger(config: RunConfig, allow: AllowList) -> tuple[RunConfig, LedgerC
     w3 = LedgerContract.connect(url)
     contract = LedgerContract.at(w3, config.ledger_contract) if config.ledger_contract else ensure_contract(w3, data_dir)
     register_clients(contract, allow)
-    return config.with_overrides(chain_id=contract.chain_id, ledger_contract=contract.address), contract
+    return config.with_overrides(chain_id=contract.chain_id, ledger_contract=contract.address,
+                                 chain_genesis="0x" + contract.genesis.hex()), contract
 
 
 def register_clients(contract: LedgerContract, allow: AllowList) -> None:
@@ -63,10 +64,10 @@ def register_clients(contract: LedgerContract, allow: AllowList) -> None:
             contract.revoke_client(client_id_hash(client_id))
 
 
-def write_model(path: Path, arrays: ArrayRecord, run_id: str, server_round: int) -> bytes:
-    """Write the global model as safetensors (no pickle); return the SHA-256 of the exact file bytes."""
-    tensors = {key: np.ascontiguousarray(a) for key, a in zip(arrays.keys(), arrays.to_numpy_ndarrays())}
-    data = safetensors_bytes(tensors, metadata={"run_id": run_id, "round": str(server_round)})
+def write_model(path: Path, arrays: ArrayRecord, run_id: str) -> bytes:
+    """Write the global model as safetensors (no pickle); return the SHA-256 of the exact file bytes (the hash
+    clients sign as their parent and co-sign as a round's result)."""
+    data = model_bytes(arrays, run_id)
     write_atomically(path, data)  # a checkpoint survives a crash whole or not at all
     return hashlib.sha256(data).digest()
 
@@ -83,7 +84,9 @@ class Lineage:
         self.recorded = 0
         self.model_file = self.models / "round-0.safetensors"
         if initial is not None:
-            self.parent = write_model(self.model_file, initial, config.run_id, 0)
+            self.parent = write_model(self.model_file, initial, config.run_id)
+            if contract is not None:  # the lineage starts at a registered model, not at whatever a record names
+                contract.start_run(run_id_hash(config.run_id), self.parent)
 
     def resume(self, like: ArrayRecord) -> tuple[int, ArrayRecord]:
         """After a crash: the last round whose bundle was written (its record is on chain or in the outbox,
@@ -113,12 +116,16 @@ class Lineage:
         rejected = tuple(str(r) if r.phase == TRAIN else f"{r.phase} {r}" for r in result.rejections) + tuple(
             f"declined: client {d.client_id}: {d.status}: {d.reason}" for d in result.declines)
         common = (self.config.run_id, result.round, self.config.chain_id, self.config.contract_bytes(), self.parent)
+        genesis = self.config.genesis_bytes()
         if result.model is None:
-            self._record(RoundBundle(*common, self.parent, rejected=rejected, failed=result.failure))
+            self._record(RoundBundle(*common, self.parent, rejected=rejected, failed=result.failure, genesis=genesis))
             return
         path = self.models / f"round-{result.round}.safetensors"
-        digest = write_model(path, result.model, self.config.run_id, result.round)
-        self._record(RoundBundle(*common, digest, result.leaves, rejected))
+        digest = write_model(path, result.model, self.config.run_id)
+        e = result.endorsement
+        self._record(RoundBundle(*common, digest, result.leaves, rejected, genesis=genesis,
+                                 threshold=e.threshold if e else 0, holders=e.holders if e else 0,
+                                 cosignatures=e.cosignatures if e else ()))
         self.parent, self.model_file = digest, path
 
     def _record(self, bundle: RoundBundle) -> None:

@@ -9,6 +9,7 @@
                                                          ciphertexts + t key holders decrypt the verified sum
                                                          (fl_server.decryptors; shared-key: fl_server.committee)
       -> new model = parent + sum(n_k delta_k) / sum(n_k), or None with the failure reason
+      -> threshold HE: t key holders recompute it and co-sign  fl_server.decryptors (no t signatures: void)
       -> send `evaluate` (the parent: the model they were
          sent) to the nodes not refused                  decode each reply: Evaluation | Rejection
       -> central evaluation of the resulting model
@@ -43,9 +44,10 @@ from fedproof.replies import (
 )
 from fedproof.rundir import RoundMetrics
 from fl_server.admission import Admission, Admitted
-from fl_server.aggregation import add_ciphertexts, apply_mean, plain_sum, threshold_sum
+from fedproof.weights import apply_mean, hash_model
+from fl_server.aggregation import add_ciphertexts, plain_sum, threshold_sum
 from fl_server.committee import Committee
-from fl_server.decryptors import ThresholdCommittee
+from fl_server.decryptors import Endorsement, ThresholdCommittee
 from fl_server.exchange import exchange
 from ledger.bundle import SignedUpdate
 from privacy.he import PublicContext
@@ -96,6 +98,8 @@ class RoundResult:
     """Non-empty when the run should end here (every client asked has exhausted its privacy budget)."""
     metrics: RoundMetrics | None
     """The round's row for metrics.jsonl (None when ``stop`` is set: nothing happened to record)."""
+    endorsement: Endorsement | None = None
+    """Threshold HE: the key holders' co-signatures of ``model``."""
 
     @property
     def current(self) -> ArrayRecord:
@@ -142,10 +146,11 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
         return RoundResult(server_round, parent, None, (), tuple(declines), tuple(rejections), (), "", stop, None)
 
     admitted: list[Admitted] = []
-    for outcome in (plan.admission.admit(server_round, u) for u in updates):
+    parent_hash = hash_model(parent, str(plan.settings.get("run-id", "")))  # what every update must have trained from
+    for outcome in (plan.admission.admit(server_round, u, parent_hash) for u in updates):
         (admitted if isinstance(outcome, Admitted) else rejections).append(outcome)
 
-    aggregate = aggregate_updates(grid, plan, server_round, parent, spec, admitted)
+    aggregate = aggregate_updates(grid, plan, server_round, parent, spec, admitted, parent_hash)
     rejections.extend(aggregate.rejections)
     current = aggregate.model if aggregate.model is not None else parent
 
@@ -166,7 +171,7 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
 
     loss, accuracy = plan.evaluate(current)
     result = RoundResult(server_round, parent, aggregate.model, aggregate.used, tuple(declines), tuple(rejections),
-                         tuple(evaluations), aggregate.failure, "", None)
+                         tuple(evaluations), aggregate.failure, "", None, aggregate.endorsement)
     return replace(result, metrics=round_metrics(result, loss, accuracy, plan.clock() - started, spec.num_values))
 
 
@@ -179,15 +184,16 @@ class Aggregate:
     used: tuple[Admitted, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     failure: str = ""
+    endorsement: Endorsement | None = None
 
 
 def aggregate_updates(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord, spec: ModelSpec,
-                      admitted: list[Admitted]) -> Aggregate:
+                      admitted: list[Admitted], parent_hash: bytes) -> Aggregate:
     nothing = f"round {server_round}: no update could be aggregated; the model is unchanged"
     if not admitted:
         return Aggregate(None, failure=nothing)
     if plan.threshold is not None:
-        return _threshold_aggregate(grid, plan, server_round, parent, spec, admitted)
+        return _threshold_aggregate(grid, plan, server_round, parent, spec, admitted, parent_hash)
     if plan.he is None:
         examples = sum(a.update.num_examples for a in admitted)
         return Aggregate(apply_mean(parent, plain_sum(admitted), examples), tuple(admitted))
@@ -208,9 +214,10 @@ def aggregate_updates(grid: Grid, plan: RoundPlan, server_round: int, parent: Ar
 
 
 def _threshold_aggregate(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord, spec: ModelSpec,
-                         admitted: list[Admitted]) -> Aggregate:
+                         admitted: list[Admitted], parent_hash: bytes) -> Aggregate:
     """Sum the ciphertexts, have t key holders decrypt the verified sum, and scale it back: clients encrypted
-    ``(n_k / W) * delta_k`` with W = ``he-weight-scale``, so the mean is ``sum * W / sum(n_k)``."""
+    ``(n_k / W) * delta_k`` with W = ``he-weight-scale``, so the mean is ``sum * W / sum(n_k)``. Then t key
+    holders recompute that model and co-sign its hash."""
     assert plan.threshold is not None
     total = threshold_sum(plan.threshold.key.params, admitted)
     if total.values is None:
@@ -226,7 +233,13 @@ def _threshold_aggregate(grid: Grid, plan: RoundPlan, server_round: int, parent:
     rejections = total.rejections + outcome.rejections
     if outcome.values is None:
         return Aggregate(None, rejections=rejections, failure=outcome.failure)
-    return Aggregate(apply_mean(parent, outcome.values * scale, examples), total.used, rejections)
+    model = apply_mean(parent, outcome.values * scale, examples)
+    model_hash = hash_model(model, str(plan.settings.get("run-id", "")))
+    cosigned = plan.threshold.cosign(grid, server_round, plan.settings, outcome, parent, parent_hash, model_hash)
+    rejections += cosigned.rejections
+    if cosigned.endorsement is None:
+        return Aggregate(None, rejections=rejections, failure=cosigned.failure)
+    return Aggregate(model, total.used, rejections, endorsement=cosigned.endorsement)
 
 
 def sample(nodes: list[int], fraction: float, rng: random.Random) -> list[int]:

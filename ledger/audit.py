@@ -132,41 +132,139 @@ def round_record(contract: LedgerContract, run_id: str, server_round: int) -> Re
 class Verified:
     model_hash: bytes
     rounds: list[tuple[RecordedRound, RoundBundle]]
-    """Newest first."""
+    """The rounds that changed the model on its way, newest first."""
 
     @property
     def updates(self) -> int:
         return sum(len(bundle.updates) for _, bundle in self.rounds)
 
 
-def verify_model(contract: LedgerContract, source: str | Path, bundle_dirs: Sequence[Path]) -> Verified:
-    """Prove a model file's whole history from the ledger and the bundles, or raise :class:`AuditFailure`."""
+def verify_model(contract: LedgerContract, source: str | Path, bundle_dirs: Sequence[Path], *,
+                 min_cosigners: int = 2, trust_server: bool = False) -> Verified:
+    """Prove a model file's whole history from the ledger and the bundles, or raise :class:`AuditFailure`.
+
+    What an auditor trusts: the chain it asks (pinned by genesis hash and contract address, see
+    :func:`check_pinned`) and the client keys registered on it. Not the server: every round that changed the model
+    must carry at least t co-signatures (t >= a majority of the key's holders, and >= ``min_cosigners``) of clients
+    registered and not revoked at that block, each vouching that it recomputed this model from the parent and the
+    round's signed leaves. Every round of each run on the way is checked in order, from the run's registered
+    initial model: a round whose parent is not the previous round's model, a round without updates that changes
+    the model, or a signature bound to another chain, contract, run or round fails the audit, naming the round.
+    ``trust_server`` accepts rounds without co-signatures (runs without threshold HE), and says so."""
     digest = model_hash(source)
-    steps = lineage(contract, digest)
     keys = _registered_keys(contract)
-    checked = []
-    for event in steps:
-        where = f"round {event.round} (block {event.block_number})"
-        try:
-            bundle = find_bundle(list(bundle_dirs), event.bundle_hash)
-        except BundleError as exc:
-            raise AuditFailure(f"{where}: its bundle is missing or altered: {exc}") from exc
-        if (run_id_hash(bundle.run_id), bundle.round, bundle.parent_model_hash, bundle.model_hash) != (
-                event.run_id, event.round, event.parent_model_hash, event.model_hash):
-            raise AuditFailure(f"{where}: the bundle describes another round than the chain recorded")
-        if len(bundle.updates) != event.num_updates or bundle.epsilon_max_scaled != event.epsilon_max_scaled:
-            raise AuditFailure(f"{where}: update count or epsilon in the bundle differ from the chain")
-        tree = MerkleTree([u.leaf for u in bundle.updates])
-        for update in bundle.updates:
-            who = f"{where}, client {update.fields.client_id}"
-            try:
-                verify_proof(event.updates_merkle_root, update.leaf, tree.proof(update.leaf))
-                verify_signature(update.public_key, update.fields, update.signature)
-            except (MerkleProofError, UpdateVerificationError) as exc:
-                raise AuditFailure(f"{who}: {exc}") from exc
-            _check_registered(keys, update.fields.client_id, update.public_key, event.block_number, who)
-        checked.append((event, bundle))
+    checked: list[tuple[RecordedRound, RoundBundle]] = []
+    current, runs = digest, set()
+    while (producer := _first_producer(contract, current)) is not None:
+        if producer.run_id in runs:
+            raise AuditFailure("lineage does not end: a cycle of model hashes")
+        runs.add(producer.run_id)
+        current = _verify_run(contract, producer, list(bundle_dirs), keys, min_cosigners, trust_server, checked)
+    if not checked:
+        raise ModelNotRecorded(f"no round on this ledger produced model {digest.hex()}")
     return Verified(digest, checked)
+
+
+def _first_producer(contract: LedgerContract, model: bytes) -> RecordedRound | None:
+    hits = [e for e in contract.round_events(model_hash=model) if e.model_hash != e.parent_model_hash]
+    return hits[0] if hits else None
+
+
+def _verify_run(contract: LedgerContract, producer: RecordedRound, bundle_dirs: list[Path],
+                keys: dict[bytes, tuple[bytes, int, int | None]], min_cosigners: int, trust_server: bool,
+                checked: list[tuple[RecordedRound, RoundBundle]]) -> bytes:
+    """Check rounds 1..producer.round of the producer's run; return the run's initial model."""
+    starts = contract.run_starts(run_id=producer.run_id)
+    if not starts:
+        raise AuditFailure(f"run 0x{producer.run_id.hex()[:16]}…: its initial model was never registered (startRun): "
+                           "its lineage could begin anywhere")
+    initial = starts[0][1]
+    events = [e for e in contract.round_events(run_id=producer.run_id) if e.round <= producer.round]
+    previous, verified = initial, []
+    for expected, event in enumerate(events, start=1):
+        where = f"round {event.round} (block {event.block_number})"
+        if event.round != expected:
+            raise AuditFailure(f"{where}: the run's rounds are not recorded once each, in order (expected {expected})")
+        if event.parent_model_hash != previous:
+            raise AuditFailure(f"{where}: its parent is not the previous round's model (or the run's initial model)")
+        bundle = _bundle(event, bundle_dirs, where)
+        _check_domain(contract, bundle, where)
+        _check_leaves(event, bundle, keys, where)
+        if event.model_hash != event.parent_model_hash:
+            if not bundle.updates:
+                raise AuditFailure(f"{where}: a round with no updates changed the model")
+            _check_cosignatures(bundle, keys, event.block_number, where, min_cosigners, trust_server)
+            verified.append((event, bundle))
+        previous = event.model_hash
+    if len(events) != producer.round:
+        raise AuditFailure(f"round {producer.round}: earlier rounds of its run are missing from the chain")
+    checked.extend(reversed(verified))
+    return initial
+
+
+def _bundle(event: RecordedRound, bundle_dirs: list[Path], where: str) -> RoundBundle:
+    try:
+        bundle = find_bundle(bundle_dirs, event.bundle_hash)
+    except BundleError as exc:
+        raise AuditFailure(f"{where}: its bundle is missing or altered: {exc}") from exc
+    if (run_id_hash(bundle.run_id), bundle.round, bundle.parent_model_hash, bundle.model_hash) != (
+            event.run_id, event.round, event.parent_model_hash, event.model_hash):
+        raise AuditFailure(f"{where}: the bundle describes another round than the chain recorded")
+    if len(bundle.updates) != event.num_updates or bundle.epsilon_max_scaled != event.epsilon_max_scaled:
+        raise AuditFailure(f"{where}: update count or epsilon in the bundle differ from the chain")
+    return bundle
+
+
+def _check_domain(contract: LedgerContract, bundle: RoundBundle, where: str) -> None:
+    """Signatures in the bundle are bound to this chain (id and genesis block) and this contract."""
+    if (bundle.chain_id, bundle.genesis, bundle.contract) != (contract.chain_id, contract.genesis,
+                                                              bytes.fromhex(contract.address[2:])):
+        raise AuditFailure(f"{where}: its signatures are bound to another chain, devnet (genesis "
+                           f"{bundle.genesis.hex()[:12]}…) or contract than this one")
+
+
+def _check_leaves(event: RecordedRound, bundle: RoundBundle, keys: dict[bytes, tuple[bytes, int, int | None]],
+                  where: str) -> None:
+    tree = MerkleTree([u.leaf for u in bundle.updates])
+    for update in bundle.updates:
+        who = f"{where}, client {update.fields.client_id}"
+        try:
+            verify_proof(event.updates_merkle_root, update.leaf, tree.proof(update.leaf))
+            verify_signature(update.public_key, update.fields, update.signature)
+        except (MerkleProofError, UpdateVerificationError) as exc:
+            raise AuditFailure(f"{who}: {exc}") from exc
+        _check_registered(keys, update.fields.client_id, update.public_key, event.block_number, who)
+
+
+def _check_cosignatures(bundle: RoundBundle, keys: dict[bytes, tuple[bytes, int, int | None]], block: int,
+                        where: str, min_cosigners: int, trust_server: bool) -> None:
+    if bundle.threshold == 0 and not bundle.cosignatures:
+        if trust_server:
+            return
+        raise AuditFailure(f"{where}: no client co-signed this model: only the server vouches for it (a run without "
+                           "threshold HE; pass trust_server / --trust-server to accept that)")
+    t, n = bundle.threshold, bundle.holders
+    if not (t >= majority(n) and n >= t):
+        raise AuditFailure(f"{where}: the co-signers state a {t}-of-{n} key: below a majority of its holders")
+    signers = set()
+    for c in bundle.cosignatures:
+        who = f"{where}, co-signer {c.client_id}"
+        if c.client_id in signers:
+            raise AuditFailure(f"{who}: co-signed twice")
+        try:
+            verify_signature(c.public_key, bundle.statement(c.client_id), c.signature)
+        except UpdateVerificationError as exc:
+            raise AuditFailure(f"{who}: the co-signature does not match this round's model statement: {exc}") from exc
+        _check_registered(keys, c.client_id, c.public_key, block, who)
+        signers.add(c.client_id)
+    needed = max(t, min_cosigners)
+    if len(signers) < needed:
+        raise AuditFailure(f"{where}: {len(signers)} client co-signature(s) of the new model; at least {needed} "
+                           "are required")
+
+
+def majority(n: int) -> int:
+    return n // 2 + 1
 
 
 def _registered_keys(contract: LedgerContract) -> dict[bytes, tuple[bytes, int, int | None]]:

@@ -1,8 +1,9 @@
-"""A round's off-chain bundle: every admitted update's signed fields, key and signature, and what was rejected.
+"""A round's off-chain bundle: every admitted update's signed fields, key and signature, the clients' co-signatures
+of the resulting model, and what was rejected.
 
 Its SHA-256 goes on chain beside the Merkle root of its leaves, so an auditor holding the file can check it
 byte for byte against the chain, rebuild each leaf from its preimage, recompute the root and verify every
-signature. Encoding: JSON with sorted keys, no whitespace, ASCII only, bytes as lowercase hex: one byte
+signature, and check that at least t clients other than the server vouched for the new model's hash. Encoding: JSON with sorted keys, no whitespace, ASCII only, bytes as lowercase hex: one byte
 string per bundle. Bundles are found by content (their hash), whatever their file name.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ledger.errors import LedgerError
 from ledger.merkle import MerkleTree
-from ledger.signing import NO_DP, UPDATE_TAG, SignedFields, leaf_bytes
+from ledger.signing import MODEL_TAG, NO_DP, UPDATE_TAG, ZERO_HASH, SignedFields, leaf_bytes, model_statement_chunks, payload_digest
 
 _MAX_BUNDLE = 64 << 20
 
@@ -38,6 +39,15 @@ class SignedUpdate:
 
 
 @dataclass(frozen=True)
+class Cosignature:
+    """A client's signature of the round's model statement (see :meth:`RoundBundle.statement`)."""
+
+    client_id: str
+    public_key: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class RoundBundle:
     run_id: str
     round: int
@@ -50,6 +60,20 @@ class RoundBundle:
     """Why each refused update of the round was refused (nothing is dropped silently)."""
     failed: str = ""
     """Why the round left the model unchanged, if it did."""
+    genesis: bytes = ZERO_HASH
+    threshold: int = 0
+    """The decryption key's threshold t (0: no threshold key, so no co-signatures)."""
+    holders: int = 0
+    """How many clients hold shares of that key."""
+    cosignatures: tuple[Cosignature, ...] = ()
+
+    def statement(self, client_id: str) -> SignedFields:
+        """The fields ``client_id`` signs to vouch that this round turned the parent into this model."""
+        chunks = model_statement_chunks(self.parent_model_hash, self.model_hash, self.merkle_root,
+                                        len(self.updates), self.threshold, self.holders)
+        return SignedFields(chain_id=self.chain_id, contract=self.contract, run_id=self.run_id, round=self.round,
+                            client_id=client_id, payload_sha256=payload_digest(chunks), num_examples=0,
+                            epsilon_scaled=NO_DP, tag=MODEL_TAG, genesis=self.genesis)
 
     @property
     def merkle_root(self) -> bytes:
@@ -64,7 +88,10 @@ class RoundBundle:
     def to_bytes(self) -> bytes:
         updates = sorted(self.updates, key=lambda u: hashlib.sha256(u.leaf).digest())
         doc = {
-            "version": 1, "run_id": self.run_id, "round": self.round, "chain_id": self.chain_id,
+            "version": 2, "run_id": self.run_id, "round": self.round, "chain_id": self.chain_id,
+            "genesis": self.genesis.hex(), "threshold": self.threshold, "holders": self.holders,
+            "cosignatures": [{"client_id": c.client_id, "public_key": c.public_key.hex(), "signature": c.signature.hex()}
+                             for c in sorted(self.cosignatures, key=lambda c: c.client_id)],
             "contract": self.contract.hex(), "parent_model_hash": self.parent_model_hash.hex(),
             "model_hash": self.model_hash.hex(), "merkle_root": self.merkle_root.hex(),
             "epsilon_max_scaled": str(self.epsilon_max_scaled), "rejected": list(self.rejected), "failed": self.failed,
@@ -85,25 +112,28 @@ class RoundBundle:
     def from_bytes(cls, data: bytes, what: str = "bundle") -> RoundBundle:
         try:
             doc = json.loads(data)
-            contract = bytes.fromhex(doc["contract"])
+            contract, genesis = bytes.fromhex(doc["contract"]), bytes.fromhex(doc["genesis"])
+            parent = bytes.fromhex(doc["parent_model_hash"])
             updates = tuple(
                 SignedUpdate(
                     SignedFields(chain_id=int(doc["chain_id"]), contract=contract, run_id=str(doc["run_id"]),
                                  round=int(doc["round"]), client_id=str(u["client_id"]),
                                  payload_sha256=bytes.fromhex(u["payload_sha256"]),
                                  num_examples=int(u["num_examples"]), epsilon_scaled=int(u["epsilon_scaled"]),
-                                 tag=UPDATE_TAG),
+                                 tag=UPDATE_TAG, genesis=genesis, parent_model_hash=parent),
                     bytes.fromhex(u["public_key"]), bytes.fromhex(u["signature"]),
                 )
                 for u in doc["updates"]
             )
-            bundle = cls(str(doc["run_id"]), int(doc["round"]), int(doc["chain_id"]), contract,
-                         bytes.fromhex(doc["parent_model_hash"]), bytes.fromhex(doc["model_hash"]), updates,
-                         tuple(str(r) for r in doc["rejected"]), str(doc["failed"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            cosignatures = tuple(Cosignature(str(c["client_id"]), bytes.fromhex(c["public_key"]),
+                                             bytes.fromhex(c["signature"])) for c in doc["cosignatures"])
+            bundle = cls(str(doc["run_id"]), int(doc["round"]), int(doc["chain_id"]), contract, parent,
+                         bytes.fromhex(doc["model_hash"]), updates, tuple(str(r) for r in doc["rejected"]),
+                         str(doc["failed"]), genesis, int(doc["threshold"]), int(doc["holders"]), cosignatures)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise BundleError(f"{what}: not a fedproof round bundle ({exc})") from exc
-        if doc.get("version") != 1 or bundle.to_bytes() != bytes(data):
-            raise BundleError(f"{what}: not in canonical form (altered, or not version 1)")
+        if doc.get("version") != 2 or bundle.to_bytes() != bytes(data):
+            raise BundleError(f"{what}: not in canonical form (altered, or not version 2)")
         return bundle
 
     @property

@@ -41,6 +41,7 @@ DEPLOY_GAS = 1_500_000
 REGISTER_GAS = 120_000
 REVOKE_GAS = 80_000
 RECORD_ROUND_GAS = 300_000
+START_RUN_GAS = 80_000
 DEPLOYMENT_BASE_GAS = 80_000
 DEPLOYMENT_GAS_PER_TARGET_BYTE = 100  # calldata (16/byte) + memory + event data (8/byte), rounded far up
 MAX_TARGET_BYTES = 1024
@@ -223,6 +224,8 @@ _ERROR_CLASSES: dict[str, type[errors.ContractRevert]] = {
         errors.ParentMismatch,
         errors.UnknownModelOnChain,
         errors.ZeroHashRejected,
+        errors.RunNotStarted,
+        errors.RunAlreadyStarted,
     )
 }
 
@@ -263,6 +266,7 @@ class LedgerContract:
         self._url = _endpoint(w3)
         with self._node():
             self.chain_id: int = int(w3.eth.chain_id)
+            self.genesis: bytes = bytes(w3.eth.get_block(0)["hash"])
             self.sender: str = Web3.to_checksum_address(sender or _first_account(w3, self._url))
         self._contract = w3.eth.contract(address=self.address, abi=self.artifact.abi_list)
         self._errors = _error_specs(self.artifact.abi)
@@ -348,6 +352,23 @@ class LedgerContract:
     def revoke_client(self, client_id: bytes) -> Receipt:
         """Revoke a registered client; its key stays on chain so its earlier updates stay checkable."""
         return self._transact("revokeClient", [_hash32("client_id", client_id)], REVOKE_GAS)
+
+    def start_run(self, run_id: bytes, initial_model_hash: bytes) -> Receipt:
+        """Register the model a run starts from (once, before its first round)."""
+        return self._transact("startRun", [_hash32("run_id", run_id), _hash32("initial_model_hash", initial_model_hash)],
+                              START_RUN_GAS)
+
+    def initial_model(self, run_id: bytes) -> bytes | None:
+        """The run's registered initial model (current state), or None if it was never started."""
+        value = bytes(self._view("initialModel", _hash32("run_id", run_id)))
+        return None if value == bytes(32) else value
+
+    def run_starts(self, *, run_id: bytes | None = None, initial_model_hash: bytes | None = None,
+                   from_block: int = 0) -> list[tuple[bytes, bytes, int]]:
+        """``RunStarted`` logs as (run id, initial model hash, block number), in chain order."""
+        topics = [_topic(run_id, "run_id"), _topic(initial_model_hash, "initial_model_hash")]
+        return [(bytes(args["runId"]), bytes(args["initialModelHash"]), int(log["blockNumber"]))
+                for log, args in self._logs("RunStarted", topics, from_block)]
 
     def record_round(self, record: RoundRecord) -> Receipt:
         """Record one finished round; the contract enforces the order of rounds and the parent link."""

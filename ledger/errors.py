@@ -45,6 +45,13 @@ class ReplayedUpdate(UpdateVerificationError):
     reason = "replayed"
 
 
+class WrongParent(UpdateVerificationError):
+    """The update was trained from another model than the round's parent (the server sent clients different
+    models, or the update belongs to another round)."""
+
+    reason = "wrong-parent"
+
+
 class DuplicateUpdate(UpdateVerificationError):
     """A second update from the same client in one round."""
 
@@ -129,6 +136,18 @@ class ParentMismatch(ContractRevert):
     """The round's parent model hash is not the model hash recorded for the previous round."""
 
     error = "ParentMismatch"
+
+
+class RunNotStarted(ContractRevert):
+    """A round of a run whose initial model was never registered (``startRun``)."""
+
+    error = "RunNotStarted"
+
+
+class RunAlreadyStarted(ContractRevert):
+    """``startRun`` for a run that already has an initial model."""
+
+    error = "RunAlreadyStarted"
 
 
 class UnknownModelOnChain(ContractRevert):

@@ -3,18 +3,22 @@
 Clients sign with Ed25519 (pyca/cryptography). What they sign is a fixed binary layout, never JSON, so there is
 exactly one byte string per update (all integers big-endian, strings UTF-8 with a u16 length prefix)::
 
-    "fedproof/update/v1" 0x00
+    "fedproof/update/v2" 0x00
     chain id            u64     \\
-    contract address    20 B     |  where the round is recorded: a signature cannot be replayed on another
-    run id              str      |  chain, contract or run ...
+    genesis block hash  32 B     |  where the round is recorded: a signature cannot be replayed on another
+    contract address    20 B     |  chain (every fresh anvil has chain id 31337 and the same first contract
+    run id              str      |  address, but its own genesis hash), contract or run ...
     round               u64     /   ... or in another round
     client id           str
     payload SHA-256     32 B        of the exact bytes sent (ciphertexts, or plaintext arrays), see payload_digest
     example count       u64
     epsilon spent       u64         ceil(epsilon * 1e6); 2^64 - 1 when the client trains without DP
+    parent model hash   32 B        SHA-256 of the model file the client trained from (model_file_bytes)
 
-A committee member's decryption is signed the same way under the tag ``fedproof/decrypt/v1`` (the payload
-being the decrypted sum and the example count 0).
+Every other statement (a committee member's decryption, a key-ceremony step, a partial decryption, a model
+co-signature) is signed the same way under its own tag, with the example count 0 and its payload digest over
+what it vouches for. A model co-signature (``fedproof/model/v1``) covers :func:`model_statement_chunks`: the
+parent and new model hashes, the Merkle root and count of the round's leaves, and the key's threshold t of n.
 """
 
 from __future__ import annotations
@@ -22,19 +26,25 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from safetensors.numpy import save as safetensors_bytes
+
 from ledger.errors import BadSignature, KeyFileError
 
-UPDATE_TAG, DECRYPT_TAG = b"fedproof/update/v1", b"fedproof/decrypt/v1"
-KEYGEN_TAG, PARTIAL_TAG = b"fedproof/keygen/v1", b"fedproof/partial-decryption/v1"
+UPDATE_TAG, DECRYPT_TAG = b"fedproof/update/v2", b"fedproof/decrypt/v2"
+KEYGEN_TAG, PARTIAL_TAG = b"fedproof/keygen/v2", b"fedproof/partial-decryption/v2"
 """Threshold HE: a key-ceremony step (``round`` is the step, 1..3) and a partial decryption of a round's sum."""
+MODEL_TAG = b"fedproof/model/v1"
+"""A client's co-signature of a round's new model: it fused the partial decryptions itself and got this hash."""
+ZERO_HASH = bytes(32)
 PAYLOAD_DOMAIN = b"fedproof/payload/v1\x00"
 NO_DP = 2**64 - 1
 EPSILON_SCALE = 1_000_000
@@ -95,11 +105,17 @@ class SignedFields:
     num_examples: int
     epsilon_scaled: int = NO_DP
     tag: bytes = UPDATE_TAG
+    genesis: bytes = ZERO_HASH
+    """The chain's genesis block hash (zeros without a ledger)."""
+    parent_model_hash: bytes = ZERO_HASH
+    """An update: the model it was trained from. Other statements: zeros."""
 
     def __post_init__(self) -> None:
         if len(self.contract) != 20 or len(self.payload_sha256) != 32:
             raise ValueError("contract must be 20 bytes and payload_sha256 32 bytes")
-        if self.tag not in (UPDATE_TAG, DECRYPT_TAG, KEYGEN_TAG, PARTIAL_TAG):
+        if len(self.genesis) != 32 or len(self.parent_model_hash) != 32:
+            raise ValueError("genesis and parent_model_hash must be 32 bytes")
+        if self.tag not in (UPDATE_TAG, DECRYPT_TAG, KEYGEN_TAG, PARTIAL_TAG, MODEL_TAG):
             raise ValueError(f"unknown signing tag {self.tag!r}")
 
     def canonical_bytes(self) -> bytes:
@@ -107,14 +123,36 @@ class SignedFields:
             [
                 self.tag + b"\x00",
                 struct.pack(">Q", self.chain_id),
+                self.genesis,
                 self.contract,
                 _str(self.run_id),
                 struct.pack(">Q", self.round),
                 _str(self.client_id),
                 self.payload_sha256,
                 struct.pack(">QQ", self.num_examples, self.epsilon_scaled),
+                self.parent_model_hash,
             ]
         )
+
+
+def model_file_bytes(tensors: Mapping[str, np.ndarray], run_id: str) -> bytes:
+    """A model as the lineage stores and hashes it: safetensors (no pickle), the run id as metadata. One byte
+    string per model, so a client computes the hash of the model it was sent, and of the model a round should
+    produce, exactly as the server writes the file."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    # one metadata key only: safetensors keeps metadata in a Rust HashMap, so two keys come out in either order
+    return safetensors_bytes(arrays, metadata={"fedproof/model/v1 run_id": run_id})
+
+
+def model_hash(tensors: Mapping[str, np.ndarray], run_id: str) -> bytes:
+    return hashlib.sha256(model_file_bytes(tensors, run_id)).digest()
+
+
+def model_statement_chunks(parent: bytes, model: bytes, merkle_root: bytes, leaves: int, threshold: int,
+                           holders: int) -> list[bytes]:
+    """What a model co-signature vouches for: this round turned ``parent`` into ``model`` from exactly the
+    ``leaves`` signed updates under ``merkle_root``, decrypted by a ``threshold``-of-``holders`` key."""
+    return [b"model", parent, model, merkle_root, struct.pack(">QQQ", leaves, threshold, holders)]
 
 
 def leaf_bytes(fields: SignedFields, public_key: bytes, signature: bytes) -> bytes:

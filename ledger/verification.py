@@ -2,8 +2,8 @@
 
 :class:`UpdateVerifier` checks, in this order, and raises the first failure as a typed error (and counts it by
 reason): the sender is on the allow-list and not revoked; the signature is valid over the fields as sent
-(:class:`BadSignature`: forged or altered); those fields name this chain, contract, run and round
-(:class:`ReplayedUpdate`); the payload hashes to the signed digest (:class:`PayloadMismatch`); and it is the
+(:class:`BadSignature`: forged or altered); those fields name this chain (id and genesis block), contract, run
+and round (:class:`ReplayedUpdate`) and the round's parent model (:class:`WrongParent`); the payload hashes to the signed digest (:class:`PayloadMismatch`); and it is the
 client's first update of the round (:class:`DuplicateUpdate`).
 """
 
@@ -23,8 +23,9 @@ from ledger.errors import (
     RevokedClient,
     UnknownClient,
     UpdateVerificationError,
+    WrongParent,
 )
-from ledger.signing import SignedFields, verify_signature
+from ledger.signing import ZERO_HASH, SignedFields, verify_signature
 
 _MAX_ALLOWLIST = 4 << 20
 
@@ -80,28 +81,47 @@ class AllowList:
         return cls(keys, revoked, weights)
 
 
+@dataclass(frozen=True)
+class Domain:
+    """Where a signed statement belongs: a chain (its id and genesis block hash), a contract and a run."""
+
+    chain_id: int
+    contract: bytes
+    run_id: str
+    genesis: bytes = ZERO_HASH
+
+    def holds(self, fields: SignedFields) -> bool:
+        return (fields.chain_id, fields.genesis, fields.contract, fields.run_id) == (
+            self.chain_id, self.genesis, self.contract, self.run_id)
+
+
 class UpdateVerifier:
     """Verifies the signed updates of one run, round by round."""
 
-    def __init__(self, allow: AllowList, chain_id: int, contract: bytes, run_id: str) -> None:
-        self.allow, self.chain_id, self.contract, self.run_id = allow, chain_id, contract, run_id
+    def __init__(self, allow: AllowList, domain: Domain) -> None:
+        self.allow, self.domain = allow, domain
         self.rejected: Counter[str] = Counter()
         self._round, self._seen = 0, set()
 
-    def verify(self, fields: SignedFields, signature: bytes, payload_sha256: bytes, server_round: int) -> bytes:
-        """Check one update of ``server_round``; return the signer's public key, or raise (and count) why not."""
+    def verify(self, fields: SignedFields, signature: bytes, payload_sha256: bytes, server_round: int,
+               parent_model_hash: bytes = ZERO_HASH) -> bytes:
+        """Check one update of ``server_round``, trained from ``parent_model_hash``; return the signer's public
+        key, or raise (and count) why not."""
         if server_round != self._round:
             self._round, self._seen = server_round, set()
         try:
             key = self.allow.key_for(fields.client_id)
             verify_signature(key, fields, signature)
-            expected = (self.chain_id, self.contract, self.run_id, server_round)
-            if (fields.chain_id, fields.contract, fields.run_id, fields.round) != expected:
+            d = self.domain
+            if not d.holds(fields) or fields.round != server_round:
                 raise ReplayedUpdate(
                     f"client {fields.client_id}: update signed for chain {fields.chain_id}, run "
-                    f"{fields.run_id!r}, round {fields.round}; this is chain {self.chain_id}, run "
-                    f"{self.run_id!r}, round {server_round} (or another contract)"
+                    f"{fields.run_id!r}, round {fields.round}; this is chain {d.chain_id}, run "
+                    f"{d.run_id!r}, round {server_round} (or another contract or genesis block)"
                 )
+            if fields.parent_model_hash != parent_model_hash:
+                raise WrongParent(f"client {fields.client_id}: update trained from model "
+                                  f"{fields.parent_model_hash.hex()[:16]}…, not this round's parent")
             if fields.payload_sha256 != payload_sha256:
                 raise PayloadMismatch(f"client {fields.client_id}: payload does not hash to the signed SHA-256")
             if fields.client_id in self._seen:
@@ -113,15 +133,6 @@ class UpdateVerifier:
         return key
 
 
-@dataclass(frozen=True)
-class Domain:
-    """Where a signed statement belongs: a chain, a contract and a run (what every signature binds)."""
-
-    chain_id: int
-    contract: bytes
-    run_id: str
-
-
 def verify_statement(allow: AllowList, domain: Domain, fields: SignedFields, signature: bytes, *, tag: bytes,
                      round: int, client_id: str, payload_sha256: bytes) -> bytes:
     """Check a signed statement other than an update (a key-ceremony step, a partial decryption): signed by
@@ -131,8 +142,7 @@ def verify_statement(allow: AllowList, domain: Domain, fields: SignedFields, sig
         raise BadSignature(f"a statement signed as {fields.client_id!r} under another tag; expected {client_id!r}")
     key = allow.key_for(client_id)
     verify_signature(key, fields, signature)
-    if (fields.chain_id, fields.contract, fields.run_id, fields.round) != (domain.chain_id, domain.contract,
-                                                                           domain.run_id, round):
+    if not domain.holds(fields) or fields.round != round:
         raise ReplayedUpdate(f"client {client_id}: statement signed for another chain, contract, run or step")
     if fields.payload_sha256 != payload_sha256:
         raise PayloadMismatch(f"client {client_id}: the statement's payload is not the one signed")

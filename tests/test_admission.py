@@ -18,9 +18,12 @@ from fedproof.protocol import SIGNED_KEY
 from fedproof.weights import flatten
 from fl_server.admission import Admission
 from fl_server.round import RoundPlan, RoundResult, run_round
-from ledger.verification import AllowList, UpdateVerifier
+from ledger.verification import Domain, AllowList, UpdateVerifier
 
 CONTRACT = "0x" + "ab" * 20
+
+
+PARENT = ArrayRecord({"w": Array(np.zeros((4, 5), np.float32))})
 
 
 @pytest.fixture(autouse=True)
@@ -42,19 +45,19 @@ def config(keys, **changes) -> RunConfig:
 def update(client: str, value: float, keys, server_round: int = 1, **changes) -> RecordDict:
     """A client's signed plaintext reply; ``changes`` alter the config it signs under (replays)."""
     arrays = ArrayRecord({"w": Array(np.full((4, 5), value, np.float32))})
-    return signed_reply(config(keys, **changes), client, arrays, 10 * (1 + len(client)), server_round)
+    return signed_reply(config(keys, **changes), PARENT, client, arrays, 10 * (1 + len(client)), server_round)
 
 
 def run(keys, replies: list) -> RoundResult:
     """One round over nodes 1..n, node i answering ``replies[i-1]``; evaluation off."""
     allow = AllowList.load(keys.allowlist).revoke("stranger")
     plan = RoundPlan(
-        settings={}, fraction_train=1.0, fraction_evaluate=0.0, seed=1, timeout=5,
-        admission=Admission(UpdateVerifier(allow, 31337, bytes.fromhex("ab" * 20), "run-a")),
+        settings={"run-id": "run-a"}, fraction_train=1.0, fraction_evaluate=0.0, seed=1, timeout=5,
+        admission=Admission(UpdateVerifier(allow, Domain(31337, bytes.fromhex("ab" * 20), "run-a"))),
         evaluate=lambda arrays: (0.0, 0.0), max_abs_delta=4.0,
     )
     grid = FakeGrid(list(range(1, len(replies) + 1)), train=lambda node, msg: replies[node - 1])
-    return run_round(grid, plan, 1, ArrayRecord({"w": Array(np.zeros((4, 5), np.float32))}))
+    return run_round(grid, plan, 1, PARENT)
 
 
 def rejected(result: RoundResult) -> list[str]:
@@ -143,11 +146,11 @@ def test_a_client_that_crashes_or_never_answers_does_not_fail_the_round_and_is_n
 
 def test_a_claimed_weight_above_the_registered_one_is_refused_at_the_gate(keys) -> None:
     allow = AllowList.load(keys.allowlist).with_weights({"0": 20, "1": 25})
-    plan = RoundPlan(settings={}, fraction_train=1.0, fraction_evaluate=0.0, seed=1, timeout=5,
-                     admission=Admission(UpdateVerifier(allow, 31337, bytes.fromhex("ab" * 20), "run-a")),
+    plan = RoundPlan(settings={"run-id": "run-a"}, fraction_train=1.0, fraction_evaluate=0.0, seed=1, timeout=5,
+                     admission=Admission(UpdateVerifier(allow, Domain(31337, bytes.fromhex("ab" * 20), "run-a"))),
                      evaluate=lambda arrays: (0.0, 0.0), max_abs_delta=4.0)
     honest, within = update("0", 1.0, keys), update("1", 3.0, keys)  # signed counts: 20 (<= 20) and 20 (<= 25)
-    boosted = signed_reply(config(keys), "0", ArrayRecord({"w": Array(np.full((4, 5), 3.0, np.float32))}), 21)
+    boosted = signed_reply(config(keys), PARENT, "0", ArrayRecord({"w": Array(np.full((4, 5), 3.0, np.float32))}), 21)
     replies = [honest, within, boosted]
     grid = FakeGrid([1, 2, 3], train=lambda node, msg: replies[node - 1])
     result = run_round(grid, plan, 1, ArrayRecord({"w": Array(np.zeros((4, 5), np.float32))}))

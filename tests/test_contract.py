@@ -46,6 +46,7 @@ def record(run: str, r: int, parent: bytes, model: bytes, *, n: int = 10, eps: i
 def record_chain(ledger: LedgerContract, run: str, rounds: int, *, n: int = 10) -> list[RoundRecord]:
     """Record rounds 1..rounds of a run with a correct parent chain (model of round r is h(run/model/r))."""
     out, parent = [], h(f"{run}/init")
+    ledger.start_run(h(run), parent)
     for r in range(1, rounds + 1):
         rec = record(run, r, parent, h(f"{run}/model/{r}"), n=n)
         ledger.record_round(rec)
@@ -205,6 +206,19 @@ def test_record_round_enforces_order_and_lineage(ledger: LedgerContract):
     assert ledger.latest_round(run) == 3
 
 
+def test_a_run_starts_once_from_a_registered_model(ledger: LedgerContract):
+    with pytest.raises(errors.RunNotStarted):  # no lineage may begin at an arbitrary parent
+        ledger.record_round(record("fresh", 1, h("anything"), h("fresh/model/1")))
+    ledger.start_run(h("fresh"), h("fresh/init"))
+    with pytest.raises(errors.RunAlreadyStarted):
+        ledger.start_run(h("fresh"), h("another/init"))
+    with pytest.raises(errors.ParentMismatch):
+        ledger.record_round(record("fresh", 1, h("anything"), h("fresh/model/1")))
+    ledger.record_round(record("fresh", 1, h("fresh/init"), h("fresh/model/1")))
+    assert ledger.initial_model(h("fresh")) == h("fresh/init") and ledger.initial_model(h("never")) is None
+    assert ledger.run_starts(run_id=h("fresh"))[0][:2] == (h("fresh"), h("fresh/init"))
+
+
 def test_runs_are_independent(ledger: LedgerContract):
     record_chain(ledger, "a", 2)
     record_chain(ledger, "b", 1)  # run b starts at round 1 although run a is at round 2
@@ -235,6 +249,7 @@ def test_record_round_gas_does_not_depend_on_participants(ledger: LedgerContract
     """Only the Merkle root of the updates is stored, so 10 or 100 participants cost the same."""
 
     def gas_for(run: str, n: int) -> tuple[int, int]:
+        ledger.start_run(h(run), h(f"{run}/init"))
         first = ledger.record_round(record(run, 1, h(f"{run}/init"), h(f"{run}/m1"), n=n)).gas_used
         steady = ledger.record_round(record(run, 2, h(f"{run}/m1"), h(f"{run}/m2"), n=n)).gas_used
         return first, steady

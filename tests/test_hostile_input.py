@@ -23,7 +23,7 @@ from fedproof.protocol import CIPHERTEXT_STYPE, CIPHERTEXTS_KEY, HEADER_KEY, SIG
 from ledger.bundle import BundleError, RoundBundle
 from ledger.errors import KeyFileError, UpdateVerificationError
 from ledger.signing import SignedFields, SigningKey, payload_digest
-from ledger.verification import AllowList, UpdateVerifier
+from ledger.verification import Domain, AllowList, UpdateVerifier
 from privacy.errors import CiphertextError, ContextError
 from privacy.he import HEParams, PublicContext, SecretContext
 from privacy.threshold import ThresholdParams, ciphertext_polys
@@ -160,7 +160,7 @@ def test_signature_records_are_refused_with_typed_errors(record) -> None:
         content[SIGNED_KEY] = ConfigRecord(record)
     except (TypeError, ValueError):
         return
-    verifier = UpdateVerifier(ALLOW, 1, bytes(20), "r")
+    verifier = UpdateVerifier(ALLOW, Domain(1, bytes(20), "r"))
     with pytest.raises((UpdateRejected, UpdateVerificationError)):
         envelope = SignedEnvelope.take(content)
         verifier.verify(envelope.fields, envelope.signature, payload_digest([b"x"]), 1)
@@ -170,7 +170,7 @@ def test_signature_records_are_refused_with_typed_errors(record) -> None:
 @given(st.data())
 def test_forged_signatures_never_verify(data) -> None:
     signature = data.draw(mutated(KEY.sign(FIELDS)))
-    verifier = UpdateVerifier(ALLOW, 1, bytes(20), "r")
+    verifier = UpdateVerifier(ALLOW, Domain(1, bytes(20), "r"))
     if signature == KEY.sign(FIELDS):
         return
     with pytest.raises(UpdateVerificationError):

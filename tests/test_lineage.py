@@ -1,4 +1,6 @@
-"""Lineage records and audits on an in-process chain (eth-tester): what verify accepts and what it refuses."""
+"""Lineage records and audits on an in-process chain (eth-tester): what verify accepts and what it refuses, with
+the server as the forger (a made-up model, a round of no updates, a history rewritten after evm_revert, a lineage
+spliced into another run, leaves from another devnet)."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ from flwr.app import Array, ArrayRecord
 
 from fedproof.config import RunConfig
 from fl_server.lineage import Lineage, register_clients
-from rounds import round_result
+from rounds import endorse, round_result
 from ledger.audit import AuditFailure, ModelNotRecorded, lineage, verify_model
 from ledger.bundle import RoundBundle, SignedUpdate
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.errors import LedgerUnavailable
+from fedproof.weights import hash_model
 from ledger.signing import SignedFields, SigningKey, client_id_hash, payload_digest, run_id_hash, scale_epsilon
 from ledger.verification import AllowList
 
@@ -33,21 +36,41 @@ def model(value: float) -> ArrayRecord:
     return ArrayRecord({"w": Array(np.full((3, 3), value, np.float32))})
 
 
-def admitted(contract: LedgerContract, run_id: str, rnd: int, client: str) -> SignedUpdate:
+def config_for(contract: LedgerContract, run_id: str, genesis: bytes | None = None) -> RunConfig:
+    return RunConfig(run_id=run_id, chain_id=contract.chain_id, ledger_contract=contract.address,
+                     chain_genesis="0x" + (genesis or contract.genesis).hex())
+
+
+def admitted(contract: LedgerContract, run_id: str, rnd: int, client: str, parent: ArrayRecord | None = None,
+             genesis: bytes | None = None) -> SignedUpdate:
+    """``client``'s signed leaf for round ``rnd``, trained from ``parent`` (default: model(rnd - 1))."""
+    parent = model(rnd - 1) if parent is None else parent
     fields = SignedFields(chain_id=contract.chain_id, contract=bytes.fromhex(contract.address[2:]), run_id=run_id,
                           round=rnd, client_id=client, payload_sha256=payload_digest([f"{client}{rnd}".encode()]),
-                          num_examples=100, epsilon_scaled=scale_epsilon(0.5 * rnd))
+                          num_examples=100, epsilon_scaled=scale_epsilon(0.5 * rnd),
+                          genesis=genesis or contract.genesis, parent_model_hash=hash_model(parent, run_id))
     return SignedUpdate(fields, KEYS[client].public_key, KEYS[client].sign(fields))
+
+
+def record_round(lin: Lineage, rnd: int, parent: ArrayRecord, new: ArrayRecord | None, clients=("a", "b"),
+                 signers=("a", "b"), genesis: bytes | None = None) -> None:
+    """Round ``rnd``: ``clients``' leaves, the model co-signed (2 of 2) by ``signers``, as honest devices do."""
+    leaves = [admitted(lin.contract, lin.config.run_id, rnd, c, parent, genesis) for c in clients]
+    endorsement = endorse(lin.config, rnd, parent, new, leaves, {c: KEYS[c] for c in signers}, 2, 2) if new else None
+    lin.record(round_result(rnd, parent, new, leaves, endorsement=endorsement))
 
 
 def run(tmp_path: Path, contract: LedgerContract, rounds: int = 3, run_id: str = "r1",
         clients: tuple[str, ...] = ("a", "b")) -> Lineage:
-    config = RunConfig(run_id=run_id, chain_id=contract.chain_id, ledger_contract=contract.address)
-    lin = Lineage(tmp_path / run_id, config, contract, model(0.0))
+    lin = Lineage(tmp_path / run_id, config_for(contract, run_id), contract, model(0.0))
     for rnd in range(1, rounds + 1):
-        lin.record(round_result(rnd, model(rnd - 1), model(rnd), [admitted(contract, run_id, rnd, c) for c in clients]))
+        record_round(lin, rnd, model(rnd - 1), model(rnd), clients)
     lin.final_model(tmp_path / run_id / "model.safetensors")
     return lin
+
+
+def verify(chain: LedgerContract, tmp_path: Path, source, run_id: str = "r1"):
+    return verify_model(chain, source, [tmp_path / run_id / "ledger"])
 
 
 def test_lineage_walks_back_to_the_initial_model_and_verify_passes(tmp_path: Path, chain) -> None:
@@ -70,11 +93,32 @@ def test_a_model_never_recorded_fails(tmp_path: Path, chain) -> None:
         verify_model(chain, other, [tmp_path / "r1" / "ledger"])
 
 
+def forge(tmp_path: Path, chain: LedgerContract, honest: RoundBundle, **changes) -> bytes:
+    """The server's move: write a bundle of its own beside the honest ones and record it; returns its model hash."""
+    forged = dataclasses.replace(honest, **changes)
+    forged = dataclasses.replace(forged, updates=tuple(  # the leaves as an auditor reads them: the bundle's own fields
+        dataclasses.replace(u, fields=dataclasses.replace(u.fields, run_id=forged.run_id, round=forged.round,
+                                                          parent_model_hash=forged.parent_model_hash))
+        for u in forged.updates))
+    (tmp_path / forged.run_id / "ledger").mkdir(parents=True, exist_ok=True)
+    (tmp_path / forged.run_id / "ledger" / f"forged-{forged.round}.json").write_bytes(forged.to_bytes())
+    chain.record_round(RoundRecord(run_id_hash(forged.run_id), forged.round, forged.parent_model_hash,
+                                   forged.model_hash, forged.merkle_root, len(forged.updates),
+                                   forged.epsilon_max_scaled, forged.sha256))
+    return forged.model_hash
+
+
+def bundle_of(tmp_path: Path, rnd: int, run_id: str = "r1") -> RoundBundle:
+    return RoundBundle.from_bytes((tmp_path / run_id / "ledger" / f"round-{rnd}.json").read_bytes())
+
+
 def test_a_bundle_that_does_not_match_its_root_fails(tmp_path: Path, chain) -> None:
     """The server records a root, but its bundle holds other leaves (a swapped update): verify names it."""
     lin = run(tmp_path, chain, rounds=1)
-    honest = RoundBundle.from_bytes((tmp_path / "r1" / "ledger" / "round-1.json").read_bytes())
-    moved = tuple(dataclasses.replace(u, fields=dataclasses.replace(u.fields, round=2)) for u in honest.updates)
+    honest = bundle_of(tmp_path, 1)
+    moved = tuple(dataclasses.replace(u, fields=dataclasses.replace(u.fields, round=2,
+                                                                    parent_model_hash=honest.model_hash))
+                  for u in honest.updates)
     swapped = dataclasses.replace(honest, round=2, parent_model_hash=honest.model_hash, model_hash=b"\x02" * 32,
                                   updates=moved)
     (tmp_path / "r1" / "ledger" / swapped.file_name).write_bytes(swapped.to_bytes())
@@ -83,6 +127,85 @@ def test_a_bundle_that_does_not_match_its_root_fails(tmp_path: Path, chain) -> N
     with pytest.raises(AuditFailure, match="round 2.*Merkle proof"):
         verify_model(chain, (b"\x02" * 32).hex(), [tmp_path / "r1" / "ledger"])
     assert lin.recorded == 1
+
+
+def test_a_fabricated_model_beside_a_genuine_leaf_fails(tmp_path: Path, chain) -> None:
+    """Round 2 records genuine signed leaves but a model the server made up: no client co-signed that hash."""
+    run(tmp_path, chain, rounds=1)
+    lin = Lineage(tmp_path / "r1", config_for(chain, "r1"), chain, None)
+    lin.resume(like=model(0.0))
+    leaves = [admitted(chain, "r1", 2, c) for c in ("a", "b")]  # clients really trained from round 1's model
+    honest = endorse(lin.config, 2, model(1), model(2), leaves, {c: KEYS[c] for c in ("a", "b")}, 2, 2)
+    lin.record(round_result(2, model(1), model(7), leaves, endorsement=honest))  # their signatures, another model
+    with pytest.raises(AuditFailure, match=r"round 2 .*co-signer a: the co-signature does not match"):
+        verify(chain, tmp_path, lin.parent.hex())
+    lin.record(round_result(3, model(7), model(8), [admitted(chain, "r1", 3, "a", model(7))]))  # and no co-signers
+    with pytest.raises(AuditFailure, match="round 2 "):
+        verify(chain, tmp_path, lin.parent.hex())
+
+
+def test_a_round_without_co_signatures_fails_unless_the_auditor_trusts_the_server(tmp_path: Path, chain) -> None:
+    lin = Lineage(tmp_path / "r1", config_for(chain, "r1"), chain, model(0.0))
+    lin.record(round_result(1, model(0), model(1), [admitted(chain, "r1", 1, "a")]))
+    with pytest.raises(AuditFailure, match="round 1 .*only the server vouches"):
+        verify(chain, tmp_path, lin.parent.hex())
+    assert verify_model(chain, lin.parent.hex(), [tmp_path / "r1" / "ledger"], trust_server=True).updates == 1
+
+
+def test_too_few_or_unregistered_co_signers_fail(tmp_path: Path, chain) -> None:
+    lin = Lineage(tmp_path / "r1", config_for(chain, "r1"), chain, model(0.0))
+    record_round(lin, 1, model(0), model(1), signers=("a",))  # 1 of the 2 the key needs
+    with pytest.raises(AuditFailure, match="round 1 .*1 client co-signature.*at least 2"):
+        verify(chain, tmp_path, lin.parent.hex())
+    lin2 = Lineage(tmp_path / "r2", config_for(chain, "r2"), chain, model(0.0))
+    record_round(lin2, 1, model(0), model(1), signers=("a", "c"))  # c was never registered
+    with pytest.raises(AuditFailure, match="co-signer c: the client was never registered"):
+        verify(chain, tmp_path, lin2.parent.hex(), "r2")
+
+
+def test_a_round_of_no_updates_that_changes_the_model_fails(tmp_path: Path, chain) -> None:
+    run(tmp_path, chain, rounds=2)
+    honest = bundle_of(tmp_path, 2)
+    fake = forge(tmp_path, chain, honest, round=3, parent_model_hash=honest.model_hash, model_hash=b"\x07" * 32,
+                 updates=(), cosignatures=())
+    with pytest.raises(AuditFailure, match="round 3 .*no updates changed the model"):
+        verify(chain, tmp_path, fake.hex())
+
+
+def test_a_history_rewritten_after_evm_revert_fails(tmp_path: Path, chain) -> None:
+    lin = Lineage(tmp_path / "r1", config_for(chain, "r1"), chain, model(0.0))
+    record_round(lin, 1, model(0), model(1))
+    snapshot = chain.w3.testing.snapshot()
+    record_round(lin, 2, model(1), model(2))
+    chain.w3.testing.revert(snapshot)  # the operator rewinds its chain and records round 2 again, its own way
+    honest = bundle_of(tmp_path, 2)
+    fake = forge(tmp_path, chain, honest, model_hash=b"\x09" * 32)  # the clients' co-signatures, another model
+    assert [e.model_hash for e in chain.round_events(run_id=run_id_hash("r1"))][-1] == fake
+    with pytest.raises(AuditFailure, match="round 2 .*co-signature does not match"):
+        verify(chain, tmp_path, fake.hex())
+
+
+def test_a_lineage_spliced_into_another_run_fails(tmp_path: Path, chain) -> None:
+    """Run "x" starts from an honest model and re-uses the honest run's signed round 2 as its own round 1."""
+    run(tmp_path, chain, rounds=2)
+    honest = bundle_of(tmp_path, 2)
+    chain.start_run(run_id_hash("x"), honest.parent_model_hash)
+    fake = forge(tmp_path, chain, honest, run_id="x", round=1, model_hash=b"\x0b" * 32)
+    with pytest.raises(AuditFailure, match="round 1 .*signature does not match"):
+        verify_model(chain, fake.hex(), [tmp_path / "x" / "ledger", tmp_path / "r1" / "ledger"])
+
+
+def test_leaves_signed_on_another_devnet_fail(tmp_path: Path, chain) -> None:
+    elsewhere = b"\x42" * 32  # another devnet: same chain id and contract address, its own genesis block
+    lin = Lineage(tmp_path / "r1", config_for(chain, "r1", genesis=elsewhere), chain, model(0.0))
+    record_round(lin, 1, model(0), model(1), genesis=elsewhere)
+    with pytest.raises(AuditFailure, match="round 1 .*bound to another chain, devnet"):
+        verify(chain, tmp_path, lin.parent.hex())
+    relabelled = dataclasses.replace(bundle_of(tmp_path, 1), genesis=chain.genesis)  # the server relabels them
+    (tmp_path / "r1" / "ledger" / "round-1.json").write_bytes(relabelled.to_bytes())
+    with pytest.raises(AuditFailure, match="round 1"):
+        verify(chain, tmp_path, lin.parent.hex())
+
 
 
 def test_an_update_from_a_client_not_registered_on_chain_fails(tmp_path: Path, chain) -> None:
@@ -133,11 +256,11 @@ def test_training_pauses_past_the_unrecorded_limit_and_resumes_when_the_ledger_i
         naps.append(seconds)
         flaky.up = True
 
-    config = RunConfig(run_id="p", chain_id=chain.chain_id, ledger_contract=chain.address, max_unrecorded_rounds=1)
+    config = dataclasses.replace(config_for(chain, "p"), max_unrecorded_rounds=1)
     lin = Lineage(tmp_path / "p", config, flaky, model(0.0), sleep=nap)
-    lin.record(round_result(1, model(0), model(1), [admitted(chain, "p", 1, "a")]))
+    record_round(lin, 1, model(0), model(1))
     assert not naps and len(lin.outbox.pending()) == 1  # one round ahead of the ledger is allowed
-    lin.record(round_result(2, model(1), model(2), [admitted(chain, "p", 2, "a")]))
+    record_round(lin, 2, model(1), model(2))
     assert len(naps) == 1 and lin.outbox.pending() == []
     assert [e.round for e in chain.round_events(run_id=run_id_hash("p"))] == [1, 2]
 

@@ -54,8 +54,7 @@ def run(config: RunConfig, train: dict, evaluate=None, fraction_evaluate: float 
     """One plaintext round over nodes 1..4; node n answers ``train[n]`` (missing: no reply)."""
     plan = RoundPlan(
         settings=config.to_mapping(), fraction_train=1.0, fraction_evaluate=fraction_evaluate, seed=3, timeout=5,
-        admission=Admission(UpdateVerifier(AllowList.load(config.key_set + "/allowlist.json"), config.chain_id,
-                                           config.contract_bytes(), config.run_id)),
+        admission=Admission(UpdateVerifier(AllowList.load(config.key_set + "/allowlist.json"), config.domain())),
         evaluate=lambda arrays: (float(np.abs(flatten(arrays)).sum()), 0.5), max_abs_delta=4.0,
     )
     grid = FakeGrid([1, 2, 3, 4], train=lambda node, msg: train.get(node),
@@ -64,7 +63,7 @@ def run(config: RunConfig, train: dict, evaluate=None, fraction_evaluate: float 
 
 
 def test_all_admitted(config: RunConfig) -> None:
-    result, grid = run(config, {n: signed_reply(config, str(n), weights(n * 0.5), 10 * n, train_loss=1.0 * n)
+    result, grid = run(config, {n: signed_reply(config, parent(), str(n), weights(n * 0.5), 10 * n, train_loss=1.0 * n)
                                 for n in (1, 2, 3, 4)})
     expected = sum(10 * n * n * 0.5 for n in (1, 2, 3, 4)) / sum(10 * n for n in (1, 2, 3, 4))
     assert result.model is not None and np.allclose(flatten(result.model), expected)
@@ -93,9 +92,9 @@ STOCK = {  # what a stock Flower quickstart ClientApp sends (no fedproof import)
 @pytest.mark.parametrize("variant", sorted(STOCK))
 def test_a_stock_flower_client_is_refused_alone_and_not_asked_to_evaluate(config: RunConfig, variant: str) -> None:
     content, code = STOCK[variant]
-    result, grid = run(config, {1: signed_reply(config, "1", weights(1.0), 10),
-                                2: signed_reply(config, "2", weights(3.0), 10), 3: content,
-                                4: signed_reply(config, "4", weights(2.0), 20)})
+    result, grid = run(config, {1: signed_reply(config, parent(), "1", weights(1.0), 10),
+                                2: signed_reply(config, parent(), "2", weights(3.0), 10), 3: content,
+                                4: signed_reply(config, parent(), "4", weights(2.0), 20)})
     assert [(r.node_id, r.phase, r.reason.value) for r in result.rejections] == [(3, "train", code)]
     assert np.allclose(flatten(result.model), 2.0) and np.all(np.isfinite(flatten(result.model)))
     assert grid.asked["evaluate"] == [1, 2, 4]
@@ -115,12 +114,12 @@ def test_a_stock_flower_client_is_refused_alone_and_not_asked_to_evaluate(config
 def test_a_signed_but_malformed_plaintext_update_is_rejected_alone(config: RunConfig, bad, code: str) -> None:
     """Under --no-he an allow-listed client signs what it sends: its signature is valid, its update is not."""
     if isinstance(bad, str):  # signed, then the update taken out
-        bad = signed_reply(config, "2", weights(1.0), 10)
+        bad = signed_reply(config, parent(), "2", weights(1.0), 10)
         del bad["arrays"]
     else:
-        bad = signed_reply(config, "2", bad, 10)
-    result, _ = run(config, {1: signed_reply(config, "1", weights(1.0), 10), 2: bad,
-                             3: signed_reply(config, "3", weights(3.0), 10), 4: signed_reply(config, "4", weights(2.0), 20)})
+        bad = signed_reply(config, parent(), "2", bad, 10)
+    result, _ = run(config, {1: signed_reply(config, parent(), "1", weights(1.0), 10), 2: bad,
+                             3: signed_reply(config, parent(), "3", weights(3.0), 10), 4: signed_reply(config, parent(), "4", weights(2.0), 20)})
     assert [(r.client_id, r.reason.value) for r in result.rejections] == [("2", code)]
     assert np.allclose(flatten(result.model), 2.0)
 
@@ -135,7 +134,7 @@ def test_all_declined_ends_the_run_with_its_reason(config: RunConfig) -> None:
 
 def test_some_declined_are_counted_not_failed(config: RunConfig) -> None:
     declined = RecordDict({"client": ClientReport("4", BUDGET_EXHAUSTED, 3.0, "spent").to_record()})
-    result, _ = run(config, {1: signed_reply(config, "1", weights(1.0), 10), 4: declined})
+    result, _ = run(config, {1: signed_reply(config, parent(), "1", weights(1.0), 10), 4: declined})
     assert not result.stop and result.metrics.budget_exhausted == 1
     assert result.metrics.epsilon_max is None  # a decline's epsilon is unsigned: never reported as spent
     assert sorted(r.reason.value for r in result.rejections) == ["no-reply", "no-reply"]
@@ -156,7 +155,7 @@ def test_evaluate_replies_pass_the_same_gate(config: RunConfig) -> None:
         3: evaluation(accuracy=float("nan")),
         4: Error(code=0, reason="ClientApp raised"),
     }
-    result, _ = run(config, {n: signed_reply(config, str(n), weights(1.0), 10) for n in (1, 2, 3, 4)},
+    result, _ = run(config, {n: signed_reply(config, parent(), str(n), weights(1.0), 10) for n in (1, 2, 3, 4)},
                     evaluate=lambda node, msg: answers[node])
     assert result.model is not None and not result.failure
     assert [(r.node_id, r.phase, r.reason.value) for r in result.rejections] == [
@@ -173,11 +172,11 @@ def test_a_reply_nobody_asked_for_is_set_aside(config: RunConfig) -> None:
             return replies + [Message(replies[0].content, reply_to=Message(RecordDict(), dst_node_id=9,
                                                                              message_type="train"))]
 
-    plan_grid = Chatty([1, 2], train=lambda node, msg: signed_reply(config, str(node), weights(1.0), 10),
+    plan_grid = Chatty([1, 2], train=lambda node, msg: signed_reply(config, parent(), str(node), weights(1.0), 10),
                        evaluate=lambda node, msg: evaluation())
-    plan = RoundPlan(settings={}, fraction_train=1.0, fraction_evaluate=1.0, seed=1, timeout=1,
+    plan = RoundPlan(settings={"run-id": config.run_id}, fraction_train=1.0, fraction_evaluate=1.0, seed=1, timeout=1,
                      admission=Admission(UpdateVerifier(AllowList.load(config.key_set + "/allowlist.json"),
-                                                        config.chain_id, config.contract_bytes(), config.run_id)),
+                                                        config.domain())),
                      evaluate=lambda arrays: (0.0, 0.0), max_abs_delta=4.0)
     result = run_round(plan_grid, plan, 1, parent())
     assert [(r.node_id, r.phase, r.reason.value) for r in result.rejections] == [
@@ -197,8 +196,8 @@ def test_sampling_is_seeded_by_run_and_round(config: RunConfig) -> None:
 
 
 def test_the_signed_epsilon_is_the_one_reported(config: RunConfig) -> None:
-    result, _ = run(config, {1: signed_reply(config, "1", weights(1.0), 10, epsilon=2.5, claimed_epsilon=0.1),
-                             2: signed_reply(config, "2", weights(1.0), 10, epsilon=1.25)})
+    result, _ = run(config, {1: signed_reply(config, parent(), "1", weights(1.0), 10, epsilon=2.5, claimed_epsilon=0.1),
+                             2: signed_reply(config, parent(), "2", weights(1.0), 10, epsilon=1.25)})
     assert result.privacy_spent == {"1": 2.5, "2": 1.25}
     assert result.metrics.epsilon_max == 2.5 and result.metrics.epsilon_mean == pytest.approx(1.875)
 
@@ -207,7 +206,7 @@ def test_a_client_that_withholds_its_metrics_is_set_aside_as_withheld(config: Ru
     from fedproof.protocol import WITHHELD
 
     withheld = RecordDict({"client": ClientReport("2", WITHHELD, reason="DP").to_record()})
-    result, _ = run(config, {n: signed_reply(config, str(n), weights(1.0), 10) for n in (1, 2)},
+    result, _ = run(config, {n: signed_reply(config, parent(), str(n), weights(1.0), 10) for n in (1, 2)},
                     evaluate=lambda node, msg: withheld if node == 2 else evaluation())
     assert [(r.node_id, r.reason.value) for r in result.rejected("evaluate")] == [(2, "withheld")]
     assert result.metrics.evaluate_clients == 1 and result.model is not None
@@ -234,7 +233,7 @@ def test_policy_refusals_are_counted_recorded_and_end_a_run_only_when_everyone_r
     from ledger.bundle import RoundBundle
 
     refusal = RecordDict({"client": ClientReport("4", POLICY_REFUSED, reason="dp-required: DP only").to_record()})
-    result, _ = run(config, {1: signed_reply(config, "1", weights(1.0), 10), 2: refusal, 3: refusal, 4: refusal})
+    result, _ = run(config, {1: signed_reply(config, parent(), "1", weights(1.0), 10), 2: refusal, 3: refusal, 4: refusal})
     assert not result.stop and result.metrics.policy_refused == 3 and result.metrics.budget_exhausted == 0
     lineage = Lineage(tmp_path, config, None, parent())
     lineage.record(result)

@@ -19,10 +19,11 @@ from fedproof.protocol import CIPHERTEXTS_KEY, SIGNED_KEY, SUM_KEY, ClientReport
 from fedproof.weights import flatten
 from fl_client.secure_update import decrypt_sum, encrypt_update
 from fl_client.signing import sign_decryption, sign_update
+from fedproof.weights import hash_model
 from fl_server.admission import Admission
 from fl_server.committee import Committee
 from fl_server.round import RoundPlan, RoundResult, run_round
-from ledger.verification import AllowList, UpdateVerifier
+from ledger.verification import Domain, AllowList, UpdateVerifier
 from privacy.errors import PlaintextRangeError
 from privacy.he import PublicContext, SecretContext
 
@@ -65,7 +66,7 @@ def reply(node: int, base: ArrayRecord, payload: EncryptedPayload | None = None,
     content = payload.put(RecordDict({"client": ClientReport(str(node)).to_record()}))
     count = COUNTS[node] if count is None else count
     content["metrics"] = MetricRecord({"num-examples": count, "train_loss": 1.0})
-    return sign_update(content, CONFIG, context(node), server_round, count, None)
+    return sign_update(content, CONFIG, context(node), server_round, count, None, hash_model(base, CONFIG.run_id))
 
 
 def honest_decryption(node: int, msg: Message) -> RecordDict:
@@ -86,7 +87,7 @@ def run(base: ArrayRecord, replies: dict[int, RecordDict], decrypt=honest_decryp
     allow = AllowList.load(KEYS.allowlist)
     plan = RoundPlan(
         settings=CONFIG.to_mapping(), fraction_train=1.0, fraction_evaluate=0.0, seed=7, timeout=5,
-        admission=Admission(UpdateVerifier(allow, CONFIG.chain_id, CONFIG.contract_bytes(), CONFIG.run_id)),
+        admission=Admission(UpdateVerifier(allow, CONFIG.domain())),
         evaluate=lambda arrays: (0.0, 0.0), max_abs_delta=4.0, he=PUBLIC,
         committee=Committee(committee, seed=7, timeout=5, params=PUBLIC.params),
     )

@@ -23,7 +23,7 @@ from ledger.errors import (
 )
 from ledger.merkle import EMPTY_ROOT, MerkleTree, verify_proof
 from ledger.signing import SignedFields, SigningKey, payload_digest, scale_epsilon
-from ledger.verification import AllowList, UpdateVerifier
+from ledger.verification import Domain, AllowList, UpdateVerifier
 
 CONTRACT = bytes(range(20))
 KEYS = {cid: SigningKey.generate() for cid in ("0", "1", "2")}
@@ -39,7 +39,7 @@ def signed(client: str = "0", round: int = 1, payload: bytes = b"ciphertext", **
 
 
 def verifier() -> UpdateVerifier:
-    return UpdateVerifier(ALLOW, 31337, CONTRACT, "run-a")
+    return UpdateVerifier(ALLOW, Domain(31337, CONTRACT, "run-a"))
 
 
 def test_a_genuine_update_passes_and_returns_the_signer_key() -> None:
@@ -79,7 +79,7 @@ def test_second_update_in_a_round_is_rejected_but_next_round_is_fine() -> None:
 
 
 def test_revoked_client_is_rejected() -> None:
-    v = UpdateVerifier(ALLOW.revoke("1"), 31337, CONTRACT, "run-a")
+    v = UpdateVerifier(ALLOW.revoke("1"), Domain(31337, CONTRACT, "run-a"))
     with pytest.raises(RevokedClient):
         v.verify(*signed(client="1"), payload_digest([b"ciphertext"]), 1)
 

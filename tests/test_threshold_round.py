@@ -16,7 +16,7 @@ from fedproof.config import RunConfig
 from fedproof.errors import UpdateRejected
 from fedproof.keys import init_key_set
 from fedproof.protocol import CONFIG_KEY, REFUSED, ClientReport, DecryptionRequest, EncryptedPayload, round_settings
-from fedproof.weights import flatten
+from fedproof.weights import hash_model, flatten
 from fl_client import threshold
 from fl_client.signing import sign_update
 from fl_server.admission import Admission
@@ -33,7 +33,7 @@ SCALE = 4000
 KEYS = init_key_set(Path(tempfile.mkdtemp(prefix="fedproof-mhe-keys-")), [str(n) for n in NODES], he=False)
 CONFIG = RunConfig(run_id="mhe-run", chain_id=31337, ledger_contract="0x" + "cd" * 20, key_set=str(KEYS.directory),
                    he_weight_scale=SCALE)
-DOMAIN = Domain(CONFIG.chain_id, CONFIG.contract_bytes(), CONFIG.run_id)
+DOMAIN = CONFIG.domain()
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +67,7 @@ class Devices:
             "query_keygen_deal": lambda node, msg: threshold.keygen_deal(msg.content, CONFIG, ctx[node]),
             "query_keygen_finish": lambda node, msg: threshold.keygen_finish(msg.content, CONFIG, ctx[node]),
             "query_decrypt_share": self.decrypt,
+            "query_cosign_model": self.cosign,
             "train": self.train,
         }
 
@@ -76,12 +77,19 @@ class Devices:
         server_round = int(msg.content[CONFIG_KEY]["server-round"])
         return threshold.decrypt_share(msg.content, CONFIG, server_round, self.contexts[node], CONFIG.min_contributors)
 
+    def cosign(self, node: int, msg: Message):
+        if node in self.absent:
+            return None
+        server_round = int(msg.content[CONFIG_KEY]["server-round"])
+        return threshold.cosign_model(msg.content, CONFIG, server_round, self.contexts[node], CONFIG.min_contributors)
+
     def train(self, node: int, msg: Message) -> RecordDict:
         server_round = int(msg.content[CONFIG_KEY]["server-round"])
         payload = threshold.encrypt_update(delta(node), COUNTS[node], SCALE, self.contexts[node])
         content = payload.put(RecordDict({"client": ClientReport(str(node)).to_record()}))
         content["metrics"] = MetricRecord({"num-examples": COUNTS[node]})
-        return sign_update(content, CONFIG, self.contexts[node], server_round, COUNTS[node], None)
+        return sign_update(content, CONFIG, self.contexts[node], server_round, COUNTS[node], None,
+                           hash_model(msg.content["arrays"], CONFIG.run_id))
 
 
 def ceremony(devices: Devices, nodes=NODES, threshold_=0):
@@ -101,7 +109,7 @@ def run(devices: Devices, key, trainers=NODES, server_round: int = 1) -> tuple[R
     allow = AllowList.load(KEYS.allowlist)
     plan = RoundPlan(
         settings=CONFIG.to_mapping(), fraction_train=1.0, fraction_evaluate=0.0, seed=3, timeout=5,
-        admission=Admission(UpdateVerifier(allow, CONFIG.chain_id, CONFIG.contract_bytes(), CONFIG.run_id)),
+        admission=Admission(UpdateVerifier(allow, DOMAIN)),
         evaluate=lambda arrays: (0.0, 0.0), max_abs_delta=4.0,
         threshold=ThresholdCommittee(key, 3, 5, allow, DOMAIN),
     )
@@ -160,8 +168,8 @@ class MaliciousServer:
         self.devices, self.round = devices, server_round
         self.replies = {}
         for node in NODES:
-            msg = Message(RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round)}), dst_node_id=node,
-                          message_type="train", group_id="x")
+            msg = Message(RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round),
+                                      "arrays": global_model()}), dst_node_id=node, message_type="train", group_id="x")
             content = devices.train(node, msg)
             self.replies[node] = (EncryptedPayload.take(content), content)
 
