@@ -184,12 +184,26 @@ def audit_round(run_id: str, server_round: Annotated[int, typer.Argument(metavar
 @audit_app.command("verify")
 def audit_verify(model: Annotated[Path, typer.Argument(help="The model file to verify.")],
                  ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None,
-                 bundles: Bundles = None, as_json: AsJson = False) -> None:
-    """Prove a model file's history: its hash on chain, every bundle, Merkle proof and signature."""
-    from ledger.audit import verify_model
+                 bundles: Bundles = None, as_json: AsJson = False,
+                 pin: Annotated[Optional[Path], typer.Option(
+                     help="A trust.json pinning the chain (genesis hash) and contract: refuse any other.")] = None,
+                 min_cosigners: Annotated[int, typer.Option(
+                     help="Fewest client co-signatures a round may carry (also at least the key's t).")] = 2,
+                 trust_server: Annotated[bool, typer.Option(
+                     help="Accept rounds no client co-signed (runs without threshold HE): the server's word.")] = False,
+                 ) -> None:
+    """Prove a model file's history: every round of its runs in order from a registered initial model, every
+    bundle, Merkle proof and update signature, and t client co-signatures of each new model."""
+    from ledger.audit import check_pinned, verify_model
 
     try:
-        report = verify_model(open_contract(ledger_url, contract, devnet_dir), model, _bundle_dirs(bundles, model))
+        chain = open_contract(ledger_url, contract, devnet_dir)
+        if pin is not None:
+            from ledger.trust import LedgerTrust
+
+            check_pinned(chain, LedgerTrust.load(pin))
+        report = verify_model(chain, model, _bundle_dirs(bundles, model), min_cosigners=min_cosigners,
+                              trust_server=trust_server)
     except (LedgerError, FedproofError) as exc:
         if as_json:
             print(json.dumps({"verified": False, "error": str(exc)}))
@@ -200,9 +214,10 @@ def audit_verify(model: Annotated[Path, typer.Argument(help="The model file to v
         print(json.dumps({"verified": True, "model_hash": report.model_hash.hex(), "rounds": len(report.rounds),
                           "updates": report.updates}))
         return
+    cosigned = sum(len(b.cosignatures) for _, b in report.rounds)
     console.print(f"[green]verified[/]: model {report.model_hash.hex()} — {len(report.rounds)} rounds, "
-                  f"{report.updates} signed updates, every bundle, Merkle proof and signature checked against the "
-                  "chain")
+                  f"{report.updates} signed updates, {cosigned} client co-signatures of the models; every bundle, "
+                  "Merkle proof and signature checked against the chain")
 
 
 @ledger_app.command("flush")

@@ -41,28 +41,79 @@ def deploy_command(
     max_drop: Annotated[float, typer.Option(help="Largest int8 accuracy loss against fp32, in points.")] = 1.0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset directory (default: search).")] = None,
     no_ledger: Annotated[bool, typer.Option("--no-ledger", help="Publish without a ledger (not verifiable).")] = False,
+    operator: Annotated[Optional[Path], typer.Option(
+        help="Operator key directory (fedproof operator init) whose deployment key signs the manifest (default: "
+             "the local devnet's simulation operator, an unencrypted key for the playground).")] = None,
+    password_file: Annotated[Optional[Path], typer.Option(help="The operator password's file (default: prompt).")] = None,
+    rollback_to: Annotated[Optional[str], typer.Option(
+        help="Instead of deploying: sign a rollback statement that lets devices go back to this deployed artifact.")] = None,
     ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None,
 ) -> None:
-    """Export a recorded global model to ONNX, quantize it to static int8, check it, publish and record it."""
+    """Export a recorded global model to ONNX, quantize it to static int8, check it, publish, record and sign it."""
+    if rollback_to:
+        from fl_server.deploy import rollback
+
+        try:
+            chain = open_contract(ledger_url, contract, devnet_dir)
+            signed = rollback(registry, deployment_key(operator, password_file, devnet_dir), chain,
+                              bytes.fromhex(rollback_to))
+        except (FedproofError, LedgerError, OSError, ValueError) as exc:
+            _fail(exc)
+        console.print(f"signed rollback statement to {rollback_to[:16]}… (sequence {signed.manifest.sequence})")
+        return
     deployment = deploy_run(_run_path(run, runs), server_round, registry, max_drop, data_dir, not no_ledger,
-                            ledger_url, contract, devnet_dir)
+                            ledger_url, contract, devnet_dir, operator, password_file)
     print_deployment(deployment)
+
+
+def deployment_key(operator: Path | None, password_file: Path | None, devnet_dir: Path | None):
+    """The operator's deployment key; without ``operator``, the local devnet's simulation operator (created once,
+    unencrypted: the playground's key, like anvil's dev accounts, and said so)."""
+    from ledger.defaults import DEFAULT_DATA_DIR
+    from ledger.manifest import DeploymentKey
+    from ledger.operator import OperatorKeys, read_password
+
+    if operator is not None:
+        return OperatorKeys(operator).deployment_key(read_password(password_file))
+    path = Path(devnet_dir or DEFAULT_DATA_DIR).expanduser() / "simulation-operator" / "deploy-key.pem"
+    if not path.is_file():
+        from fedproof.files import write_atomically
+
+        write_atomically(path, DeploymentKey.generate().to_pem(), private=True)
+        console.print(f"[yellow]note:[/] signing with the local devnet's simulation operator key {path} "
+                      "(unencrypted, for the playground; a deployment uses `--operator`)")
+    return DeploymentKey.load(path)
+
+
+def write_device_trust(chain, key, path: Path) -> None:
+    """A device's pin for this chain, contract and deployment key (what `edge pull --trust` reads)."""
+    from fedproof.files import write_atomically
+    from ledger.trust import LedgerTrust
+
+    trust = LedgerTrust(chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]), key.public_key,
+                        (chain._url,))
+    write_atomically(path, trust.to_json().encode())
 
 
 def deploy_run(run_path: Path, server_round: int | None, registry: Path, max_drop: float, data_dir: Path | None,
                ledger: bool, ledger_url: str | None = None, contract: str | None = None,
-               devnet_dir: Path | None = None):
+               devnet_dir: Path | None = None, operator: Path | None = None, password_file: Path | None = None):
     from fedproof.data import load_dataset
     from fedproof.rundir import RunDirectory
     from fl_server.deploy import DeploySettings, deploy
+    from ledger.defaults import DEFAULT_DATA_DIR
 
     try:
         config = RunDirectory(run_path).config().to_mapping()
-        chain = None
+        chain, key = None, None
         if ledger:
             chain = open_contract(ledger_url, contract, devnet_dir, config)
+            saved_dir = Path(str(config["devnet-dir"])) if config.get("devnet-dir") else None
+            where = Path(devnet_dir or saved_dir or DEFAULT_DATA_DIR).expanduser()
+            key = deployment_key(operator, password_file, where)
+            write_device_trust(chain, key, where / "trust.json")
         dataset = load_dataset(data_dir or config.get("data-dir") or None)
-        return deploy(run_path, dataset, registry, chain, server_round, DeploySettings(max_drop_pp=max_drop))
+        return deploy(run_path, dataset, registry, chain, server_round, DeploySettings(max_drop_pp=max_drop), key)
     except (FedproofError, LedgerError, OSError, KeyError, ValueError) as exc:
         _fail(exc)
 
@@ -81,17 +132,25 @@ def edge_pull(
     ref: Annotated[str, typer.Argument(help="Artifact SHA-256 (hex) or 'latest'.")],
     registry: Annotated[Path, typer.Option(help="Model registry directory.")] = DEFAULT_REGISTRY,
     install_dir: Annotated[Path, typer.Option(help="Where the device keeps its model.")] = DEFAULT_INSTALL,
-    ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None,
+    trust: Annotated[Optional[Path], typer.Option(
+        help="The device's pin (a kit's trust.json: chain, genesis, contract, operator key, RPC endpoints); "
+             "default: the local devnet's.")] = None,
+    rpc: Annotated[Optional[list[str]], typer.Option(
+        help="RPC endpoint to ask (repeatable; with two or more, all must agree). Default: the pin's.")] = None,
 ) -> None:
-    """Install a model only if its exact bytes are recorded as a deployment on the ledger."""
-    from fl_client.edge import pull
+    """Install a model only under a manifest the pinned operator key signed, recorded on the pinned chain (every
+    endpoint agreeing), with a co-signed lineage, and never an older release than the one installed."""
+    from fl_client.edge import connect, pull
+    from ledger.defaults import DEFAULT_DATA_DIR
+    from ledger.trust import LedgerTrust
 
     try:
-        installed = pull(ref, registry, install_dir.expanduser(), open_contract(ledger_url, contract, devnet_dir))
+        pin = LedgerTrust.load(trust or Path(DEFAULT_DATA_DIR).expanduser() / "trust.json")
+        installed = pull(ref, registry, install_dir.expanduser(), pin, connect(pin, rpc or ()))
     except (FedproofError, LedgerError) as exc:
         _fail(exc)
-    console.print(f"installed {installed.artifact_sha256[:16]}… (model of round {installed.run_round}, recorded in "
-                  f"block {installed.block_number}) at {installed.path}")
+    console.print(f"installed {installed.artifact_sha256[:16]}… ({installed.version}, release {installed.sequence}, "
+                  f"recorded in block {installed.block_number}) at {installed.path}")
 
 
 @edge_app.command("predict")

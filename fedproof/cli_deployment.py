@@ -64,7 +64,12 @@ def provision_command(
 @server_app.command("start")
 def server_start(
     kit: Kit = Path("kits/server"),
-    bind: Annotated[str, typer.Option(help="Address the SuperLink listens on (0.0.0.0: every interface).")] = "0.0.0.0",
+    bind: Annotated[str, typer.Option(
+        help="Public address of the Fleet API, the only API clients reach (0.0.0.0: every interface).")] = "0.0.0.0",
+    control_api_address: Annotated[str, typer.Option(
+        "--control-api-address",
+        help="HOST:PORT where the SuperLink itself (Control and Runtime APIs) listens: loopback by default "
+             "(127.0.0.1:<kit port + 1>); any other address must be reachable by the operator only.")] = "",
     ledger_url: Annotated[Optional[str], typer.Option(help="Ledger node (default: start a devnet in the kit).")] = None,
     devnet_port: Annotated[Optional[int], typer.Option(
         help="Port of the devnet the server starts (default: its directory's own, a free port chosen once).")] = None,
@@ -85,12 +90,14 @@ def server_start(
 
             devnet = Devnet(server.state / "devnet", port=devnet_port)
             ledger.update({"ledger-url": devnet.start().url, "devnet-dir": str(devnet.data_dir)})
-        SuperLink(server, bind, insecure).start()
+        SuperLink(server, bind, insecure, control_api_address).start()
         write_atomically(server.state / "ledger.json", json.dumps(ledger, indent=2).encode())
     except (FedproofError, LedgerError, OSError) as exc:
         _fail(exc)
-    console.print(f"SuperLink running (pid {SuperLink(server).running_pid()}); clients connect to "
-                  f"[bold]{server.address}[/] with: fedproof client --kit <client kit> --server {server.address}\n"
+    link = SuperLink(server, control=control_api_address)
+    console.print(f"SuperLink running (pid {link.running_pid()}) on {':'.join(map(str, link.control))} (Control and "
+                  f"Runtime APIs: operator only); clients reach the Fleet API at [bold]{server.address}[/] with: "
+                  f"fedproof client --kit <client kit> --server {server.address}\n"
                   f"ledger: {ledger['ledger-url'] or 'off'}; log: {server.state / 'superlink.log'}")
 
 

@@ -114,6 +114,8 @@ class RunConfig:
     """Rounds training may run ahead of an unreachable ledger before it pauses until the ledger is back."""
     metrics_port: int = 0
     """Serve Prometheus metrics of the federation on this port of the server (0: off)."""
+    metrics_address: str = "127.0.0.1"
+    """Address the metrics are served on: loopback unless the operator names another (a scraper's network)."""
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [

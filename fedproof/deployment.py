@@ -6,6 +6,11 @@ accepting connections; the node registrations answering), never on sleeps, and s
 
 Each server kit gets its own ``FLWR_HOME`` (``<kit>/state/flwr-home``) holding one SuperLink connection,
 ``fedproof``, with the kit's CA as root certificate, so ``flwr`` commands never touch the user's config.
+
+The control plane stays with the operator: flwr 1.41 serves its Fleet, Control and Runtime APIs on one port, so
+the SuperLink binds the control address (loopback unless the operator names another of its own addresses), and
+the public address is served by ``fl_server.fleet_gateway``, which passes the Fleet API only. A client kit's CA
+certificate opens the Fleet API and nothing else: no listing runs, registering nodes or submitting apps.
 """
 
 from __future__ import annotations
@@ -84,40 +89,69 @@ class ServerKit:
         return {"FLWR_HOME": str(self.flwr_home)}
 
 
-class SuperLink:
-    """The long-running server: Flower's SuperLink with TLS and SuperNode authentication, from a server kit."""
+def control_address(kit: ServerKit, given: str = "") -> tuple[str, int]:
+    """Where the SuperLink itself listens (Control, Runtime and Fleet APIs): ``given``, else loopback on the kit's
+    port + 1. Anything but loopback must be an address only the operator reaches."""
+    if given:
+        host, _, port = given.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"control address {given!r} is not HOST:PORT")
+        return host.strip("[]"), int(port)
+    return "127.0.0.1", kit.port + 1
 
-    def __init__(self, kit: ServerKit, bind: str = "127.0.0.1", insecure: bool = False) -> None:
+
+class SuperLink:
+    """The long-running server: Flower's SuperLink with TLS and SuperNode authentication, from a server kit, on
+    the control address; and the Fleet gateway on the public address (``bind``: the kit's port)."""
+
+    def __init__(self, kit: ServerKit, bind: str = "127.0.0.1", insecure: bool = False, control: str = "") -> None:
         self.kit, self.bind, self.insecure = kit, bind, insecure
+        self.control = control_address(kit, control)
+        if self.control[1] == kit.port and self.control[0] in (bind, "0.0.0.0", "::"):
+            raise ConfigError("the control address must differ from the public Fleet address")
         self.process = Process(kit.state / "superlink.pid", kit.state / "superlink.log",
                                marker=str(kit.state / "superlink.db"))
+        self.gateway = Process(kit.state / "gateway.pid", kit.state / "gateway.log", marker="fl_server.fleet_gateway")
 
     def command(self) -> list[str]:
         k = self.kit.path
         security = ["--insecure"] if self.insecure else [
             "--ssl-ca-certfile", str(k / "ca.crt"), "--ssl-certfile", str(k / "server.crt"),
             "--ssl-keyfile", str(k / "server.key"), "--enable-supernode-auth"]
-        return [_bin("flower-superlink"), *security, "--host", self.bind, "--port", str(self.kit.port),
+        host, port = self.control
+        return [_bin("flower-superlink"), *security, "--host", host, "--port", str(port),
                 "--database", str(self.kit.state / "superlink.db"), "--disable-runtime-dependency-installation"]
+
+    def gateway_command(self) -> list[str]:
+        k, (host, port) = self.kit.path, self.control
+        security = ["--insecure"] if self.insecure else [
+            "--certfile", str(k / "server.crt"), "--keyfile", str(k / "server.key"), "--ca-certfile", str(k / "ca.crt")]
+        upstream = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return [sys.executable, "-m", "fl_server.fleet_gateway", "--listen", f"{self.bind}:{self.kit.port}",
+                "--upstream", f"{upstream}:{port}", *security]
 
     def running_pid(self) -> int | None:
         return self.process.live_pid()
 
     def start(self, timeout: float = 60) -> None:
-        if self.running_pid() is not None:
-            return
-        self.write_connection()
-        process = self.process.spawn(self.command(), {**os.environ, **FLOWER_ENV, **self.kit.env()})
-        wait_for_port("127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind, self.kit.port, timeout,
-                      process, self.process)
-        if not self.insecure:
-            self.register_nodes()
+        env = {**os.environ, **FLOWER_ENV, **self.kit.env()}
+        if self.running_pid() is None:
+            self.write_connection()
+            process = self.process.spawn(self.command(), env)
+            wait_for_port(self.control[0], self.control[1], timeout, process, self.process)
+            if not self.insecure:
+                self.register_nodes()
+        if self.gateway.live_pid() is None:
+            process = self.gateway.spawn(self.gateway_command(), {**env, "PYTHONPATH": str(ROOT)})
+            wait_for_port("127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind, self.kit.port, timeout,
+                          process, self.gateway)
 
     def write_connection(self) -> None:
         security = "insecure = true" if self.insecure else f'root-certificates = "{self.kit.path / "ca.crt"}"'
+        host, port = self.control
         write_atomically(self.kit.flwr_home / "config.toml", (
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.kit.port}"\n{security}\n').encode())
+            f'address = "{host}:{port}"\n{security}\n').encode())
 
     def register_nodes(self) -> list[str]:
         """Register every client's node key with the SuperLink (already registered keys are left as they are)."""
@@ -133,6 +167,7 @@ class SuperLink:
         return done
 
     def stop(self) -> None:
+        self.gateway.stop()
         self.process.stop()
 
 

@@ -1,9 +1,15 @@
-"""The edge device: pull a deployed model only if the ledger vouches for it, then predict with onnxruntime alone.
+"""The edge device: pull a deployed model only if the operator signed it and the pinned ledger vouches for it and
+its lineage, then predict with onnxruntime alone.
 
-No torch anywhere on this path (a device needs numpy and onnxruntime, plus web3 to ask the ledger). A pull
-reads the artifact's bytes once, hashes them, checks that a ``DeploymentRecorded`` event holds that hash,
-and only then installs those same bytes; loading for prediction re-hashes the bytes it loads against the
-pinned hash and builds the session from them, so nothing can be swapped between check and use.
+What a device trusts is in its kit's ``trust.json`` (:class:`~ledger.trust.LedgerTrust`): the chain (id and
+genesis hash), the lineage contract, the operator's deployment-signing key and one or more RPC endpoints. A pull
+installs an artifact only when, in this order: a manifest signed by the pinned key names it, for the pinned chain
+and contract, unexpired, with a sequence number above every one installed before (a replayed or older manifest
+is a rollback: refused, unless the operator signed an explicit rollback statement naming that artifact); the
+bytes hash to it; every RPC endpoint is on the pinned chain and shows the same ``DeploymentRecorded`` event for
+it (two endpoints that disagree install nothing); and the source model's lineage verifies (every round co-signed
+by t clients, ``ledger.audit``). Loading for prediction re-hashes the installed bytes, so nothing can be swapped
+between check and use. No torch anywhere on this path.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +28,16 @@ from fedproof.data import parse_idx
 from fedproof.errors import FedproofError
 from fedproof.files import write_atomically
 from fedproof.inference import predict, session
+from ledger.audit import AuditFailure, verify_model
 from ledger.contract import LedgerContract
+from ledger.errors import LedgerError
+from ledger.manifest import DeploymentManifest, ManifestError, SignedManifest
+from ledger.trust import LedgerTrust
 
 MAX_ARTIFACT_BYTES = 256 << 20
 MAX_INPUT_BYTES = 512 << 20
 CURRENT = "current.json"
+HISTORY = "history.json"
 
 
 class ArtifactRejected(FedproofError):
@@ -39,6 +52,27 @@ class Installed:
     block_number: int
     tx_hash: str
     path: str
+    sequence: int = 0
+    version: str = ""
+
+
+@dataclass
+class History:
+    """What this device installed before: the highest manifest sequence and every artifact."""
+
+    sequence: int = 0
+    artifacts: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, install_dir: Path) -> History:
+        path = install_dir / HISTORY
+        if not path.is_file():
+            return cls()
+        try:
+            doc = json.loads(_read_limited(path, 1 << 20, "install history"))
+            return cls(int(doc["sequence"]), [str(a) for a in doc["artifacts"]])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArtifactRejected(f"{path}: not an install history ({exc}); refusing to guess what came before") from exc
 
 
 def _read_limited(path: Path, limit: int, what: str) -> bytes:
@@ -49,39 +83,105 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
     return path.read_bytes()
 
 
-def pull(ref: str, registry: Path, install_dir: Path, contract: LedgerContract) -> Installed:
-    """Install the artifact ``ref`` (its SHA-256 in hex, or ``latest``) from ``registry`` if the ledger vouches for it."""
-    if ref == "latest":
-        deployments = [e for e in contract.deployment_events() if (registry / f"{e.artifact_hash.hex()}.onnx").is_file()]
-        if not deployments:
-            raise ArtifactRejected(f"no deployment recorded on the ledger is in the registry {registry}")
-        wanted = deployments[-1].artifact_hash
-    else:
+def connect(trust: LedgerTrust, urls: Sequence[str] = ()) -> list[LedgerContract]:
+    """The pinned contract on each endpoint (``urls``, else the pin's own); each must be the pinned chain."""
+    endpoints = list(urls) or list(trust.rpc_urls)
+    if not endpoints:
+        raise ArtifactRejected("no RPC endpoint to ask: give --rpc, or list rpc_urls in trust.json")
+    out = []
+    for url in endpoints:
+        contract = LedgerContract.at(LedgerContract.connect(url), trust.contract_address)
+        if (contract.chain_id, contract.genesis) != (trust.chain_id, trust.genesis):
+            raise ArtifactRejected(f"{url} serves chain {contract.chain_id} (genesis {contract.genesis.hex()[:12]}…), "
+                                   f"not the pinned chain {trust.chain_id} (genesis {trust.genesis.hex()[:12]}…)")
+        out.append(contract)
+    return out
+
+
+def pull(ref: str, registry: Path, install_dir: Path, trust: LedgerTrust, contracts: Sequence[LedgerContract],
+         now: float | None = None) -> Installed:
+    """Install the artifact ``ref`` (its SHA-256 in hex, or ``latest``: the highest signed sequence) from
+    ``registry``, if every check in the module docstring holds; else :class:`ArtifactRejected`, nothing installed."""
+    try:
+        signed = _manifest(ref, registry, trust)
+        manifest = signed.verify(trust.deployment_key)
+    except ManifestError as exc:
+        raise ArtifactRejected(str(exc)) from exc
+    wanted = manifest.artifact_sha256
+    if (manifest.chain_id, manifest.genesis, manifest.contract) != (trust.chain_id, trust.genesis, trust.contract):
+        raise ArtifactRejected(f"the manifest of {wanted.hex()[:16]}… is for chain {manifest.chain_id} (genesis "
+                               f"{manifest.genesis.hex()[:12]}…, contract 0x{manifest.contract.hex()}), not the "
+                               "pinned one")
+    if manifest.expires < (time.time() if now is None else now):
+        raise ArtifactRejected(f"the manifest of {wanted.hex()[:16]}… expired; ask the operator for a new release")
+    history = History.load(install_dir)
+    if manifest.sequence <= history.sequence:
+        raise ArtifactRejected(f"rollback refused: manifest sequence {manifest.sequence} is not above the "
+                               f"{history.sequence} already installed (a replayed or older release)")
+    if wanted.hex() in history.artifacts and not manifest.rollback:
+        raise ArtifactRejected(f"rollback refused: {wanted.hex()[:16]}… was installed before, and its manifest is "
+                               "not a signed rollback statement")
+    data = _read_limited(registry / f"{wanted.hex()}.onnx", MAX_ARTIFACT_BYTES, "model artifact")
+    if hashlib.sha256(data).digest() != wanted:
+        raise ArtifactRejected(f"artifact {wanted.hex()[:16]}… in {registry} does not hash to its name: altered, "
+                               "refusing it")
+    record = _agreed_record(manifest, contracts)
+    try:
+        for contract in contracts:
+            verify_model(contract, manifest.source_model_sha256.hex(), [registry / "bundles"])
+    except (AuditFailure, LedgerError) as exc:
+        raise ArtifactRejected(f"the source model of {wanted.hex()[:16]}… does not verify: {exc}") from exc
+    try:
+        session(data)  # it must load before it is installed
+    except Exception as exc:  # onnxruntime raises its own, untyped, errors
+        raise ArtifactRejected(f"artifact {wanted.hex()[:16]}… does not load: {exc}") from exc
+    install_dir.mkdir(parents=True, exist_ok=True)
+    target = install_dir / f"{wanted.hex()}.onnx"
+    write_atomically(target, data)
+    installed = Installed(wanted.hex(), manifest.source_model_sha256.hex(), manifest.round, record.block_number,
+                          record.tx_hash, str(target), manifest.sequence, manifest.version)
+    history = History(manifest.sequence, history.artifacts + [wanted.hex()])
+    write_atomically(install_dir / HISTORY, (json.dumps(asdict(history), indent=2) + "\n").encode())
+    write_atomically(install_dir / CURRENT, (json.dumps(asdict(installed), indent=2) + "\n").encode())
+    return installed
+
+
+def _manifest(ref: str, registry: Path, trust: LedgerTrust) -> SignedManifest:
+    if ref != "latest":
         try:
             wanted = bytes.fromhex(ref)
         except ValueError:
             wanted = b""
         if len(wanted) != 32:
-            raise ArtifactRejected(f"{ref!r} is not an artifact hash (64 hex digits) or 'latest'")
-    data = _read_limited(registry / f"{wanted.hex()}.onnx", MAX_ARTIFACT_BYTES, "model artifact")
-    if hashlib.sha256(data).digest() != wanted:
-        raise ArtifactRejected(f"artifact {wanted.hex()[:16]}… in {registry} does not hash to its name: altered, "
-                               "refusing it")
-    records = contract.deployment_events(artifact_hash=wanted)
-    if not records:
-        raise ArtifactRejected(f"artifact {wanted.hex()} is not recorded as a deployment on the ledger: refusing it")
-    try:
-        session(data)  # it must load before it is installed
-    except Exception as exc:  # onnxruntime raises its own, untyped, errors
-        raise ArtifactRejected(f"artifact {wanted.hex()[:16]}… does not load: {exc}") from exc
-    record = records[-1]
-    install_dir.mkdir(parents=True, exist_ok=True)
-    target = install_dir / f"{wanted.hex()}.onnx"
-    write_atomically(target, data)
-    installed = Installed(wanted.hex(), record.model_hash.hex(), record.round, record.block_number, record.tx_hash,
-                          str(target))
-    write_atomically(install_dir / CURRENT, (json.dumps(asdict(installed), indent=2) + "\n").encode())
-    return installed
+            raise ManifestError(f"{ref!r} is not an artifact hash (64 hex digits) or 'latest'")
+        return SignedManifest.load(registry / f"{wanted.hex()}.manifest.json")
+    best: SignedManifest | None = None
+    for path in registry.glob("*.manifest.json"):
+        try:
+            signed = SignedManifest.load(path)
+            signed.verify(trust.deployment_key)
+        except ManifestError:
+            continue  # not the operator's: never a candidate for "latest"
+        if best is None or signed.manifest.sequence > best.manifest.sequence:
+            best = signed
+    if best is None:
+        raise ManifestError(f"no manifest in {registry} is signed by the pinned operator key")
+    return best
+
+
+def _agreed_record(manifest: DeploymentManifest, contracts: Sequence[LedgerContract]):
+    """The ``DeploymentRecorded`` event of the manifest's artifact, the same on every endpoint."""
+    seen = []
+    for contract in contracts:
+        found = [e for e in contract.deployment_events(artifact_hash=manifest.artifact_sha256)
+                 if (e.model_hash, e.round) == (manifest.source_model_sha256, manifest.round)]
+        if not found:
+            raise ArtifactRejected(f"artifact {manifest.artifact_sha256.hex()} is not recorded as a deployment of "
+                                   f"its source model on the ledger at {contract._url}: refusing it")
+        seen.append(found[-1])
+    if len({(e.tx_hash, e.block_hash) for e in seen}) != 1:
+        raise ArtifactRejected("the RPC endpoints disagree about the deployment record: refusing to install")
+    return seen[0]
 
 
 def load(install_dir: Path):

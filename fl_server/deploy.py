@@ -8,7 +8,10 @@ The exported graph takes raw ``uint8 (n, 28, 28)`` images and standardises them 
 preprocessing code that could drift from training's. Calibration uses training images (server-side data,
 never the test set); fp32 and int8 are both evaluated on the full test set, and publishing is refused when
 int8 loses more than ``max_drop_pp`` points. A published artifact is content-addressed in the registry
-(``<sha256>.onnx`` + ``<sha256>.json``) and recorded on chain against the round that produced its source model.
+(``<sha256>.onnx`` + ``<sha256>.json``), recorded on chain against the round that produced its source model, and
+shipped under a manifest signed with the operator's deployment key (``<sha256>.manifest.json``: artifact, source
+model, run, round, version, a sequence number that only grows, an expiry, the chain); the run's round bundles are
+copied into ``<registry>/bundles`` so a device can check the source model's co-signed lineage itself.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +47,7 @@ from fedproof.model import make_model
 from fedproof.rundir import RunDirectory
 from fedproof.task import PIXEL_MEAN, PIXEL_STD
 from ledger.contract import LedgerContract, Receipt
+from ledger.manifest import DeploymentKey, DeploymentManifest, SignedManifest
 from ledger.signing import run_id_hash
 
 TARGET = "onnx-int8-qdq"
@@ -167,8 +173,52 @@ def compact(data: bytes) -> bytes:
     return model.SerializeToString()
 
 
+MANIFEST_LIFETIME = 365 * 24 * 3600
+"""How long a device may install under a manifest (seconds)."""
+
+
+def manifest_path(registry: Path, artifact: bytes) -> Path:
+    return registry / f"{artifact.hex()}.manifest.json"
+
+
+def next_sequence(registry: Path) -> int:
+    """One above every manifest in the registry (and above the operator's own counter beside it)."""
+    seen = [0]
+    for path in registry.glob("*.manifest.json"):
+        try:
+            seen.append(SignedManifest.load(path).manifest.sequence)
+        except Exception:  # noqa: BLE001 - a damaged file does not stop the next release
+            continue
+    counter = registry / "sequence"
+    if counter.is_file():
+        seen.append(int(counter.read_text().strip() or 0))
+    return max(seen) + 1
+
+
+def sign_manifest(registry: Path, key: DeploymentKey, contract: LedgerContract, artifact: bytes, source: bytes,
+                  run_id: str, server_round: int, version: str, rollback: bool = False,
+                  lifetime: int = MANIFEST_LIFETIME) -> SignedManifest:
+    """Sign and write ``<artifact>.manifest.json`` with the next sequence number."""
+    sequence = next_sequence(registry)
+    manifest = DeploymentManifest(contract.chain_id, contract.genesis, bytes.fromhex(contract.address[2:]), artifact,
+                                  source, run_id, server_round, version, sequence, int(time.time()) + lifetime,
+                                  rollback)
+    signed = key.sign(manifest)
+    write_atomically(manifest_path(registry, artifact), signed.to_json().encode())
+    write_atomically(registry / "sequence", f"{sequence}\n".encode())
+    return signed
+
+
+def rollback(registry: Path, key: DeploymentKey, contract: LedgerContract, artifact: bytes) -> SignedManifest:
+    """An explicit, signed rollback statement: devices may go back to ``artifact`` (a deployed one) under it."""
+    previous = SignedManifest.load(manifest_path(registry, artifact)).verify(key.public_key)
+    return sign_manifest(registry, key, contract, artifact, previous.source_model_sha256, previous.run_id,
+                         previous.round, previous.version + "+rollback", rollback=True)
+
+
 def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerContract | None,
-           server_round: int | None = None, settings: DeploySettings | None = None) -> Deployment:
+           server_round: int | None = None, settings: DeploySettings | None = None,
+           key: DeploymentKey | None = None) -> Deployment:
     """Quantize, check and publish the model of ``server_round`` (default: the run's final model)."""
     settings = settings or DeploySettings()
     run_id = RunDirectory(run_path).config().run_id
@@ -216,5 +266,12 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
         "chain_id": contract.chain_id if contract else 0, "contract": contract.address if contract else ""}
     write_atomically(registry / f"{artifact_hash.hex()}.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n")
                   .encode())
+    if contract is not None and recorded is not None and key is not None:
+        bundles = registry / "bundles"
+        bundles.mkdir(exist_ok=True)
+        for path in sorted((run_path / "ledger").glob("round-*.json")):
+            shutil.copyfile(path, bundles / f"{run_id}-{path.name}")
+        sign_manifest(registry, key, contract, artifact_hash, digest, run_id, recorded.round,
+                      f"{run_id}/round-{recorded.round}")
     return deployment
 

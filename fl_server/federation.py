@@ -77,7 +77,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         done, model = lineage.resume(like=model)
     else:
         lineage, done = Lineage(run_dir.path, config, contract, model), 0
-    prometheus = FederationMetrics(config.metrics_port)
+    prometheus = FederationMetrics(config.metrics_port, address=config.metrics_address)
     evaluate = CentralEvaluator(dataset)
     rows = run_dir.keep_rounds(done)
     if done and not any(r.round == done for r in rows):  # crashed between recording round `done` and its row

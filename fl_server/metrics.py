@@ -13,7 +13,7 @@ from fl_server.round import RoundResult
 
 
 class FederationMetrics:
-    def __init__(self, port: int, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, port: int, registry: CollectorRegistry | None = None, address: str = "127.0.0.1") -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.rounds = Counter("fedproof_rounds", "Rounds completed", registry=r)
@@ -25,7 +25,7 @@ class FederationMetrics:
         self.epsilon = Gauge("fedproof_epsilon_max", "Largest privacy spent by a client so far", registry=r)
         self.accuracy = Gauge("fedproof_accuracy", "Test accuracy of the global model", registry=r)
         if port:
-            start_http_server(port, registry=r)
+            start_http_server(port, addr=address, registry=r)
 
     def observe(self, result: RoundResult) -> None:
         row = result.metrics

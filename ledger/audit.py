@@ -165,6 +165,15 @@ def verify_model(contract: LedgerContract, source: str | Path, bundle_dirs: Sequ
     return Verified(digest, checked)
 
 
+def check_pinned(contract: LedgerContract, trust) -> None:
+    """Refuse a node that is not on the pinned chain (id and genesis block) or a contract that is not the pinned one."""
+    if (contract.chain_id, contract.genesis) != (trust.chain_id, trust.genesis):
+        raise AuditFailure(f"the node serves chain {contract.chain_id} with genesis {contract.genesis.hex()[:16]}…; "
+                           f"the pin is chain {trust.chain_id}, genesis {trust.genesis.hex()[:16]}…")
+    if bytes.fromhex(contract.address[2:]) != trust.contract:
+        raise AuditFailure(f"contract {contract.address} is not the pinned {trust.contract_address}")
+
+
 def _first_producer(contract: LedgerContract, model: bytes) -> RecordedRound | None:
     hits = [e for e in contract.round_events(model_hash=model) if e.model_hash != e.parent_model_hash]
     return hits[0] if hits else None

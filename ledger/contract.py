@@ -259,7 +259,9 @@ class LedgerContract:
     """One deployed FedproofLedger, used from one sending account."""
 
     def __init__(self, w3: Web3, address: str, *, sender: str | None = None, artifact: Artifact | None = None):
-        """Prefer :meth:`deploy` or :meth:`at`; this constructor does not check the address holds our code."""
+        """Prefer :meth:`deploy` or :meth:`at`; this constructor does not check the address holds our code.
+        ``sender`` writes (default: the node's first unlocked account, looked up at the first write, so readers
+        such as devices and auditors need none); see :func:`use_account` for a key of one's own."""
         self.w3 = w3
         self.artifact = artifact or load_artifact()
         self.address: str = Web3.to_checksum_address(address)
@@ -267,13 +269,20 @@ class LedgerContract:
         with self._node():
             self.chain_id: int = int(w3.eth.chain_id)
             self.genesis: bytes = bytes(w3.eth.get_block(0)["hash"])
-            self.sender: str = Web3.to_checksum_address(sender or _first_account(w3, self._url))
+        self._sender = Web3.to_checksum_address(sender) if sender else None
         self._contract = w3.eth.contract(address=self.address, abi=self.artifact.abi_list)
         self._errors = _error_specs(self.artifact.abi)
         self.deploy_receipt: Receipt | None = None
 
+    @property
+    def sender(self) -> str:
+        if self._sender is None:
+            with self._node():
+                self._sender = Web3.to_checksum_address(_first_account(self.w3, self._url))
+        return self._sender
+
     def __repr__(self) -> str:
-        return f"LedgerContract(address={self.address}, chain_id={self.chain_id}, sender={self.sender})"
+        return f"LedgerContract(address={self.address}, chain_id={self.chain_id})"
 
     # ----------------------------------------------------------------------------- construction
 

@@ -1,4 +1,5 @@
-"""Deployment: export + static int8 + accuracy gate + registry + ledger; the edge pulls only what the ledger vouches for."""
+"""Deployment: export + static int8 + accuracy gate + registry + ledger + signed manifest; the edge installs only what
+the operator signed, the pinned chain records and the co-signed lineage verifies, and never an older release."""
 
 from __future__ import annotations
 
@@ -18,11 +19,31 @@ from fedproof.data import load_dataset
 from fedproof.errors import FedproofError
 from fedproof.model import make_model
 from fedproof.task import to_tensors
+import dataclasses
+
 from fl_client.edge import ArtifactRejected, classify, pull
-from fl_server.deploy import AccuracyDropTooLarge, DeployError, DeploySettings, deploy, export_onnx, quantize_int8
-from fl_server.lineage import Lineage
-from rounds import round_result
+from fl_server.deploy import (
+    AccuracyDropTooLarge,
+    DeployError,
+    DeploySettings,
+    deploy,
+    export_onnx,
+    manifest_path,
+    quantize_int8,
+    rollback,
+)
+from fl_server.lineage import Lineage, register_clients
+from rounds import endorse, round_result
+from ledger.bundle import SignedUpdate
 from ledger.contract import LedgerContract
+from ledger.manifest import DeploymentKey, SignedManifest
+from ledger.signing import SignedFields, SigningKey, payload_digest
+from ledger.trust import LedgerTrust
+from ledger.verification import AllowList
+from fedproof.weights import hash_model
+
+CLIENTS = {c: SigningKey.generate() for c in ("a", "b")}
+OPERATOR = DeploymentKey.generate()
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,26 +66,44 @@ def recorded_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A run of one recorded round whose model is a trained one, on an in-process chain."""
     data = load_dataset(synthetic_dir)
     chain = LedgerContract.deploy(LedgerContract.in_memory())
+    register_clients(chain, AllowList({c: k.public_key for c, k in CLIENTS.items()}))
     run_path = tmp_path_factory.mktemp("run") / "r"
-    config = RunConfig(run_id="r", chain_id=chain.chain_id, ledger_contract=chain.address)
+    config = RunConfig(run_id="r", chain_id=chain.chain_id, ledger_contract=chain.address,
+                       chain_genesis="0x" + chain.genesis.hex())
     run_path.mkdir()
     (run_path / "run.json").write_text(json.dumps({"config": config.to_mapping()}))
-    initial = make_model(data.num_classes)
-    lineage = Lineage(run_path, config, chain, ArrayRecord(initial.state_dict()))
-    model = trained_model(data)
-    lineage.record(round_result(1, ArrayRecord(initial.state_dict()), ArrayRecord(model.state_dict())))
+    initial, model = ArrayRecord(make_model(data.num_classes).state_dict()), trained_model(data)
+    trained = ArrayRecord(model.state_dict())
+    lineage = Lineage(run_path, config, chain, initial)
+    leaves = []
+    for client, key in CLIENTS.items():
+        fields = SignedFields(chain_id=chain.chain_id, contract=config.contract_bytes(), run_id="r", round=1,
+                              client_id=client, payload_sha256=payload_digest([client.encode()]), num_examples=50,
+                              genesis=chain.genesis, parent_model_hash=hash_model(initial, "r"))
+        leaves.append(SignedUpdate(fields, key.public_key, key.sign(fields)))
+    lineage.record(round_result(1, initial, trained, leaves, endorsement=endorse(config, 1, initial, trained, leaves,
+                                                                                  CLIENTS, 2, 2)))
     lineage.final_model(run_path / "model.safetensors")
     return run_path, data, chain, model
 
 
+def pin(chain: LedgerContract, key: DeploymentKey = OPERATOR, **changes) -> LedgerTrust:
+    trust = LedgerTrust(chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]), key.public_key)
+    return dataclasses.replace(trust, **changes)
+
+
+def install(ref: str, tmp_path: Path, chain: LedgerContract, trust: LedgerTrust | None = None, endpoints=None):
+    return pull(ref, tmp_path / "registry", tmp_path / "device", trust or pin(chain), endpoints or [chain])
+
+
 def test_deploy_pull_predict_round_trip_agrees_with_fp32(recorded_run, tmp_path: Path) -> None:
     run_path, data, chain, model = recorded_run
-    deployment = deploy(run_path, data, tmp_path / "registry", chain)
+    deployment = deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
     assert deployment.int8_bytes <= 0.27 * deployment.fp32_bytes
     assert deployment.fp32_accuracy - deployment.int8_accuracy <= 0.01
     manifest = json.loads((tmp_path / "registry" / f"{deployment.artifact_sha256}.json").read_text())
     assert manifest["source_model_sha256"] == deployment.source_model_sha256 and manifest["round"] == 1
-    installed = pull("latest", tmp_path / "registry", tmp_path / "device", chain)
+    installed = install("latest", tmp_path, chain)
     assert installed.artifact_sha256 == deployment.artifact_sha256
     with torch.no_grad():
         expected = model(to_tensors(data.test_x, data.test_y)[0]).argmax(1).numpy()
@@ -89,22 +128,28 @@ def test_too_large_an_accuracy_drop_publishes_nothing(recorded_run, tmp_path: Pa
 
 def test_tampered_and_unknown_artifacts_are_refused_and_nothing_is_installed(recorded_run, tmp_path: Path) -> None:
     run_path, data, chain, model = recorded_run
-    deployment = deploy(run_path, data, tmp_path / "registry", chain)
+    deployment = deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
     artifact = Path(deployment.artifact)
     good = artifact.read_bytes()
     artifact.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     with pytest.raises(ArtifactRejected, match="does not hash to its name"):
-        pull(deployment.artifact_sha256, tmp_path / "registry", tmp_path / "device", chain)
+        install(deployment.artifact_sha256, tmp_path, chain)
     artifact.write_bytes(good)
     unknown = quantize_int8(export_onnx(make_model(data.num_classes).eval()), data.train_x[:64])
     digest = hashlib.sha256(unknown).hexdigest()
     (tmp_path / "registry" / f"{digest}.onnx").write_bytes(unknown)  # valid ONNX, right name, never deployed
+    with pytest.raises(ArtifactRejected, match="no signed manifest"):  # unsigned: nothing vouches for it
+        install(digest, tmp_path, chain)
+    signed = SignedManifest.load(manifest_path(tmp_path / "registry", bytes.fromhex(deployment.artifact_sha256)))
+    forged = OPERATOR.sign(dataclasses.replace(signed.manifest, artifact_sha256=bytes.fromhex(digest),
+                                               sequence=99))  # the operator's key, but never recorded on chain
+    (tmp_path / "registry" / f"{digest}.manifest.json").write_text(forged.to_json())
     with pytest.raises(ArtifactRejected, match="not recorded as a deployment"):
-        pull(digest, tmp_path / "registry", tmp_path / "device", chain)
+        install(digest, tmp_path, chain)
     with pytest.raises(ArtifactRejected, match="not an artifact hash"):
-        pull("abc", tmp_path / "registry", tmp_path / "device", chain)
+        install("abc", tmp_path, chain)
     assert not (tmp_path / "device").exists()
-    pull(deployment.artifact_sha256, tmp_path / "registry", tmp_path / "device", chain)
+    install(deployment.artifact_sha256, tmp_path, chain)
     installed = tmp_path / "device" / f"{deployment.artifact_sha256}.onnx"
     installed.write_bytes(installed.read_bytes() + b"\0")  # altered on the device after install
     with pytest.raises(ArtifactRejected, match="altered after it was verified"):
@@ -113,8 +158,8 @@ def test_tampered_and_unknown_artifacts_are_refused_and_nothing_is_installed(rec
 
 def test_the_edge_path_never_imports_torch(recorded_run, tmp_path: Path, synthetic_dir: Path) -> None:
     run_path, data, chain, _ = recorded_run
-    deploy(run_path, data, tmp_path / "registry", chain)
-    pull("latest", tmp_path / "registry", tmp_path / "device", chain)
+    deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
+    install("latest", tmp_path, chain)
     np.save(tmp_path / "images.npy", data.test_x[:16])
     script = (
         "import sys\n"
@@ -140,3 +185,63 @@ def test_bad_image_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.idx").write_bytes(b"\x00\x00\x08\x03junk")
     with pytest.raises(FedproofError):
         read_images(tmp_path / "junk.idx")
+
+
+def test_a_device_installs_only_what_its_pinned_operator_chain_and_contract_vouch_for(recorded_run, tmp_path) -> None:
+    run_path, data, chain, _ = recorded_run
+    deployment = deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
+    ref = deployment.artifact_sha256
+    stranger = DeploymentKey.generate()
+    with pytest.raises(ArtifactRejected, match="not the operator key this device pins"):
+        install(ref, tmp_path, chain, pin(chain, stranger))  # a manifest signed by a foreign key
+    path = manifest_path(tmp_path / "registry", bytes.fromhex(ref))
+    honest = SignedManifest.load(path)
+    path.write_text(stranger.sign(honest.manifest).to_json())
+    with pytest.raises(ArtifactRejected, match="not the operator key"):
+        install(ref, tmp_path, chain)
+    path.write_text(dataclasses.replace(honest, manifest=dataclasses.replace(honest.manifest, round=7)).to_json())
+    with pytest.raises(ArtifactRejected, match="signature does not match"):
+        install(ref, tmp_path, chain)
+    path.write_text(honest.to_json())
+    with pytest.raises(ArtifactRejected, match="for chain .* not the pinned one"):
+        install(ref, tmp_path, chain, pin(chain, genesis=b"\x01" * 32))  # another devnet
+    with pytest.raises(ArtifactRejected, match="not the pinned one"):
+        install(ref, tmp_path, chain, pin(chain, contract=b"\x02" * 20))  # another contract
+    with pytest.raises(ArtifactRejected, match="expired"):
+        pull(ref, tmp_path / "registry", tmp_path / "device", pin(chain), [chain], now=honest.manifest.expires + 1)
+    assert not (tmp_path / "device").exists()
+
+
+class Lying:
+    """A second RPC endpoint that reports the deployment in another transaction."""
+
+    def __init__(self, chain: LedgerContract) -> None:
+        self.chain = chain
+
+    def __getattr__(self, name):
+        return getattr(self.chain, name)
+
+    def deployment_events(self, **kw):
+        return [dataclasses.replace(e, tx_hash="0x" + "00" * 32) for e in self.chain.deployment_events(**kw)]
+
+
+def test_two_rpc_endpoints_that_disagree_install_nothing(recorded_run, tmp_path: Path) -> None:
+    run_path, data, chain, _ = recorded_run
+    deployment = deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
+    with pytest.raises(ArtifactRejected, match="disagree"):
+        install(deployment.artifact_sha256, tmp_path, chain, endpoints=[chain, Lying(chain)])
+    assert install(deployment.artifact_sha256, tmp_path, chain, endpoints=[chain, chain]).sequence == 1
+
+
+def test_a_rollback_needs_a_signed_rollback_statement(recorded_run, tmp_path: Path) -> None:
+    run_path, data, chain, _ = recorded_run
+    older = deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
+    newer = deploy(run_path, data, tmp_path / "registry", chain, settings=DeploySettings(per_channel=False),
+                   key=OPERATOR)
+    assert older.artifact_sha256 != newer.artifact_sha256
+    assert install("latest", tmp_path, chain).artifact_sha256 == newer.artifact_sha256
+    with pytest.raises(ArtifactRejected, match="rollback refused"):
+        install(older.artifact_sha256, tmp_path, chain)  # a replayed older release
+    rollback(tmp_path / "registry", OPERATOR, chain, bytes.fromhex(older.artifact_sha256))
+    back = install(older.artifact_sha256, tmp_path, chain)
+    assert back.artifact_sha256 == older.artifact_sha256 and back.sequence == 3

@@ -1,0 +1,159 @@
+"""Signed deployment manifests: what the operator vouches for when it ships a model to the devices.
+
+A device installs an artifact only under a manifest signed by the operator's deployment key, which the device pins
+(its kit's ``trust.json``); an event on the ledger alone is not enough (anyone who can write to some contract on
+some chain can emit one). The manifest names the artifact and the model it was made from, the run and round, a
+version, a sequence number that only grows, an expiry, and the chain it is recorded on. A device refuses a
+sequence number it has already passed (a replayed older manifest, a rollback) unless the manifest is a rollback
+statement: a new, higher-numbered manifest that names the older artifact as its target on purpose.
+
+Bytes signed (fixed layout, integers big-endian, strings with a u16 length)::
+
+    "fedproof/deployment/v1" 0x00 | chain id u64 | genesis 32 B | contract 20 B | artifact 32 B | source model 32 B
+    | run id str | round u64 | version str | sequence u64 | expires u64 (unix s) | rollback u8
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ledger.errors import KeyFileError, LedgerError
+
+MANIFEST_TAG = b"fedproof/deployment/v1"
+MAX_MANIFEST_BYTES = 64 << 10
+
+
+class ManifestError(LedgerError):
+    """A deployment manifest is malformed, unsigned, or signed by a key the device does not pin."""
+
+
+def _str(value: str) -> bytes:
+    raw = value.encode()
+    if len(raw) > 0xFFFF:
+        raise ManifestError("a manifest field is too long")
+    return struct.pack(">H", len(raw)) + raw
+
+
+@dataclass(frozen=True)
+class DeploymentManifest:
+    chain_id: int
+    genesis: bytes
+    contract: bytes
+    artifact_sha256: bytes
+    source_model_sha256: bytes
+    run_id: str
+    round: int
+    version: str
+    sequence: int
+    expires: int
+    """Unix time after which a device no longer installs under this manifest."""
+    rollback: bool = False
+    """True: an explicit rollback statement, naming an older artifact as the target on purpose."""
+
+    def __post_init__(self) -> None:
+        sizes = (len(self.genesis), len(self.contract), len(self.artifact_sha256), len(self.source_model_sha256))
+        if sizes != (32, 20, 32, 32):
+            raise ManifestError("a manifest needs a 32-byte genesis, 20-byte contract and 32-byte hashes")
+        if not (0 <= self.round < 2**64 and 0 < self.sequence < 2**64 and 0 <= self.expires < 2**64):
+            raise ManifestError("a manifest's round, sequence (from 1) and expiry must be u64")
+
+    def canonical_bytes(self) -> bytes:
+        return b"".join([
+            MANIFEST_TAG + b"\x00", struct.pack(">Q", self.chain_id), self.genesis, self.contract,
+            self.artifact_sha256, self.source_model_sha256, _str(self.run_id), struct.pack(">Q", self.round),
+            _str(self.version), struct.pack(">QQB", self.sequence, self.expires, int(self.rollback)),
+        ])
+
+
+@dataclass(frozen=True)
+class SignedManifest:
+    manifest: DeploymentManifest
+    signer: bytes
+    """The Ed25519 public key that signed (32 bytes)."""
+    signature: bytes
+
+    def verify(self, pinned_key: bytes) -> DeploymentManifest:
+        """The manifest, if ``pinned_key`` signed it; else :class:`ManifestError`."""
+        if not pinned_key:
+            raise ManifestError("this device pins no deployment key: it installs nothing")
+        if self.signer != pinned_key:
+            raise ManifestError(f"the manifest is signed by {self.signer.hex()[:16]}…, not the operator key this "
+                                f"device pins ({pinned_key.hex()[:16]}…)")
+        try:
+            Ed25519PublicKey.from_public_bytes(pinned_key).verify(self.signature, self.manifest.canonical_bytes())
+        except (InvalidSignature, ValueError) as exc:
+            raise ManifestError("the manifest's signature does not match its contents") from exc
+        return self.manifest
+
+    def to_json(self) -> str:
+        m = asdict(self.manifest)
+        for key in ("genesis", "contract", "artifact_sha256", "source_model_sha256"):
+            m[key] = m[key].hex()
+        return json.dumps({"version": 1, "manifest": m, "signer": self.signer.hex(),
+                           "signature": self.signature.hex()}, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def load(cls, path: Path) -> SignedManifest:
+        path = Path(path)
+        if not path.is_file():
+            raise ManifestError(f"no signed manifest at {path}: an unsigned artifact is not installed")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{path}: larger than any manifest")
+        try:
+            doc = json.loads(path.read_text())
+            m = dict(doc["manifest"])
+            for key in ("genesis", "contract", "artifact_sha256", "source_model_sha256"):
+                m[key] = bytes.fromhex(m[key])
+            manifest = DeploymentManifest(**{k: m[k] for k in DeploymentManifest.__dataclass_fields__})
+            signed = cls(manifest, bytes.fromhex(doc["signer"]), bytes.fromhex(doc["signature"]))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise ManifestError(f"{path}: not a fedproof deployment manifest ({exc})") from exc
+        if doc.get("version") != 1 or not isinstance(manifest.rollback, bool):
+            raise ManifestError(f"{path}: not a version-1 deployment manifest")
+        return signed
+
+
+class DeploymentKey:
+    """The operator's Ed25519 deployment-signing key (PKCS#8 PEM, encrypted with a password when given)."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+
+    @property
+    def public_key(self) -> bytes:
+        return self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def sign(self, manifest: DeploymentManifest) -> SignedManifest:
+        return SignedManifest(manifest, self.public_key, self._key.sign(manifest.canonical_bytes()))
+
+    def to_pem(self, password: bytes | None = None) -> bytes:
+        encryption = (serialization.BestAvailableEncryption(password) if password
+                      else serialization.NoEncryption())
+        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+    @classmethod
+    def generate(cls) -> DeploymentKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load(cls, path: Path, password: bytes | None = None) -> DeploymentKey:
+        path = Path(path)
+        if not path.is_file():
+            raise KeyFileError(f"no deployment key at {path}")
+        if path.stat().st_size > 4096:
+            raise KeyFileError(f"{path}: too large to be an Ed25519 key")
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=password)
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError(f"{path}: not a PEM private key, or the wrong password ({exc})") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(f"{path}: not an Ed25519 key")
+        return cls(key)
+

@@ -1,0 +1,57 @@
+"""The control plane stays with the operator: the public address passes Flower's Fleet API and nothing else."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from fedproof.deployment import ServerKit, SuperLink, control_address
+from fedproof.errors import ConfigError
+from fl_server.fleet_gateway import create_app
+
+
+@pytest.fixture()
+def gateway():
+    seen: list[httpx.Request] = []
+
+    def superlink(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"answer:" + request.content, headers={"content-type": "application/x-protobuf"})
+
+    app = create_app("https://127.0.0.1:9999", None, transport=httpx.MockTransport(superlink))
+    with TestClient(app) as client:
+        yield client, seen
+
+
+def test_fleet_requests_pass_unchanged(gateway) -> None:
+    client, seen = gateway
+    answer = client.post("/v1/fleet/pull-messages", content=b"\x01\x02", headers={"x-flwr-node-sig": "abc"})
+    assert answer.status_code == 200 and answer.content == b"answer:\x01\x02"
+    assert seen[0].url.path == "/v1/fleet/pull-messages" and seen[0].headers["x-flwr-node-sig"] == "abc"
+
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/v1/control/list-runs"),          # flwr ls
+    ("POST", "/v1/control/create-node-cli"),    # flwr supernode register
+    ("POST", "/v1/control/start-run"),          # flwr run
+    ("POST", "/v1/appio/pull-message"),         # the Runtime API
+    ("GET", "/docs"),
+    ("GET", "/v1/fleet/pull-messages"),
+    ("POST", "/v1/fleet/../control/list-runs"),
+])
+def test_everything_else_is_not_found_and_never_reaches_the_superlink(gateway, method, path) -> None:
+    client, seen = gateway
+    assert client.request(method, path).status_code == 404
+    assert seen == []
+
+
+def test_the_superlink_binds_loopback_unless_told_otherwise(tmp_path) -> None:
+    kit = ServerKit(tmp_path, "server.example", 9092, 3)
+    assert control_address(kit) == ("127.0.0.1", 9093)
+    link = SuperLink(kit, "0.0.0.0")
+    assert link.command()[link.command().index("--host") + 1] == "127.0.0.1"
+    assert "--listen" in link.gateway_command() and "0.0.0.0:9092" in link.gateway_command()
+    assert SuperLink(kit, "0.0.0.0", control="10.0.0.5:7000").control == ("10.0.0.5", 7000)
+    with pytest.raises(ConfigError):
+        SuperLink(kit, "0.0.0.0", control="0.0.0.0:9092")  # the control plane on the public port
