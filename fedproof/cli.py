@@ -181,6 +181,10 @@ def _ledger_summary(result) -> None:
     ledger = result.ledger
     console.print(f"ledger: contract {ledger.contract} on chain {ledger.chain_id}, "
                   f"{ledger.rounds_recorded} rounds recorded, final model {ledger.model_hash}")
+    if not result.config.ledger_operator:
+        console.print("[dim]records written with the devnet's dev account 0 (anvil's public key: the local "
+                      "playground); each model is vouched for by the clients' co-signatures, checked by audit "
+                      "verify. A deployment writes with the operator's own keystore.[/]")
     if ledger.pending:
         console.print(f"[yellow]{ledger.pending} round record(s) could not reach the ledger yet:[/] "
                       f"fedproof ledger flush {result.run_dir}")
@@ -195,12 +199,12 @@ def _ledger_summary(result) -> None:
 
 from fedproof.cli_audit import audit_app, ledger_app, open_contract, print_lineage  # noqa: E402
 from fedproof.cli_deploy import deploy_command, deploy_run, edge_app, print_deployment  # noqa: E402
-from fedproof.cli_deployment import client_command, provision_command, server_app  # noqa: E402
+from fedproof.cli_deployment import client_app, provision_command, server_app  # noqa: E402
 from fedproof.cli_devnet import devnet_app  # noqa: E402
 
 app.command("provision")(provision_command)
 app.add_typer(server_app, name="server")
-app.command("client")(client_command)
+app.add_typer(client_app, name="client")
 
 app.command("deploy")(deploy_command)
 app.add_typer(edge_app, name="edge")

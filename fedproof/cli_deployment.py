@@ -30,8 +30,14 @@ def _fail(exc: Exception) -> None:
 
 
 def provision_command(
-    clients: Annotated[int, typer.Option(help="Number of client kits (client ids 0..N-1).")],
     server_host: Annotated[str, typer.Option(help="Host name or IP address clients dial (put in the TLS cert).")],
+    identity: Annotated[Optional[list[Path]], typer.Option(
+        help="A device's public identity.json (fedproof client init), repeatable: one kit per identity.")] = None,
+    clients: Annotated[int, typer.Option(
+        help="Without --identity: make N client kits with keys generated HERE (one-machine trials only: the "
+             "operator then holds every client's key).")] = 0,
+    password_file: Annotated[Optional[Path], typer.Option(
+        help="File whose first line encrypts the operator's ledger and deployment keys (default: prompt).")] = None,
     out: Annotated[Path, typer.Option(help="Directory for the kits.")] = Path("kits"),
     port: Annotated[int, typer.Option(help="SuperLink port.")] = 9092,
     force: Annotated[bool, typer.Option(help="Replace existing kits (and all their keys).")] = False,
@@ -46,13 +52,23 @@ def provision_command(
 
     Every client kit gets a privacy policy (policy.json: DP and HE required, the caps given here, no metrics
     released); edit a kit's file to give one data holder another policy. Runs may only ask for more privacy."""
-    from fedproof.provision import provision
+    from fedproof.provision import Identity, provision
+    from ledger.operator import OperatorKeys, read_password
     from privacy.policy import PolicyError, PrivacyPolicy
 
     try:
+        identities = [Identity.load(p) for p in identity or []]
+        if not identities and clients < 1:
+            raise FedproofError("give each device's --identity (from `fedproof client init`), or --clients N for a "
+                                "one-machine trial")
+        if not identities:
+            console.print("[yellow]warning:[/] no --identity given: the client keys are generated here, so this "
+                          "operator could sign as any client. For real devices run `fedproof client init` on each.")
         policy = PrivacyPolicy(max_epsilon=max_epsilon, max_delta=max_delta, min_noise_multiplier=min_noise,
                                max_clip=max_clip)
-        kits = provision(out, clients, server_host, port, force, policy=policy, declared_examples=declared_examples)
+        kits = provision(out, clients, server_host, port, force, policy=policy, declared_examples=declared_examples,
+                         identities=identities or None)
+        OperatorKeys.create(kits.server / "operator", read_password(password_file))
     except PolicyError as exc:
         _fail(exc)
     except (FedproofError, OSError) as exc:
@@ -75,6 +91,9 @@ def server_start(
         help="Port of the devnet the server starts (default: its directory's own, a free port chosen once).")] = None,
     no_ledger: Annotated[bool, typer.Option("--no-ledger", help="Run without a ledger.")] = False,
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node authentication (testing only).")] = False,
+    password_file: Annotated[Optional[Path], typer.Option(
+        help="File holding the operator key password (kept for the runs; default: prompt, then kept 0600 in "
+             "the kit's state).")] = None,
 ) -> None:
     """Start the SuperLink (TLS + SuperNode authentication) and the devnet; print the address clients use."""
     from fedproof.deployment import ServerKit, SuperLink
@@ -90,6 +109,8 @@ def server_start(
 
             devnet = Devnet(server.state / "devnet", port=devnet_port)
             ledger.update({"ledger-url": devnet.start().url, "devnet-dir": str(devnet.data_dir)})
+        if not no_ledger:
+            ledger.update(open_operator_ledger(server, ledger["ledger-url"], ledger["devnet-dir"], password_file))
         SuperLink(server, bind, insecure, control_api_address).start()
         write_atomically(server.state / "ledger.json", json.dumps(ledger, indent=2).encode())
     except (FedproofError, LedgerError, OSError) as exc:
@@ -99,6 +120,35 @@ def server_start(
                   f"Runtime APIs: operator only); clients reach the Fleet API at [bold]{server.address}[/] with: "
                   f"fedproof client --kit <client kit> --server {server.address}\n"
                   f"ledger: {ledger['ledger-url'] or 'off'}; log: {server.state / 'superlink.log'}")
+
+
+def open_operator_ledger(server, url: str, devnet_dir: str, password_file: Path | None) -> dict[str, str]:
+    """Deploy (or find) the lineage contract with the operator's own keystore account, and write the kit's
+    ``trust.json`` (chain, genesis, contract, deployment key, RPC): what every client kit and device pins."""
+    from fedproof.devnet import ensure_contract
+    from ledger.contract import LedgerContract
+    from ledger.operator import OperatorKeys, read_password, use_account
+    from ledger.trust import LedgerTrust
+
+    keys = OperatorKeys(server.path / "operator")
+    if not keys.exists():
+        raise FedproofError(f"no operator keys in {keys.directory}: re-provision the kits (fedproof provision)")
+    password_path = server.state / "operator-password"
+    if password_file is not None:
+        write_atomically(password_path, Path(password_file).read_bytes(), private=True)
+    elif not password_path.is_file():
+        write_atomically(password_path, read_password(None) + b"\n", private=True)
+    account = keys.ledger_account(read_password(password_path))
+    w3 = LedgerContract.connect(url)
+    if devnet_dir and w3.eth.get_balance(account.address) == 0:  # the kit's own devnet: fund the operator once
+        w3.provider.make_request("anvil_setBalance", [account.address, hex(10**21)])
+    use_account(w3, account)
+    contract = ensure_contract(w3, Path(devnet_dir) if devnet_dir else server.state / "ledger", sender=account.address)
+    trust = LedgerTrust(contract.chain_id, contract.genesis, bytes.fromhex(contract.address[2:]), keys.deploy_public,
+                        (url,))
+    write_atomically(server.path / "trust.json", trust.to_json().encode())
+    return {"ledger-contract": contract.address, "ledger-operator": str(keys.directory),
+            "ledger-password-file": str(password_path)}
 
 
 @server_app.command("run")
@@ -166,24 +216,54 @@ def server_stop(kit: Kit = Path("kits/server")) -> None:
     console.print("stopped")
 
 
+client_app = typer.Typer(help="This device: make its own keys (init), then run its SuperNode (--kit).",
+                         invoke_without_command=True)
+
+
+@client_app.command("init")
+def client_init_command(
+    client_id: Annotated[str, typer.Option(help="This device's client id (agreed with the operator).")],
+    out: Annotated[Path, typer.Option(help="Where this device keeps its keys.")] = Path("identity"),
+    force: Annotated[bool, typer.Option(help="Replace existing keys (the operator must register the new ones).")] = False,
+) -> None:
+    """Make this device's signing key and node key here; send only identity.json to the operator."""
+    from fedproof.provision import IDENTITY, client_init
+
+    try:
+        identity = client_init(out, client_id, force)
+    except (FedproofError, OSError) as exc:
+        _fail(exc)
+    console.print(f"client {identity.client_id}: keys in {out} (keep them here); send {out / IDENTITY} to the "
+                  f"operator (public: signing key {identity.signing_key.hex()[:16]}…, node key)")
+
+
+@client_app.callback()
 def client_command(
-    kit: Annotated[Path, typer.Option(help="This client's startup kit.")],
+    ctx: typer.Context,
+    kit: Annotated[Optional[Path], typer.Option(help="This client's startup kit.")] = None,
+    identity: Annotated[Optional[Path], typer.Option(
+        help="This device's keys (fedproof client init); default: the kit's own, if provision generated them.")] = None,
     server: Annotated[Optional[str], typer.Option(help="SuperLink address HOST:PORT (default: from the kit).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="This device's Fashion-MNIST directory.")] = None,
     port: Annotated[int, typer.Option(help="Local port of the SuperNode's runtime API.")] = 9094,
     threads: Annotated[int, typer.Option(help="CPU threads for training (default 0: torch's default, all).")] = 0,
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node key (testing only).")] = False,
 ) -> None:
-    """Run this device's SuperNode (in the foreground): it trains with its own data, keys and HE context."""
+    """Run this device's SuperNode (in the foreground): it trains with its own data, keys and HE key share."""
     from fedproof.deployment import FLOWER_ENV, supernode_command
     from fedproof.provision import read_kit
+
+    if ctx.invoked_subcommand is not None:
+        return
+    if kit is None:
+        _fail(FedproofError("give --kit (this client's startup kit), or run `fedproof client init` first"))
 
     if insecure:
         console.print("[yellow]warning: --insecure: no TLS and no node authentication (testing only).[/]")
     try:
         address = server or read_kit(kit, "client")["server"]
         command = supernode_command(kit, address, port, str(data_dir.resolve()) if data_dir else "", insecure,
-                                    threads)
+                                    threads, identity)
     except (FedproofError, OSError) as exc:
         _fail(exc)
     os.environ.update(FLOWER_ENV)

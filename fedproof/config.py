@@ -107,6 +107,11 @@ class RunConfig:
     """Address of the lineage contract; empty: deploy it once per chain and remember it."""
     chain_id: int = 0
     """Chain the run records on (resolved at start; 0 without a ledger). Clients sign it into every update."""
+    ledger_operator: str = ""
+    """The operator's key directory (its encrypted ledger keystore writes the records); empty: the node's first
+    unlocked account (anvil's dev account 0: the local playground only)."""
+    ledger_password_file: str = ""
+    """File with the operator key's password (the server kit keeps it 0600)."""
     chain_genesis: str = ""
     """The chain's genesis block hash, 0x-prefixed hex (resolved at start; empty without a ledger): signed into
     every statement, since every fresh devnet has the same chain id and first contract address."""

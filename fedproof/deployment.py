@@ -172,24 +172,34 @@ class SuperLink:
 
 
 def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", insecure: bool = False,
-                      threads: int = 0) -> list[str]:
-    """The ``flower-supernode`` command of a client kit: its node key, the CA, its data and its secrets."""
+                      threads: int = 0, identity: Path | None = None) -> list[str]:
+    """The ``flower-supernode`` command of a client kit: its node key, the CA, its data and its secrets (from the
+    device's identity directory, ``fedproof client init``, or the kit when provision generated them), and the
+    kit's ledger pin (``trust.json``) when it has one."""
     kit = Path(kit).resolve()
     doc = read_kit(kit, "client")
     cid = doc["client_id"]
+    keys = Path(identity).resolve() if identity else None
+    signing = keys / "signing.pem" if keys else kit / "clients" / f"{cid}.pem"
+    node_key = keys / "node.key" if keys else kit / "node.key"
+    if not signing.is_file() or not (insecure or node_key.is_file()):
+        raise ConfigError(f"no keys for client {cid}: run `fedproof client init --client-id {cid}` on this device "
+                          "and pass --identity (the operator's kit holds no private key)")
     node_config = {"partition-id": doc["partition_id"], "num-partitions": doc["num_partitions"], "client-id": cid,
-                   "signing-key": str(kit / "clients" / f"{cid}.pem"), "allow-list": str(kit / "allowlist.json"),
+                   "signing-key": str(signing), "allow-list": str(kit / "allowlist.json"),
                    "state-dir": str(kit / "state"),  # its privacy history survives restarts of the device
                    "privacy-policy": str(kit / "policy.json")}  # what it allows, whatever a run asks
     if doc.get("declared_examples"):
         node_config["declared-examples"] = int(doc["declared_examples"])  # its registered aggregation weight
+    if (kit / "trust.json").is_file():
+        node_config["ledger-trust"] = str(kit / "trust.json")  # it signs for this chain and contract only
     if data_dir:
         node_config["data-dir"] = data_dir
     if threads:
         node_config["threads"] = threads
     rendered = " ".join(f'{k}={json.dumps(v) if isinstance(v, str) else v}' for k, v in node_config.items())
     security = ["--insecure"] if insecure else ["--root-certificates", str(kit / "ca.crt"),
-                                                "--auth-supernode-private-key", str(kit / "node.key")]
+                                                "--auth-supernode-private-key", str(node_key)]
     return [_bin("flower-supernode"), *security, "--superlink", server, "--port", str(port),
             "--node-config", rendered, "--max-retries", "5", "--max-wait-time", "60"]
 

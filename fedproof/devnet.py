@@ -281,7 +281,7 @@ def remember_contract(data_dir: Path, contract: LedgerContract) -> None:
     write_atomically(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 
-def remembered_contract(data_dir: Path, w3: Web3) -> LedgerContract | None:
+def remembered_contract(data_dir: Path, w3: Web3, sender: str | None = None) -> LedgerContract | None:
     """The contract remembered for this chain, or None if there is none, it is for another chain or another
     build of the contract (artifact hash), or its code is gone (the chain was reset)."""
     path = Path(data_dir).expanduser() / "deployment.json"
@@ -303,16 +303,16 @@ def remembered_contract(data_dir: Path, w3: Web3) -> LedgerContract | None:
     if chain_id != current_chain or artifact_sha != load_artifact().sha256:
         return None
     try:
-        return LedgerContract.at(w3, address)
+        return LedgerContract.at(w3, address, sender=sender)
     except errors.ContractNotFound:  # also ContractMismatch: not our code there any more
         return None
 
 
-def ensure_contract(w3: Web3, data_dir: Path) -> LedgerContract:
-    """The remembered contract of this chain, or a new deployment (then remembered)."""
-    contract = remembered_contract(data_dir, w3)
+def ensure_contract(w3: Web3, data_dir: Path, sender: str | None = None) -> LedgerContract:
+    """The remembered contract of this chain, or a new deployment by ``sender`` (then remembered)."""
+    contract = remembered_contract(data_dir, w3, sender)
     if contract is None:
-        contract = LedgerContract.deploy(w3)
+        contract = LedgerContract.deploy(w3, sender=sender)
         remember_contract(data_dir, contract)
     return contract
 

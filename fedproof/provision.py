@@ -11,17 +11,21 @@ Server kit::
 Client kit ``client-<id>``::
 
     ca.crt                     to check the SuperLink's certificate
-    node.key, node.pub         its Flower node-authentication key pair (ECDSA P-384, OpenSSH format)
-    clients/<id>.pem           its Ed25519 signing key
     allowlist.json             every client's Ed25519 public key (to check its peers in the key ceremony and the
                                updates it helps decrypt)
     policy.json                its privacy policy
     kit.json                   its client id, data partition and the server's address
+    trust.json                 (written by ``fedproof server start`` once the ledger exists) the pinned chain,
+                               genesis hash, contract and operator deployment key
 
+Keys are made where they are used. Each device runs ``fedproof client init``, which writes its identity
+(``signing.pem``: Ed25519; ``node.key``: Flower's node-authentication key) and a public ``identity.json`` it sends
+to the operator; ``provision --identity`` takes those public identities in, so no kit and no operator ever holds a
+client's private key. (Without identities, provision still generates the keys itself and puts them in the client
+kits, for trying the deployment on one machine: then the operator could sign as any client, and it says so.)
 No kit holds CKKS key material: the clients generate the run's threshold key among themselves at the start of
 each run (privacy.keygen), each keeping its own share on its device. Key material is written 0600; an existing
-kit is never overwritten without ``force``. Everything is made with ``cryptography``; the clients' signing keys
-are generated in this process, so run provisioning on an operator's machine, never on the server.
+kit is never overwritten without ``force``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ from cryptography.x509.oid import NameOID
 
 from fedproof.errors import ConfigError
 from fedproof.files import write_atomically
-from fedproof.keys import CLIENT_KEYS, init_key_set
+from fedproof.keys import CLIENT_KEYS, KeySet, init_key_set
+from ledger.signing import SigningKey
+from ledger.verification import AllowList
 from privacy.policy import PrivacyPolicy
 
 KIT = "kit.json"
@@ -104,43 +110,101 @@ def node_key_pair() -> tuple[bytes, bytes]:
     return private, public + b"\n"
 
 
+IDENTITY = "identity.json"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A device's public identity, as ``fedproof client init`` writes it for the operator."""
+
+    client_id: str
+    signing_key: bytes
+    """Ed25519 public key (32 bytes)."""
+    node_key: bytes
+    """Flower node-authentication public key (OpenSSH line)."""
+
+    @classmethod
+    def load(cls, path: Path) -> Identity:
+        path = Path(path)
+        path = path / IDENTITY if path.is_dir() else path
+        try:
+            doc = json.loads(path.read_text())
+            identity = cls(str(doc["client_id"]), bytes.fromhex(doc["signing_key"]), doc["node_key"].encode())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{path}: not a fedproof client identity ({exc}); make one with `fedproof client init`") from exc
+        if len(identity.signing_key) != 32 or not identity.node_key.startswith(b"ecdsa-sha2-"):
+            raise ConfigError(f"{path}: needs a 32-byte Ed25519 key and an OpenSSH ECDSA node key")
+        KeySet(Path(".")).signing_key(identity.client_id)  # a plain name: it names files
+        return identity
+
+
+def client_init(out: Path, client_id: str, force: bool = False) -> Identity:
+    """On the device: make its signing key and node key, keep them here (0600), write the public identity.json."""
+    out = Path(out)
+    if (out / "signing.pem").exists() and not force:
+        raise ConfigError(f"{out} already holds this device's keys; pass --force to replace them (the operator must "
+                          "then register the new identity)")
+    KeySet(out).signing_key(client_id)  # refuses ids that cannot name a file
+    signing = SigningKey.generate()
+    private, public = node_key_pair()
+    write_atomically(out / "signing.pem", signing.to_pem(), private=True)
+    write_atomically(out / "node.key", private, private=True)
+    write_atomically(out / "node.pub", public)
+    identity = Identity(client_id, signing.public_key, public.strip())
+    write_atomically(out / IDENTITY, json.dumps({"client_id": client_id, "signing_key": signing.public_key.hex(),
+                                                 "node_key": public.decode().strip()}, indent=2).encode())
+    return identity
+
+
 def provision(out: Path, clients: int, server_host: str, port: int = 9092, force: bool = False,
               days: int = 365, partition: str = "dirichlet", policy: PrivacyPolicy | None = None,
-              declared_examples: int = 0) -> Kits:
+              declared_examples: int = 0, identities: list[Identity] | None = None) -> Kits:
     """Write a server kit and ``clients`` client kits under ``out``; each client kit holds ``policy`` (default: the
     strict one) as its own ``policy.json``, which its device reads and the server cannot override. With
     ``declared_examples``, every client's aggregation weight is registered in the allow-list and its kit: it
     weighs its updates with it, and the server refuses any claim above it."""
     policy = policy or PrivacyPolicy()
     out = Path(out)
-    if clients < 1:
+    if clients < 1 and not identities:
         raise ConfigError("provision at least one client")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise ConfigError(f"{out} already holds kits: refusing to overwrite keys (pass --force to replace them)")
         shutil.rmtree(out)
-    ids = [str(i) for i in range(clients)]
+    ids = [x.client_id for x in identities] if identities else [str(i) for i in range(clients)]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("two identities carry the same client id")
+    clients = len(ids)
     ca, server_crt, server_key = _certificates(server_host, days)
     server = out / "server"
+    weights = {i: declared_examples for i in ids} if declared_examples else {}
     with tempfile.TemporaryDirectory() as tmp:
-        weights = {i: declared_examples for i in ids} if declared_examples else None
-        keys = init_key_set(Path(tmp), ids, he=False, weights=weights)  # threshold HE: clients make the key
+        if identities:  # the devices' own public keys: nobody here holds a client's private key
+            allow = AllowList({x.client_id: x.signing_key for x in identities}).with_weights(weights)
+            node_keys = {x.client_id: (None, x.node_key + b"\n") for x in identities}
+            signing_keys: dict[str, bytes] = {}
+        else:
+            keys = init_key_set(Path(tmp), ids, he=False, weights=weights or None)
+            allow = AllowList.load(keys.allowlist)
+            node_keys = {i: node_key_pair() for i in ids}
+            signing_keys = {i: keys.signing_key(i).read_bytes() for i in ids}
         write_atomically(server / "ca.crt", ca)
         write_atomically(server / "server.crt", server_crt)
         write_atomically(server / "server.key", server_key, private=True)
-        write_atomically(server / "allowlist.json", keys.allowlist.read_bytes(), private=True)
+        write_atomically(server / "allowlist.json", allow.to_json().encode(), private=True)
         client_dirs = {}
-        for i in ids:
+        for n, i in enumerate(ids):
             kit = out / f"client-{i}"
-            private, public = node_key_pair()
+            private, public = node_keys[i]
             write_atomically(kit / "ca.crt", ca)
-            write_atomically(kit / "node.key", private, private=True)
-            write_atomically(kit / "node.pub", public)
+            if private is not None:  # generated here: for one-machine trials only
+                write_atomically(kit / "node.key", private, private=True)
+                write_atomically(kit / "node.pub", public)
+                write_atomically(kit / CLIENT_KEYS / f"{i}.pem", signing_keys[i], private=True)
             write_atomically(server / "node-keys" / f"{i}.pub", public)
-            write_atomically(kit / CLIENT_KEYS / f"{i}.pem", keys.signing_key(i).read_bytes(), private=True)
-            write_atomically(kit / "allowlist.json", keys.allowlist.read_bytes())  # public: to check its peers
+            write_atomically(kit / "allowlist.json", allow.to_json().encode())  # public: to check its peers
             write_atomically(kit / POLICY, policy.to_json().encode())
-            write_atomically(kit / KIT, json.dumps({"role": "client", "client_id": i, "partition_id": int(i),
+            write_atomically(kit / KIT, json.dumps({"role": "client", "client_id": i, "partition_id": n,
                                                     "num_partitions": clients, "partition": partition,
                                                     "declared_examples": declared_examples,
                                                     "server": f"{server_host}:{port}"}, indent=2).encode())

@@ -46,7 +46,14 @@ def open_ledger(config: RunConfig, allow: AllowList) -> tuple[RunConfig, LedgerC
     data_dir = Path(config.devnet_dir or DEFAULT_DATA_DIR).expanduser()
     url = config.ledger_url or Devnet(data_dir, port=config.devnet_port or None).start().url
     w3 = LedgerContract.connect(url)
-    contract = LedgerContract.at(w3, config.ledger_contract) if config.ledger_contract else ensure_contract(w3, data_dir)
+    sender = None
+    if config.ledger_operator:  # the operator's own key, decrypted here; the node holds none
+        from ledger.operator import OperatorKeys, read_password, use_account
+
+        keys = OperatorKeys(Path(config.ledger_operator))
+        sender = use_account(w3, keys.ledger_account(read_password(Path(config.ledger_password_file or "-"))))
+    contract = (LedgerContract.at(w3, config.ledger_contract, sender=sender) if config.ledger_contract
+                else ensure_contract(w3, data_dir, sender=sender))
     register_clients(contract, allow)
     return config.with_overrides(chain_id=contract.chain_id, ledger_contract=contract.address,
                                  chain_genesis="0x" + contract.genesis.hex()), contract

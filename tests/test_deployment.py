@@ -1,6 +1,8 @@
-"""Across machines, on loopback: kits, a SuperLink with TLS and node auth, 3 SuperNodes, 2 rounds with DP, HE and
-the ledger, refused intruders, and every process stopped by PID. Ports are chosen free at run time; every wait is
-on readiness (a port listening, a process exiting), never a sleep."""
+"""Across machines, on loopback: devices that make their own keys, kits from their public identities, a SuperLink on
+loopback behind the Fleet-only gateway with TLS and node auth, the operator's encrypted ledger key, 3 SuperNodes,
+2 rounds with DP, HE and the ledger, co-signed models that audit, refused intruders, a client kit that cannot reach
+the Control API, and every process stopped by PID. Ports are chosen free at run time; every wait is on readiness
+(a port listening, a process exiting), never a sleep."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fedproof.processes import free_port, stop_pid
-from fedproof.provision import node_key_pair, provision
+from fedproof.provision import Identity, client_init, node_key_pair, provision
 from privacy.policy import PrivacyPolicy
 
 pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
@@ -26,6 +28,20 @@ ENV = {**os.environ, "COLUMNS": "200", "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISA
 
 def cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*FEDPROOF, *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd)
+
+
+def test_kits_from_device_identities_hold_no_private_client_key(tmp_path: Path) -> None:
+    identities = [client_init(tmp_path / f"device-{i}", str(i)) for i in range(2)]
+    kits = provision(tmp_path / "kits", 0, "server.example.org", identities=[
+        Identity.load(tmp_path / f"device-{i}") for i in range(2)])
+    for cid, kit in kits.clients.items():
+        files = {p.relative_to(kit).as_posix() for p in kit.rglob("*") if p.is_file()}
+        assert files == {"ca.crt", "allowlist.json", "kit.json", "policy.json"}  # nothing secret of the client
+    from ledger.verification import AllowList
+
+    assert AllowList.load(kits.server / "allowlist.json").keys == {x.client_id: x.signing_key for x in identities}
+    assert (kits.server / "node-keys" / "1.pub").read_bytes().strip() == identities[1].node_key
+    assert stat.S_IMODE((tmp_path / "device-0" / "signing.pem").stat().st_mode) == 0o600
 
 
 def test_kits_hold_only_what_each_party_may_hold(tmp_path: Path) -> None:
@@ -67,30 +83,43 @@ def test_declared_weights_are_registered_and_carried_by_each_device(tmp_path: Pa
 def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: Path) -> None:
     port, devnet_port = free_port(), free_port()
     kits = tmp_path / "kits"
-    assert cli("provision", "--clients", "3", "--server-host", "127.0.0.1", "--port", str(port), "--out",
-               str(kits), "--max-epsilon", "1000", "--max-delta", "1e-3").returncode == 0  # what the run below asks
+    password = tmp_path / "operator-password"
+    password.write_text("correct horse battery staple\n")
+    identities = []
+    for i in range(3):  # each device makes its own keys and hands over only its public identity
+        assert cli("client", "init", "--client-id", str(i), "--out", str(tmp_path / f"device-{i}")).returncode == 0
+        identities += ["--identity", str(tmp_path / f"device-{i}" / "identity.json")]
+    made = cli("provision", *identities, "--server-host", "127.0.0.1", "--port", str(port), "--out", str(kits),
+               "--max-epsilon", "1000", "--max-delta", "1e-3", "--password-file", str(password))
+    assert made.returncode == 0, made.stdout + made.stderr  # the policy allows what the run below asks
     started = cli("server", "start", "--kit", str(kits / "server"), "--bind", "127.0.0.1", "--devnet-port",
-                  str(devnet_port))
+                  str(devnet_port), "--password-file", str(password))
     pids: list[int] = []
     try:
         assert started.returncode == 0, started.stdout + started.stderr
+        for i in range(3):  # the operator hands each device the ledger pin
+            shutil.copy(kits / "server" / "trust.json", kits / f"client-{i}" / "trust.json")
+        control = control_plane_from_a_client_kit(kits / "client-0", port, tmp_path)
         for i in range(3):
-            node = subprocess.Popen([*FEDPROOF, "client", "--kit", str(kits / f"client-{i}"), "--data-dir",
+            node = subprocess.Popen([*FEDPROOF, "client", "--kit", str(kits / f"client-{i}"), "--identity",
+                                     str(tmp_path / f"device-{i}"), "--data-dir",
                                      str(synthetic_dir), "--port", str(free_port())], env=ENV,
                                     stdout=open(tmp_path / f"client-{i}.log", "wb"), stderr=subprocess.STDOUT,
                                     start_new_session=True)
             pids.append(node.pid)
         intruders = {}
-        foreign = tmp_path / "foreign"  # a kit whose node key the SuperLink never registered
-        shutil.copytree(kits / "client-0", foreign)
+        foreign = tmp_path / "foreign"  # a device whose node key the SuperLink never registered
+        shutil.copytree(tmp_path / "device-0", foreign)
         (foreign / "node.key").write_bytes(node_key_pair()[0])
         other_ca = provision(tmp_path / "other", 1, "127.0.0.1", port)  # a certificate from another CA
         wrong_ca = tmp_path / "wrong-ca"
         shutil.copytree(kits / "client-1", wrong_ca)
         shutil.copy(other_ca.clients["0"] / "ca.crt", wrong_ca / "ca.crt")
-        for name, kit in (("foreign key", foreign), ("other CA", wrong_ca)):
-            log = tmp_path / f"{kit.name}.log"
-            intruder = subprocess.Popen([*FEDPROOF, "client", "--kit", str(kit), "--data-dir", str(synthetic_dir),
+        for name, kit, device in (("foreign key", kits / "client-0", foreign),
+                                  ("other CA", wrong_ca, tmp_path / "device-1")):
+            log = tmp_path / f"{device.name}-{kit.name}.log"
+            intruder = subprocess.Popen([*FEDPROOF, "client", "--kit", str(kit), "--identity", str(device),
+                                         "--data-dir", str(synthetic_dir),
                                          "--port", str(free_port())], env=ENV, stdout=open(log, "wb"),
                                         stderr=subprocess.STDOUT, start_new_session=True)
             try:
@@ -114,6 +143,14 @@ def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: P
         assert lineage.returncode == 0, lineage.stdout + lineage.stderr
         assert [(r["round"], r["contributors"]) for r in json.loads(lineage.stdout)] == [
             (2, ["0", "1", "2"]), (1, ["0", "1", "2"])]
+        verified = cli("audit", "verify", str(run_dir / "model.safetensors"), "--json", "--ledger-url",
+                       f"http://127.0.0.1:{devnet_port}", "--devnet-dir", str(kits / "server" / "state" / "devnet"),
+                       "--pin", str(kits / "client-0" / "trust.json"))
+        assert verified.returncode == 0 and json.loads(verified.stdout)["verified"], verified.stdout
+        owner = run_config_owner(kits / "server", devnet_port)
+        assert owner["operator"] == owner["owner"] and owner["owner"] not in owner["dev_accounts"]
+        for what, (code, out) in control.items():
+            assert code != 0 and ("404" in out or "not found" in out.lower() or "fail" in out.lower()), (what, out)
         for name, (code, _) in intruders.items():
             assert code != 0, name
         assert "Failed to activate SuperNode" in intruders["foreign key"][1]
@@ -124,3 +161,34 @@ def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: P
         cli("server", "stop", "--kit", str(kits / "server"))
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+
+
+def control_plane_from_a_client_kit(kit: Path, port: int, tmp_path: Path) -> dict[str, tuple[int, str]]:
+    """What a client kit's holder gets from the public address: `flwr ls`, `flwr supernode register`, `flwr run`."""
+    home = tmp_path / "intruder-flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "x"\n\n[superlink.x]\naddress = "127.0.0.1:{port}"\n'
+                                      f'root-certificates = "{kit / "ca.crt"}"\n')
+    env = {**ENV, "FLWR_HOME": str(home)}
+    pub = tmp_path / "intruder.pub"
+    pub.write_bytes(node_key_pair()[1])
+    out = {}
+    for what, args in (("list runs", ["ls", "x"]), ("register a node", ["supernode", "register", str(pub), "x"]),
+                       ("submit an app", ["run", str(Path(__file__).resolve().parents[1]), "x"])):
+        done = subprocess.run([str(Path(sys.executable).with_name("flwr")), *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+        out[what] = (done.returncode, done.stdout + done.stderr)
+    return out
+
+
+def run_config_owner(server_kit: Path, devnet_port: int) -> dict:
+    from web3 import Web3
+
+    from ledger.contract import LedgerContract
+    from ledger.operator import OperatorKeys
+
+    trust = json.loads((server_kit / "trust.json").read_text())
+    w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{devnet_port}"))
+    contract = LedgerContract.at(w3, trust["contract"])
+    return {"owner": contract._view("owner"), "operator": OperatorKeys(server_kit / "operator").address(),
+            "dev_accounts": list(w3.eth.accounts)}
