@@ -87,6 +87,23 @@ def recorded_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     return run_path, data, chain, model
 
 
+@pytest.fixture(scope="module")
+def published(recorded_run, tmp_path_factory: pytest.TempPathFactory):
+    """One deployment of the recorded run (quantizing and scoring it is the slow part), shared by the tests."""
+    run_path, data, chain, _ = recorded_run
+    registry = tmp_path_factory.mktemp("published") / "registry"
+    return deploy(run_path, data, registry, chain, key=OPERATOR), registry
+
+
+def fresh_copy(published, tmp_path: Path):
+    """The shared deployment in this test's own registry (a test may damage its copy)."""
+    import shutil
+
+    deployment, registry = published
+    shutil.copytree(registry, tmp_path / "registry")
+    return dataclasses.replace(deployment, artifact=str(tmp_path / "registry" / Path(deployment.artifact).name))
+
+
 def pin(chain: LedgerContract, key: DeploymentKey = OPERATOR, **changes) -> LedgerTrust:
     trust = LedgerTrust(chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]), key.public_key)
     return dataclasses.replace(trust, **changes)
@@ -96,9 +113,9 @@ def install(ref: str, tmp_path: Path, chain: LedgerContract, trust: LedgerTrust 
     return pull(ref, tmp_path / "registry", tmp_path / "device", trust or pin(chain), endpoints or [chain])
 
 
-def test_deploy_pull_predict_round_trip_agrees_with_fp32(recorded_run, tmp_path: Path) -> None:
+def test_deploy_pull_predict_round_trip_agrees_with_fp32(recorded_run, published, tmp_path: Path) -> None:
     run_path, data, chain, model = recorded_run
-    deployment = deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
+    deployment = fresh_copy(published, tmp_path)
     assert deployment.int8_bytes <= 0.27 * deployment.fp32_bytes
     assert deployment.fp32_accuracy - deployment.int8_accuracy <= 0.01
     manifest = json.loads((tmp_path / "registry" / f"{deployment.artifact_sha256}.json").read_text())
@@ -126,9 +143,10 @@ def test_too_large_an_accuracy_drop_publishes_nothing(recorded_run, tmp_path: Pa
     assert not list((tmp_path / "registry").glob("*.onnx")) if (tmp_path / "registry").exists() else True
 
 
-def test_tampered_and_unknown_artifacts_are_refused_and_nothing_is_installed(recorded_run, tmp_path: Path) -> None:
+def test_tampered_and_unknown_artifacts_are_refused_and_nothing_is_installed(recorded_run, published,
+                                                                            tmp_path: Path) -> None:
     run_path, data, chain, model = recorded_run
-    deployment = deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
+    deployment = fresh_copy(published, tmp_path)
     artifact = Path(deployment.artifact)
     good = artifact.read_bytes()
     artifact.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
@@ -156,9 +174,9 @@ def test_tampered_and_unknown_artifacts_are_refused_and_nothing_is_installed(rec
         classify(tmp_path / "device", data.test_x[:4])
 
 
-def test_the_edge_path_never_imports_torch(recorded_run, tmp_path: Path, synthetic_dir: Path) -> None:
+def test_the_edge_path_never_imports_torch(recorded_run, published, tmp_path: Path, synthetic_dir: Path) -> None:
     run_path, data, chain, _ = recorded_run
-    deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
+    fresh_copy(published, tmp_path)
     install("latest", tmp_path, chain)
     np.save(tmp_path / "images.npy", data.test_x[:16])
     script = (
@@ -187,9 +205,10 @@ def test_bad_image_files_are_refused(tmp_path: Path) -> None:
         read_images(tmp_path / "junk.idx")
 
 
-def test_a_device_installs_only_what_its_pinned_operator_chain_and_contract_vouch_for(recorded_run, tmp_path) -> None:
+def test_a_device_installs_only_what_its_pinned_operator_chain_and_contract_vouch_for(recorded_run, published,
+                                                                                    tmp_path) -> None:
     run_path, data, chain, _ = recorded_run
-    deployment = deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
+    deployment = fresh_copy(published, tmp_path)
     ref = deployment.artifact_sha256
     stranger = DeploymentKey.generate()
     with pytest.raises(ArtifactRejected, match="not the operator key this device pins"):
@@ -225,9 +244,9 @@ class Lying:
         return [dataclasses.replace(e, tx_hash="0x" + "00" * 32) for e in self.chain.deployment_events(**kw)]
 
 
-def test_two_rpc_endpoints_that_disagree_install_nothing(recorded_run, tmp_path: Path) -> None:
+def test_two_rpc_endpoints_that_disagree_install_nothing(recorded_run, published, tmp_path: Path) -> None:
     run_path, data, chain, _ = recorded_run
-    deployment = deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
+    deployment = fresh_copy(published, tmp_path)
     with pytest.raises(ArtifactRejected, match="disagree"):
         install(deployment.artifact_sha256, tmp_path, chain, endpoints=[chain, Lying(chain)])
     assert install(deployment.artifact_sha256, tmp_path, chain, endpoints=[chain, chain]).sequence == 1
