@@ -62,8 +62,12 @@ class PeakRss:
 def deployment(tmp: Path, rounds: int, settings: list[str]) -> tuple[list[dict], int]:
     port, devnet = free_port(), free_port()
     kits = tmp / "kits"
-    cli("provision", "--clients", "3", "--server-host", "127.0.0.1", "--port", str(port), "--out", str(kits))
-    cli("server", "start", "--kit", str(kits / "server"), "--bind", "127.0.0.1", "--devnet-port", str(devnet))
+    password = tmp / "operator-password"
+    password.write_text("benchmark operator\n")
+    cli("provision", "--clients", "3", "--server-host", "127.0.0.1", "--port", str(port), "--out", str(kits),
+        "--password-file", str(password))
+    cli("server", "start", "--kit", str(kits / "server"), "--bind", "127.0.0.1", "--devnet-port", str(devnet),
+        "--password-file", str(password))
     threads = str(max(1, (os.cpu_count() or 1) // 3))  # 3 SuperNodes share this host: do not oversubscribe it
     nodes = [subprocess.Popen([*FEDPROOF, "client", "--kit", str(kits / f"client-{i}"), "--port", str(free_port()),
                                "--threads", threads],

@@ -250,7 +250,7 @@ def client_command(
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node key (testing only).")] = False,
 ) -> None:
     """Run this device's SuperNode (in the foreground): it trains with its own data, keys and HE key share."""
-    from fedproof.deployment import FLOWER_ENV, supernode_command
+    from fedproof.deployment import FLOWER_ENV, ROOT, app_runner_command, supernode_command
     from fedproof.provision import read_kit
 
     if ctx.invoked_subcommand is not None:
@@ -264,7 +264,12 @@ def client_command(
         address = server or read_kit(kit, "client")["server"]
         command = supernode_command(kit, address, port, str(data_dir.resolve()) if data_dir else "", insecure,
                                     threads, identity)
+        runner = app_runner_command(kit, port, os.getpid())
     except (FedproofError, OSError) as exc:
         _fail(exc)
     os.environ.update(FLOWER_ENV)
+    import subprocess
+
+    # the executor watches this pid, which the SuperNode keeps after exec: when the SuperNode stops, so does it
+    subprocess.Popen(runner, env={**os.environ, "PYTHONPATH": str(ROOT)})
     os.execvp(command[0], command)

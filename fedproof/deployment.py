@@ -201,7 +201,17 @@ def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", ins
     security = ["--insecure"] if insecure else ["--root-certificates", str(kit / "ca.crt"),
                                                 "--auth-supernode-private-key", str(node_key)]
     return [_bin("flower-supernode"), *security, "--superlink", server, "--port", str(port),
-            "--node-config", rendered, "--max-retries", "5", "--max-wait-time", "60"]
+            "--node-config", rendered, "--max-retries", "5", "--max-wait-time", "60",
+            "--isolation", "process"]  # the ClientApp is fl_client.app_runner: the pinned, installed app only
+
+
+def app_runner_command(kit: Path, port: int, parent_pid: int) -> list[str]:
+    """The device's ClientApp executor beside its SuperNode (``fl_client.app_runner``)."""
+    pinned = Path(kit).resolve() / "apps.json"
+    if not pinned.is_file():
+        raise ConfigError(f"{kit} pins no app (apps.json): re-provision the kit; a device runs no app without one")
+    return [sys.executable, "-m", "fl_client.app_runner", "--runtime-api-address", f"127.0.0.1:{port}",
+            "--pinned-apps", str(pinned), "--parent-pid", str(parent_pid)]
 
 
 def run_on_superlink(kit: ServerKit, overrides: dict[str, object],

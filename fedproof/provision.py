@@ -15,6 +15,7 @@ Client kit ``client-<id>``::
                                updates it helps decrypt)
     policy.json                its privacy policy
     kit.json                   its client id, data partition and the server's address
+    apps.json                  the SHA-256 of the app (Flower FAB) the operator runs: the only app its device runs
     trust.json                 (written by ``fedproof server start`` once the ledger exists) the pinned chain,
                                genesis hash, contract and operator deployment key
 
@@ -31,6 +32,7 @@ kit is never overwritten without ``force``.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import json
 import shutil
@@ -111,6 +113,7 @@ def node_key_pair() -> tuple[bytes, bytes]:
 
 
 IDENTITY = "identity.json"
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -156,9 +159,18 @@ def client_init(out: Path, client_id: str, force: bool = False) -> Identity:
     return identity
 
 
+def app_hashes(app: Path | None = None) -> list[str]:
+    """The FAB hash of the app the operator will run (``flwr build`` of ``app``, default this project: deterministic,
+    the same bytes ``flwr run`` submits)."""
+    from flwr.cli.build import build_fab_from_disk
+
+    return [hashlib.sha256(build_fab_from_disk(Path(app or PROJECT))).hexdigest()]
+
+
 def provision(out: Path, clients: int, server_host: str, port: int = 9092, force: bool = False,
               days: int = 365, partition: str = "dirichlet", policy: PrivacyPolicy | None = None,
-              declared_examples: int = 0, identities: list[Identity] | None = None) -> Kits:
+              declared_examples: int = 0, identities: list[Identity] | None = None,
+              apps: list[str] | None = None) -> Kits:
     """Write a server kit and ``clients`` client kits under ``out``; each client kit holds ``policy`` (default: the
     strict one) as its own ``policy.json``, which its device reads and the server cannot override. With
     ``declared_examples``, every client's aggregation weight is registered in the allow-list and its kit: it
@@ -175,6 +187,7 @@ def provision(out: Path, clients: int, server_host: str, port: int = 9092, force
     if len(set(ids)) != len(ids):
         raise ConfigError("two identities carry the same client id")
     clients = len(ids)
+    pinned = json.dumps({"apps": apps if apps is not None else app_hashes()}, indent=2).encode()
     ca, server_crt, server_key = _certificates(server_host, days)
     server = out / "server"
     weights = {i: declared_examples for i in ids} if declared_examples else {}
@@ -204,6 +217,7 @@ def provision(out: Path, clients: int, server_host: str, port: int = 9092, force
             write_atomically(server / "node-keys" / f"{i}.pub", public)
             write_atomically(kit / "allowlist.json", allow.to_json().encode())  # public: to check its peers
             write_atomically(kit / POLICY, policy.to_json().encode())
+            write_atomically(kit / "apps.json", pinned)
             write_atomically(kit / KIT, json.dumps({"role": "client", "client_id": i, "partition_id": n,
                                                     "num_partitions": clients, "partition": partition,
                                                     "declared_examples": declared_examples,

@@ -55,3 +55,21 @@ def test_the_superlink_binds_loopback_unless_told_otherwise(tmp_path) -> None:
     assert SuperLink(kit, "0.0.0.0", control="10.0.0.5:7000").control == ("10.0.0.5", 7000)
     with pytest.raises(ConfigError):
         SuperLink(kit, "0.0.0.0", control="0.0.0.0:9092")  # the control plane on the public port
+
+
+@pytest.mark.slow  # flwr build walks the whole checkout (.venv included): ~13 s per build here
+def test_kits_pin_the_operators_app_and_nothing_else(tmp_path) -> None:
+    """What `flwr run` of this project submits is the app a device runs; a FAB of any other app is not pinned."""
+    from flwr.cli.build import build_fab_from_disk
+
+    from fedproof.provision import PROJECT, provision
+    from fl_client.app_runner import app_hash, load_pinned
+
+    kits = provision(tmp_path / "kits", 1, "127.0.0.1")
+    pinned = load_pinned(kits.clients["0"] / "apps.json")
+    assert pinned == {app_hash(build_fab_from_disk(PROJECT))}
+    assert app_hash(build_fab_from_disk(PROJECT / "tests" / "foreign_app")) not in pinned
+    (tmp_path / "empty.json").write_text('{"apps": []}')
+    for bad in (tmp_path / "empty.json", tmp_path / "missing.json"):
+        with pytest.raises(SystemExit, match="pin"):
+            load_pinned(bad)

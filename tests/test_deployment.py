@@ -23,6 +23,7 @@ from privacy.policy import PrivacyPolicy
 pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
 
 FEDPROOF = [sys.executable, "-m", "fedproof.cli"]
+APP = "ab" * 32  # kits that run no app here pin a placeholder (building the real FAB takes ~13 s)
 ENV = {**os.environ, "COLUMNS": "200", "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
@@ -33,10 +34,10 @@ def cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess
 def test_kits_from_device_identities_hold_no_private_client_key(tmp_path: Path) -> None:
     identities = [client_init(tmp_path / f"device-{i}", str(i)) for i in range(2)]
     kits = provision(tmp_path / "kits", 0, "server.example.org", identities=[
-        Identity.load(tmp_path / f"device-{i}") for i in range(2)])
+        Identity.load(tmp_path / f"device-{i}") for i in range(2)], apps=[APP])
     for cid, kit in kits.clients.items():
         files = {p.relative_to(kit).as_posix() for p in kit.rglob("*") if p.is_file()}
-        assert files == {"ca.crt", "allowlist.json", "kit.json", "policy.json"}  # nothing secret of the client
+        assert files == {"ca.crt", "allowlist.json", "kit.json", "policy.json", "apps.json"}  # nothing secret
     from ledger.verification import AllowList
 
     assert AllowList.load(kits.server / "allowlist.json").keys == {x.client_id: x.signing_key for x in identities}
@@ -45,14 +46,14 @@ def test_kits_from_device_identities_hold_no_private_client_key(tmp_path: Path) 
 
 
 def test_kits_hold_only_what_each_party_may_hold(tmp_path: Path) -> None:
-    kits = provision(tmp_path / "kits", 2, "server.example.org")
+    kits = provision(tmp_path / "kits", 2, "server.example.org", apps=[APP])
     server = {p.relative_to(kits.server).as_posix() for p in kits.server.rglob("*") if p.is_file()}
     assert server == {"ca.crt", "server.crt", "server.key", "allowlist.json", "kit.json",
                       "node-keys/0.pub", "node-keys/1.pub"}
     for cid, kit in kits.clients.items():
         files = {p.relative_to(kit).as_posix() for p in kit.rglob("*") if p.is_file()}
         assert files == {"ca.crt", "node.key", "node.pub", f"clients/{cid}.pem", "allowlist.json", "kit.json",
-                         "policy.json"}  # no CKKS key of any kind: the clients make the run's threshold key
+                         "policy.json", "apps.json"}  # no CKKS key of any kind: the clients make the threshold key
         assert not any("ctx" in name or "secret" in name for name in files)
         assert PrivacyPolicy.load(kit / "policy.json") == PrivacyPolicy()  # the strict defaults
     secret = [kits.server / "server.key", kits.server / "allowlist.json"] + [
@@ -66,14 +67,14 @@ def test_kits_hold_only_what_each_party_may_hold(tmp_path: Path) -> None:
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "server.example.org" in sans.get_values_for_type(x509.DNSName)
     with pytest.raises(Exception, match="--force"):
-        provision(tmp_path / "kits", 2, "server.example.org")
+        provision(tmp_path / "kits", 2, "server.example.org", apps=[APP])
 
 
 def test_declared_weights_are_registered_and_carried_by_each_device(tmp_path: Path) -> None:
     from fedproof.deployment import supernode_command
     from ledger.verification import AllowList
 
-    kits = provision(tmp_path / "kits", 2, "127.0.0.1", declared_examples=6000)
+    kits = provision(tmp_path / "kits", 2, "127.0.0.1", declared_examples=6000, apps=[APP])
     assert AllowList.load(kits.server / "allowlist.json").weights == {"0": 6000, "1": 6000}
     command = supernode_command(kits.clients["1"], "127.0.0.1:9092", 9094)
     assert "declared-examples=6000" in command[command.index("--node-config") + 1]
@@ -111,7 +112,7 @@ def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: P
         foreign = tmp_path / "foreign"  # a device whose node key the SuperLink never registered
         shutil.copytree(tmp_path / "device-0", foreign)
         (foreign / "node.key").write_bytes(node_key_pair()[0])
-        other_ca = provision(tmp_path / "other", 1, "127.0.0.1", port)  # a certificate from another CA
+        other_ca = provision(tmp_path / "other", 1, "127.0.0.1", port, apps=[APP])  # a cert from another CA
         wrong_ca = tmp_path / "wrong-ca"
         shutil.copytree(kits / "client-1", wrong_ca)
         shutil.copy(other_ca.clients["0"] / "ca.crt", wrong_ca / "ca.crt")
@@ -149,6 +150,13 @@ def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: P
         assert verified.returncode == 0 and json.loads(verified.stdout)["verified"], verified.stdout
         owner = run_config_owner(kits / "server", devnet_port)
         assert owner["operator"] == owner["owner"] and owner["owner"] not in owner["dev_accounts"]
+        foreign = subprocess.run([str(Path(sys.executable).with_name("flwr")), "run",
+                                  str(Path(__file__).parent / "foreign_app"), "fedproof", "--stream"],
+                                 capture_output=True, text=True, timeout=300,
+                                 env={**ENV, "FLWR_HOME": str(kits / "server" / "state" / "flwr-home")})
+        replies = [line for line in (foreign.stdout + foreign.stderr).splitlines() if "FOREIGN-REPLY" in line]
+        assert len(replies) == 3 and all("not an app this device pins" in line for line in replies), (
+            foreign.stdout[-3000:] + foreign.stderr[-2000:])  # the operator's own foreign app: refused, not run
         for what, (code, out) in control.items():
             assert code != 0 and ("404" in out or "not found" in out.lower() or "fail" in out.lower()), (what, out)
         for name, (code, _) in intruders.items():

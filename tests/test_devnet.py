@@ -43,6 +43,8 @@ def free_port() -> int:
 def record_rounds(ledger: LedgerContract, run: bytes, first: int, last: int) -> None:
     for r in range(first, last + 1):
         parent = h(f"init/{run.hex()}") if r == 1 else h(f"model/{r - 1}")
+        if r == 1:
+            ledger.start_run(run, parent)
         ledger.record_round(
             RoundRecord(run, r, parent, h(f"model/{r}"), h(f"root/{r}"), 10 + r, 1_000_000 * r, h(f"bundle/{r}"))
         )
@@ -74,7 +76,7 @@ def test_chain_survives_stop_and_start(devnet: Devnet):
     assert devnet.state_file.is_file()
 
     again = devnet.start()
-    assert again.running and again.pid != status.pid and again.block_number == status.block_number + 4
+    assert again.running and again.pid != status.pid and again.block_number == status.block_number + 5  # deploy, startRun, 3 rounds
     w3 = LedgerContract.connect(devnet.url)
     ledger = remembered_contract(devnet.data_dir, w3)
     assert ledger is not None
