@@ -115,6 +115,10 @@ def pull(ref: str, registry: Path, install_dir: Path, trust: LedgerTrust, contra
     if manifest.expires < (time.time() if now is None else now):
         raise ArtifactRejected(f"the manifest of {wanted.hex()[:16]}… expired; ask the operator for a new release")
     history = History.load(install_dir)
+    current = _current(install_dir)
+    if current is not None and (current.sequence, current.artifact_sha256) == (manifest.sequence, wanted.hex()):
+        load(install_dir)  # already installed: re-checked against its pinned hash, nothing to do
+        return current
     if manifest.sequence <= history.sequence:
         raise ArtifactRejected(f"rollback refused: manifest sequence {manifest.sequence} is not above the "
                                f"{history.sequence} already installed (a replayed or older release)")
@@ -144,6 +148,15 @@ def pull(ref: str, registry: Path, install_dir: Path, trust: LedgerTrust, contra
     write_atomically(install_dir / HISTORY, (json.dumps(asdict(history), indent=2) + "\n").encode())
     write_atomically(install_dir / CURRENT, (json.dumps(asdict(installed), indent=2) + "\n").encode())
     return installed
+
+
+def _current(install_dir: Path) -> Installed | None:
+    if not (install_dir / CURRENT).is_file():
+        return None
+    try:
+        return Installed(**json.loads(_read_limited(install_dir / CURRENT, 1 << 16, "installed model record")))
+    except (TypeError, ValueError) as exc:
+        raise ArtifactRejected(f"{install_dir / CURRENT}: not an installed-model record ({exc})") from exc
 
 
 def _manifest(ref: str, registry: Path, trust: LedgerTrust) -> SignedManifest:
@@ -186,10 +199,9 @@ def _agreed_record(manifest: DeploymentManifest, contracts: Sequence[LedgerContr
 
 def load(install_dir: Path):
     """The installed model's session, built from bytes re-hashed against the hash pinned at install."""
-    try:
-        current = Installed(**json.loads(_read_limited(install_dir / CURRENT, 1 << 16, "installed model record")))
-    except (TypeError, ValueError) as exc:
-        raise ArtifactRejected(f"{install_dir / CURRENT}: not an installed-model record ({exc})") from exc
+    current = _current(install_dir)
+    if current is None:
+        raise ArtifactRejected(f"no installed model in {install_dir}: run `fedproof edge pull` first")
     data = _read_limited(Path(current.path), MAX_ARTIFACT_BYTES, "model artifact")
     if hashlib.sha256(data).hexdigest() != current.artifact_sha256:
         raise ArtifactRejected(f"installed model {current.path} was altered after it was verified: not loading it")

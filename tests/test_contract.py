@@ -55,9 +55,17 @@ def record_chain(ledger: LedgerContract, run: str, rounds: int, *, n: int = 10) 
     return out
 
 
-@pytest.fixture
-def ledger() -> LedgerContract:
+@pytest.fixture(scope="module")
+def deployed() -> LedgerContract:
     return LedgerContract.deploy(LedgerContract.in_memory())
+
+
+@pytest.fixture
+def ledger(deployed: LedgerContract):
+    """A freshly deployed contract, as far as a test can tell: the chain is rewound after each (eth-tester)."""
+    snapshot = deployed.w3.testing.snapshot()
+    yield deployed
+    deployed.w3.testing.revert(snapshot)
 
 
 # --------------------------------------------------------------------------------------------- artifact

@@ -252,13 +252,14 @@ def test_two_rpc_endpoints_that_disagree_install_nothing(recorded_run, published
     assert install(deployment.artifact_sha256, tmp_path, chain, endpoints=[chain, chain]).sequence == 1
 
 
-def test_a_rollback_needs_a_signed_rollback_statement(recorded_run, tmp_path: Path) -> None:
+def test_a_rollback_needs_a_signed_rollback_statement(recorded_run, published, tmp_path: Path) -> None:
     run_path, data, chain, _ = recorded_run
-    older = deploy(run_path, data, tmp_path / "registry", chain, key=OPERATOR)
+    older = fresh_copy(published, tmp_path)
     newer = deploy(run_path, data, tmp_path / "registry", chain, settings=DeploySettings(per_channel=False),
                    key=OPERATOR)
     assert older.artifact_sha256 != newer.artifact_sha256
     assert install("latest", tmp_path, chain).artifact_sha256 == newer.artifact_sha256
+    assert install("latest", tmp_path, chain).sequence == 2  # pulling what is installed changes nothing
     with pytest.raises(ArtifactRejected, match="rollback refused"):
         install(older.artifact_sha256, tmp_path, chain)  # a replayed older release
     rollback(tmp_path / "registry", OPERATOR, chain, bytes.fromhex(older.artifact_sha256))

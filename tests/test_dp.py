@@ -142,7 +142,7 @@ def test_client_declines_when_budget_would_be_exceeded() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(200, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=200)
-    config = RunConfig(dp=True, noise_multiplier=1.0, target_epsilon=5.0, delta=1e-3, batch_size=20,
+    config = RunConfig(dp=True, noise_multiplier=1.0, target_epsilon=5.0, delta=1e-3, batch_size=60,
                        local_epochs=1, grad_sample_mode="hooks")
     state, outcomes = ClientState(), []
     for rnd in range(1, 30):

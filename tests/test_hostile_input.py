@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from fedproof.data import parse_idx
 from fedproof.errors import FedproofError, UpdateRejected
-from fedproof.replies import (Declined, Decryption, Evaluation, ModelSpec, PartialDecryption, Reason, Rejection,
-                              Update, decode_decrypt_reply, decode_evaluate_reply, decode_partial_reply,
-                              decode_train_reply)
+from fedproof.replies import (Declined, Decryption, Evaluation, ModelCosignature, ModelSpec, PartialDecryption,
+                              Reason, Rejection, Update, decode_cosign_reply, decode_decrypt_reply, decode_evaluate_reply,
+                              decode_partial_reply, decode_train_reply)
 from fedproof.protocol import CIPHERTEXT_STYPE, CIPHERTEXTS_KEY, HEADER_KEY, SIGNED_KEY, EncryptedPayload, SignedEnvelope
 from ledger.bundle import BundleError, RoundBundle
 from ledger.errors import KeyFileError, UpdateVerificationError
@@ -256,8 +256,9 @@ def replies(draw):
 @given(msg=replies())
 def test_every_reply_decoder_returns_a_value_and_never_raises(msg) -> None:
     for outcome in (decode_train_reply(msg, SPEC), decode_evaluate_reply(msg), decode_decrypt_reply(msg, 6),
-                    decode_partial_reply(msg, (2, 3))):
-        assert isinstance(outcome, (Update, Declined, Evaluation, Decryption, PartialDecryption, Rejection))
+                    decode_partial_reply(msg, (2, 3)), decode_cosign_reply(msg)):
+        assert isinstance(outcome, (Update, Declined, Evaluation, Decryption, PartialDecryption, ModelCosignature,
+                                    Rejection))
         if isinstance(outcome, Rejection):
             assert outcome.node_id == 7 and isinstance(outcome.reason, Reason)
         if isinstance(outcome, Update):  # only a well-formed update gets this far

@@ -276,3 +276,41 @@ def test_a_device_deals_its_secret_once_and_only_into_a_key_of_most_registered_c
         small[key], small[f"{key}-signed"] = request[key], request[f"{key}-signed"]
     with pytest.raises(UpdateRejected, match="majority of the 5 registered"):
         threshold.keygen_deal(small, CONFIG, Devices().contexts[NODES[1]])
+
+
+def test_a_key_holder_co_signs_only_the_model_it_computes_itself(keyed) -> None:
+    """A malicious server's co-signing requests: another model hash, a tampered partial, another parent."""
+    from fedproof.protocol import COSIGN_KEY, CosignRequest, SignedEnvelope
+    from fedproof.weights import apply_mean
+    from privacy.threshold import fuse
+
+    devices, key = keyed
+    evil = MaliciousServer(devices, server_round=30)
+    leaves = [evil.leaf(n) for n in NODES[:3]]
+    decryptors = tuple(sorted(str(n) for n in NODES[:3]))
+    total = sum_ciphertexts(threshold.PARAMS, [chunks for _, chunks in leaves])
+    request = DecryptionRequest(decryptors, sum_digest(total), tuple(leaves))
+    config = RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), 30)})
+    partials = []
+    for d in decryptors:
+        reply = threshold.decrypt_share(request.put(RecordDict(dict(config))), CONFIG, 30, devices.contexts[int(d)], 3)
+        partials.append((SignedEnvelope.take(reply), reply.array_records["partial"]["partial"].numpy()))
+    values = fuse(threshold.PARAMS, total, [v for _, v in partials], flatten(global_model()).size)
+    examples = sum(COUNTS[n] for n in NODES[:3])
+    honest = hash_model(apply_mean(global_model(), values * SCALE, examples), CONFIG.run_id)
+
+    def ask(holder: int, partials=partials, parent=None, model=honest) -> str:
+        content = CosignRequest(request, tuple(partials), parent or global_model(), model).put(RecordDict(dict(config)))
+        reply = threshold.cosign_model(content, CONFIG, 30, devices.contexts[holder], 3)
+        report = ClientReport.from_reply(reply)
+        if report is not None and report.status == REFUSED:
+            return report.reason
+        assert reply.config_records[COSIGN_KEY]["model-sha256"] == honest
+        return "signed"
+
+    assert ask(NODES[4]) == "signed"  # any key holder, decryptor or not, recomputes the same model
+    assert ask(NODES[0], model=b"\x07" * 32).startswith("model-mismatch")  # a model the server made up
+    tampered = [(partials[0][0], partials[0][1] ^ np.uint64(1))] + partials[1:]
+    assert ask(NODES[0], partials=tampered).startswith("bad-partial")
+    other = ArrayRecord({k: Array(v + 1) for k, v in zip(global_model().keys(), global_model().to_numpy_ndarrays())})
+    assert ask(NODES[0], parent=other).startswith("wrong-parent")  # not the model the leaves trained from
