@@ -151,8 +151,8 @@ class ThresholdCommittee:
         random.Random(f"cosigners/{self.seed}/{server_round}").shuffle(others)
         signed: dict[str, Cosignature] = {}
         rejected: list[Rejection] = []
-        for asked in (list(request.decryptors), others):
-            wanted = asked[: key.threshold - len(signed)] if asked is not request.decryptors else asked
+        for asked in (list(request.decryptors), others):  # the decryptors, then others in place of any that failed
+            wanted = asked[: key.threshold - len(signed)]
             if not wanted:
                 continue
             messages = [Message(cosign.put(RecordDict({CONFIG_KEY: config})), dst_node_id=key.nodes[p],

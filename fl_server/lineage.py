@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from flwr.app import Array, ArrayRecord
 from safetensors.numpy import load as safetensors_load
 
@@ -51,7 +50,8 @@ def open_ledger(config: RunConfig, allow: AllowList) -> tuple[RunConfig, LedgerC
         from ledger.operator import OperatorKeys, read_password, use_account
 
         keys = OperatorKeys(Path(config.ledger_operator))
-        sender = use_account(w3, keys.ledger_account(read_password(Path(config.ledger_password_file or "-"))))
+        password = read_password(Path(config.ledger_password_file) if config.ledger_password_file else None)
+        sender = use_account(w3, keys.ledger_account(password))
     contract = (LedgerContract.at(w3, config.ledger_contract, sender=sender) if config.ledger_contract
                 else ensure_contract(w3, data_dir, sender=sender))
     register_clients(contract, allow)

@@ -59,6 +59,7 @@ class Devices:
         self.contexts = {n: Context(run_id=1, node_id=n, node_config={"client-id": str(n)}, state=RecordDict(),
                                     run_config={}) for n in nodes}
         self.absent: set[int] = set()  # nodes that stopped answering decryption requests
+        self.no_cosign: set[int] = set()  # nodes that decrypt but then do not co-sign
 
     def handlers(self) -> dict:
         ctx = self.contexts
@@ -78,7 +79,7 @@ class Devices:
         return threshold.decrypt_share(msg.content, CONFIG, server_round, self.contexts[node], CONFIG.min_contributors)
 
     def cosign(self, node: int, msg: Message):
-        if node in self.absent:
+        if node in self.absent | self.no_cosign:
             return None
         server_round = int(msg.content[CONFIG_KEY]["server-round"])
         return threshold.cosign_model(msg.content, CONFIG, server_round, self.contexts[node], CONFIG.min_contributors)
@@ -314,3 +315,20 @@ def test_a_key_holder_co_signs_only_the_model_it_computes_itself(keyed) -> None:
     assert ask(NODES[0], partials=tampered).startswith("bad-partial")
     other = ArrayRecord({k: Array(v + 1) for k, v in zip(global_model().keys(), global_model().to_numpy_ndarrays())})
     assert ask(NODES[0], parent=other).startswith("wrong-parent")  # not the model the leaves trained from
+
+
+def test_a_decryptor_that_does_not_co_sign_is_replaced_by_another_key_holder(keyed) -> None:
+    import random
+
+    devices, key = keyed
+    live = sorted(key.nodes)
+    random.Random("decryptors/3/41").shuffle(live)  # as ThresholdCommittee draws round 41's decryptors (seed 3)
+    dropped = live[0]
+    devices.no_cosign = {int(dropped)}  # it decrypts, then goes silent
+    try:
+        result, grid = run(devices, key, server_round=41)
+    finally:
+        devices.no_cosign = set()
+    signers = {c.client_id for c in result.endorsement.cosignatures}
+    assert result.model is not None and len(signers) == key.threshold and dropped not in signers
+    assert any(r.phase == "cosign" for r in result.rejections)  # the silent one is on the record
