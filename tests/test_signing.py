@@ -128,3 +128,27 @@ def test_every_leaf_proves_membership_and_nothing_else_does(leaves: list[bytes])
 
 def test_empty_round_has_the_zero_root() -> None:
     assert MerkleTree([]).root == EMPTY_ROOT
+
+
+def test_a_device_signs_only_for_the_chain_genesis_and_contract_it_pins(tmp_path: Path) -> None:
+    """The run config names the ledger; a device with a pin (its kit's trust.json) refuses any other one."""
+    from flwr.app import Context, RecordDict
+
+    from fedproof.config import RunConfig
+    from fedproof.errors import ConfigError
+    from fl_client.signing import domain
+    from ledger.trust import LedgerTrust
+
+    genesis = bytes(range(32))
+    pin = tmp_path / "trust.json"
+    pin.write_text(LedgerTrust(31337, genesis, CONTRACT, b"\x01" * 32).to_json())
+    device = Context(run_id=1, node_id=1, node_config={"client-id": "0", "ledger-trust": str(pin)},
+                     state=RecordDict(), run_config={})
+    honest = RunConfig(run_id="r", chain_id=31337, ledger_contract="0x" + CONTRACT.hex(),
+                       chain_genesis="0x" + genesis.hex())
+    assert domain(honest, device).genesis == genesis
+    for other in (dataclasses.replace(honest, chain_genesis="0x" + "11" * 32),   # another devnet, same chain id
+                  dataclasses.replace(honest, ledger_contract="0x" + "22" * 20),  # another contract
+                  dataclasses.replace(honest, chain_id=1)):
+        with pytest.raises(ConfigError, match="pinned"):
+            domain(other, device)
