@@ -208,8 +208,14 @@ def encrypt_update(delta: np.ndarray, weight: int, weight_scale: int, context: C
 def decrypt_share(content: RecordDict, config: RunConfig, server_round: int, context: Context,
                   min_contributors: int) -> RecordDict:
     """A partial decryption of the round's sum, signed, or a refusal with the check that failed."""
+    return _refusal_or(_decrypt_share, content, config, server_round, context, min_contributors)
+
+
+def _refusal_or(step, content: RecordDict, config: RunConfig, server_round: int, context: Context,
+                min_contributors: int) -> RecordDict:
+    """``step``'s signed reply, or the refusal (with its check's code) that the server records."""
     try:
-        return _decrypt_share(content, config, server_round, context, min_contributors)
+        return step(content, config, server_round, context, min_contributors)
     except DecryptionRefused as exc:
         report = ClientReport(client_id(context), REFUSED, reason=str(exc))
         return RecordDict({"client": report.to_record()})
@@ -308,11 +314,7 @@ def cosign_model(content: RecordDict, config: RunConfig, server_round: int, cont
                  min_contributors: int) -> RecordDict:
     """A signature of the round's new model hash, after this device fused the t signed partial decryptions
     itself and computed the model from the parent; or a refusal with the check that failed."""
-    try:
-        return _cosign_model(content, config, server_round, context, min_contributors)
-    except DecryptionRefused as exc:
-        report = ClientReport(client_id(context), REFUSED, reason=str(exc))
-        return RecordDict({"client": report.to_record()})
+    return _refusal_or(_cosign_model, content, config, server_round, context, min_contributors)
 
 
 def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, context: Context,

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ledger.errors import KeyFileError, LedgerError
+from ledger.signing import length_prefixed as _str
 
 MANIFEST_TAG = b"fedproof/deployment/v1"
 MAX_MANIFEST_BYTES = 64 << 10
@@ -32,13 +33,6 @@ MAX_MANIFEST_BYTES = 64 << 10
 
 class ManifestError(LedgerError):
     """A deployment manifest is malformed, unsigned, or signed by a key the device does not pin."""
-
-
-def _str(value: str) -> bytes:
-    raw = value.encode()
-    if len(raw) > 0xFFFF:
-        raise ManifestError("a manifest field is too long")
-    return struct.pack(">H", len(raw)) + raw
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,8 @@ def run_id_hash(run_id: str) -> bytes:
     return hashlib.sha256(b"fedproof/run/v1\x00" + run_id.encode()).digest()
 
 
-def _str(value: str) -> bytes:
+def length_prefixed(value: str) -> bytes:
+    """A string as every canonical encoding here writes it: UTF-8 with a u16 length prefix."""
     raw = value.encode()
     if len(raw) > 0xFFFF:
         raise ValueError("identifier too long to encode")
@@ -125,9 +126,9 @@ class SignedFields:
                 struct.pack(">Q", self.chain_id),
                 self.genesis,
                 self.contract,
-                _str(self.run_id),
+                length_prefixed(self.run_id),
                 struct.pack(">Q", self.round),
-                _str(self.client_id),
+                length_prefixed(self.client_id),
                 self.payload_sha256,
                 struct.pack(">QQ", self.num_examples, self.epsilon_scaled),
                 self.parent_model_hash,
