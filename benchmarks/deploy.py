@@ -21,21 +21,22 @@ from safetensors.torch import save as safetensors_save
 from fedproof.data import load_dataset
 from fedproof.inference import predict, session
 from fedproof.model import make_model
-from fedproof.task import to_tensors
+from fedproof.task import features, to_tensors
 from fl_server.deploy import export_onnx, load_model_file, quantize_int8
 
 
 def train(data, epochs: int = 2) -> torch.nn.Module:
+    """The default model, its head trained (no DP) on its features of the training set."""
     torch.manual_seed(0)
-    model = make_model(data.num_classes)
-    x, y = to_tensors(data.train_x, data.train_y)
-    opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
+    model = make_model(num_classes=data.num_classes)
+    x, y = features(model, data.train_x), torch.from_numpy(data.train_y.astype(np.int64))
+    opt = torch.optim.SGD(model.head.parameters(), lr=0.1, momentum=0.9)
     for _ in range(epochs):
         order = torch.randperm(len(y))
         for i in range(0, len(y), 64):
             idx = order[i : i + 64]
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            torch.nn.functional.cross_entropy(model.head(x[idx]), y[idx]).backward()
             opt.step()
     return model.eval()
 

@@ -35,7 +35,7 @@ mode, samples, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(1)
 data = load_dataset()
 x, y = to_tensors(data.train_x[:samples], data.train_y[:samples])
-model = make_model(seed=0)
+model = make_model("cnn", seed=0)  # end-to-end: per-sample gradients through every layer
 loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
 times = []

@@ -31,13 +31,13 @@ from fl_client.training import TrainSettings, train_local
 config = RunConfig.from_mapping(json.loads(sys.argv[1]))
 data = load_dataset(config.data_dir or None)
 clients = [load_client_data(config, i, config.clients) for i in range(config.clients)]
-global_model = make_model(data.num_classes, seed=config.seed)
+global_model = make_model(num_classes=data.num_classes, seed=config.seed)
 rounds = []
 for rnd in range(1, config.rounds + 1):
     t = time.monotonic()
     states, weights = [], []
     for pid, c in enumerate(clients):
-        model = make_model(data.num_classes)
+        model = make_model(num_classes=data.num_classes)
         model.load_state_dict(global_model.state_dict())
         s = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum, rnd * 1009 + pid)
         weights.append(train_local(model, c.train_x, c.train_y, s).num_examples)

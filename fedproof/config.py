@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from privacy.dp import DPSettings
 
 PARTITIONS = ("iid", "dirichlet", "pathological")
+MODELS = ("scatternet", "cnn")
+"""fedproof.model's models (kept here so that reading a configuration does not import torch)."""
 Scalar = int | float | str | bool
 
 
@@ -34,7 +36,9 @@ class RunConfig:
 
     clients: int = 10
     """Number of simulated clients (SuperNodes); also the number of data partitions."""
-    rounds: int = 5
+    rounds: int = 30
+    """Many short rounds (one local epoch each) under one lifetime budget: measured best under DP
+    (benchmarks/privacy_utility.py)."""
     fraction_train: float = 1.0
     """Fraction of connected clients sampled for training each round."""
     fraction_evaluate: float = 1.0
@@ -45,9 +49,14 @@ class RunConfig:
     """Dirichlet concentration: smaller is more skewed."""
     classes_per_client: int = 2
     """Classes each client holds under pathological partitioning."""
-    local_epochs: int = 2
-    batch_size: int = 64
-    lr: float = 0.03
+    model: str = "scatternet"
+    """scatternet: fixed wavelet-scattering features and a linear head (best under DP); cnn: the end-to-end tanh CNN."""
+    local_epochs: int = 1
+    batch_size: int = 512
+    """Expected batch (Poisson sampling under DP): large batches shrink the noise per averaged gradient."""
+    lr: float = 4.0
+    """Scaled with the batch and the small clip norm (the step is at most lr * max-grad-norm); without DP, whose
+    gradients are not clipped, choose ~0.1."""
     momentum: float = 0.9
     val_fraction: float = 0.1
     """Share of each client's partition held out as its local validation split."""
@@ -72,8 +81,8 @@ class RunConfig:
     delta: float = 1e-5
     noise_multiplier: float = 0.0
     """Fixed DP noise; 0 calibrates it once from target-epsilon for the planned rounds."""
-    max_grad_norm: float = 1.0
-    """Per-sample gradient clipping bound of DP-SGD."""
+    max_grad_norm: float = 0.1
+    """Per-sample gradient clipping bound of DP-SGD (Tramer & Boneh's 0.1)."""
     grad_sample_mode: str = "hooks"
     """How Opacus computes per-sample gradients: hooks, ghost or functorch (benchmarks/dp_overhead.py)."""
     accountant: str = "prv"
@@ -131,6 +140,7 @@ class RunConfig:
             (self.partition in PARTITIONS, f"partition must be one of {', '.join(PARTITIONS)}"),
             (self.alpha > 0 and math.isfinite(self.alpha), "alpha must be a positive number"),
             (self.classes_per_client >= 1, "classes-per-client must be at least 1"),
+            (self.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
             (self.local_epochs >= 1, "local-epochs must be at least 1"),
             (self.batch_size >= 1, "batch-size must be at least 1"),
             (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),

@@ -42,7 +42,7 @@ def preflight(config: RunConfig) -> None:
     if dp is not None:
         from privacy.dp import validate_model
 
-        validate_model(make_model(dataset.num_classes))
+        validate_model(make_model(config.model, dataset.num_classes).head)
         smallest = min(len(load_client_data(config, i, config.clients).train_y) for i in range(config.clients))
         dp.check_dataset(smallest)
 

@@ -75,7 +75,7 @@ def _job(msg: Message, context: Context) -> _Job:
     if context.node_config.get("data-dir"):  # a device's own copy of the data, wherever it keeps it
         config = config.with_overrides(data_dir=str(context.node_config["data-dir"]))
     data = load_client_data(config, partition_id, num_partitions)
-    model = make_model(data.num_classes)
+    model = make_model(config.model, data.num_classes)
     global_arrays = msg.content["arrays"]
     model.load_state_dict(global_arrays.to_torch_state_dict())
     return _Job(config, server_round, partition_id, data, model, global_arrays)

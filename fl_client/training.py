@@ -7,6 +7,7 @@ client past its epsilon budget.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedproof.config import RunConfig
 from fedproof.protocol import BUDGET_EXHAUSTED, POLICY_REFUSED, TRAINED
-from fedproof.task import to_tensors
+from fedproof.model import ExtractorHead
+from fedproof.task import features
 from fl_client.policy import run_policy
 from fl_client.state import ClientState
 from privacy.dp import RoundPlan, calibrate_noise, check_budget, make_private
@@ -47,7 +49,9 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, lo
                 continue
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(xb), yb)
-            loss.backward()
+            with warnings.catch_warnings():  # Opacus' hooks on a head whose inputs (fixed features) need no grad
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()
             optimizer.step()
             total += loss.item() * len(yb)
             count += len(yb)
@@ -56,7 +60,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, lo
 
 
 def train_round(
-    model: nn.Module,
+    model: ExtractorHead,
     images: np.ndarray,
     labels: np.ndarray,
     config: RunConfig,
@@ -65,22 +69,25 @@ def train_round(
     seed: int,
     policy: PrivacyPolicy | None = None,
 ) -> RoundOutcome:
-    """One round of local training of ``model`` (in place) on the client's data, as private as the run asks and
-    at least as private as ``policy`` (default: the run's own settings) demands; a request weaker than the
-    policy is refused (POLICY_REFUSED) before anything is trained."""
+    """One round of local training of ``model``'s head (in place) on the client's data, as private as the run asks
+    and at least as private as ``policy`` (default: the run's own settings) demands; a request weaker than the
+    policy is refused (POLICY_REFUSED) before anything is trained. The head trains on the extractor's features,
+    computed once per dataset: the extractor is fixed, so they are a public function of each record and DP-SGD's
+    per-sample clipping and noise on the head protect each record exactly as they would on the whole model."""
     policy = policy or run_policy(config)
     try:
         dp = policy.admit(dp=config.dp, he=config.he, settings=config.dp_settings(), he_scheme=config.he_scheme)
     except PolicyRefusal as exc:
         return RoundOutcome(POLICY_REFUSED, 0.0, 0, None, state, str(exc))
     n = len(labels)
-    x, y = to_tensors(images, labels)
+    x, y = features(model, images), torch.from_numpy(labels.astype(np.int64))
     loader = DataLoader(
         TensorDataset(x, y), batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    head = model.head
+    optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum)
     if dp is None:
-        loss = run_epochs(model, optimizer, nn.CrossEntropyLoss(), loader, config.local_epochs)
+        loss = run_epochs(head, optimizer, nn.CrossEntropyLoss(), loader, config.local_epochs)
         return RoundOutcome(TRAINED, loss, n, None, state.after_training(server_round, n))
 
     dp.check_dataset(n)
@@ -90,8 +97,8 @@ def train_round(
         check_budget(state.spend, noise, plan, dp)
     except BudgetExhausted as exc:
         return RoundOutcome(BUDGET_EXHAUSTED, 0.0, 0, exc.spent, state, str(exc))
-    with make_private(model, optimizer, loader, dp, noise) as private:
-        loss = run_epochs(model, private.optimizer, private.criterion, private.loader, config.local_epochs)
+    with make_private(head, optimizer, loader, dp, noise) as private:
+        loss = run_epochs(head, private.optimizer, private.criterion, private.loader, config.local_epochs)
         spend = private.spend(state.spend)
     epsilon = spend.epsilon(dp.delta, dp.accountant)
     return RoundOutcome(TRAINED, loss, n, epsilon, state.after_training(server_round, n, spend, noise))

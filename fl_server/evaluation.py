@@ -12,9 +12,9 @@ from fedproof.task import evaluate
 class CentralEvaluator:
     """Evaluates global weights on ``dataset``'s test split; returns (loss, accuracy)."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, model: str = "scatternet") -> None:
         self.dataset = dataset
-        self.model = make_model(dataset.num_classes)
+        self.model = make_model(model, dataset.num_classes)
 
     def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())

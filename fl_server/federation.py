@@ -71,14 +71,14 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     if threshold_he and not config.he_weight_scale:
         config = config.with_overrides(he_weight_scale=weight_scale(credentials.allow))
     run_dir.write_config(config)
-    model = ArrayRecord(make_model(dataset.num_classes, seed=config.seed).state_dict())
+    model = ArrayRecord(make_model(config.model, dataset.num_classes, seed=config.seed).state_dict())
     if config.resume:  # after a crash: go on from the last round recorded, with its model
         lineage = Lineage(run_dir.path, config, contract)
         done, model = lineage.resume(like=model)
     else:
         lineage, done = Lineage(run_dir.path, config, contract, model), 0
     prometheus = FederationMetrics(config.metrics_port, address=config.metrics_address)
-    evaluate = CentralEvaluator(dataset)
+    evaluate = CentralEvaluator(dataset, config.model)
     rows = run_dir.keep_rounds(done)
     if done and not any(r.round == done for r in rows):  # crashed between recording round `done` and its row
         loss, accuracy = evaluate(model)

@@ -1,27 +1,41 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from fedproof.model import FashionCNN, count_parameters, make_model
+from fedproof.config import MODELS
+from fedproof.errors import ConfigError
+from fedproof.model import count_parameters, make_model
 
 
-def test_output_shape_and_size() -> None:
-    model = make_model()
+@pytest.mark.parametrize("name", MODELS)
+def test_output_shape_and_size(name: str) -> None:
+    model = make_model(name)
     assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
     assert 25_000 <= count_parameters(model) <= 100_000
+    assert count_parameters(model.extractor) == 0 and not model.extractor.state_dict()  # fixed: nothing to exchange
+    assert set(model.state_dict()) == {f"head.{k}" for k in model.head.state_dict()}
 
 
-def test_no_batchnorm() -> None:
+@pytest.mark.parametrize("name", MODELS)
+def test_no_batchnorm(name: str) -> None:
     """Batch statistics mix samples; DP-SGD (Opacus) refuses them."""
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in make_model().modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in make_model(name).modules())
 
 
-def test_seeded_initialisation() -> None:
-    a, b, c = make_model(seed=1), make_model(seed=1), make_model(seed=2)
+@pytest.mark.parametrize("name", MODELS)
+def test_seeded_initialisation(name: str) -> None:
+    a, b, c = make_model(name, seed=1), make_model(name, seed=1), make_model(name, seed=2)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
-    assert not torch.equal(a.state_dict()["fc1.weight"], c.state_dict()["fc1.weight"])
+    assert not all(torch.equal(a.state_dict()[k], c.state_dict()[k]) for k in a.state_dict())
 
 
-def test_num_classes() -> None:
-    assert FashionCNN(num_classes=3)(torch.zeros(2, 1, 28, 28)).shape == (2, 3)
+@pytest.mark.parametrize("name", MODELS)
+def test_num_classes(name: str) -> None:
+    assert make_model(name, num_classes=3)(torch.zeros(2, 1, 28, 28)).shape == (2, 3)
+
+
+def test_unknown_model_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown model 'resnet'"):
+        make_model("resnet")
