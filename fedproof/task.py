@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,28 +28,73 @@ def to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, to
 #: Features of recently seen image sets: a client's train and validation split, the server's test set. A process
 #: (a Ray actor of the simulation, a device's warm ClientApp) serves several rounds, and with a fixed extractor
 #: every round would otherwise recompute the same features (scattering: ~1.6 s per 1,000 images on one core).
-_FEATURES: OrderedDict[tuple[str, bytes], torch.Tensor] = OrderedDict()
+_FEATURES: OrderedDict[bytes, torch.Tensor] = OrderedDict()
 FEATURE_CACHE_ENTRIES = 24
+#: The disk cache's size cap: the oldest files go first.
+DISK_CACHE_BYTES = 3 * 2**30
 CHUNK = 64  # images per extractor call: larger chunks are slower (memory traffic of the 64 second-order paths)
+
+
+def feature_cache_dir() -> Path:
+    """Where features are kept between processes and runs: ``$FEDPROOF_CACHE_DIR``, else ~/.cache/fedproof/features.
+    Every process of a simulation (and every run after the first) reads a client's features from here instead of
+    computing them again; they are a fixed function of the client's own images and never leave the machine."""
+    configured = os.environ.get("FEDPROOF_CACHE_DIR")
+    base = Path(configured) if configured else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "fedproof"
+    return base.expanduser() / "features"
 
 
 @torch.no_grad()
 def features(model: ExtractorHead, images: np.ndarray) -> torch.Tensor:
     """The head's inputs for uint8 ``images``: ``model.extractor`` of the standardised images, computed once per
-    image set (cached by content) when the extractor does anything."""
+    image set (kept by content, in memory and on disk) when the extractor does anything."""
     x, _ = to_tensors(images, np.zeros(len(images), np.int64))
     if isinstance(model.extractor, nn.Identity):
         return x
-    digest = hashlib.sha256(images.tobytes() + repr(images.shape).encode()).digest()
-    key = (repr(model.extractor), digest)
+    key = hashlib.sha256(repr(model.extractor).encode() + repr(images.shape).encode() + images.tobytes()).digest()
     if key not in _FEATURES:
-        model.extractor.eval()
-        _FEATURES[key] = torch.cat([model.extractor(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)]) \
-            if len(x) else x.new_zeros((0,))
+        cached = _from_disk(key, len(images))
+        _FEATURES[key] = cached if cached is not None else _compute(model.extractor, x, key)
         while len(_FEATURES) > FEATURE_CACHE_ENTRIES:
             _FEATURES.popitem(last=False)
     _FEATURES.move_to_end(key)
     return _FEATURES[key]
+
+
+def _compute(extractor: nn.Module, x: torch.Tensor, key: bytes) -> torch.Tensor:
+    extractor.eval()
+    out = torch.cat([extractor(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)])
+    try:
+        directory = feature_cache_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
+            np.save(tmp, out.numpy(), allow_pickle=False)
+        os.replace(tmp.name, directory / f"{key.hex()}.npy")  # atomic: a concurrent reader sees all or nothing
+        _trim(directory)
+    except OSError:  # a read-only or full disk only costs the recomputation next time
+        pass
+    return out
+
+
+def _from_disk(key: bytes, n: int) -> torch.Tensor | None:
+    path = feature_cache_dir() / f"{key.hex()}.npy"
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if array.dtype != np.float32 or array.ndim < 2 or len(array) != n or not np.isfinite(array).all():
+        return None
+    os.utime(path)
+    return torch.from_numpy(array)
+
+
+def _trim(directory: Path) -> None:
+    files = sorted(directory.glob("*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)
+    total = 0
+    for path in files:
+        total += path.stat().st_size
+        if total > DISK_CACHE_BYTES:
+            path.unlink(missing_ok=True)
 
 
 @torch.no_grad()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedproof.data import write_manifest
+
+# features computed by tests (and the processes they start) go to a cache of this session's own, not the user's
+os.environ["FEDPROOF_CACHE_DIR"] = tempfile.mkdtemp(prefix="fedproof-test-cache-")
 
 
 def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
