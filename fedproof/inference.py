@@ -13,15 +13,17 @@ INPUT = "images"
 
 
 def session(model: bytes, threads: int = 1) -> ort.InferenceSession:
-    """An inference session built from the model's bytes (never from a path that could change after a check)."""
+    """An inference session built from the model's bytes (never from a path that could change after a check);
+    ``threads`` 0 lets onnxruntime use every core."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def predict(sess: ort.InferenceSession, images: np.ndarray, batch: int = 1024) -> np.ndarray:
-    """Predicted class of each image."""
+def predict(sess: ort.InferenceSession, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Predicted class of each image, ``batch`` at a time (the scattering's intermediate maps are ~0.6 MB per image:
+    small batches stay in cache and were faster than 1,024 at once, 2.0 vs 3.5 s per 1,000 on one thread)."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     if not len(images):
         return np.zeros(0, np.int64)
