@@ -19,6 +19,8 @@ from pathlib import Path
 
 from measure import measure
 
+NO_DP = {"batch-size": 128, "lr": 0.1, "local-epochs": 3}  # the model's settings without DP (unclipped gradients)
+
 BASELINE = """
 import json, sys, time, torch
 from fedproof.config import RunConfig
@@ -26,21 +28,22 @@ from fedproof.client_data import load_client_data
 from fedproof.data import load_dataset
 from fedproof.model import make_model
 from fedproof.task import evaluate
-from fl_client.training import TrainSettings, train_local
+from fl_client.state import ClientState
+from fl_client.training import train_round
 
 config = RunConfig.from_mapping(json.loads(sys.argv[1]))
 data = load_dataset(config.data_dir or None)
 clients = [load_client_data(config, i, config.clients) for i in range(config.clients)]
-global_model = make_model(num_classes=data.num_classes, seed=config.seed)
+global_model = make_model(config.model, data.num_classes, seed=config.seed)
 rounds = []
 for rnd in range(1, config.rounds + 1):
     t = time.monotonic()
     states, weights = [], []
     for pid, c in enumerate(clients):
-        model = make_model(num_classes=data.num_classes)
+        model = make_model(config.model, data.num_classes)
         model.load_state_dict(global_model.state_dict())
-        s = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum, rnd * 1009 + pid)
-        weights.append(train_local(model, c.train_x, c.train_y, s).num_examples)
+        outcome = train_round(model, c.train_x, c.train_y, config, ClientState(), rnd, rnd * 1009 + pid)
+        weights.append(outcome.num_examples)
         states.append(model.state_dict())
     total = sum(weights)
     global_model.load_state_dict({k: sum(sd[k] * w for sd, w in zip(states, weights)) / total for k in states[0]})
@@ -60,10 +63,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for clients in args.clients:
-            settings = {"clients": clients, "rounds": args.rounds, "run-dir": tmp, "run-id": f"bench-{clients}"}
+            settings = {"clients": clients, "rounds": args.rounds, "run-dir": tmp, "run-id": f"bench-{clients}",
+                        "dp": False, "he": False, "ledger": False, **NO_DP}
             wall, rss, proc = measure(
                 [sys.executable, "-m", "fedproof.cli", "simulate", "--clients", str(clients), "--rounds",
-                 str(args.rounds), "--run-dir", tmp, "--run-id", f"bench-{clients}", "--no-dp", "--no-he", "--no-ledger"]
+                 str(args.rounds), "--run-dir", tmp, "--run-id", f"bench-{clients}", "--no-dp", "--no-he", "--no-ledger",
+                 *[arg for k, v in NO_DP.items() for arg in ("-c", f"{k}={v}")]]
             )
             if proc.returncode != 0:
                 sys.exit(f"fedproof simulate failed:\n{proc.stdout}\n{proc.stderr}")
