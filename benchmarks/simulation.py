@@ -19,7 +19,7 @@ from pathlib import Path
 
 from measure import measure
 
-NO_DP = {"batch-size": 128, "lr": 0.1, "local-epochs": 3}  # the model's settings without DP (unclipped gradients)
+NO_DP = {"batch-size": 64, "lr": 0.05, "local-epochs": 3}  # the model's settings without DP (unclipped gradients)
 
 BASELINE = """
 import json, sys, time, torch

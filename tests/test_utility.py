@@ -33,7 +33,6 @@ def test_the_default_model_learns_under_dp_on_small_data() -> None:
         state = outcome.state
     assert outcome.epsilon <= config.target_epsilon
     _, accuracy = evaluate(model, test_x, test_y)
-    print(accuracy)
     assert accuracy >= 0.6
 
 
@@ -53,3 +52,23 @@ def test_the_default_schedule_keeps_every_client_within_its_lifetime_budget(n: i
     assert 0.95 * config.target_epsilon <= epsilon <= config.target_epsilon  # spent, and not a bit more
     with pytest.raises(BudgetExhausted):
         check_budget(spend, noise, plan, settings)
+
+
+def test_features_are_kept_by_content_and_a_damaged_cache_file_is_recomputed(tmp_path, monkeypatch) -> None:
+    from fedproof import task
+
+    monkeypatch.setenv("FEDPROOF_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(task, "_FEATURES", type(task._FEATURES)())
+    images = small_task(n_train=40, n_test=1)[0]
+    model = make_model()
+    first = task.features(model, images).clone()
+    (cached,) = (tmp_path / "features").glob("*.npy")
+    task._FEATURES.clear()
+    assert np.array_equal(task.features(model, images).numpy(), first.numpy())  # from disk
+    task._FEATURES.clear()
+    np.save(cached, np.zeros((3, 2), np.float32))  # wrong shape: not trusted, recomputed and rewritten
+    assert np.array_equal(task.features(model, images).numpy(), first.numpy())
+    assert np.load(cached).shape == tuple(first.shape)
+    other = images.copy()
+    other[0, 0, 0] ^= 1
+    assert not np.array_equal(task.features(model, other).numpy(), first.numpy())  # keyed by content
