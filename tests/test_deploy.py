@@ -137,6 +137,7 @@ def test_a_model_not_on_the_ledger_is_not_deployed(recorded_run, tmp_path: Path)
     assert not (tmp_path / "registry").exists() or not any((tmp_path / "registry").iterdir())
 
 
+@pytest.mark.slow  # a second export and quantization of the scattering graph (~8 s)
 def test_too_large_an_accuracy_drop_publishes_nothing(recorded_run, tmp_path: Path) -> None:
     run_path, data, chain, _ = recorded_run
     with pytest.raises(AccuracyDropTooLarge, match="pp below fp32"):
@@ -154,7 +155,7 @@ def test_tampered_and_unknown_artifacts_are_refused_and_nothing_is_installed(rec
     with pytest.raises(ArtifactRejected, match="does not hash to its name"):
         install(deployment.artifact_sha256, tmp_path, chain)
     artifact.write_bytes(good)
-    unknown = quantize_int8(export_onnx(make_model(num_classes=data.num_classes).eval()), data.train_x[:64])
+    unknown = quantize_int8(export_onnx(make_model("cnn", data.num_classes).eval()), data.train_x[:64])
     digest = hashlib.sha256(unknown).hexdigest()
     (tmp_path / "registry" / f"{digest}.onnx").write_bytes(unknown)  # valid ONNX, right name, never deployed
     with pytest.raises(ArtifactRejected, match="no signed manifest"):  # unsigned: nothing vouches for it
@@ -253,6 +254,7 @@ def test_two_rpc_endpoints_that_disagree_install_nothing(recorded_run, published
     assert install(deployment.artifact_sha256, tmp_path, chain, endpoints=[chain, chain]).sequence == 1
 
 
+@pytest.mark.slow  # a second export and quantization of the scattering graph (~8 s)
 def test_a_rollback_needs_a_signed_rollback_statement(recorded_run, published, tmp_path: Path) -> None:
     run_path, data, chain, _ = recorded_run
     older = fresh_copy(published, tmp_path)
