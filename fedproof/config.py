@@ -28,6 +28,9 @@ Scalar = int | float | str | bool
 
 
 HE_SCHEMES = ("threshold", "shared-key")
+#: Default learning rates (``lr = 0``): DP-SGD's per-sample clipping at 0.1 bounds each step, so it takes a large
+#: one (benchmarks/privacy_utility.py); unclipped SGD at that rate diverges (80% and updates past HE's range).
+DP_LR, PLAIN_LR = 4.0, 0.05
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,9 @@ class RunConfig:
     local_epochs: int = 1
     batch_size: int = 512
     """Expected batch (Poisson sampling under DP): large batches shrink the noise per averaged gradient."""
-    lr: float = 4.0
-    """Scaled with the batch and the small clip norm (the step is at most lr * max-grad-norm); without DP, whose
-    gradients are not clipped, choose ~0.1."""
+    lr: float = 0.0
+    """0: 4.0 under DP (scaled with the batch and the small clip norm: a step moves at most lr * max-grad-norm),
+    0.05 without DP, whose gradients are not clipped (see :meth:`learning_rate`)."""
     momentum: float = 0.9
     val_fraction: float = 0.1
     """Share of each client's partition held out as its local validation split."""
@@ -144,7 +147,7 @@ class RunConfig:
             (self.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
             (self.local_epochs >= 1, "local-epochs must be at least 1"),
             (self.batch_size >= 1, "batch-size must be at least 1"),
-            (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
+            (self.lr >= 0 and math.isfinite(self.lr), "lr must be a non-negative number (0: the default for dp)"),
             (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
             (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
             (self.seed >= 0, "seed must be non-negative"),
@@ -167,6 +170,10 @@ class RunConfig:
             raise ConfigError("invalid run configuration: " + "; ".join(problems))
         if self.dp:
             self.dp_settings()  # refuse bad DP settings now, before any training
+
+    def learning_rate(self) -> float:
+        """``lr``, or when it is 0 the default that suits the gradients: clipped under DP, raw without."""
+        return self.lr or (DP_LR if self.dp else PLAIN_LR)
 
     def dp_settings(self) -> DPSettings | None:
         """The clients' DP-SGD settings, or None when DP is off."""

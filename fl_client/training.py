@@ -85,7 +85,7 @@ def train_round(
         TensorDataset(x, y), batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
     head = model.head
-    optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum)
+    optimizer = torch.optim.SGD(head.parameters(), lr=config.learning_rate(), momentum=config.momentum)
     if dp is None:
         loss = run_epochs(head, optimizer, nn.CrossEntropyLoss(), loader, config.local_epochs)
         return RoundOutcome(TRAINED, loss, n, None, state.after_training(server_round, n))

@@ -73,3 +73,12 @@ def test_resolution_order_with_dash_c(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "fedproof"\n[tool.flwr.app.config]\nrounds = 7\n')
     config = resolve({"clients": 2}, app_dir=tmp_path, settings={"rounds": 3, "clients": 5, "lr": 0.5})
     assert (config.clients, config.rounds, config.lr) == (2, 3, 0.5)  # option > -c > pyproject
+
+
+def test_the_default_learning_rate_follows_dp() -> None:
+    """Clipped DP-SGD steps take lr 4; unclipped SGD at that rate diverges, so without DP the default is 0.05."""
+    assert RunConfig().learning_rate() == 4.0
+    assert RunConfig(dp=False).learning_rate() == 0.05
+    assert RunConfig(dp=False, lr=0.3).learning_rate() == RunConfig(lr=0.3).learning_rate() == 0.3
+    with pytest.raises(ConfigError, match="lr must be"):
+        RunConfig(lr=-1.0)
