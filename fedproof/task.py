@@ -48,20 +48,20 @@ def feature_cache_dir() -> Path:
 def features(model: ExtractorHead, images: np.ndarray) -> torch.Tensor:
     """The head's inputs for uint8 ``images``: ``model.extractor`` of the standardised images, computed once per
     image set (kept by content, in memory and on disk) when the extractor does anything."""
-    x, _ = to_tensors(images, np.zeros(len(images), np.int64))
     if isinstance(model.extractor, nn.Identity):
-        return x
+        return to_tensors(images, np.zeros(len(images), np.int64))[0]
     key = hashlib.sha256(repr(model.extractor).encode() + repr(images.shape).encode() + images.tobytes()).digest()
-    if key not in _FEATURES:
+    if key not in _FEATURES:  # standardise only when the features must be computed
         cached = _from_disk(key, len(images))
-        _FEATURES[key] = cached if cached is not None else _compute(model.extractor, x, key)
+        _FEATURES[key] = cached if cached is not None else _compute(model.extractor, images, key)
         while len(_FEATURES) > FEATURE_CACHE_ENTRIES:
             _FEATURES.popitem(last=False)
     _FEATURES.move_to_end(key)
     return _FEATURES[key]
 
 
-def _compute(extractor: nn.Module, x: torch.Tensor, key: bytes) -> torch.Tensor:
+def _compute(extractor: nn.Module, images: np.ndarray, key: bytes) -> torch.Tensor:
+    x, _ = to_tensors(images, np.zeros(len(images), np.int64))
     extractor.eval()
     out = torch.cat([extractor(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)])
     try:

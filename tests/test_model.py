@@ -39,3 +39,15 @@ def test_num_classes(name: str) -> None:
 def test_unknown_model_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown model 'resnet'"):
         make_model("resnet")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_server_cannot_replace_the_fixed_extractor(name: str) -> None:
+    """The global model a client loads holds only the head: weights for the extractor (a server trying to swap the
+    features the privacy analysis assumes fixed) are refused, as is a head missing a tensor."""
+    model = make_model(name)
+    arrays = model.state_dict()
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        model.load_state_dict({**arrays, "extractor.phi0": torch.zeros(36, 72)})
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict(dict(list(arrays.items())[1:]))
