@@ -60,6 +60,10 @@ class RoundMetrics:
     """Train replies set aside, counted by reason code (``fedproof.replies.Reason``)."""
     evaluate_rejected: dict[str, int] = field(default_factory=dict)
     """Evaluate replies set aside, counted by reason code."""
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    """Where ``seconds`` went: ``train`` (the exchange: sending, clients training, replies back), ``aggregate``
+    (admission, sums; under HE the decryption and co-signing exchanges), ``evaluate`` (the clients' exchange),
+    ``central`` (the server's test set)."""
 
 
 def new_run_id() -> str:

@@ -14,7 +14,9 @@ with ``--isolation process`` and this executor beside it, on the SuperNode's loo
 3. otherwise runs the ClientApp **installed on the device** (``fl_client.client_app:app``), never the FAB's code,
    and pushes its reply and the context back.
 
-It stays up between messages, so torch, the dataset and the keys are loaded once, not per message.
+It stays up between messages, so torch, the dataset and the keys are loaded once, not per message. It asks for
+a task at once after the last one, then less and less often, at least every :data:`POLL_SECONDS`; it pulls a message's parts that the SuperNode is still receiving every
+:data:`PART_RETRY_SECONDS` at first (Flower's ``pull_task_input`` backs off 1 s, then 2 s, then 4 s).
 """
 
 from __future__ import annotations
@@ -29,18 +31,33 @@ from pathlib import Path
 from flwr.app import Message
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
+    AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
+)
 from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+from fedproof.polling import poll_intervals
 
 log = logging.getLogger("fedproof.app_runner")
 APPS = "apps.json"
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.25
+PART_RETRY_SECONDS, PART_RETRY_CAP = 0.02, 0.25
 
 
 def app_hash(fab_content: bytes) -> str:
@@ -66,6 +83,24 @@ def _client(address: str, *interceptors) -> RuntimeHttpClient:
                                                  retry_invoker=make_simple_http_retry_invoker())
 
 
+def pull_task_input(client: RuntimeHttpClient):
+    """The task's message, context, run and FAB: ``flwr.supernode.runtime.run_clientapp.pull_task_input``, with
+    short retries for message parts not yet in the SuperNode's store."""
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node, tree = Node(node_id=context.node_id), pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=PART_RETRY_SECONDS, backoff_cap=PART_RETRY_CAP)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # the deflated message does not carry its own id
+    return message, context, run, fab
+
+
 def run_task(address: str, token: str, pinned: frozenset[str]) -> str:
     """Execute one acquired task; return what happened (for the log)."""
     from fl_client.client_app import app  # the installed app: imported once, kept warm
@@ -75,8 +110,10 @@ def run_task(address: str, token: str, pinned: frozenset[str]) -> str:
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
     context, status, details = None, SubStatus.FAILED, "the task failed before it ran"
+    started = time.perf_counter()
     try:
         message, context, run, fab = pull_task_input(client)
+        pulled = time.perf_counter()
         digest = app_hash(fab.content)
         if digest not in pinned:
             details = (f"app {run.fab_id or '?'} (FAB sha256 {digest[:16]}…) is not an app this device pins: "
@@ -89,8 +126,10 @@ def run_task(address: str, token: str, pinned: frozenset[str]) -> str:
             except Exception as exc:  # noqa: BLE001 - as flwr-clientapp: the error goes back as a reply
                 details = f"{type(exc)}:<'{exc}'>"
                 reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
+        ran = time.perf_counter()
         push_message(client, reply, context)
-        return details or "completed"
+        return (f"{message.metadata.message_type}: {details or 'completed'} (message pulled in "
+                f"{pulled - started:.2f} s, ran {ran - pulled:.2f} s, reply pushed in {time.perf_counter() - ran:.2f} s)")
     finally:
         push_task_output(client=client, context=context, sub_status=status, details=details)
         if heartbeat.is_running:
@@ -103,13 +142,15 @@ def serve(address: str, pinned: frozenset[str], parent_pid: int | None = None, p
         start_parent_process_monitor(parent_pid)  # the SuperNode goes, this goes
     client = _client(address, RuntimeVersionHttpInterceptor(component_name="SuperExec"))
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP], agentapp_fab_hashes=[])
+    waits = poll_intervals(0.02, poll)
     while True:
         answer = client.AcquireTask(request)
         if answer.HasField("task") and answer.token:
             outcome = run_task(address, answer.token, pinned)
             log.info("task %s: %s", answer.task.task_id, outcome)
+            waits = poll_intervals(0.02, poll)  # the next message of a round usually follows within a second
             continue
-        time.sleep(poll)
+        time.sleep(next(waits))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fedproof-app-runner %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     serve(args.runtime_api_address, load_pinned(args.pinned_apps), args.parent_pid)
 
 

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from fedproof.protocol import CONFIG_KEY, DECRYPT, EncryptedPayload, round_settings
 from fedproof.replies import Decryption, Reason, Rejection, decode_decrypt_reply
 from fl_server.admission import Admission
+from fl_server.exchange import exchange
 from privacy.he import HEParams, release_tolerance
 
 log = logging.getLogger(__name__)
@@ -59,18 +60,16 @@ class Committee:
             asked, pool = pool[:missing], pool[missing:]
             messages = [Message(summed.put(RecordDict({CONFIG_KEY: config})), dst_node_id=node,
                                 message_type=DECRYPT, group_id=str(server_round)) for node in asked]
-            replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=self.timeout)}
-            for node in asked:
-                reply = replies.get(node)
-                outcome = (decode_decrypt_reply(reply, summed.num_values) if reply is not None else
-                           Rejection(node, f"node-{node}", Reason.NO_REPLY, "no reply in time", "decrypt"))
+            replies, missing = exchange(grid, messages, self.timeout, "decrypt")
+            outcomes = [decode_decrypt_reply(reply, summed.num_values) for reply in replies] + missing
+            for outcome in outcomes:
                 if isinstance(outcome, Decryption):
                     outcome = admission.check_decryption(server_round, outcome) or outcome
                 if isinstance(outcome, Rejection):
                     log.warning("round %s: committee member replaced: %s", server_round, outcome)
                     rejected.append(outcome)
                 else:
-                    answers[node] = outcome.values
+                    answers[outcome.node_id] = outcome.values
         return _agreed(answers, release_tolerance(self.params, summed.num_summed), server_round, tuple(rejected))
 
 

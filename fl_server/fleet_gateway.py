@@ -9,6 +9,16 @@ authentication still checks every one) to the loopback SuperLink over TLS, and a
 the Control API (``/v1/control/...``), the Runtime API, the docs. No Flower code is patched; the SuperLink,
 SuperNodes and ``flwr`` are stock.
 
+It also answers a SuperNode's polls as soon as there is something to answer. A stock SuperNode that pulls no
+message sleeps a hard-coded 3 s before it asks again (``flwr/supernode/start_client_internal.py``), and one that
+pulls a message whose parts are still being uploaded backs off 1 s, then 2 s; a round of three exchanges pays
+that several times. The gateway holds such an answer (no message; "object not yet available") and asks the
+SuperLink again (at once, then less and less often, up to every ``poll`` seconds), for up to ``hold`` seconds,
+before passing the empty answer on: HTTP long polling. The hold is long because after an empty answer the
+SuperNode sleeps its 3 s regardless. It re-sends the node's own request, unchanged, with the node's signature (Flower accepts a signed
+timestamp for five minutes), so nothing is asked that the node did not ask, and the node never waits longer
+than it would have.
+
 Run it as ``python -m fl_server.fleet_gateway --listen HOST:PORT --upstream 127.0.0.1:PORT --certfile ... --keyfile
 ... --ca-certfile ...`` (``fedproof server start`` does).
 """
@@ -16,12 +26,18 @@ Run it as ``python -m fl_server.fleet_gateway --listen HOST:PORT --upstream 127.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
 
 import httpx
+from flwr.proto.fleet_pb2 import PullMessagesResponse  # pylint: disable=E0611
+from flwr.proto.message_pb2 import PullObjectResponse  # pylint: disable=E0611
+from google.protobuf.message import DecodeError
 from starlette.applications import Starlette
+
+from fedproof.polling import poll_intervals
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -31,6 +47,35 @@ FLEET_PATH = re.compile(r"^/v1/fleet/[a-z][a-z-]{0,63}$")
 MAX_BODY = 64 << 20
 """Flower cuts messages into objects of at most a few MiB; anything far larger is not a Fleet request."""
 _HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade"}
+HOLD_SECONDS, POLL_SECONDS = 20.0, 0.25
+"""How long an empty answer to a SuperNode's poll is held at most (under the SuperNode's 30 s request timeout),
+and the longest wait between asking the SuperLink again meanwhile."""
+
+
+def _no_message(body: bytes) -> bool:
+    answer = PullMessagesResponse()
+    answer.ParseFromString(body)
+    return not answer.messages_list and not answer.HasField("reconnect")
+
+
+def _not_yet_available(body: bytes) -> bool:
+    answer = PullObjectResponse()
+    answer.ParseFromString(body)
+    return answer.object_found and not answer.object_available
+
+
+HELD = {"/v1/fleet/pull-messages": _no_message, "/v1/fleet/pull-object": _not_yet_available}
+"""The polls worth holding, and what an answer worth holding looks like."""
+
+
+def worth_holding(path: str, answer: httpx.Response) -> bool:
+    """Whether ``answer`` to a SuperNode's request is an empty answer to a poll (then the gateway asks again)."""
+    if answer.status_code != 200 or path not in HELD:
+        return False
+    try:
+        return HELD[path](answer.content)
+    except DecodeError:
+        return False
 
 
 def is_fleet_request(method: str, path: str) -> bool:
@@ -38,8 +83,10 @@ def is_fleet_request(method: str, path: str) -> bool:
 
 
 def create_app(upstream: str, ca_certfile: str | None, timeout: float = 120.0,
-               transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
-    """The gateway as an ASGI app forwarding Fleet requests to ``upstream`` (``https://127.0.0.1:PORT``)."""
+               transport: httpx.AsyncBaseTransport | None = None, hold: float = HOLD_SECONDS,
+               poll: float = POLL_SECONDS) -> Starlette:
+    """The gateway as an ASGI app forwarding Fleet requests to ``upstream`` (``https://127.0.0.1:PORT``), holding
+    empty answers to polls for up to ``hold`` seconds (0: never)."""
     client = httpx.AsyncClient(base_url=upstream, verify=ca_certfile if ca_certfile else False, timeout=timeout,
                                transport=transport)
 
@@ -50,8 +97,15 @@ def create_app(upstream: str, ca_certfile: str | None, timeout: float = 120.0,
         if len(body) > MAX_BODY:
             return PlainTextResponse("request too large", status_code=413)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        path = request.url.path
         try:
-            answer = await client.post(request.url.path, content=body, headers=headers)
+            answer = await client.post(path, content=body, headers=headers)
+            deadline, waits = asyncio.get_running_loop().time() + hold, poll_intervals(0.02, poll)
+            while worth_holding(path, answer) and asyncio.get_running_loop().time() + (wait := next(waits)) < deadline:
+                await asyncio.sleep(wait)
+                if await request.is_disconnected():  # the node gave up: ask nothing more on its behalf
+                    break
+                answer = await client.post(path, content=body, headers=headers)
         except httpx.HTTPError as exc:
             return PlainTextResponse(f"the SuperLink does not answer ({type(exc).__name__})", status_code=502)
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_HEADERS | {"content-encoding"}}
@@ -76,10 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keyfile")
     parser.add_argument("--ca-certfile", help="CA that signed the SuperLink's certificate (omit with --insecure)")
     parser.add_argument("--insecure", action="store_true", help="plain HTTP on both sides (tests only)")
+    parser.add_argument("--hold", type=float, default=HOLD_SECONDS, help="longest hold of an empty poll answer, s")
+    parser.add_argument("--poll", type=float, default=POLL_SECONDS, help="longest wait before a held poll asks again, s")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     scheme = "http" if args.insecure else "https"
-    app = create_app(f"{scheme}://{args.upstream}", None if args.insecure else args.ca_certfile)
+    app = create_app(f"{scheme}://{args.upstream}", None if args.insecure else args.ca_certfile, hold=args.hold,
+                     poll=args.poll)
     tls = {} if args.insecure else {"ssl_certfile": args.certfile, "ssl_keyfile": args.keyfile}
     uvicorn.run(app, host=host.strip("[]"), port=int(port), access_log=False, log_level="warning", **tls)
 

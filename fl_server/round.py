@@ -1,7 +1,7 @@
 """One federated round, top to bottom, as plain values: sample, send, decode, admit, aggregate, evaluate.
 
     sample nodes (seeded by run and round)
-      -> send `train` (global model + settings)          grid.send_and_receive
+      -> send `train` (global model + settings)          fl_server.exchange (Grid push + pull)
       -> decode each reply                               fedproof.replies: Update | Declined | Rejection
       -> all asked declined? the run is over             RoundResult.stop
       -> admit each update                               fl_server.admission: signature, allow-list, replay
@@ -128,6 +128,7 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
     asked = sample(nodes, plan.fraction_train, random.Random(f"train/{plan.seed}/{server_round}"))
     replies, rejections = exchange(grid, _messages(asked, TRAIN, parent, plan.settings, server_round),
                                    plan.timeout, TRAIN)
+    steps = {TRAIN: plan.clock() - started}
     updates: list[Update] = []
     declines: list[Declined] = []
     for reply in replies:
@@ -151,6 +152,7 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
         (admitted if isinstance(outcome, Admitted) else rejections).append(outcome)
 
     aggregate = aggregate_updates(grid, plan, server_round, parent, spec, admitted, parent_hash)
+    steps["aggregate"] = plan.clock() - started - sum(steps.values())
     rejections.extend(aggregate.rejections)
     current = aggregate.model if aggregate.model is not None else parent
 
@@ -166,13 +168,16 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
         for outcome in (decode_evaluate_reply(m) for m in replies):
             (evaluations if isinstance(outcome, Evaluation) else set_aside).append(outcome)
         rejections.extend(set_aside)
+    steps[EVALUATE] = plan.clock() - started - sum(steps.values())
     for r in rejections:
         log.warning("round %s: %s reply set aside: %s", server_round, r.phase, r)
 
     loss, accuracy = plan.evaluate(current)
+    steps["central"] = plan.clock() - started - sum(steps.values())
     result = RoundResult(server_round, parent, aggregate.model, aggregate.used, tuple(declines), tuple(rejections),
                          tuple(evaluations), aggregate.failure, "", None, aggregate.endorsement)
-    return replace(result, metrics=round_metrics(result, loss, accuracy, plan.clock() - started, spec.num_values))
+    metrics = round_metrics(result, loss, accuracy, plan.clock() - started, spec.num_values)
+    return replace(result, metrics=replace(metrics, step_seconds=steps))
 
 
 @dataclass(frozen=True)

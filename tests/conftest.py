@@ -61,3 +61,14 @@ def devnet(tmp_path_factory: pytest.TempPathFactory):
     chain.start()
     yield chain
     chain.stop()
+
+
+
+@pytest.fixture()
+def virtual_exchange_clock():
+    """Waiting out a silent node's timeout in ``fl_server.exchange`` takes no real time (FakeGrid tests only: a real
+    Grid needs real waits)."""
+    from fakegrid import virtual_time
+
+    with virtual_time():
+        yield

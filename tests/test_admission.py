@@ -20,6 +20,8 @@ from fl_server.admission import Admission
 from fl_server.round import RoundPlan, RoundResult, run_round
 from ledger.verification import Domain, AllowList, UpdateVerifier
 
+pytestmark = pytest.mark.usefixtures("virtual_exchange_clock")  # a silent node's timeout passes at once
+
 CONTRACT = "0x" + "ab" * 20
 
 

@@ -19,7 +19,7 @@ def gateway():
         seen.append(request)
         return httpx.Response(200, content=b"answer:" + request.content, headers={"content-type": "application/x-protobuf"})
 
-    app = create_app("https://127.0.0.1:9999", None, transport=httpx.MockTransport(superlink))
+    app = create_app("https://127.0.0.1:9999", None, transport=httpx.MockTransport(superlink), hold=0)
     with TestClient(app) as client:
         yield client, seen
 
@@ -73,3 +73,46 @@ def test_kits_pin_the_operators_app_and_nothing_else(tmp_path) -> None:
     for bad in (tmp_path / "empty.json", tmp_path / "missing.json"):
         with pytest.raises(SystemExit, match="pin"):
             load_pinned(bad)
+
+
+def test_an_empty_poll_is_held_until_a_message_comes_and_passed_on_unchanged() -> None:
+    """The SuperNode's own signed request is re-sent, byte for byte, until the SuperLink has a message for it."""
+    from flwr.proto.fleet_pb2 import PullMessagesResponse
+    from flwr.proto.message_pb2 import Message as MessageProto
+
+    seen: list[httpx.Request] = []
+    empty = PullMessagesResponse().SerializeToString()
+    full = PullMessagesResponse(messages_list=[MessageProto()]).SerializeToString()
+
+    def superlink(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=full if len(seen) == 3 else empty)
+
+    app = create_app("https://127.0.0.1:9999", None, transport=httpx.MockTransport(superlink), hold=5.0, poll=0.01)
+    with TestClient(app) as client:
+        answer = client.post("/v1/fleet/pull-messages", content=b"node 7", headers={"x-flwr-node-sig": "sig"})
+    assert answer.content == full and len(seen) == 3
+    assert {(r.content, r.headers["x-flwr-node-sig"]) for r in seen} == {(b"node 7", "sig")}
+
+
+@pytest.mark.parametrize("path,answer", [
+    ("/v1/fleet/pull-messages", b""),  # no message: held for `hold` seconds at most, then passed on
+    ("/v1/fleet/push-messages", b""),  # not a poll: never held
+    ("/v1/fleet/pull-messages", b"\xff\xff"),  # not protobuf: passed on as it is
+])
+def test_only_empty_polls_are_held_and_never_past_the_hold(path, answer) -> None:
+    import time
+
+    seen: list[httpx.Request] = []
+
+    def superlink(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=answer)
+
+    held = path == "/v1/fleet/pull-messages" and answer == b""
+    app = create_app("https://127.0.0.1:9999", None, transport=httpx.MockTransport(superlink), hold=0.3, poll=0.05)
+    with TestClient(app) as client:
+        started = time.monotonic()
+        assert client.post(path, content=b"x").content == answer
+        took = time.monotonic() - started
+    assert (len(seen) > 2 and 0.2 <= took < 1.0) if held else (len(seen) == 1 and took < 0.2)

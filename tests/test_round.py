@@ -20,6 +20,8 @@ from fl_server.round import RoundPlan, RoundResult, run_round
 from ledger.verification import AllowList, UpdateVerifier
 from rounds import signed_reply
 
+pytestmark = pytest.mark.usefixtures("virtual_exchange_clock")  # a silent node's timeout passes at once
+
 CLIENTS = ["1", "2", "3", "4"]
 
 
@@ -167,8 +169,8 @@ def test_evaluate_replies_pass_the_same_gate(config: RunConfig) -> None:
 
 def test_a_reply_nobody_asked_for_is_set_aside(config: RunConfig) -> None:
     class Chatty(FakeGrid):
-        def send_and_receive(self, messages, *, timeout=None):
-            replies = list(super().send_and_receive(messages, timeout=timeout))
+        def pull_messages(self, message_ids):
+            replies = list(super().pull_messages(message_ids))
             return replies + [Message(replies[0].content, reply_to=Message(RecordDict(), dst_node_id=9,
                                                                              message_type="train"))]
 

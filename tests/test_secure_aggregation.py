@@ -12,7 +12,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fakegrid import FakeGrid
+from fakegrid import FakeGrid, virtual_time
 from fedproof.config import RunConfig
 from fedproof.keys import init_key_set
 from fedproof.protocol import CIPHERTEXTS_KEY, SIGNED_KEY, SUM_KEY, ClientReport, EncryptedPayload
@@ -92,7 +92,8 @@ def run(base: ArrayRecord, replies: dict[int, RecordDict], decrypt=honest_decryp
         committee=Committee(committee, seed=7, timeout=5, params=PUBLIC.params),
     )
     grid = FakeGrid(sorted(replies), train=lambda node, msg: replies[node], query_decrypt=decrypt)
-    return run_round(grid, plan, server_round, base), grid
+    with virtual_time():
+        return run_round(grid, plan, server_round, base), grid
 
 
 def test_encrypted_fedavg_equals_plaintext_fedavg() -> None:
