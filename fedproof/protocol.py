@@ -76,14 +76,50 @@ CIPHERTEXT_STYPE = "fedproof.ckks"
 DECRYPT = "query.decrypt"
 """Message type asking a decryption committee member to decrypt an encrypted sum."""
 SUM_KEY = "sum"
+PACKED_KEY, LENGTHS_KEY = "ciphertexts", "lengths"
+MAX_CIPHERTEXTS = 1 << 16
+"""More ciphertexts than any model this framework trains needs (a 10M-parameter model is ~5,000)."""
+
+
+def pack_ciphertexts(chunks: tuple[bytes, ...]) -> ArrayRecord:
+    """Ciphertexts as one opaque ``Array`` (their bytes end to end) and one of their lengths.
+
+    Flower moves every ``Array`` of a message as its own object, one HTTP request each between a SuperLink and a
+    SuperNode: a model's 20 ciphertexts as 20 Arrays made a decryption request of 126 objects and ~1.5 s of
+    transfer on loopback; packed, it is 11 objects.
+    """
+    return ArrayRecord({
+        PACKED_KEY: Array(dtype="bytes", shape=(sum(len(c) for c in chunks),), stype=CIPHERTEXT_STYPE,
+                          data=b"".join(chunks)),
+        LENGTHS_KEY: Array(np.array([len(c) for c in chunks], dtype="<i8")),
+    })
+
+
+def unpack_ciphertexts(record: ArrayRecord) -> tuple[bytes, ...]:
+    """The ciphertexts :func:`pack_ciphertexts` packed; :class:`UpdateRejected` for anything else."""
+    if set(record.keys()) != {PACKED_KEY, LENGTHS_KEY}:
+        raise UpdateRejected(f"ciphertexts come as {PACKED_KEY!r} and {LENGTHS_KEY!r}, not {sorted(record.keys())[:4]}")
+    packed, lengths = record[PACKED_KEY], record[LENGTHS_KEY]
+    try:
+        sizes = lengths.numpy() if lengths.stype == "numpy.ndarray" else None
+    except ValueError as exc:
+        raise UpdateRejected(f"unreadable ciphertext lengths: {exc}") from exc
+    if packed.stype != CIPHERTEXT_STYPE or sizes is None or sizes.dtype != np.dtype("<i8"):
+        raise UpdateRejected(f"ciphertexts are not {CIPHERTEXT_STYPE} with int64 lengths", "wrong-dtype")
+    data = packed.data
+    if (sizes.ndim != 1 or not 0 < sizes.size <= MAX_CIPHERTEXTS or (sizes < 0).any()
+            or int(sizes.sum()) != len(data)):
+        raise UpdateRejected(f"ciphertext lengths do not cut {len(data)} bytes into ciphertexts", "corrupt-ciphertext")
+    ends = np.cumsum(sizes).tolist()
+    return tuple(data[start:end] for start, end in zip([0] + ends[:-1], ends))
 
 
 @dataclass(frozen=True)
 class EncryptedPayload:
     """Ciphertexts of a flat vector of ``num_values`` reals, as they travel in a Message.
 
-    The ciphertexts go in an ArrayRecord (one opaque ``Array`` each, which Flower cuts into 5 MiB chunks, so
-    payloads of any size pass its transport); ``num_values``, ``num_summed`` (how many clients' vectors
+    The ciphertexts go in an ArrayRecord (:func:`pack_ciphertexts`: one opaque ``Array``, which Flower cuts into
+    5 MiB chunks, so payloads of any size pass its transport); ``num_values``, ``num_summed`` (how many clients' vectors
     were added into it: 1 for a client's update) and the payload's SHA-256 go in a ConfigRecord beside it.
     SEAL itself notices only about a third of single bit flips in a seeded ciphertext, so :meth:`take` checks
     the digest (and the client's signature covers the same digest).
@@ -94,10 +130,7 @@ class EncryptedPayload:
     num_summed: int = 1
 
     def put(self, content: RecordDict) -> RecordDict:
-        content[CIPHERTEXTS_KEY] = ArrayRecord(
-            {f"{i:05d}": Array(dtype="bytes", shape=(len(c),), stype=CIPHERTEXT_STYPE, data=c)
-             for i, c in enumerate(self.chunks)}
-        )
+        content[CIPHERTEXTS_KEY] = pack_ciphertexts(self.chunks)
         content[HEADER_KEY] = ConfigRecord(
             {"num-values": self.num_values, "num-summed": self.num_summed, "sha256": payload_digest(self.chunks)}
         )
@@ -113,9 +146,7 @@ class EncryptedPayload:
         num_values, num_summed = header.get("num-values"), header.get("num-summed")
         if not (isinstance(num_values, int) and isinstance(num_summed, int) and num_values > 0 and num_summed > 0):
             raise UpdateRejected("encrypted update header lacks positive num-values / num-summed")
-        if any(array.stype != CIPHERTEXT_STYPE for array in record.values()):
-            raise UpdateRejected(f"encrypted update holds arrays that are not {CIPHERTEXT_STYPE}", "wrong-dtype")
-        chunks = tuple(array.data for array in record.values())
+        chunks = unpack_ciphertexts(record)
         if header.get("sha256") != payload_digest(chunks):
             raise UpdateRejected("encrypted update does not match its SHA-256: corrupted or altered in transit",
                                  "payload-mismatch")
@@ -187,7 +218,7 @@ def model_digest(arrays: ArrayRecord) -> str:
 def payload_chunks(content: RecordDict) -> list[bytes]:
     """The exact bytes of a reply's payload, as signed: its ciphertexts, or each plaintext array's name and bytes."""
     if CIPHERTEXTS_KEY in content.array_records:
-        return [array.data for array in content.array_records[CIPHERTEXTS_KEY].values()]
+        return list(unpack_ciphertexts(content.array_records[CIPHERTEXTS_KEY]))
     arrays = content.array_records.get(ARRAYS_KEY)
     if arrays is None:
         raise UpdateRejected("the reply carries no update", "wrong-mode")
@@ -237,9 +268,7 @@ class DecryptionRequest:
         content[REQUEST_KEY] = ConfigRecord({"decryptors": list(self.decryptors), "sum-sha256": self.sum_sha256,
                                              "leaves": len(self.leaves)})
         for i, (envelope, chunks) in enumerate(self.leaves):
-            content[f"leaf-{i:04d}"] = ArrayRecord(
-                {f"{j:05d}": Array(dtype="bytes", shape=(len(c),), stype=CIPHERTEXT_STYPE, data=c)
-                 for j, c in enumerate(chunks)})
+            content[f"leaf-{i:04d}"] = pack_ciphertexts(chunks)
             envelope.put(content, f"leaf-{i:04d}-signed")
         return content
 
@@ -260,9 +289,9 @@ class DecryptionRequest:
         leaves = []
         for i in range(count):
             arrays = content.array_records.get(f"leaf-{i:04d}")
-            if arrays is None or any(a.stype != CIPHERTEXT_STYPE for a in arrays.values()):
+            if arrays is None:
                 raise UpdateRejected(f"leaf {i} of the request carries no ciphertexts")
-            leaves.append((SignedEnvelope.take(content, f"leaf-{i:04d}-signed"), tuple(a.data for a in arrays.values())))
+            leaves.append((SignedEnvelope.take(content, f"leaf-{i:04d}-signed"), unpack_ciphertexts(arrays)))
         return cls(tuple(decryptors), digest, tuple(leaves))
 
 

@@ -19,7 +19,8 @@ from fedproof.errors import FedproofError, UpdateRejected
 from fedproof.replies import (Declined, Decryption, Evaluation, ModelCosignature, ModelSpec, PartialDecryption,
                               Reason, Rejection, Update, decode_cosign_reply, decode_decrypt_reply, decode_evaluate_reply,
                               decode_partial_reply, decode_train_reply)
-from fedproof.protocol import CIPHERTEXT_STYPE, CIPHERTEXTS_KEY, HEADER_KEY, SIGNED_KEY, EncryptedPayload, SignedEnvelope
+from fedproof.protocol import (CIPHERTEXT_STYPE, CIPHERTEXTS_KEY, HEADER_KEY, LENGTHS_KEY, PACKED_KEY, SIGNED_KEY,
+                               EncryptedPayload, SignedEnvelope, pack_ciphertexts)
 from ledger.bundle import BundleError, RoundBundle
 from ledger.errors import KeyFileError, UpdateVerificationError
 from ledger.signing import SignedFields, SigningKey, payload_digest
@@ -60,8 +61,7 @@ def test_ciphertexts_mutated_in_transit_are_refused_and_a_refused_one_leaves_the
     assume(chunk != GOOD[0])
     # in transit: the digest the client signed no longer matches, whatever SEAL would think of the bytes
     content = EncryptedPayload(tuple(GOOD), 5000).put(RecordDict())
-    first = next(iter(content[CIPHERTEXTS_KEY].keys()))
-    content[CIPHERTEXTS_KEY][first] = Array(dtype="bytes", shape=(len(chunk),), stype=CIPHERTEXT_STYPE, data=chunk)
+    content[CIPHERTEXTS_KEY] = pack_ciphertexts((chunk, *GOOD[1:]))
     with pytest.raises(UpdateRejected) as refused:
         EncryptedPayload.take(content)
     assert refused.value.reason == "payload-mismatch"
@@ -127,15 +127,20 @@ values = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True), st.tex
 
 @MANY
 @given(header=st.dictionaries(st.sampled_from(["num-values", "num-summed", "sha256", "other"]), values, max_size=4),
-       chunks=st.lists(st.binary(max_size=64), max_size=4), stype=st.sampled_from([CIPHERTEXT_STYPE, "numpy.ndarray"]))
-def test_encrypted_payload_records_are_refused_with_update_rejected(header, chunks, stype) -> None:
+       chunks=st.lists(st.binary(max_size=64), max_size=4), stype=st.sampled_from([CIPHERTEXT_STYPE, "numpy.ndarray"]),
+       lengths=st.one_of(st.none(), st.lists(st.integers(-5, 300), max_size=5)), extra=st.booleans())
+def test_encrypted_payload_records_are_refused_with_update_rejected(header, chunks, stype, lengths, extra) -> None:
     content = RecordDict()
     try:
         content[HEADER_KEY] = ConfigRecord(header)
     except (TypeError, ValueError):
         return  # Flower itself refuses to build such a record
-    content[CIPHERTEXTS_KEY] = ArrayRecord({f"{i:05d}": Array(dtype="bytes", shape=(len(c),), stype=stype, data=c)
-                                            for i, c in enumerate(chunks)})
+    packed = b"".join(chunks)
+    record = {PACKED_KEY: Array(dtype="bytes", shape=(len(packed),), stype=stype, data=packed),
+              LENGTHS_KEY: Array(np.array([len(c) for c in chunks] if lengths is None else lengths, dtype="<i8"))}
+    if extra:
+        record["00000"] = Array(dtype="bytes", shape=(len(packed),), stype=stype, data=packed)
+    content[CIPHERTEXTS_KEY] = ArrayRecord(record)
     try:
         payload = EncryptedPayload.take(content)
     except UpdateRejected:
@@ -240,8 +245,9 @@ def replies(draw):
                                       unique=True))
                 content[key] = ArrayRecord({n: Array(draw(array_values)) for n in names})
             elif key == "he":
-                content[key] = ArrayRecord({"00000": Array(dtype="bytes", shape=(3,), stype=CIPHERTEXT_STYPE,
-                                                           data=draw(st.binary(max_size=64)))})
+                content[key] = ArrayRecord({
+                    PACKED_KEY: Array(dtype="bytes", shape=(3,), stype=CIPHERTEXT_STYPE, data=draw(st.binary(max_size=64))),
+                    LENGTHS_KEY: Array(np.array(draw(st.lists(st.integers(-1, 70), max_size=3)), dtype="<i8"))})
             else:
                 content[key] = ConfigRecord(draw(st.dictionaries(st.sampled_from(
                     ["client-id", "status", "epsilon", "reason", "num-values", "num-summed", "sha256", "tag",

@@ -15,7 +15,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from fakegrid import FakeGrid, virtual_time
 from fedproof.config import RunConfig
 from fedproof.keys import init_key_set
-from fedproof.protocol import CIPHERTEXTS_KEY, SIGNED_KEY, SUM_KEY, ClientReport, EncryptedPayload
+from fedproof.protocol import (CIPHERTEXTS_KEY, SIGNED_KEY, SUM_KEY, ClientReport, EncryptedPayload,
+                               pack_ciphertexts, unpack_ciphertexts)
 from fedproof.weights import flatten
 from fl_client.secure_update import decrypt_sum, encrypt_update
 from fl_client.signing import sign_decryption, sign_update
@@ -125,11 +126,9 @@ def test_a_damaged_update_is_rejected_and_the_round_goes_on(damage: str, code: s
     replies = {n: reply(n, base) for n in NODES[:3]}
     bad = reply(14, base)
     if damage == "bit-flip":  # in transit: the digest no longer matches
-        chunks = bad[CIPHERTEXTS_KEY]
-        first = next(iter(chunks.keys()))
-        data = chunks[first].data
-        chunks[first] = Array(dtype="bytes", shape=(len(data),), stype=chunks[first].stype,
-                              data=data[:100] + bytes([data[100] ^ 0x10]) + data[101:])
+        chunks = unpack_ciphertexts(bad[CIPHERTEXTS_KEY])
+        data = chunks[0]
+        bad[CIPHERTEXTS_KEY] = pack_ciphertexts((data[:100] + bytes([data[100] ^ 0x10]) + data[101:], *chunks[1:]))
     elif damage == "truncated":  # by the sender, and signed: digest and signature match, SEAL refuses the bytes
         payload = EncryptedPayload.take(bad)
         bad = reply(14, base, EncryptedPayload((payload.chunks[0][:-50], *payload.chunks[1:]), payload.num_values))
