@@ -111,7 +111,7 @@ def threshold_costs(size: int, clients: int, holdings) -> dict:
         partial, partial_s = timed(lambda: partial_decryption(THRESHOLD, holdings[c].share, holdings[c].x, points,
                                                               total, std))
         partials.append(partial)
-    decrypted, fuse_s = timed(lambda: fuse(THRESHOLD, total, partials, size))
+    decrypted, fuse_s = timed(lambda: fuse(THRESHOLD, total[:, 0], partials, size))
     return {
         "up": sum(map(len, first)) / size,
         "down": clients * sum(map(len, first)) / size,

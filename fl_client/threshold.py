@@ -69,6 +69,9 @@ from privacy.threshold import (
 
 PARAMS = ThresholdParams()
 CEREMONY_STATE, KEY_ARRAYS, KEY_STATE = "fedproof.ceremony", "fedproof.threshold-key", "fedproof.threshold"
+VERIFIED_SUM, VERIFIED_C0 = "fedproof.verified-sum", "fedproof.verified-sum-c0"
+"""The sum this device last checked and helped decrypt (what the leaves said, and the sum's c0): a co-signing
+request from the same decryption may then omit the leaves, and the device uses what it verified itself."""
 MAX_REPEATS = 3
 
 
@@ -232,7 +235,9 @@ def _decrypt_share(content: RecordDict, config: RunConfig, server_round: int, co
     if holding.party not in decryptors:
         raise DecryptionRefused("bad-decryptors", "this device is not in the decryptor set it is asked to join")
     checked = _verified_sum(request, config, server_round, context, min_contributors)
+    assert checked.total is not None
     _log_decryption(context, server_round, checked.digest, checked.total.shape[0])
+    _remember(context, server_round, decryptors, checked)
     points = [holding.points[d] for d in decryptors]
     std = PARAMS.flooding_std(len(holding.points), len(allow_list(config, context).keys))
     partial = partial_decryption(PARAMS, holding.share, holding.x, points, checked.total, std)
@@ -263,7 +268,10 @@ def _decryptor_set(request: DecryptionRequest, holding: KeyHolding) -> tuple[str
 class CheckedSum:
     """A round's sum as this device recomputed it from the signed leaves, and what the leaves say."""
 
-    total: np.ndarray
+    total: np.ndarray | None
+    """The summed ciphertexts (None when recalled from an earlier check: only ``c0`` was kept)."""
+    c0: np.ndarray
+    """``total[:, 0]``: all that fusing partial decryptions needs of the sum."""
     digest: bytes
     root: bytes
     leaves: int
@@ -304,8 +312,33 @@ def _verified_sum(request: DecryptionRequest, config: RunConfig, server_round: i
     digest = sum_digest(total)
     if digest != request.sum_sha256:
         raise DecryptionRefused("sum-mismatch", "the sum of the signed leaves is not the sum asked to decrypt")
-    return CheckedSum(total, digest, MerkleTree(leaves).root, len(leaves),
+    return CheckedSum(total, total[:, 0], digest, MerkleTree(leaves).root, len(leaves),
                       sum(e.fields.num_examples for e, _ in request.leaves), parents.pop())
+
+
+def _remember(context: Context, server_round: int, decryptors: tuple[str, ...], checked: CheckedSum) -> None:
+    context.state[VERIFIED_SUM] = ConfigRecord({
+        "round": server_round, "decryptors": list(decryptors), "sum-sha256": checked.digest,
+        "merkle-root": checked.root, "leaves": checked.leaves, "examples": checked.examples,
+        "parent": checked.parent})
+    context.state[VERIFIED_C0] = ArrayRecord({"c0": Array(np.ascontiguousarray(checked.c0))})
+
+
+def _remembered_sum(context: Context, server_round: int, request: DecryptionRequest) -> CheckedSum:
+    """The sum this device verified when it helped decrypt ``request`` (same round, sum and decryptors)."""
+    meta, arrays = context.state.config_records.get(VERIFIED_SUM), context.state.array_records.get(VERIFIED_C0)
+    if (meta is None or arrays is None or meta["round"] != server_round or meta["sum-sha256"] != request.sum_sha256
+            or list(meta["decryptors"]) != list(request.decryptors)):  # type: ignore[arg-type]
+        raise DecryptionRefused("unknown-sum", "a co-signing request without leaves, for a sum this device did not "
+                                               "check and help decrypt: send the leaves")
+    return CheckedSum(None, arrays["c0"].numpy(), meta["sum-sha256"], meta["merkle-root"],  # type: ignore[arg-type]
+                      int(meta["leaves"]), int(meta["examples"]), meta["parent"])  # type: ignore[arg-type]
+
+
+def _forget_sum(context: Context) -> None:
+    for key in (VERIFIED_SUM, VERIFIED_C0):
+        if key in context.state:
+            del context.state[key]
 
 
 # ----------------------------------------------------------------------------------------- co-signing
@@ -325,12 +358,13 @@ def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, con
     except UpdateRejected as exc:
         raise DecryptionRefused("malformed", str(exc)) from exc
     decryptors = _decryptor_set(request.decryption, holding)
-    checked = _verified_sum(request.decryption, config, server_round, context, min_contributors)
+    checked = (_verified_sum(request.decryption, config, server_round, context, min_contributors)
+               if request.decryption.leaves else _remembered_sum(context, server_round, request.decryption))
     allow, where = allow_list(config, context), domain(config, context)
     partials = []
     for party, (envelope, values) in zip(decryptors, request.partials):
         try:
-            check_partial(PARAMS, values, checked.total.shape[0])
+            check_partial(PARAMS, values, checked.c0.shape[0])
             chunks = partial_chunks(checked.digest, checked.root, decryptors, values.astype("<u8").tobytes())
             verify_statement(allow, where, envelope.fields, envelope.signature, tag=PARTIAL_TAG, round=server_round,
                              client_id=party, payload_sha256=payload_digest(chunks))
@@ -340,7 +374,7 @@ def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, con
     parent = request.parent
     if hash_model(parent, config.run_id) != checked.parent:
         raise DecryptionRefused("wrong-parent", "the parent model sent is not the one the leaves trained from")
-    values = fuse(PARAMS, checked.total, partials, num_values(parent))
+    values = fuse(PARAMS, checked.c0, partials, num_values(parent))
     if not np.all(np.abs(values) <= PARAMS.max_abs_value * 1.01):
         raise DecryptionRefused("out-of-range", "the fused sum lies outside the scheme's range")
     scale = config.he_weight_scale
@@ -353,6 +387,7 @@ def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, con
     statement = model_statement_chunks(checked.parent, model, checked.root, checked.leaves, holding.threshold,
                                        len(holding.points))
     reply = RecordDict({COSIGN_KEY: ConfigRecord({"model-sha256": model})})
+    _forget_sum(context)
     return sign_statement(reply, statement, MODEL_TAG, server_round, config, context)
 
 

@@ -9,8 +9,9 @@ of t is asked (the Lagrange weights depend on the set), up to :data:`ATTEMPTS` t
 may drop out. Each partial must be signed by its holder over (sum digest, Merkle root of the leaves, the set,
 the partial), and the fused values must lie in the scheme's range, or the round is void.
 
-Then t key holders co-sign the new model (:meth:`ThresholdCommittee.cosign`): each is sent the leaves, the t
-signed partials and the parent, recomputes the sum, fuses the partials and applies the mean itself, and signs
+Then t key holders co-sign the new model (:meth:`ThresholdCommittee.cosign`): each is sent the t signed partials
+and the parent (and the leaves, unless it is one of the decryptors: those kept the sum they verified), recomputes
+or recalls the sum, fuses the partials and applies the mean itself, and signs
 (parent hash, model hash, Merkle root, leaf count, t, n) only if it gets the hash the server names. The decryptors
 are asked first; holders that refuse or do not answer are replaced by the other holders, once. Without t
 co-signatures the round is void: the lineage never records a model that only the server vouches for.
@@ -121,7 +122,7 @@ class ThresholdCommittee:
                                       digest, root, chosen)
                 (failed if isinstance(outcome, Rejection) else partials).append(outcome)
             if not failed:
-                values = fuse(params, total, [p.values for p in partials], length)
+                values = fuse(params, total[:, 0], [p.values for p in partials], length)
                 if not np.all(np.abs(values) <= params.max_abs_value * 1.01):
                     return Decrypted(None, f"round {server_round}: the fused sum lies outside the scheme's range "
                                            "(a partial decryption was wrong); the round is void", tuple(rejected))
@@ -145,17 +146,21 @@ class ThresholdCommittee:
                            for e, _ in request.leaves]).root
         statement = model_statement_chunks(parent_hash, model_hash, root, len(request.leaves), key.threshold,
                                            len(key.nodes))
-        cosign = CosignRequest(request, tuple((p.envelope, p.values) for p in decrypted.partials), parent, model_hash)
+        partials = tuple((p.envelope, p.values) for p in decrypted.partials)
+        cosign = CosignRequest(request, partials, parent, model_hash)
+        # the decryptors checked the leaves already and keep what they verified: their request omits them
+        by_reference = CosignRequest(DecryptionRequest(request.decryptors, request.sum_sha256, ()), partials, parent,
+                                     model_hash)
         config, party_of = round_settings(settings, server_round), {node: party for party, node in key.nodes.items()}
         others = [p for p in sorted(key.nodes) if p not in request.decryptors]
         random.Random(f"cosigners/{self.seed}/{server_round}").shuffle(others)
         signed: dict[str, Cosignature] = {}
         rejected: list[Rejection] = []
-        for asked in (list(request.decryptors), others):  # the decryptors, then others in place of any that failed
+        for asked, sent in ((request.decryptors, by_reference), (others, cosign)):  # others replace any that failed
             wanted = asked[: key.threshold - len(signed)]
             if not wanted:
                 continue
-            messages = [Message(cosign.put(RecordDict({CONFIG_KEY: config})), dst_node_id=key.nodes[p],
+            messages = [Message(sent.put(RecordDict({CONFIG_KEY: config})), dst_node_id=key.nodes[p],
                                 message_type=COSIGN_MODEL, group_id=str(server_round)) for p in wanted]
             replies, missing = exchange(grid, messages, self.timeout, "cosign")
             rejected += missing

@@ -438,19 +438,20 @@ def partial_decryption(params: ThresholdParams, share: np.ndarray, own: int, dec
     return out
 
 
-def fused_plaintext(params: ThresholdParams, total: np.ndarray, partials: Sequence[np.ndarray]) -> np.ndarray:
-    """c0 + sum_k h_k for every ciphertext of ``total``: the plaintexts in NTT form, shape (chunks, N)."""
-    plain = total[:, 0]
+def fused_plaintext(params: ThresholdParams, c0: np.ndarray, partials: Sequence[np.ndarray]) -> np.ndarray:
+    """c0 + sum_k h_k for every ciphertext of a sum (``c0``: its ``total[:, 0]``): the plaintexts in NTT form,
+    shape (chunks, N)."""
+    plain = c0
     for h in partials:
         plain = addmod(plain, h, params.q)
     return plain
 
 
-def fuse(params: ThresholdParams, total: np.ndarray, partials: Sequence[np.ndarray], length: int) -> np.ndarray:
-    """The ``length`` values ``total`` encrypts, from t partial decryptions: the fused plaintext, back to
-    coefficients, centered, / Delta."""
+def fuse(params: ThresholdParams, c0: np.ndarray, partials: Sequence[np.ndarray], length: int) -> np.ndarray:
+    """The ``length`` values a sum encrypts, from its ``c0`` (``total[:, 0]``: all fusing needs of it) and t partial
+    decryptions: the fused plaintext, back to coefficients, centered, / Delta."""
     q, r = params.q, ring(params.n, params.q)
-    plain = fused_plaintext(params, total, partials)
+    plain = fused_plaintext(params, c0, partials)
     values = [to_signed(r.intt(row), q).astype(np.float64) / params.scale for row in plain]
     return np.concatenate(values)[:length]
 

@@ -53,7 +53,7 @@ class Federation:
     def decrypt(self, total, decryptors, length, flooding=None):
         xs = [self.points[c] for c in decryptors]
         std = P.flooding_std(len(self.points), 5) if flooding is None else flooding
-        return fuse(P, total, [partial_decryption(P, self.tsk[c], self.points[c], xs, total, std)
+        return fuse(P, total[:, 0], [partial_decryption(P, self.tsk[c], self.points[c], xs, total, std)
                                for c in decryptors], length)
 
 
@@ -102,7 +102,7 @@ def test_shares_sum_to_a_key_seal_decrypts_identically(fed):
     total = sum_ciphertexts(P, [fed.pk.encrypt(values)])
     xs = [fed.points[c] for c in ["alice", "carol", "erin"]]
     partials = [partial_decryption(P, fed.tsk[c], fed.points[c], xs, total, 0.0) for c in ["alice", "carol", "erin"]]
-    ours = fused_plaintext(P, total, partials)
+    ours = fused_plaintext(P, total[:, 0], partials)
     for i in range(total.shape[0]):
         ct = backend.load(seal.Ciphertext(), backend.ciphertext_bytes(backend.data_parms_id, total[i], P.scale))
         plain = seal.Plaintext()
@@ -133,7 +133,7 @@ def test_fewer_than_t_shares_or_one_clients_own_share_decrypt_to_noise(fed):
         assert abs(np.corrcoef(recovered, victim)[0, 1]) < 0.1
     # a client's own (unweighted) threshold share used as if it were the key
     own = partial_decryption(P, fed.tsk["alice"], 1, [1], total, 0.0)
-    assert abs(np.corrcoef(fuse(P, total, [own], P.n), victim)[0, 1]) < 0.1
+    assert abs(np.corrcoef(fuse(P, total[:, 0], [own], P.n), victim)[0, 1]) < 0.1
 
 
 def test_lagrange_weights_recombine_the_secret(fed):

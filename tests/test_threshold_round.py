@@ -281,35 +281,49 @@ def test_a_device_deals_its_secret_once_and_only_into_a_key_of_most_registered_c
         threshold.keygen_deal(small, CONFIG, Devices().contexts[NODES[1]])
 
 
-def test_a_key_holder_co_signs_only_the_model_it_computes_itself(keyed) -> None:
-    """A malicious server's co-signing requests: another model hash, a tampered partial, another parent."""
-    from fedproof.protocol import COSIGN_KEY, CosignRequest, SignedEnvelope
+def _decrypted(devices, server_round: int):
+    """Round ``server_round``'s leaves from NODES[:3], decrypted by those three: the request, the signed partials,
+    and the honest model's hash."""
+    from fedproof.protocol import SignedEnvelope
     from fedproof.weights import apply_mean
     from privacy.threshold import fuse
 
-    devices, key = keyed
-    evil = MaliciousServer(devices, server_round=30)
+    evil = MaliciousServer(devices, server_round=server_round)
     leaves = [evil.leaf(n) for n in NODES[:3]]
     decryptors = tuple(sorted(str(n) for n in NODES[:3]))
     total = sum_ciphertexts(threshold.PARAMS, [chunks for _, chunks in leaves])
     request = DecryptionRequest(decryptors, sum_digest(total), tuple(leaves))
-    config = RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), 30)})
+    config = RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round)})
     partials = []
     for d in decryptors:
-        reply = threshold.decrypt_share(request.put(RecordDict(dict(config))), CONFIG, 30, devices.contexts[int(d)], 3)
+        reply = threshold.decrypt_share(request.put(RecordDict(dict(config))), CONFIG, server_round,
+                                        devices.contexts[int(d)], 3)
         partials.append((SignedEnvelope.take(reply), reply.array_records["partial"]["partial"].numpy()))
-    values = fuse(threshold.PARAMS, total, [v for _, v in partials], flatten(global_model()).size)
+    values = fuse(threshold.PARAMS, total[:, 0], [v for _, v in partials], flatten(global_model()).size)
     examples = sum(COUNTS[n] for n in NODES[:3])
-    honest = hash_model(apply_mean(global_model(), values * SCALE, examples), CONFIG.run_id)
+    return request, partials, hash_model(apply_mean(global_model(), values * SCALE, examples), CONFIG.run_id)
+
+
+def _cosign(devices, holder: int, server_round: int, request, partials, model: bytes, parent=None) -> str:
+    from fedproof.protocol import COSIGN_KEY, CosignRequest
+
+    config = RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round)})
+    content = CosignRequest(request, tuple(partials), parent or global_model(), model).put(config)
+    reply = threshold.cosign_model(content, CONFIG, server_round, devices.contexts[holder], 3)
+    report = ClientReport.from_reply(reply)
+    if report is not None and report.status == REFUSED:
+        return report.reason
+    assert reply.config_records[COSIGN_KEY]["model-sha256"] == model
+    return "signed"
+
+
+def test_a_key_holder_co_signs_only_the_model_it_computes_itself(keyed) -> None:
+    """A malicious server's co-signing requests: another model hash, a tampered partial, another parent."""
+    devices, key = keyed
+    request, partials, honest = _decrypted(devices, 30)
 
     def ask(holder: int, partials=partials, parent=None, model=honest) -> str:
-        content = CosignRequest(request, tuple(partials), parent or global_model(), model).put(RecordDict(dict(config)))
-        reply = threshold.cosign_model(content, CONFIG, 30, devices.contexts[holder], 3)
-        report = ClientReport.from_reply(reply)
-        if report is not None and report.status == REFUSED:
-            return report.reason
-        assert reply.config_records[COSIGN_KEY]["model-sha256"] == honest
-        return "signed"
+        return _cosign(devices, holder, 30, request, partials, model, parent)
 
     assert ask(NODES[4]) == "signed"  # any key holder, decryptor or not, recomputes the same model
     assert ask(NODES[0], model=b"\x07" * 32).startswith("model-mismatch")  # a model the server made up
@@ -317,6 +331,26 @@ def test_a_key_holder_co_signs_only_the_model_it_computes_itself(keyed) -> None:
     assert ask(NODES[0], partials=tampered).startswith("bad-partial")
     other = ArrayRecord({k: Array(v + 1) for k, v in zip(global_model().keys(), global_model().to_numpy_ndarrays())})
     assert ask(NODES[0], parent=other).startswith("wrong-parent")  # not the model the leaves trained from
+
+
+def test_a_decryptor_co_signs_from_the_sum_it_checked_itself_and_others_need_the_leaves(keyed) -> None:
+    """A co-signing request without the leaves (the server's, to the decryptors) is served only from a sum the
+    device verified when it decrypted: same round, sum and decryptor set; the same checks apply to it."""
+    devices, key = keyed
+    request, partials, honest = _decrypted(devices, 31)
+    bare = DecryptionRequest(request.decryptors, request.sum_sha256, ())
+
+    def ask(holder: int, request=bare, partials=partials, model=honest) -> str:
+        return _cosign(devices, holder, 31, request, partials, model)
+
+    assert ask(NODES[4]).startswith("unknown-sum")  # a key holder that never saw this sum's leaves
+    assert ask(NODES[0], request=DecryptionRequest(bare.decryptors, b"\x01" * 32, ())).startswith("unknown-sum")
+    assert ask(NODES[0], model=b"\x07" * 32).startswith("model-mismatch")
+    tampered = [(partials[0][0], partials[0][1] ^ np.uint64(1))] + partials[1:]
+    assert ask(NODES[1], partials=tampered).startswith("bad-partial")
+    assert ask(NODES[0]) == "signed" and ask(NODES[1]) == "signed"
+    assert ask(NODES[0]).startswith("unknown-sum")  # what it kept for co-signing is dropped once it signed
+    assert ask(NODES[4], request=request) == "signed"  # with the leaves, any key holder
 
 
 def test_a_decryptor_that_does_not_co_sign_is_replaced_by_another_key_holder(keyed) -> None:
