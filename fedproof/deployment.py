@@ -109,7 +109,8 @@ class SuperLink:
         self.control = control_address(kit, control)
         if self.control[1] == kit.port and self.control[0] in (bind, "0.0.0.0", "::"):
             raise ConfigError("the control address must differ from the public Fleet address")
-        self.process = Process(kit.state / "superlink.pid", kit.state / "superlink.log", marker="flower-superlink")
+        self.process = Process(kit.state / "superlink.pid", kit.state / "superlink.log",
+                               marker=_bin("flower-superlink"))
         self.gateway = Process(kit.state / "gateway.pid", kit.state / "gateway.log", marker="fl_server.fleet_gateway")
 
     def command(self) -> list[str]:

@@ -169,6 +169,15 @@ def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: P
         cli("server", "stop", "--kit", str(kits / "server"))
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(kits).encode() in _cmdline(p)]
+    assert not left, "server stop left processes of this kit running"  # the SuperLink, its SuperExec, the gateway
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return proc.joinpath("cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def control_plane_from_a_client_kit(kit: Path, port: int, tmp_path: Path) -> dict[str, tuple[int, str]]:
