@@ -56,7 +56,7 @@ from fedproof.polling import poll_intervals
 
 log = logging.getLogger("fedproof.app_runner")
 APPS = "apps.json"
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.25
 PART_RETRY_SECONDS, PART_RETRY_CAP = 0.02, 0.25
 
 

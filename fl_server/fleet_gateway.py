@@ -47,7 +47,7 @@ FLEET_PATH = re.compile(r"^/v1/fleet/[a-z][a-z-]{0,63}$")
 MAX_BODY = 64 << 20
 """Flower cuts messages into objects of at most a few MiB; anything far larger is not a Fleet request."""
 _HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade"}
-HOLD_SECONDS, POLL_SECONDS = 20.0, 0.1
+HOLD_SECONDS, POLL_SECONDS = 20.0, 0.25
 """How long an empty answer to a SuperNode's poll is held at most (under the SuperNode's 30 s request timeout),
 and the longest wait between asking the SuperLink again meanwhile."""
 
