@@ -159,10 +159,13 @@ def edge_predict(
     install_dir: Annotated[Path, typer.Option(help="Where the device keeps its model.")] = DEFAULT_INSTALL,
     limit: Annotated[int, typer.Option(help="Print at most this many predictions.")] = 20,
     benchmark: Annotated[bool, typer.Option("--benchmark", help="Also print latency per batch of 1 and 256.")] = False,
+    monitor: Annotated[bool, typer.Option("--monitor", help="Test these images for drift against the model's signed "
+                                                             "profile; log the result to <install-dir>/drift.jsonl.")] = False,
+    alpha: Annotated[float, typer.Option(help="Drift tests' significance level (per window).")] = 0.01,
 ) -> None:
     """Predict with the installed model (onnxruntime only)."""
     from fedproof.inference import predict
-    from fl_client.edge import load, read_images
+    from fl_client.edge import load, monitor as drift_monitor, read_images
 
     try:
         sess, installed = load(install_dir.expanduser())
@@ -172,6 +175,14 @@ def edge_predict(
     labels = predict(sess, x)
     console.print(f"{len(labels)} predictions with model {installed.artifact_sha256[:16]}…: "
                   + " ".join(map(str, labels[:limit])) + (" …" if len(labels) > limit else ""))
+    if monitor:
+        try:
+            drift = drift_monitor(install_dir.expanduser(), x, labels, alpha)
+        except FedproofError as exc:
+            _fail(exc)
+        verdict = ("[red]drift[/]" if drift.drift else "[green]no drift[/]")
+        console.print(f"{verdict} over {drift.window} images (alpha {alpha:g}): KS p {drift.ks_p:.3g} "
+                      f"(Bonferroni over features), MMD p {drift.mmd_p:.3g}, predicted classes p {drift.labels_p:.3g}")
     if benchmark:
         for batch in (1, 256):
             chunk = x[:batch] if len(x) >= batch else x.repeat(-(-batch // len(x)), axis=0)[:batch]

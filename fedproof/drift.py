@@ -91,17 +91,23 @@ class ReferenceProfile:
 
 def build_profile(images: np.ndarray, predictions: np.ndarray, num_classes: int, components: int = 16,
                   sample: int = 500, seed: int = 0) -> ReferenceProfile:
-    """The profile of calibration ``images`` and the model's ``predictions`` on them (server side: numpy too)."""
+    """The profile of calibration ``images`` and the model's ``predictions`` on them (server side: numpy too).
+
+    The principal directions are fitted on one half of the images and the reference sample drawn from the
+    other: projected onto directions fitted to themselves, images show more spread along them than any new
+    image does, and the KS test would flag that as drift.
+    """
     flat = np.asarray(images).reshape(len(images), -1)
     x = flat.astype(np.float64) / (255.0 if flat.dtype == np.uint8 else 1.0)
-    if len(x) < 2 * components or len(predictions) != len(x):
+    if len(x) < 4 * components or len(predictions) != len(x):
         raise ProfileError(f"{len(x)} calibration images for {components} components: too few, or predictions "
                            "do not match")
-    mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    order = np.random.default_rng(seed).permutation(len(x))
+    fit, held = x[order[: len(x) // 2]], x[order[len(x) // 2:]][:sample]
+    mean = fit.mean(axis=0)
+    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
     projection = vt[:components].T
-    chosen = np.random.default_rng(seed).choice(len(x), size=min(sample, len(x)), replace=False)
-    reference = (x[chosen] - mean) @ projection
+    reference = (held - mean) @ projection
     counts = np.bincount(np.asarray(predictions, dtype=np.int64), minlength=num_classes)[:num_classes]
     freq = (counts + 0.5) / (counts + 0.5).sum()  # no class at exactly 0: a chi-square needs every expectation > 0
     return ReferenceProfile(mean, projection, reference, freq, _median_distance(reference))

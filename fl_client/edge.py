@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fedproof.data import parse_idx
+from fedproof.drift import DriftResult, ProfileError, ReferenceProfile, check_window
 from fedproof.errors import FedproofError
 from fedproof.files import write_atomically
 from fedproof.inference import predict, session
@@ -36,8 +37,10 @@ from ledger.trust import LedgerTrust
 
 MAX_ARTIFACT_BYTES = 256 << 20
 MAX_INPUT_BYTES = 512 << 20
+MAX_PROFILE_BYTES = 16 << 20
 CURRENT = "current.json"
 HISTORY = "history.json"
+DRIFT_LOG = "drift.jsonl"
 
 
 class ArtifactRejected(FedproofError):
@@ -54,6 +57,8 @@ class Installed:
     path: str
     sequence: int = 0
     version: str = ""
+    profile_sha256: str = ""
+    """The drift profile installed with it ('' when the release published none)."""
 
 
 @dataclass
@@ -139,15 +144,53 @@ def pull(ref: str, registry: Path, install_dir: Path, trust: LedgerTrust, contra
         session(data)  # it must load before it is installed
     except Exception as exc:  # onnxruntime raises its own, untyped, errors
         raise ArtifactRejected(f"artifact {wanted.hex()[:16]}… does not load: {exc}") from exc
+    profile = _profile(registry / f"{wanted.hex()}.profile.json", manifest.profile_sha256) \
+        if manifest.profile_sha256 else None
     install_dir.mkdir(parents=True, exist_ok=True)
     target = install_dir / f"{wanted.hex()}.onnx"
     write_atomically(target, data)
+    if profile is not None:
+        write_atomically(install_dir / f"{wanted.hex()}.profile.json", profile)
     installed = Installed(wanted.hex(), manifest.source_model_sha256.hex(), manifest.round, record.block_number,
-                          record.tx_hash, str(target), manifest.sequence, manifest.version)
+                          record.tx_hash, str(target), manifest.sequence, manifest.version,
+                          manifest.profile_sha256.hex())
     history = History(manifest.sequence, history.artifacts + [wanted.hex()])
     write_atomically(install_dir / HISTORY, (json.dumps(asdict(history), indent=2) + "\n").encode())
     write_atomically(install_dir / CURRENT, (json.dumps(asdict(installed), indent=2) + "\n").encode())
     return installed
+
+
+def _profile(path: Path, pinned: bytes) -> bytes:
+    """The drift profile's bytes, if they hash to what the signed manifest names and parse as a profile."""
+    data = _read_limited(path, MAX_PROFILE_BYTES, "drift profile")
+    if hashlib.sha256(data).digest() != pinned:
+        raise ArtifactRejected(f"drift profile {path} does not hash to what the signed manifest names: altered")
+    try:
+        ReferenceProfile.from_dict(json.loads(data))
+    except (ValueError, ProfileError) as exc:
+        raise ArtifactRejected(f"drift profile {path} is not a profile: {exc}") from exc
+    return data
+
+
+def monitor(install_dir: Path, images: np.ndarray, predictions: np.ndarray, alpha: float = 0.01,
+            now: float | None = None) -> DriftResult:
+    """Test ``images`` (a window of recent inputs) and the model's ``predictions`` for drift against the installed
+    model's signed profile; append the outcome to ``drift.jsonl`` beside it. Only aggregates are written: no input
+    leaves this function."""
+    current = _current(install_dir)
+    if current is None or not current.profile_sha256:
+        raise ArtifactRejected(f"no installed model with a drift profile in {install_dir}: pull a release that "
+                               "publishes one")
+    path = install_dir / f"{current.artifact_sha256}.profile.json"
+    profile = ReferenceProfile.from_dict(json.loads(_profile(path, bytes.fromhex(current.profile_sha256))))
+    result = check_window(profile, images, predictions, alpha)
+    entry = {"time": time.time() if now is None else now, "artifact": current.artifact_sha256,
+             "window": result.window, "drift": result.drift, "covariate_drift": result.covariate_drift,
+             "label_drift": result.label_drift, "ks_p": result.ks_p, "mmd": result.mmd, "mmd_p": result.mmd_p,
+             "labels_chi2": result.labels_chi2, "labels_p": result.labels_p, "alpha": alpha}
+    with open(install_dir / DRIFT_LOG, "a") as log:
+        log.write(json.dumps(entry) + "\n")
+    return result
 
 
 def _current(install_dir: Path) -> Installed | None:

@@ -40,6 +40,7 @@ from safetensors.numpy import load as safetensors_load
 from torch import nn
 
 from fedproof.data import Dataset
+from fedproof.drift import build_profile
 from fedproof.errors import FedproofError
 from fedproof.files import write_atomically
 from fedproof.inference import predict, session
@@ -66,6 +67,8 @@ class DeploySettings:
     max_drop_pp: float = 1.0
     """Largest accuracy loss (percentage points) of int8 against fp32 that may be published."""
     calibration_size: int = 512
+    profile_size: int = 2000
+    """Training images the drift profile is built from (half fit its features, half are the reference)."""
     seed: int = 0
     per_channel: bool = True
 
@@ -85,6 +88,8 @@ class Deployment:
     """Path of the published artifact."""
     tx_hash: str = ""
     block_number: int = 0
+    profile_sha256: str = ""
+    """The drift profile published beside the artifact (``<artifact>.profile.json``), signed in its manifest."""
 
 
 class _Standardised(nn.Module):
@@ -205,12 +210,12 @@ def next_sequence(registry: Path) -> int:
 
 def sign_manifest(registry: Path, key: DeploymentKey, contract: LedgerContract, artifact: bytes, source: bytes,
                   run_id: str, server_round: int, version: str, rollback: bool = False,
-                  lifetime: int = MANIFEST_LIFETIME) -> SignedManifest:
+                  lifetime: int = MANIFEST_LIFETIME, profile: bytes = b"") -> SignedManifest:
     """Sign and write ``<artifact>.manifest.json`` with the next sequence number."""
     sequence = next_sequence(registry)
     manifest = DeploymentManifest(contract.chain_id, contract.genesis, bytes.fromhex(contract.address[2:]), artifact,
                                   source, run_id, server_round, version, sequence, int(time.time()) + lifetime,
-                                  rollback)
+                                  rollback, profile)
     signed = key.sign(manifest)
     write_atomically(manifest_path(registry, artifact), signed.to_json().encode())
     write_atomically(registry / "sequence", f"{sequence}\n".encode())
@@ -221,7 +226,8 @@ def rollback(registry: Path, key: DeploymentKey, contract: LedgerContract, artif
     """An explicit, signed rollback statement: devices may go back to ``artifact`` (a deployed one) under it."""
     previous = SignedManifest.load(manifest_path(registry, artifact)).verify(key.public_key)
     return sign_manifest(registry, key, contract, artifact, previous.source_model_sha256, previous.run_id,
-                         previous.round, previous.version + "+rollback", rollback=True)
+                         previous.round, previous.version + "+rollback", rollback=True,
+                         profile=previous.profile_sha256)
 
 
 def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerContract | None,
@@ -261,6 +267,13 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
     registry.mkdir(parents=True, exist_ok=True)
     artifact = registry / f"{artifact_hash.hex()}.onnx"
     write_atomically(artifact, int8)
+    # what devices compare their inputs with: the calibration images and the published model's predictions on them
+    seen = dataset.train_x[rng.choice(len(dataset.train_x), min(settings.profile_size, len(dataset.train_x)),
+                                      replace=False)]
+    profile = json.dumps(build_profile(seen, predict(session(int8, threads=0), seen), dataset.num_classes,
+                                       seed=settings.seed).to_dict()).encode()
+    profile_hash = hashlib.sha256(profile).digest()
+    write_atomically(registry / f"{artifact_hash.hex()}.profile.json", profile)
     receipt: Receipt | None = None
     if contract is not None and recorded is not None:
         receipt = contract.record_deployment(digest, artifact_hash, recorded.run_id, recorded.round, TARGET)
@@ -269,6 +282,7 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
         round=recorded.round if recorded is not None else (server_round or 0), fp32_accuracy=acc32,
         int8_accuracy=acc8, fp32_bytes=len(fp32), int8_bytes=len(int8), settings=settings, artifact=str(artifact),
         tx_hash=receipt.tx_hash if receipt else "", block_number=receipt.block_number if receipt else 0,
+        profile_sha256=profile_hash.hex(),
     )
     manifest = {**asdict(deployment), "target": TARGET, "quantization": {
         "format": "QDQ", "weights": "int8 per-channel" if settings.per_channel else "int8 per-tensor",
@@ -282,6 +296,6 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
         for path in sorted((run_path / "ledger").glob("round-*.json")):
             shutil.copyfile(path, bundles / f"{run_id}-{path.name}")
         sign_manifest(registry, key, contract, artifact_hash, digest, run_id, recorded.round,
-                      f"{run_id}/round-{recorded.round}")
+                      f"{run_id}/round-{recorded.round}", profile=profile_hash)
     return deployment
 

@@ -11,6 +11,10 @@ Bytes signed (fixed layout, integers big-endian, strings with a u16 length)::
 
     "fedproof/deployment/v1" 0x00 | chain id u64 | genesis 32 B | contract 20 B | artifact 32 B | source model 32 B
     | run id str | round u64 | version str | sequence u64 | expires u64 (unix s) | rollback u8
+    | drift profile 32 B (absent: nothing)
+
+The drift profile (``fedproof.drift.ReferenceProfile``, a file beside the artifact) is what a device compares its
+inputs against; signing its hash means nobody but the operator can make a device believe all is well.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ledger.signing import length_prefixed as _str
 
 MANIFEST_TAG = b"fedproof/deployment/v1"
 MAX_MANIFEST_BYTES = 64 << 10
+HEX_FIELDS = ("genesis", "contract", "artifact_sha256", "source_model_sha256", "profile_sha256")
 
 
 class ManifestError(LedgerError):
@@ -50,10 +55,12 @@ class DeploymentManifest:
     """Unix time after which a device no longer installs under this manifest."""
     rollback: bool = False
     """True: an explicit rollback statement, naming an older artifact as the target on purpose."""
+    profile_sha256: bytes = b""
+    """SHA-256 of the artifact's drift profile (``<artifact>.profile.json``); empty: none was published."""
 
     def __post_init__(self) -> None:
         sizes = (len(self.genesis), len(self.contract), len(self.artifact_sha256), len(self.source_model_sha256))
-        if sizes != (32, 20, 32, 32):
+        if sizes != (32, 20, 32, 32) or len(self.profile_sha256) not in (0, 32):
             raise ManifestError("a manifest needs a 32-byte genesis, 20-byte contract and 32-byte hashes")
         if not (0 <= self.round < 2**64 and 0 < self.sequence < 2**64 and 0 <= self.expires < 2**64):
             raise ManifestError("a manifest's round, sequence (from 1) and expiry must be u64")
@@ -63,6 +70,7 @@ class DeploymentManifest:
             MANIFEST_TAG + b"\x00", struct.pack(">Q", self.chain_id), self.genesis, self.contract,
             self.artifact_sha256, self.source_model_sha256, _str(self.run_id), struct.pack(">Q", self.round),
             _str(self.version), struct.pack(">QQB", self.sequence, self.expires, int(self.rollback)),
+            self.profile_sha256,
         ])
 
 
@@ -88,7 +96,7 @@ class SignedManifest:
 
     def to_json(self) -> str:
         m = asdict(self.manifest)
-        for key in ("genesis", "contract", "artifact_sha256", "source_model_sha256"):
+        for key in HEX_FIELDS:
             m[key] = m[key].hex()
         return json.dumps({"version": 1, "manifest": m, "signer": self.signer.hex(),
                            "signature": self.signature.hex()}, indent=2, sort_keys=True) + "\n"
@@ -102,8 +110,8 @@ class SignedManifest:
             raise ManifestError(f"{path}: larger than any manifest")
         try:
             doc = json.loads(path.read_text())
-            m = dict(doc["manifest"])
-            for key in ("genesis", "contract", "artifact_sha256", "source_model_sha256"):
+            m = {"profile_sha256": "", **dict(doc["manifest"])}
+            for key in HEX_FIELDS:
                 m[key] = bytes.fromhex(m[key])
             manifest = DeploymentManifest(**{k: m[k] for k in DeploymentManifest.__dataclass_fields__})
             signed = cls(manifest, bytes.fromhex(doc["signer"]), bytes.fromhex(doc["signature"]))

@@ -268,3 +268,39 @@ def test_a_rollback_needs_a_signed_rollback_statement(recorded_run, published, t
     rollback(tmp_path / "registry", OPERATOR, chain, bytes.fromhex(older.artifact_sha256))
     back = install(older.artifact_sha256, tmp_path, chain)
     assert back.artifact_sha256 == older.artifact_sha256 and back.sequence == 3
+
+
+def test_the_signed_drift_profile_is_installed_and_watches_what_the_device_sees(recorded_run, published,
+                                                                                tmp_path: Path) -> None:
+    """deploy publishes a drift profile whose hash the operator signs; a device installs it with the model, stays
+    quiet on images like the calibration set, flags brighter ones and a missing class, and logs only aggregates."""
+    from fl_client.edge import DRIFT_LOG, monitor
+
+    _, data, chain, _ = recorded_run
+    deployment = fresh_copy(published, tmp_path)
+    profile = tmp_path / "registry" / f"{deployment.artifact_sha256}.profile.json"
+    signed = SignedManifest.load(manifest_path(tmp_path / "registry", bytes.fromhex(deployment.artifact_sha256)))
+    assert signed.manifest.profile_sha256 == hashlib.sha256(profile.read_bytes()).digest()
+    good = profile.read_bytes()
+    profile.write_bytes(good.replace(b"0.", b"1.", 1))  # a profile that would hide drift: not the one signed
+    with pytest.raises(ArtifactRejected, match="drift profile"):
+        install("latest", tmp_path, chain)
+    assert not (tmp_path / "device").exists()
+    profile.write_bytes(good)
+    install("latest", tmp_path, chain)
+    device, window = tmp_path / "device", data.test_x[:300]
+    quiet = monitor(device, window, classify(device, window))
+    assert not quiet.drift, quiet
+    bright = np.clip(window.astype(np.int16) + 40, 0, 255).astype(np.uint8)
+    assert monitor(device, bright, classify(device, bright)).covariate_drift
+    without = data.test_x[data.test_y != 0]  # a class the device no longer sees
+    assert monitor(device, without, classify(device, without)).label_drift
+    log = [json.loads(line) for line in (device / DRIFT_LOG).read_text().splitlines()]
+    assert [e["drift"] for e in log] == [False, True, True]
+    assert [e["window"] for e in log] == [len(window), len(bright), len(without)]
+    assert set(log[0]) == {"time", "artifact", "window", "drift", "covariate_drift", "label_drift", "ks_p", "mmd",
+                           "mmd_p", "labels_chi2", "labels_p", "alpha"}  # aggregates only, never an input
+    installed = device / f"{deployment.artifact_sha256}.profile.json"
+    installed.write_bytes(installed.read_bytes() + b" ")
+    with pytest.raises(ArtifactRejected, match="altered"):
+        monitor(device, window, classify(device, window))
