@@ -192,3 +192,21 @@ def edge_predict(
                 predict(sess, chunk, batch)
                 times.append(time.perf_counter() - started)
             console.print(f"batch {batch}: {1000 * min(times):.2f} ms (best of 20)")
+
+
+@edge_app.command("monitor")
+def edge_monitor(
+    install_dir: Annotated[Path, typer.Option(help="Where the device keeps its model and drift.jsonl.")] = DEFAULT_INSTALL,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus port for this device's drift metrics.")] = 9401,
+    address: Annotated[str, typer.Option(help="Address to serve on (default: loopback only).")] = "127.0.0.1",
+) -> None:
+    """Serve this device's drift (windows tested, alarms, the last p-values) to Prometheus, until stopped."""
+    from fl_client.drift_metrics import serve
+
+    serve(install_dir.expanduser(), metrics_port, address)
+    console.print(f"drift metrics of {install_dir} on http://{address}:{metrics_port}/metrics (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
