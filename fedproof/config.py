@@ -134,6 +134,9 @@ class RunConfig:
     """Serve Prometheus metrics of the federation on this port of the server (0: off)."""
     metrics_address: str = "127.0.0.1"
     """Address the metrics are served on: loopback unless the operator names another (a scraper's network)."""
+    tracking_uri: str = ""
+    """MLflow tracking URI the run is logged to: empty for a file store in the run directory (``mlruns/``), any
+    MLflow URI (``http://...``, ``sqlite:///...``), or ``off``."""
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [

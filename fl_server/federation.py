@@ -25,6 +25,7 @@ from fl_server.evaluation import CentralEvaluator
 from fl_server.lineage import Lineage, open_ledger
 from fl_server.metrics import FederationMetrics
 from fl_server.round import RoundPlan, run_round
+from fl_server.tracking import RunTracker
 from ledger.verification import AllowList, Domain, UpdateVerifier
 
 
@@ -78,6 +79,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     else:
         lineage, done = Lineage(run_dir.path, config, contract, model), 0
     prometheus = FederationMetrics(config.metrics_port, address=config.metrics_address)
+    tracker = RunTracker(config, run_dir.path)
     evaluate = CentralEvaluator(dataset, config.model)
     rows = run_dir.keep_rounds(done)
     if done and not any(r.round == done for r in rows):  # crashed between recording round `done` and its row
@@ -116,6 +118,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         assert result.metrics is not None
         rows.append(result.metrics)
         run_dir.append_metrics(result.metrics)
+        tracker.round(result.metrics, lineage.last_bundle_sha256)
         prometheus.observe(result)
         if observer is not None:
             observer(result.metrics)
@@ -136,6 +139,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
             "ledger": asdict(ledger),
         }
     )
+    tracker.finish(run_dir.path, lineage.outbox.receipts(), stopped)
     return FederationResult(config=config, run_dir=run_dir.path, rounds=rows, seconds=seconds,
                             epsilon_by_client=epsilon_by_client, stopped=stopped, ledger=ledger)
 

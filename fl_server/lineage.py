@@ -88,6 +88,7 @@ class Lineage:
         self.sleep, self.retry_seconds = sleep, retry_seconds
         self.models, self.bundles = run_path / "models", run_path / "ledger"
         self.outbox = Outbox(self.bundles)
+        self.last_bundle_sha256 = ""
         self.recorded = 0
         self.model_file = self.models / "round-0.safetensors"
         if initial is not None:
@@ -138,6 +139,7 @@ class Lineage:
     def _record(self, bundle: RoundBundle) -> None:
         write_atomically(self.bundles / bundle.file_name, bundle.to_bytes())  # whole or not at all
         self.recorded += 1
+        self.last_bundle_sha256 = bundle.sha256.hex()
         if self.contract is None:
             return
         self.outbox.push(RoundRecord(

@@ -97,6 +97,23 @@ def test_metrics_one_row_per_round_and_beats_chance(finished_run: Path) -> None:
     assert all(r.train_loss is None and r.val_accuracy is None and r.evaluate_clients == 0 for r in rows)
 
 
+def test_the_run_is_mirrored_in_mlflow_with_the_metrics_of_metrics_jsonl(finished_run: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from fl_server.tracking import metric_values
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(finished_run / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("fedproof").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["fedproof.run_id"] == "e2e"
+    rows = RunDirectory(finished_run).metrics()
+    for key in metric_values(rows[0]):
+        logged = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+        assert sorted(logged) == [(r.round, metric_values(r)[key]) for r in rows], key
+    assert {f"ledger.round-{r.round}.tx" for r in rows} <= set(run.data.tags)  # where to check it on chain
+    assert {"model.safetensors", "metrics.jsonl"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
 def test_saved_model_is_the_final_global_model(finished_run: Path, synthetic_dir: Path) -> None:
     run = RunDirectory(finished_run)
     model = make_model()
