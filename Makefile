@@ -11,9 +11,9 @@ NPM    := contracts/node_modules/.fedproof-npm
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: setup demo test bench data clean
+.PHONY: setup demo test bench data tools clean
 
-setup: $(STAMP) $(NPM) data
+setup: $(STAMP) $(NPM) data tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ data: $(STAMP)
 	  echo "Fashion-MNIST not found and apt-get is unavailable: see README (Data) to fetch it by hand."; \
 	fi
 
+# Debian's prometheus (promtool checks the alerting rules; the monitoring test scrapes fedproof with it).
+tools:
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq prometheus >/dev/null || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq prometheus >/dev/null; }; \
+	else \
+	  echo "prometheus (promtool) not found and apt-get is unavailable: the monitoring tests will say how to get it."; \
+	fi
+
 # Each demo simulates new data holders (their lifetime privacy budgets live in the run directory's client-state/).
 demo: setup
 	$(BIN)/fedproof simulate --deploy --run-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
@@ -52,6 +63,8 @@ bench: setup
 	$(BIN)/python benchmarks/he_overhead.py
 	$(BIN)/python benchmarks/ledger_costs.py
 	$(BIN)/python benchmarks/deploy.py
+	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/deployment.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -111,6 +111,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     for server_round in range(done + 1, config.rounds + 1):
         result = run_round(grid, plan, server_round, model)
         epsilon_by_client.update(result.privacy_spent)
+        prometheus.observe(result)
         if result.stop:
             stopped = result.stop
             break
@@ -119,7 +120,6 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         rows.append(result.metrics)
         run_dir.append_metrics(result.metrics)
         tracker.round(result.metrics, lineage.last_bundle_sha256)
-        prometheus.observe(result)
         if observer is not None:
             observer(result.metrics)
         model = result.current
