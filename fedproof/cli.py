@@ -293,7 +293,7 @@ def _summary(rows: list[RoundMetrics], run_dir: Path, wall: float) -> None:
             console.print(f"[yellow]round {r.round} left the model unchanged:[/] {r.failed}")
     final = rows[-1].accuracy if rows else float("nan")
     console.print(f"final test accuracy [bold green]{final:.4f}[/], wall time [bold]{wall:.1f} s[/]")
-    console.print(f"artifacts in [cyan]{run_dir}[/]: run.json, metrics.jsonl, model.safetensors, accuracy.png")
+    console.print(f"artifacts in [cyan]{run_dir}[/]: run.json, metrics.jsonl, model.safetensors, accuracy.png, mlruns/ (MLflow)")
 
 
 def _privacy_summary(epsilons: dict[str, float], target: float) -> None:
