@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+from collections import Counter
 import re
 from collections.abc import AsyncIterator
 
@@ -48,6 +49,11 @@ MAX_BODY = 64 << 20
 """Flower cuts messages into objects of at most a few MiB; anything far larger is not a Fleet request."""
 _HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade"}
 HOLD_SECONDS, POLL_SECONDS = 20.0, 0.25
+HOLDS_PER_NODE, MAX_HOLDS = 3, 4096
+"""Held polls at once per node key (a SuperNode pulls messages one at a time and object parts two at a time), and
+in all: past either, a poll is answered at once, as the SuperLink would. A registered device opening many polls
+cannot make the gateway ask the SuperLink many times more often than it asks itself."""
+NODE_KEY_HEADER = "flwr-public-key"
 """How long an empty answer to a SuperNode's poll is held at most (under the SuperNode's 30 s request timeout),
 and the longest wait between asking the SuperLink again meanwhile."""
 
@@ -82,6 +88,19 @@ def is_fleet_request(method: str, path: str) -> bool:
     return method == "POST" and FLEET_PATH.match(path) is not None
 
 
+async def _hold(client: httpx.AsyncClient, request: Request, path: str, body: bytes, headers: dict[str, str],
+                answer: httpx.Response, hold: float, poll: float) -> httpx.Response:
+    """Ask again, soon then every ``poll`` s, until the answer is worth passing on or ``hold`` s have passed."""
+    loop = asyncio.get_running_loop()
+    deadline, waits = loop.time() + hold, poll_intervals(0.02, poll)
+    while worth_holding(path, answer) and loop.time() + (wait := next(waits)) < deadline:
+        await asyncio.sleep(wait)
+        if await request.is_disconnected():  # the node gave up: ask nothing more on its behalf
+            break
+        answer = await client.post(path, content=body, headers=headers)
+    return answer
+
+
 def create_app(upstream: str, ca_certfile: str | None, timeout: float = 120.0,
                transport: httpx.AsyncBaseTransport | None = None, hold: float = HOLD_SECONDS,
                poll: float = POLL_SECONDS) -> Starlette:
@@ -89,6 +108,7 @@ def create_app(upstream: str, ca_certfile: str | None, timeout: float = 120.0,
     empty answers to polls for up to ``hold`` seconds (0: never)."""
     client = httpx.AsyncClient(base_url=upstream, verify=ca_certfile if ca_certfile else False, timeout=timeout,
                                transport=transport)
+    holding: Counter[str] = Counter()
 
     async def forward(request: Request) -> Response:
         if not is_fleet_request(request.method, request.url.path):
@@ -98,14 +118,18 @@ def create_app(upstream: str, ca_certfile: str | None, timeout: float = 120.0,
             return PlainTextResponse("request too large", status_code=413)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         path = request.url.path
+        node = request.headers.get(NODE_KEY_HEADER, "")
         try:
             answer = await client.post(path, content=body, headers=headers)
-            deadline, waits = asyncio.get_running_loop().time() + hold, poll_intervals(0.02, poll)
-            while worth_holding(path, answer) and asyncio.get_running_loop().time() + (wait := next(waits)) < deadline:
-                await asyncio.sleep(wait)
-                if await request.is_disconnected():  # the node gave up: ask nothing more on its behalf
-                    break
-                answer = await client.post(path, content=body, headers=headers)
+            if worth_holding(path, answer) and node and holding[node] < HOLDS_PER_NODE \
+                    and sum(holding.values()) < MAX_HOLDS:  # the SuperLink accepted the node's signature: a node
+                holding[node] += 1
+                try:
+                    answer = await _hold(client, request, path, body, headers, answer, hold, poll)
+                finally:
+                    holding[node] -= 1
+                    if not holding[node]:
+                        del holding[node]
         except httpx.HTTPError as exc:
             return PlainTextResponse(f"the SuperLink does not answer ({type(exc).__name__})", status_code=502)
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_HEADERS | {"content-encoding"}}

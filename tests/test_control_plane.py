@@ -90,7 +90,8 @@ def test_an_empty_poll_is_held_until_a_message_comes_and_passed_on_unchanged() -
 
     app = create_app("https://127.0.0.1:9999", None, transport=httpx.MockTransport(superlink), hold=5.0, poll=0.01)
     with TestClient(app) as client:
-        answer = client.post("/v1/fleet/pull-messages", content=b"node 7", headers={"x-flwr-node-sig": "sig"})
+        answer = client.post("/v1/fleet/pull-messages", content=b"node 7",
+                             headers={"x-flwr-node-sig": "sig", "flwr-public-key": "node-7"})
     assert answer.content == full and len(seen) == 3
     assert {(r.content, r.headers["x-flwr-node-sig"]) for r in seen} == {(b"node 7", "sig")}
 
@@ -113,6 +114,37 @@ def test_only_empty_polls_are_held_and_never_past_the_hold(path, answer) -> None
     app = create_app("https://127.0.0.1:9999", None, transport=httpx.MockTransport(superlink), hold=0.3, poll=0.05)
     with TestClient(app) as client:
         started = time.monotonic()
-        assert client.post(path, content=b"x").content == answer
+        assert client.post(path, content=b"x", headers={"flwr-public-key": "node-1"}).content == answer
         took = time.monotonic() - started
     assert (len(seen) > 2 and 0.2 <= took < 1.0) if held else (len(seen) == 1 and took < 0.2)
+
+
+def test_a_node_cannot_make_the_gateway_poll_for_it_more_than_a_few_times_at_once() -> None:
+    """Polls without a node key, and a node's polls past HOLDS_PER_NODE at once, are answered at once, not held."""
+    import threading
+    import time
+
+    from fl_server.fleet_gateway import HOLDS_PER_NODE
+
+    seen: list[httpx.Request] = []
+
+    def superlink(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"")  # never a message
+
+    app = create_app("https://127.0.0.1:9999", None, transport=httpx.MockTransport(superlink), hold=1.0, poll=0.05)
+    took: list[float] = []
+    with TestClient(app) as client:
+        def poll(key: str) -> None:
+            started = time.monotonic()
+            client.post("/v1/fleet/pull-messages", content=b"x", headers={"flwr-public-key": key} if key else {})
+            took.append(time.monotonic() - started)
+
+        threads = [threading.Thread(target=poll, args=("greedy",)) for _ in range(HOLDS_PER_NODE + 3)]
+        threads.append(threading.Thread(target=poll, args=("",)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sum(t >= 0.9 for t in took) == HOLDS_PER_NODE  # held for the whole second
+    assert sum(t < 0.5 for t in took) == 4  # the rest answered at once
