@@ -15,8 +15,9 @@ with ``--isolation process`` and this executor beside it, on the SuperNode's loo
    and pushes its reply and the context back.
 
 It stays up between messages, so torch, the dataset and the keys are loaded once, not per message. It asks for
-a task at once after the last one, then less and less often, at least every :data:`POLL_SECONDS`; it pulls a message's parts that the SuperNode is still receiving every
-:data:`PART_RETRY_SECONDS` at first (Flower's ``pull_task_input`` backs off 1 s, then 2 s, then 4 s).
+a task at once after the last one, then less and less often, at least every :data:`POLL_SECONDS`; it pulls a
+message's parts that the SuperNode is still receiving every :data:`PART_RETRY_SECONDS` at first (Flower's
+``pull_task_input`` backs off 1 s, then 2 s, then 4 s).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pathlib import Path
 from flwr.app import Message
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode, SubStatus
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
 from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
     AcquireTaskRequest,
     PullAppMessagesRequest,
@@ -41,14 +44,12 @@ from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
-from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
-from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
 from flwr.supercore.inflatable.inflatable_protobuf_utils import (
     make_confirm_message_received_fn_protobuf,
     make_pull_object_fn_protobuf,
 )
 from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
