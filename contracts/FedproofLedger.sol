@@ -3,7 +3,8 @@ pragma solidity 0.8.28;
 
 /// @title fedproof audit ledger
 /// @notice Append-only lineage of a federated run: one record per round (model hash, parent hash, Merkle root of the
-///         signed client updates, participant count, DP epsilon, bundle hash) and one per deployment.
+///         signed client updates, participant count, DP epsilon, bundle hash), one per deployment, and one per
+///         release statement (promotion, canary, rollback, retirement of a deployed artifact on a channel).
 /// @dev Client signatures and updates stay off-chain; only their Merkle root is stored, so the cost of a round does not
 ///      depend on how many clients took part. Auditors should trust the events, receipts and block hashes: storage of a
 ///      dev chain can be rewritten (anvil_setStorageAt) without a new block, logs inside mined blocks cannot.
@@ -34,6 +35,10 @@ contract FedproofLedger {
     mapping(bytes32 => uint64) public latestRound;
     /// @notice runId => the model the run starts from (zero: the run was never started).
     mapping(bytes32 => bytes32) public initialModel;
+    /// @notice artifactHash => recorded as a deployment of a recorded model (only those can be released).
+    mapping(bytes32 => bool) public deployedArtifact;
+    /// @notice The sequence number of the last release statement (0 = none); each one must be higher.
+    uint64 public latestReleaseSequence;
 
     event ClientRegistered(bytes32 indexed clientId, bytes32 publicKey);
     event ClientRevoked(bytes32 indexed clientId);
@@ -56,6 +61,20 @@ contract FedproofLedger {
         string target
     );
 
+    /// @notice A release statement, as the operator's deployment key signed it (Ed25519, 64 bytes). The contract
+    ///         cannot check Ed25519; devices and auditors do, against the operator key they pin, so the ledger
+    ///         account alone cannot make a device switch models.
+    event ReleaseRecorded(
+        uint64 indexed sequence,
+        bytes32 indexed artifactHash,
+        bytes32 indexed channelHash,
+        uint8 action,
+        string channel,
+        bytes32 previousArtifactHash,
+        uint16 canaryBasisPoints,
+        bytes signature
+    );
+
     error NotOwner();
     error AlreadyRegistered(bytes32 clientId);
     error UnknownClient(bytes32 clientId);
@@ -65,6 +84,9 @@ contract FedproofLedger {
     error ZeroHash();
     error RunNotStarted(bytes32 runId);
     error RunAlreadyStarted(bytes32 runId);
+    error ReleaseOutOfOrder(uint64 latest, uint64 got);
+    error UnknownArtifact(bytes32 artifactHash);
+    error BadRelease();
 
     modifier onlyOwner() {
         if (msg.sender != owner) revert NotOwner();
@@ -175,6 +197,43 @@ contract FedproofLedger {
         string calldata target
     ) external onlyOwner {
         if (modelHash == bytes32(0) || _rounds[runId][round].modelHash != modelHash) revert UnknownModel(modelHash);
+        if (artifactHash == bytes32(0)) revert ZeroHash();
+        deployedArtifact[artifactHash] = true;
         emit DeploymentRecorded(modelHash, artifactHash, runId, round, target);
+    }
+
+    /// @notice Record an operator-signed release statement: action 0 promotes ``artifactHash`` on ``channel`` (to
+    ///         ``canaryBasisPoints`` of its devices, 10000 = all; the others keep ``previousArtifactHash``), 1 rolls
+    ///         the channel back to it (withdrawing ``previousArtifactHash``), 2 retires it. Sequence numbers only grow,
+    ///         so a statement cannot be recorded twice or out of order.
+    function recordRelease(
+        uint64 sequence,
+        uint8 action,
+        string calldata channel,
+        bytes32 artifactHash,
+        bytes32 previousArtifactHash,
+        uint16 canaryBasisPoints,
+        bytes calldata signature
+    ) external onlyOwner {
+        if (sequence <= latestReleaseSequence) revert ReleaseOutOfOrder(latestReleaseSequence, sequence);
+        if (action > 2 || canaryBasisPoints == 0 || canaryBasisPoints > 10000 || signature.length != 64) {
+            revert BadRelease();
+        }
+        if (bytes(channel).length == 0 || bytes(channel).length > 64) revert BadRelease();
+        if (!deployedArtifact[artifactHash]) revert UnknownArtifact(artifactHash);
+        if (previousArtifactHash != bytes32(0) && !deployedArtifact[previousArtifactHash]) {
+            revert UnknownArtifact(previousArtifactHash);
+        }
+        latestReleaseSequence = sequence;
+        emit ReleaseRecorded(
+            sequence,
+            artifactHash,
+            keccak256(bytes(channel)),
+            action,
+            channel,
+            previousArtifactHash,
+            canaryBasisPoints,
+            signature
+        );
     }
 }

@@ -10,10 +10,16 @@ bytes hash to it; every RPC endpoint is on the pinned chain and shows the same `
 it (two endpoints that disagree install nothing); and the source model's lineage verifies (every round co-signed
 by t clients, ``ledger.audit``). Loading for prediction re-hashes the installed bytes, so nothing can be swapped
 between check and use. No torch anywhere on this path.
+
+A device that follows a release channel (:func:`follow`) changes models only on a release statement
+(:mod:`ledger.release`) that is recorded on the pinned chain, signed by the pinned key and newer than the last
+it acted on; it keeps the model it ran before installed, so a rollback to it is a switch, not a download. Such a
+device refuses direct pulls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -33,13 +39,16 @@ from ledger.audit import AuditFailure, verify_model
 from ledger.contract import LedgerContract
 from ledger.errors import LedgerError
 from ledger.manifest import DeploymentManifest, ManifestError, SignedManifest
+from ledger.release import EVERY_CHANNEL, ReleaseStatement, latest, retired, target, verified
 from ledger.trust import LedgerTrust
 
 MAX_ARTIFACT_BYTES = 256 << 20
 MAX_INPUT_BYTES = 512 << 20
 MAX_PROFILE_BYTES = 16 << 20
 CURRENT = "current.json"
+PREVIOUS = "previous.json"
 HISTORY = "history.json"
+FOLLOWING = "channel.json"
 DRIFT_LOG = "drift.jsonl"
 
 
@@ -107,18 +116,15 @@ def pull(ref: str, registry: Path, install_dir: Path, trust: LedgerTrust, contra
          now: float | None = None) -> Installed:
     """Install the artifact ``ref`` (its SHA-256 in hex, or ``latest``: the highest signed sequence) from
     ``registry``, if every check in the module docstring holds; else :class:`ArtifactRejected`, nothing installed."""
+    following = Following.load(install_dir)
+    if following is not None:
+        raise ArtifactRejected(f"this device follows the {following.channel!r} channel: it changes models only on "
+                               "signed release statements (`fedproof edge follow`)")
     try:
-        signed = _manifest(ref, registry, trust)
-        manifest = signed.verify(trust.deployment_key)
+        manifest = _manifest(ref, registry, trust).verify(trust.deployment_key)
     except ManifestError as exc:
         raise ArtifactRejected(str(exc)) from exc
     wanted = manifest.artifact_sha256
-    if (manifest.chain_id, manifest.genesis, manifest.contract) != (trust.chain_id, trust.genesis, trust.contract):
-        raise ArtifactRejected(f"the manifest of {wanted.hex()[:16]}… is for chain {manifest.chain_id} (genesis "
-                               f"{manifest.genesis.hex()[:12]}…, contract 0x{manifest.contract.hex()}), not the "
-                               "pinned one")
-    if manifest.expires < (time.time() if now is None else now):
-        raise ArtifactRejected(f"the manifest of {wanted.hex()[:16]}… expired; ask the operator for a new release")
     history = History.load(install_dir)
     current = _current(install_dir)
     if current is not None and (current.sequence, current.artifact_sha256) == (manifest.sequence, wanted.hex()):
@@ -130,6 +136,24 @@ def pull(ref: str, registry: Path, install_dir: Path, trust: LedgerTrust, contra
     if wanted.hex() in history.artifacts and not manifest.rollback:
         raise ArtifactRejected(f"rollback refused: {wanted.hex()[:16]}… was installed before, and its manifest is "
                                "not a signed rollback statement")
+    installed = _install(install_dir, *_verified(manifest, registry, trust, contracts, now))
+    history = History(manifest.sequence, history.artifacts + [wanted.hex()])
+    write_atomically(install_dir / HISTORY, (json.dumps(asdict(history), indent=2) + "\n").encode())
+    return installed
+
+
+def _verified(manifest: DeploymentManifest, registry: Path, trust: LedgerTrust, contracts: Sequence[LedgerContract],
+              now: float | None):
+    """Every check but the sequence rules: the manifest is for the pinned chain and unexpired, the artifact's bytes
+    hash to it, every endpoint shows the same deployment record, the source model's lineage verifies, the artifact
+    loads, its drift profile is the one signed. Returns what :func:`_install` writes."""
+    wanted = manifest.artifact_sha256
+    if (manifest.chain_id, manifest.genesis, manifest.contract) != (trust.chain_id, trust.genesis, trust.contract):
+        raise ArtifactRejected(f"the manifest of {wanted.hex()[:16]}… is for chain {manifest.chain_id} (genesis "
+                               f"{manifest.genesis.hex()[:12]}…, contract 0x{manifest.contract.hex()}), not the "
+                               "pinned one")
+    if manifest.expires < (time.time() if now is None else now):
+        raise ArtifactRejected(f"the manifest of {wanted.hex()[:16]}… expired; ask the operator for a new release")
     data = _read_limited(registry / f"{wanted.hex()}.onnx", MAX_ARTIFACT_BYTES, "model artifact")
     if hashlib.sha256(data).digest() != wanted:
         raise ArtifactRejected(f"artifact {wanted.hex()[:16]}… in {registry} does not hash to its name: altered, "
@@ -146,18 +170,146 @@ def pull(ref: str, registry: Path, install_dir: Path, trust: LedgerTrust, contra
         raise ArtifactRejected(f"artifact {wanted.hex()[:16]}… does not load: {exc}") from exc
     profile = _profile(registry / f"{wanted.hex()}.profile.json", manifest.profile_sha256) \
         if manifest.profile_sha256 else None
+    return manifest, data, record, profile
+
+
+def _install(install_dir: Path, manifest: DeploymentManifest, data: bytes, record, profile: bytes | None) -> Installed:
+    """Write the artifact (and its profile) and make it current; what was current becomes the previous model, kept
+    for an instant switch back; older files are removed."""
+    wanted = manifest.artifact_sha256.hex()
     install_dir.mkdir(parents=True, exist_ok=True)
-    target = install_dir / f"{wanted.hex()}.onnx"
+    target = install_dir / f"{wanted}.onnx"
     write_atomically(target, data)
     if profile is not None:
-        write_atomically(install_dir / f"{wanted.hex()}.profile.json", profile)
-    installed = Installed(wanted.hex(), manifest.source_model_sha256.hex(), manifest.round, record.block_number,
+        write_atomically(install_dir / f"{wanted}.profile.json", profile)
+    installed = Installed(wanted, manifest.source_model_sha256.hex(), manifest.round, record.block_number,
                           record.tx_hash, str(target), manifest.sequence, manifest.version,
                           manifest.profile_sha256.hex())
-    history = History(manifest.sequence, history.artifacts + [wanted.hex()])
-    write_atomically(install_dir / HISTORY, (json.dumps(asdict(history), indent=2) + "\n").encode())
-    write_atomically(install_dir / CURRENT, (json.dumps(asdict(installed), indent=2) + "\n").encode())
+    _make_current(install_dir, installed)
     return installed
+
+
+def _make_current(install_dir: Path, installed: Installed) -> None:
+    current = _current(install_dir)
+    if current is not None and current.artifact_sha256 != installed.artifact_sha256:
+        write_atomically(install_dir / PREVIOUS, (json.dumps(asdict(current), indent=2) + "\n").encode())
+    write_atomically(install_dir / CURRENT, (json.dumps(asdict(installed), indent=2) + "\n").encode())
+    keep = {installed.artifact_sha256} | ({current.artifact_sha256} if current is not None else set())
+    for path in install_dir.glob("*.onnx"):
+        if path.stem not in keep:
+            path.unlink()
+            path.with_suffix(".profile.json").unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------- release channels
+
+
+@dataclass(frozen=True)
+class Following:
+    """A device that follows a release channel: the channel, its id for canaries and the last statement acted on."""
+
+    channel: str
+    device_id: str
+    sequence: int = 0
+
+    def save(self, install_dir: Path) -> None:
+        install_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(install_dir / FOLLOWING, (json.dumps(asdict(self), indent=2) + "\n").encode())
+
+    @classmethod
+    def load(cls, install_dir: Path) -> Following | None:
+        path = install_dir / FOLLOWING
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(_read_limited(path, 1 << 16, "channel record"))
+            return cls(str(doc["channel"]), str(doc["device_id"]), int(doc["sequence"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArtifactRejected(f"{path}: not a channel record ({exc}); refusing to guess what was applied") from exc
+
+
+@dataclass(frozen=True)
+class FollowResult:
+    installed: Installed | None
+    """What the device runs now (None: nothing released to it yet)."""
+    statement: ReleaseStatement | None
+    """The newest statement of the channel the pinned key signed."""
+    changed: str = ""
+    """'', 'installed' (verified and installed) or 'switched' (to the kept previous model, no download)."""
+    ignored: tuple[str, ...] = ()
+    """Release records on chain that are not the pinned operator's: reported, never acted on."""
+
+
+def new_device_id() -> str:
+    """A random id for a device that has none (canary shares are computed from it)."""
+    import secrets
+
+    return secrets.token_hex(16)
+
+
+def follow(channel: str, registry: Path, install_dir: Path, trust: LedgerTrust, contracts: Sequence[LedgerContract],
+           device_id: str | None = None, now: float | None = None) -> FollowResult:
+    """Run what the newest release statement of ``channel`` says this device runs: act only on statements on the
+    pinned chain (every endpoint agreeing), signed by the pinned operator key, newer than the last one acted on;
+    switch to the kept previous model at once, or verify and install a new one as :func:`pull` does."""
+    following = Following.load(install_dir)
+    if following is not None and following.channel != channel:
+        raise ArtifactRejected(f"{install_dir} follows the {following.channel!r} channel, not {channel!r}: a device "
+                               "changes channel with a new --install-dir")
+    if following is not None and device_id and device_id != following.device_id:
+        raise ArtifactRejected(f"{install_dir} belongs to device {following.device_id!r}, not {device_id!r}")
+    following = following or Following(channel, device_id or new_device_id())
+    statements, ignored = _channel_statements(channel, trust, contracts)
+    newest = latest(statements, channel)
+    current = _current(install_dir)
+    if newest is None or newest.sequence <= following.sequence:
+        following.save(install_dir)
+        if current is not None:
+            load(install_dir)
+        return FollowResult(current, newest, ignored=tuple(ignored))
+    wanted = target(newest, following.device_id)
+    if wanted in retired(statements):
+        raise ArtifactRejected(f"release {newest.sequence} names artifact {wanted.hex()[:16]}…, which is retired: "
+                               "refusing it")
+    changed = ""
+    if wanted == bytes(32):
+        pass  # outside a first canary, with nothing released before it: nothing to run yet
+    elif current is not None and current.artifact_sha256 == wanted.hex():
+        load(install_dir)
+    else:
+        previous = _previous(install_dir)
+        if previous is not None and previous.artifact_sha256 == wanted.hex():
+            _make_current(install_dir, previous)
+            load(install_dir)  # re-hashed against the hash pinned when it was installed
+            changed = "switched"
+        else:
+            try:
+                manifest = SignedManifest.load(registry / f"{wanted.hex()}.manifest.json").verify(trust.deployment_key)
+            except ManifestError as exc:
+                raise ArtifactRejected(str(exc)) from exc
+            if manifest.artifact_sha256 != wanted:
+                raise ArtifactRejected(f"the manifest filed for {wanted.hex()[:16]}… names another artifact")
+            _install(install_dir, *_verified(manifest, registry, trust, contracts, now))
+            changed = "installed"
+    dataclasses.replace(following, sequence=newest.sequence).save(install_dir)
+    return FollowResult(_current(install_dir), newest, changed, tuple(ignored))
+
+
+def _channel_statements(channel: str, trust: LedgerTrust,
+                        contracts: Sequence[LedgerContract]) -> tuple[list[ReleaseStatement], list[str]]:
+    """The channel's and the retirement statements as every endpoint records them, split into the pinned
+    operator's and the rest."""
+    seen = []
+    for contract in contracts:
+        seen.append(contract.release_events(channel=channel) + contract.release_events(channel=EVERY_CHANNEL))
+    if len({tuple((e.sequence, e.tx_hash, e.block_hash) for e in events) for events in seen}) != 1:
+        raise ArtifactRejected("the RPC endpoints disagree about the release records: changing nothing")
+    good, bad = verified(seen[0], trust.deployment_key, trust.chain_id, trust.genesis, trust.contract)
+    return [statement for _, statement in good], bad
+
+
+def _previous(install_dir: Path) -> Installed | None:
+    return _installed_record(install_dir / PREVIOUS)
 
 
 def _profile(path: Path, pinned: bytes) -> bytes:
@@ -194,12 +346,16 @@ def monitor(install_dir: Path, images: np.ndarray, predictions: np.ndarray, alph
 
 
 def _current(install_dir: Path) -> Installed | None:
-    if not (install_dir / CURRENT).is_file():
+    return _installed_record(install_dir / CURRENT)
+
+
+def _installed_record(path: Path) -> Installed | None:
+    if not path.is_file():
         return None
     try:
-        return Installed(**json.loads(_read_limited(install_dir / CURRENT, 1 << 16, "installed model record")))
+        return Installed(**json.loads(_read_limited(path, 1 << 16, "installed model record")))
     except (TypeError, ValueError) as exc:
-        raise ArtifactRejected(f"{install_dir / CURRENT}: not an installed-model record ({exc})") from exc
+        raise ArtifactRejected(f"{path}: not an installed-model record ({exc})") from exc
 
 
 def _manifest(ref: str, registry: Path, trust: LedgerTrust) -> SignedManifest:

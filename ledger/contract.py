@@ -33,6 +33,7 @@ from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
 
 from ledger import errors
 from ledger.artifact import Artifact, load_artifact
+from ledger.release import ReleaseStatement, SignedRelease
 
 
 # Gas limits per write, with a wide margin over what was measured (recordRound ~137 k in steady state, deployment
@@ -42,7 +43,8 @@ REGISTER_GAS = 120_000
 REVOKE_GAS = 80_000
 RECORD_ROUND_GAS = 300_000
 START_RUN_GAS = 80_000
-DEPLOYMENT_BASE_GAS = 80_000
+DEPLOYMENT_BASE_GAS = 110_000  # the event, plus one cold SSTORE (deployedArtifact) of ~22 k
+RELEASE_GAS = 120_000  # measured ~45 k: an SSTORE, the event with its 64-byte signature
 DEPLOYMENT_GAS_PER_TARGET_BYTE = 100  # calldata (16/byte) + memory + event data (8/byte), rounded far up
 MAX_TARGET_BYTES = 1024
 RECEIPT_TIMEOUT = 30.0
@@ -167,6 +169,29 @@ class DeploymentEvent:
     block_hash: str
 
 
+@dataclass(frozen=True)
+class ReleaseEvent:
+    """A ``ReleaseRecorded`` log: a release statement as recorded, with its Ed25519 signature, not yet checked."""
+
+    sequence: int
+    action: int
+    channel: str
+    artifact_hash: bytes
+    previous_artifact_hash: bytes
+    canary_bp: int
+    signature: bytes
+    tx_hash: str
+    block_number: int
+    block_hash: str
+
+    def signed(self, chain_id: int, genesis: bytes, contract: bytes) -> SignedRelease:
+        """The statement as signed for this chain and contract (:class:`~ledger.release.ReleaseError` if no valid
+        statement has these fields); its signature is checked by :meth:`SignedRelease.verify`."""
+        statement = ReleaseStatement(chain_id, genesis, contract, self.sequence, self.action, self.channel,
+                                     self.artifact_hash, self.previous_artifact_hash, self.canary_bp)
+        return SignedRelease(statement, self.signature)
+
+
 # --------------------------------------------------------------------------------------------- reverts
 
 
@@ -249,6 +274,13 @@ def _revert_message(name: str, args: dict[str, Any], sender: str, address: str) 
         return f"model {h['modelHash']} is not the model recorded for that run and round"
     if name == "ZeroHash":
         return "a hash of 32 zero bytes was given as a public key or model hash (zero means absent on chain)"
+    if name == "ReleaseOutOfOrder":
+        return (f"release sequence {args['got']} is not above the last recorded release ({args['latest']}): a "
+                "replayed or out-of-order statement")
+    if name == "UnknownArtifact":
+        return f"artifact {h['artifactHash']} was never recorded as a deployment: only deployed artifacts are released"
+    if name == "BadRelease":
+        return "not a release statement the ledger takes (action, channel, canary share or signature length)"
     return f"contract error {name}({', '.join(f'{k}={v}' for k, v in h.items())})"
 
 
@@ -413,7 +445,25 @@ class LedgerContract:
         ]
         return self._transact("recordDeployment", args, DEPLOYMENT_BASE_GAS + DEPLOYMENT_GAS_PER_TARGET_BYTE * size)
 
+    def record_release(self, release: SignedRelease) -> Receipt:
+        """Record a signed release statement (the contract takes sequence numbers in increasing order only)."""
+        s = release.statement
+        if len(release.signature) != 64:
+            raise errors.LedgerValueError("a release statement's signature is 64 bytes (Ed25519)")
+        args = [_uint("sequence", s.sequence, UINT64_MAX), int(s.action), s.channel,
+                _hash32("artifact_hash", s.artifact), _hash32("previous_artifact_hash", s.previous),
+                _uint("canary_bp", s.canary_bp, 10_000), release.signature]
+        return self._transact("recordRelease", args, RELEASE_GAS)
+
     # ----------------------------------------------------------------------------- views
+
+    def latest_release_sequence(self) -> int:
+        """The sequence number of the last recorded release statement (0: none)."""
+        return int(self._view("latestReleaseSequence"))
+
+    def is_deployed(self, artifact_hash: bytes) -> bool:
+        """Whether the artifact was recorded as a deployment of a recorded model."""
+        return bool(self._view("deployedArtifact", _hash32("artifact_hash", artifact_hash)))
 
     def is_active_client(self, client_id: bytes) -> bool:
         """Registered and not revoked (current state; for history use :meth:`client_events`)."""
@@ -508,6 +558,27 @@ class LedgerContract:
                 block_hash=_hex(log["blockHash"]),
             )
             for log, args in self._logs("DeploymentRecorded", topics, from_block)
+        ]
+
+    def release_events(self, *, artifact_hash: bytes | None = None, channel: str | None = None,
+                       from_block: int = 0) -> list[ReleaseEvent]:
+        """``ReleaseRecorded`` logs in chain order, filtered in the node by artifact and/or channel."""
+        channel_topic = None if channel is None else _hex(Web3.keccak(text=channel))
+        topics = [None, _topic(artifact_hash, "artifact_hash"), channel_topic]
+        return [
+            ReleaseEvent(
+                sequence=int(args["sequence"]),
+                action=int(args["action"]),
+                channel=str(args["channel"]),
+                artifact_hash=bytes(args["artifactHash"]),
+                previous_artifact_hash=bytes(args["previousArtifactHash"]),
+                canary_bp=int(args["canaryBasisPoints"]),
+                signature=bytes(args["signature"]),
+                tx_hash=_hex(log["transactionHash"]),
+                block_number=int(log["blockNumber"]),
+                block_hash=_hex(log["blockHash"]),
+            )
+            for log, args in self._logs("ReleaseRecorded", topics, from_block)
         ]
 
     # ----------------------------------------------------------------------------- plumbing
@@ -644,5 +715,6 @@ __all__ = [
     "LedgerContract",
     "Receipt",
     "RecordedRound",
+    "ReleaseEvent",
     "RoundRecord",
 ]

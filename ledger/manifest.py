@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ledger.errors import KeyFileError, LedgerError
+from ledger.release import ReleaseStatement, SignedRelease
 from ledger.signing import length_prefixed as _str
 
 MANIFEST_TAG = b"fedproof/deployment/v1"
@@ -134,6 +135,9 @@ class DeploymentKey:
 
     def sign(self, manifest: DeploymentManifest) -> SignedManifest:
         return SignedManifest(manifest, self.public_key, self._key.sign(manifest.canonical_bytes()))
+
+    def sign_release(self, statement: ReleaseStatement) -> SignedRelease:
+        return SignedRelease(statement, self._key.sign(statement.canonical_bytes()))
 
     def to_pem(self, password: bytes | None = None) -> bytes:
         encryption = (serialization.BestAvailableEncryption(password) if password

@@ -50,3 +50,53 @@ def signed_reply(config, parent: ArrayRecord, client: str, arrays: ArrayRecord |
         content["arrays"] = arrays
     context = Context(run_id=1, node_id=1, node_config={"client-id": client}, state=RecordDict(), run_config={})
     return sign_update(content, config, context, server_round, count, epsilon, hash_model(parent, config.run_id))
+
+
+def trained_model(data):
+    """The default model with its head trained a little on ``data`` (deterministic)."""
+    import torch
+
+    from fedproof.model import make_model
+    from fedproof.task import features
+
+    torch.manual_seed(0)
+    model = make_model(num_classes=data.num_classes)
+    x, y = features(model, data.train_x), torch.from_numpy(data.train_y.astype("int64"))
+    opt = torch.optim.SGD(model.head.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        for i in range(0, len(y), 32):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model.head(x[i : i + 32]), y[i : i + 32]).backward()
+            opt.step()
+    return model.eval()
+
+
+def record_trained_run(chain, run_path, data, clients: dict[str, SigningKey], run_id: str = "r"):
+    """Run ``run_id`` in ``run_path``: one round recorded on ``chain`` (clients registered, co-signed by both), whose
+    model is :func:`trained_model`; ``model.safetensors`` is its final model. Returns the torch model."""
+    import json
+
+    from fedproof.config import RunConfig
+    from fedproof.model import make_model
+    from fl_server.lineage import Lineage, register_clients
+    from ledger.signing import SignedFields, payload_digest
+    from ledger.verification import AllowList
+
+    register_clients(chain, AllowList({c: k.public_key for c, k in clients.items()}))
+    config = RunConfig(run_id=run_id, chain_id=chain.chain_id, ledger_contract=chain.address,
+                       chain_genesis="0x" + chain.genesis.hex())
+    run_path.mkdir(parents=True)
+    (run_path / "run.json").write_text(json.dumps({"config": config.to_mapping()}))
+    initial, model = ArrayRecord(make_model(num_classes=data.num_classes).state_dict()), trained_model(data)
+    trained = ArrayRecord(model.state_dict())
+    lineage = Lineage(run_path, config, chain, initial)
+    leaves = []
+    for client, key in clients.items():
+        fields = SignedFields(chain_id=chain.chain_id, contract=config.contract_bytes(), run_id=run_id, round=1,
+                              client_id=client, payload_sha256=payload_digest([client.encode()]), num_examples=50,
+                              genesis=chain.genesis, parent_model_hash=hash_model(initial, run_id))
+        leaves.append(SignedUpdate(fields, key.public_key, key.sign(fields)))
+    lineage.record(round_result(1, initial, trained, leaves, endorsement=endorse(
+        config, 1, initial, trained, leaves, clients, len(clients), len(clients))))
+    lineage.final_model(run_path / "model.safetensors")
+    return model

@@ -9,17 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord
 
-from fedproof.config import RunConfig
 from fedproof.data import load_dataset
 from fedproof.errors import FedproofError
 from fedproof.model import count_parameters, make_model
-from fedproof.task import features, to_tensors
-import dataclasses
+from fedproof.task import to_tensors
 
 from fl_client.edge import ArtifactRejected, classify, pull
 from fl_server.deploy import (
@@ -32,15 +31,11 @@ from fl_server.deploy import (
     quantize_int8,
     rollback,
 )
-from fl_server.lineage import Lineage, register_clients
-from rounds import endorse, round_result
-from ledger.bundle import SignedUpdate
 from ledger.contract import LedgerContract
 from ledger.manifest import DeploymentKey, SignedManifest
-from ledger.signing import SignedFields, SigningKey, payload_digest
+from ledger.signing import SigningKey
 from ledger.trust import LedgerTrust
-from ledger.verification import AllowList
-from fedproof.weights import hash_model
+from rounds import record_trained_run
 
 CLIENTS = {c: SigningKey.generate() for c in ("a", "b")}
 OPERATOR = DeploymentKey.generate()
@@ -48,43 +43,13 @@ OPERATOR = DeploymentKey.generate()
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def trained_model(data) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = make_model(num_classes=data.num_classes)
-    x, y = features(model, data.train_x), torch.from_numpy(data.train_y.astype("int64"))
-    opt = torch.optim.SGD(model.head.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(3):
-        for i in range(0, len(y), 32):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model.head(x[i : i + 32]), y[i : i + 32]).backward()
-            opt.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def recorded_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A run of one recorded round whose model is a trained one, on an in-process chain."""
     data = load_dataset(synthetic_dir)
     chain = LedgerContract.deploy(LedgerContract.in_memory())
-    register_clients(chain, AllowList({c: k.public_key for c, k in CLIENTS.items()}))
     run_path = tmp_path_factory.mktemp("run") / "r"
-    config = RunConfig(run_id="r", chain_id=chain.chain_id, ledger_contract=chain.address,
-                       chain_genesis="0x" + chain.genesis.hex())
-    run_path.mkdir()
-    (run_path / "run.json").write_text(json.dumps({"config": config.to_mapping()}))
-    initial, model = ArrayRecord(make_model(num_classes=data.num_classes).state_dict()), trained_model(data)
-    trained = ArrayRecord(model.state_dict())
-    lineage = Lineage(run_path, config, chain, initial)
-    leaves = []
-    for client, key in CLIENTS.items():
-        fields = SignedFields(chain_id=chain.chain_id, contract=config.contract_bytes(), run_id="r", round=1,
-                              client_id=client, payload_sha256=payload_digest([client.encode()]), num_examples=50,
-                              genesis=chain.genesis, parent_model_hash=hash_model(initial, "r"))
-        leaves.append(SignedUpdate(fields, key.public_key, key.sign(fields)))
-    lineage.record(round_result(1, initial, trained, leaves, endorsement=endorse(config, 1, initial, trained, leaves,
-                                                                                  CLIENTS, 2, 2)))
-    lineage.final_model(run_path / "model.safetensors")
-    return run_path, data, chain, model
+    return run_path, data, chain, record_trained_run(chain, run_path, data, CLIENTS)
 
 
 @pytest.fixture(scope="module")
