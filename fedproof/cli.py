@@ -174,6 +174,7 @@ def _deploy_and_show(result) -> None:
     if done.ledger:
         contract = open_contract(run_config=done.to_mapping())
         print_lineage(contract, bytes.fromhex(deployment.artifact_sha256), [result.run_dir / "ledger"])
+        release_and_show(contract, Path("registry"), deployment.artifact_sha256, done.to_mapping())
 
 
 def _ledger_summary(result) -> None:
@@ -201,12 +202,14 @@ from fedproof.cli_audit import audit_app, ledger_app, open_contract, print_linea
 from fedproof.cli_deploy import deploy_command, deploy_run, edge_app, print_deployment  # noqa: E402
 from fedproof.cli_deployment import client_app, provision_command, server_app  # noqa: E402
 from fedproof.cli_devnet import devnet_app  # noqa: E402
+from fedproof.cli_release import release_and_show, release_app  # noqa: E402  (adds edge follow, audit releases)
 
 app.command("provision")(provision_command)
 app.add_typer(server_app, name="server")
 app.add_typer(client_app, name="client")
 
 app.command("deploy")(deploy_command)
+app.add_typer(release_app, name="release")
 app.add_typer(edge_app, name="edge")
 
 app.add_typer(audit_app, name="audit")

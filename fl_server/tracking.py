@@ -104,3 +104,53 @@ class RunTracker:
         log.warning("MLflow tracking stopped (%s: %s); the run goes on, its record is in the run directory",
                     type(exc).__name__, exc)
         self.client = None
+
+
+REGISTERED_MODEL = "fedproof-edge"
+"""The MLflow registered model whose versions are the deployed artifacts and whose aliases mirror their stages."""
+
+
+def mirror_stages(uri: str, stages: dict[bytes, str], registry: Path) -> str:
+    """Make MLflow's registry show the on-chain stages: one model version per released artifact (tagged with its
+    SHA-256 and stage), aliases ``production``, ``staging`` and ``canary`` on the artifacts in those stages, none on
+    retired ones. A view only: devices and audits read the chain. Returns '' or why the mirror failed (a failing
+    store never fails a release)."""
+    if uri == "off":
+        return ""
+    try:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        if uri.startswith("file:"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        before = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)  # else registering a version opens ./mlflow.db to look for its run
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            if not client.search_registered_models(f"name='{REGISTERED_MODEL}'"):
+                client.create_registered_model(REGISTERED_MODEL, description="fedproof's deployed edge artifacts; "
+                                               "stages mirror the release statements on chain (the source of truth)")
+            versions = {v.tags.get("fedproof.artifact_sha256"): v.version
+                        for v in client.search_model_versions(f"name='{REGISTERED_MODEL}'")}
+            wanted: dict[str, str] = {}
+            for artifact, stage in stages.items():
+                sha = artifact.hex()
+                if sha not in versions:
+                    source = (Path(registry) / f"{sha}.onnx").resolve().as_uri()
+                    versions[sha] = client.create_model_version(
+                        REGISTERED_MODEL, source, tags={"fedproof.artifact_sha256": sha}).version
+                client.set_model_version_tag(REGISTERED_MODEL, versions[sha], "fedproof.stage", stage)
+                alias = "canary" if stage.startswith("canary") else stage
+                if alias != "retired":
+                    wanted[alias] = versions[sha]
+            current = client.get_registered_model(REGISTERED_MODEL).aliases
+            for alias in set(current) - set(wanted):
+                client.delete_registered_model_alias(REGISTERED_MODEL, alias)
+            for alias, version in wanted.items():
+                client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
+        finally:
+            mlflow.set_tracking_uri(before)
+    except Exception as exc:  # noqa: BLE001 - any store error: the release stands, the mirror says why it lags
+        log.warning("MLflow registry not updated (%s: %s); the release is on chain", type(exc).__name__, exc)
+        return f"{type(exc).__name__}: {exc}"
+    return ""
