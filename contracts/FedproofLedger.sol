@@ -37,7 +37,7 @@ contract FedproofLedger {
     mapping(bytes32 => bytes32) public initialModel;
     /// @notice artifactHash => recorded as a deployment of a recorded model (only those can be released).
     mapping(bytes32 => bool) public deployedArtifact;
-    /// @notice The sequence number of the last release statement (0 = none); each one must be higher.
+    /// @notice The sequence number of the last release statement (0 = none); the next one must be one higher.
     uint64 public latestReleaseSequence;
 
     event ClientRegistered(bytes32 indexed clientId, bytes32 publicKey);
@@ -84,7 +84,7 @@ contract FedproofLedger {
     error ZeroHash();
     error RunNotStarted(bytes32 runId);
     error RunAlreadyStarted(bytes32 runId);
-    error ReleaseOutOfOrder(uint64 latest, uint64 got);
+    error ReleaseOutOfOrder(uint64 expected, uint64 got);
     error UnknownArtifact(bytes32 artifactHash);
     error BadRelease();
 
@@ -204,8 +204,9 @@ contract FedproofLedger {
 
     /// @notice Record an operator-signed release statement: action 0 promotes ``artifactHash`` on ``channel`` (to
     ///         ``canaryBasisPoints`` of its devices, 10000 = all; the others keep ``previousArtifactHash``), 1 rolls
-    ///         the channel back to it (withdrawing ``previousArtifactHash``), 2 retires it. Sequence numbers only grow,
-    ///         so a statement cannot be recorded twice or out of order.
+    ///         the channel back to it (withdrawing ``previousArtifactHash``), 2 retires it. Sequence numbers go
+    ///         1, 2, 3, ...: a statement cannot be recorded twice or out of order, and no record can skip ahead to
+    ///         block the ones after it.
     function recordRelease(
         uint64 sequence,
         uint8 action,
@@ -215,7 +216,7 @@ contract FedproofLedger {
         uint16 canaryBasisPoints,
         bytes calldata signature
     ) external onlyOwner {
-        if (sequence <= latestReleaseSequence) revert ReleaseOutOfOrder(latestReleaseSequence, sequence);
+        if (sequence != latestReleaseSequence + 1) revert ReleaseOutOfOrder(latestReleaseSequence + 1, sequence);
         if (action > 2 || canaryBasisPoints == 0 || canaryBasisPoints > 10000 || signature.length != 64) {
             revert BadRelease();
         }

@@ -172,10 +172,10 @@ def print_releases(contract, operator_key: bytes, artifact: bytes | None = None,
         return
     title = f"Releases of {artifact.hex()[:16]}…" if artifact else "Releases"
     table = Table(title=f"{title} (signed by operator key {operator_key.hex()[:16]}…)")
-    for column in ("seq", "action", "channel", "artifact", "replaces", "canary", "block", "stage now"):
+    for column in ("seq", "action", "channel", "artifact", "replaces", "canary", "block", "stage"):
         table.add_column(column)
     for r in rows:
-        table.add_row(str(r["sequence"]), r["action"], r["channel"], r["artifact"][:12], r["replaces"][:12],
+        table.add_row(str(r["sequence"]), r["action"], r["channel"], r["artifact"][:8], r["replaces"][:8],
                       f"{r['canary_percent']:g}%", str(r["block"]), r["stage_now"])
     console.print(table)
     for reason in ignored:

@@ -4,7 +4,7 @@ deployment key and recorded on chain (:mod:`ledger.release` says what devices do
 
 The checks here keep an operator from signing nonsense (releasing an artifact the ledger never saw as a deployment,
 rolling back to something the channel never ran, retiring what a channel runs); the devices do not rely on them.
-Sequence numbers come from the same counter as the deployment manifests (the registry's), kept above the chain's.
+A statement's sequence number is the chain's next one (the contract takes 1, 2, 3, ... in order only).
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedproof.errors import FedproofError
-from fedproof.files import write_atomically
-from fl_server.deploy import manifest_path, next_sequence
+from fl_server.deploy import manifest_path
 from ledger.contract import LedgerContract, Receipt, ReleaseEvent
 from ledger.manifest import DeploymentKey, ManifestError, SignedManifest
 from ledger.release import (
@@ -92,14 +91,13 @@ def release(registry: Path, key: DeploymentKey, contract: LedgerContract, action
         if artifact in running:
             raise ReleaseRefused(f"{artifact.hex()[:16]}… still runs on a channel: promote or roll back another "
                                  "artifact there first")
-    sequence = max(next_sequence(registry), contract.latest_release_sequence() + 1)
+    sequence = contract.latest_release_sequence() + 1
     try:
         statement = ReleaseStatement(contract.chain_id, contract.genesis, bytes.fromhex(contract.address[2:]),
                                      sequence, action, channel, artifact, previous, canary_bp)
     except ReleaseError as exc:
         raise ReleaseRefused(str(exc)) from exc
     signed = key.sign_release(statement)
-    write_atomically(registry / "sequence", f"{sequence}\n".encode())
     return Released(signed, contract.record_release(signed))
 
 

@@ -275,8 +275,8 @@ def _revert_message(name: str, args: dict[str, Any], sender: str, address: str) 
     if name == "ZeroHash":
         return "a hash of 32 zero bytes was given as a public key or model hash (zero means absent on chain)"
     if name == "ReleaseOutOfOrder":
-        return (f"release sequence {args['got']} is not above the last recorded release ({args['latest']}): a "
-                "replayed or out-of-order statement")
+        return (f"release sequence {args['got']} is not the next one ({args['expected']}): a replayed or "
+                "out-of-order statement")
     if name == "UnknownArtifact":
         return f"artifact {h['artifactHash']} was never recorded as a deployment: only deployed artifacts are released"
     if name == "BadRelease":
@@ -446,7 +446,7 @@ class LedgerContract:
         return self._transact("recordDeployment", args, DEPLOYMENT_BASE_GAS + DEPLOYMENT_GAS_PER_TARGET_BYTE * size)
 
     def record_release(self, release: SignedRelease) -> Receipt:
-        """Record a signed release statement (the contract takes sequence numbers in increasing order only)."""
+        """Record a signed release statement (the contract takes sequence numbers 1, 2, 3, ... in order only)."""
         s = release.statement
         if len(release.signature) != 64:
             raise errors.LedgerValueError("a release statement's signature is 64 bytes (Ed25519)")

@@ -2,7 +2,7 @@
 devices or a canary share), that a channel rolls back to an earlier artifact, or that an artifact is retired.
 
 A statement is signed with the operator's deployment key (the key every device pins, :mod:`ledger.manifest`) and
-recorded on chain (``ReleaseRecorded``), which takes sequence numbers in strictly increasing order only. The
+recorded on chain (``ReleaseRecorded``), which takes sequence numbers 1, 2, 3, ... in order only. The
 contract cannot check Ed25519; devices and auditors do, so the account that writes the ledger (the server's) can
 neither make a device switch models nor hide a release: a device acts only on a statement that is both on the
 pinned chain and signed by the pinned key, and only on one newer than the last it acted on.
