@@ -22,6 +22,8 @@ from pathlib import Path
 from ledger.audit import lineage
 from ledger.bundle import Cosignature, SignedUpdate, RoundBundle
 from ledger.contract import LedgerContract, RoundRecord
+from ledger.manifest import DeploymentKey
+from ledger.release import Action, ReleaseStatement
 from fedproof.devnet import Devnet
 from ledger.signing import SignedFields, SigningKey, payload_digest, run_id_hash, scale_epsilon
 
@@ -84,6 +86,15 @@ def main() -> None:
                 print(f"| {clients} | {steady:,} | {steady / base:.3f} | {statistics.median(secs):.3f} |", flush=True)
             print(f"\nstartRun (once per run): {start_gas:,} gas; off-chain bundle per round with its co-signatures: "
                   + ", ".join(f"{n} clients {b / 1024:.1f} KiB" for n, b in bundle_bytes.items()))
+            release_gas = []
+            for i in range(2):
+                artifact = hashlib.sha256(f"artifact-{i}".encode()).digest()
+                deployed = contract.record_deployment(parent, artifact, run_id_hash(run), 5, "onnx-int8-qdq").gas_used
+                statement = ReleaseStatement(contract.chain_id, contract.genesis, bytes.fromhex(contract.address[2:]),
+                                             i + 1, Action.PROMOTE, "production", artifact)
+                release_gas.append(contract.record_release(DeploymentKey.generate().sign_release(statement)).gas_used)
+            print(f"recordDeployment: {deployed:,} gas; recordRelease (signed statement, 64-byte signature): "
+                  f"{release_gas[-1]:,} gas")
 
             run, parent, secs = "long", hashlib.sha256(b"init").digest(), []
             contract.start_run(run_id_hash(run), parent)
