@@ -74,7 +74,10 @@ class ReleaseStatement:
             raise ReleaseError("a release statement needs a 32-byte genesis, a 20-byte contract and 32-byte hashes")
         if not 0 < self.sequence < 2**64 or not 0 < self.canary_bp <= ALL:
             raise ReleaseError("a release's sequence must be a u64 from 1 and its canary in 1..10000 basis points")
-        object.__setattr__(self, "action", Action(self.action))
+        try:
+            object.__setattr__(self, "action", Action(self.action))
+        except ValueError as exc:
+            raise ReleaseError(f"no release action {self.action!r}") from exc
         valid = EVERY_CHANNEL if self.action is Action.RETIRE else CHANNELS
         if self.channel not in valid:
             raise ReleaseError(f"a {self.action.name.lower()} statement's channel is one of {valid}, "

@@ -82,7 +82,7 @@ def test_a_statement_signs_every_field_and_its_domain(chain: LedgerContract) -> 
     with pytest.raises(ReleaseError, match="not signed"):  # the same signature over another statement
         dataclasses.replace(signed, statement=changed[0]).verify(OPERATOR.public_key, 1, *domain[1:])
     for bad in ({"channel": "beta"}, {"canary_bp": 0}, {"canary_bp": ALL + 1}, {"artifact": ZERO},
-                {"previous": A}, {"sequence": 0}):
+                {"previous": A}, {"sequence": 0}, {"action": 7}, {"genesis": b"short"}):
         with pytest.raises(ReleaseError):
             dataclasses.replace(base, **bad)
     with pytest.raises(ReleaseError, match="only a promotion can be a canary"):
@@ -278,3 +278,34 @@ def test_promote_canary_rollback_and_forged_releases_end_to_end_on_anvil(devnet,
     production = mirror.get_model_version_by_alias(REGISTERED_MODEL, "production")
     assert production.tags == {"fedproof.artifact_sha256": a, "fedproof.stage": "production"}
     assert set(mirror.get_registered_model(REGISTERED_MODEL).aliases) == {"production"}
+
+
+class Lying:
+    """An RPC endpoint that reports the release records altered by ``change``."""
+
+    def __init__(self, chain: LedgerContract, **change) -> None:
+        self.chain, self.change = chain, change
+
+    def __getattr__(self, name):
+        return getattr(self.chain, name)
+
+    def release_events(self, **kw):
+        return [dataclasses.replace(e, **self.change) for e in self.chain.release_events(**kw)]
+
+
+def test_a_device_acts_on_no_record_its_endpoints_disagree_on_or_it_cannot_verify(chain: LedgerContract,
+                                                                                  registry: Path,
+                                                                                  tmp_path: Path) -> None:
+    from fl_client.edge import ArtifactRejected, follow
+    from ledger.trust import LedgerTrust
+
+    release(registry, OPERATOR, chain, Action.PROMOTE, A)
+    trust = LedgerTrust(chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]), OPERATOR.public_key)
+    device = tmp_path / "device"
+    with pytest.raises(ArtifactRejected, match="disagree"):
+        follow("production", registry, device, trust, [chain, Lying(chain, tx_hash="0x" + "00" * 32)])
+    assert not device.exists()
+    for change in ({"action": 9}, {"channel": "x" * 70}, {"artifact_hash": B}, {"signature": b"\x00" * 64},
+                   {"canary_bp": 1}):
+        result = follow("production", registry, device, trust, [Lying(chain, **change)])
+        assert result.installed is None and result.statement is None and len(result.ignored) == 1, change
