@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -171,9 +172,9 @@ def print_releases(contract, operator_key: bytes, artifact: bytes | None = None,
         print(json.dumps({"releases": rows, "ignored": ignored}, indent=2))
         return
     title = f"Releases of {artifact.hex()[:16]}…" if artifact else "Releases"
-    table = Table(title=f"{title} (signed by operator key {operator_key.hex()[:16]}…)")
+    table = Table(title=f"{title} (signed by operator key {operator_key.hex()[:16]}…)", box=box.SIMPLE_HEAD)
     for column in ("seq", "action", "channel", "artifact", "replaces", "canary", "block", "stage"):
-        table.add_column(column)
+        table.add_column(column, min_width=10 if column in ("channel", "stage") else None)
     for r in rows:
         table.add_row(str(r["sequence"]), r["action"], r["channel"], r["artifact"][:8], r["replaces"][:8],
                       f"{r['canary_percent']:g}%", str(r["block"]), r["stage_now"])
