@@ -89,6 +89,11 @@ class History:
             raise ArtifactRejected(f"{path}: not an install history ({exc}); refusing to guess what came before") from exc
 
 
+def _write_record(path: Path, record) -> None:
+    """A device record (a dataclass) as indented JSON, replaced atomically."""
+    write_atomically(path, (json.dumps(asdict(record), indent=2) + "\n").encode())
+
+
 def _read_limited(path: Path, limit: int, what: str) -> bytes:
     if not path.is_file():
         raise ArtifactRejected(f"no {what} at {path}")
@@ -138,7 +143,7 @@ def pull(ref: str, registry: Path, install_dir: Path, trust: LedgerTrust, contra
                                "not a signed rollback statement")
     installed = _install(install_dir, *_verified(manifest, registry, trust, contracts, now))
     history = History(manifest.sequence, history.artifacts + [wanted.hex()])
-    write_atomically(install_dir / HISTORY, (json.dumps(asdict(history), indent=2) + "\n").encode())
+    _write_record(install_dir / HISTORY, history)
     return installed
 
 
@@ -192,8 +197,8 @@ def _install(install_dir: Path, manifest: DeploymentManifest, data: bytes, recor
 def _make_current(install_dir: Path, installed: Installed) -> None:
     current = _current(install_dir)
     if current is not None and current.artifact_sha256 != installed.artifact_sha256:
-        write_atomically(install_dir / PREVIOUS, (json.dumps(asdict(current), indent=2) + "\n").encode())
-    write_atomically(install_dir / CURRENT, (json.dumps(asdict(installed), indent=2) + "\n").encode())
+        _write_record(install_dir / PREVIOUS, current)
+    _write_record(install_dir / CURRENT, installed)
     keep = {installed.artifact_sha256} | ({current.artifact_sha256} if current is not None else set())
     for path in install_dir.glob("*.onnx"):
         if path.stem not in keep:
@@ -214,7 +219,7 @@ class Following:
 
     def save(self, install_dir: Path) -> None:
         install_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(install_dir / FOLLOWING, (json.dumps(asdict(self), indent=2) + "\n").encode())
+        _write_record(install_dir / FOLLOWING, self)
 
     @classmethod
     def load(cls, install_dir: Path) -> Following | None:
