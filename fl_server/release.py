@@ -71,9 +71,8 @@ def release(registry: Path, key: DeploymentKey, contract: LedgerContract, action
     if action is Action.PROMOTE:
         previous = _stable(now)
         if previous == artifact:
-            if canary_bp < ALL:
-                raise ReleaseRefused(f"{artifact.hex()[:16]}… already runs on every {channel} device")
-            previous = now.previous if now is not None else ZERO  # a full re-promotion: the previous stays
+            raise ReleaseRefused(f"{artifact.hex()[:16]}… already runs on {channel}" + (
+                ": to end the canary, roll back to it" if now is not None and now.canary_bp < ALL else ""))
         if now is not None and now.artifact == artifact and now.canary_bp == canary_bp:
             raise ReleaseRefused(f"{artifact.hex()[:16]}… is already released so on {channel}")
     elif action is Action.ROLLBACK:
@@ -81,9 +80,10 @@ def release(registry: Path, key: DeploymentKey, contract: LedgerContract, action
         if now is None or artifact not in ran:
             raise ReleaseRefused(f"{channel} never ran {artifact.hex()[:16]}…: a rollback goes back to an earlier "
                                  "release of the channel")
-        if now.artifact == artifact and now.canary_bp == ALL:
-            raise ReleaseRefused(f"{channel} already runs {artifact.hex()[:16]}…")
-        previous = now.artifact if now.artifact != artifact else now.previous
+        if now.artifact == artifact:
+            raise ReleaseRefused(f"{channel} already runs {artifact.hex()[:16]}…" + (
+                " on a canary: promote it to give it to every device" if now.canary_bp < ALL else ""))
+        previous = now.artifact
     else:
         channel = EVERY_CHANNEL
         running = {a for c in {s.channel for s in statements} if (s := latest(statements, c)) is not None

@@ -148,6 +148,12 @@ def test_the_operator_signs_only_releases_that_make_sense(chain: LedgerContract,
     assert wider.previous == A
     with pytest.raises(ReleaseRefused, match="still runs"):
         release(registry, OPERATOR, chain, Action.RETIRE, A)  # the devices outside the canary run it
+    with pytest.raises(ReleaseRefused, match="to end the canary, roll back"):
+        release(registry, OPERATOR, chain, Action.PROMOTE, A)
+    with pytest.raises(ReleaseRefused, match="already released so"):
+        release(registry, OPERATOR, chain, Action.PROMOTE, B, canary_bp=5000)
+    with pytest.raises(ReleaseRefused, match="on a canary: promote it"):
+        release(registry, OPERATOR, chain, Action.ROLLBACK, B)
     with pytest.raises(ReleaseRefused, match="never ran"):
         release(registry, OPERATOR, chain, Action.ROLLBACK, C)
     back = release(registry, OPERATOR, chain, Action.ROLLBACK, A).release.statement
