@@ -131,7 +131,7 @@ def pull(ref: str, registry: Path, install_dir: Path, trust: LedgerTrust, contra
         raise ArtifactRejected(str(exc)) from exc
     wanted = manifest.artifact_sha256
     history = History.load(install_dir)
-    current = _current(install_dir)
+    current = current_model(install_dir)
     if current is not None and (current.sequence, current.artifact_sha256) == (manifest.sequence, wanted.hex()):
         load(install_dir)  # already installed: re-checked against its pinned hash, nothing to do
         return current
@@ -195,7 +195,7 @@ def _install(install_dir: Path, manifest: DeploymentManifest, data: bytes, recor
 
 
 def _make_current(install_dir: Path, installed: Installed) -> None:
-    current = _current(install_dir)
+    current = current_model(install_dir)
     if current is not None and current.artifact_sha256 != installed.artifact_sha256:
         _write_record(install_dir / PREVIOUS, current)
     _write_record(install_dir / CURRENT, installed)
@@ -266,7 +266,7 @@ def follow(channel: str, registry: Path, install_dir: Path, trust: LedgerTrust, 
     following = following or Following(channel, device_id or new_device_id())
     statements, ignored = _channel_statements(channel, trust, contracts)
     newest = latest(statements, channel)
-    current = _current(install_dir)
+    current = current_model(install_dir)
     if newest is None or newest.sequence <= following.sequence:
         following.save(install_dir)
         if current is not None:
@@ -297,7 +297,7 @@ def follow(channel: str, registry: Path, install_dir: Path, trust: LedgerTrust, 
             _install(install_dir, *_verified(manifest, registry, trust, contracts, now))
             changed = "installed"
     dataclasses.replace(following, sequence=newest.sequence).save(install_dir)
-    return FollowResult(_current(install_dir), newest, changed, tuple(ignored))
+    return FollowResult(current_model(install_dir), newest, changed, tuple(ignored))
 
 
 def _channel_statements(channel: str, trust: LedgerTrust,
@@ -334,7 +334,7 @@ def monitor(install_dir: Path, images: np.ndarray, predictions: np.ndarray, alph
     """Test ``images`` (a window of recent inputs) and the model's ``predictions`` for drift against the installed
     model's signed profile; append the outcome to ``drift.jsonl`` beside it. Only aggregates are written: no input
     leaves this function."""
-    current = _current(install_dir)
+    current = current_model(install_dir)
     if current is None or not current.profile_sha256:
         raise ArtifactRejected(f"no installed model with a drift profile in {install_dir}: pull a release that "
                                "publishes one")
@@ -350,7 +350,8 @@ def monitor(install_dir: Path, images: np.ndarray, predictions: np.ndarray, alph
     return result
 
 
-def _current(install_dir: Path) -> Installed | None:
+def current_model(install_dir: Path) -> Installed | None:
+    """The record of the installed model (None: none yet); its bytes are re-hashed by :func:`load`, not here."""
     return _installed_record(install_dir / CURRENT)
 
 
@@ -403,7 +404,7 @@ def _agreed_record(manifest: DeploymentManifest, contracts: Sequence[LedgerContr
 
 def load(install_dir: Path):
     """The installed model's session, built from bytes re-hashed against the hash pinned at install."""
-    current = _current(install_dir)
+    current = current_model(install_dir)
     if current is None:
         raise ArtifactRejected(f"no installed model in {install_dir}: run `fedproof edge pull` first")
     data = _read_limited(Path(current.path), MAX_ARTIFACT_BYTES, "model artifact")

@@ -39,6 +39,22 @@ def test_the_log_becomes_counters_and_the_last_windows_p_values(tmp_path: Path) 
     assert metrics['fedproof_edge_drift_alarms_total{kind="label"}'] == 0
     assert metrics['fedproof_edge_drift_p_value{test="ks"}'] == 0.001
     assert metrics[f'fedproof_edge_drift_model{{artifact="{"ab" * 32}"}}'] == 1
+    assert not any(name.startswith("fedproof_edge_release") for name in metrics)  # follows no channel
+
+
+def test_the_release_a_following_device_acted_on_is_exported(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from fl_client.edge import CURRENT, Following, Installed
+
+    registry = CollectorRegistry()
+    registry.register(DriftCollector(tmp_path))
+    Following("production", "device-1", 7).save(tmp_path)
+    assert scrape(registry)['fedproof_edge_release_sequence{artifact="",channel="production"}'] == 7
+    (tmp_path / CURRENT).write_text(json.dumps(asdict(Installed("cd" * 32, "ef" * 32, 3, 10, "0x01", "x.onnx"))))
+    assert scrape(registry)[f'fedproof_edge_release_sequence{{artifact="{"cd" * 32}",channel="production"}}'] == 7
+    (tmp_path / CURRENT).write_text("{not a record")
+    assert not any(name.startswith("fedproof_edge_release_sequence{") for name in scrape(registry))
 
 
 def test_a_device_serves_its_drift_on_loopback(tmp_path: Path) -> None:
