@@ -90,8 +90,7 @@ def main() -> None:
             for i in range(2):
                 artifact = hashlib.sha256(f"artifact-{i}".encode()).digest()
                 deployed = contract.record_deployment(parent, artifact, run_id_hash(run), 5, "onnx-int8-qdq").gas_used
-                statement = ReleaseStatement(contract.chain_id, contract.genesis, bytes.fromhex(contract.address[2:]),
-                                             i + 1, Action.PROMOTE, "production", artifact)
+                statement = ReleaseStatement(*contract.domain, i + 1, Action.PROMOTE, "production", artifact)
                 release_gas.append(contract.record_release(DeploymentKey.generate().sign_release(statement)).gas_used)
             print(f"recordDeployment: {deployed:,} gas; recordRelease (signed statement, 64-byte signature): "
                   f"{release_gas[-1]:,} gas")

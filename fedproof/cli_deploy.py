@@ -90,8 +90,7 @@ def write_device_trust(chain, key, path: Path) -> None:
     from fedproof.files import write_atomically
     from ledger.trust import LedgerTrust
 
-    trust = LedgerTrust(chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]), key.public_key,
-                        (chain._url,))
+    trust = LedgerTrust(*chain.domain, key.public_key, (chain._url,))
     write_atomically(path, trust.to_json().encode())
 
 

@@ -144,8 +144,7 @@ def open_operator_ledger(server, url: str, devnet_dir: str, password_file: Path 
         w3.provider.make_request("anvil_setBalance", [account.address, hex(10**21)])
     use_account(w3, account)
     contract = ensure_contract(w3, Path(devnet_dir) if devnet_dir else server.state / "ledger", sender=account.address)
-    trust = LedgerTrust(contract.chain_id, contract.genesis, bytes.fromhex(contract.address[2:]), keys.deploy_public,
-                        (url,))
+    trust = LedgerTrust(*contract.domain, keys.deploy_public, (url,))
     write_atomically(server.path / "trust.json", trust.to_json().encode())
     return {"ledger-contract": contract.address, "ledger-operator": str(keys.directory),
             "ledger-password-file": str(password_path)}

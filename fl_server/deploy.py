@@ -213,9 +213,8 @@ def sign_manifest(registry: Path, key: DeploymentKey, contract: LedgerContract, 
                   lifetime: int = MANIFEST_LIFETIME, profile: bytes = b"") -> SignedManifest:
     """Sign and write ``<artifact>.manifest.json`` with the next sequence number."""
     sequence = next_sequence(registry)
-    manifest = DeploymentManifest(contract.chain_id, contract.genesis, bytes.fromhex(contract.address[2:]), artifact,
-                                  source, run_id, server_round, version, sequence, int(time.time()) + lifetime,
-                                  rollback, profile)
+    manifest = DeploymentManifest(*contract.domain, artifact, source, run_id, server_round, version, sequence,
+                                  int(time.time()) + lifetime, rollback, profile)
     signed = key.sign(manifest)
     write_atomically(manifest_path(registry, artifact), signed.to_json().encode())
     write_atomically(registry / "sequence", f"{sequence}\n".encode())

@@ -44,8 +44,7 @@ def history(contract: LedgerContract, operator_key: bytes) -> tuple[list[tuple[R
                                                                   list[str]]:
     """Every release recorded on ``contract``, each with its statement when ``operator_key`` signed it, and what
     was ignored (records the key did not sign)."""
-    return verified(contract.release_events(), operator_key, contract.chain_id, contract.genesis,
-                    bytes.fromhex(contract.address[2:]))
+    return verified(contract.release_events(), operator_key, *contract.domain)
 
 
 def _stable(statement: ReleaseStatement | None) -> bytes:
@@ -93,8 +92,7 @@ def release(registry: Path, key: DeploymentKey, contract: LedgerContract, action
                                  "artifact there first")
     sequence = contract.latest_release_sequence() + 1
     try:
-        statement = ReleaseStatement(contract.chain_id, contract.genesis, bytes.fromhex(contract.address[2:]),
-                                     sequence, action, channel, artifact, previous, canary_bp)
+        statement = ReleaseStatement(*contract.domain, sequence, action, channel, artifact, previous, canary_bp)
     except ReleaseError as exc:
         raise ReleaseRefused(str(exc)) from exc
     signed = key.sign_release(statement)

@@ -44,7 +44,7 @@ REVOKE_GAS = 80_000
 RECORD_ROUND_GAS = 300_000
 START_RUN_GAS = 80_000
 DEPLOYMENT_BASE_GAS = 110_000  # the event, plus one cold SSTORE (deployedArtifact) of ~22 k
-RELEASE_GAS = 120_000  # measured ~45 k: an SSTORE, the event with its 64-byte signature
+RELEASE_GAS = 120_000  # measured ~38 k: an SSTORE, the event with its 64-byte signature
 DEPLOYMENT_GAS_PER_TARGET_BYTE = 100  # calldata (16/byte) + memory + event data (8/byte), rounded far up
 MAX_TARGET_BYTES = 1024
 RECEIPT_TIMEOUT = 30.0
@@ -312,6 +312,11 @@ class LedgerContract:
             with self._node():
                 self._sender = Web3.to_checksum_address(_first_account(self.w3, self._url))
         return self._sender
+
+    @property
+    def domain(self) -> tuple[int, bytes, bytes]:
+        """(chain id, genesis hash, 20-byte address): what every statement recorded here is signed for."""
+        return self.chain_id, self.genesis, bytes.fromhex(self.address[2:])
 
     def __repr__(self) -> str:
         return f"LedgerContract(address={self.address}, chain_id={self.chain_id})"
