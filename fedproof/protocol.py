@@ -20,10 +20,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedproof.errors import UpdateRejected
 from ledger.signing import SignedFields, payload_digest
-from privacy.he import HEParams
 
 TRAIN, EVALUATE = "train", "evaluate"
-"""Message types of the two phases every round has (``DECRYPT`` below is the third, under HE)."""
+"""Message types of the two phases every round has (under HE, the threshold exchanges below are added)."""
 ARRAYS_KEY, CONFIG_KEY, METRICS_KEY = "arrays", "config", "metrics"
 REPORT_KEY = "client"
 TRAINED, BUDGET_EXHAUSTED = "trained", "budget-exhausted"
@@ -32,8 +31,8 @@ POLICY_REFUSED = "policy-refused"
 WITHHELD = "withheld"
 """An evaluate reply's status when the client releases no metrics (a DP client: its accountant does not cover
 them, so they stay on the device)."""
-PLAIN_MAX_ABS_DELTA = HEParams.max_abs_delta
-"""Largest |update - global| per parameter of a plaintext update: the bound HE's default scheme enforces."""
+PLAIN_MAX_ABS_DELTA = 4.0
+"""Largest |update - global| per parameter an update may carry (a client checks it before encrypting or sending)."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +72,6 @@ class ClientReport:
 # ----------------------------------------------------------------------------------------- encrypted updates
 CIPHERTEXTS_KEY, HEADER_KEY = "he", "he-header"
 CIPHERTEXT_STYPE = "fedproof.ckks"
-DECRYPT = "query.decrypt"
-"""Message type asking a decryption committee member to decrypt an encrypted sum."""
-SUM_KEY = "sum"
 PACKED_KEY, LENGTHS_KEY = "ciphertexts", "lengths"
 MAX_CIPHERTEXTS = 1 << 16
 """More ciphertexts than any model this framework trains needs (a 10M-parameter model is ~5,000)."""
@@ -226,8 +222,12 @@ def payload_chunks(content: RecordDict) -> list[bytes]:
 
 
 # ----------------------------------------------------------------------------------------- threshold HE
-KEYGEN_HELLO, KEYGEN_DEAL, KEYGEN_FINISH = "query.keygen_hello", "query.keygen_deal", "query.keygen_finish"
-"""The key ceremony's three exchanges (privacy.keygen): announce, deal shares, finish and acknowledge."""
+KEYGEN_HELLO, KEYGEN_COMMIT, KEYGEN_REVEAL = "query.keygen_hello", "query.keygen_commit", "query.keygen_reveal"
+KEYGEN_FINISH, KEYGEN_CONFIRM = "query.keygen_finish", "query.keygen_confirm"
+"""The key ceremony's five exchanges (privacy.keygen): announce, commit to a deal, reveal it to the frozen set of
+commitments, finish (sign the key statement, or complain about a dealer), confirm every holder signed it."""
+REVEAL_UPDATE = "query.reveal_update"
+"""Asks a contributor, after the round's signed commitments are frozen, to reveal the ciphertexts it committed to."""
 DECRYPT_SHARE = "query.decrypt_share"
 """Asks a key holder for its partial decryption of a round's sum, with the signed leaves it must check."""
 COSIGN_MODEL = "query.cosign_model"
@@ -255,21 +255,68 @@ def partial_chunks(sum_sha256: bytes, merkle_root: bytes, decryptors: tuple[str,
     return [b"partial", sum_sha256, merkle_root, "\n".join(decryptors).encode(), partial]
 
 
+def reveal_chunks(frozen_root: bytes) -> list[bytes]:
+    """What a contributor signs as it reveals its ciphertexts: the frozen set of the round's commitments."""
+    return [b"reveal", frozen_root]
+
+
+def _put_envelopes(content: RecordDict, prefix: str, envelopes: tuple[SignedEnvelope, ...]) -> None:
+    for i, envelope in enumerate(envelopes):
+        envelope.put(content, f"{prefix}-{i:04d}")
+
+
+def _take_envelopes(content: RecordDict, prefix: str, count: int) -> tuple[SignedEnvelope, ...]:
+    if not 0 <= count <= MAX_LEAVES:
+        raise UpdateRejected(f"{count} {prefix} entries: at most {MAX_LEAVES}")
+    return tuple(SignedEnvelope.take(content, f"{prefix}-{i:04d}") for i in range(count))
+
+
+@dataclass(frozen=True)
+class RevealRequest:
+    """The round's frozen set of signed commitments (every admitted train reply's signed leaf, ciphertexts
+    withheld): a contributor reveals its ciphertexts only to a set that holds its own commitment."""
+
+    committed: tuple[SignedEnvelope, ...]
+
+    def put(self, content: RecordDict) -> RecordDict:
+        content[REQUEST_KEY] = ConfigRecord({"committed": len(self.committed)})
+        _put_envelopes(content, "committed", self.committed)
+        return content
+
+    @classmethod
+    def take(cls, content: RecordDict) -> RevealRequest:
+        record = content.config_records.get(REQUEST_KEY)
+        if record is None:
+            raise UpdateRejected("not a reveal request")
+        try:
+            count = _typed(record, "committed", int)
+        except (KeyError, TypeError) as exc:
+            raise UpdateRejected(f"malformed reveal request: {exc}") from exc
+        return cls(_take_envelopes(content, "committed", count))
+
+
 @dataclass(frozen=True)
 class DecryptionRequest:
-    """The server's request for partial decryptions: who decrypts together, the sum it computed, and every
-    admitted update (its signature and ciphertexts) so each decryptor recomputes the sum and checks it."""
+    """The server's request for partial decryptions: who decrypts together, the sum it computed, every summed
+    update (its signed leaf, its ciphertexts and its signed reveal) and the round's frozen set of commitments,
+    so each decryptor recomputes the sum and checks that every leaf in it was committed before any was revealed."""
 
     decryptors: tuple[str, ...]
     sum_sha256: bytes
     leaves: tuple[tuple[SignedEnvelope, tuple[bytes, ...]], ...]
+    reveals: tuple[SignedEnvelope, ...] = ()
+    """One per leaf: its contributor's signature over the frozen set's root (:func:`reveal_chunks`)."""
+    committed: tuple[SignedEnvelope, ...] = ()
+    """The frozen set: every commitment of the round, revealed or not."""
 
     def put(self, content: RecordDict) -> RecordDict:
         content[REQUEST_KEY] = ConfigRecord({"decryptors": list(self.decryptors), "sum-sha256": self.sum_sha256,
-                                             "leaves": len(self.leaves)})
+                                             "leaves": len(self.leaves), "committed": len(self.committed)})
         for i, (envelope, chunks) in enumerate(self.leaves):
             content[f"leaf-{i:04d}"] = pack_ciphertexts(chunks)
             envelope.put(content, f"leaf-{i:04d}-signed")
+        _put_envelopes(content, "reveal", self.reveals)
+        _put_envelopes(content, "committed", self.committed)
         return content
 
     @classmethod
@@ -282,9 +329,10 @@ class DecryptionRequest:
             if not isinstance(decryptors, list) or not all(isinstance(d, str) for d in decryptors):
                 raise TypeError("decryptors must be a list of client ids")
             count, digest = _typed(record, "leaves", int), _typed(record, "sum-sha256", bytes)
+            committed = _typed(record, "committed", int)
         except (KeyError, TypeError) as exc:
             raise UpdateRejected(f"malformed decryption request: {exc}") from exc
-        if count > MAX_LEAVES:
+        if not 0 <= count <= MAX_LEAVES:
             raise UpdateRejected(f"a decryption request of {count} leaves")
         leaves = []
         for i in range(count):
@@ -292,7 +340,8 @@ class DecryptionRequest:
             if arrays is None:
                 raise UpdateRejected(f"leaf {i} of the request carries no ciphertexts")
             leaves.append((SignedEnvelope.take(content, f"leaf-{i:04d}-signed"), unpack_ciphertexts(arrays)))
-        return cls(tuple(decryptors), digest, tuple(leaves))
+        reveals = _take_envelopes(content, "reveal", count if count and committed else 0)
+        return cls(tuple(decryptors), digest, tuple(leaves), reveals, _take_envelopes(content, "committed", committed))
 
 
 @dataclass(frozen=True)

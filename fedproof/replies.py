@@ -10,7 +10,8 @@ through:
   signature envelope (whether the signature is *valid* is the admission gate's question, which needs the
   allow-list).
 * :func:`decode_evaluate_reply` -> :class:`Evaluation` | :class:`Rejection`.
-* :func:`decode_decrypt_reply` -> :class:`Decryption` | :class:`Rejection`.
+* :func:`decode_partial_reply` -> :class:`PartialDecryption` | :class:`Rejection`, and
+  :func:`decode_cosign_reply` -> :class:`ModelCosignature` | :class:`Rejection` (threshold HE's key holders).
 
 Checks run cheapest and most specific first, so a stock Flower client that sends NaN weights is refused as
 ``non-finite`` rather than merely ``unsigned``.
@@ -33,6 +34,7 @@ from fedproof.protocol import (
     ARRAYS_KEY,
     BUDGET_EXHAUSTED,
     CIPHERTEXTS_KEY,
+    HEADER_KEY,
     POLICY_REFUSED,
     REFUSED,
     WITHHELD,
@@ -40,14 +42,12 @@ from fedproof.protocol import (
     DECRYPTION_KEY,
     COSIGN_KEY,
     METRICS_KEY,
-    SUM_KEY,
     ClientReport,
     EncryptedPayload,
     SignedEnvelope,
     payload_chunks,
 )
 from ledger.signing import payload_digest, unscale_epsilon
-from privacy.he import HEParams
 from privacy.threshold import ThresholdParams
 
 MAX_EXAMPLES = 2**31 - 1
@@ -102,7 +102,7 @@ class Rejection:
     reason: Reason
     detail: str
     phase: str = "train"
-    """Which exchange the reply answered: train, evaluate or decrypt."""
+    """Which exchange the reply answered: train, evaluate, decrypt or cosign."""
 
     def __str__(self) -> str:
         return f"{self.reason.value}: client {self.client_id} (node {self.node_id}): {self.detail}"
@@ -152,13 +152,6 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
-class Decryption:
-    node_id: int
-    values: np.ndarray
-    envelope: SignedEnvelope
-
-
-@dataclass(frozen=True)
 class PartialDecryption:
     """A key holder's flooded partial decryption of a round's sum, and what it says it decrypted."""
 
@@ -180,11 +173,10 @@ class ModelSpec:
     """The global model, flat float64 (the parent every delta is taken from)."""
     max_abs_delta: float
     """Largest |update - global| per parameter a client may send."""
-    he: HEParams | ThresholdParams | None = None
+    he: ThresholdParams | None = None
 
     @classmethod
-    def of(cls, arrays: ArrayRecord, max_abs_delta: float, he: HEParams | ThresholdParams | None = None
-           ) -> ModelSpec:
+    def of(cls, arrays: ArrayRecord, max_abs_delta: float, he: ThresholdParams | None = None) -> ModelSpec:
         ndarrays = arrays.to_numpy_ndarrays()
         layout = tuple((k, tuple(a.shape), a.dtype.str) for k, a in zip(arrays.keys(), ndarrays))
         return cls(layout, flatten(arrays), max_abs_delta, he)
@@ -204,9 +196,26 @@ def decode_evaluate_reply(msg: Message) -> Evaluation | Rejection:
     return _guarded(msg, "evaluate", lambda: _evaluation(msg))
 
 
-def decode_decrypt_reply(msg: Message, length: int) -> Decryption | Rejection:
-    """A committee member's decrypted sum: ``length`` finite float64 values and a signature envelope."""
-    return _guarded(msg, "decrypt", lambda: _decryption(msg, length))
+@dataclass(frozen=True)
+class Revealed:
+    """A contributor's revealed ciphertexts and its signature over the frozen set it revealed them to."""
+
+    node_id: int
+    payload: EncryptedPayload
+    envelope: SignedEnvelope
+
+
+def decode_reveal_reply(msg: Message, spec: ModelSpec) -> Revealed | Rejection:
+    """The ciphertexts a contributor committed to (as many as the model needs, each no larger than a ciphertext)
+    and its signed reveal, or its refusal."""
+    return _guarded(msg, "reveal", lambda: _revealed(msg, spec))
+
+
+def _revealed(msg: Message, spec: ModelSpec) -> Revealed:
+    report = ClientReport.from_reply(msg.content)
+    if report is not None and report.status == REFUSED:
+        raise UpdateRejected(f"client {report.client_id} refused: {report.reason}", Reason.REFUSED.value)
+    return Revealed(msg.metadata.src_node_id, _ciphertexts(msg.content, spec), SignedEnvelope.take(msg.content))
 
 
 def decode_partial_reply(msg: Message, shape: tuple[int, int]) -> PartialDecryption | Rejection:
@@ -269,13 +278,15 @@ def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
     if report is not None and report.status in (BUDGET_EXHAUSTED, POLICY_REFUSED):
         return Declined(node, report.client_id, report.epsilon, report.reason, report.status)
     count = _num_examples(content.metric_records.get(METRICS_KEY))
-    if spec.he is not None:
-        payload = _ciphertexts(content, spec)
-        delta, size = None, sum(len(c) for c in payload.chunks)
+    if spec.he is not None:  # a commitment only: the ciphertexts come once the round's commitments are frozen
+        _commitment(content, spec)
+        payload, delta, size = None, None, 0
+        envelope = SignedEnvelope.take(content)
+        digest = envelope.fields.payload_sha256
     else:
         payload, (delta, size) = None, _plain_delta(content, spec)
-    digest = payload_digest(payload_chunks(content))
-    envelope = SignedEnvelope.take(content)
+        digest = payload_digest(payload_chunks(content))
+        envelope = SignedEnvelope.take(content)
     if report is None:  # signed, yet no report: not something a fedproof client sends
         raise UpdateRejected("the reply carries no client report", Reason.MALFORMED.value)
     metrics = content.metric_records[METRICS_KEY]
@@ -298,16 +309,6 @@ def _evaluation(msg: Message) -> Evaluation:
     if loss is None or accuracy is None or loss < 0 or not 0 <= accuracy <= 1:
         raise UpdateRejected("evaluate metrics need a finite val_loss >= 0 and a val_accuracy in [0, 1]")
     return Evaluation(msg.metadata.src_node_id, loss, accuracy, count)
-
-
-def _decryption(msg: Message, length: int) -> Decryption:
-    record = msg.content.array_records.get(SUM_KEY)
-    if record is None or list(record.keys()) != [SUM_KEY]:
-        raise UpdateRejected("the reply carries no decrypted sum")
-    values = _array(record[SUM_KEY], (length,), np.dtype(np.float64).str)
-    if not np.all(np.isfinite(values)):
-        raise UpdateRejected("the decrypted sum holds NaN or infinite values", Reason.NON_FINITE.value)
-    return Decryption(msg.metadata.src_node_id, values, SignedEnvelope.take(msg.content))
 
 
 def _partial(msg: Message, shape: tuple[int, int]) -> PartialDecryption:
@@ -383,6 +384,19 @@ def _plain_delta(content, spec: ModelSpec) -> tuple[np.ndarray, int]:
         raise UpdateRejected(f"max |update - global| is {peak:.3g}, above the bound {spec.max_abs_delta:g}",
                              Reason.OVER_NORM.value)
     return delta, sum(len(arrays[key].data) for key in keys)
+
+
+def _commitment(content, spec: ModelSpec) -> None:
+    """A train reply under HE commits to its ciphertexts (its signed leaf covers their digest) and carries none."""
+    if ARRAYS_KEY in content.array_records:
+        raise UpdateRejected("a plaintext update in a run with HE", Reason.WRONG_MODE.value)
+    if CIPHERTEXTS_KEY in content.array_records:
+        raise UpdateRejected("ciphertexts sent before the round's commitments were frozen: commit first, reveal "
+                             "when asked", Reason.WRONG_MODE.value)
+    header = content.config_records.get(HEADER_KEY)
+    if header is None or header.get("num-values") != spec.num_values or header.get("num-summed") != 1:
+        raise UpdateRejected(f"a commitment must announce {spec.num_values} encrypted values of one client",
+                             Reason.WRONG_SHAPE.value)
 
 
 def _ciphertexts(content, spec: ModelSpec) -> EncryptedPayload:

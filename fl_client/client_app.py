@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 import torch
 from torch import nn
@@ -23,19 +23,17 @@ from fedproof.protocol import (
     ARRAYS_KEY,
     PLAIN_MAX_ABS_DELTA,
     ROUND_KEY,
-    SUM_KEY,
     TRAINED,
     WITHHELD,
     ClientReport,
-    EncryptedPayload,
     model_digest,
 )
 from fedproof.task import evaluate
 from fedproof.weights import hash_model
 from fl_client.policy import client_policy
-from fl_client.signing import client_id, sign_decryption, sign_update
+from fl_client.signing import client_id, sign_update
 from fl_client import threshold
-from fl_client.secure_update import checked_delta, decrypt_sum, encrypt_update, plain_update, secret_context
+from fl_client.secure_update import checked_delta, plain_update
 from fl_client.state import ClientState, state_file
 from fl_client.training import train_round
 
@@ -119,12 +117,9 @@ def train(msg: Message, context: Context) -> Message:
     weight = int(context.node_config.get("declared-examples", 0)) or outcome.num_examples  # type: ignore
     if outcome.status == TRAINED:
         trained = ArrayRecord(job.model.state_dict())
-        if job.config.he and job.config.he_scheme == "threshold":
+        if job.config.he:
             delta = checked_delta(trained, job.global_arrays, PLAIN_MAX_ABS_DELTA)
-            threshold.encrypt_update(delta, weight, job.config.he_weight_scale, context).put(content)
-        elif job.config.he:
-            secret = secret_context(job.config, context)
-            encrypt_update(trained, job.global_arrays, weight, secret).put(content)
+            threshold.encrypt_update(delta, weight, context).put(content)
         else:
             content[ARRAYS_KEY] = plain_update(trained, job.global_arrays)
         metrics = {"num-examples": weight, "rounds-trained": outcome.state.rounds_trained,
@@ -134,6 +129,8 @@ def train(msg: Message, context: Context) -> Message:
         content["metrics"] = MetricRecord(metrics)
         sign_update(content, job.config, context, job.server_round, weight, outcome.epsilon,
                     hash_model(job.global_arrays, job.config.run_id))
+        if job.config.he:  # commit now (the signature covers the ciphertexts), reveal once the round's set is frozen
+            threshold.withhold(content, job.server_round, context)
         content["metrics"]["secure-seconds"] = time.perf_counter() - trained_at  # encrypt + sign; not signed itself
     return Message(content, reply_to=msg)
 
@@ -157,15 +154,6 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-@app.query("decrypt")
-def decrypt(msg: Message, context: Context) -> Message:
-    """As a member of this round's decryption committee: decrypt the encrypted sum the server holds."""
-    config, server_round = _settings(msg)
-    values = decrypt_sum(EncryptedPayload.take(msg.content), secret_context(config, context))
-    content = RecordDict({SUM_KEY: ArrayRecord({SUM_KEY: Array(values)})})
-    return Message(sign_decryption(content, values.tobytes(), config, context, server_round), reply_to=msg)
-
-
 # ----------------------------------------------------------------------------------------- threshold HE
 
 
@@ -176,18 +164,41 @@ def keygen_hello(msg: Message, context: Context) -> Message:
     return Message(threshold.keygen_hello(config, context), reply_to=msg)
 
 
-@app.query("keygen_deal")
-def keygen_deal(msg: Message, context: Context) -> Message:
-    """Key ceremony, step 2: deal this device's public-key share and sealed Shamir shares."""
+@app.query("keygen_commit")
+def keygen_commit(msg: Message, context: Context) -> Message:
+    """Key ceremony, step 2: make this device's deal (public-key share, sealed Shamir shares); send its commitment."""
     config, _ = _settings(msg)
-    return Message(threshold.keygen_deal(msg.content, config, context), reply_to=msg)
+    return Message(threshold.keygen_commit(msg.content, config, context), reply_to=msg)
+
+
+@app.query("keygen_reveal")
+def keygen_reveal(msg: Message, context: Context) -> Message:
+    """Key ceremony, step 3: reveal the deal to the frozen set of every party's commitment (once)."""
+    config, _ = _settings(msg)
+    return Message(threshold.keygen_reveal(msg.content, config, context), reply_to=msg)
 
 
 @app.query("keygen_finish")
 def keygen_finish(msg: Message, context: Context) -> Message:
-    """Key ceremony, step 3: keep the threshold share and the joint key; acknowledge the key's digest."""
+    """Key ceremony, step 4: sign the key statement of the joint key this device computed, or complain about a
+    dealer whose share does not open."""
     config, _ = _settings(msg)
     return Message(threshold.keygen_finish(msg.content, config, context), reply_to=msg)
+
+
+@app.query("keygen_confirm")
+def keygen_confirm(msg: Message, context: Context) -> Message:
+    """Key ceremony, step 5: start using the key once every holder signed the same key statement."""
+    config, _ = _settings(msg)
+    return Message(threshold.keygen_confirm(msg.content, config, context), reply_to=msg)
+
+
+@app.query("reveal_update")
+def reveal_update(msg: Message, context: Context) -> Message:
+    """Reveal this round's committed ciphertexts to the frozen set of the round's commitments (once per round)."""
+    config, server_round = _settings(msg)
+    return Message(threshold.reveal_update(msg.content, config, server_round, context, config.min_contributors),
+                   reply_to=msg)
 
 
 @app.query("decrypt_share")

@@ -1,17 +1,23 @@
-"""A client's part in threshold HE: the key ceremony's three steps, encrypting under the joint key, and the
-checks it runs before it helps decrypt anything.
+"""A client's part in threshold HE: the key ceremony's five steps, committing to and revealing its encrypted update,
+and the checks it runs before it helps decrypt anything or co-signs a model.
 
-Everything the device keeps for the run (its ceremony secrets, then its key share and the joint public key it
-computed itself, and which sums it has helped decrypt) lives in the node's ``Context.state``: on the device,
-never sent to the server. Every statement from another party (hellos, deals, update leaves) is checked against
-the device's own copy of the allow-list before it is used.
+Everything the device keeps for the run (its ceremony secrets and its deal, then its key share, the joint public
+key it computed itself and the key statement every holder signed, its committed ciphertexts, and which sums it has
+helped decrypt) lives in the node's ``Context.state``: on the device, never sent to the server. Every statement
+from another party (hellos, commitments, deals, update leaves, reveals, partial decryptions) is checked against
+the device's own copy of the allow-list before it is used, and every parameter of the update rule (the threshold,
+the holders, the weight scale) comes from the key statement the device itself signed, never from a message.
 
-A decryptor refuses, with a reason code, any request that is not: at least ``min-contributors`` distinct
-allowed clients' signed updates of this run and round (the run's number, raised to the device's policy);
-ciphertexts that hash to what each signed; a sum the device recomputed itself and that matches what it is asked
-to decrypt; a decryptor set of exactly the key's threshold that includes it; the first sum of the round (a
-repeat of the same sum with another decryptor set is allowed twice, for a member that dropped out); and within
-the key's budget of decryptions (``ThresholdParams.max_decryptions``).
+The checks are written against the server together with up to t - 1 accomplice clients (README, "Security
+argument"). A decryptor refuses, with a reason code, any request that is not: at least ``min-contributors``
+distinct allowed clients' signed updates of this run and round (the run's number, raised to the device's
+policy), each in the round's frozen set of commitments and revealed to exactly that set (so no leaf of the sum
+was chosen after another was seen); ciphertexts that hash to what each signed; a sum the device recomputed
+itself and that matches what it is asked to decrypt; a decryptor set of exactly the key's threshold that
+includes it; the first sum of the round (a repeat of the same sum with another decryptor set is allowed twice,
+for a member that dropped out); and within the key's budget of decryptions. It then decrypts only the sum
+re-randomized by an encryption of zero that a hash of the request fixes, never a ciphertext component anyone
+chose.
 """
 
 from __future__ import annotations
@@ -26,28 +32,36 @@ from fedproof.config import RunConfig
 from fedproof.errors import UpdateRejected
 from fedproof.protocol import (
     CEREMONY_KEY,
+    CIPHERTEXTS_KEY,
     COSIGN_KEY,
-    CosignRequest,
     DECRYPTION_KEY,
     PARTIAL_KEY,
     REFUSED,
     ClientReport,
+    CosignRequest,
     DecryptionRequest,
     EncryptedPayload,
+    RevealRequest,
     SignedEnvelope,
     hello_record,
+    pack_ciphertexts,
     partial_chunks,
+    reveal_chunks,
     take_hello,
+    unpack_ciphertexts,
 )
 from fl_client.policy import client_policy, federation_size
 from fl_client.signing import allow_list, client_id, domain, sign_statement
-from ledger.errors import UpdateVerificationError
+from ledger.errors import LedgerError, UpdateVerificationError
+from ledger.key_statement import KeyStatement, SignedKeyStatement
 from ledger.merkle import MerkleTree
 from fedproof.weights import apply_mean, hash_model, num_values
 from ledger.signing import (
+    KEY_TAG,
     KEYGEN_TAG,
     MODEL_TAG,
     PARTIAL_TAG,
+    REVEAL_TAG,
     UPDATE_TAG,
     leaf_bytes,
     model_statement_chunks,
@@ -55,7 +69,22 @@ from ledger.signing import (
 )
 from ledger.verification import verify_statement
 from privacy.errors import CiphertextError, PrivacyError
-from privacy.keygen import Hello, KeyHolding, PartySecrets, deal, deal_chunks, finish, hello
+from privacy.keygen import (
+    Complaint,
+    Deal,
+    Hello,
+    KeyHolding,
+    PartySecrets,
+    check_commitments,
+    commitment_chunks,
+    deal,
+    deal_chunks,
+    deal_commitment,
+    finish,
+    hello,
+    reveal_chunks as deal_reveal_chunks,
+    sealed_hashes,
+)
 from privacy.threshold import (
     JointPublicKey,
     ThresholdParams,
@@ -63,16 +92,26 @@ from privacy.threshold import (
     fuse,
     majority,
     partial_decryption,
+    rerandomize,
+    rerandomizer_seed,
     sum_ciphertexts,
     sum_digest,
 )
 
 PARAMS = ThresholdParams()
-CEREMONY_STATE, KEY_ARRAYS, KEY_STATE = "fedproof.ceremony", "fedproof.threshold-key", "fedproof.threshold"
+CEREMONY_STATE, DEAL_ARRAYS = "fedproof.ceremony", "fedproof.ceremony-deal"
+PENDING_ARRAYS, PENDING_STATE = "fedproof.pending-key", "fedproof.pending-threshold"
+"""A key this device computed and signed, not yet confirmed: it encrypts and decrypts under a key only once
+every holder signed the same statement (a complaint by anyone, or a missing signature, leaves it unused)."""
+KEY_ARRAYS, KEY_STATE = "fedproof.threshold-key", "fedproof.threshold"
+UPLOAD_STATE = "fedproof.upload"
+"""The ciphertexts this device committed to in its latest train reply, until it reveals them."""
 VERIFIED_SUM, VERIFIED_C0 = "fedproof.verified-sum", "fedproof.verified-sum-c0"
-"""The sum this device last checked and helped decrypt (what the leaves said, and the sum's c0): a co-signing
-request from the same decryption may then omit the leaves, and the device uses what it verified itself."""
+"""The sum this device last checked and helped decrypt (what the leaves said, and the re-randomized sum's c0): a
+co-signing request from the same decryption may then omit the leaves, and the device uses what it verified."""
 MAX_REPEATS = 3
+MAX_WEIGHT_SCALE = 2**40
+"""Largest weight scale W a device signs: sums of up to a trillion examples (W only divides what is encrypted)."""
 
 
 class DecryptionRefused(Exception):
@@ -81,21 +120,51 @@ class DecryptionRefused(Exception):
         self.code = code
 
 
+def _config(record: ConfigRecord, key: str, kind: type):
+    value = record.get(key)
+    if type(value) is not kind:
+        raise UpdateRejected(f"key-ceremony message: {key!r} must be {kind.__name__}")
+    return value
+
+
 # ----------------------------------------------------------------------------------------- the ceremony
 
+@dataclass(frozen=True)
+class _Ceremony:
+    """What the server proposes for the key (checked here; signed in the key statement if the device agrees)."""
+
+    threshold: int
+    parties: int
+    weight_scale: int
+    first_round: int
+
+    @classmethod
+    def take(cls, content: RecordDict) -> _Ceremony:
+        record = content.config_records.get(CEREMONY_KEY)
+        if record is None:
+            raise UpdateRejected("not a key-ceremony message")
+        ceremony = cls(*(_config(record, k, int) for k in ("threshold", "parties", "weight-scale", "first-round")))
+        if not 1 <= ceremony.weight_scale <= MAX_WEIGHT_SCALE or ceremony.first_round < 1:
+            raise UpdateRejected(f"a weight scale outside 1..{MAX_WEIGHT_SCALE} or a first round below 1")
+        return ceremony
+
+
 def keygen_hello(config: RunConfig, context: Context) -> RecordDict:
+    """Step 1: fresh secrets for this attempt (a new hello forgets any earlier attempt's), announced signed."""
     party = client_id(context)
     announced, secrets = hello(PARAMS, party)
+    for key in (CEREMONY_STATE, DEAL_ARRAYS, PENDING_ARRAYS, PENDING_STATE):
+        if key in context.state:
+            del context.state[key]
     context.state[CEREMONY_STATE] = ConfigRecord({"secrets": secrets.to_bytes()})
     content = RecordDict({"hello": hello_record(party, announced.contribution, announced.exchange_key)})
     return sign_statement(content, announced.chunks(), KEYGEN_TAG, 1, config, context)
 
 
-def _verified_hellos(content: RecordDict, config: RunConfig, context: Context) -> dict[str, Hello]:
+def _verified_hellos(content: RecordDict, config: RunConfig, context: Context, count: int) -> dict[str, Hello]:
     allow, where = allow_list(config, context), domain(config, context)
-    count = _ceremony(content)["parties"]
     hellos: dict[str, Hello] = {}
-    for i in range(int(count)):  # type: ignore[call-overload]
+    for i in range(count):
         party, contribution, exchange_key = take_hello(content.config_records[f"hello-{i:04d}"])
         announced = Hello(party, contribution, exchange_key)
         envelope = SignedEnvelope.take(content, f"hello-{i:04d}-signed")
@@ -111,39 +180,88 @@ def _verified_hellos(content: RecordDict, config: RunConfig, context: Context) -
     return hellos
 
 
-def keygen_deal(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
-    """Step 2: check everyone's hello, then deal this party's public-key share and sealed Shamir shares."""
-    hellos = _verified_hellos(content, config, context)
-    threshold = int(_ceremony(content)["threshold"])  # type: ignore[call-overload]
+def keygen_commit(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
+    """Step 2: check everyone's hello, make this party's deal and keep it; announce only its commitment."""
+    ceremony = _Ceremony.take(content)
+    hellos = _verified_hellos(content, config, context, ceremony.parties)
     stored = context.state.config_records.get(CEREMONY_STATE)
     if stored is None or "parties" in stored:  # dealing one secret twice, to other sets, could leak it
-        raise UpdateRejected("a deal request before this device's hello, or a second one for the same secret")
+        raise UpdateRejected("a commit request before this device's hello, or a second one for the same secret")
     secrets = PartySecrets.from_bytes(stored["secrets"], PARAMS)  # type: ignore[arg-type]
-    dealt = deal(PARAMS, client_id(context), secrets, hellos, threshold)
+    party = client_id(context)
+    dealt = deal(PARAMS, party, secrets, hellos, ceremony.threshold)
+    commitment = deal_commitment(party, dealt.public_share, sealed_hashes(dealt.sealed))
     parties = sorted(hellos)
-    context.state[CEREMONY_STATE] = ConfigRecord({
-        "secrets": secrets.to_bytes(), "threshold": threshold, "parties": parties,
-        "contributions": [hellos[p].contribution for p in parties],
-        "exchange-keys": [hellos[p].exchange_key for p in parties]})
     recipients = sorted(dealt.sealed)
+    context.state[CEREMONY_STATE] = ConfigRecord({
+        "secrets": secrets.to_bytes(), "threshold": ceremony.threshold, "weight-scale": ceremony.weight_scale,
+        "first-round": ceremony.first_round, "parties": parties, "commitment": commitment,
+        "contributions": [hellos[p].contribution for p in parties],
+        "exchange-keys": [hellos[p].exchange_key for p in parties],
+        "recipients": recipients, "sealed": [dealt.sealed[r] for r in recipients]})
+    context.state[DEAL_ARRAYS] = ArrayRecord({"public-share": Array(dealt.public_share)})
+    reply = RecordDict({"commitment": ConfigRecord({"commitment": commitment})})
+    return sign_statement(reply, commitment_chunks(party, commitment), KEYGEN_TAG, 2, config, context)
+
+
+def _stored(context: Context, step: str) -> ConfigRecord:
+    stored = context.state.config_records.get(CEREMONY_STATE)
+    if stored is None or "commitment" not in stored:
+        raise UpdateRejected(f"a {step} request before this device committed to its deal")
+    return stored
+
+
+def _hellos(stored: ConfigRecord) -> dict[str, Hello]:
+    return {p: Hello(p, c, k) for p, c, k in zip(stored["parties"], stored["contributions"],  # type: ignore
+                                                  stored["exchange-keys"])}  # type: ignore[call-overload]
+
+
+def _own_deal(stored: ConfigRecord, context: Context) -> Deal:
+    sealed = dict(zip(stored["recipients"], stored["sealed"]))  # type: ignore[arg-type]
+    return Deal(client_id(context), context.state.array_records[DEAL_ARRAYS]["public-share"].numpy(), sealed)
+
+
+def keygen_reveal(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
+    """Step 3: given every party's signed commitment, reveal this party's deal to that frozen set, once."""
+    stored = _stored(context, "reveal")
+    party, hellos = client_id(context), _hellos(stored)
+    allow, where = allow_list(config, context), domain(config, context)
+    commitments: dict[str, bytes] = {}
+    for i in range(_Ceremony.take(content).parties):
+        record = content.config_records[f"commit-{i:04d}"]
+        committer, commitment = _config(record, "party", str), _config(record, "commitment", bytes)
+        envelope = SignedEnvelope.take(content, f"commit-{i:04d}-signed")
+        verify_statement(allow, where, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=2,
+                         client_id=committer, payload_sha256=payload_digest(commitment_chunks(committer, commitment)))
+        if committer in commitments:
+            raise UpdateRejected(f"party {committer!r} committed twice")
+        commitments[committer] = commitment
+    set_digest = check_commitments(party, stored["commitment"], commitments, hellos)  # type: ignore[arg-type]
+    if "commitment-set" in stored and stored["commitment-set"] != set_digest:  # a second set could hold a rogue
+        raise UpdateRejected("this device revealed its deal to another commitment set already")  # key made from ours
+    stored["commitment-set"] = set_digest
+    stored["commitments"] = [commitments[p] for p in sorted(commitments)]
+    context.state[CEREMONY_STATE] = stored
+    dealt = _own_deal(stored, context)
     reply = RecordDict({"deal": ArrayRecord({"public-share": Array(dealt.public_share)}),
-                        "sealed": ConfigRecord({"recipients": recipients,
-                                                "shares": [dealt.sealed[r] for r in recipients]})})
-    return sign_statement(reply, dealt.chunks(), KEYGEN_TAG, 2, config, context)
+                        "sealed": ConfigRecord({"recipients": sorted(dealt.sealed),
+                                                "shares": [dealt.sealed[r] for r in sorted(dealt.sealed)]})})
+    chunks = deal_reveal_chunks(party, dealt.public_share, sealed_hashes(dealt.sealed), set_digest)
+    return sign_statement(reply, chunks, KEYGEN_TAG, 3, config, context)
 
 
 def keygen_finish(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
-    """Step 3: check every dealer's signed deal, open the shares sealed to this party, keep the key share and
-    the joint public key this device computed itself; acknowledge that key's digest."""
-    stored = context.state.config_records.get(CEREMONY_STATE)
-    if stored is None or "parties" not in stored:
-        raise UpdateRejected("a finish request before this device dealt")
-    party, threshold = client_id(context), int(stored["threshold"])  # type: ignore[call-overload]
-    hellos = {p: Hello(p, c, k) for p, c, k in zip(stored["parties"], stored["contributions"],  # type: ignore
-                                                    stored["exchange-keys"])}  # type: ignore[call-overload]
+    """Step 4: check every deal against its commitment and the commitment set this device revealed to, open the
+    shares sealed to this party, and sign the key statement of the joint key this device computed itself; or,
+    if a share does not open, complain about its dealer (revealing this attempt's exchange key, see judge)."""
+    stored = _stored(context, "finish")
+    if "commitment-set" not in stored:
+        raise UpdateRejected("a finish request before this device revealed its deal")
+    party, hellos = client_id(context), _hellos(stored)
+    committed = dict(zip(stored["parties"], stored["commitments"]))  # type: ignore[arg-type]
     allow, where = allow_list(config, context), domain(config, context)
     deals: dict[str, tuple[np.ndarray, bytes]] = {}
-    for i in range(int(_ceremony(content)["parties"])):  # type: ignore[call-overload]
+    for i in range(_Ceremony.take(content).parties):
         meta = content.config_records[f"deal-{i:04d}-sealed"]
         dealer, mine = meta["party"], meta["for-you"]
         recipients, hashes = list(meta["recipients"]), list(meta["hashes"])  # type: ignore[arg-type]
@@ -153,64 +271,168 @@ def keygen_finish(content: RecordDict, config: RunConfig, context: Context) -> R
         if by_recipient.get(party) != hashlib.sha256(mine).digest() or set(by_recipient) != set(hellos):
             raise UpdateRejected(f"the deal of {dealer!r} does not cover this party's share as sent")
         public = content.array_records[f"deal-{i:04d}"]["public-share"].numpy()
+        if deal_commitment(dealer, public, by_recipient) != committed[dealer]:
+            raise UpdateRejected(f"the deal of {dealer!r} is not the one it committed to")
         envelope = SignedEnvelope.take(content, f"deal-{i:04d}-signed")
-        verify_statement(allow, where, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=2,
-                         client_id=dealer, payload_sha256=payload_digest(deal_chunks(dealer, public, by_recipient)))
+        chunks = deal_reveal_chunks(dealer, public, by_recipient, stored["commitment-set"])  # type: ignore[arg-type]
+        verify_statement(allow, where, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=3,
+                         client_id=dealer, payload_sha256=payload_digest(chunks))
         deals[dealer] = (public, mine)
     secrets = PartySecrets.from_bytes(stored["secrets"], PARAMS)  # type: ignore[arg-type]
-    holding = finish(PARAMS, party, secrets, hellos, deals, threshold)
-    _keep(context, holding)
-    del context.state[CEREMONY_STATE]  # s_i is no longer needed: only the threshold share stays
-    digest = holding.public_key.digest
-    return sign_statement(RecordDict({"ack": ConfigRecord({"public-key-sha256": digest})}), [b"ack", digest],
-                          KEYGEN_TAG, 3, config, context)
+    outcome = finish(PARAMS, party, secrets, hellos, deals, int(stored["threshold"]))  # type: ignore[call-overload]
+    for key in (CEREMONY_STATE, DEAL_ARRAYS):  # s_i is no longer needed: only the threshold share stays
+        del context.state[key]
+    if isinstance(outcome, Complaint):
+        reply = RecordDict({"complaint": ConfigRecord({"dealer": outcome.dealer,
+                                                       "exchange-private": outcome.exchange_private})})
+        return sign_statement(reply, outcome.chunks(), KEYGEN_TAG, 5, config, context)
+    statement = KeyStatement(outcome.public_key.digest, outcome.threshold, tuple(sorted(outcome.points)),
+                             int(stored["weight-scale"]), int(stored["first-round"]))  # type: ignore[call-overload]
+    _keep(context, outcome, statement, PENDING_ARRAYS, PENDING_STATE)
+    reply = RecordDict({"key": ConfigRecord({"statement": statement.to_bytes()})})
+    return sign_statement(reply, statement.chunks(), KEY_TAG, 0, config, context)
 
 
-def _ceremony(content: RecordDict) -> ConfigRecord:
-    record = content.config_records.get(CEREMONY_KEY)
-    if record is None or type(record.get("threshold")) is not int or type(record.get("parties")) is not int:
-        raise UpdateRejected("not a key-ceremony message")
-    return record
-
-
-def _keep(context: Context, holding: KeyHolding) -> None:
-    p0, a = holding.public_key.to_arrays()
-    context.state[KEY_ARRAYS] = ArrayRecord({"p0": Array(p0), "a": Array(a), "share": Array(holding.share)})
-    parties = sorted(holding.points)
+def keygen_confirm(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
+    """Step 5: the key statement with every holder's signature. Only if it is this device's own statement and every
+    holder named signed it does the device start using the key (encrypting, decrypting, co-signing)."""
+    pending, arrays = context.state.config_records.get(PENDING_STATE), context.state.array_records.get(PENDING_ARRAYS)
+    record = content.config_records.get("key-statement")
+    if pending is None or arrays is None or record is None:
+        raise UpdateRejected("a confirm request without a key this device signed")
+    try:
+        signed = SignedKeyStatement.from_bytes(_config(record, "statement", bytes), _config(record, "signatures", bytes))
+        if signed.statement.to_bytes() != pending["statement"]:
+            raise UpdateRejected("the key statement to confirm is not the one this device signed")
+        allow, where = allow_list(config, context), domain(config, context)
+        signed.verify({h: allow.key_for(h) for h in signed.statement.holders}, where.chain_id, where.contract,
+                      where.genesis, where.run_id, federation_size(config, context, len(allow.keys)))
+    except LedgerError as exc:
+        raise UpdateRejected(f"the key statement is not signed by all its holders: {exc}") from exc
     prior = context.state.config_records.get(KEY_STATE)  # a new key in the same run keeps the rounds' log:
     log = {k: list(prior[k]) for k in ("rounds", "sums", "repeats")} if prior else {  # type: ignore[arg-type]
         "rounds": [], "sums": [], "repeats": []}  # re-keying never buys a second sum of a round
-    context.state[KEY_STATE] = ConfigRecord({"party": holding.party, "parties": parties,
-                                             "threshold": holding.threshold, **log, "decryptions": 0})
+    context.state[KEY_ARRAYS] = arrays
+    context.state[KEY_STATE] = ConfigRecord({**dict(pending), **log, "decryptions": 0})
+    for key in (PENDING_ARRAYS, PENDING_STATE):
+        del context.state[key]
+    return RecordDict({"confirmed": ConfigRecord({"key-sha256": signed.statement.sha256})})
+
+
+def _keep(context: Context, holding: KeyHolding, statement: KeyStatement, arrays_key: str, state_key: str) -> None:
+    p0, a = holding.public_key.to_arrays()
+    context.state[arrays_key] = ArrayRecord({"p0": Array(p0), "a": Array(a), "share": Array(holding.share)})
+    context.state[state_key] = ConfigRecord({"party": holding.party, "statement": statement.to_bytes()})
+
+
+def key_statement(context: Context) -> KeyStatement:
+    meta = context.state.config_records.get(KEY_STATE)
+    if meta is None:
+        raise PrivacyError("this device holds no confirmed share of the run's threshold key (the key ceremony did "
+                           "not complete with it, or not every holder signed the key)")
+    return KeyStatement.from_bytes(meta["statement"])  # type: ignore[arg-type]
 
 
 def key_holding(context: Context) -> KeyHolding:
-    arrays, meta = context.state.array_records.get(KEY_ARRAYS), context.state.config_records.get(KEY_STATE)
-    if arrays is None or meta is None:
-        raise PrivacyError("this device holds no share of the run's threshold key (the key ceremony did not "
-                           "complete with it)")
-    points = {p: i + 1 for i, p in enumerate(meta["parties"])}  # type: ignore[arg-type]
+    statement = key_statement(context)
+    arrays, meta = context.state.array_records.get(KEY_ARRAYS), context.state.config_records[KEY_STATE]
+    if arrays is None:
+        raise PrivacyError("this device's key share is missing from its state")
     a = arrays["a"].numpy()
     pk = JointPublicKey(PARAMS, arrays["p0"].numpy(), [a[0], a[1]])
-    return KeyHolding(str(meta["party"]), points, int(meta["threshold"]), pk,  # type: ignore[call-overload]
-                      arrays["share"].numpy())
+    if pk.digest != statement.public_key_sha256:
+        raise PrivacyError("this device's stored key does not match its key statement")
+    return KeyHolding(str(meta["party"]), statement.points, statement.threshold, pk, arrays["share"].numpy())
 
 
-# ----------------------------------------------------------------------------------------- encrypting
+# ----------------------------------------------------------------------------------------- the update
 
-def encrypt_update(delta: np.ndarray, weight: int, weight_scale: int, context: Context) -> EncryptedPayload:
-    """Ciphertexts of ``(weight / weight_scale) * delta`` under the joint key this device checked."""
-    if not 1 <= weight <= weight_scale:
-        raise PrivacyError(f"weight {weight} outside 1..{weight_scale} (he-weight-scale): not encrypting")
-    chunks = key_holding(context).public_key.encrypt(delta * (weight / weight_scale))
+def encrypt_update(delta: np.ndarray, weight: int, context: Context) -> EncryptedPayload:
+    """Ciphertexts of ``(weight / W) * delta`` under the joint key this device checked, W from the key statement
+    every holder signed (co-signers multiply back by the same W: nobody's message sets it)."""
+    scale = key_statement(context).weight_scale
+    if not 1 <= weight <= scale:
+        raise PrivacyError(f"weight {weight} outside 1..{scale} (the key's weight scale): not encrypting")
+    chunks = key_holding(context).public_key.encrypt(delta * (weight / scale))
     return EncryptedPayload(tuple(chunks), delta.size)
+
+
+def withhold(content: RecordDict, server_round: int, context: Context) -> RecordDict:
+    """Commit, don't send: after the update is signed (its leaf covers the ciphertexts' digest), the ciphertexts
+    leave the reply and stay on the device until the round's commitments are frozen (:func:`reveal_update`)."""
+    payload = EncryptedPayload.take(content)
+    envelope = SignedEnvelope.take(content)
+    context.state[UPLOAD_STATE] = ConfigRecord({"round": server_round, "leaf-signature": envelope.signature,
+                                                "num-values": payload.num_values, "revealed-to": b""})
+    context.state[UPLOAD_STATE + "-ciphertexts"] = pack_ciphertexts(payload.chunks)
+    del content[CIPHERTEXTS_KEY]
+    return content
+
+
+def reveal_update(content: RecordDict, config: RunConfig, server_round: int, context: Context,
+                  min_contributors: int) -> RecordDict:
+    """Reveal this round's committed ciphertexts, signed over the frozen set's root, if that set holds this device's
+    own commitment among at least its floor of distinct allowed clients' commitments for this round and parent,
+    and this device has revealed to no other set this round."""
+    return _refusal_or(_reveal_update, content, config, server_round, context, min_contributors)
+
+
+def _reveal_update(content: RecordDict, config: RunConfig, server_round: int, context: Context,
+                   min_contributors: int) -> RecordDict:
+    upload, packed = context.state.config_records.get(UPLOAD_STATE), context.state.array_records.get(
+        UPLOAD_STATE + "-ciphertexts")
+    if upload is None or packed is None or upload["round"] != server_round:
+        raise DecryptionRefused("nothing-committed", f"this device committed to no update in round {server_round}")
+    try:
+        request = RevealRequest.take(content)
+    except UpdateRejected as exc:
+        raise DecryptionRefused("malformed", str(exc)) from exc
+    me = client_id(context)
+    own = [e for e in request.committed if e.fields.client_id == me]
+    if len(own) != 1 or own[0].signature != upload["leaf-signature"]:
+        raise DecryptionRefused("not-in-set", "the frozen set does not hold this device's own commitment once")
+    root, _ = _frozen(request.committed, config, server_round, context, min_contributors, own[0].fields.parent_model_hash)
+    if upload["revealed-to"] not in (b"", root):
+        raise DecryptionRefused("second-set", "this device revealed its update to another set in this round")
+    upload["revealed-to"] = root
+    context.state[UPLOAD_STATE] = upload
+    chunks = unpack_ciphertexts(packed)
+    reply = EncryptedPayload(chunks, int(upload["num-values"])).put(RecordDict())  # type: ignore[call-overload]
+    return sign_statement(reply, reveal_chunks(root), REVEAL_TAG, server_round, config, context)
+
+
+def _frozen(committed: tuple[SignedEnvelope, ...], config: RunConfig, server_round: int, context: Context,
+            min_contributors: int, parent: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    """The root of a frozen set of commitments after checking each (distinct allowed clients, this round, one
+    parent, at least the device's floor), and its members: leaf bytes -> the payload digest they commit to."""
+    allow, where = allow_list(config, context), domain(config, context)
+    floor = client_policy(config, context).contributors_floor(min_contributors)
+    clients = {e.fields.client_id for e in committed}
+    if len(clients) != len(committed) or len(committed) < floor:
+        raise DecryptionRefused("too-few-contributors", f"{len(committed)} commitments from {len(clients)} distinct "
+                                                        f"clients; this device requires {floor}")
+    if len(committed) > len(allow.keys):
+        raise DecryptionRefused("too-many-leaves", "more commitments than registered clients")
+    members = {}
+    for envelope in committed:
+        f = envelope.fields
+        try:
+            key = verify_statement(allow, where, f, envelope.signature, tag=UPDATE_TAG, round=server_round,
+                                   client_id=f.client_id, payload_sha256=f.payload_sha256)
+        except UpdateVerificationError as exc:
+            raise DecryptionRefused("bad-leaf", str(exc)) from exc
+        if f.parent_model_hash != parent:
+            raise DecryptionRefused("mixed-parents", "the commitments were trained from different models: the "
+                                                     "server sent clients different models in one round")
+        members[leaf_bytes(f, key, envelope.signature)] = f.payload_sha256
+    return MerkleTree(list(members)).root, members
 
 
 # ----------------------------------------------------------------------------------------- decrypting
 
 def decrypt_share(content: RecordDict, config: RunConfig, server_round: int, context: Context,
                   min_contributors: int) -> RecordDict:
-    """A partial decryption of the round's sum, signed, or a refusal with the check that failed."""
+    """A partial decryption of the round's re-randomized sum, signed, or a refusal with the check that failed."""
     return _refusal_or(_decrypt_share, content, config, server_round, context, min_contributors)
 
 
@@ -234,12 +456,13 @@ def _decrypt_share(content: RecordDict, config: RunConfig, server_round: int, co
     decryptors = _decryptor_set(request, holding)
     if holding.party not in decryptors:
         raise DecryptionRefused("bad-decryptors", "this device is not in the decryptor set it is asked to join")
-    checked = _verified_sum(request, config, server_round, context, min_contributors)
+    checked = _verified_sum(request, config, server_round, context, min_contributors, holding)
     assert checked.total is not None
     _log_decryption(context, server_round, checked.digest, checked.total.shape[0])
     _remember(context, server_round, decryptors, checked)
     points = [holding.points[d] for d in decryptors]
-    std = PARAMS.flooding_std(len(holding.points), len(allow_list(config, context).keys))
+    # the flooding covers the noise of up to every registered client's ciphertext plus the re-randomizer's
+    std = PARAMS.flooding_std(len(holding.points), len(allow_list(config, context).keys) + 1)
     partial = partial_decryption(PARAMS, holding.share, holding.x, points, checked.total, std)
     reply = RecordDict({PARTIAL_KEY: ArrayRecord({PARTIAL_KEY: Array(partial)}),
                         DECRYPTION_KEY: ConfigRecord({"sum-sha256": checked.digest, "merkle-root": checked.root})})
@@ -266,13 +489,15 @@ def _decryptor_set(request: DecryptionRequest, holding: KeyHolding) -> tuple[str
 
 @dataclass(frozen=True)
 class CheckedSum:
-    """A round's sum as this device recomputed it from the signed leaves, and what the leaves say."""
+    """A round's sum as this device recomputed it from the signed, revealed leaves, re-randomized for this request,
+    and what the leaves say."""
 
     total: np.ndarray | None
-    """The summed ciphertexts (None when recalled from an earlier check: only ``c0`` was kept)."""
+    """The re-randomized summed ciphertexts (None when recalled from an earlier check: only ``c0`` was kept)."""
     c0: np.ndarray
     """``total[:, 0]``: all that fusing partial decryptions needs of the sum."""
     digest: bytes
+    """Of the sum of the leaves as signed (before re-randomization: what the server can name)."""
     root: bytes
     leaves: int
     examples: int
@@ -281,30 +506,41 @@ class CheckedSum:
 
 
 def _verified_sum(request: DecryptionRequest, config: RunConfig, server_round: int, context: Context,
-                  min_contributors: int) -> CheckedSum:
+                  min_contributors: int, holding: KeyHolding) -> CheckedSum:
     """Every leaf signed by a distinct allowed client for this run and round, from one parent model, at least the
-    device's floor of them; their ciphertexts summed here, and that sum the one the server named."""
+    device's floor of them, each in the round's frozen set of commitments and revealed by its signer to that set;
+    their ciphertexts summed here, that sum the one the server named, then re-randomized by the encryption of
+    zero that a hash of this request fixes."""
     allow, where = allow_list(config, context), domain(config, context)
+    if not request.leaves or len(request.reveals) != len(request.leaves) or not request.committed:
+        raise DecryptionRefused("unrevealed", "a sum must come with the round's frozen commitments and each "
+                                              "leaf's signed reveal")
+    parents = {envelope.fields.parent_model_hash for envelope, _ in request.leaves}
+    if len(parents) != 1:
+        raise DecryptionRefused("mixed-parents", "the leaves were trained from different models: the server sent "
+                                                 "clients different models in one round")
+    parent = parents.pop()
+    frozen_root, members = _frozen(request.committed, config, server_round, context, min_contributors, parent)
     floor = client_policy(config, context).contributors_floor(min_contributors)
     contributors = {envelope.fields.client_id for envelope, _ in request.leaves}
     if len(contributors) < floor or len(contributors) != len(request.leaves):
         raise DecryptionRefused("too-few-contributors", f"{len(request.leaves)} leaves from {len(contributors)} "
                                                         f"distinct clients; this device requires {floor}")
-    if len(request.leaves) > len(allow.keys):
-        raise DecryptionRefused("too-many-leaves", "more leaves than registered clients")
     leaves = []
-    for envelope, chunks in request.leaves:
+    for (envelope, chunks), reveal in zip(request.leaves, request.reveals):
         f = envelope.fields
         try:
             key = verify_statement(allow, where, f, envelope.signature, tag=UPDATE_TAG, round=server_round,
                                    client_id=f.client_id, payload_sha256=payload_digest(chunks))
+            verify_statement(allow, where, reveal.fields, reveal.signature, tag=REVEAL_TAG, round=server_round,
+                             client_id=f.client_id, payload_sha256=payload_digest(reveal_chunks(frozen_root)))
         except UpdateVerificationError as exc:
             raise DecryptionRefused("bad-leaf", str(exc)) from exc
-        leaves.append(leaf_bytes(f, key, envelope.signature))
-    parents = {envelope.fields.parent_model_hash for envelope, _ in request.leaves}
-    if len(parents) != 1:
-        raise DecryptionRefused("mixed-parents", "the leaves were trained from different models: the server sent "
-                                                 "clients different models in one round")
+        leaf = leaf_bytes(f, key, envelope.signature)
+        if leaf not in members:
+            raise DecryptionRefused("not-committed", f"the leaf of {f.client_id} is not in the round's frozen set of "
+                                                     "commitments: it could have been made after others were seen")
+        leaves.append(leaf)
     try:
         total = sum_ciphertexts(PARAMS, [chunks for _, chunks in request.leaves])
     except CiphertextError as exc:
@@ -312,8 +548,11 @@ def _verified_sum(request: DecryptionRequest, config: RunConfig, server_round: i
     digest = sum_digest(total)
     if digest != request.sum_sha256:
         raise DecryptionRefused("sum-mismatch", "the sum of the signed leaves is not the sum asked to decrypt")
-    return CheckedSum(total, total[:, 0], digest, MerkleTree(leaves).root, len(leaves),
-                      sum(e.fields.num_examples for e, _ in request.leaves), parents.pop())
+    root = MerkleTree(leaves).root
+    seed = rerandomizer_seed(key_statement(context).sha256, server_round, digest, root, request.decryptors)
+    total = rerandomize(holding.public_key, total, seed)
+    return CheckedSum(total, total[:, 0], digest, root, len(leaves),
+                      sum(e.fields.num_examples for e, _ in request.leaves), parent)
 
 
 def _remember(context: Context, server_round: int, decryptors: tuple[str, ...], checked: CheckedSum) -> None:
@@ -353,12 +592,13 @@ def cosign_model(content: RecordDict, config: RunConfig, server_round: int, cont
 def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, context: Context,
                   min_contributors: int) -> RecordDict:
     holding = _holding(context)
+    statement = key_statement(context)
     try:
         request = CosignRequest.take(content)
     except UpdateRejected as exc:
         raise DecryptionRefused("malformed", str(exc)) from exc
     decryptors = _decryptor_set(request.decryption, holding)
-    checked = (_verified_sum(request.decryption, config, server_round, context, min_contributors)
+    checked = (_verified_sum(request.decryption, config, server_round, context, min_contributors, holding)
                if request.decryption.leaves else _remembered_sum(context, server_round, request.decryption))
     allow, where = allow_list(config, context), domain(config, context)
     partials = []
@@ -377,18 +617,18 @@ def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, con
     values = fuse(PARAMS, checked.c0, partials, num_values(parent))
     if not np.all(np.abs(values) <= PARAMS.max_abs_value * 1.01):
         raise DecryptionRefused("out-of-range", "the fused sum lies outside the scheme's range")
-    scale = config.he_weight_scale
+    scale = statement.weight_scale  # signed by every holder: the server's message has no say in it
     if not 1 <= checked.examples <= scale:
-        raise DecryptionRefused("bad-weights", f"{checked.examples} examples outside 1..he-weight-scale {scale}")
+        raise DecryptionRefused("bad-weights", f"{checked.examples} examples outside 1..{scale} (the key's weight "
+                                               "scale)")
     model = hash_model(apply_mean(parent, values * scale, checked.examples), config.run_id)
     if model != request.model_sha256:
         raise DecryptionRefused("model-mismatch", "the model this device computed from the round is not the one "
                                                   "the server names")
-    statement = model_statement_chunks(checked.parent, model, checked.root, checked.leaves, holding.threshold,
-                                       len(holding.points))
+    chunks = model_statement_chunks(checked.parent, model, checked.root, checked.leaves, statement.sha256)
     reply = RecordDict({COSIGN_KEY: ConfigRecord({"model-sha256": model})})
     _forget_sum(context)
-    return sign_statement(reply, statement, MODEL_TAG, server_round, config, context)
+    return sign_statement(reply, chunks, MODEL_TAG, server_round, config, context)
 
 
 def _log_decryption(context: Context, server_round: int, digest: bytes, ciphertexts: int) -> None:

@@ -3,18 +3,18 @@
 :meth:`Admission.admit` turns an :class:`~fedproof.replies.Update` into an :class:`Admitted` (the update and
 its Merkle leaf) or a :class:`~fedproof.replies.Rejection` with the verifier's reason code: unknown or
 revoked client, forged or altered signature, replayed from another round, run, chain or contract, payload
-not the one signed, or a second update of the round. Committee replies are checked the same way under
-their own signing tag (:meth:`Admission.check_decryption`). Failure is a value, never an exception.
+not the one signed, or a second update of the round. Failure is a value, never an exception.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedproof.replies import Decryption, Reason, Rejection, Update
+from fedproof.protocol import SignedEnvelope
+from fedproof.replies import Reason, Rejection, Update
 from ledger.bundle import SignedUpdate
-from ledger.errors import BadSignature, ReplayedUpdate, UpdateVerificationError
-from ledger.signing import DECRYPT_TAG, UPDATE_TAG, ZERO_HASH, payload_digest, verify_signature
+from ledger.errors import BadSignature, UpdateVerificationError
+from ledger.signing import UPDATE_TAG, ZERO_HASH
 from ledger.verification import UpdateVerifier
 
 
@@ -24,6 +24,8 @@ class Admitted:
 
     update: Update
     leaf: SignedUpdate
+    reveal: SignedEnvelope | None = None
+    """Under HE: the contributor's signature over the round's frozen commitments, given with its ciphertexts."""
 
 
 class Admission:
@@ -46,16 +48,3 @@ class Admission:
         except UpdateVerificationError as exc:
             return Rejection(update.node_id, update.client_id, Reason.of(exc), str(exc))
         return Admitted(update, SignedUpdate(fields, key, signature))
-
-    def check_decryption(self, server_round: int, decryption: Decryption) -> Rejection | None:
-        """A committee reply must be signed, by an allowed client, for this round, over exactly these values."""
-        f, v = decryption.envelope.fields, self.verifier
-        try:
-            verify_signature(v.allow.key_for(f.client_id), f, decryption.envelope.signature)
-            if f.tag != DECRYPT_TAG or not v.domain.holds(f) or f.round != server_round:
-                raise ReplayedUpdate(f"client {f.client_id}: decryption signed for another round, run or chain")
-            if f.payload_sha256 != payload_digest([decryption.values.tobytes()]):
-                raise BadSignature(f"client {f.client_id}: decrypted values differ from the signed ones")
-        except UpdateVerificationError as exc:
-            return Rejection(decryption.node_id, f.client_id, Reason.of(exc), str(exc), "decrypt")
-        return None

@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 
 from fedproof.protocol import (
     CONFIG_KEY,
+    SignedEnvelope,
     COSIGN_MODEL,
     DECRYPT_SHARE,
     CosignRequest,
@@ -54,7 +55,7 @@ from ledger.bundle import Cosignature
 from ledger.signing import MODEL_TAG, PARTIAL_TAG, leaf_bytes, model_statement_chunks, payload_digest
 from ledger.verification import AllowList, Domain, verify_statement
 from privacy.errors import CiphertextError
-from privacy.threshold import check_partial, fuse, sum_digest
+from privacy.threshold import check_partial, fuse, rerandomize, rerandomizer_seed, sum_digest
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3
@@ -74,11 +75,13 @@ class Decrypted:
 
 @dataclass(frozen=True)
 class Endorsement:
-    """The clients' co-signatures of a round's model, and the key (t of n) they state they decrypted with."""
+    """The clients' co-signatures of a round's model, and the key they decrypted under (t of n, and the digest of
+    its statement, which every co-signature names)."""
 
     threshold: int
     holders: int
     cosignatures: tuple[Cosignature, ...]
+    key_sha256: bytes
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,13 @@ class ThresholdCommittee:
     domain: Domain
 
     def decrypt(self, grid: Grid, server_round: int, settings: Mapping, admitted: list[Admitted],
-                total: np.ndarray, length: int) -> Decrypted:
+                total: np.ndarray, length: int, committed: tuple[SignedEnvelope, ...] = ()) -> Decrypted:
+        """``admitted``: the revealed updates in the sum (each with its signed reveal); ``committed``: the round's
+        frozen set of commitments they were revealed to."""
         key, params = self.key, self.key.params
         digest, root = sum_digest(total), MerkleTree([a.leaf.leaf for a in admitted]).root
         leaves = tuple((a.update.envelope, a.update.ciphertexts.chunks) for a in admitted)  # type: ignore[union-attr]
+        reveals = tuple(a.reveal for a in admitted if a.reveal is not None)
         party_of = {node: party for party, node in key.nodes.items()}
         live = sorted(key.nodes)
         random.Random(f"decryptors/{self.seed}/{server_round}").shuffle(live)
@@ -110,7 +116,7 @@ class ThresholdCommittee:
             if len(live) < key.threshold:
                 break
             chosen = tuple(sorted(live[: key.threshold]))
-            request = DecryptionRequest(chosen, digest, leaves)
+            request = DecryptionRequest(chosen, digest, leaves, reveals, committed)
             messages = [Message(request.put(RecordDict({CONFIG_KEY: config})), dst_node_id=key.nodes[p],
                                 message_type=DECRYPT_SHARE, group_id=str(server_round)) for p in chosen]
             replies, missing = exchange(grid, messages, self.timeout, "decrypt")
@@ -122,7 +128,10 @@ class ThresholdCommittee:
                                       digest, root, chosen)
                 (failed if isinstance(outcome, Rejection) else partials).append(outcome)
             if not failed:
-                values = fuse(params, total[:, 0], [p.values for p in partials], length)
+                # the decryptors decrypted the sum plus the encryption of zero this request's hash fixes
+                seed = rerandomizer_seed(key.statement.sha256, server_round, digest, root, chosen)
+                c0 = rerandomize(key.public_key, total, seed)[:, 0]
+                values = fuse(params, c0, [p.values for p in partials], length)
                 if not np.all(np.abs(values) <= params.max_abs_value * 1.01):
                     return Decrypted(None, f"round {server_round}: the fused sum lies outside the scheme's range "
                                            "(a partial decryption was wrong); the round is void", tuple(rejected))
@@ -144,8 +153,7 @@ class ThresholdCommittee:
         assert request is not None, "co-signing follows a successful decryption"
         root = MerkleTree([leaf_bytes(e.fields, self.allow.keys[e.fields.client_id], e.signature)
                            for e, _ in request.leaves]).root
-        statement = model_statement_chunks(parent_hash, model_hash, root, len(request.leaves), key.threshold,
-                                           len(key.nodes))
+        statement = model_statement_chunks(parent_hash, model_hash, root, len(request.leaves), key.statement.sha256)
         partials = tuple((p.envelope, p.values) for p in decrypted.partials)
         cosign = CosignRequest(request, partials, parent, model_hash)
         # the decryptors checked the leaves already and keep what they verified: their request omits them
@@ -172,7 +180,8 @@ class ThresholdCommittee:
                 else:
                     signed[party] = outcome
             if len(signed) >= key.threshold:
-                endorsement = Endorsement(key.threshold, len(key.nodes), tuple(signed[p] for p in sorted(signed)))
+                endorsement = Endorsement(key.threshold, len(key.nodes), tuple(signed[p] for p in sorted(signed)),
+                                          key.statement.sha256)
                 return Cosigned(endorsement, "", tuple(rejected))
         for r in rejected:
             log.warning("round %s: co-signature set aside: %s", server_round, r)

@@ -17,7 +17,6 @@ from fedproof.model import make_model
 from fedproof.protocol import PLAIN_MAX_ABS_DELTA
 from fedproof.rundir import MODEL_FILE, RoundMetrics, RunDirectory
 from fl_server.admission import Admission
-from fl_server.committee import Committee
 from fl_server.decryptors import ThresholdCommittee
 from fl_server.keygen import run_ceremony
 from fl_server.credentials import load_credentials
@@ -68,8 +67,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     dataset = load_dataset(config.data_dir or None)
     config, credentials = load_credentials(config, run_dir.path)
     config, contract = open_ledger(config, credentials.allow)
-    threshold_he = config.he and config.he_scheme == "threshold"
-    if threshold_he and not config.he_weight_scale:
+    if config.he and not config.he_weight_scale:
         config = config.with_overrides(he_weight_scale=weight_scale(credentials.allow))
     run_dir.write_config(config)
     model = ArrayRecord(make_model(config.model, dataset.num_classes, seed=config.seed).state_dict())
@@ -88,9 +86,10 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         run_dir.append_metrics(rows[-1])
     domain = config.domain()
     threshold = None
-    if threshold_he:  # the clients make the run's key now; no party ever holds all of it
+    if config.he:  # the clients make the run's key now; no party ever holds all of it
         key = run_ceremony(grid, config.to_mapping(), credentials.allow, domain, config.he_threshold,
-                           config.round_timeout)
+                           config.round_timeout, config.he_weight_scale, first_round=done + 1)
+        lineage.record_key(key.signed)  # t and the holders go on chain before any round: auditors read them there
         threshold = ThresholdCommittee(key, config.seed, config.round_timeout, credentials.allow, domain)
     plan = RoundPlan(
         settings=config.to_mapping(),
@@ -101,9 +100,6 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         admission=Admission(UpdateVerifier(credentials.allow, domain)),
         evaluate=evaluate,
         max_abs_delta=PLAIN_MAX_ABS_DELTA,
-        he=credentials.public,
-        committee=(Committee(config.he_committee, config.seed, config.round_timeout, credentials.public.params)
-                   if credentials.public is not None else None),
         threshold=threshold,
     )
     epsilon_by_client: dict[str, float] = {}

@@ -1,22 +1,28 @@
-"""The server's side of the key ceremony (privacy.keygen): it relays, checks signatures, and learns only public
-values. Three exchanges before the first round:
+"""The server's side of the key ceremony (privacy.keygen): it relays, checks signatures, judges complaints, and
+learns only public values. Five exchanges before the first round:
 
-    hello   every connected node -> signed (party, CRP contribution, X25519 key); parties = who answered, allowed
-    deal    every party, with all hellos -> signed (public-key share, one sealed Shamir share per party)
-    finish  every party, with all public shares and the shares sealed to it -> signed digest of the joint key
+    hello    every connected node -> signed (party, CRP contribution, X25519 key); parties = who answered, allowed
+    commit   every party, with all hellos -> a signed hash commitment to its deal
+    reveal   every party, with every signed commitment -> its signed deal (public-key share, sealed Shamir shares)
+    finish   every party, with every deal -> its signature of the key statement (key digest, t, holders, weight
+             scale, first round), or a signed complaint about a dealer whose share does not open
+    confirm  every party, with every holder's signature of the statement -> each starts using the key
 
-The server computes the joint public key from the signed shares too, and the ceremony succeeds only if every
-party acknowledged that same key. The result is a :class:`FederationKey`: who holds shares (client id -> node),
-the threshold, and the key's digest. A party missing at any step fails the ceremony with a typed error: the key
-must be complete before any update is encrypted under it.
+The server computes the joint public key from the signed shares too, and the ceremony succeeds only if every party
+signed the same statement. Who is left out of the next attempt is decided by evidence, not by who complained: a
+deal that does not open its commitment excludes its dealer; a complaint is judged (privacy.keygen.judge) and
+excludes the dealer or the complainer, whichever lied; a party that does not answer in time is left out. The
+result is a :class:`FederationKey`: who holds shares (client id -> node), the joint key, and the key statement with
+every holder's signature, which the lineage records on chain before the first round.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -24,21 +30,35 @@ from fedproof.errors import FedproofError
 from fedproof.protocol import (
     CEREMONY_KEY,
     CONFIG_KEY,
-    KEYGEN_DEAL,
+    KEYGEN_COMMIT,
+    KEYGEN_CONFIRM,
     KEYGEN_FINISH,
     KEYGEN_HELLO,
+    KEYGEN_REVEAL,
     SignedEnvelope,
     hello_record,
     round_settings,
     take_hello,
 )
 from fl_server.exchange import exchange
-from ledger.errors import UpdateVerificationError
-from ledger.signing import KEYGEN_TAG, payload_digest
+from ledger.errors import LedgerError, UpdateVerificationError
+from ledger.key_statement import KeyStatement, SignedKeyStatement
+from ledger.signing import KEY_TAG, KEYGEN_TAG, payload_digest
 from ledger.verification import AllowList, Domain, verify_statement
 from privacy.errors import PrivacyError
-from privacy.keygen import Hello, check_threshold, deal_chunks, sealed_hashes
-from privacy.threshold import JointPublicKey, ThresholdParams, common_random_polynomial, crp_seed, majority
+from privacy.keygen import (
+    Complaint,
+    Hello,
+    ceremony_crp,
+    check_threshold,
+    commitment_chunks,
+    commitment_set_digest,
+    deal_commitment,
+    judge,
+    reveal_chunks,
+    sealed_hashes,
+)
+from privacy.threshold import JointPublicKey, ThresholdParams, majority
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +68,8 @@ class KeyCeremonyFailed(FedproofError):
 
 
 class PartiesDropped(KeyCeremonyFailed):
-    """Parties that said hello did not complete a later step (or sent something unusable): the ceremony starts
-    again without their nodes."""
+    """Parties that said hello did not complete a later step, sent something unusable, or were found cheating:
+    the ceremony starts again without their nodes (and with fresh secrets for everyone)."""
 
     def __init__(self, message: str, nodes: set[int]) -> None:
         super().__init__(message)
@@ -64,25 +84,39 @@ class FederationKey:
     params: ThresholdParams
     nodes: Mapping[str, int]
     """Key holder (client id) -> its node."""
-    threshold: int
-    digest: bytes
-    """SHA-256 of the joint public key every holder acknowledged."""
+    public_key: JointPublicKey
+    signed: SignedKeyStatement
+    """The key statement, signed by every holder (what the lineage records on chain)."""
+
+    @property
+    def statement(self) -> KeyStatement:
+        return self.signed.statement
+
+    @property
+    def threshold(self) -> int:
+        return self.statement.threshold
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the joint public key every holder signed."""
+        return self.statement.public_key_sha256
 
     @property
     def points(self) -> dict[str, int]:
-        return {party: i + 1 for i, party in enumerate(sorted(self.nodes))}
+        return self.statement.points
 
 
 def run_ceremony(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, threshold: int, timeout: float,
-                 params: ThresholdParams | None = None) -> FederationKey:
-    """The run's key, made by the connected clients. A party that drops out (or sends something unusable) after
-    its hello is left out and the ceremony starts again with fresh secrets, up to :data:`CEREMONY_ATTEMPTS` times;
-    the devices themselves refuse a key held by fewer than a majority of the registered clients."""
+                 weight_scale: int, first_round: int = 1, params: ThresholdParams | None = None) -> FederationKey:
+    """The run's key, made by the connected clients. A party found cheating or silent is left out and the ceremony
+    starts again with fresh secrets, up to :data:`CEREMONY_ATTEMPTS` times; the devices themselves refuse a key
+    held by fewer than a majority of the registered clients."""
     params, excluded = params or ThresholdParams(), set()
     for attempt in range(1, CEREMONY_ATTEMPTS + 1):
         nodes = [n for n in sorted(grid.get_node_ids()) if n not in excluded]
         try:
-            return _ceremony(grid, nodes, settings, allow, domain, threshold, timeout, params)
+            return _Ceremony(grid, settings, allow, domain, timeout, params).run(nodes, threshold, weight_scale,
+                                                                                 first_round)
         except PartiesDropped as exc:
             if attempt == CEREMONY_ATTEMPTS:
                 raise
@@ -91,119 +125,205 @@ def run_ceremony(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _ceremony(grid: Grid, nodes_asked: list[int], settings: Mapping, allow: AllowList, domain: Domain,
-              threshold: int, timeout: float, params: ThresholdParams) -> FederationKey:
-    config = round_settings(settings, 0)
+@dataclass
+class _Ceremony:
+    grid: Grid
+    settings: Mapping
+    allow: AllowList
+    domain: Domain
+    timeout: float
+    params: ThresholdParams
 
-    # 1. hello
-    hellos: dict[str, tuple[int, Hello, SignedEnvelope]] = {}
-    for reply in _ask(grid, nodes_asked, KEYGEN_HELLO, lambda node: RecordDict(), config, timeout):
+    def run(self, asked: list[int], threshold: int, weight_scale: int, first_round: int) -> FederationKey:
+        hellos = self._hellos(asked)
+        parties = sorted(hellos)
+        threshold = threshold or majority(len(parties))
         try:
-            party, contribution, key = take_hello(reply.content.config_records["hello"])
-            announced = Hello(party, contribution, key)
-            envelope = SignedEnvelope.take(reply.content)
-            verify_statement(allow, domain, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=1,
-                             client_id=party, payload_sha256=payload_digest(announced.chunks()))
-        except (FedproofError, UpdateVerificationError, PrivacyError, KeyError) as exc:
-            log.warning("key ceremony: node %s's hello set aside: %s", reply.metadata.src_node_id, exc)
-            continue
-        if party not in hellos:
-            hellos[party] = (reply.metadata.src_node_id, announced, envelope)
-    parties = sorted(hellos)
-    threshold = threshold or majority(len(parties))
-    try:
-        check_threshold(threshold, len(parties))
-    except PrivacyError as exc:
-        raise KeyCeremonyFailed(f"key ceremony: {exc} ({len(parties)} clients answered)") from exc
-    nodes = {p: hellos[p][0] for p in parties}
-    ceremony = ConfigRecord({"threshold": threshold, "parties": len(parties)})
-
-    # 2. deal
-    def with_hellos(_node: int) -> RecordDict:
-        content = RecordDict({CEREMONY_KEY: ceremony})
-        for i, party in enumerate(parties):
-            _, announced, envelope = hellos[party]
-            content[f"hello-{i:04d}"] = hello_record(party, announced.contribution, announced.exchange_key)
-            envelope.put(content, f"hello-{i:04d}-signed")
-        return content
-
-    deals = {}
-    for party, reply in _by_party(_ask(grid, list(nodes.values()), KEYGEN_DEAL, with_hellos, config, timeout), nodes):
+            check_threshold(threshold, len(parties))
+        except PrivacyError as exc:
+            raise KeyCeremonyFailed(f"key ceremony: {exc} ({len(parties)} clients answered)") from exc
+        self.nodes = {p: hellos[p][0] for p in parties}
+        self.record = ConfigRecord({"threshold": threshold, "parties": len(parties), "weight-scale": weight_scale,
+                                    "first-round": first_round})
+        announced = {p: hellos[p][1] for p in parties}
+        commitments = self._commitments(hellos)
+        deals = self._reveals(commitments)
+        seed, crp = ceremony_crp(self.params, announced)
         try:
-            public = reply.content.array_records["deal"]["public-share"].numpy()
-            sealed_record = reply.content.config_records["sealed"]
-            sealed = dict(zip(list(sealed_record["recipients"]), list(sealed_record["shares"])))
-            envelope = SignedEnvelope.take(reply.content)
-            if set(sealed) != set(parties) or not all(isinstance(s, bytes) for s in sealed.values()):
-                raise KeyCeremonyFailed(f"{party} sealed shares for {sorted(sealed)[:4]}, not for every party")
-            verify_statement(allow, domain, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=2,
-                             client_id=party, payload_sha256=payload_digest(deal_chunks(party, public,
-                                                                                        sealed_hashes(sealed))))
-        except (FedproofError, UpdateVerificationError, KeyError, TypeError, ValueError) as exc:
-            raise PartiesDropped(f"{party}'s deal is unusable: {exc}", {nodes[party]}) from exc
-        deals[party] = (public, sealed, envelope)
-    _all_answered("deal", deals, nodes)
-    crp = common_random_polynomial(params, crp_seed({p: hellos[p][1].contribution for p in parties}))
-    try:
-        joint = JointPublicKey.combine(params, [deals[p][0] for p in parties], crp)
-    except PrivacyError as exc:
-        raise KeyCeremonyFailed(f"key ceremony: the public-key shares do not make a key: {exc}") from exc
+            joint = JointPublicKey.combine(self.params, [deals[p][0] for p in parties], crp)
+        except PrivacyError as exc:
+            raise KeyCeremonyFailed(f"key ceremony: the public-key shares do not make a key: {exc}") from exc
+        statement = KeyStatement(joint.digest, threshold, tuple(parties), weight_scale, first_round)
+        signatures = self._finish(deals, announced, seed, statement)
+        signed = SignedKeyStatement(statement, signatures)
+        self._confirm(signed)
+        log.info("key ceremony: %d key holders, threshold %d, key %s", len(parties), threshold,
+                 statement.sha256.hex()[:16])
+        return FederationKey(self.params, self.nodes, joint, signed)
 
-    # 3. finish
-    party_of = {node: party for party, node in nodes.items()}
+    # -- 1. hello
+    def _hellos(self, asked: list[int]) -> dict[str, tuple[int, Hello, SignedEnvelope]]:
+        hellos: dict[str, tuple[int, Hello, SignedEnvelope]] = {}
+        for reply in self._ask(asked, KEYGEN_HELLO, lambda node: RecordDict()):
+            try:
+                party, contribution, key = take_hello(reply.content.config_records["hello"])
+                announced = Hello(party, contribution, key)
+                envelope = SignedEnvelope.take(reply.content)
+                self._verify(envelope, 1, party, announced.chunks())
+            except (FedproofError, UpdateVerificationError, PrivacyError, KeyError) as exc:
+                log.warning("key ceremony: node %s's hello set aside: %s", reply.metadata.src_node_id, exc)
+                continue
+            if party not in hellos:
+                hellos[party] = (reply.metadata.src_node_id, announced, envelope)
+        return hellos
 
-    def with_deals(node: int) -> RecordDict:
-        content = RecordDict({CEREMONY_KEY: ceremony})
-        for i, dealer in enumerate(parties):
-            public, sealed, envelope = deals[dealer]
-            hashes = sealed_hashes(sealed)
-            content[f"deal-{i:04d}"] = ArrayRecord({"public-share": Array(public)})
-            content[f"deal-{i:04d}-sealed"] = ConfigRecord({
-                "party": dealer, "for-you": sealed[party_of[node]], "recipients": sorted(hashes),
-                "hashes": [hashes[r] for r in sorted(hashes)]})
-            envelope.put(content, f"deal-{i:04d}-signed")
-        return content
+    # -- 2. commit
+    def _commitments(self, hellos) -> dict[str, tuple[bytes, SignedEnvelope]]:
+        def with_hellos(_node: int) -> RecordDict:
+            content = RecordDict({CEREMONY_KEY: self.record})
+            for i, party in enumerate(sorted(hellos)):
+                _, announced, envelope = hellos[party]
+                content[f"hello-{i:04d}"] = hello_record(party, announced.contribution, announced.exchange_key)
+                envelope.put(content, f"hello-{i:04d}-signed")
+            return content
 
-    acks = {}
-    for party, reply in _by_party(_ask(grid, list(nodes.values()), KEYGEN_FINISH, with_deals, config, timeout), nodes):
+        commitments = {}
+        for party, reply in self._replies(KEYGEN_COMMIT, with_hellos):
+            try:
+                commitment = reply.content.config_records["commitment"]["commitment"]
+                if not isinstance(commitment, bytes) or len(commitment) != 32:
+                    raise KeyCeremonyFailed("a commitment is 32 bytes")
+                envelope = SignedEnvelope.take(reply.content)
+                self._verify(envelope, 2, party, commitment_chunks(party, commitment))
+            except (FedproofError, UpdateVerificationError, KeyError, TypeError) as exc:
+                raise PartiesDropped(f"{party}'s commitment is unusable: {exc}", {self.nodes[party]}) from exc
+            commitments[party] = (commitment, envelope)
+        self._all_answered("commit", commitments)
+        return commitments
+
+    # -- 3. reveal
+    def _reveals(self, commitments) -> dict[str, tuple[np.ndarray, dict[str, bytes], SignedEnvelope]]:
+        parties = sorted(commitments)
+        set_digest = commitment_set_digest({p: commitments[p][0] for p in parties})
+
+        def with_commitments(_node: int) -> RecordDict:
+            content = RecordDict({CEREMONY_KEY: self.record})
+            for i, party in enumerate(parties):
+                commitment, envelope = commitments[party]
+                content[f"commit-{i:04d}"] = ConfigRecord({"party": party, "commitment": commitment})
+                envelope.put(content, f"commit-{i:04d}-signed")
+            return content
+
+        deals, cheats = {}, set()
+        for party, reply in self._replies(KEYGEN_REVEAL, with_commitments):
+            try:
+                public = reply.content.array_records["deal"]["public-share"].numpy()
+                sealed_record = reply.content.config_records["sealed"]
+                sealed = dict(zip(list(sealed_record["recipients"]), list(sealed_record["shares"])))
+                envelope = SignedEnvelope.take(reply.content)
+                if set(sealed) != set(parties) or not all(isinstance(s, bytes) for s in sealed.values()):
+                    raise KeyCeremonyFailed(f"{party} sealed shares for {sorted(sealed)[:4]}, not for every party")
+                hashes = sealed_hashes(sealed)
+                self._verify(envelope, 3, party, reveal_chunks(party, public, hashes, set_digest))
+            except (FedproofError, UpdateVerificationError, KeyError, TypeError, ValueError) as exc:
+                raise PartiesDropped(f"{party}'s deal is unusable: {exc}", {self.nodes[party]}) from exc
+            if deal_commitment(party, public, hashes) != commitments[party][0]:
+                log.warning("key ceremony: %s revealed a deal other than the one it committed to", party)
+                cheats.add(party)
+            deals[party] = (public, sealed, envelope)
+        if cheats:
+            raise PartiesDropped(f"{', '.join(sorted(cheats))} revealed deals that do not open their commitments",
+                                 {self.nodes[p] for p in cheats})
+        self._all_answered("reveal", deals)
+        return deals
+
+    # -- 4. finish
+    def _finish(self, deals, hellos: Mapping[str, Hello], seed: bytes, statement: KeyStatement) -> dict[str, bytes]:
+        parties = sorted(deals)
+        party_of = {node: party for party, node in self.nodes.items()}
+
+        def with_deals(node: int) -> RecordDict:
+            content = RecordDict({CEREMONY_KEY: self.record})
+            for i, dealer in enumerate(parties):
+                public, sealed, envelope = deals[dealer]
+                hashes = sealed_hashes(sealed)
+                content[f"deal-{i:04d}"] = ArrayRecord({"public-share": Array(public)})
+                content[f"deal-{i:04d}-sealed"] = ConfigRecord({
+                    "party": dealer, "for-you": sealed[party_of[node]], "recipients": sorted(hashes),
+                    "hashes": [hashes[r] for r in sorted(hashes)]})
+                envelope.put(content, f"deal-{i:04d}-signed")
+            return content
+
+        signatures, culprits = {}, {}
+        for party, reply in self._replies(KEYGEN_FINISH, with_deals):
+            try:
+                envelope = SignedEnvelope.take(reply.content)
+                if "complaint" in reply.content.config_records:
+                    record = reply.content.config_records["complaint"]
+                    complaint = Complaint(party, str(record["dealer"]), bytes(record["exchange-private"]))
+                    if complaint.dealer not in deals:
+                        raise KeyCeremonyFailed(f"{party} complains about {complaint.dealer!r}, not a dealer")
+                    self._verify(envelope, 5, party, complaint.chunks())
+                    culprit = judge(self.params, complaint, hellos[party], deals[complaint.dealer][1][party], seed)
+                    culprits[culprit] = f"{party}'s complaint about {complaint.dealer}"
+                    continue
+                if reply.content.config_records["key"]["statement"] != statement.to_bytes():
+                    raise KeyCeremonyFailed("it computed another key statement than the server")
+                verify_statement(self.allow, self.domain, envelope.fields, envelope.signature, tag=KEY_TAG, round=0,
+                                 client_id=party, payload_sha256=statement.sha256)
+            except (FedproofError, UpdateVerificationError, PrivacyError, KeyError, TypeError, ValueError) as exc:
+                culprits[party] = f"its key statement is unusable: {exc}"
+                continue
+            signatures[party] = envelope.signature
+        if culprits:
+            raise PartiesDropped("; ".join(f"{c} excluded ({why})" for c, why in sorted(culprits.items())),
+                                 {self.nodes[c] for c in culprits})
+        self._all_answered("finish", signatures)
+        return signatures
+
+    # -- 5. confirm
+    def _confirm(self, signed: SignedKeyStatement) -> None:
         try:
-            digest = reply.content.config_records["ack"]["public-key-sha256"]
-            envelope = SignedEnvelope.take(reply.content)
-            verify_statement(allow, domain, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=3,
-                             client_id=party, payload_sha256=payload_digest([b"ack", digest]))
-        except (FedproofError, UpdateVerificationError, KeyError, TypeError) as exc:
-            raise PartiesDropped(f"{party}'s acknowledgement is unusable: {exc}", {nodes[party]}) from exc
-        if digest != joint.digest:
-            raise PartiesDropped(f"{party} computed another joint key than the server", {nodes[party]})
-        acks[party] = digest
-    _all_answered("finish", acks, nodes)
-    log.info("key ceremony: %d key holders, threshold %d, key %s", len(parties), threshold, joint.digest.hex()[:16])
-    return FederationKey(params, nodes, threshold, joint.digest)
+            signed.verify({h: self.allow.key_for(h) for h in signed.statement.holders}, self.domain.chain_id,
+                          self.domain.contract, self.domain.genesis, self.domain.run_id, len(signed.statement.holders))
+        except (LedgerError, FedproofError) as exc:
+            raise KeyCeremonyFailed(f"key ceremony: the key statement does not verify: {exc}") from exc
+        record = ConfigRecord({"statement": signed.statement.to_bytes(), "signatures": signed.signatures_bytes()})
+        confirmed = set()
+        for party, reply in self._replies(KEYGEN_CONFIRM, lambda _n: RecordDict({CEREMONY_KEY: self.record,
+                                                                                  "key-statement": record})):
+            record_reply = reply.content.config_records.get("confirmed")
+            if record_reply is not None and record_reply.get("key-sha256") == signed.statement.sha256:
+                confirmed.add(party)
+        self._all_answered("confirm", confirmed)
 
+    # -- plumbing
+    def _verify(self, envelope: SignedEnvelope, step: int, party: str, chunks: list[bytes]) -> None:
+        verify_statement(self.allow, self.domain, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=step,
+                         client_id=party, payload_sha256=payload_digest(chunks))
 
-def _ask(grid: Grid, nodes: list[int], kind: str, content_for, config: ConfigRecord, timeout: float
-         ) -> list[Message]:
-    messages = []
-    for node in nodes:
-        content = content_for(node)
-        content[CONFIG_KEY] = config
-        messages.append(Message(content, dst_node_id=node, message_type=kind, group_id="keygen"))
-    replies, missing = exchange(grid, messages, timeout, kind)
-    for r in missing:
-        log.warning("key ceremony: %s", r)
-    for r in replies:
-        if r.has_error():
-            log.warning("key ceremony: node %s failed: %s", r.metadata.src_node_id, r.error.reason)
-    return [r for r in replies if not r.has_error()]
+    def _ask(self, nodes: list[int], kind: str, content_for: Callable[[int], RecordDict]) -> list[Message]:
+        config = round_settings(self.settings, 0)
+        messages = []
+        for node in nodes:
+            content = content_for(node)
+            content[CONFIG_KEY] = config
+            messages.append(Message(content, dst_node_id=node, message_type=kind, group_id="keygen"))
+        replies, missing = exchange(self.grid, messages, self.timeout, kind)
+        for r in missing:
+            log.warning("key ceremony: %s", r)
+        for r in replies:
+            if r.has_error():
+                log.warning("key ceremony: node %s failed: %s", r.metadata.src_node_id, r.error.reason)
+        return [r for r in replies if not r.has_error()]
 
+    def _replies(self, kind: str, content_for: Callable[[int], RecordDict]) -> list[tuple[str, Message]]:
+        party_of = {node: party for party, node in self.nodes.items()}
+        replies = self._ask(list(self.nodes.values()), kind, content_for)
+        return [(party_of[r.metadata.src_node_id], r) for r in replies if r.metadata.src_node_id in party_of]
 
-def _by_party(replies: list[Message], nodes: Mapping[str, int]) -> list[tuple[str, Message]]:
-    party_of = {node: party for party, node in nodes.items()}
-    return [(party_of[r.metadata.src_node_id], r) for r in replies if r.metadata.src_node_id in party_of]
-
-
-def _all_answered(step: str, answers: Mapping[str, object], nodes: Mapping[str, int]) -> None:
-    missing = [p for p in sorted(nodes) if p not in answers]
-    if missing:
-        raise PartiesDropped(f"key ceremony: {len(missing)} of {len(nodes)} parties did not complete the {step} "
-                             f"step ({', '.join(missing[:5])})", {nodes[p] for p in missing})
+    def _all_answered(self, step: str, answers) -> None:
+        missing = [p for p in sorted(self.nodes) if p not in answers]
+        if missing:
+            raise PartiesDropped(f"key ceremony: {len(missing)} of {len(self.nodes)} parties did not complete the "
+                                 f"{step} step ({', '.join(missing[:5])})", {self.nodes[p] for p in missing})

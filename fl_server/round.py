@@ -5,11 +5,13 @@
       -> decode each reply                               fedproof.replies: Update | Declined | Rejection
       -> all asked declined? the run is over             RoundResult.stop
       -> admit each update                               fl_server.admission: signature, allow-list, replay
+      -> HE: the admitted commitments are frozen; each
+         contributor reveals its ciphertexts to that set     fl_server.reveal
       -> aggregate                                       fl_server.aggregation (plain) or, under HE, add
                                                          ciphertexts + t key holders decrypt the verified sum
-                                                         (fl_server.decryptors; shared-key: fl_server.committee)
+                                                         (fl_server.decryptors)
       -> new model = parent + sum(n_k delta_k) / sum(n_k), or None with the failure reason
-      -> threshold HE: t key holders recompute it and co-sign  fl_server.decryptors (no t signatures: void)
+      -> HE: t key holders recompute it and co-sign      fl_server.decryptors (no t signatures: void)
       -> send `evaluate` (the parent: the model they were
          sent) to the nodes not refused                  decode each reply: Evaluation | Rejection
       -> central evaluation of the resulting model
@@ -32,7 +34,15 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedproof.protocol import ARRAYS_KEY, BUDGET_EXHAUSTED, CONFIG_KEY, EVALUATE, TRAIN, round_settings
+from fedproof.protocol import (
+    ARRAYS_KEY,
+    BUDGET_EXHAUSTED,
+    CONFIG_KEY,
+    EVALUATE,
+    TRAIN,
+    SignedEnvelope,
+    round_settings,
+)
 from fedproof.replies import (
     Declined,
     Evaluation,
@@ -45,12 +55,11 @@ from fedproof.replies import (
 from fedproof.rundir import RoundMetrics
 from fl_server.admission import Admission, Admitted
 from fedproof.weights import apply_mean, hash_model
-from fl_server.aggregation import add_ciphertexts, plain_sum, threshold_sum
-from fl_server.committee import Committee
+from fl_server.aggregation import plain_sum, threshold_sum
 from fl_server.decryptors import Endorsement, ThresholdCommittee
 from fl_server.exchange import exchange
+from fl_server.reveal import reveal_updates
 from ledger.bundle import SignedUpdate
-from privacy.he import PublicContext
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +81,9 @@ class RoundPlan:
     admission: Admission
     evaluate: Evaluator
     max_abs_delta: float
-    """Largest |update - global| per parameter a plaintext update may carry (HE: the scheme's own bound)."""
-    he: PublicContext | None = None
-    committee: Committee | None = None
-    """shared-key HE: the context the server sums with, and the committee that decrypts."""
+    """Largest |update - global| per parameter a plaintext update may carry."""
     threshold: ThresholdCommittee | None = None
-    """threshold HE (the default): the run's key holders, who decrypt only verified sums."""
+    """HE (threshold CKKS): the run's key holders, who decrypt only verified sums; None: plaintext aggregation."""
     clock: Callable[[], float] = time.monotonic
 
 
@@ -122,8 +128,8 @@ class RoundResult:
 
 def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord) -> RoundResult:
     started = plan.clock()
-    scheme = plan.threshold.key.params if plan.threshold else plan.he.params if plan.he else None
-    spec = ModelSpec.of(parent, plan.he.params.max_abs_delta if plan.he else plan.max_abs_delta, scheme)
+    scheme = plan.threshold.key.params if plan.threshold else None
+    spec = ModelSpec.of(parent, plan.max_abs_delta, scheme)
     nodes = sorted(grid.get_node_ids())
     asked = sample(nodes, plan.fraction_train, random.Random(f"train/{plan.seed}/{server_round}"))
     replies, rejections = exchange(grid, _messages(asked, TRAIN, parent, plan.settings, server_round),
@@ -151,7 +157,16 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
     for outcome in (plan.admission.admit(server_round, u, parent_hash) for u in updates):
         (admitted if isinstance(outcome, Admitted) else rejections).append(outcome)
 
-    aggregate = aggregate_updates(grid, plan, server_round, parent, spec, admitted, parent_hash)
+    committed: tuple[SignedEnvelope, ...] = ()
+    if plan.threshold is not None:  # commit, then reveal: the sum's leaves are fixed before any ciphertext is seen
+        key = plan.threshold
+        reveals = reveal_updates(grid, server_round, plan.settings, admitted, spec, key.allow, key.domain,
+                                 plan.timeout)
+        admitted, committed = list(reveals.revealed), reveals.committed
+        rejections.extend(reveals.rejections)
+        steps["reveal"] = plan.clock() - started - sum(steps.values())
+
+    aggregate = aggregate_updates(grid, plan, server_round, parent, spec, admitted, parent_hash, committed)
     steps["aggregate"] = plan.clock() - started - sum(steps.values())
     rejections.extend(aggregate.rejections)
     current = aggregate.model if aggregate.model is not None else parent
@@ -183,7 +198,7 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
 @dataclass(frozen=True)
 class Aggregate:
     """What aggregation made of the admitted updates: a new model (or None and why), the updates in it, and
-    those it set aside on the way (a ciphertext SEAL refused, a committee member replaced)."""
+    those it set aside on the way (a ciphertext SEAL refused, a key holder replaced)."""
 
     model: ArrayRecord | None
     used: tuple[Admitted, ...] = ()
@@ -193,33 +208,20 @@ class Aggregate:
 
 
 def aggregate_updates(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord, spec: ModelSpec,
-                      admitted: list[Admitted], parent_hash: bytes) -> Aggregate:
+                      admitted: list[Admitted], parent_hash: bytes, committed: tuple[SignedEnvelope, ...] = ()
+                      ) -> Aggregate:
     nothing = f"round {server_round}: no update could be aggregated; the model is unchanged"
     if not admitted:
         return Aggregate(None, failure=nothing)
     if plan.threshold is not None:
-        return _threshold_aggregate(grid, plan, server_round, parent, spec, admitted, parent_hash)
-    if plan.he is None:
-        examples = sum(a.update.num_examples for a in admitted)
-        return Aggregate(apply_mean(parent, plain_sum(admitted), examples), tuple(admitted))
-    assert plan.committee is not None, "HE needs a decryption committee"
-    total = add_ciphertexts(plan.he, spec.num_values, admitted)
-    if total.payload is None:
-        return Aggregate(None, rejections=total.rejections, failure=nothing)
-    if total.num_examples > plan.he.params.max_total_examples:
-        return Aggregate(None, rejections=total.rejections, failure=(
-            f"round {server_round}: {total.num_examples} examples exceed what the CKKS parameters can sum "
-            f"({plan.he.params.max_total_examples})"))
-    outcome = plan.committee.decrypt(grid, plan.admission, server_round, plan.settings, total.payload,
-                                     [a.update.node_id for a in total.used])
-    rejections = total.rejections + outcome.rejections
-    if outcome.values is None:
-        return Aggregate(None, rejections=rejections, failure=outcome.failure)
-    return Aggregate(apply_mean(parent, outcome.values, total.num_examples), total.used, rejections)
+        return _threshold_aggregate(grid, plan, server_round, parent, spec, admitted, parent_hash, committed)
+    examples = sum(a.update.num_examples for a in admitted)
+    return Aggregate(apply_mean(parent, plain_sum(admitted), examples), tuple(admitted))
 
 
 def _threshold_aggregate(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord, spec: ModelSpec,
-                         admitted: list[Admitted], parent_hash: bytes) -> Aggregate:
+                         admitted: list[Admitted], parent_hash: bytes, committed: tuple[SignedEnvelope, ...]
+                         ) -> Aggregate:
     """Sum the ciphertexts, have t key holders decrypt the verified sum, and scale it back: clients encrypted
     ``(n_k / W) * delta_k`` with W = ``he-weight-scale``, so the mean is ``sum * W / sum(n_k)``. Then t key
     holders recompute that model and co-sign its hash."""
@@ -228,13 +230,13 @@ def _threshold_aggregate(grid: Grid, plan: RoundPlan, server_round: int, parent:
     if total.values is None:
         return Aggregate(None, rejections=total.rejections,
                          failure=f"round {server_round}: no update could be aggregated; the model is unchanged")
-    scale = int(plan.settings["he-weight-scale"])
+    scale = plan.threshold.key.statement.weight_scale  # what every key holder signed in the key statement
     examples = sum(a.update.num_examples for a in total.used)
     if examples > scale:
         return Aggregate(None, rejections=total.rejections, failure=(
             f"round {server_round}: {examples} examples exceed he-weight-scale {scale}; the sum could overflow"))
     outcome = plan.threshold.decrypt(grid, server_round, plan.settings, list(total.used), total.values,
-                                     spec.num_values)
+                                     spec.num_values, committed)
     rejections = total.rejections + outcome.rejections
     if outcome.values is None:
         return Aggregate(None, rejections=rejections, failure=outcome.failure)

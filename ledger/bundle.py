@@ -64,13 +64,16 @@ class RoundBundle:
     threshold: int = 0
     """The decryption key's threshold t (0: no threshold key, so no co-signatures)."""
     holders: int = 0
-    """How many clients hold shares of that key."""
+    """How many clients hold shares of that key (as the server wrote it: auditors take t and the holders from the
+    key statement on chain, never from here)."""
     cosignatures: tuple[Cosignature, ...] = ()
+    key_sha256: bytes = ZERO_HASH
+    """The key statement the co-signers decrypted under (its digest is in every co-signature)."""
 
     def statement(self, client_id: str) -> SignedFields:
         """The fields ``client_id`` signs to vouch that this round turned the parent into this model."""
         chunks = model_statement_chunks(self.parent_model_hash, self.model_hash, self.merkle_root,
-                                        len(self.updates), self.threshold, self.holders)
+                                        len(self.updates), self.key_sha256)
         return SignedFields(chain_id=self.chain_id, contract=self.contract, run_id=self.run_id, round=self.round,
                             client_id=client_id, payload_sha256=payload_digest(chunks), num_examples=0,
                             epsilon_scaled=NO_DP, tag=MODEL_TAG, genesis=self.genesis)
@@ -88,7 +91,7 @@ class RoundBundle:
     def to_bytes(self) -> bytes:
         updates = sorted(self.updates, key=lambda u: hashlib.sha256(u.leaf).digest())
         doc = {
-            "version": 2, "run_id": self.run_id, "round": self.round, "chain_id": self.chain_id,
+            "version": 3, "key_sha256": self.key_sha256.hex(), "run_id": self.run_id, "round": self.round, "chain_id": self.chain_id,
             "genesis": self.genesis.hex(), "threshold": self.threshold, "holders": self.holders,
             "cosignatures": [{"client_id": c.client_id, "public_key": c.public_key.hex(), "signature": c.signature.hex()}
                              for c in sorted(self.cosignatures, key=lambda c: c.client_id)],
@@ -129,11 +132,12 @@ class RoundBundle:
                                              bytes.fromhex(c["signature"])) for c in doc["cosignatures"])
             bundle = cls(str(doc["run_id"]), int(doc["round"]), int(doc["chain_id"]), contract, parent,
                          bytes.fromhex(doc["model_hash"]), updates, tuple(str(r) for r in doc["rejected"]),
-                         str(doc["failed"]), genesis, int(doc["threshold"]), int(doc["holders"]), cosignatures)
+                         str(doc["failed"]), genesis, int(doc["threshold"]), int(doc["holders"]), cosignatures,
+                         bytes.fromhex(doc["key_sha256"]))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise BundleError(f"{what}: not a fedproof round bundle ({exc})") from exc
-        if doc.get("version") != 2 or bundle.to_bytes() != bytes(data):
-            raise BundleError(f"{what}: not in canonical form (altered, or not version 2)")
+        if doc.get("version") != 3 or len(bundle.key_sha256) != 32 or bundle.to_bytes() != bytes(data):
+            raise BundleError(f"{what}: not in canonical form (altered, or not version 3)")
         return bundle
 
     @property

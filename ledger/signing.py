@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +42,14 @@ from ledger.errors import BadSignature, KeyFileError
 UPDATE_TAG, DECRYPT_TAG = b"fedproof/update/v2", b"fedproof/decrypt/v2"
 KEYGEN_TAG, PARTIAL_TAG = b"fedproof/keygen/v2", b"fedproof/partial-decryption/v2"
 """Threshold HE: a key-ceremony step (``round`` is the step, 1..3) and a partial decryption of a round's sum."""
-MODEL_TAG = b"fedproof/model/v1"
+MODEL_TAG = b"fedproof/model/v2"
 """A client's co-signature of a round's new model: it fused the partial decryptions itself and got this hash."""
+KEY_TAG = b"fedproof/key/v1"
+"""A key holder's signature of the run's key statement (:func:`key_statement_chunks`): the joint key it computed
+itself, its threshold, its holders and the weight scale every encryption and co-signature of the run uses."""
+REVEAL_TAG = b"fedproof/reveal/v1"
+"""A contributor's signature, as it reveals its ciphertexts, over the round's frozen set of signed commitments
+(the Merkle root of the round's leaves): it reveals once per round, to that set only."""
 ZERO_HASH = bytes(32)
 PAYLOAD_DOMAIN = b"fedproof/payload/v1\x00"
 NO_DP = 2**64 - 1
@@ -116,7 +122,7 @@ class SignedFields:
             raise ValueError("contract must be 20 bytes and payload_sha256 32 bytes")
         if len(self.genesis) != 32 or len(self.parent_model_hash) != 32:
             raise ValueError("genesis and parent_model_hash must be 32 bytes")
-        if self.tag not in (UPDATE_TAG, DECRYPT_TAG, KEYGEN_TAG, PARTIAL_TAG, MODEL_TAG):
+        if self.tag not in (UPDATE_TAG, DECRYPT_TAG, KEYGEN_TAG, PARTIAL_TAG, MODEL_TAG, KEY_TAG, REVEAL_TAG):
             raise ValueError(f"unknown signing tag {self.tag!r}")
 
     def canonical_bytes(self) -> bytes:
@@ -149,11 +155,29 @@ def model_hash(tensors: Mapping[str, np.ndarray], run_id: str) -> bytes:
     return hashlib.sha256(model_file_bytes(tensors, run_id)).digest()
 
 
-def model_statement_chunks(parent: bytes, model: bytes, merkle_root: bytes, leaves: int, threshold: int,
-                           holders: int) -> list[bytes]:
+def model_statement_chunks(parent: bytes, model: bytes, merkle_root: bytes, leaves: int, key_sha256: bytes
+                           ) -> list[bytes]:
     """What a model co-signature vouches for: this round turned ``parent`` into ``model`` from exactly the
-    ``leaves`` signed updates under ``merkle_root``, decrypted by a ``threshold``-of-``holders`` key."""
-    return [b"model", parent, model, merkle_root, struct.pack(">QQQ", leaves, threshold, holders)]
+    ``leaves`` signed updates under ``merkle_root``, decrypted under the key whose statement hashes to
+    ``key_sha256`` (its threshold and holders are in that statement, on chain: never in the round's bundle)."""
+    return [b"model", parent, model, merkle_root, struct.pack(">Q", leaves), key_sha256]
+
+
+MAX_KEY_HOLDERS = 256
+
+
+def key_statement_chunks(public_key_sha256: bytes, threshold: int, holders: Sequence[str], weight_scale: int,
+                         first_round: int) -> list[bytes]:
+    """What every key holder signs at the end of the key ceremony: the joint public key's digest, the threshold
+    t, the holders' ids (sorted: a holder's Shamir point is its index + 1), the weight scale W (clients encrypt
+    ``n_k / W * delta``; co-signers multiply back by W) and the first round the key decrypts."""
+    ordered = sorted(holders)
+    if list(holders) != ordered or len(set(ordered)) != len(ordered) or not 2 <= len(ordered) <= MAX_KEY_HOLDERS:
+        raise ValueError(f"a key statement names 2..{MAX_KEY_HOLDERS} distinct holders in sorted order")
+    if len(public_key_sha256) != 32 or not 1 <= threshold <= len(ordered) or weight_scale < 1 or first_round < 1:
+        raise ValueError("a key statement needs a 32-byte key digest, 1 <= t <= n, W >= 1 and a first round >= 1")
+    return [b"key", public_key_sha256, struct.pack(">QQQQ", threshold, len(ordered), weight_scale, first_round),
+            *(length_prefixed(h) for h in ordered)]
 
 
 def leaf_bytes(fields: SignedFields, public_key: bytes, signature: bytes) -> bytes:

@@ -425,6 +425,65 @@ def sum_digest(total: np.ndarray) -> bytes:
     return hashlib.sha256(b"fedproof/ct-sum/v1\x00" + np.ascontiguousarray(total).astype("<u8").tobytes()).digest()
 
 
+RERANDOMIZE_DOMAIN = b"fedproof/rerandomize/v1\x00"
+NOISE_BITS = 21
+"""The re-randomizer's noise is a centered binomial with 21 + 21 coins: variance 10.5 (std 3.24, SEAL's 3.2)."""
+
+
+def rerandomizer_seed(key_sha256: bytes, server_round: int, sum_sha256: bytes, merkle_root: bytes,
+                      decryptors: Sequence[str]) -> bytes:
+    """The seed of a request's encryption of zero: a hash of everything the decryptors verified and sign. No
+    party chooses it, and a different decryptor set (or round, sum, leaves, key) gives an unrelated one."""
+    h = hashlib.sha256(RERANDOMIZE_DOMAIN + key_sha256 + struct.pack(">Q", server_round) + sum_sha256 + merkle_root)
+    for d in decryptors:
+        h.update(struct.pack(">H", len(d.encode())) + d.encode())
+    return h.digest()
+
+
+def _expand(seed: bytes, index: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u ternary, e0, e1 centered binomial) for ciphertext ``index``, from SHAKE-256 of the seed: public and
+    reproducible by every party (this randomness protects nobody's secret: it only takes the choice of the
+    decrypted c1 away from whoever formed the sum)."""
+    stream = hashlib.shake_256(seed + struct.pack(">I", index)).digest(2 * n + 2 * n * 6)
+    raw = np.frombuffer(stream[: 2 * n], dtype=np.uint8)
+    ternary = raw[raw < 255][:n]  # 255 = 3 * 85: unbiased mod 3
+    if ternary.size < n:  # pragma: no cover - 2N bytes hold N below 255 but with probability ~2^-4000
+        raise AssertionError("not enough bytes for a ternary polynomial")
+    u = ternary.astype(np.int64) % 3 - 1
+    bits = np.unpackbits(np.frombuffer(stream[2 * n:], dtype=np.uint8)).reshape(2, n, 48)[:, :, : 2 * NOISE_BITS]
+    noise = bits[:, :, :NOISE_BITS].sum(axis=2).astype(np.int64) - bits[:, :, NOISE_BITS:].sum(axis=2)
+    return u, noise[0], noise[1]
+
+
+def encryption_of_zero(public_key: JointPublicKey, seed: bytes, chunks: int) -> np.ndarray:
+    """``chunks`` encryptions of zero under the joint key, from a public seed: shape (chunks, 2, N), NTT form at
+    q. As SEAL's ``encrypt_zero`` does: u * (p0, a) + (e0, e1) at the key level (q and the special prime p), then
+    divided by p and rounded, so what it adds to a ciphertext's noise is rounding noise only."""
+    params = public_key.params
+    (q, p), n = params.primes, params.n
+    p0, a = public_key.to_arrays()
+    rq, rp = ring(n, q), ring(n, p)
+    half, p_inverse = p // 2, pow(p, -1, q)
+    out = np.empty((chunks, 2, n), dtype=U64)
+    for index in range(chunks):
+        u, e0, e1 = _expand(seed, index, n)
+        for part, (key, noise) in enumerate(((p0, e0), (a, e1))):
+            at_q = rq.intt(addmod(rq.mul(key[0], rq.ntt(from_signed(u, q))), rq.ntt(from_signed(noise, q)), q))
+            at_p = rp.intt(addmod(rp.mul(key[1], rp.ntt(from_signed(u, p))), rp.ntt(from_signed(noise, p)), p))
+            # round(x / p) mod q from x's residues: (x_q + p//2 - ((x_p + p//2) mod p)) * p^-1 mod q
+            shifted = addmod(at_p, np.full(n, half, dtype=U64), p)  # < p < q
+            out[index, part] = rq.ntt(mulmod(submod(addmod(at_q, np.full(n, half % q, dtype=U64), q), shifted, q),
+                                             p_inverse, q))
+    return out
+
+
+def rerandomize(public_key: JointPublicKey, total: np.ndarray, seed: bytes) -> np.ndarray:
+    """``total`` + an encryption of zero derived from ``seed``: the same plaintext, and a c1 that is
+    c1 + a*u + e1 for (u, e1) nobody chose. Every decryptor computes it from the sum it verified before it
+    decrypts anything, and the fuser adds the same to c0 (see README, "Why the coalition learns nothing")."""
+    return addmod(total, encryption_of_zero(public_key, seed, total.shape[0]), public_key.params.q)
+
+
 def partial_decryption(params: ThresholdParams, share: np.ndarray, own: int, decryptors: Sequence[int],
                        total: np.ndarray, flooding_std: float, randomness: Randomness | None = None) -> np.ndarray:
     """h_k = lambda_k tsk_k * c1 + e_k for every ciphertext of ``total``: shape (chunks, N) uint64."""

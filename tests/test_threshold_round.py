@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("virtual_exchange_clock")  # a silent node'
 NODES = [21, 22, 23, 24, 25]
 COUNTS = {21: 300, 22: 500, 23: 50, 24: 1000, 25: 150}
 SCALE = 4000
-KEYS = init_key_set(Path(tempfile.mkdtemp(prefix="fedproof-mhe-keys-")), [str(n) for n in NODES], he=False)
+KEYS = init_key_set(Path(tempfile.mkdtemp(prefix="fedproof-mhe-keys-")), [str(n) for n in NODES])
 CONFIG = RunConfig(run_id="mhe-run", chain_id=31337, ledger_contract="0x" + "cd" * 20, key_set=str(KEYS.directory),
                    he_weight_scale=SCALE)
 DOMAIN = CONFIG.domain()
@@ -67,8 +67,11 @@ class Devices:
         ctx = self.contexts
         return {
             "query_keygen_hello": lambda node, msg: threshold.keygen_hello(CONFIG, ctx[node]),
-            "query_keygen_deal": lambda node, msg: threshold.keygen_deal(msg.content, CONFIG, ctx[node]),
+            "query_keygen_commit": lambda node, msg: threshold.keygen_commit(msg.content, CONFIG, ctx[node]),
+            "query_keygen_reveal": lambda node, msg: threshold.keygen_reveal(msg.content, CONFIG, ctx[node]),
             "query_keygen_finish": lambda node, msg: threshold.keygen_finish(msg.content, CONFIG, ctx[node]),
+            "query_keygen_confirm": lambda node, msg: threshold.keygen_confirm(msg.content, CONFIG, ctx[node]),
+            "query_reveal_update": self.reveal,
             "query_decrypt_share": self.decrypt,
             "query_cosign_model": self.cosign,
             "train": self.train,
@@ -86,18 +89,24 @@ class Devices:
         server_round = int(msg.content[CONFIG_KEY]["server-round"])
         return threshold.cosign_model(msg.content, CONFIG, server_round, self.contexts[node], CONFIG.min_contributors)
 
-    def train(self, node: int, msg: Message) -> RecordDict:
+    def reveal(self, node: int, msg: Message):
         server_round = int(msg.content[CONFIG_KEY]["server-round"])
-        payload = threshold.encrypt_update(delta(node), COUNTS[node], SCALE, self.contexts[node])
+        return threshold.reveal_update(msg.content, CONFIG, server_round, self.contexts[node], CONFIG.min_contributors)
+
+    def train(self, node: int, msg: Message, withhold: bool = True) -> RecordDict:
+        """A device's train reply: its signed commitment (``withhold``), or with the ciphertexts still in it."""
+        server_round = int(msg.content[CONFIG_KEY]["server-round"])
+        payload = threshold.encrypt_update(delta(node), COUNTS[node], self.contexts[node])
         content = payload.put(RecordDict({"client": ClientReport(str(node)).to_record()}))
         content["metrics"] = MetricRecord({"num-examples": COUNTS[node]})
-        return sign_update(content, CONFIG, self.contexts[node], server_round, COUNTS[node], None,
-                           hash_model(msg.content["arrays"], CONFIG.run_id))
+        sign_update(content, CONFIG, self.contexts[node], server_round, COUNTS[node], None,
+                    hash_model(msg.content["arrays"], CONFIG.run_id))
+        return threshold.withhold(content, server_round, self.contexts[node]) if withhold else content
 
 
 def ceremony(devices: Devices, nodes=NODES, threshold_=0):
     grid = FakeGrid(nodes, **devices.handlers())
-    return run_ceremony(grid, CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, threshold_, 5), grid
+    return run_ceremony(grid, CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, threshold_, 5, SCALE), grid
 
 
 @pytest.fixture(scope="module")
@@ -368,3 +377,51 @@ def test_a_decryptor_that_does_not_co_sign_is_replaced_by_another_key_holder(key
     signers = {c.client_id for c in result.endorsement.cosignatures}
     assert result.model is not None and len(signers) == key.threshold and dropped not in signers
     assert any(r.phase == "cosign" for r in result.rejections)  # the silent one is on the record
+
+
+@pytest.mark.parametrize("damage, code", [("bit-flip", "payload-mismatch"), ("truncated", "corrupt-ciphertext"),
+                                          ("wrong-length", "wrong-shape"), ("no-payload", "wrong-mode"),
+                                          ("bad-count", "bad-example-count")])
+def test_a_damaged_update_is_rejected_alone_and_the_round_goes_on(keyed, damage: str, code: str) -> None:
+    from fedproof.protocol import CIPHERTEXTS_KEY, pack_ciphertexts, unpack_ciphertexts
+
+    devices, key = keyed
+    bad, server_round = NODES[4], 50 + ["bit-flip", "truncated", "wrong-length", "no-payload", "bad-count"].index(damage)
+    honest = devices.train
+
+    def signed(node: int, msg: Message, payload: EncryptedPayload, count: int) -> RecordDict:
+        """What the sender itself signs (its signature is valid; the payload is what is wrong)."""
+        content = payload.put(RecordDict({"client": ClientReport(str(node)).to_record()}))
+        content["metrics"] = MetricRecord({"num-examples": count})
+        return sign_update(content, CONFIG, devices.contexts[node], server_round, count, None,
+                           hash_model(msg.content["arrays"], CONFIG.run_id))
+
+    def train(node: int, msg: Message) -> RecordDict:
+        content = honest(node, msg)
+        if node != bad:
+            return content
+        payload = EncryptedPayload.take(content)
+        if damage == "bit-flip":  # in transit: the digest no longer matches
+            chunks = unpack_ciphertexts(content[CIPHERTEXTS_KEY])
+            flipped = chunks[0][:100] + bytes([chunks[0][100] ^ 0x10]) + chunks[0][101:]
+            content[CIPHERTEXTS_KEY] = pack_ciphertexts((flipped, *chunks[1:]))
+        elif damage == "truncated":  # by the sender, and signed: only the sum's parser refuses the bytes
+            content = signed(node, msg, EncryptedPayload((payload.chunks[0][:-50], *payload.chunks[1:]),
+                                                         payload.num_values), COUNTS[node])
+        elif damage == "wrong-length":
+            content = signed(node, msg, threshold.encrypt_update(np.zeros(10), COUNTS[node], SCALE,
+                                                                 devices.contexts[node]), COUNTS[node])
+        elif damage == "no-payload":
+            del content[CIPHERTEXTS_KEY]
+        else:
+            content = signed(node, msg, payload, 0)
+        return content
+
+    devices.train = train  # the handlers read it from the instance
+    try:
+        result, _ = run(devices, key, server_round=server_round)
+    finally:
+        del devices.train
+    assert [(r.client_id, r.reason.value) for r in result.rejections] == [(str(bad), code)]
+    assert result.failure == "" and np.abs(flatten(result.model) - fedavg(NODES[:4])).max() < 1e-4
+    assert sorted(leaf.fields.client_id for leaf in result.leaves) == [str(n) for n in NODES[:4]]
