@@ -3,7 +3,8 @@ pragma solidity 0.8.28;
 
 /// @title fedproof audit ledger
 /// @notice Append-only lineage of a federated run: one record per round (model hash, parent hash, Merkle root of the
-///         signed client updates, participant count, DP epsilon, bundle hash), one per deployment, and one per
+///         signed client updates, participant count, DP epsilon, bundle hash), the run's key statement (the
+///         threshold key its holders generated, signed by each of them), one record per deployment, and one per
 ///         release statement (promotion, canary, rollback, retirement of a deployed artifact on a channel).
 /// @dev Client signatures and updates stay off-chain; only their Merkle root is stored, so the cost of a round does not
 ///      depend on how many clients took part. Auditors should trust the events, receipts and block hashes: storage of a
@@ -53,6 +54,12 @@ contract FedproofLedger {
         uint64 epsilonMaxScaled,
         bytes32 bundleHash
     );
+    /// @notice A run's key statement (t, the holders, the joint key's digest, the weight scale, the first round it
+    ///         decrypts) and every holder's Ed25519 signature of it (64 bytes each, in holder order). ``keyId`` is the
+    ///         statement's digest, as co-signatures of the run's models name it. The contract cannot check Ed25519
+    ///         nor parse the statement; auditors and devices do, against the client keys registered here, and take
+    ///         t and the holders from this event only, never from the server's round bundles.
+    event KeyRecorded(bytes32 indexed runId, bytes32 indexed keyId, bytes statement, bytes signatures);
     event DeploymentRecorded(
         bytes32 indexed modelHash,
         bytes32 indexed artifactHash,
@@ -87,6 +94,7 @@ contract FedproofLedger {
     error ReleaseOutOfOrder(uint64 expected, uint64 got);
     error UnknownArtifact(bytes32 artifactHash);
     error BadRelease();
+    error BadKeyStatement();
 
     modifier onlyOwner() {
         if (msg.sender != owner) revert NotOwner();
@@ -125,6 +133,19 @@ contract FedproofLedger {
         if (initialModel[runId] != bytes32(0)) revert RunAlreadyStarted(runId);
         initialModel[runId] = initialModelHash;
         emit RunStarted(runId, initialModelHash);
+    }
+
+    /// @notice Record the key statement of a started run, as its holders signed it at the end of the key ceremony.
+    ///         A run may record a new key later (its statement names the first round it decrypts); audits take the
+    ///         latest valid statement recorded before a round, so a key recorded after a round cannot rewrite it.
+    function recordKey(bytes32 runId, bytes32 keyId, bytes calldata statement, bytes calldata signatures)
+        external
+        onlyOwner
+    {
+        if (keyId == bytes32(0)) revert ZeroHash();
+        if (initialModel[runId] == bytes32(0)) revert RunNotStarted(runId);
+        if (statement.length == 0 || signatures.length == 0 || signatures.length % 64 != 0) revert BadKeyStatement();
+        emit KeyRecorded(runId, keyId, statement, signatures);
     }
 
     /// @notice A recorded round (all zero if absent), in the order (parentModelHash, modelHash, updatesMerkleRoot,

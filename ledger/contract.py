@@ -33,6 +33,7 @@ from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
 
 from ledger import errors
 from ledger.artifact import Artifact, load_artifact
+from ledger.key_statement import KeyStatementError, SignedKeyStatement
 from ledger.release import ReleaseStatement, SignedRelease
 
 
@@ -45,6 +46,8 @@ RECORD_ROUND_GAS = 300_000
 START_RUN_GAS = 80_000
 DEPLOYMENT_BASE_GAS = 110_000  # the event, plus one cold SSTORE (deployedArtifact) of ~22 k
 RELEASE_GAS = 120_000  # measured ~38 k: an SSTORE, the event with its 64-byte signature
+KEY_BASE_GAS = 60_000  # measured ~41 k for a 5-holder statement (tests/test_key_audit.py)
+KEY_GAS_PER_BYTE = 40  # calldata (16/byte) + memory + event data (8/byte), rounded up
 DEPLOYMENT_GAS_PER_TARGET_BYTE = 100  # calldata (16/byte) + memory + event data (8/byte), rounded far up
 MAX_TARGET_BYTES = 1024
 RECEIPT_TIMEOUT = 30.0
@@ -192,6 +195,34 @@ class ReleaseEvent:
         return SignedRelease(statement, self.signature)
 
 
+@dataclass(frozen=True)
+class RecordedKey:
+    """A ``KeyRecorded`` log: a run's key statement and its holders' signatures as recorded, parsed but not yet
+    checked (:meth:`SignedKeyStatement.verify` does that). ``signed`` is None when the bytes are not a key statement
+    or ``key_id`` is not its digest; ``error`` then says why. Nothing here raises on what the log holds."""
+
+    run_id: bytes
+    key_id: bytes
+    statement: bytes
+    signatures: bytes
+    signed: SignedKeyStatement | None
+    error: str
+    tx_hash: str
+    block_number: int
+    block_hash: str
+    log_index: int
+
+
+def _parse_key(key_id: bytes, statement: bytes, signatures: bytes) -> tuple[SignedKeyStatement | None, str]:
+    try:
+        signed = SignedKeyStatement.from_bytes(statement, signatures)
+    except KeyStatementError as exc:
+        return None, str(exc)
+    if signed.statement.sha256 != key_id:
+        return None, f"its key id 0x{key_id.hex()[:16]}… is not the statement's digest"
+    return signed, ""
+
+
 # --------------------------------------------------------------------------------------------- reverts
 
 
@@ -251,6 +282,7 @@ _ERROR_CLASSES: dict[str, type[errors.ContractRevert]] = {
         errors.ZeroHashRejected,
         errors.RunNotStarted,
         errors.RunAlreadyStarted,
+        errors.BadKeyStatementOnChain,
     )
 }
 
@@ -274,6 +306,8 @@ def _revert_message(name: str, args: dict[str, Any], sender: str, address: str) 
         return f"model {h['modelHash']} is not the model recorded for that run and round"
     if name == "ZeroHash":
         return "a hash of 32 zero bytes was given as a public key or model hash (zero means absent on chain)"
+    if name == "BadKeyStatement":
+        return "not a key statement the ledger takes (an empty statement, or signatures not 64 bytes each)"
     if name == "ReleaseOutOfOrder":
         return (f"release sequence {args['got']} is not the next one ({args['expected']}): a replayed or "
                 "out-of-order statement")
@@ -416,6 +450,17 @@ class LedgerContract:
         return [(bytes(args["runId"]), bytes(args["initialModelHash"]), int(log["blockNumber"]))
                 for log, args in self._logs("RunStarted", topics, from_block)]
 
+    def record_key(self, run_id: bytes, signed: SignedKeyStatement) -> Receipt:
+        """Record a started run's key statement with every holder's signature (the contract checks neither)."""
+        if not isinstance(signed, SignedKeyStatement):
+            raise errors.LedgerValueError(f"signed must be a SignedKeyStatement, got {type(signed).__name__}")
+        holders = signed.statement.holders
+        if set(signed.signatures) != set(holders) or any(len(signed.signatures[h]) != 64 for h in holders):
+            raise errors.LedgerValueError("a key statement is recorded with one 64-byte signature per holder")
+        statement, signatures = signed.statement.to_bytes(), signed.signatures_bytes()
+        args = [_hash32("run_id", run_id), signed.statement.sha256, statement, signatures]
+        return self._transact("recordKey", args, KEY_BASE_GAS + KEY_GAS_PER_BYTE * (len(statement) + len(signatures)))
+
     def record_round(self, record: RoundRecord) -> Receipt:
         """Record one finished round; the contract enforces the order of rounds and the parent link."""
         if not isinstance(record, RoundRecord):
@@ -521,6 +566,22 @@ class LedgerContract:
                     gas_used=int(receipts[tx]["gasUsed"]) if with_gas else 0,
                 )
             )
+        return out
+
+    def key_events(self, run_id: bytes | None = None, *, key_id: bytes | None = None,
+                   from_block: int = 0) -> list[RecordedKey]:
+        """``KeyRecorded`` logs in chain order, filtered in the node by run and/or key id; each parsed (or flagged,
+        never raising, when its bytes are not a key statement)."""
+        topics = [_topic(run_id, "run_id"), _topic(key_id, "key_id")]
+        out = []
+        for log, args in self._logs("KeyRecorded", topics, from_block):
+            key, statement, signatures = bytes(args["keyId"]), bytes(args["statement"]), bytes(args["signatures"])
+            signed, error = _parse_key(key, statement, signatures)
+            out.append(RecordedKey(
+                run_id=bytes(args["runId"]), key_id=key, statement=statement, signatures=signatures, signed=signed,
+                error=error, tx_hash=_hex(log["transactionHash"]), block_number=int(log["blockNumber"]),
+                block_hash=_hex(log["blockHash"]), log_index=int(log["logIndex"]),
+            ))
         return out
 
     def client_events(self, client_id: bytes | None = None, *, from_block: int = 0) -> list[ClientEvent]:
@@ -719,6 +780,7 @@ __all__ = [
     "DeploymentEvent",
     "LedgerContract",
     "Receipt",
+    "RecordedKey",
     "RecordedRound",
     "ReleaseEvent",
     "RoundRecord",

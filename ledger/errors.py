@@ -162,6 +162,12 @@ class ZeroHashRejected(ContractRevert):
     error = "ZeroHash"
 
 
+class BadKeyStatementOnChain(ContractRevert):
+    """``recordKey`` without a statement, or with signatures that are not 64 bytes each."""
+
+    error = "BadKeyStatement"
+
+
 class DevnetError(LedgerError):
     """The local anvil devnet cannot be started, stopped or read."""
 

@@ -287,6 +287,37 @@ def test_a_revert_when_mined_is_still_reported(ledger: LedgerContract, monkeypat
     assert ledger.w3.eth.block_number == before + 1  # it was mined, with status 0
 
 
+# --------------------------------------------------------------------------------------------- key statements
+
+
+def test_record_key_needs_a_started_run_and_keeps_every_statement_as_an_event(ledger: LedgerContract):
+    from ledger.key_statement import KeyStatement, SignedKeyStatement
+
+    statement = KeyStatement(h("joint key"), 3, ("a", "b", "c", "d", "e"), 1000, 1)
+    signed = SignedKeyStatement(statement, {c: bytes([i]) * 64 for i, c in enumerate(statement.holders)})
+    with pytest.raises(errors.RunNotStarted):
+        ledger.record_key(h("run"), signed)
+    ledger.start_run(h("run"), h("run/init"))
+    intruder = LedgerContract.at(ledger.w3, ledger.address, sender=ledger.w3.eth.accounts[1])
+    with pytest.raises(errors.NotOwner):
+        intruder.record_key(h("run"), signed)
+    raw = statement.to_bytes()
+    for key_id, sigs, error in ((bytes(32), bytes(64), errors.ZeroHashRejected),
+                                (h("k"), b"", errors.BadKeyStatementOnChain),
+                                (h("k"), bytes(63), errors.BadKeyStatementOnChain)):
+        with pytest.raises(error):
+            ledger._transact("recordKey", [h("run"), key_id, raw, sigs], 200_000)
+    first = ledger.record_key(h("run"), signed)
+    assert 30_000 < first.gas_used < 60_000  # five holders: calldata and the event's bytes
+    ledger._transact("recordKey", [h("run"), h("not its digest"), b"junk", bytes(64)], 200_000)  # the contract can't tell
+    got = ledger.key_events(h("run"))
+    assert [(e.key_id, e.signed, e.error == "") for e in got] == [(statement.sha256, signed, True),
+                                                                   (h("not its digest"), None, False)]
+    assert got[0].block_number == first.block_number and got[0].tx_hash == first.tx_hash
+    assert (got[1].statement, got[1].signatures) == (b"junk", bytes(64))
+    assert ledger.key_events(h("other")) == [] and ledger.key_events(key_id=statement.sha256) == got[:1]
+
+
 # --------------------------------------------------------------------------------------------- deployments
 
 
