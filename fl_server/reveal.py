@@ -52,8 +52,9 @@ def reveal_updates(grid: Grid, server_round: int, settings: Mapping, admitted: l
     revealed = []
     for reply in replies:
         outcome = decode_reveal_reply(reply, spec)
-        if isinstance(outcome, Rejection):
-            rejections.append(outcome)
+        if isinstance(outcome, Rejection):  # named by the client whose commitment the node's reply answers
+            known = by_node.get(outcome.node_id)
+            rejections.append(replace(outcome, client_id=known.update.client_id) if known else outcome)
             continue
         a = by_node[outcome.node_id]
         client = a.update.client_id

@@ -15,7 +15,16 @@ from fakegrid import FakeGrid
 from fedproof.config import RunConfig
 from fedproof.errors import UpdateRejected
 from fedproof.keys import init_key_set
-from fedproof.protocol import CONFIG_KEY, REFUSED, ClientReport, DecryptionRequest, EncryptedPayload, round_settings
+from fedproof.protocol import (
+    CONFIG_KEY,
+    REFUSED,
+    ClientReport,
+    DecryptionRequest,
+    EncryptedPayload,
+    RevealRequest,
+    SignedEnvelope,
+    round_settings,
+)
 from fedproof.weights import hash_model, flatten
 from fl_client import threshold
 from fl_client.signing import sign_update
@@ -166,37 +175,51 @@ def test_up_to_n_minus_t_holders_may_drop_between_upload_and_decryption(keyed) -
 
 def test_too_few_contributors_voids_the_round_and_keeps_the_model(keyed) -> None:
     devices, key = keyed
-    result, _ = run(devices, key, trainers=NODES[:2], server_round=3)
-    assert result.model is None and "key holders decrypted" in result.failure
-    assert {r.reason.value for r in result.rejected("decrypt")} == {"refused"}
-    assert all("too-few-contributors" in r.detail for r in result.rejected("decrypt"))
+    result, grid = run(devices, key, trainers=NODES[:2], server_round=3)
+    assert result.model is None and "no update could be aggregated" in result.failure
+    # the contributors themselves refuse to reveal to a set smaller than their floor: nothing reaches a decryptor
+    assert {r.reason.value for r in result.rejected("reveal")} == {"refused"} and len(result.rejected("reveal")) == 2
+    assert all("too-few-contributors" in r.detail for r in result.rejected("reveal"))
+    assert "query.decrypt_share" not in grid.asked
     assert result.current is result.parent
 
 
 class MaliciousServer:
-    """Crafts decryption requests from genuine signed updates of a round, as a server that wants more than the sum."""
+    """Crafts decryption requests from genuine signed updates of a round, as a server that wants more than the sum:
+    every node commits, the server freezes the set of all commitments, and every node reveals to it."""
 
     def __init__(self, devices: Devices, server_round: int) -> None:
         self.devices, self.round = devices, server_round
-        self.replies = {}
+        self.commitments = {}
         for node in NODES:
             msg = Message(RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round),
                                       "arrays": global_model()}), dst_node_id=node, message_type="train", group_id="x")
-            content = devices.train(node, msg)
-            self.replies[node] = (EncryptedPayload.take(content), content)
+            self.commitments[node] = SignedEnvelope.take(devices.train(node, msg))
+        self.committed = tuple(self.commitments[n] for n in NODES)
+        self.revealed = {n: self.reveal(n, self.committed) for n in NODES}
+
+    def settings(self) -> RecordDict:
+        return RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), self.round)})
+
+    def reveal(self, node: int, committed) -> RecordDict:
+        return threshold.reveal_update(RevealRequest(tuple(committed)).put(self.settings()), CONFIG, self.round,
+                                       self.devices.contexts[node], 3)
 
     def leaf(self, node):
-        from fedproof.protocol import SignedEnvelope
-        payload, content = self.replies[node]
-        return SignedEnvelope.take(content), payload.chunks
+        return self.commitments[node], EncryptedPayload.take(self.revealed[node]).chunks
 
-    def ask(self, holder: int, leaves, decryptors=None, digest=None) -> str:
-        decryptors = decryptors or tuple(sorted([str(holder), str(NODES[1]), str(NODES[2])]))
+    def request(self, leaves, decryptors, digest=None, committed=None) -> DecryptionRequest:
         if digest is None:
             digest = sum_digest(sum_ciphertexts(threshold.PARAMS, [chunks for _, chunks in leaves]))
-        content = DecryptionRequest(tuple(decryptors), digest, tuple(leaves)).put(
-            RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), self.round)}))
-        reply = threshold.decrypt_share(content, CONFIG, self.round, self.devices.contexts[holder], 3)
+        by_client = {str(n): SignedEnvelope.take(self.revealed[n]) for n in NODES}
+        reveals = tuple(by_client.get(e.fields.client_id, e) for e, _ in leaves)
+        return DecryptionRequest(tuple(decryptors), digest, tuple(leaves), reveals,
+                                 self.committed if committed is None else tuple(committed))
+
+    def ask(self, holder: int, leaves, decryptors=None, digest=None, committed=None, min_contributors=3) -> str:
+        decryptors = decryptors or tuple(sorted([str(holder), str(NODES[1]), str(NODES[2])]))
+        content = self.request(leaves, decryptors, digest, committed).put(self.settings())
+        reply = threshold.decrypt_share(content, CONFIG, self.round, self.devices.contexts[holder], min_contributors)
         report = ClientReport.from_reply(reply)
         return report.reason if report is not None and report.status == REFUSED else "decrypted"
 
@@ -247,7 +270,7 @@ def test_a_party_that_stops_half_way_is_left_out_and_the_ceremony_starts_again()
     handlers = devices.handlers()
     handlers["query_keygen_finish"] = lambda node, msg: (
         None if node == NODES[4] else threshold.keygen_finish(msg.content, CONFIG, devices.contexts[node]))
-    key = run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5)
+    key = run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5, SCALE)
     assert sorted(key.nodes.values()) == NODES[:4] and key.threshold == 3  # a majority of those who stayed
     assert all(threshold.key_holding(devices.contexts[n]).public_key.digest == key.digest for n in NODES[:4])
 
@@ -265,29 +288,31 @@ def as_flower(handler):
 def test_the_ceremony_fails_clearly_when_too_few_parties_stay() -> None:
     devices = Devices()
     handlers = {kind: as_flower(h) for kind, h in devices.handlers().items()}
-    handlers["query_keygen_deal"] = as_flower(lambda node, msg: (  # three of five vanish after their hello
-        None if node in NODES[2:] else threshold.keygen_deal(msg.content, CONFIG, devices.contexts[node])))
+    handlers["query_keygen_commit"] = as_flower(lambda node, msg: (  # three of five vanish after their hello
+        None if node in NODES[2:] else threshold.keygen_commit(msg.content, CONFIG, devices.contexts[node])))
     with pytest.raises(KeyCeremonyFailed):
-        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5)
+        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5, SCALE)
 
 
 def test_a_device_deals_its_secret_once_and_only_into_a_key_of_most_registered_clients() -> None:
     devices = Devices()
     handlers, captured = devices.handlers(), {}
-    honest_deal = handlers["query_keygen_deal"]
-    handlers["query_keygen_deal"] = lambda node, msg: captured.setdefault(node, msg) and honest_deal(node, msg)
+    honest_commit = handlers["query_keygen_commit"]
+    handlers["query_keygen_commit"] = lambda node, msg: captured.setdefault(node, msg) and honest_commit(node, msg)
     # a server that asks for a second deal of the same secret (to another set, it could collect enough shares)
-    handlers["query_keygen_finish"] = lambda node, msg: threshold.keygen_deal(captured[node].content, CONFIG,
-                                                                              devices.contexts[node])
+    handlers["query_keygen_reveal"] = lambda node, msg: threshold.keygen_commit(captured[node].content, CONFIG,
+                                                                                devices.contexts[node])
     with pytest.raises(UpdateRejected, match="second one for the same secret"):
-        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5)
+        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5,
+                     SCALE)
     # a key of 2 of the 5 registered clients (a server shrinking the federation to an accomplice and a victim)
     request = captured[NODES[0]].content
-    small = RecordDict({"ceremony": ConfigRecord({"threshold": 2, "parties": 2})})
+    small = RecordDict({"ceremony": ConfigRecord({"threshold": 2, "parties": 2, "weight-scale": SCALE,
+                                                  "first-round": 1})})
     for key in ("hello-0000", "hello-0001"):
         small[key], small[f"{key}-signed"] = request[key], request[f"{key}-signed"]
     with pytest.raises(UpdateRejected, match="majority of the 5 registered"):
-        threshold.keygen_deal(small, CONFIG, Devices().contexts[NODES[1]])
+        threshold.keygen_commit(small, CONFIG, Devices().contexts[NODES[1]])
 
 
 def _decrypted(devices, server_round: int):
@@ -300,15 +325,15 @@ def _decrypted(devices, server_round: int):
     evil = MaliciousServer(devices, server_round=server_round)
     leaves = [evil.leaf(n) for n in NODES[:3]]
     decryptors = tuple(sorted(str(n) for n in NODES[:3]))
-    total = sum_ciphertexts(threshold.PARAMS, [chunks for _, chunks in leaves])
-    request = DecryptionRequest(decryptors, sum_digest(total), tuple(leaves))
+    request = evil.request(leaves, decryptors)
     config = RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round)})
     partials = []
     for d in decryptors:
         reply = threshold.decrypt_share(request.put(RecordDict(dict(config))), CONFIG, server_round,
                                         devices.contexts[int(d)], 3)
         partials.append((SignedEnvelope.take(reply), reply.array_records["partial"]["partial"].numpy()))
-    values = fuse(threshold.PARAMS, total[:, 0], [v for _, v in partials], flatten(global_model()).size)
+    c0 = devices.contexts[int(decryptors[0])].state.array_records[threshold.VERIFIED_C0]["c0"].numpy()  # re-randomized
+    values = fuse(threshold.PARAMS, c0, [v for _, v in partials], flatten(global_model()).size)
     examples = sum(COUNTS[n] for n in NODES[:3])
     return request, partials, hash_model(apply_mean(global_model(), values * SCALE, examples), CONFIG.run_id)
 
@@ -379,49 +404,63 @@ def test_a_decryptor_that_does_not_co_sign_is_replaced_by_another_key_holder(key
     assert any(r.phase == "cosign" for r in result.rejections)  # the silent one is on the record
 
 
+DAMAGES = ["bit-flip", "truncated", "wrong-length", "no-payload", "bad-count", "not-committed", "sent-early"]
+
+
 @pytest.mark.parametrize("damage, code", [("bit-flip", "payload-mismatch"), ("truncated", "corrupt-ciphertext"),
                                           ("wrong-length", "wrong-shape"), ("no-payload", "wrong-mode"),
-                                          ("bad-count", "bad-example-count")])
+                                          ("bad-count", "bad-example-count"), ("not-committed", "payload-mismatch"),
+                                          ("sent-early", "wrong-mode")])
 def test_a_damaged_update_is_rejected_alone_and_the_round_goes_on(keyed, damage: str, code: str) -> None:
     from fedproof.protocol import CIPHERTEXTS_KEY, pack_ciphertexts, unpack_ciphertexts
 
     devices, key = keyed
-    bad, server_round = NODES[4], 50 + ["bit-flip", "truncated", "wrong-length", "no-payload", "bad-count"].index(damage)
-    honest = devices.train
+    bad, server_round = NODES[4], 50 + DAMAGES.index(damage)
+    context = devices.contexts[bad]
+    honest_train, honest_reveal = devices.train, devices.reveal
 
-    def signed(node: int, msg: Message, payload: EncryptedPayload, count: int) -> RecordDict:
-        """What the sender itself signs (its signature is valid; the payload is what is wrong)."""
-        content = payload.put(RecordDict({"client": ClientReport(str(node)).to_record()}))
+    def signed(msg: Message, payload: EncryptedPayload, count: int, withhold: bool = True) -> RecordDict:
+        """What the sender itself signs and commits to (its signature is valid; the payload is what is wrong)."""
+        content = payload.put(RecordDict({"client": ClientReport(str(bad)).to_record()}))
         content["metrics"] = MetricRecord({"num-examples": count})
-        return sign_update(content, CONFIG, devices.contexts[node], server_round, count, None,
-                           hash_model(msg.content["arrays"], CONFIG.run_id))
+        sign_update(content, CONFIG, context, server_round, count, None, hash_model(msg.content["arrays"], CONFIG.run_id))
+        return threshold.withhold(content, server_round, context) if withhold else content
 
     def train(node: int, msg: Message) -> RecordDict:
-        content = honest(node, msg)
         if node != bad:
-            return content
-        payload = EncryptedPayload.take(content)
-        if damage == "bit-flip":  # in transit: the digest no longer matches
-            chunks = unpack_ciphertexts(content[CIPHERTEXTS_KEY])
-            flipped = chunks[0][:100] + bytes([chunks[0][100] ^ 0x10]) + chunks[0][101:]
-            content[CIPHERTEXTS_KEY] = pack_ciphertexts((flipped, *chunks[1:]))
-        elif damage == "truncated":  # by the sender, and signed: only the sum's parser refuses the bytes
-            content = signed(node, msg, EncryptedPayload((payload.chunks[0][:-50], *payload.chunks[1:]),
-                                                         payload.num_values), COUNTS[node])
-        elif damage == "wrong-length":
-            content = signed(node, msg, threshold.encrypt_update(np.zeros(10), COUNTS[node], SCALE,
-                                                                 devices.contexts[node]), COUNTS[node])
-        elif damage == "no-payload":
-            del content[CIPHERTEXTS_KEY]
-        else:
-            content = signed(node, msg, payload, 0)
-        return content
+            return honest_train(node, msg)
+        payload = threshold.encrypt_update(delta(node), COUNTS[node], context)
+        if damage == "truncated":  # by the sender, and signed: only the sum's parser refuses the bytes
+            return signed(msg, EncryptedPayload((payload.chunks[0][:-50], *payload.chunks[1:]), payload.num_values),
+                          COUNTS[node])
+        if damage == "wrong-length":
+            return signed(msg, threshold.encrypt_update(np.zeros(10), COUNTS[node], context), COUNTS[node])
+        if damage == "bad-count":
+            return signed(msg, payload, 0)
+        if damage == "sent-early":  # the ciphertexts in the train reply, before the set is frozen
+            return signed(msg, payload, COUNTS[node], withhold=False)
+        return signed(msg, payload, COUNTS[node])
 
-    devices.train = train  # the handlers read it from the instance
+    def reveal(node: int, msg: Message):
+        reply = honest_reveal(node, msg)
+        if node != bad:
+            return reply
+        if damage == "bit-flip":  # in transit: the digest no longer matches
+            chunks = unpack_ciphertexts(reply[CIPHERTEXTS_KEY])
+            flipped = chunks[0][:100] + bytes([chunks[0][100] ^ 0x10]) + chunks[0][101:]
+            reply[CIPHERTEXTS_KEY] = pack_ciphertexts((flipped, *chunks[1:]))
+        elif damage == "no-payload":
+            del reply[CIPHERTEXTS_KEY]
+        elif damage == "not-committed":  # valid ciphertexts, and a valid header, but not the committed ones
+            EncryptedPayload(tuple(threshold.encrypt_update(delta(1), 7, context).chunks),
+                             flatten(global_model()).size).put(reply)
+        return reply
+
+    devices.train, devices.reveal = train, reveal  # the handlers read them from the instance
     try:
         result, _ = run(devices, key, server_round=server_round)
     finally:
-        del devices.train
+        del devices.train, devices.reveal
     assert [(r.client_id, r.reason.value) for r in result.rejections] == [(str(bad), code)]
     assert result.failure == "" and np.abs(flatten(result.model) - fedavg(NODES[:4])).max() < 1e-4
     assert sorted(leaf.fields.client_id for leaf in result.leaves) == [str(n) for n in NODES[:4]]
