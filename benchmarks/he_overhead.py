@@ -1,14 +1,16 @@
-"""Cost of encrypted aggregation, measured in one run against plaintext FedAvg, for both HE schemes (threshold,
-the default, and shared-key) and NVIDIA FLARE's CKKS defaults.
+"""Cost of encrypted aggregation (threshold CKKS), measured in one run against plaintext FedAvg and, as a baseline,
+an NVIDIA FLARE-style shared-key CKKS built here with TenSEAL (FLARE's HE filter defaults: every client holds
+the one secret key; fedproof has no such scheme).
 
-1. Bytes per parameter on the wire: a client's upload; what a decryptor downloads (shared-key: the sum;
-   threshold: every admitted update, to recompute the sum itself) and uploads (the sum / its partial).
-2. Seconds: one client encrypting its update, the server summing K updates, one decryptor's work (threshold:
-   parse and re-add the K signed updates, then its flooded partial decryption), the server fusing t partials;
-   for 100k and 1M parameters and 10 / 100 clients. Baseline: the plaintext weighted sum over float32 arrays.
-3. The key ceremony's computation per party (threshold), for 10 and 50 parties.
+1. Bytes per parameter on the wire: a client's upload; what a decryptor downloads (every admitted update, to
+   recompute the sum itself; the baseline: the sum) and uploads (its partial decryption).
+2. Seconds: one client encrypting its update, the server summing K updates, one decryptor's work (parse and
+   re-add the K signed updates, then its flooded partial decryption), the server fusing t partials; for 100k
+   and 1M parameters and 10 / 100 clients. Baselines: the plaintext weighted sum over float32 arrays, and (10
+   clients) the shared-key baseline's encrypt, sum and decrypt.
+3. The key ceremony's computation per party, for 10 and 50 parties.
 4. Whole rounds: `fedproof simulate` on the demo setting (real Fashion-MNIST, 10 clients, Dirichlet 0.5,
-   DP on, same seeds) with each scheme against plaintext aggregation.
+   DP on, same seeds) with threshold CKKS against plaintext aggregation.
 
     python benchmarks/he_overhead.py [--sizes 100000 1000000] [--clients 10 100] [--rounds 3] [--skip-rounds]
 """
@@ -26,7 +28,6 @@ import numpy as np
 import tenseal as ts
 from measure import measure
 
-from privacy.he import PublicContext, SecretContext
 from privacy.keygen import deal, finish, hello
 from privacy.threshold import (
     ThresholdParams,
@@ -49,33 +50,6 @@ def updates(size: int, clients: int, seed: int = 0) -> tuple[np.ndarray, list[np
     rng = np.random.default_rng(seed)
     counts = rng.integers(500, 10_000, clients)
     return counts, [n * rng.uniform(-0.5, 0.5, size) for n in counts]
-
-
-def fedproof_costs(size: int, clients: int) -> dict:
-    secret = SecretContext.generate()
-    public = PublicContext.from_bytes(secret.public().to_bytes())
-    counts, values = updates(size, clients)
-    first, encrypt_s = timed(lambda: secret.encrypt(values[0]))
-    # every client encrypts its own update in parallel in a real round: time one, reuse it for the others
-    payloads = [first] + [secret.encrypt(v) for v in values[1:]]
-
-    def server_sum():
-        total = public.new_sum(size)
-        for p in payloads:
-            total.add(p)
-        return total.serialize()
-
-    summed, sum_s = timed(server_sum)
-    decrypted, decrypt_s = timed(lambda: secret.decrypt(summed, size))
-    error = float(np.abs(decrypted - np.sum(values, axis=0)).max() / counts.sum())
-    return {
-        "up": sum(map(len, first)) / size,
-        "down": sum(map(len, summed)) / size,
-        "encrypt_s": encrypt_s,
-        "sum_s": sum_s,
-        "decrypt_s": decrypt_s,
-        "error": error,
-    }
 
 
 def threshold_key(parties: int):
@@ -138,7 +112,9 @@ def plaintext_sum_seconds(size: int, clients: int) -> float:
 
 
 def nvflare_costs(size: int, clients: int) -> dict:
-    """NVIDIA FLARE's HE filter: TenSEAL CKKSVector, N=8192, [60, 40, 40], scale 2^40, weights multiplied in."""
+    """The shared-key baseline, built here: NVIDIA FLARE's HE filter settings (TenSEAL CKKSVector, N=8192,
+    [60, 40, 40], scale 2^40, weights multiplied in), one secret key that every client holds, and a server
+    context without it."""
     ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40])
     ctx.global_scale = 2**40
     server = ts.context_from(ctx.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False,
@@ -161,7 +137,7 @@ def nvflare_costs(size: int, clients: int) -> dict:
 
 def round_time(tmp: str, scheme: str, rounds: int, dp: bool = True) -> dict:
     name = scheme + ("" if dp else "-nodp")
-    he = ["--no-he"] if scheme == "plain" else ["--he", "-c", f'he-scheme="{scheme}"']
+    he = ["--no-he"] if scheme == "plain" else ["--he"]
     wall, rss, proc = measure(
         [sys.executable, "-m", "fedproof.cli", "simulate", "--rounds", str(rounds), "--run-dir", f"{tmp}/{name}",
          "--run-id", name, *he, "--no-ledger", "--dp" if dp else "--no-dp"]  # own run dirs: fresh budgets
@@ -192,20 +168,18 @@ def main() -> None:
 def micro(args: argparse.Namespace) -> None:
     big = max(args.sizes)
     holdings, _ = threshold_key(10)
-    ours, threshold, flare = fedproof_costs(big, 2), threshold_costs(big, 10, holdings), nvflare_costs(big, 2)
+    threshold, flare = threshold_costs(big, 10, holdings), nvflare_costs(big, 2)
     print(f"\nBytes per parameter ({big:,} parameters, 10 clients; baseline float32 = 4)\n")
     print("| scheme | client up | x float32 | decryptor down | decryptor up |")
     print("|---|---|---|---|---|")
     print("| plaintext float32 | 4.00 | 1.00 | - | - |")
-    print(f"| **threshold** (default): joint key, N=4096, one 60-bit prime, coefficient-packed, bit-packed | "
+    print(f"| **threshold**: joint key, N=4096, one 60-bit prime, coefficient-packed, bit-packed | "
           f"{threshold['up']:.2f} | {threshold['up'] / 4:.2f} | {threshold['down']:.1f} (10 signed updates) | "
           f"{threshold['partial_up']:.2f} (its partial) |")
-    print(f"| shared-key: seeded symmetric, 2 reals/slot, N=4096, one 50-bit prime | {ours['up']:.2f} | "
-          f"{ours['up'] / 4:.2f} | {ours['down']:.2f} (the sum) | 8.00 (the sum, float64) |")
-    print(f"| NVIDIA FLARE defaults: TenSEAL N=8192 [60,40,40] 2^40 (shared key) | {flare['up']:.2f} | "
-          f"{flare['up'] / 4:.2f} | {flare['down']:.2f} | - |")
+    print(f"| baseline: NVIDIA FLARE-style shared key, built in the benchmark (TenSEAL N=8192 [60,40,40] 2^40) | "
+          f"{flare['up']:.2f} | {flare['up'] / 4:.2f} | {flare['down']:.2f} (the sum) | - |")
 
-    print("\nKey ceremony (threshold): computation per party, all three steps (hello, deal, finish)\n")
+    print("\nKey ceremony: computation per party, all three steps (hello, deal, finish)\n")
     print("| parties | threshold | s per party |")
     print("|---|---|---|")
     for parties in (10, 50):
@@ -221,28 +195,26 @@ def micro(args: argparse.Namespace) -> None:
     for size in args.sizes:
         for clients in args.clients:
             base = plaintext_sum_seconds(size, clients)
-            for name, r in [("threshold", threshold_costs(size, clients, holdings)),
-                            ("shared-key", fedproof_costs(size, clients))]:
-                print(f"| {size:,} | {clients} | {name} | {r['encrypt_s']:.3f} | {r['sum_s']:.3f} | {base:.3f} | "
-                      f"{r['sum_s'] / base:.1f} | {r['decrypt_s']:.3f} | {r.get('fuse_s', 0.0):.3f} | "
-                      f"{r['error']:.1e} |", flush=True)
+            r = threshold_costs(size, clients, holdings)
+            print(f"| {size:,} | {clients} | threshold | {r['encrypt_s']:.3f} | {r['sum_s']:.3f} | {base:.3f} | "
+                  f"{r['sum_s'] / base:.1f} | {r['decrypt_s']:.3f} | {r['fuse_s']:.3f} | {r['error']:.1e} |",
+                  flush=True)
     for size in args.sizes:
         r = nvflare_costs(size, 10)
-        print(f"| {size:,} | 10 | NVIDIA FLARE | {r['encrypt_s']:.3f} | {r['sum_s']:.3f} | | | "
-              f"{r['decrypt_s']:.3f} | | |", flush=True)
+        print(f"| {size:,} | 10 | baseline: NVIDIA FLARE-style shared key, built in the benchmark | "
+              f"{r['encrypt_s']:.3f} | {r['sum_s']:.3f} | | | {r['decrypt_s']:.3f} | | |", flush=True)
 
 
 def rounds(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        results = {scheme: round_time(tmp, scheme, args.rounds) for scheme in ("plain", "threshold", "shared-key")}
+        results = {scheme: round_time(tmp, scheme, args.rounds) for scheme in ("plain", "threshold")}
     plain = results["plain"]
     print(f"\nWhole rounds: demo setting (10 clients, Dirichlet 0.5, DP epsilon 3, signed updates, same seeds, no "
           f"ledger), {args.rounds} rounds; baseline = plaintext aggregation\n")
     print("| aggregation | s/round (rounds 2+) | x plaintext | upload B/param | final accuracy | peak RSS MB |")
     print("|---|---|---|---|---|---|")
-    for name, r in [("plaintext FedAvg", plain), ("threshold CKKS (default; key ceremony before round 1)",
-                                                  results["threshold"]),
-                    ("shared-key CKKS + committee of 2", results["shared-key"])]:
+    for name, r in [("plaintext FedAvg", plain), ("threshold CKKS (key ceremony before round 1)",
+                                                  results["threshold"])]:
         print(f"| {name} | {r['round_s']:.1f} | {r['round_s'] / plain['round_s']:.2f} | {r['upload'] or 0:.2f} | "
               f"{r['accuracy']:.4f} | {r['rss'] / 2**20:.0f} |")
     # DP noise comes from a CSPRNG no seed reaches, so DP runs differ run to run whatever the aggregation; without

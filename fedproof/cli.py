@@ -64,7 +64,6 @@ def simulate(
     he: Annotated[
         Optional[bool], typer.Option("--he/--no-he", help="Encrypted aggregation with CKKS (default: on).")
     ] = None,
-    he_committee: Annotated[Optional[int], typer.Option(help="Clients that decrypt each round's sum.")] = None,
     key_set: Annotated[
         Optional[Path], typer.Option(help="Key set directory: fedproof keys init (default: one kept beside the devnet).")
     ] = None,
@@ -116,7 +115,6 @@ def simulate(
                 noise_multiplier=noise_multiplier,
                 max_grad_norm=max_grad_norm,
                 he=he,
-                he_committee=he_committee,
                 key_set=str(key_set) if key_set else None,
                 ledger=ledger,
                 ledger_url=ledger_url,
@@ -140,10 +138,8 @@ def simulate(
             f"{config.partition} partitions"
             + (f" (alpha={config.alpha})" if config.partition == "dirichlet" else "")
             + (f", DP-SGD with epsilon <= {config.target_epsilon:g}, delta {config.delta:g}" if config.dp else ", no DP")
-            + ((", threshold CKKS aggregation (" + (f"{config.he_threshold} key holders" if config.he_threshold else
-                                                   "a majority of key holders") + " decrypt)"
-                if config.he_scheme == "threshold" else f", shared-key CKKS aggregation (committee of "
-                                                        f"{config.he_committee})") if config.he
+            + (", threshold CKKS aggregation (" + (f"{config.he_threshold} key holders" if config.he_threshold else
+                                                  "a majority of key holders") + " decrypt)" if config.he
                else ", plaintext aggregation")
             + f", run [cyan]{config.run_id}[/]"
         )
@@ -216,7 +212,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(devnet_app, name="devnet")
 
-keys_app = typer.Typer(help="Key sets: CKKS contexts, client signing keys, the allow-list.", no_args_is_help=True)
+keys_app = typer.Typer(help="Key sets: client signing keys and the allow-list.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 
@@ -225,22 +221,19 @@ def keys_init(
     out: Annotated[Path, typer.Option(help="Directory for the key set (created; files 0600).")],
     clients: Annotated[int, typer.Option(help="Clients with ids 0..N-1 (as simulation numbers them).")] = 10,
     client_ids: Annotated[Optional[str], typer.Option(help="Comma-separated client ids instead.")] = None,
-    he: Annotated[bool, typer.Option("--he/--no-he", help="Also make the shared-key scheme's CKKS contexts "
-                                                           "(he-scheme=shared-key; threshold HE needs none).")] = False,
 ) -> None:
-    """Create a key set: clients/<id>.pem go to the clients, allowlist.json to the server and every client
-    (with --he, also the shared-key scheme's he-client.ctx for every client and he-server.ctx for the server)."""
+    """Create a key set: clients/<id>.pem go to the clients, allowlist.json to the server and every client (threshold
+    HE needs no key file: the clients generate the run's key together at the start of each run)."""
     from fedproof.keys import init_key_set
 
     ids = [c.strip() for c in client_ids.split(",") if c.strip()] if client_ids else [str(i) for i in range(clients)]
     try:
-        keys = init_key_set(out, ids, he=he)
+        keys = init_key_set(out, ids)
     except (*USER_ERRORS, OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
     console.print(f"key set for {len(ids)} clients in [cyan]{keys.directory}[/]: each client gets its "
-                  "clients/<id>.pem and allowlist.json; the server gets allowlist.json"
-                  + (" (shared-key HE: he-client.ctx to every client, he-server.ctx to the server)" if he else ""))
+                  "clients/<id>.pem and allowlist.json; the server gets allowlist.json")
 
 
 class _RoundProgress:

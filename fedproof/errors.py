@@ -49,11 +49,3 @@ class UpdateRejected(FedproofError):
 
 class AggregationError(FedproofError):
     """A round produced no new model: its aggregate could not be formed or decrypted; the model is unchanged."""
-
-
-class CommitteeDisagreement(AggregationError):
-    """Decryption committee members returned aggregates that differ by more than the CKKS error allows."""
-
-
-class CommitteeUnavailable(AggregationError):
-    """Too few clients answered the decryption request, even after replacing the ones that dropped out."""

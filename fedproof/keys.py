@@ -1,15 +1,14 @@
-"""A run's key set, made in one place: the CKKS contexts, one Ed25519 signing key per client, the allow-list.
+"""A run's key set, made in one place: one Ed25519 signing key per client and the allow-list.
 
 Layout of a key-set directory (every file 0600)::
 
-    he-client.ctx        CKKS secret context   -> every client, never the server
-    he-server.ctx        CKKS public context   -> the server (parameters only)
     clients/<id>.pem     Ed25519 signing key   -> client <id> only
     allowlist.json       client ids and public keys -> the server (and, registered on chain, the auditors)
 
 ``fedproof simulate`` makes one in a child process (so the server's process never holds a secret) and
 reuses it across runs on the same ledger, as real clients keep their identities; for a deployment, an
-operator runs ``fedproof keys init`` once and hands out the files as above.
+operator runs ``fedproof keys init`` once and hands out the files as above. Threshold HE needs no file here:
+the clients generate each run's key together (``fl_server.keygen``).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from pathlib import Path
 from ledger.signing import SigningKey
 from ledger.verification import AllowList
 from fedproof.files import write_atomically
-from privacy.he import CLIENT_CONTEXT, SERVER_CONTEXT, SecretContext
 
 ALLOWLIST, CLIENT_KEYS = "allowlist.json", "clients"
 
@@ -28,14 +26,6 @@ ALLOWLIST, CLIENT_KEYS = "allowlist.json", "clients"
 @dataclass(frozen=True)
 class KeySet:
     directory: Path
-
-    @property
-    def he_client(self) -> Path:
-        return self.directory / CLIENT_CONTEXT
-
-    @property
-    def he_server(self) -> Path:
-        return self.directory / SERVER_CONTEXT
 
     @property
     def allowlist(self) -> Path:
@@ -47,16 +37,11 @@ class KeySet:
         return self.directory / CLIENT_KEYS / f"{client_id}.pem"
 
 
-def init_key_set(directory: Path, client_ids: list[str], he: bool = True,
-                 weights: dict[str, int] | None = None) -> KeySet:
-    """Create a key set for ``client_ids`` in ``directory``, or extend the one there: existing keys and
-    contexts are kept (identities registered on a ledger stay valid), missing ones are created. ``weights``
-    registers clients' aggregation weights (declared dataset sizes) in the allow-list."""
+def init_key_set(directory: Path, client_ids: list[str], weights: dict[str, int] | None = None) -> KeySet:
+    """Create a key set for ``client_ids`` in ``directory``, or extend the one there: existing keys are kept
+    (identities registered on a ledger stay valid), missing ones are created. ``weights`` registers clients'
+    aggregation weights (declared dataset sizes) in the allow-list."""
     keys = KeySet(Path(directory))
-    if he and not (keys.he_client.is_file() and keys.he_server.is_file()):
-        secret = SecretContext.generate()
-        write_atomically(keys.he_client, secret.to_bytes(), private=True)
-        write_atomically(keys.he_server, secret.public().to_bytes(), private=True)
     allow = AllowList.load(keys.allowlist) if keys.allowlist.is_file() else AllowList({})
     public = dict(allow.keys)
     for client_id in client_ids:
@@ -70,9 +55,7 @@ def init_key_set(directory: Path, client_ids: list[str], he: bool = True,
     return keys
 
 
-def has_keys_for(keys: KeySet, client_ids: list[str], he: bool) -> bool:
-    if he and not (keys.he_client.is_file() and keys.he_server.is_file()):
-        return False
+def has_keys_for(keys: KeySet, client_ids: list[str]) -> bool:
     if not keys.allowlist.is_file():
         return False
     known = AllowList.load(keys.allowlist).keys

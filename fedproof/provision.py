@@ -197,7 +197,7 @@ def provision(out: Path, clients: int, server_host: str, port: int = 9092, force
             node_keys = {x.client_id: (None, x.node_key + b"\n") for x in identities}
             signing_keys: dict[str, bytes] = {}
         else:
-            keys = init_key_set(Path(tmp), ids, he=False, weights=weights or None)
+            keys = init_key_set(Path(tmp), ids, weights=weights or None)
             allow = AllowList.load(keys.allowlist)
             node_keys = {i: node_key_pair() for i in ids}
             signing_keys = {i: keys.signing_key(i).read_bytes() for i in ids}

@@ -55,7 +55,7 @@ class RoundMetrics:
     client_secure_seconds: float | None = None
     """Clients' time to encrypt and sign their update (example-weighted mean)."""
     failed: str = ""
-    """Why the round produced no new model (e.g. the decryption committee disagreed); empty when it did."""
+    """Why the round produced no new model (e.g. too few key holders decrypted the sum); empty when it did."""
     rejected_reasons: dict[str, int] = field(default_factory=dict)
     """Train replies set aside, counted by reason code (``fedproof.replies.Reason``)."""
     evaluate_rejected: dict[str, int] = field(default_factory=dict)

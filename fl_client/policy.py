@@ -30,8 +30,7 @@ def run_policy(config: RunConfig) -> PrivacyPolicy:
     """A policy that admits exactly ``config``'s privacy settings (a simulation's data holders)."""
     return PrivacyPolicy(dp_required=config.dp, max_epsilon=config.target_epsilon or math.inf,
                          max_delta=config.delta, min_clip=config.max_grad_norm, max_clip=config.max_grad_norm,
-                         he_required=config.he, release_metrics=not config.dp,
-                         shared_key_allowed=config.he_scheme == "shared-key", min_contributors=config.min_contributors)
+                         he_required=config.he, release_metrics=not config.dp, min_contributors=config.min_contributors)
 
 
 def federation_size(config: RunConfig, context: Context, registered: int) -> int:

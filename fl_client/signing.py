@@ -1,4 +1,5 @@
-"""A client signs what it sends: its update (and, on a decryption committee, the sum it decrypted).
+"""A client signs what it sends: its update, and (as a threshold key holder) its key-ceremony steps, partial
+decryptions and model co-signatures.
 
 Its id and key come from the SuperNode's node config (``client-id``, ``signing-key``: a deployment) or, in
 simulation, from its partition number and ``<key-set>/clients/<id>.pem``.
@@ -15,7 +16,7 @@ from fedproof.config import RunConfig
 from fedproof.errors import ConfigError
 from fedproof.keys import KeySet
 from fedproof.protocol import SignedEnvelope, payload_chunks
-from ledger.signing import DECRYPT_TAG, NO_DP, UPDATE_TAG, SignedFields, SigningKey, payload_digest, scale_epsilon
+from ledger.signing import NO_DP, UPDATE_TAG, SignedFields, SigningKey, payload_digest, scale_epsilon
 from ledger.trust import LedgerTrust
 from ledger.verification import AllowList, Domain
 
@@ -49,17 +50,6 @@ def sign_update(content: RecordDict, config: RunConfig, context: Context, server
         client_id=client_id(context), payload_sha256=payload_digest(payload_chunks(content)),
         num_examples=num_examples, epsilon_scaled=scale_epsilon(epsilon), tag=UPDATE_TAG, genesis=where.genesis,
         parent_model_hash=parent_model_hash,
-    )
-    return SignedEnvelope(fields, signing_key(config, context).sign(fields)).put(content)
-
-
-def sign_decryption(content: RecordDict, values: bytes, config: RunConfig, context: Context,
-                    server_round: int) -> RecordDict:
-    where = domain(config, context)
-    fields = SignedFields(
-        chain_id=where.chain_id, contract=where.contract, run_id=where.run_id, round=server_round,
-        client_id=client_id(context), payload_sha256=payload_digest([values]), num_examples=0,
-        epsilon_scaled=NO_DP, tag=DECRYPT_TAG, genesis=where.genesis,
     )
     return SignedEnvelope(fields, signing_key(config, context).sign(fields)).put(content)
 

@@ -76,7 +76,7 @@ def train_round(
     per-sample clipping and noise on the head protect each record exactly as they would on the whole model."""
     policy = policy or run_policy(config)
     try:
-        dp = policy.admit(dp=config.dp, he=config.he, settings=config.dp_settings(), he_scheme=config.he_scheme)
+        dp = policy.admit(dp=config.dp, he=config.he, settings=config.dp_settings())
     except PolicyRefusal as exc:
         return RoundOutcome(POLICY_REFUSED, 0.0, 0, None, state, str(exc))
     n = len(labels)

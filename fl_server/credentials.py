@@ -1,10 +1,11 @@
-"""What the server holds to check its clients: the allow-list of signing keys and, with HE, the public context.
+"""What the server holds to check its clients: the allow-list of signing keys (threshold HE needs nothing more:
+the clients generate the run's key together at the start of each run).
 
 With no ``key-set`` configured (simulation), a key set is made by ``fedproof keys init`` in a child process, so
-the secrets it writes (the clients' signing keys and the CKKS secret context) never enter this process's
-memory; the clients read theirs from the same directory, which works when they share this file system. It
-is kept beside the ledger and reused by later runs, since client identities are registered on chain. A deployment passes the directory of an operator-made key set holding only the
-server's files.
+the secrets it writes (the clients' signing keys) never enter this process's memory; the clients read theirs
+from the same directory, which works when they share this file system. It is kept beside the ledger and reused
+by later runs, since client identities are registered on chain. A deployment passes the directory of an
+operator-made key set holding only the server's files.
 """
 
 from __future__ import annotations
@@ -21,15 +22,10 @@ from fedproof.keys import KeySet, has_keys_for
 from ledger.defaults import DEFAULT_DATA_DIR
 from ledger.verification import AllowList
 
-from privacy.he import PublicContext
-
 
 @dataclass(frozen=True)
 class ServerCredentials:
     allow: AllowList
-    public: PublicContext | None
-    """shared-key HE's public context; None otherwise (threshold HE has no context file: its clients make the
-    key at the start of each run)."""
 
 
 def load_credentials(config: RunConfig, run_path: Path) -> tuple[RunConfig, ServerCredentials]:
@@ -38,23 +34,21 @@ def load_credentials(config: RunConfig, run_path: Path) -> tuple[RunConfig, Serv
     directory = simulation_keys(config, run_path)
     ids = [str(i) for i in range(config.clients)]
     config = config.with_overrides(key_set=str(directory))
-    shared_key = config.he and config.he_scheme == "shared-key"
-    if not has_keys_for(KeySet(directory), ids, shared_key):
+    if not has_keys_for(KeySet(directory), ids):
         command = [sys.executable, "-m", "fedproof.cli", "keys", "init", "--out", str(directory),
-                   "--clients", str(config.clients), "--he" if shared_key else "--no-he"]
+                   "--clients", str(config.clients)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise ConfigError(f"could not create the run's key set: {done.stderr.strip() or done.stdout.strip()}")
     credentials = _load(config)
     # Simulated data holders are the operator's: it registers each one's partition size as its weight.
     sizes = {i: len(load_client_data(config, int(i), config.clients).train_y) for i in ids}
-    return config, ServerCredentials(credentials.allow.with_weights(sizes), credentials.public)
+    return config, ServerCredentials(credentials.allow.with_weights(sizes))
 
 
 def _load(config: RunConfig) -> ServerCredentials:
     keys = KeySet(Path(config.key_set).expanduser())
-    public = PublicContext.load(keys.he_server) if config.he and config.he_scheme == "shared-key" else None
-    return ServerCredentials(AllowList.load(keys.allowlist), public)
+    return ServerCredentials(AllowList.load(keys.allowlist))
 
 
 def simulation_keys(config: RunConfig, run_path: Path) -> Path:

@@ -16,7 +16,7 @@ class KeyFileError(LedgerError, ValueError):
 
 
 class UpdateVerificationError(LedgerError):
-    """An update (or a committee reply) failed verification; it never reaches the aggregate."""
+    """An update (or a key holder's statement) failed verification; it never reaches the aggregate."""
 
     reason = "invalid"
 

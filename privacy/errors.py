@@ -23,15 +23,11 @@ class BudgetExhausted(PrivacyError):
 
 
 class HEError(PrivacyError):
-    """Base class of homomorphic-encryption errors: bad keys, contexts or ciphertexts."""
+    """Base class of homomorphic-encryption errors: bad keys, parameters or ciphertexts."""
 
 
 class ContextError(HEError, ValueError):
-    """A CKKS context file is missing, malformed, oversized or of the wrong kind."""
-
-
-class SecretKeyRefused(ContextError):
-    """A context holding a secret key was offered where only a public context may be loaded (the server)."""
+    """CKKS parameters or key material (a key share, a joint key, the key ceremony) are malformed or refused."""
 
 
 class CiphertextError(HEError, ValueError):

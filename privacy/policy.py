@@ -46,9 +46,6 @@ class PrivacyPolicy:
     min_clip: float = 0.01
     max_clip: float = 1.0
     he_required: bool = True
-    shared_key_allowed: bool = False
-    """Whether this device joins a federation whose clients share one CKKS secret key (any of them, with the
-    server, could read this device's updates). Off: threshold HE only."""
     min_contributors: int = 3
     """As a decryptor: the fewest distinct clients' updates a sum must hold before this device helps decrypt it
     (a run may ask for more, never fewer; never below 2)."""
@@ -68,18 +65,13 @@ class PrivacyPolicy:
         if problems:
             raise PolicyError("invalid privacy policy: " + "; ".join(problems))
 
-    def admit(self, *, dp: bool, he: bool, settings: DPSettings | None, he_scheme: str = "threshold"
-              ) -> DPSettings | None:
+    def admit(self, *, dp: bool, he: bool, settings: DPSettings | None) -> DPSettings | None:
         """The DP settings this device trains with for the server's request, or :class:`PolicyRefusal`.
 
         The run's target epsilon, if it has one, can only lower the lifetime cap; its noise can only be raised to
         the policy's floor (more noise is always allowed)."""
         if self.he_required and not he:
             raise PolicyRefusal("he-required", "this device sends updates encrypted only; the run has HE off")
-        if he and he_scheme != "threshold" and not self.shared_key_allowed:
-            raise PolicyRefusal("shared-key-refused", f"the run uses the {he_scheme!r} HE scheme, in which other "
-                                                      "clients could decrypt this device's updates; its policy "
-                                                      "allows threshold HE only")
         if settings is None:
             if self.dp_required:
                 raise PolicyRefusal("dp-required", "this device trains with DP only; the run has DP off")
@@ -121,8 +113,7 @@ class PrivacyPolicy:
             doc = json.loads(text)
             if not isinstance(doc, dict) or doc.pop("version", None) != 1:
                 raise ValueError("not a version-1 policy")
-            kinds = {"dp_required": bool, "he_required": bool, "release_metrics": bool, "shared_key_allowed": bool,
-                     "min_contributors": int}
+            kinds = {"dp_required": bool, "he_required": bool, "release_metrics": bool, "min_contributors": int}
             for key, value in doc.items():
                 wanted = kinds.get(key, float)
                 ok = type(value) is wanted if wanted in (bool, int) else type(value) in (int, float)

@@ -14,7 +14,7 @@ Handler = Callable[[int, Message], "RecordDict | Error | None"]
 
 class FakeGrid:
     def __init__(self, nodes: list[int], **handlers: Handler) -> None:
-        """``handlers`` by message type with '.' as '_': ``train``, ``evaluate``, ``query_decrypt``."""
+        """``handlers`` by message type with '.' as '_': ``train``, ``evaluate``, ``query_decrypt_share``."""
         self.nodes, self.handlers = nodes, handlers
         self.asked: dict[str, list[int]] = {}
         self._replies: dict[str, Message | None] = {}

@@ -36,7 +36,7 @@ def _task_identity():
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory):
-    return init_key_set(tmp_path_factory.mktemp("keys"), ["0", "1", "2", "stranger"], he=False)
+    return init_key_set(tmp_path_factory.mktemp("keys"), ["0", "1", "2", "stranger"])
 
 
 def config(keys, **changes) -> RunConfig:
@@ -130,9 +130,8 @@ def test_signed_epsilon_and_count_are_what_the_client_claimed(keys) -> None:
 
 
 def test_key_set_files_are_private(tmp_path: Path) -> None:
-    keys = init_key_set(tmp_path, ["a", "b"], he=True)
-    assert {p.name for p in keys.directory.rglob("*") if p.is_file()} == {
-        "he-client.ctx", "he-server.ctx", "allowlist.json", "a.pem", "b.pem"}
+    keys = init_key_set(tmp_path, ["a", "b"])
+    assert {p.name for p in keys.directory.rglob("*") if p.is_file()} == {"allowlist.json", "a.pem", "b.pem"}
     for path in Path(keys.directory).rglob("*"):
         if path.is_file():
             assert path.stat().st_mode & 0o077 == 0, path

@@ -136,7 +136,7 @@ def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: P
         (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if (p / "metrics.jsonl").is_file()]
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["round"] for r in rows] == [1, 2]
-        assert json.loads((run_dir / "run.json").read_text())["config"]["he-scheme"] == "threshold"
+        assert json.loads((run_dir / "run.json").read_text())["config"]["he"] is True  # threshold CKKS
         assert all(r["train_clients"] == 3 and r["rejected_updates"] == 0 and r["epsilon_max"] > 0
                    and r["upload_bytes_per_param"] <= 16 for r in rows)  # threshold HE: 15 B/param
         lineage = cli("audit", "lineage", str(run_dir / "model.safetensors"), "--json", "--ledger-url",

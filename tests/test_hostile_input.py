@@ -16,24 +16,20 @@ from hypothesis import strategies as st
 
 from fedproof.data import parse_idx
 from fedproof.errors import FedproofError, UpdateRejected
-from fedproof.replies import (Declined, Decryption, Evaluation, ModelCosignature, ModelSpec, PartialDecryption,
-                              Reason, Rejection, Update, decode_cosign_reply, decode_decrypt_reply, decode_evaluate_reply,
-                              decode_partial_reply, decode_train_reply)
+from fedproof.replies import (Declined, Evaluation, ModelCosignature, ModelSpec, PartialDecryption, Reason, Rejection,
+                              Update, decode_cosign_reply, decode_evaluate_reply, decode_partial_reply,
+                              decode_train_reply)
 from fedproof.protocol import (CIPHERTEXT_STYPE, CIPHERTEXTS_KEY, HEADER_KEY, LENGTHS_KEY, PACKED_KEY, SIGNED_KEY,
                                EncryptedPayload, SignedEnvelope, pack_ciphertexts)
 from ledger.bundle import BundleError, RoundBundle
 from ledger.errors import KeyFileError, UpdateVerificationError
 from ledger.signing import SignedFields, SigningKey, payload_digest
 from ledger.verification import Domain, AllowList, UpdateVerifier
-from privacy.errors import CiphertextError, ContextError
-from privacy.he import HEParams, PublicContext, SecretContext
-from privacy.threshold import ThresholdParams, ciphertext_polys
+from privacy.errors import CiphertextError
+from privacy.threshold import ThresholdParams, ciphertext_polys, sum_ciphertexts
 from test_threshold import Federation
 
-SECRET = SecretContext.generate()
-PUBLIC = PublicContext.from_bytes(SECRET.public().to_bytes())
 VALUES = np.linspace(-1, 1, 5000)
-GOOD = SECRET.encrypt(VALUES)
 MANY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -54,29 +50,6 @@ def mutated(draw, valid: bytes):
     return draw(st.binary(max_size=4096))
 
 
-@MANY
-@given(st.data())
-def test_ciphertexts_mutated_in_transit_are_refused_and_a_refused_one_leaves_the_sum_untouched(data) -> None:
-    chunk = data.draw(mutated(GOOD[0]))
-    assume(chunk != GOOD[0])
-    # in transit: the digest the client signed no longer matches, whatever SEAL would think of the bytes
-    content = EncryptedPayload(tuple(GOOD), 5000).put(RecordDict())
-    content[CIPHERTEXTS_KEY] = pack_ciphertexts((chunk, *GOOD[1:]))
-    with pytest.raises(UpdateRejected) as refused:
-        EncryptedPayload.take(content)
-    assert refused.value.reason == "payload-mismatch"
-    # at the sum (a sender that signed its own garbage): SEAL refuses the update whole, or takes it whole
-    total = PUBLIC.new_sum(5000)
-    try:
-        total.add([chunk, *GOOD[1:]])
-    except CiphertextError:
-        assert total.count == 0
-        total.add(GOOD)  # what was refused left nothing behind: the sum is exactly the good update
-        assert np.abs(SECRET.decrypt(total.serialize(), 5000) - VALUES).max() < SECRET.params.error_bound(1)
-        return
-    assert total.count == 1
-
-
 THRESHOLD = ThresholdParams()
 JOINT = None  # a three-party key, made on first use
 
@@ -91,6 +64,21 @@ def _joint():
 
 @MANY
 @given(st.data())
+def test_ciphertexts_mutated_in_transit_are_refused(data) -> None:
+    good = _joint().good
+    chunk = data.draw(mutated(good[0]))
+    assume(chunk != good[0])
+    # the digest the client signed no longer matches, whatever the ciphertext parser would think of the bytes (a
+    # sender that signs its own garbage is refused when the sum parses it: the next test)
+    content = EncryptedPayload(tuple(good), VALUES.size).put(RecordDict())
+    content[CIPHERTEXTS_KEY] = pack_ciphertexts((chunk, *good[1:]))
+    with pytest.raises(UpdateRejected) as refused:
+        EncryptedPayload.take(content)
+    assert refused.value.reason == "payload-mismatch"
+
+
+@MANY
+@given(st.data())
 def test_threshold_ciphertexts_random_or_mutated_are_refused_or_parse_to_residues(data) -> None:
     fed = _joint()
     chunk = data.draw(mutated(fed.good[0]))
@@ -99,26 +87,6 @@ def test_threshold_ciphertexts_random_or_mutated_are_refused_or_parse_to_residue
     except CiphertextError:
         return
     assert polys.shape == (2, THRESHOLD.n) and np.all(polys < THRESHOLD.q)
-
-
-@MANY
-@given(st.data())
-def test_contexts_random_or_mutated_are_refused_or_parse_to_a_working_context(data) -> None:
-    blob = data.draw(mutated(SECRET.to_bytes()))  # header, length and key: every part can be hit
-    try:
-        parsed = SecretContext.from_bytes(blob)
-    except ContextError:
-        pass
-    else:  # SEAL accepted the key bytes: it is a well-formed key of valid parameters, and works as one
-        assert parsed.params == HEParams(**{f: getattr(parsed.params, f) for f in HEParams.__dataclass_fields__})
-        values = parsed.decrypt(parsed.encrypt(VALUES[:10]), 10)
-        assert values.shape == (10,) and np.all(np.isfinite(values))
-    public = data.draw(mutated(PUBLIC.to_bytes()))
-    try:
-        parsed_public = PublicContext.from_bytes(public)
-    except ContextError:
-        return
-    assert parsed_public.to_bytes() == public  # only a canonical, complete header parses
 
 
 values = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True), st.text(max_size=20),
@@ -145,8 +113,8 @@ def test_encrypted_payload_records_are_refused_with_update_rejected(header, chun
         payload = EncryptedPayload.take(content)
     except UpdateRejected:
         return
-    with pytest.raises((CiphertextError, UpdateRejected)):
-        PUBLIC.new_sum(payload.num_values).add(payload.chunks)
+    with pytest.raises(CiphertextError):  # what the round's sum makes of it: no such bytes parse as a ciphertext
+        sum_ciphertexts(THRESHOLD, [payload.chunks])
 
 
 KEY = SigningKey.generate()
@@ -261,10 +229,9 @@ def replies(draw):
 @MANY
 @given(msg=replies())
 def test_every_reply_decoder_returns_a_value_and_never_raises(msg) -> None:
-    for outcome in (decode_train_reply(msg, SPEC), decode_evaluate_reply(msg), decode_decrypt_reply(msg, 6),
-                    decode_partial_reply(msg, (2, 3)), decode_cosign_reply(msg)):
-        assert isinstance(outcome, (Update, Declined, Evaluation, Decryption, PartialDecryption, ModelCosignature,
-                                    Rejection))
+    for outcome in (decode_train_reply(msg, SPEC), decode_evaluate_reply(msg), decode_partial_reply(msg, (2, 3)),
+                    decode_cosign_reply(msg)):
+        assert isinstance(outcome, (Update, Declined, Evaluation, PartialDecryption, ModelCosignature, Rejection))
         if isinstance(outcome, Rejection):
             assert outcome.node_id == 7 and isinstance(outcome.reason, Reason)
         if isinstance(outcome, Update):  # only a well-formed update gets this far

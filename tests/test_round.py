@@ -1,6 +1,6 @@
 """run_round with a fake grid, one test per outcome: what each reply becomes, and that none can fail the round.
 
-(The encrypted path, with its committee failures, is in test_secure_aggregation.py.)
+(The encrypted path, with its key holders' failures, is in test_threshold_round.py.)
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _task_identity():
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
-    keys = init_key_set(tmp_path_factory.mktemp("keys"), CLIENTS, he=False)
+    keys = init_key_set(tmp_path_factory.mktemp("keys"), CLIENTS)
     return RunConfig(run_id="r", chain_id=31337, ledger_contract="0x" + "ab" * 20, key_set=str(keys.directory),
                      he=False)
 
