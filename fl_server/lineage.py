@@ -6,11 +6,16 @@ bundle), and ``recordRound`` puts the parent and model hashes, the Merkle root o
 the largest epsilon and the bundle's hash on chain, through an on-disk outbox so that a ledger node that is
 down delays the record without losing it. A round that left the model unchanged is recorded too (model hash =
 parent hash, no updates, the reason in its bundle): nothing is dropped silently.
+
+A run under threshold HE also records its key statement (:meth:`Lineage.record_key`), signed by every key holder,
+before its first round: auditors and devices take t and the holders from there (``keys/<digest>.json`` in the run
+directory keeps a copy for offline reading), never from the bundles.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -30,8 +35,9 @@ from ledger.contract import LedgerContract, RoundRecord
 from ledger.defaults import DEFAULT_DATA_DIR
 from fedproof.devnet import Devnet, ensure_contract
 from ledger.errors import LedgerError
-from ledger.outbox import Outbox
-from ledger.signing import client_id_hash, run_id_hash
+from ledger.key_statement import SignedKeyStatement
+from ledger.outbox import KeyRecord, Outbox
+from ledger.signing import ZERO_HASH, client_id_hash, run_id_hash
 from ledger.verification import AllowList
 
 log = logging.getLogger(__name__)
@@ -86,7 +92,7 @@ class Lineage:
         """The lineage of a new run starting from ``initial``; with ``initial=None``, call :meth:`resume`."""
         self.config, self.contract = config, contract
         self.sleep, self.retry_seconds = sleep, retry_seconds
-        self.models, self.bundles = run_path / "models", run_path / "ledger"
+        self.run_path, self.models, self.bundles = run_path, run_path / "models", run_path / "ledger"
         self.outbox = Outbox(self.bundles)
         self.last_bundle_sha256 = ""
         self.recorded = 0
@@ -95,6 +101,28 @@ class Lineage:
             self.parent = write_model(self.model_file, initial, config.run_id)
             if contract is not None:  # the lineage starts at a registered model, not at whatever a record names
                 contract.start_run(run_id_hash(config.run_id), self.parent)
+
+    def record_key(self, signed: SignedKeyStatement) -> Path:
+        """Record the run's key statement, as every holder signed it, on chain (through the outbox: before any
+        round recorded after it) and in ``keys/<digest>.json``; return that file. Recording it again is a no-op."""
+        if not isinstance(signed, SignedKeyStatement):
+            raise LedgerError(f"a key statement must be a SignedKeyStatement, got {type(signed).__name__}")
+        s = signed.statement
+        if set(signed.signatures) != set(s.holders):
+            raise LedgerError("the key statement is not signed by exactly its holders")
+        path = self.run_path / "keys" / f"{s.sha256.hex()}.json"
+        if path.is_file():
+            return path
+        doc = {"version": 1, "run_id": self.config.run_id, "key_sha256": s.sha256.hex(), "threshold": s.threshold,
+               "holders": list(s.holders), "weight_scale": s.weight_scale, "first_round": s.first_round,
+               "public_key_sha256": s.public_key_sha256.hex(), "statement": s.to_bytes().hex(),
+               "signatures": signed.signatures_bytes().hex()}
+        if self.contract is not None:
+            self.outbox.push(KeyRecord(run_id_hash(self.config.run_id), signed))
+        write_atomically(path, (json.dumps(doc, indent=2) + "\n").encode())
+        if self.contract is not None:
+            self.flush()
+        return path
 
     def resume(self, like: ArrayRecord) -> tuple[int, ArrayRecord]:
         """After a crash: the last round whose bundle was written (its record is on chain or in the outbox,
@@ -133,7 +161,8 @@ class Lineage:
         e = result.endorsement
         self._record(RoundBundle(*common, digest, result.leaves, rejected, genesis=genesis,
                                  threshold=e.threshold if e else 0, holders=e.holders if e else 0,
-                                 cosignatures=e.cosignatures if e else ()))
+                                 cosignatures=e.cosignatures if e else (),
+                                 key_sha256=e.key_sha256 if e else ZERO_HASH))
         self.parent, self.model_file = digest, path
 
     def _record(self, bundle: RoundBundle) -> None:
@@ -150,7 +179,7 @@ class Lineage:
         self.flush()
 
     def flush(self) -> int:
-        """Send what is pending; past ``max-unrecorded-rounds`` unsent records, wait (retrying) for the ledger."""
+        """Send what is pending (round records, key statements); past ``max-unrecorded-rounds`` unsent records, wait (retrying) for the ledger."""
         pending = self.outbox.flush(self.contract)
         while pending > self.config.max_unrecorded_rounds:
             log.warning("ledger unreachable: %d round record(s) unsent, more than max-unrecorded-rounds=%d: training "

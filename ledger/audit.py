@@ -1,21 +1,23 @@
 """Audit queries over the ledger: a model's lineage, a client's contributions, one round, and full verification.
 
-Everything here trusts event logs (``RoundRecorded``, ``ClientRegistered``, ``ClientRevoked``) and the
-off-chain bundles whose hashes those logs hold, never the contract's mutable storage (a devnet can rewrite
-storage without a new block). :func:`verify_model` raises :class:`AuditFailure` naming the first thing that
-does not hold.
+Everything here trusts event logs (``RoundRecorded``, ``ClientRegistered``, ``ClientRevoked``, ``KeyRecorded``)
+and the off-chain bundles whose hashes those logs hold, never the contract's mutable storage (a devnet can rewrite
+storage without a new block). A run's threshold t and key holders come from its key statement on chain, signed by
+every holder, never from the server's bundles. :func:`verify_model` raises :class:`AuditFailure` naming the first
+thing that does not hold.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ledger.bundle import BundleError, RoundBundle, find_bundle
-from ledger.contract import LedgerContract, RecordedRound
+from ledger.contract import LedgerContract, RecordedKey, RecordedRound
 from ledger.errors import LedgerError, MerkleProofError, UpdateVerificationError
+from ledger.key_statement import KeyStatementError
 from ledger.merkle import MerkleTree, verify_proof
 from ledger.signing import NO_DP, EPSILON_SCALE, client_id_hash, run_id_hash, verify_signature
 
@@ -133,6 +135,8 @@ class Verified:
     model_hash: bytes
     rounds: list[tuple[RecordedRound, RoundBundle]]
     """The rounds that changed the model on its way, newest first."""
+    keys: dict[tuple[bytes, int], RecordedKey] = field(default_factory=dict)
+    """(run id hash, round) -> the key statement on chain those co-signers decrypted under (co-signed rounds)."""
 
     @property
     def updates(self) -> int:
@@ -145,24 +149,28 @@ def verify_model(contract: LedgerContract, source: str | Path, bundle_dirs: Sequ
 
     What an auditor trusts: the chain it asks (pinned by genesis hash and contract address, see
     :func:`check_pinned`) and the client keys registered on it. Not the server: every round that changed the model
-    must carry at least t co-signatures (t >= a majority of the key's holders, and >= ``min_cosigners``) of clients
-    registered and not revoked at that block, each vouching that it recomputed this model from the parent and the
-    round's signed leaves. Every round of each run on the way is checked in order, from the run's registered
-    initial model: a round whose parent is not the previous round's model, a round without updates that changes
-    the model, or a signature bound to another chain, contract, run or round fails the audit, naming the round.
-    ``trust_server`` accepts rounds without co-signatures (runs without threshold HE), and says so."""
+    must carry at least t co-signatures (and >= ``min_cosigners``) of holders of the run's key in force, registered
+    and not revoked at that block, each vouching that it recomputed this model from the parent and the round's
+    signed leaves. t and the holders come from the run's key statement on chain (:func:`keys_in_force`), signed by
+    every holder it names, held by a majority of the clients registered then, t a majority of its holders. Every
+    round of each run on the way is checked in order, from the run's registered initial model: a round whose parent
+    is not the previous round's model, a round without updates that changes the model, or a signature bound to
+    another chain, contract, run or round fails the audit, naming the round.
+    ``trust_server`` accepts rounds without co-signatures of runs without threshold HE (no key statement on chain),
+    and says so."""
     digest = model_hash(source)
     keys = _registered_keys(contract)
     checked: list[tuple[RecordedRound, RoundBundle]] = []
+    used: dict[tuple[bytes, int], RecordedKey] = {}
     current, runs = digest, set()
     while (producer := _first_producer(contract, current)) is not None:
         if producer.run_id in runs:
             raise AuditFailure("lineage does not end: a cycle of model hashes")
         runs.add(producer.run_id)
-        current = _verify_run(contract, producer, list(bundle_dirs), keys, min_cosigners, trust_server, checked)
+        current = _verify_run(contract, producer, list(bundle_dirs), keys, min_cosigners, trust_server, checked, used)
     if not checked:
         raise ModelNotRecorded(f"no round on this ledger produced model {digest.hex()}")
-    return Verified(digest, checked)
+    return Verified(digest, checked, used)
 
 
 def check_pinned(contract: LedgerContract, trust) -> None:
@@ -181,7 +189,8 @@ def _first_producer(contract: LedgerContract, model: bytes) -> RecordedRound | N
 
 def _verify_run(contract: LedgerContract, producer: RecordedRound, bundle_dirs: list[Path],
                 keys: dict[bytes, tuple[bytes, int, int | None]], min_cosigners: int, trust_server: bool,
-                checked: list[tuple[RecordedRound, RoundBundle]]) -> bytes:
+                checked: list[tuple[RecordedRound, RoundBundle]], used: dict[tuple[bytes, int], RecordedKey]
+                ) -> bytes:
     """Check rounds 1..producer.round of the producer's run; return the run's initial model."""
     starts = contract.run_starts(run_id=producer.run_id)
     if not starts:
@@ -189,7 +198,7 @@ def _verify_run(contract: LedgerContract, producer: RecordedRound, bundle_dirs: 
                            "its lineage could begin anywhere")
     initial = starts[0][1]
     events = [e for e in contract.round_events(run_id=producer.run_id) if e.round <= producer.round]
-    previous, verified = initial, []
+    previous, verified, run_keys = initial, [], None
     for expected, event in enumerate(events, start=1):
         where = f"round {event.round} (block {event.block_number})"
         if event.round != expected:
@@ -202,7 +211,11 @@ def _verify_run(contract: LedgerContract, producer: RecordedRound, bundle_dirs: 
         if event.model_hash != event.parent_model_hash:
             if not bundle.updates:
                 raise AuditFailure(f"{where}: a round with no updates changed the model")
-            _check_cosignatures(bundle, keys, event.block_number, where, min_cosigners, trust_server)
+            if run_keys is None:  # the run's name is the bundle's, checked to hash to the run id on chain
+                run_keys = keys_in_force(contract, bundle.run_id, keys)
+            key = _check_cosignatures(bundle, run_keys, keys, event, where, min_cosigners, trust_server)
+            if key is not None:
+                used[(event.run_id, event.round)] = key
             verified.append((event, bundle))
         previous = event.model_hash
     if len(events) != producer.round:
@@ -245,35 +258,112 @@ def _check_leaves(event: RecordedRound, bundle: RoundBundle, keys: dict[bytes, t
         _check_registered(keys, update.fields.client_id, update.public_key, event.block_number, who)
 
 
-def _check_cosignatures(bundle: RoundBundle, keys: dict[bytes, tuple[bytes, int, int | None]], block: int,
-                        where: str, min_cosigners: int, trust_server: bool) -> None:
-    if bundle.threshold == 0 and not bundle.cosignatures:
-        if trust_server:
-            return
-        raise AuditFailure(f"{where}: no client co-signed this model: only the server vouches for it (a run without "
-                           "threshold HE; pass trust_server / --trust-server to accept that)")
-    t, n = bundle.threshold, bundle.holders
-    if not (t >= majority(n) and n >= t):
-        raise AuditFailure(f"{where}: the co-signers state a {t}-of-{n} key: below a majority of its holders")
+@dataclass(frozen=True)
+class RunKeys:
+    """A run's ``KeyRecorded`` events, each checked against the client keys registered on chain at its block."""
+
+    run_id: str
+    events: list[RecordedKey]
+    refused: dict[int, str]
+    """Index in ``events`` -> why that statement is not a valid key of this run (unparsable, a signature missing
+    or wrong, held by too few of the registered clients, t below a majority of its holders)."""
+
+    def in_force(self, server_round: int, block: int) -> RecordedKey | None:
+        """The latest valid statement recorded at or before ``block`` whose key decrypts ``server_round``."""
+        found = None
+        for i, event in enumerate(self.events):
+            if event.block_number > block:
+                break
+            if i not in self.refused and event.signed is not None and event.signed.statement.first_round <= server_round:
+                found = event
+        return found
+
+    def recorded_by(self, block: int) -> list[tuple[int, RecordedKey]]:
+        return [(i, e) for i, e in enumerate(self.events) if e.block_number <= block]
+
+    def why_refused(self, key_sha256: bytes, block: int) -> str | None:
+        for i, event in self.recorded_by(block):
+            if event.key_id == key_sha256 and i in self.refused:
+                return self.refused[i]
+        return None
+
+
+def keys_in_force(contract: LedgerContract, run_id: str,
+                  client_keys: dict[bytes, tuple[bytes, int, int | None]] | None = None) -> RunKeys:
+    """Every key statement recorded for ``run_id``, each verified (:meth:`SignedKeyStatement.verify`) with the keys
+    of the clients registered and not revoked at its block, ``registered`` = how many those were."""
+    client_keys = _registered_keys(contract) if client_keys is None else client_keys
+    chain_id, genesis, address = contract.domain
+    events = contract.key_events(run_id_hash(run_id))
+    refused: dict[int, str] = {}
+    for i, event in enumerate(events):
+        if event.signed is None:
+            refused[i] = f"not a key statement: {event.error}"
+            continue
+        block = event.block_number
+        active = {cid: key for cid, (key, registered, revoked) in client_keys.items()
+                  if registered <= block and (revoked is None or revoked > block)}
+        holders = {h: active[client_id_hash(h)] for h in event.signed.statement.holders
+                   if client_id_hash(h) in active}
+        try:
+            event.signed.verify(holders, chain_id, address, genesis, run_id, len(active))
+        except KeyStatementError as exc:
+            refused[i] = str(exc)
+    return RunKeys(run_id, events, refused)
+
+
+def _key_name(event: RecordedKey) -> str:
+    s = event.signed.statement if event.signed is not None else None
+    what = f"{s.threshold}-of-{len(s.holders)} " if s is not None else ""
+    return f"{what}key 0x{event.key_id.hex()[:16]}… (block {event.block_number})"
+
+
+def _check_cosignatures(bundle: RoundBundle, run_keys: RunKeys, keys: dict[bytes, tuple[bytes, int, int | None]],
+                        event: RecordedRound, where: str, min_cosigners: int, trust_server: bool
+                        ) -> RecordedKey | None:
+    """The round's co-signatures against the run's key in force on chain; return that key (None: trusted server)."""
+    block = event.block_number
+    key = run_keys.in_force(bundle.round, block)
+    if not bundle.cosignatures:
+        if not run_keys.recorded_by(block):
+            if trust_server:
+                return None
+            raise AuditFailure(f"{where}: no client co-signed this model: only the server vouches for it (a run "
+                               "without threshold HE; pass trust_server / --trust-server to accept that)")
+        raise AuditFailure(f"{where}: no client co-signed this model, yet the run has a key statement on chain: its "
+                           "holders decrypt every sum (refused even when trusting the server)")
+    if key is None:
+        refused = "; ".join(f"{_key_name(e)} refused: {run_keys.refused[i]}" if i in run_keys.refused else
+                            f"{_key_name(e)} decrypts from round {e.signed.statement.first_round} on"  # type: ignore[union-attr]
+                            for i, e in run_keys.recorded_by(block))
+        raise AuditFailure(f"{where}: no key statement on chain for run {run_keys.run_id!r} in force at this round: "
+                           "nothing says which t of which holders may vouch for it" + (f" ({refused})" if refused else ""))
+    statement = key.signed.statement  # type: ignore[union-attr]
+    if bundle.key_sha256 != key.key_id:
+        why = run_keys.why_refused(bundle.key_sha256, block)
+        named = f"key 0x{bundle.key_sha256.hex()[:16]}…"
+        raise AuditFailure(f"{where}: the co-signers name {named}, " + (
+            f"which the chain refuses: {why}" if why is not None else
+            f"not the run's key in force on chain ({_key_name(key)})"))
+    holders = set(statement.holders)
     signers = set()
     for c in bundle.cosignatures:
         who = f"{where}, co-signer {c.client_id}"
         if c.client_id in signers:
             raise AuditFailure(f"{who}: co-signed twice")
+        if c.client_id not in holders:
+            raise AuditFailure(f"{who}: not a holder of the run's {_key_name(key)}")
         try:
             verify_signature(c.public_key, bundle.statement(c.client_id), c.signature)
         except UpdateVerificationError as exc:
             raise AuditFailure(f"{who}: the co-signature does not match this round's model statement: {exc}") from exc
         _check_registered(keys, c.client_id, c.public_key, block, who)
         signers.add(c.client_id)
-    needed = max(t, min_cosigners)
+    needed = max(statement.threshold, min_cosigners)
     if len(signers) < needed:
         raise AuditFailure(f"{where}: {len(signers)} client co-signature(s) of the new model; at least {needed} "
-                           "are required")
-
-
-def majority(n: int) -> int:
-    return n // 2 + 1
+                           f"are required (the run's {_key_name(key)} on chain)")
+    return key
 
 
 def _registered_keys(contract: LedgerContract) -> dict[bytes, tuple[bytes, int, int | None]]:

@@ -1,8 +1,9 @@
-"""Round records waiting for the chain, in a SQLite file: written (committed) before sending, removed once mined.
+"""Round records (and key statements) waiting for the chain, in a SQLite file: written (committed) before sending,
+removed once mined.
 
 When the ledger node is down, a round's record stays in ``outbox.sqlite`` and training goes on (up to a limit
 the caller enforces); the next round, the end of the run, a restart or ``fedproof ledger flush`` sends what
-is pending, in order. A record the chain already holds (sent, then the process died before removing it)
+is pending, in order (a run's key statement goes before the rounds it decrypts). A record the chain already holds (sent, then the process died before removing it)
 counts as sent: sending is idempotent. SQLite gives atomic, durable commits, so a crash at any point loses
 no record and never leaves a half-written one.
 """
@@ -12,24 +13,40 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import closing
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ledger.contract import LedgerContract, Receipt, RoundRecord
 from ledger.errors import LedgerUnavailable, RoundOutOfOrder
+from ledger.key_statement import SignedKeyStatement
 
 _HASHES = ("run_id", "parent_model_hash", "model_hash", "updates_merkle_root", "bundle_hash")
 
 
-def _encode(record: RoundRecord) -> str:
+@dataclass(frozen=True)
+class KeyRecord:
+    """A run's key statement waiting for the chain (``recordKey``)."""
+
+    run_id: bytes
+    signed: SignedKeyStatement
+
+
+def _encode(record: RoundRecord | KeyRecord) -> str:
+    if isinstance(record, KeyRecord):
+        return json.dumps({"kind": "key", "run_id": record.run_id.hex(),
+                           "statement": record.signed.statement.to_bytes().hex(),
+                           "signatures": record.signed.signatures_bytes().hex()}, sort_keys=True)
     doc = asdict(record)
     for key in _HASHES:
         doc[key] = doc[key].hex()
     return json.dumps(doc, sort_keys=True)
 
 
-def _decode(text: str) -> RoundRecord:
+def _decode(text: str) -> RoundRecord | KeyRecord:
     doc = json.loads(text)
+    if doc.get("kind") == "key":
+        return KeyRecord(bytes.fromhex(doc["run_id"]), SignedKeyStatement.from_bytes(
+            bytes.fromhex(doc["statement"]), bytes.fromhex(doc["signatures"])))
     for key in _HASHES:
         doc[key] = bytes.fromhex(doc[key])
     return RoundRecord(**doc)
@@ -50,11 +67,11 @@ class Outbox:
         db.execute("PRAGMA synchronous=FULL")
         return db
 
-    def pending(self) -> list[RoundRecord]:
+    def pending(self) -> list[RoundRecord | KeyRecord]:
         with closing(self._connect()) as db:
             return [_decode(text) for (text,) in db.execute("SELECT record FROM pending ORDER BY seq")]
 
-    def push(self, record: RoundRecord) -> None:
+    def push(self, record: RoundRecord | KeyRecord) -> None:
         with closing(self._connect()) as db, db:
             db.execute("INSERT INTO pending (record) VALUES (?)", (_encode(record),))
 
@@ -74,7 +91,11 @@ class Outbox:
                     return 0
                 seq, record = row[0], _decode(row[1])
                 try:
-                    receipt: Receipt | None = contract.record_round(record)
+                    if isinstance(record, KeyRecord):
+                        receipt = None if _key_recorded(contract, record) else contract.record_key(
+                            record.run_id, record.signed)
+                    else:
+                        receipt = contract.record_round(record)
                 except LedgerUnavailable:
                     return db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
                 except RoundOutOfOrder:
@@ -82,7 +103,7 @@ class Outbox:
                         raise
                     receipt = None
                 with db:
-                    if receipt is not None:
+                    if receipt is not None and isinstance(record, RoundRecord):
                         db.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?)", (
                             record.round, receipt.tx_hash, receipt.block_number, receipt.block_hash,
                             receipt.gas_used))
@@ -92,3 +113,10 @@ class Outbox:
 def _already_recorded(contract: LedgerContract, record: RoundRecord) -> bool:
     found = contract.round_events(run_id=record.run_id, model_hash=record.model_hash)
     return any(event.as_record() == record for event in found)
+
+
+def _key_recorded(contract: LedgerContract, record: KeyRecord) -> bool:
+    """Sent before (then the process died before removing it): the contract takes a key twice, so look first."""
+    statement, signatures = record.signed.statement.to_bytes(), record.signed.signatures_bytes()
+    found = contract.key_events(record.run_id, key_id=record.signed.statement.sha256)
+    return any((e.statement, e.signatures) == (statement, signatures) for e in found)

@@ -17,8 +17,10 @@ exactly one byte string per update (all integers big-endian, strings UTF-8 with 
 
 Every other statement (a committee member's decryption, a key-ceremony step, a partial decryption, a model
 co-signature) is signed the same way under its own tag, with the example count 0 and its payload digest over
-what it vouches for. A model co-signature (``fedproof/model/v1``) covers :func:`model_statement_chunks`: the
-parent and new model hashes, the Merkle root and count of the round's leaves, and the key's threshold t of n.
+what it vouches for. A model co-signature (``fedproof/model/v2``) covers :func:`model_statement_chunks`: the
+parent and new model hashes, the Merkle root and count of the round's leaves, and the digest of the run's key
+statement (``fedproof/key/v1``, :func:`key_statement_chunks`, signed by every key holder and recorded on chain):
+t and the holders are read there, never from a round's bundle.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
+
 from flwr.app import ArrayRecord, Context, MetricRecord, RecordDict
 
 from fedproof.protocol import ClientReport, SignedEnvelope
@@ -12,6 +15,7 @@ from fl_server.admission import Admitted
 from fl_server.round import RoundResult
 from fl_server.decryptors import Endorsement
 from ledger.bundle import Cosignature, RoundBundle, SignedUpdate
+from ledger.key_statement import KeyStatement, SignedKeyStatement
 from ledger.signing import SigningKey
 
 
@@ -29,14 +33,30 @@ def round_result(rnd: int, parent: ArrayRecord, model: ArrayRecord | None, leave
     return RoundResult(rnd, parent, model, admitted, (), (), (), failure, "", None, endorsement)
 
 
+def key_statement(config, holders: Mapping[str, SigningKey], threshold: int, first_round: int = 1,
+                  weight_scale: int = 1000, signers: Mapping[str, SigningKey] | None = None) -> SignedKeyStatement:
+    """The run's key statement, ``threshold`` of ``holders``, signed by each holder for ``config``'s chain, contract
+    and run (``signers`` overrides whose key signs for which holder). Deterministic: the same arguments, the same
+    statement and signatures."""
+    statement = KeyStatement(hashlib.sha256(f"joint key of {config.run_id}".encode()).digest(), threshold,
+                             tuple(sorted(holders)), weight_scale, first_round)
+    keys = {**holders, **(signers or {})}
+    return SignedKeyStatement(statement, {h: keys[h].sign(statement.fields(
+        h, config.chain_id, config.contract_bytes(), config.genesis_bytes(), config.run_id)) for h in statement.holders})
+
+
 def endorse(config, rnd: int, parent: ArrayRecord, model: ArrayRecord, leaves: list[SignedUpdate],
-            signers: dict[str, SigningKey], threshold: int, holders: int) -> Endorsement:
-    """Key holders' co-signatures of (parent -> model) over ``leaves``, as honest devices would sign them."""
+            signers: Mapping[str, SigningKey], key: SignedKeyStatement, claim: tuple[int, int] | None = None
+            ) -> Endorsement:
+    """``signers``' co-signatures of (parent -> model) over ``leaves`` under ``key``, as honest devices sign them;
+    the server writes ``claim`` (t, n) into the bundle (default: the key's)."""
     bundle = RoundBundle(config.run_id, rnd, config.chain_id, config.contract_bytes(), hash_model(parent, config.run_id),
                          hash_model(model, config.run_id), tuple(leaves), genesis=config.genesis_bytes(),
-                         threshold=threshold, holders=holders)
-    return Endorsement(threshold, holders, tuple(
-        Cosignature(c, key.public_key, key.sign(bundle.statement(c))) for c, key in signers.items()))
+                         key_sha256=key.statement.sha256)
+    t, n = claim or (key.statement.threshold, len(key.statement.holders))
+    return Endorsement(threshold=t, holders=n, cosignatures=tuple(
+        Cosignature(c, k.public_key, k.sign(bundle.statement(c))) for c, k in signers.items()),
+        key_sha256=key.statement.sha256)
 
 
 def signed_reply(config, parent: ArrayRecord, client: str, arrays: ArrayRecord | None, count: int,
@@ -72,8 +92,9 @@ def trained_model(data):
 
 
 def record_trained_run(chain, run_path, data, clients: dict[str, SigningKey], run_id: str = "r"):
-    """Run ``run_id`` in ``run_path``: one round recorded on ``chain`` (clients registered, co-signed by both), whose
-    model is :func:`trained_model`; ``model.safetensors`` is its final model. Returns the torch model."""
+    """Run ``run_id`` in ``run_path``: one round recorded on ``chain`` (clients registered, an all-of-them key
+    statement recorded, co-signed by all), whose model is :func:`trained_model`; ``model.safetensors`` is its final
+    model. Returns the torch model."""
     import json
 
     from fedproof.config import RunConfig
@@ -90,6 +111,8 @@ def record_trained_run(chain, run_path, data, clients: dict[str, SigningKey], ru
     initial, model = ArrayRecord(make_model(num_classes=data.num_classes).state_dict()), trained_model(data)
     trained = ArrayRecord(model.state_dict())
     lineage = Lineage(run_path, config, chain, initial)
+    run_key = key_statement(config, clients, len(clients))
+    lineage.record_key(run_key)
     leaves = []
     for client, key in clients.items():
         fields = SignedFields(chain_id=chain.chain_id, contract=config.contract_bytes(), run_id=run_id, round=1,
@@ -97,6 +120,6 @@ def record_trained_run(chain, run_path, data, clients: dict[str, SigningKey], ru
                               genesis=chain.genesis, parent_model_hash=hash_model(initial, run_id))
         leaves.append(SignedUpdate(fields, key.public_key, key.sign(fields)))
     lineage.record(round_result(1, initial, trained, leaves, endorsement=endorse(
-        config, 1, initial, trained, leaves, clients, len(clients), len(clients))))
+        config, 1, initial, trained, leaves, clients, run_key)))
     lineage.final_model(run_path / "model.safetensors")
     return model

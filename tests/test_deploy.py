@@ -198,6 +198,77 @@ def test_a_device_installs_only_what_its_pinned_operator_chain_and_contract_vouc
     assert not (tmp_path / "device").exists()
 
 
+def publish_unquantized(chain: LedgerContract, lin, tmp_path: Path) -> str:
+    """The operator's release of ``lin``'s last model as an artifact of arbitrary bytes (the device refuses a model
+    whose lineage does not verify before it ever loads the artifact): recorded, signed, bundles beside it."""
+    import shutil
+
+    from fl_server.deploy import sign_manifest
+    from ledger.signing import run_id_hash
+
+    artifact = b"an artifact of model " + lin.parent
+    digest = hashlib.sha256(artifact).digest()
+    registry = tmp_path / "registry"
+    (registry / "bundles").mkdir(parents=True)
+    (registry / f"{digest.hex()}.onnx").write_bytes(artifact)
+    for path in lin.bundles.glob("round-*.json"):
+        shutil.copyfile(path, registry / "bundles" / f"{lin.config.run_id}-{path.name}")
+    chain.record_deployment(lin.parent, digest, run_id_hash(lin.config.run_id), lin.recorded, "edge")
+    sign_manifest(registry, OPERATOR, chain, digest, lin.parent, lin.config.run_id, lin.recorded, "v")
+    return digest.hex()
+
+
+@pytest.mark.parametrize("scenario", ["bundle_claims_2_of_2", "coalition_key", "a_co_signer_is_not_a_holder",
+                                      "a_holder_did_not_sign_the_key", "malformed_key_bytes"])
+def test_a_device_takes_t_and_the_key_holders_from_the_chain_only(recorded_run, tmp_path: Path,
+                                                                 scenario: str) -> None:
+    """Five registered clients; the server and accomplices d and e release a model of a run whose co-signers the
+    run's key statement on chain does not vouch for (tests/key_scenarios.py): edge pull installs nothing."""
+    from fedproof.config import RunConfig
+    from fl_server.lineage import Lineage, register_clients
+    from key_scenarios import REFUSED, model
+    from ledger.verification import AllowList
+
+    _, _, chain, _ = recorded_run
+    snapshot = chain.w3.testing.snapshot()
+    try:
+        keys = {**CLIENTS, **{c: SigningKey.generate() for c in "cde"}}
+        register_clients(chain, AllowList({c: k.public_key for c, k in keys.items()}))
+        config = RunConfig(run_id=f"edge-{scenario}", chain_id=chain.chain_id, ledger_contract=chain.address,
+                           chain_genesis="0x" + chain.genesis.hex())
+        lin = Lineage(tmp_path / "run", config, chain, model(0.0))
+        expected = REFUSED[scenario](lin, keys)
+        ref = publish_unquantized(chain, lin, tmp_path)
+        with pytest.raises(ArtifactRejected, match=f"does not verify: .*{expected}"):
+            install(ref, tmp_path, chain)
+        assert not (tmp_path / "device").exists()
+    finally:
+        chain.w3.testing.revert(snapshot)
+
+
+def test_a_device_refuses_an_honest_lineage_only_for_the_artifact(recorded_run, tmp_path: Path) -> None:
+    """The same path with an honest 3-of-5 run gets past the lineage check: what stops it is the artifact itself
+    (not a model), so the refusals above are the key's."""
+    from fedproof.config import RunConfig
+    from fl_server.lineage import Lineage, register_clients
+    from key_scenarios import honest, model
+    from ledger.verification import AllowList
+
+    _, _, chain, _ = recorded_run
+    snapshot = chain.w3.testing.snapshot()
+    try:
+        keys = {**CLIENTS, **{c: SigningKey.generate() for c in "cde"}}
+        register_clients(chain, AllowList({c: k.public_key for c, k in keys.items()}))
+        config = RunConfig(run_id="edge-honest", chain_id=chain.chain_id, ledger_contract=chain.address,
+                           chain_genesis="0x" + chain.genesis.hex())
+        lin = Lineage(tmp_path / "run", config, chain, model(0.0))
+        honest(lin, keys)
+        with pytest.raises(ArtifactRejected, match="does not load"):
+            install(publish_unquantized(chain, lin, tmp_path), tmp_path, chain)
+    finally:
+        chain.w3.testing.revert(snapshot)
+
+
 class Lying:
     """A second RPC endpoint that reports the deployment in another transaction."""
 

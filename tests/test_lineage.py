@@ -13,7 +13,7 @@ from flwr.app import Array, ArrayRecord
 
 from fedproof.config import RunConfig
 from fl_server.lineage import Lineage, register_clients
-from rounds import endorse, round_result
+from rounds import endorse, key_statement, round_result
 from ledger.audit import AuditFailure, ModelNotRecorded, lineage, verify_model
 from ledger.bundle import RoundBundle, SignedUpdate
 from ledger.contract import LedgerContract, RoundRecord
@@ -60,17 +60,32 @@ def admitted(contract: LedgerContract, run_id: str, rnd: int, client: str, paren
     return SignedUpdate(fields, KEYS[client].public_key, KEYS[client].sign(fields))
 
 
+def key_of(config: RunConfig):
+    """The run's key: 2 of a and b (the registered clients), as both signed it."""
+    return key_statement(config, {c: KEYS[c] for c in ("a", "b")}, 2)
+
+
+def start(tmp_path: Path, contract: LedgerContract, run_id: str = "r1", config: RunConfig | None = None,
+          **kw) -> Lineage:
+    """A new run's lineage (its initial model registered) and its key statement on chain."""
+    lin = Lineage(tmp_path / run_id, config or config_for(contract, run_id), contract, model(0.0), **kw)
+    lin.record_key(key_of(lin.config))
+    return lin
+
+
 def record_round(lin: Lineage, rnd: int, parent: ArrayRecord, new: ArrayRecord | None, clients=("a", "b"),
                  signers=("a", "b"), genesis: bytes | None = None) -> None:
-    """Round ``rnd``: ``clients``' leaves, the model co-signed (2 of 2) by ``signers``, as honest devices do."""
+    """Round ``rnd``: ``clients``' leaves, the model co-signed under the run's key by ``signers``, as honest devices
+    do."""
     leaves = [admitted(lin.contract, lin.config.run_id, rnd, c, parent, genesis) for c in clients]
-    endorsement = endorse(lin.config, rnd, parent, new, leaves, {c: KEYS[c] for c in signers}, 2, 2) if new else None
+    endorsement = endorse(lin.config, rnd, parent, new, leaves, {c: KEYS[c] for c in signers},
+                          key_of(lin.config)) if new else None
     lin.record(round_result(rnd, parent, new, leaves, endorsement=endorsement))
 
 
 def run(tmp_path: Path, contract: LedgerContract, rounds: int = 3, run_id: str = "r1",
         clients: tuple[str, ...] = ("a", "b")) -> Lineage:
-    lin = Lineage(tmp_path / run_id, config_for(contract, run_id), contract, model(0.0))
+    lin = start(tmp_path, contract, run_id)
     for rnd in range(1, rounds + 1):
         record_round(lin, rnd, model(rnd - 1), model(rnd), clients)
     lin.final_model(tmp_path / run_id / "model.safetensors")
@@ -143,7 +158,7 @@ def test_a_fabricated_model_beside_a_genuine_leaf_fails(tmp_path: Path, chain) -
     lin = Lineage(tmp_path / "r1", config_for(chain, "r1"), chain, None)
     lin.resume(like=model(0.0))
     leaves = [admitted(chain, "r1", 2, c) for c in ("a", "b")]  # clients really trained from round 1's model
-    honest = endorse(lin.config, 2, model(1), model(2), leaves, {c: KEYS[c] for c in ("a", "b")}, 2, 2)
+    honest = endorse(lin.config, 2, model(1), model(2), leaves, {c: KEYS[c] for c in ("a", "b")}, key_of(lin.config))
     lin.record(round_result(2, model(1), model(7), leaves, endorsement=honest))  # their signatures, another model
     with pytest.raises(AuditFailure, match=r"round 2 .*co-signer a: the co-signature does not match"):
         verify(chain, tmp_path, lin.parent.hex())
@@ -161,13 +176,13 @@ def test_a_round_without_co_signatures_fails_unless_the_auditor_trusts_the_serve
 
 
 def test_too_few_or_unregistered_co_signers_fail(tmp_path: Path, chain) -> None:
-    lin = Lineage(tmp_path / "r1", config_for(chain, "r1"), chain, model(0.0))
+    lin = start(tmp_path, chain)
     record_round(lin, 1, model(0), model(1), signers=("a",))  # 1 of the 2 the key needs
     with pytest.raises(AuditFailure, match="round 1 .*1 client co-signature.*at least 2"):
         verify(chain, tmp_path, lin.parent.hex())
-    lin2 = Lineage(tmp_path / "r2", config_for(chain, "r2"), chain, model(0.0))
-    record_round(lin2, 1, model(0), model(1), signers=("a", "c"))  # c was never registered
-    with pytest.raises(AuditFailure, match="co-signer c: the client was never registered"):
+    lin2 = start(tmp_path, chain, "r2")
+    record_round(lin2, 1, model(0), model(1), signers=("a", "c"))  # c was never registered: it holds no share
+    with pytest.raises(AuditFailure, match="co-signer c: not a holder of the run's 2-of-2 key"):
         verify(chain, tmp_path, lin2.parent.hex(), "r2")
 
 
@@ -181,7 +196,7 @@ def test_a_round_of_no_updates_that_changes_the_model_fails(tmp_path: Path, chai
 
 
 def test_a_history_rewritten_after_evm_revert_fails(tmp_path: Path, chain) -> None:
-    lin = Lineage(tmp_path / "r1", config_for(chain, "r1"), chain, model(0.0))
+    lin = start(tmp_path, chain)
     record_round(lin, 1, model(0), model(1))
     snapshot = chain.w3.testing.snapshot()
     record_round(lin, 2, model(1), model(2))
@@ -205,7 +220,7 @@ def test_a_lineage_spliced_into_another_run_fails(tmp_path: Path, chain) -> None
 
 def test_leaves_signed_on_another_devnet_fail(tmp_path: Path, chain) -> None:
     elsewhere = b"\x42" * 32  # another devnet: same chain id and contract address, its own genesis block
-    lin = Lineage(tmp_path / "r1", config_for(chain, "r1", genesis=elsewhere), chain, model(0.0))
+    lin = start(tmp_path, chain, config=config_for(chain, "r1", genesis=elsewhere))
     record_round(lin, 1, model(0), model(1), genesis=elsewhere)
     with pytest.raises(AuditFailure, match="round 1 .*bound to another chain, devnet"):
         verify(chain, tmp_path, lin.parent.hex())
@@ -243,11 +258,16 @@ class DownThenUp:
             raise LedgerUnavailable("node down")
         return self.contract.record_round(record)
 
+    def record_key(self, run_id, signed):
+        if not self.up:
+            raise LedgerUnavailable("node down")
+        return self.contract.record_key(run_id, signed)
+
 
 def test_records_wait_in_the_outbox_while_the_ledger_is_down(tmp_path: Path, chain) -> None:
     flaky = DownThenUp(chain)
     lin = run(tmp_path, flaky, rounds=2)
-    assert lin.outbox.flush(flaky) == 2 and chain.latest_round(run_id_hash("r1")) == 0
+    assert lin.outbox.flush(flaky) == 3 and chain.latest_round(run_id_hash("r1")) == 0  # the key, then 2 rounds
     flaky.up = True
     assert lin.outbox.flush(flaky) == 0
     assert chain.latest_round(run_id_hash("r1")) == 2
@@ -265,7 +285,9 @@ def test_training_pauses_past_the_unrecorded_limit_and_resumes_when_the_ledger_i
         flaky.up = True
 
     config = dataclasses.replace(config_for(chain, "p"), max_unrecorded_rounds=1)
-    lin = Lineage(tmp_path / "p", config, flaky, model(0.0), sleep=nap)
+    lin = Lineage(tmp_path / "p", config, chain, model(0.0), sleep=nap)
+    lin.record_key(key_of(config))  # on chain before the node went down
+    lin.contract = flaky
     record_round(lin, 1, model(0), model(1))
     assert not naps and len(lin.outbox.pending()) == 1  # one round ahead of the ledger is allowed
     record_round(lin, 2, model(1), model(2))
@@ -280,6 +302,6 @@ def test_unsent_records_survive_a_restart(tmp_path: Path, chain) -> None:
     run(tmp_path, flaky, rounds=2)
     del flaky  # the server process dies with two records unsent
     reopened = Outbox(tmp_path / "r1" / "ledger")
-    assert [r.round for r in reopened.pending()] == [1, 2]
+    assert [getattr(r, "round", "key") for r in reopened.pending()] == ["key", 1, 2]
     assert reopened.flush(chain) == 0 and len(reopened.receipts()) == 2
     verify_model(chain, tmp_path / "r1" / "model.safetensors", [tmp_path / "r1" / "ledger"])
