@@ -70,9 +70,18 @@ def _eps(scaled: int) -> str:
     return "-" if scaled == NO_DP else f"{scaled / EPSILON_SCALE:.3f}"
 
 
+def _key_row(key) -> dict | None:
+    """A key statement found on chain (``RecordedKey``), as the audit commands print it; None: no valid one."""
+    if key is None or key.signed is None:
+        return None
+    s = key.signed.statement
+    return {"key_sha256": key.key_id.hex(), "threshold": s.threshold, "holders": list(s.holders),
+            "first_round": s.first_round, "block": key.block_number, "tx": key.tx_hash}
+
+
 def print_lineage(contract, model: bytes, bundle_dirs: list[Path], as_json: bool = False) -> None:
     """The chain of rounds behind ``model``, with contributors per round when their bundles are at hand."""
-    from ledger.audit import ModelNotRecorded, deployment_of, lineage
+    from ledger.audit import ModelNotRecorded, deployment_of, keys_in_force, lineage
     from ledger.bundle import BundleError, find_bundle
 
     deployed = None
@@ -83,17 +92,21 @@ def print_lineage(contract, model: bytes, bundle_dirs: list[Path], as_json: bool
         if deployed is None:
             raise
         model = deployed.model_hash
-    rows = []
+    rows, run_keys = [], {}
     for event in lineage(contract, model):
+        key = None
         try:
             bundle = find_bundle(bundle_dirs, event.bundle_hash)
             run, clients = bundle.run_id, sorted(u.fields.client_id for u in bundle.updates)
+            if run not in run_keys:  # the run's name (from its bundle) is what its key holders signed
+                run_keys[run] = keys_in_force(contract, run)
+            key = run_keys[run].in_force(event.round, event.block_number)
         except BundleError:
             run, clients = event.run_id.hex()[:12], None
         rows.append({"run": run, "round": event.round, "model_hash": event.model_hash.hex(),
                      "parent_model_hash": event.parent_model_hash.hex(), "updates": event.num_updates,
                      "contributors": clients, "epsilon_max": _eps(event.epsilon_max_scaled),
-                     "block": event.block_number, "tx": event.tx_hash})
+                     "block": event.block_number, "tx": event.tx_hash, "key": _key_row(key)})
     if as_json:
         print(json.dumps(rows if deployed is None else {
             "artifact": deployed.artifact_hash.hex(), "target": deployed.target, "model_hash": model.hex(),
@@ -103,12 +116,13 @@ def print_lineage(contract, model: bytes, bundle_dirs: list[Path], as_json: bool
         console.print(f"artifact {deployed.artifact_hash.hex()} ({deployed.target}) was deployed in block "
                       f"{deployed.block_number} (tx {deployed.tx_hash}) from model {model.hex()}")
     table = Table(title=f"Lineage of model {model.hex()[:16]}… (newest first)")
-    for column in ("run", "round", "model", "parent", "updates", "contributors", "eps max", "block"):
+    for column in ("run", "round", "model", "parent", "updates", "contributors", "key (chain)", "eps max", "block"):
         table.add_column(column)
     for r in rows:
         who = "(bundle not found)" if r["contributors"] is None else ",".join(r["contributors"])
+        key = "-" if r["key"] is None else f"{r['key']['threshold']} of {len(r['key']['holders'])}"
         table.add_row(r["run"], str(r["round"]), r["model_hash"][:12], r["parent_model_hash"][:12],
-                      str(r["updates"]), who, r["epsilon_max"], str(r["block"]))
+                      str(r["updates"]), who, key, r["epsilon_max"], str(r["block"]))
     console.print(table)
     console.print(f"initial model: {rows[-1]['parent_model_hash']}")
 
@@ -210,14 +224,24 @@ def audit_verify(model: Annotated[Path, typer.Argument(help="The model file to v
             raise typer.Exit(code=1) from exc
         console.print(f"[red]NOT VERIFIED:[/] {exc}")
         raise typer.Exit(code=1) from exc
+    keys: dict[bytes, dict] = {}  # the keys the co-signers decrypted under, as the chain states them
+    for event, bundle in reversed(report.rounds):
+        key = report.keys.get((event.run_id, event.round))
+        if key is not None:
+            keys.setdefault(key.key_id, {"run": bundle.run_id, **_key_row(key), "rounds": []})["rounds"].append(
+                event.round)
     if as_json:
         print(json.dumps({"verified": True, "model_hash": report.model_hash.hex(), "rounds": len(report.rounds),
-                          "updates": report.updates}))
+                          "updates": report.updates, "keys": list(keys.values())}))
         return
     cosigned = sum(len(b.cosignatures) for _, b in report.rounds)
     console.print(f"[green]verified[/]: model {report.model_hash.hex()} — {len(report.rounds)} rounds, "
                   f"{report.updates} signed updates, {cosigned} client co-signatures of the models; every bundle, "
                   "Merkle proof and signature checked against the chain")
+    for k in keys.values():
+        console.print(f"  run {k['run']}, rounds {', '.join(map(str, k['rounds']))}: key {k['key_sha256'][:16]}…, "
+                      f"{k['threshold']} of {len(k['holders'])} holders ({', '.join(k['holders'])}), signed by "
+                      f"every holder, recorded in block {k['block']}")
 
 
 @ledger_app.command("flush")
