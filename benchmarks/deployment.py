@@ -4,7 +4,8 @@ Both runs: the demo model on the real Fashion-MNIST, 3 clients, DP, HE and the l
 Deployment: a SuperLink with TLS and node authentication, the Fleet gateway and 3 SuperNodes with their
 executors, from provisioned kits, as `fedproof server` / `fedproof client` start them. Simulation:
 `fedproof simulate` (Ray). The breakdown per round comes from `metrics.jsonl` (`step_seconds`: the train
-exchange, aggregation with its decryption and co-signing exchanges, central evaluation); the breakdown per
+exchange (commitments), the reveal exchange, aggregation with its decryption and co-signing exchanges, central
+evaluation); the breakdown per
 message from the server's exchange log (push, replies) and each device executor's log (message pulled,
 handler run, reply pushed). Rounds 2+ only: round 1 computes each client's scattering features.
 
@@ -78,7 +79,7 @@ def per_message(server_log: str, node_logs: list[str]) -> dict[str, dict[str, fl
         if match := TASK.search(line):
             tasks.setdefault(match[1], []).append((float(match[2]), float(match[3]), float(match[4])))
     out = {}
-    for kind in ("train", "query.decrypt_share", "query.cosign_model"):
+    for kind in ("train", "query.reveal_update", "query.decrypt_share", "query.cosign_model"):
         rows = exchanges.get(kind, [])
         later, first = rows[1:], rows[0][0] if rows else 0
         done = tasks.get(kind, [])[first:]
@@ -159,16 +160,17 @@ def main() -> None:
 
     print(f"\nSeconds per round (rounds 2-{args.rounds}), 3 clients on loopback, real Fashion-MNIST, "
           f"{args.local_epochs} local epoch(s), DP + threshold HE + ledger; baseline = simulation\n")
-    print("| mode | s/round | x simulation | train exchange s | of which client training s | aggregation s "
-          "(decryption + co-signing exchanges) | central evaluation s | final accuracy |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| mode | s/round | x simulation | train exchange s | of which client training s | reveal exchange s "
+          "| aggregation s (decryption + co-signing exchanges) | central evaluation s | final accuracy |")
+    print("|---|---|---|---|---|---|---|---|---|")
     base = later(sim, lambda r: r["seconds"])
     for name, rows in (("simulation (Ray)", sim), ("deployment (SuperLink + 3 SuperNodes, TLS)", dep)):
         total = later(rows, lambda r: r["seconds"])
-        step = {k: later(rows, lambda r, k=k: r.get("step_seconds", {}).get(k)) for k in ("train", "aggregate",
-                                                                                          "central")}
+        step = {k: later(rows, lambda r, k=k: r.get("step_seconds", {}).get(k)) for k in ("train", "reveal",
+                                                                                          "aggregate", "central")}
         print(f"| {name} | {total:.2f} | {total / base:.2f} | {step['train']:.2f} | "
-              f"{later(rows, lambda r: r['client_train_seconds']):.2f} | {step['aggregate']:.2f} | "
+              f"{later(rows, lambda r: r['client_train_seconds']):.2f} | {step['reveal']:.2f} | "
+              f"{step['aggregate']:.2f} | "
               f"{step['central']:.2f} | {rows[-1]['accuracy']:.4f} |")
     print("\nDeployment, per message (means over rounds 2+; an exchange waits for its slowest device):\n")
     print("| message | exchange s (server: push to last reply) | server push s | device: message pulled s (from "
