@@ -223,7 +223,7 @@ def _threshold_aggregate(grid: Grid, plan: RoundPlan, server_round: int, parent:
                          admitted: list[Admitted], parent_hash: bytes, committed: tuple[SignedEnvelope, ...]
                          ) -> Aggregate:
     """Sum the ciphertexts, have t key holders decrypt the verified sum, and scale it back: clients encrypted
-    ``(n_k / W) * delta_k`` with W = ``he-weight-scale``, so the mean is ``sum * W / sum(n_k)``. Then t key
+    ``(n_k / W) * delta_k`` with W the key statement's weight scale, so the mean is ``sum * W / sum(n_k)``. Then t key
     holders recompute that model and co-sign its hash."""
     assert plan.threshold is not None
     total = threshold_sum(plan.threshold.key.params, admitted)
@@ -234,7 +234,7 @@ def _threshold_aggregate(grid: Grid, plan: RoundPlan, server_round: int, parent:
     examples = sum(a.update.num_examples for a in total.used)
     if examples > scale:
         return Aggregate(None, rejections=total.rejections, failure=(
-            f"round {server_round}: {examples} examples exceed he-weight-scale {scale}; the sum could overflow"))
+            f"round {server_round}: {examples} examples exceed the key's weight scale {scale}; the sum could overflow"))
     outcome = plan.threshold.decrypt(grid, server_round, plan.settings, list(total.used), total.values,
                                      spec.num_values, committed)
     rejections = total.rejections + outcome.rejections

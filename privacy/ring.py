@@ -79,28 +79,33 @@ class Ring:
         self._n_inverse = pow(n, q - 2, q)
 
     def ntt(self, coefficients: np.ndarray) -> np.ndarray:
-        """SEAL's NTT form of a polynomial given by its coefficients (residues in [0, q))."""
-        values = np.array(coefficients, dtype=U64).reshape(self.n)
+        """SEAL's NTT form of a polynomial given by its coefficients (residues in [0, q)); a (..., N) array
+        transforms each row."""
+        values = np.array(coefficients, dtype=U64)
+        shape = values.shape
+        values = values.reshape(-1, self.n)
         m, gap = 1, self.n // 2
         while m < self.n:
-            block = values.reshape(m, 2, gap)
-            x, y = block[:, 0, :], mulmod(block[:, 1, :], self._roots[m:2 * m, None], self.q)
-            values = np.stack([addmod(x, y, self.q), submod(x, y, self.q)], axis=1).reshape(self.n)
+            block = values.reshape(-1, m, 2, gap)
+            x, y = block[:, :, 0, :], mulmod(block[:, :, 1, :], self._roots[m:2 * m, None], self.q)
+            values = np.stack([addmod(x, y, self.q), submod(x, y, self.q)], axis=2).reshape(-1, self.n)
             m, gap = m * 2, gap // 2
-        return values
+        return values.reshape(shape if len(shape) > 1 else (self.n,))
 
     def intt(self, evaluations: np.ndarray) -> np.ndarray:
-        """The coefficients of a polynomial in SEAL's NTT form: :meth:`ntt` undone stage by stage."""
-        values = np.array(evaluations, dtype=U64).reshape(self.n)
+        """The coefficients of a polynomial in SEAL's NTT form: :meth:`ntt` undone stage by stage (row-wise)."""
+        values = np.array(evaluations, dtype=U64)
+        shape = values.shape
+        values = values.reshape(-1, self.n)
         m, gap = self.n // 2, 1
         while m >= 1:
-            block = values.reshape(m, 2, gap)
-            x, y = block[:, 0, :], block[:, 1, :]
+            block = values.reshape(-1, m, 2, gap)
+            x, y = block[:, :, 0, :], block[:, :, 1, :]
             values = np.stack([addmod(x, y, self.q),
                                mulmod(submod(x, y, self.q), self._inverse_roots[m:2 * m, None], self.q)],
-                              axis=1).reshape(self.n)
+                              axis=2).reshape(-1, self.n)
             m, gap = m // 2, gap * 2
-        return mulmod(values, self._n_inverse, self.q)
+        return mulmod(values, self._n_inverse, self.q).reshape(shape if len(shape) > 1 else (self.n,))
 
     def mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """The product of two polynomials in NTT form (pointwise)."""

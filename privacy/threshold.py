@@ -462,19 +462,20 @@ def encryption_of_zero(public_key: JointPublicKey, seed: bytes, chunks: int) -> 
     params = public_key.params
     (q, p), n = params.primes, params.n
     p0, a = public_key.to_arrays()
-    rq, rp = ring(n, q), ring(n, p)
-    half, p_inverse = p // 2, pow(p, -1, q)
-    out = np.empty((chunks, 2, n), dtype=U64)
-    for index in range(chunks):
-        u, e0, e1 = _expand(seed, index, n)
-        for part, (key, noise) in enumerate(((p0, e0), (a, e1))):
-            at_q = rq.intt(addmod(rq.mul(key[0], rq.ntt(from_signed(u, q))), rq.ntt(from_signed(noise, q)), q))
-            at_p = rp.intt(addmod(rp.mul(key[1], rp.ntt(from_signed(u, p))), rp.ntt(from_signed(noise, p)), p))
-            # round(x / p) mod q from x's residues: (x_q + p//2 - ((x_p + p//2) mod p)) * p^-1 mod q
-            shifted = addmod(at_p, np.full(n, half, dtype=U64), p)  # < p < q
-            out[index, part] = rq.ntt(mulmod(submod(addmod(at_q, np.full(n, half % q, dtype=U64), q), shifted, q),
-                                             p_inverse, q))
-    return out
+    u, e0, e1 = (np.stack(parts) for parts in zip(*(_expand(seed, index, n) for index in range(chunks))))
+    residues = []
+    for level, prime in enumerate((q, p)):
+        r = ring(n, prime)
+        u_ntt = r.ntt(from_signed(u, prime))
+        d0 = addmod(r.mul(u_ntt, p0[level]), r.ntt(from_signed(e0, prime)), prime)
+        d1 = addmod(r.mul(u_ntt, a[level]), r.ntt(from_signed(e1, prime)), prime)
+        residues.append(r.intt(np.stack([d0, d1], axis=1)))  # (chunks, 2, N) coefficients mod prime
+    at_q, at_p = residues
+    # round(x / p) mod q from x's residues: (x_q + p//2 - ((x_p + p//2) mod p)) * p^-1 mod q
+    half = p // 2
+    shifted = addmod(at_p, np.full(at_p.shape, half, dtype=U64), p)  # < p < q
+    rounded = mulmod(submod(addmod(at_q, np.full(at_q.shape, half % q, dtype=U64), q), shifted, q), pow(p, -1, q), q)
+    return ring(n, q).ntt(rounded)
 
 
 def rerandomize(public_key: JointPublicKey, total: np.ndarray, seed: bytes) -> np.ndarray:
