@@ -15,7 +15,7 @@ exactly one byte string per update (all integers big-endian, strings UTF-8 with 
     epsilon spent       u64         ceil(epsilon * 1e6); 2^64 - 1 when the client trains without DP
     parent model hash   32 B        SHA-256 of the model file the client trained from (model_file_bytes)
 
-Every other statement (a committee member's decryption, a key-ceremony step, a partial decryption, a model
+Every other statement (a key-ceremony step, a key statement, a reveal, a partial decryption, a model
 co-signature) is signed the same way under its own tag, with the example count 0 and its payload digest over
 what it vouches for. A model co-signature (``fedproof/model/v2``) covers :func:`model_statement_chunks`: the
 parent and new model hashes, the Merkle root and count of the round's leaves, and the digest of the run's key
@@ -41,7 +41,7 @@ from safetensors.numpy import save as safetensors_bytes
 
 from ledger.errors import BadSignature, KeyFileError
 
-UPDATE_TAG, DECRYPT_TAG = b"fedproof/update/v2", b"fedproof/decrypt/v2"
+UPDATE_TAG = b"fedproof/update/v2"
 KEYGEN_TAG, PARTIAL_TAG = b"fedproof/keygen/v2", b"fedproof/partial-decryption/v2"
 """Threshold HE: a key-ceremony step (``round`` is the step, 1..3) and a partial decryption of a round's sum."""
 MODEL_TAG = b"fedproof/model/v2"
@@ -124,7 +124,7 @@ class SignedFields:
             raise ValueError("contract must be 20 bytes and payload_sha256 32 bytes")
         if len(self.genesis) != 32 or len(self.parent_model_hash) != 32:
             raise ValueError("genesis and parent_model_hash must be 32 bytes")
-        if self.tag not in (UPDATE_TAG, DECRYPT_TAG, KEYGEN_TAG, PARTIAL_TAG, MODEL_TAG, KEY_TAG, REVEAL_TAG):
+        if self.tag not in (UPDATE_TAG, KEYGEN_TAG, PARTIAL_TAG, MODEL_TAG, KEY_TAG, REVEAL_TAG):
             raise ValueError(f"unknown signing tag {self.tag!r}")
 
     def canonical_bytes(self) -> bytes:
