@@ -113,6 +113,8 @@ class PrivacyPolicy:
             doc = json.loads(text)
             if not isinstance(doc, dict) or doc.pop("version", None) != 1:
                 raise ValueError("not a version-1 policy")
+            if type(doc.pop("shared_key_allowed", False)) is not bool:  # kits made before the shared-key scheme
+                raise ValueError("'shared_key_allowed' is not a policy field of type bool")  # went: ignored
             kinds = {"dp_required": bool, "he_required": bool, "release_metrics": bool, "min_contributors": int}
             for key, value in doc.items():
                 wanted = kinds.get(key, float)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 from pathlib import Path
 
@@ -83,7 +85,8 @@ def test_a_device_reads_its_own_policy_and_never_one_the_server_names(tmp_path: 
 
 @pytest.mark.parametrize("text", ["", "{", "[]", '{"version": 2}', '{"version": 1, "max_epsilon": "3"}',
                                   '{"version": 1, "dp_required": 1}', '{"version": 1, "surprise": true}',
-                                  '{"version": 1, "max_epsilon": -1}', '{"version": 1, "min_clip": 2, "max_clip": 1}'])
+                                  '{"version": 1, "max_epsilon": -1}', '{"version": 1, "min_clip": 2, "max_clip": 1}',
+                                  '{"version": 1, "shared_key_allowed": 1}'])
 def test_a_bad_policy_file_is_a_typed_error(tmp_path: Path, text: str) -> None:
     path = tmp_path / "policy.json"
     path.write_text(text)
@@ -96,6 +99,9 @@ def test_a_policy_file_round_trips(tmp_path: Path) -> None:
                            he_required=False, release_metrics=True)
     path = tmp_path / "p.json"
     path.write_text(policy.to_json())
+    assert PrivacyPolicy.load(path) == policy
+    legacy = json.loads(policy.to_json()) | {"shared_key_allowed": False}  # a kit from before the scheme went
+    path.write_text(json.dumps(legacy))
     assert PrivacyPolicy.load(path) == policy
     with pytest.raises(PolicyError, match="no privacy policy"):
         PrivacyPolicy.load(tmp_path / "missing.json")
