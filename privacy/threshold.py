@@ -463,13 +463,13 @@ def encryption_of_zero(public_key: JointPublicKey, seed: bytes, chunks: int) -> 
     (q, p), n = params.primes, params.n
     p0, a = public_key.to_arrays()
     u, e0, e1 = (np.stack(parts) for parts in zip(*(_expand(seed, index, n) for index in range(chunks))))
+    noise = np.stack([e0, e1], axis=1)  # (chunks, 2, N), added in coefficient form: two transforms fewer
     residues = []
     for level, prime in enumerate((q, p)):
         r = ring(n, prime)
         u_ntt = r.ntt(from_signed(u, prime))
-        d0 = addmod(r.mul(u_ntt, p0[level]), r.ntt(from_signed(e0, prime)), prime)
-        d1 = addmod(r.mul(u_ntt, a[level]), r.ntt(from_signed(e1, prime)), prime)
-        residues.append(r.intt(np.stack([d0, d1], axis=1)))  # (chunks, 2, N) coefficients mod prime
+        products = np.stack([r.mul(u_ntt, p0[level]), r.mul(u_ntt, a[level])], axis=1)
+        residues.append(addmod(r.intt(products), from_signed(noise, prime), prime))  # coefficients mod prime
     at_q, at_p = residues
     # round(x / p) mod q from x's residues: (x_q + p//2 - ((x_p + p//2) mod p)) * p^-1 mod q
     half = p // 2

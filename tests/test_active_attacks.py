@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fakegrid import FakeGrid
 from fedproof.errors import UpdateRejected
@@ -55,6 +54,8 @@ from test_threshold_round import (
     SCALE,
     Devices,
     MaliciousServer,
+    _task_identity,  # noqa: F401 - the module's fixtures, shared
+    keyed,  # noqa: F401
     _cosign,
     _decrypted,
     ceremony,
@@ -65,20 +66,6 @@ from ledger.verification import AllowList
 pytestmark = pytest.mark.usefixtures("virtual_exchange_clock")
 PARAMS = threshold.PARAMS
 VICTIM, ACCOMPLICES = NODES[0], (NODES[3], NODES[4])
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-
-
-@pytest.fixture(scope="module")
-def keyed():
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    devices = Devices()
-    key, _ = ceremony(devices)
-    return devices, key
 
 
 def settings(server_round: int) -> RecordDict:

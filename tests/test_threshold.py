@@ -190,3 +190,25 @@ def test_property_decrypted_sum_matches_the_weighted_sum(fed, clients, length, s
     exact = sum(w / total_weight * d for w, d in zip(weights, deltas))
     got = fed.decrypt(total, random.Random(seed).sample(IDS, T), length, P.flooding_std(len(IDS), clients))
     assert np.abs(got - exact).max() < P.error_bound(len(IDS), clients, T)
+
+
+def test_re_randomizing_keeps_the_plaintext_changes_c1_and_adds_only_rounding_noise(fed):
+    """An encryption of zero from a public seed (privacy.threshold.rerandomize): the same seed gives the same
+    ciphertext, another seed another; it decrypts to zero with noise of a fresh encryption's size (it is computed
+    at the key level and divided by the special prime, as SEAL encrypts), so the sum keeps its plaintext."""
+    from privacy.ring import to_signed
+    from privacy.threshold import encryption_of_zero, rerandomize, ring
+
+    zero = encryption_of_zero(fed.pk, b"seed", 3)
+    assert np.array_equal(zero, encryption_of_zero(fed.pk, b"seed", 3))
+    assert np.mean(zero == encryption_of_zero(fed.pk, b"other", 3)) < 0.01
+    xs = [fed.points[c] for c in IDS[:T]]
+    partials = [partial_decryption(P, fed.tsk[c], fed.points[c], xs, zero, 0) for c in IDS[:T]]
+    r = ring(P.n, P.q)
+    noise = np.concatenate([to_signed(r.intt(row), P.q) for row in fused_plaintext(P, zero[:, 0], partials)])
+    assert np.abs(noise).max() < 8 * P.ciphertext_noise_std(len(IDS), 1)  # rounding noise, not u*e + e1*s
+    values = np.random.default_rng(5).uniform(-1, 1, 9000)
+    total = sum_ciphertexts(P, [fed.pk.encrypt(values)])
+    moved = rerandomize(fed.pk, total, b"request")
+    assert np.mean(moved[:, 1] == total[:, 1]) < 0.01  # c1 is no longer what the sum's makers chose
+    assert np.abs(fed.decrypt(moved, IDS[:T], values.size) - values).max() < P.error_bound(len(IDS), 6, T)
