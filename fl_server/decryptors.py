@@ -1,9 +1,11 @@
 """Threshold decryption of a round's sum: t key holders each check the round and send a flooded partial
 decryption; the server fuses them.
 
-The request carries every admitted update (its signed envelope and ciphertexts), the set of t decryptors and
-the digest of the sum the server computed; each holder recomputes the sum from the signed leaves and refuses
-anything else (fl_client.threshold). Holders are drawn at random (seeded by run and round) from the key's
+The request carries every revealed update (its signed envelope, ciphertexts and signed reveal), the round's frozen
+set of commitments, the set of t decryptors and the digest of the sum the server computed; each holder recomputes
+the sum from the signed leaves and refuses anything else (fl_client.threshold), then decrypts the sum plus an
+encryption of zero that a hash of the request fixes (privacy.threshold.rerandomize); the server adds the same to
+``c0`` before fusing. Holders are drawn at random (seeded by run and round) from the key's
 holders, contributors or not. If any of the t refuses, fails or does not answer, it is set aside and a new set
 of t is asked (the Lagrange weights depend on the set), up to :data:`ATTEMPTS` times: so up to n - t holders
 may drop out. Each partial must be signed by its holder over (sum digest, Merkle root of the leaves, the set,
@@ -12,7 +14,8 @@ the partial), and the fused values must lie in the scheme's range, or the round 
 Then t key holders co-sign the new model (:meth:`ThresholdCommittee.cosign`): each is sent the t signed partials
 and the parent (and the leaves, unless it is one of the decryptors: those kept the sum they verified), recomputes
 or recalls the sum, fuses the partials and applies the mean itself, and signs
-(parent hash, model hash, Merkle root, leaf count, t, n) only if it gets the hash the server names. The decryptors
+(parent hash, model hash, Merkle root, leaf count, key statement digest) only if it gets the hash the server
+names. The decryptors
 are asked first; holders that refuse or do not answer are replaced by the other holders, once. Without t
 co-signatures the round is void: the lineage never records a model that only the server vouches for.
 """
@@ -30,11 +33,11 @@ from flwr.serverapp import Grid
 
 from fedproof.protocol import (
     CONFIG_KEY,
-    SignedEnvelope,
     COSIGN_MODEL,
     DECRYPT_SHARE,
     CosignRequest,
     DecryptionRequest,
+    SignedEnvelope,
     partial_chunks,
     round_settings,
 )
