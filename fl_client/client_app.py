@@ -98,7 +98,6 @@ def _was_sent_for_training(context: Context, arrays: ArrayRecord) -> bool:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     job = _job(msg, context)
-    _remember_sent_model(context, job.global_arrays)
     seed = job.config.seed * 1_000_003 + job.server_round * 1_009 + job.partition_id
     started = time.perf_counter()
     saved = state_file(context, job.config.run_dir, client_id(context), job.data.dataset)
@@ -116,6 +115,9 @@ def train(msg: Message, context: Context) -> Message:
     # count in a simulation (where the server registered the partition sizes)
     weight = int(context.node_config.get("declared-examples", 0)) or outcome.num_examples  # type: ignore
     if outcome.status == TRAINED:
+        # only a model this device's policy let it train from may be evaluated later: a model refused here (or a
+        # crafted one sent as `train` first) must not become evaluable, or it could probe the local data
+        _remember_sent_model(context, job.global_arrays)
         trained = ArrayRecord(job.model.state_dict())
         if job.config.he:
             delta = checked_delta(trained, job.global_arrays, PLAIN_MAX_ABS_DELTA)

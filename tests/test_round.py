@@ -262,3 +262,39 @@ def test_a_client_evaluates_only_models_it_was_sent_for_training() -> None:
     assert report.status == WITHHELD and "only models it was sent for training" in report.reason
     _remember_sent_model(context, parent())
     assert _was_sent_for_training(context, parent()) and not _was_sent_for_training(context, crafted)
+
+
+def test_a_model_refused_for_training_does_not_become_evaluable(tmp_path, monkeypatch) -> None:
+    """The review's sequence: a crafted model sent as `train` (refused by the device's policy), then as `evaluate`.
+    Only a model the device actually trained from is remembered."""
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord, Context
+    from torch import nn
+
+    import fl_client.client_app as client_app
+    from fedproof.protocol import POLICY_REFUSED, TRAINED
+    from fl_client.training import RoundOutcome
+
+    config = RunConfig(dp=False, he=False, run_dir=str(tmp_path))
+    crafted = weights(0.5)
+    outcome = [POLICY_REFUSED]
+
+    def job(msg, context):
+        data = SimpleNamespace(dataset="fashion-mnist", train_x=None, train_y=None)
+        return client_app._Job(config, 1, 0, data, nn.Linear(1, 1), msg.content["arrays"])
+
+    monkeypatch.setattr(client_app, "_job", job)
+    monkeypatch.setattr(client_app, "train_round", lambda model, x, y, cfg, state, rnd, seed, policy: RoundOutcome(
+        outcome[0], 0.0, 0 if outcome[0] != TRAINED else 5, None, state, "he-required: this device requires HE"))
+    monkeypatch.setattr(client_app, "sign_update", lambda content, *args: content)
+    monkeypatch.setattr(client_app, "plain_update", lambda trained, parent: parent)
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
+                      state=RecordDict(), run_config={})
+    msg = Message(RecordDict({"arrays": crafted, "config": ConfigRecord({**config.to_mapping(), "server-round": 1})}),
+                  dst_node_id=1, message_type="train")
+    client_app.train(msg, context)
+    assert not client_app._was_sent_for_training(context, crafted)  # refused: never evaluable
+    outcome[0] = TRAINED
+    client_app.train(msg, context)
+    assert client_app._was_sent_for_training(context, crafted)  # trained from it: the round's parent, evaluable
