@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
+import zlib
 import hashlib
 import json
 import os
@@ -125,6 +127,28 @@ def read_idx_bytes(path: Path, max_bytes: int = MAX_IDX_BYTES) -> bytes:
     return data
 
 
+MAX_IDX_DIMENSIONS = 16
+"""More than any image or label set has (numpy itself stops at 64)."""
+
+
+def gunzip_bounded(data: bytes, max_bytes: int, origin: str = "<bytes>") -> bytes:
+    """Decompress gzip ``data`` (one member or several, as gzip allows) without ever holding more than
+    ``max_bytes + 1`` bytes of output: a small file that expands to gigabytes is refused as it expands."""
+    out, rest = bytearray(), bytes(data)
+    while rest:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(rest, max_bytes + 1 - len(out))
+        except zlib.error as exc:
+            raise DataIntegrityError(f"{origin}: not a valid gzip stream ({exc})") from exc
+        if len(out) > max_bytes or inflater.unconsumed_tail:
+            raise DataIntegrityError(f"{origin}: decompresses to more than the {max_bytes}-byte limit")
+        if not inflater.eof:
+            raise DataIntegrityError(f"{origin}: truncated gzip stream")
+        rest = inflater.unused_data
+    return bytes(out)
+
+
 def parse_idx(data: bytes, origin: str = "<bytes>") -> np.ndarray:
     """Parse IDX bytes into an array, checking the header against the payload length exactly."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
@@ -132,14 +156,14 @@ def parse_idx(data: bytes, origin: str = "<bytes>") -> np.ndarray:
     code, ndim = data[2], data[3]
     if code not in _IDX_DTYPES:
         raise DataIntegrityError(f"{origin}: unknown IDX element type 0x{code:02x}")
-    if ndim == 0:
-        raise DataIntegrityError(f"{origin}: IDX header declares zero dimensions")
+    if not 1 <= ndim <= MAX_IDX_DIMENSIONS:
+        raise DataIntegrityError(f"{origin}: IDX header declares {ndim} dimensions (1..{MAX_IDX_DIMENSIONS})")
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataIntegrityError(f"{origin}: truncated IDX header")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # exact: a product of huge dimensions must not wrap
     actual = len(data) - header
     if actual != expected:
         kind = "truncated" if actual < expected else "has trailing bytes"

@@ -20,7 +20,6 @@ device refuses direct pulls.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import json
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedproof.data import parse_idx
+from fedproof.data import gunzip_bounded, parse_idx
 from fedproof.drift import DriftResult, ProfileError, ReferenceProfile, check_window
 from fedproof.errors import FedproofError
 from fedproof.files import write_atomically
@@ -44,6 +43,8 @@ from ledger.trust import LedgerTrust
 
 MAX_ARTIFACT_BYTES = 256 << 20
 MAX_INPUT_BYTES = 512 << 20
+MAX_IMAGE_BYTES = 64 << 20
+"""What a gzipped image file given to ``edge predict`` may expand to (85,000 images of 28 x 28)."""
 MAX_PROFILE_BYTES = 16 << 20
 CURRENT = "current.json"
 PREVIOUS = "previous.json"
@@ -424,7 +425,8 @@ def read_images(path: Path) -> np.ndarray:
         except ValueError as exc:
             raise FedproofError(f"{path}: not a .npy array ({exc})") from exc
     else:
-        images = parse_idx(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data, str(path))
+        raw = gunzip_bounded(data, MAX_IMAGE_BYTES, str(path)) if data[:2] == b"\x1f\x8b" else data
+        images = parse_idx(raw, str(path))
     if images.ndim == 2 and images.shape[1] == 784:
         images = images.reshape(-1, 28, 28)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:

@@ -72,8 +72,8 @@ class AllowList:
             keys = {str(k): bytes.fromhex(v) for k, v in doc["clients"].items()}
             revoked = frozenset(str(c) for c in doc.get("revoked", []))
             weights = {str(k): v for k, v in doc.get("weights", {}).items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise KeyFileError(f"{path}: not a fedproof allow-list ({exc})") from exc
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # deep nesting included
+            raise KeyFileError(f"{path}: not a fedproof allow-list ({type(exc).__name__})") from exc
         if doc.get("version") != 1 or any(len(k) != 32 for k in keys.values()):
             raise KeyFileError(f"{path}: not a version-1 allow-list of 32-byte Ed25519 keys")
         if any(type(w) is not int or not 1 <= w < 2**31 for w in weights.values()):

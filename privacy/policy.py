@@ -122,8 +122,8 @@ class PrivacyPolicy:
                 if key not in cls.__dataclass_fields__ or not ok:
                     raise ValueError(f"{key!r} is not a policy field of type {wanted.__name__}")
             return cls(**{k: float(v) if kinds.get(k, float) is float else v for k, v in doc.items()})
-        except (ValueError, TypeError) as exc:
-            raise PolicyError(f"{what}: {exc}") from exc
+        except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep to parse
+            raise PolicyError(f"{what}: {exc if not isinstance(exc, RecursionError) else 'nested too deeply'}") from exc
 
     @classmethod
     def load(cls, path: Path) -> PrivacyPolicy:

@@ -236,3 +236,55 @@ def test_every_reply_decoder_returns_a_value_and_never_raises(msg) -> None:
             assert outcome.node_id == 7 and isinstance(outcome.reason, Reason)
         if isinstance(outcome, Update):  # only a well-formed update gets this far
             assert outcome.delta is not None and np.all(np.isfinite(outcome.delta))
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_policy_and_allow_list_files_nested_too_deeply_are_typed_errors(tmp_path: Path) -> None:
+    """The second review: RecursionError from json on deeply nested input, now the loaders' own typed errors."""
+    from ledger.errors import KeyFileError
+    from ledger.verification import AllowList
+    from privacy.policy import PolicyError, PrivacyPolicy
+
+    for text in (DEEP, '{"version": 1, "clients": ' + DEEP + "}"):
+        path = tmp_path / "file.json"
+        path.write_text(text)
+        with pytest.raises(KeyFileError):
+            AllowList.load(path)
+        with pytest.raises(PolicyError):
+            PrivacyPolicy.load(path)
+
+
+@pytest.mark.parametrize("ndim, dims", [(65, [1] * 65), (17, [1] * 17), (3, [2**32 - 1] * 3), (8, [2**31] * 8)])
+def test_idx_headers_with_huge_or_too_many_dimensions_are_typed_errors(ndim: int, dims: list[int]) -> None:
+    from fedproof.data import DataIntegrityError
+
+    blob = bytes([0, 0, 0x08, ndim]) + np.asarray(dims, ">u4").tobytes() + b"\x00" * 16
+    with pytest.raises(DataIntegrityError):
+        parse_idx(blob)
+
+
+def test_a_gzip_bomb_is_refused_as_it_expands(tmp_path: Path) -> None:
+    """`edge predict` input: 1 GiB of zeros compresses to ~1 MiB; decompressing stops at the limit, in bounded
+    memory, with a typed error (it used to expand the whole stream)."""
+    import gzip
+    import resource
+
+    from fedproof.data import DataIntegrityError, encode_idx, gunzip_bounded
+    from fedproof.errors import FedproofError
+    from fl_client.edge import MAX_IMAGE_BYTES, read_images
+
+    chunk = gzip.compress(b"\x00" * (64 << 20), compresslevel=9)  # ~64 KiB
+    path = tmp_path / "bomb.idx.gz"
+    header = gzip.compress(bytes([0, 0, 0x08, 3]) + np.asarray([2**24, 28, 28], ">u4").tobytes())
+    path.write_bytes(header + chunk * 16)  # gzip members concatenate: 1 GiB of payload
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(FedproofError, match="limit"):
+        read_images(path)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 4 * MAX_IMAGE_BYTES / 2**20
+    with pytest.raises(DataIntegrityError, match="truncated"):
+        gunzip_bounded(gzip.compress(b"x" * 1000)[:-12], 10_000)
+    images = np.zeros((3, 28, 28), np.uint8)
+    assert gunzip_bounded(gzip.compress(encode_idx(images)), 10_000) == encode_idx(images)
