@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 from collections import Counter
 import re
@@ -46,7 +48,11 @@ from starlette.routing import Route
 FLEET_PATH = re.compile(r"^/v1/fleet/[a-z][a-z-]{0,63}$")
 """The Fleet API's methods, as Flower's SuperNode calls them (``/v1/fleet/pull-messages`` ...)."""
 MAX_BODY = 64 << 20
-"""Flower cuts messages into objects of at most a few MiB; anything far larger is not a Fleet request."""
+"""Flower cuts messages into objects of at most a few MiB; anything far larger is not a Fleet request. Bodies are
+read as they stream in and refused the moment they pass this (or a declared Content-Length does)."""
+MAX_BUFFERED = 256 << 20
+"""Bytes of request bodies held at once, over every connection: past it, a request is answered 503 at once, so
+many parallel uploads cannot exhaust the server."""
 _HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade"}
 HOLD_SECONDS, POLL_SECONDS = 20.0, 0.25
 HOLDS_PER_NODE, MAX_HOLDS = 3, 4096
@@ -84,6 +90,15 @@ def worth_holding(path: str, answer: httpx.Response) -> bool:
         return False
 
 
+def node_key(header: str) -> bytes:
+    """A node's public key as the SuperLink reads it (base64, strictly), so every spelling of one key is one node;
+    empty when the header is missing or not base64 (the SuperLink refuses such a request anyway)."""
+    try:
+        return base64.b64decode(header, validate=True) if header else b""
+    except (binascii.Error, ValueError):
+        return b""
+
+
 def is_fleet_request(method: str, path: str) -> bool:
     return method == "POST" and FLEET_PATH.match(path) is not None
 
@@ -108,17 +123,32 @@ def create_app(upstream: str, ca_certfile: str | None, timeout: float = 120.0,
     empty answers to polls for up to ``hold`` seconds (0: never)."""
     client = httpx.AsyncClient(base_url=upstream, verify=ca_certfile if ca_certfile else False, timeout=timeout,
                                transport=transport)
-    holding: Counter[str] = Counter()
+    holding: Counter[bytes] = Counter()
+    buffered = [0]
 
     async def forward(request: Request) -> Response:
         if not is_fleet_request(request.method, request.url.path):
             return PlainTextResponse("not found: this address serves only the Fleet API", status_code=404)
-        body = await request.body()
-        if len(body) > MAX_BODY:
+        declared = request.headers.get("content-length", "")
+        if declared and (not declared.isdigit() or int(declared) > MAX_BODY):
             return PlainTextResponse("request too large", status_code=413)
+        body, held = bytearray(), 0
+        try:
+            async for chunk in request.stream():  # streamed against both limits: never more than they allow
+                body += chunk
+                buffered[0], held = buffered[0] + len(chunk), held + len(chunk)
+                if len(body) > MAX_BODY:
+                    return PlainTextResponse("request too large", status_code=413)
+                if buffered[0] > MAX_BUFFERED:
+                    return PlainTextResponse("the gateway is busy: retry", status_code=503)
+            return await _forward(request, bytes(body))
+        finally:
+            buffered[0] -= held
+
+    async def _forward(request: Request, body: bytes) -> Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         path = request.url.path
-        node = request.headers.get(NODE_KEY_HEADER, "")
+        node = node_key(request.headers.get(NODE_KEY_HEADER, ""))
         try:
             answer = await client.post(path, content=body, headers=headers)
             if worth_holding(path, answer) and node and holding[node] < HOLDS_PER_NODE \

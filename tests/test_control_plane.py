@@ -91,7 +91,7 @@ def test_an_empty_poll_is_held_until_a_message_comes_and_passed_on_unchanged() -
     app = create_app("https://127.0.0.1:9999", None, transport=httpx.MockTransport(superlink), hold=5.0, poll=0.01)
     with TestClient(app) as client:
         answer = client.post("/v1/fleet/pull-messages", content=b"node 7",
-                             headers={"x-flwr-node-sig": "sig", "flwr-public-key": "node-7"})
+                             headers={"x-flwr-node-sig": "sig", "flwr-public-key": "bm9kZS03"})
     assert answer.content == full and len(seen) == 3
     assert {(r.content, r.headers["x-flwr-node-sig"]) for r in seen} == {(b"node 7", "sig")}
 
@@ -114,7 +114,7 @@ def test_only_empty_polls_are_held_and_never_past_the_hold(path, answer) -> None
     app = create_app("https://127.0.0.1:9999", None, transport=httpx.MockTransport(superlink), hold=0.3, poll=0.05)
     with TestClient(app) as client:
         started = time.monotonic()
-        assert client.post(path, content=b"x", headers={"flwr-public-key": "node-1"}).content == answer
+        assert client.post(path, content=b"x", headers={"flwr-public-key": "bm9kZS0x"}).content == answer
         took = time.monotonic() - started
     assert (len(seen) > 2 and 0.2 <= took < 1.0) if held else (len(seen) == 1 and took < 0.2)
 
@@ -140,7 +140,9 @@ def test_a_node_cannot_make_the_gateway_poll_for_it_more_than_a_few_times_at_onc
             client.post("/v1/fleet/pull-messages", content=b"x", headers={"flwr-public-key": key} if key else {})
             took.append(time.monotonic() - started)
 
-        threads = [threading.Thread(target=poll, args=("greedy",)) for _ in range(HOLDS_PER_NODE + 3)]
+        # one key, spelled four ways in base64 (the last character's unused bits differ): still one node
+        spellings = ["Z3JlZWR5IQ==", "Z3JlZWR5IR==", "Z3JlZWR5IS==", "Z3JlZWR5IT=="]
+        threads = [threading.Thread(target=poll, args=(spellings[i % 4],)) for i in range(HOLDS_PER_NODE + 3)]
         threads.append(threading.Thread(target=poll, args=("",)))
         for t in threads:
             t.start()
@@ -148,3 +150,62 @@ def test_a_node_cannot_make_the_gateway_poll_for_it_more_than_a_few_times_at_onc
             t.join()
     assert sum(t >= 0.9 for t in took) == HOLDS_PER_NODE  # held for the whole second
     assert sum(t < 0.5 for t in took) == 4  # the rest answered at once
+
+
+def _asgi_post(app, chunks: int, chunk: int, headers=(), release=None):
+    """POST a body of ``chunks`` x ``chunk`` bytes straight into the ASGI app; returns (status, chunks it read).
+    ``release``: an event the body waits on after its first chunk (a slow upload)."""
+    import asyncio
+
+    read = [0]
+
+    async def receive():
+        if read[0] == 1 and release is not None:
+            await release.wait()
+        read[0] += 1
+        return {"type": "http.request", "body": b"\0" * chunk, "more_body": read[0] < chunks}
+
+    status = []
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/fleet/push-messages", "raw_path": b"/v1/fleet/push-messages",
+             "headers": list(headers), "query_string": b"", "http_version": "1.1", "scheme": "http",
+             "server": ("127.0.0.1", 9), "client": ("127.0.0.1", 10), "root_path": ""}
+
+    async def run():
+        await app(scope, receive, send)
+        return status[0], read[0]
+
+    return asyncio.ensure_future(run())
+
+
+def test_the_gateway_refuses_oversized_bodies_as_they_stream_and_bounds_what_it_holds(monkeypatch) -> None:
+    """The second review: one 768 MiB POST used to be read whole before the 413. Now the body is refused as soon
+    as it passes MAX_BODY (or at once, by its declared length), and bodies held across connections are bounded:
+    a slow honest upload is still served while a flood is answered 503."""
+    import asyncio
+
+    import fl_server.fleet_gateway as gateway
+
+    app = create_app("https://127.0.0.1:9999", None, hold=0,
+                     transport=httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok")))
+    mib = 1 << 20
+
+    async def scenario():
+        status, read = await _asgi_post(app, 768, mib)  # 768 MiB offered, in 1 MiB chunks
+        assert status == 413 and read <= gateway.MAX_BODY // mib + 1
+        status, read = await _asgi_post(app, 768, mib, headers=[(b"content-length", str(768 * mib).encode())])
+        assert status == 413 and read == 0  # refused by its declared length, before a byte is read
+        monkeypatch.setattr(gateway, "MAX_BUFFERED", 8 * mib)
+        release = asyncio.Event()
+        honest = _asgi_post(app, 4, mib, release=release)  # a slow upload: holds 1 MiB, then waits
+        await asyncio.sleep(0.05)
+        flood = [await _asgi_post(app, 40, mib) for _ in range(3)]  # each would hold 40 MiB
+        assert all(status == 503 and read <= 8 for status, read in flood)
+        release.set()
+        assert (await honest)[0] == 200  # the honest device is still served
+
+    asyncio.run(scenario())
