@@ -31,7 +31,7 @@ from fedproof.protocol import (
 from fedproof.task import evaluate
 from fedproof.weights import hash_model
 from fl_client.policy import client_policy
-from fl_client.signing import client_id, sign_update
+from fl_client.signing import client_id, device_paths, sign_update
 from fl_client import threshold
 from fl_client.secure_update import checked_delta, plain_update
 from fl_client.state import ClientState, state_file
@@ -52,15 +52,16 @@ class _Job:
     global_arrays: ArrayRecord
 
 
-def _settings(msg: Message) -> tuple[RunConfig, int]:
-    """The run's settings and the round number, which the server sends with every message."""
+def _settings(msg: Message, context: Context) -> tuple[RunConfig, int]:
+    """The run's settings and the round number, which the server sends with every message; on a device, without
+    any path the server names (the device's own come from its node config)."""
     settings = dict(msg.content["config"])
     server_round = int(settings.pop(ROUND_KEY, 0))  # type: ignore[call-overload]
-    return RunConfig.from_mapping(settings), server_round
+    return device_paths(RunConfig.from_mapping(settings), context), server_round
 
 
 def _job(msg: Message, context: Context) -> _Job:
-    config, server_round = _settings(msg)
+    config, server_round = _settings(msg, context)
     threads = int(context.node_config.get("threads", 0))  # type: ignore[call-overload]
     if threads > 0:  # a device sharing its CPUs (or several SuperNodes on one host) caps torch's threads
         torch.set_num_threads(threads)
@@ -139,7 +140,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
-    config, _ = _settings(msg)
+    config, _ = _settings(msg, context)
     policy = client_policy(config, context)
     if config.dp or policy.dp_required or not policy.release_metrics:  # exact accuracy and loss are outside what
         report = ClientReport(client_id(context), WITHHELD,  # an accountant covers: they stay on the device
@@ -162,21 +163,21 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 @app.query("keygen_hello")
 def keygen_hello(msg: Message, context: Context) -> Message:
     """Key ceremony, step 1: announce this device's contribution to the common polynomial and its share key."""
-    config, _ = _settings(msg)
+    config, _ = _settings(msg, context)
     return Message(threshold.keygen_hello(config, context), reply_to=msg)
 
 
 @app.query("keygen_commit")
 def keygen_commit(msg: Message, context: Context) -> Message:
     """Key ceremony, step 2: make this device's deal (public-key share, sealed Shamir shares); send its commitment."""
-    config, _ = _settings(msg)
+    config, _ = _settings(msg, context)
     return Message(threshold.keygen_commit(msg.content, config, context), reply_to=msg)
 
 
 @app.query("keygen_reveal")
 def keygen_reveal(msg: Message, context: Context) -> Message:
     """Key ceremony, step 3: reveal the deal to the frozen set of every party's commitment (once)."""
-    config, _ = _settings(msg)
+    config, _ = _settings(msg, context)
     return Message(threshold.keygen_reveal(msg.content, config, context), reply_to=msg)
 
 
@@ -184,21 +185,21 @@ def keygen_reveal(msg: Message, context: Context) -> Message:
 def keygen_finish(msg: Message, context: Context) -> Message:
     """Key ceremony, step 4: sign the key statement of the joint key this device computed, or complain about a
     dealer whose share does not open."""
-    config, _ = _settings(msg)
+    config, _ = _settings(msg, context)
     return Message(threshold.keygen_finish(msg.content, config, context), reply_to=msg)
 
 
 @app.query("keygen_confirm")
 def keygen_confirm(msg: Message, context: Context) -> Message:
     """Key ceremony, step 5: start using the key once every holder signed the same key statement."""
-    config, _ = _settings(msg)
+    config, _ = _settings(msg, context)
     return Message(threshold.keygen_confirm(msg.content, config, context), reply_to=msg)
 
 
 @app.query("reveal_update")
 def reveal_update(msg: Message, context: Context) -> Message:
     """Reveal this round's committed ciphertexts to the frozen set of the round's commitments (once per round)."""
-    config, server_round = _settings(msg)
+    config, server_round = _settings(msg, context)
     return Message(threshold.reveal_update(msg.content, config, server_round, context, config.min_contributors),
                    reply_to=msg)
 
@@ -206,7 +207,7 @@ def reveal_update(msg: Message, context: Context) -> Message:
 @app.query("decrypt_share")
 def decrypt_share(msg: Message, context: Context) -> Message:
     """As one of t key holders: check the round's signed leaves and sum, then send a flooded partial decryption."""
-    config, server_round = _settings(msg)
+    config, server_round = _settings(msg, context)
     return Message(threshold.decrypt_share(msg.content, config, server_round, context, config.min_contributors),
                    reply_to=msg)
 
@@ -215,6 +216,6 @@ def decrypt_share(msg: Message, context: Context) -> Message:
 def cosign_model(msg: Message, context: Context) -> Message:
     """As a key holder: fuse the round's signed partial decryptions, compute the new model from the parent, and
     sign its hash if it is the one the server names (the lineage records a model only clients vouched for)."""
-    config, server_round = _settings(msg)
+    config, server_round = _settings(msg, context)
     return Message(threshold.cosign_model(msg.content, config, server_round, context, config.min_contributors),
                    reply_to=msg)

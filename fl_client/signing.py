@@ -26,6 +26,20 @@ def client_id(context: Context) -> str:
     return str(given) if given is not None else str(context.node_config.get("partition-id", ""))
 
 
+def on_device(context: Context) -> bool:
+    """A device (a SuperNode started from a kit, which names its client id) rather than a simulated client."""
+    return "client-id" in context.node_config
+
+
+def device_paths(config: RunConfig, context: Context) -> RunConfig:
+    """A device reads no path the server names: its data, keys, allow-list and state come from its node config
+    (``data-dir``, ``signing-key``, ``allow-list``, ``state-dir``: the kit), whatever the run's settings say. A
+    simulated client (the operator's own) takes the run's."""
+    if not on_device(context):
+        return config
+    return config.with_overrides(data_dir=str(context.node_config.get("data-dir", "")), key_set="")
+
+
 def signing_key(config: RunConfig, context: Context) -> SigningKey:
     path = context.node_config.get("signing-key")
     if not path:

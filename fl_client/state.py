@@ -95,10 +95,16 @@ class ClientState:
         )
 
 
+DEVICE_STATE_DIR = "~/.local/share/fedproof/client-state"
+"""A device's privacy history when its node config names no ``state-dir`` (``fedproof client`` always does)."""
+
+
 def state_file(context: Context, run_dir: str, client_id: str, dataset: str) -> Path | None:
     """Where this client keeps its state on disk (see the module docstring)."""
     if not client_id or "/" in client_id or client_id in (".", ".."):
         return None
     base = context.node_config.get("state-dir")
+    if not base and "client-id" in context.node_config:  # a device keeps its history where it chose, never at
+        base = DEVICE_STATE_DIR  # a path the server's settings name
     directory = Path(str(base)).expanduser() if base else Path(run_dir).expanduser() / "client-state"
     return directory / f"{client_id}-{dataset[:16] or 'data'}.json"

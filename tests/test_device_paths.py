@@ -1,0 +1,55 @@
+"""A device reads no path the server names (the second review: ``key-set``, ``data-dir`` and the run directory
+came from the run config): its keys, allow-list, data and privacy history come from its node config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedproof.config import RunConfig
+from fedproof.errors import ConfigError
+from fl_client.client_app import _settings
+from fl_client.signing import allow_list, signing_key
+from fl_client.state import state_file
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+
+
+EVIL = RunConfig(key_set="/srv/attacker/keys", data_dir="/srv/attacker/data", run_dir="/srv/attacker/runs")
+
+
+def message(config: RunConfig) -> Message:
+    return Message(RecordDict({"config": ConfigRecord({**config.to_mapping(), "server-round": 1})}), dst_node_id=1,
+                   message_type="train")
+
+
+def context(**node_config) -> Context:
+    return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def test_a_device_ignores_the_paths_in_the_run_settings() -> None:
+    device = context(**{"client-id": "c1", "partition-id": 0, "num-partitions": 2, "data-dir": "/home/me/data"})
+    config, _ = _settings(message(EVIL), device)
+    assert config.key_set == "" and config.data_dir == "/home/me/data"
+    bare = context(**{"client-id": "c1"})
+    assert _settings(message(EVIL), bare)[0].data_dir == ""  # its default location, not the server's
+    with pytest.raises(ConfigError, match="signing-key"):
+        signing_key(_settings(message(EVIL), bare)[0], bare)
+    with pytest.raises(ConfigError, match="allow-list"):
+        allow_list(_settings(message(EVIL), bare)[0], bare)
+    saved = state_file(bare, EVIL.run_dir, "c1", "fashion-mnist")
+    assert saved is not None and not str(saved).startswith("/srv/attacker")
+    assert str(saved).startswith(str(Path("~/.local/share/fedproof").expanduser()))
+
+
+def test_a_simulated_client_takes_the_operators_run_settings() -> None:
+    simulated = context(**{"partition-id": 0, "num-partitions": 2})
+    config, _ = _settings(message(EVIL), simulated)
+    assert config.key_set == EVIL.key_set and config.data_dir == EVIL.data_dir
+    assert str(state_file(simulated, EVIL.run_dir, "0", "fashion-mnist")).startswith("/srv/attacker/runs")
