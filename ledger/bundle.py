@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedproof.base.json_input import loads_bounded
 from ledger.errors import LedgerError
 from ledger.merkle import MerkleTree
 from ledger.signing import MODEL_TAG, NO_DP, UPDATE_TAG, ZERO_HASH, SignedFields, leaf_bytes, model_statement_chunks, payload_digest
@@ -114,7 +115,7 @@ class RoundBundle:
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "bundle") -> RoundBundle:
         try:
-            doc = json.loads(data)
+            doc = loads_bounded(data)
             contract, genesis = bytes.fromhex(doc["contract"]), bytes.fromhex(doc["genesis"])
             parent = bytes.fromhex(doc["parent_model_hash"])
             updates = tuple(

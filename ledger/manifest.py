@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedproof.base.json_input import loads_bounded
 from ledger.errors import KeyFileError, LedgerError
 from ledger.release import ReleaseStatement, SignedRelease
 from ledger.signing import length_prefixed as _str
@@ -110,7 +111,7 @@ class SignedManifest:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise ManifestError(f"{path}: larger than any manifest")
         try:
-            doc = json.loads(path.read_text())
+            doc = loads_bounded(path.read_text())
             m = {"profile_sha256": "", **dict(doc["manifest"])}
             for key in HEX_FIELDS:
                 m[key] = bytes.fromhex(m[key])

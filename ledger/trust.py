@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedproof.base.json_input import loads_bounded
 from ledger.errors import KeyFileError
 
 _MAX_TRUST_FILE = 64 << 10
@@ -50,7 +51,7 @@ class LedgerTrust:
         if path.stat().st_size > _MAX_TRUST_FILE:
             raise KeyFileError(f"{path}: too large to be a ledger pin")
         try:
-            doc = json.loads(path.read_text())
+            doc = loads_bounded(path.read_text())
             trust = cls(int(doc["chain_id"]), bytes.fromhex(doc["genesis"].removeprefix("0x")),
                         bytes.fromhex(doc["contract"].removeprefix("0x")), bytes.fromhex(doc.get("deployment_key", "")),
                         tuple(str(u) for u in doc.get("rpc_urls", [])))

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedproof.base.json_input import loads_bounded
 from ledger.errors import (
     DuplicateUpdate,
     KeyFileError,
@@ -68,7 +69,7 @@ class AllowList:
         if path.stat().st_size > _MAX_ALLOWLIST:
             raise KeyFileError(f"{path}: larger than any allow-list")
         try:
-            doc = json.loads(path.read_text())
+            doc = loads_bounded(path.read_text())
             keys = {str(k): bytes.fromhex(v) for k, v in doc["clients"].items()}
             revoked = frozenset(str(c) for c in doc.get("revoked", []))
             weights = {str(k): v for k, v in doc.get("weights", {}).items()}

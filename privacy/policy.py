@@ -17,6 +17,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fedproof.base.json_input import loads_bounded
 from privacy.dp import DPSettings
 from privacy.errors import PrivacyError
 
@@ -110,7 +111,7 @@ class PrivacyPolicy:
     @classmethod
     def from_json(cls, text: str, what: str = "privacy policy") -> PrivacyPolicy:
         try:
-            doc = json.loads(text)
+            doc = loads_bounded(text)
             if not isinstance(doc, dict) or doc.pop("version", None) != 1:
                 raise ValueError("not a version-1 policy")
             if type(doc.pop("shared_key_allowed", False)) is not bool:  # kits made before the shared-key scheme

@@ -242,8 +242,12 @@ DEEP = "[" * 100_000 + "]" * 100_000
 
 
 def test_policy_and_allow_list_files_nested_too_deeply_are_typed_errors(tmp_path: Path) -> None:
-    """The second review: RecursionError from json on deeply nested input, now the loaders' own typed errors."""
+    """The second review: RecursionError from json on deeply nested input (and, where a library raised Python's
+    recursion limit, a crash of the interpreter: this test did that), now the loaders' own typed errors, refused
+    before parsing."""
+    from ledger.bundle import BundleError, RoundBundle
     from ledger.errors import KeyFileError
+    from ledger.trust import LedgerTrust
     from ledger.verification import AllowList
     from privacy.policy import PolicyError, PrivacyPolicy
 
@@ -254,6 +258,10 @@ def test_policy_and_allow_list_files_nested_too_deeply_are_typed_errors(tmp_path
             AllowList.load(path)
         with pytest.raises(PolicyError):
             PrivacyPolicy.load(path)
+        with pytest.raises(KeyFileError):
+            LedgerTrust.load(path)
+        with pytest.raises(BundleError):
+            RoundBundle.from_bytes(text.encode())
 
 
 @pytest.mark.parametrize("ndim, dims", [(65, [1] * 65), (17, [1] * 17), (3, [2**32 - 1] * 3), (8, [2**31] * 8)])
