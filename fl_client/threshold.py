@@ -78,7 +78,6 @@ from privacy.keygen import (
     check_commitments,
     commitment_chunks,
     deal,
-    deal_chunks,
     deal_commitment,
     finish,
     hello,

@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord
 
 from fedproof.replies import Reason, Rejection
-from fedproof.weights import flatten, unflatten
 from fl_server.admission import Admitted
 from privacy.errors import CiphertextError
 from privacy.ring import addmod

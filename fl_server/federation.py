@@ -25,7 +25,7 @@ from fl_server.lineage import Lineage, open_ledger
 from fl_server.metrics import FederationMetrics
 from fl_server.round import RoundPlan, run_round
 from fl_server.tracking import RunTracker
-from ledger.verification import AllowList, Domain, UpdateVerifier
+from ledger.verification import AllowList, UpdateVerifier
 
 
 class RoundObserver(Protocol):

@@ -16,7 +16,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ledger.contract import LedgerContract, Receipt, RoundRecord
+from ledger.contract import LedgerContract, RoundRecord
 from ledger.errors import LedgerUnavailable, RoundOutOfOrder
 from ledger.key_statement import SignedKeyStatement
 

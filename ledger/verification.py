@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fedproof.base.json_input import loads_bounded
 from ledger.errors import (
+    BadSignature,
     DuplicateUpdate,
     KeyFileError,
     PayloadMismatch,

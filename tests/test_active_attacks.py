@@ -56,9 +56,7 @@ from test_threshold_round import (
     MaliciousServer,
     _task_identity,  # noqa: F401 - the module's fixtures, shared
     keyed,  # noqa: F401
-    _cosign,
     _decrypted,
-    ceremony,
     global_model,
 )
 from ledger.verification import AllowList

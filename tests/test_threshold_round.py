@@ -404,13 +404,14 @@ def test_a_decryptor_that_does_not_co_sign_is_replaced_by_another_key_holder(key
     assert any(r.phase == "cosign" for r in result.rejections)  # the silent one is on the record
 
 
-DAMAGES = ["bit-flip", "truncated", "wrong-length", "no-payload", "bad-count", "not-committed", "sent-early"]
+DAMAGES = ["bit-flip", "truncated", "wrong-length", "no-payload", "bad-count", "not-committed", "sent-early",
+           "reveal-tag"]
 
 
 @pytest.mark.parametrize("damage, code", [("bit-flip", "payload-mismatch"), ("truncated", "corrupt-ciphertext"),
                                           ("wrong-length", "wrong-shape"), ("no-payload", "wrong-mode"),
                                           ("bad-count", "bad-example-count"), ("not-committed", "payload-mismatch"),
-                                          ("sent-early", "wrong-mode")])
+                                          ("sent-early", "wrong-mode"), ("reveal-tag", "bad-signature")])
 def test_a_damaged_update_is_rejected_alone_and_the_round_goes_on(keyed, damage: str, code: str) -> None:
     from fedproof.protocol import CIPHERTEXTS_KEY, pack_ciphertexts, unpack_ciphertexts
 
@@ -451,6 +452,12 @@ def test_a_damaged_update_is_rejected_alone_and_the_round_goes_on(keyed, damage:
             reply[CIPHERTEXTS_KEY] = pack_ciphertexts((flipped, *chunks[1:]))
         elif damage == "no-payload":
             del reply[CIPHERTEXTS_KEY]
+        elif damage == "reveal-tag":  # its commitment's signature where the reveal's belongs (another tag)
+            from fedproof.protocol import SignedEnvelope as Envelope
+
+            committed = RevealRequest.take(msg.content).committed
+            [own] = [e for e in committed if e.fields.client_id == str(bad)]
+            Envelope(own.fields, own.signature).put(reply)
         elif damage == "not-committed":  # valid ciphertexts, and a valid header, but not the committed ones
             EncryptedPayload(tuple(threshold.encrypt_update(delta(1), 7, context).chunks),
                              flatten(global_model()).size).put(reply)
