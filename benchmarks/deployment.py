@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,6 +115,8 @@ def deployment(tmp: Path, rounds: int, settings: list[str]) -> tuple[list[dict],
         "--password-file", str(password))
     cli("server", "start", "--kit", str(kits / "server"), "--bind", "127.0.0.1", "--devnet-port", str(devnet),
         "--password-file", str(password))
+    for i in range(3):  # the operator hands each device the ledger pin: a device signs for no ledger without it
+        shutil.copy(kits / "server" / "trust.json", kits / f"client-{i}" / "trust.json")
     threads = str(max(1, (os.cpu_count() or 1) // 3))  # 3 SuperNodes share this host: do not oversubscribe it
     logs = [tmp / f"node-{i}.log" for i in range(3)]
     nodes = [subprocess.Popen([*FEDPROOF, "client", "--kit", str(kits / f"client-{i}"), "--port", str(free_port()),

@@ -95,10 +95,14 @@ def allow_list(config: RunConfig, context: Context) -> AllowList:
 
 def domain(config: RunConfig, context: Context) -> Domain:
     """Where this device's statements belong: the run's chain, genesis block and contract, which must be the
-    ones the device pins (node config ``ledger-trust``: the kit's ``trust.json``) when it has a pin; a simulated
-    client (the operator's) takes the run's."""
+    ones the device pins (node config ``ledger-trust``: the kit's ``trust.json``); a device without a pin signs
+    only for runs without a ledger. A simulated client (the operator's) takes the run's."""
     where = config.domain()
     path = context.node_config.get("ledger-trust")
+    if not path and on_device(context) and (where.chain_id or any(where.contract)):
+        raise ConfigError(f"the run records on chain {where.chain_id} (contract 0x{where.contract.hex()}) and this "
+                          "device pins no ledger: it signs nothing for a ledger run without its kit's trust.json "
+                          "(node config 'ledger-trust'; `fedproof client` passes the kit's own)")
     if path:
         pinned = LedgerTrust.load(Path(str(path)).expanduser())
         if (where.chain_id, where.genesis, where.contract) != (pinned.chain_id, pinned.genesis, pinned.contract):

@@ -16,6 +16,7 @@ from fl_server.round import RoundResult
 from fl_server.decryptors import Endorsement
 from ledger.bundle import Cosignature, RoundBundle, SignedUpdate
 from ledger.key_statement import KeyStatement, SignedKeyStatement
+from pins import device_pin
 from ledger.signing import SigningKey
 
 
@@ -68,7 +69,8 @@ def signed_reply(config, parent: ArrayRecord, client: str, arrays: ArrayRecord |
                           "metrics": MetricRecord({"num-examples": count, **metrics})})
     if arrays is not None:
         content["arrays"] = arrays
-    context = Context(run_id=1, node_id=1, node_config={"client-id": client}, state=RecordDict(), run_config={})
+    context = Context(run_id=1, node_id=1, node_config={"client-id": client, "ledger-trust": device_pin(config)},
+                      state=RecordDict(), run_config={})
     return sign_update(content, config, context, server_round, count, epsilon, hash_model(parent, config.run_id))
 
 

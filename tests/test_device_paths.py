@@ -53,3 +53,21 @@ def test_a_simulated_client_takes_the_operators_run_settings() -> None:
     config, _ = _settings(message(EVIL), simulated)
     assert config.key_set == EVIL.key_set and config.data_dir == EVIL.data_dir
     assert str(state_file(simulated, EVIL.run_dir, "0", "fashion-mnist")).startswith("/srv/attacker/runs")
+
+
+def test_a_device_without_a_ledger_pin_signs_nothing_for_a_ledger_run(tmp_path) -> None:
+    """The second review: a device without trust.json signed for whatever chain, genesis and contract the server
+    named. Now it refuses a ledger run, and signs a run without a ledger."""
+    from fedproof.keys import init_key_set
+    from fl_client.signing import domain, sign_update
+    from pins import device_pin
+
+    keys = init_key_set(tmp_path / "keys", ["c1"])
+    ledger_run = RunConfig(run_id="r", chain_id=31337, ledger_contract="0x" + "ab" * 20)
+    node = {"client-id": "c1", "signing-key": str(keys.signing_key("c1")), "allow-list": str(keys.allowlist)}
+    with pytest.raises(ConfigError, match="pins no ledger"):
+        domain(ledger_run, context(**node))
+    with pytest.raises(ConfigError, match="pins no ledger"):
+        sign_update(RecordDict(), ledger_run, context(**node), 1, 1, None, bytes(32))
+    assert domain(ledger_run, context(**node, **{"ledger-trust": device_pin(ledger_run)})).chain_id == 31337
+    assert domain(RunConfig(run_id="r"), context(**node)).chain_id == 0  # no ledger: nothing to pin

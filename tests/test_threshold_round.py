@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.supercore.task_identity import TaskIdentity
 
 from fakegrid import FakeGrid
+from pins import device_pin
 from fedproof.config import RunConfig
 from fedproof.errors import UpdateRejected
 from fedproof.keys import init_key_set
@@ -45,6 +46,7 @@ KEYS = init_key_set(Path(tempfile.mkdtemp(prefix="fedproof-mhe-keys-")), [str(n)
 CONFIG = RunConfig(run_id="mhe-run", chain_id=31337, ledger_contract="0x" + "cd" * 20, key_set=str(KEYS.directory),
                    he_weight_scale=SCALE)
 DOMAIN = CONFIG.domain()
+PIN = device_pin(CONFIG)  # each device's trust.json
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +69,8 @@ class Devices:
     """Each node's ClientApp state (its Context), answering through fl_client.threshold as a device would."""
 
     def __init__(self, nodes=NODES) -> None:
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"client-id": str(n)}, state=RecordDict(),
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"client-id": str(n), "ledger-trust": PIN},
+                                    state=RecordDict(),
                                     run_config={}) for n in nodes}
         self.absent: set[int] = set()  # nodes that stopped answering decryption requests
         self.no_cosign: set[int] = set()  # nodes that decrypt but then do not co-sign
