@@ -67,7 +67,7 @@ from ledger.signing import (
     model_statement_chunks,
     payload_digest,
 )
-from ledger.verification import verify_statement
+from ledger.verification import AllowList, Domain, verify_statement
 from privacy.errors import CiphertextError, PrivacyError
 from privacy.keygen import (
     Complaint,
@@ -390,7 +390,8 @@ def _reveal_update(content: RecordDict, config: RunConfig, server_round: int, co
     own = [e for e in request.committed if e.fields.client_id == me]
     if len(own) != 1 or own[0].signature != upload["leaf-signature"]:
         raise DecryptionRefused("not-in-set", "the frozen set does not hold this device's own commitment once")
-    root, _ = _frozen(request.committed, config, server_round, context, min_contributors, own[0].fields.parent_model_hash)
+    root, _ = _frozen(request.committed, _Peers.of(config, context, min_contributors), server_round,
+                      own[0].fields.parent_model_hash)
     if upload["revealed-to"] not in (b"", root):
         raise DecryptionRefused("second-set", "this device revealed its update to another set in this round")
     upload["revealed-to"] = root
@@ -400,12 +401,26 @@ def _reveal_update(content: RecordDict, config: RunConfig, server_round: int, co
     return sign_statement(reply, reveal_chunks(root), REVEAL_TAG, server_round, config, context)
 
 
-def _frozen(committed: tuple[SignedEnvelope, ...], config: RunConfig, server_round: int, context: Context,
-            min_contributors: int, parent: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+@dataclass(frozen=True)
+class _Peers:
+    """What one request is checked against, read once from the device's own files: its allow-list (afresh: a
+    revocation counts at once), where its statements belong, and the fewest contributors it accepts in a sum."""
+
+    allow: AllowList
+    where: Domain
+    floor: int
+
+    @classmethod
+    def of(cls, config: RunConfig, context: Context, min_contributors: int) -> _Peers:
+        return cls(allow_list(config, context), domain(config, context),
+                   client_policy(config, context).contributors_floor(min_contributors))
+
+
+def _frozen(committed: tuple[SignedEnvelope, ...], peers: _Peers, server_round: int, parent: bytes
+            ) -> tuple[bytes, dict[bytes, bytes]]:
     """The root of a frozen set of commitments after checking each (distinct allowed clients, this round, one
     parent, at least the device's floor), and its members: leaf bytes -> the payload digest they commit to."""
-    allow, where = allow_list(config, context), domain(config, context)
-    floor = client_policy(config, context).contributors_floor(min_contributors)
+    allow, where, floor = peers.allow, peers.where, peers.floor
     clients = {e.fields.client_id for e in committed}
     if len(clients) != len(committed) or len(committed) < floor:
         raise DecryptionRefused("too-few-contributors", f"{len(committed)} commitments from {len(clients)} distinct "
@@ -455,13 +470,14 @@ def _decrypt_share(content: RecordDict, config: RunConfig, server_round: int, co
     decryptors = _decryptor_set(request, holding)
     if holding.party not in decryptors:
         raise DecryptionRefused("bad-decryptors", "this device is not in the decryptor set it is asked to join")
-    checked = _verified_sum(request, config, server_round, context, min_contributors, holding)
+    peers = _Peers.of(config, context, min_contributors)
+    checked = _verified_sum(request, peers, server_round, context, holding)
     assert checked.total is not None
     _log_decryption(context, server_round, checked.digest, checked.total.shape[0])
     _remember(context, server_round, decryptors, checked)
     points = [holding.points[d] for d in decryptors]
     # the flooding covers the noise of up to every registered client's ciphertext plus the re-randomizer's
-    std = PARAMS.flooding_std(len(holding.points), len(allow_list(config, context).keys) + 1)
+    std = PARAMS.flooding_std(len(holding.points), len(peers.allow.keys) + 1)
     partial = partial_decryption(PARAMS, holding.share, holding.x, points, checked.total, std)
     reply = RecordDict({PARTIAL_KEY: ArrayRecord({PARTIAL_KEY: Array(partial)}),
                         DECRYPTION_KEY: ConfigRecord({"sum-sha256": checked.digest, "merkle-root": checked.root})})
@@ -504,13 +520,13 @@ class CheckedSum:
     """The model every leaf signed it trained from."""
 
 
-def _verified_sum(request: DecryptionRequest, config: RunConfig, server_round: int, context: Context,
-                  min_contributors: int, holding: KeyHolding) -> CheckedSum:
+def _verified_sum(request: DecryptionRequest, peers: _Peers, server_round: int, context: Context,
+                  holding: KeyHolding) -> CheckedSum:
     """Every leaf signed by a distinct allowed client for this run and round, from one parent model, at least the
     device's floor of them, each in the round's frozen set of commitments and revealed by its signer to that set;
     their ciphertexts summed here, that sum the one the server named, then re-randomized by the encryption of
     zero that a hash of this request fixes."""
-    allow, where = allow_list(config, context), domain(config, context)
+    allow, where, floor = peers.allow, peers.where, peers.floor
     if not request.leaves or len(request.reveals) != len(request.leaves) or not request.committed:
         raise DecryptionRefused("unrevealed", "a sum must come with the round's frozen commitments and each "
                                               "leaf's signed reveal")
@@ -519,8 +535,7 @@ def _verified_sum(request: DecryptionRequest, config: RunConfig, server_round: i
         raise DecryptionRefused("mixed-parents", "the leaves were trained from different models: the server sent "
                                                  "clients different models in one round")
     parent = parents.pop()
-    frozen_root, members = _frozen(request.committed, config, server_round, context, min_contributors, parent)
-    floor = client_policy(config, context).contributors_floor(min_contributors)
+    frozen_root, members = _frozen(request.committed, peers, server_round, parent)
     contributors = {envelope.fields.client_id for envelope, _ in request.leaves}
     if len(contributors) < floor or len(contributors) != len(request.leaves):
         raise DecryptionRefused("too-few-contributors", f"{len(request.leaves)} leaves from {len(contributors)} "
@@ -597,9 +612,10 @@ def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, con
     except UpdateRejected as exc:
         raise DecryptionRefused("malformed", str(exc)) from exc
     decryptors = _decryptor_set(request.decryption, holding)
-    checked = (_verified_sum(request.decryption, config, server_round, context, min_contributors, holding)
+    peers = _Peers.of(config, context, min_contributors)
+    allow, where = peers.allow, peers.where
+    checked = (_verified_sum(request.decryption, peers, server_round, context, holding)
                if request.decryption.leaves else _remembered_sum(context, server_round, request.decryption))
-    allow, where = allow_list(config, context), domain(config, context)
     partials = []
     for party, (envelope, values) in zip(decryptors, request.partials):
         try:

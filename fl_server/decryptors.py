@@ -58,7 +58,7 @@ from ledger.bundle import Cosignature
 from ledger.signing import MODEL_TAG, PARTIAL_TAG, leaf_bytes, model_statement_chunks, payload_digest
 from ledger.verification import AllowList, Domain, verify_statement
 from privacy.errors import CiphertextError
-from privacy.threshold import check_partial, fuse, rerandomize, rerandomizer_seed, sum_digest
+from privacy.threshold import check_partial, fuse, rerandomized_c0, rerandomizer_seed, sum_digest
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3
@@ -133,7 +133,7 @@ class ThresholdCommittee:
             if not failed:
                 # the decryptors decrypted the sum plus the encryption of zero this request's hash fixes
                 seed = rerandomizer_seed(key.statement.sha256, server_round, digest, root, chosen)
-                c0 = rerandomize(key.public_key, total, seed)[:, 0]
+                c0 = rerandomized_c0(key.public_key, total[:, 0], seed)
                 values = fuse(params, c0, [p.values for p in partials], length)
                 if not np.all(np.abs(values) <= params.max_abs_value * 1.01):
                     return Decrypted(None, f"round {server_round}: the fused sum lies outside the scheme's range "

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
@@ -133,6 +133,10 @@ class _Ceremony:
     domain: Domain
     timeout: float
     params: ThresholdParams
+    nodes: dict[str, int] = field(default_factory=dict)
+    """The parties that said hello (client id -> node), once known."""
+    record: ConfigRecord = field(default_factory=ConfigRecord)
+    """What the server proposes for the key (threshold, parties, weight scale, first round), sent at every step."""
 
     def run(self, asked: list[int], threshold: int, weight_scale: int, first_round: int) -> FederationKey:
         hellos = self._hellos(asked)

@@ -455,20 +455,21 @@ def _expand(seed: bytes, index: int, n: int) -> tuple[np.ndarray, np.ndarray, np
     return u, noise[0], noise[1]
 
 
-def encryption_of_zero(public_key: JointPublicKey, seed: bytes, chunks: int) -> np.ndarray:
-    """``chunks`` encryptions of zero under the joint key, from a public seed: shape (chunks, 2, N), NTT form at
-    q. As SEAL's ``encrypt_zero`` does: u * (p0, a) + (e0, e1) at the key level (q and the special prime p), then
+def encryption_of_zero(public_key: JointPublicKey, seed: bytes, chunks: int, parts: tuple[int, ...] = (0, 1)
+                       ) -> np.ndarray:
+    """``chunks`` encryptions of zero under the joint key, from a public seed: shape (chunks, len(parts), N), NTT
+    form at q (``parts``: which of (c0, c1) to compute). As SEAL's ``encrypt_zero`` does: u * (p0, a) + (e0, e1) at the key level (q and the special prime p), then
     divided by p and rounded, so what it adds to a ciphertext's noise is rounding noise only."""
     params = public_key.params
     (q, p), n = params.primes, params.n
     p0, a = public_key.to_arrays()
     u, e0, e1 = (np.stack(parts) for parts in zip(*(_expand(seed, index, n) for index in range(chunks))))
-    noise = np.stack([e0, e1], axis=1)  # (chunks, 2, N), added in coefficient form: two transforms fewer
+    noise = np.stack([(e0, e1)[part] for part in parts], axis=1)  # added in coefficient form: fewer transforms
     residues = []
     for level, prime in enumerate((q, p)):
         r = ring(n, prime)
         u_ntt = r.ntt(from_signed(u, prime))
-        products = np.stack([r.mul(u_ntt, p0[level]), r.mul(u_ntt, a[level])], axis=1)
+        products = np.stack([r.mul(u_ntt, (p0, a)[part][level]) for part in parts], axis=1)
         residues.append(addmod(r.intt(products), from_signed(noise, prime), prime))  # coefficients mod prime
     at_q, at_p = residues
     # round(x / p) mod q from x's residues: (x_q + p//2 - ((x_p + p//2) mod p)) * p^-1 mod q
@@ -476,6 +477,11 @@ def encryption_of_zero(public_key: JointPublicKey, seed: bytes, chunks: int) -> 
     shifted = addmod(at_p, np.full(at_p.shape, half, dtype=U64), p)  # < p < q
     rounded = mulmod(submod(addmod(at_q, np.full(at_q.shape, half % q, dtype=U64), q), shifted, q), pow(p, -1, q), q)
     return ring(n, q).ntt(rounded)
+
+
+def rerandomized_c0(public_key: JointPublicKey, c0: np.ndarray, seed: bytes) -> np.ndarray:
+    """What the fuser needs of :func:`rerandomize`'s result: its ``c0`` (the partials already cover ``c1'``)."""
+    return addmod(c0, encryption_of_zero(public_key, seed, c0.shape[0], parts=(0,))[:, 0], public_key.params.q)
 
 
 def rerandomize(public_key: JointPublicKey, total: np.ndarray, seed: bytes) -> np.ndarray:

@@ -230,24 +230,26 @@ def rogue_reveal(devices: Devices, captured: dict, msg: Message) -> RecordDict:
                           KEYGEN_TAG, 3, CONFIG, devices.contexts[ACCOMPLICES[1]])
 
 
-def test_a_late_dealer_cannot_choose_the_key(monkeypatch) -> None:
+def with_a_late_rogue_dealer() -> tuple[Devices, dict, dict]:
+    """Devices whose last dealer (an accomplice) reveals a rogue deal made from the honest ones."""
     devices, captured = Devices(), {}
     handlers = ceremony_handlers(devices, captured)
     honest_reveal = handlers["query_keygen_reveal"]
     handlers["query_keygen_reveal"] = lambda node, msg: (
         rogue_reveal(devices, captured, msg) if node == ACCOMPLICES[1] else honest_reveal(node, msg))
+    return devices, captured, handlers
+
+
+def test_a_late_dealer_cannot_choose_the_key(monkeypatch) -> None:
     allow = AllowList.load(KEYS.allowlist)
     # an honest server sees the rogue deal does not open its commitment: the dealer is excluded, not its victims
+    _, _, handlers = with_a_late_rogue_dealer()
     key = run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), allow, DOMAIN, 0, 5, SCALE)
     assert sorted(key.nodes) == sorted(str(n) for n in NODES if n != ACCOMPLICES[1])
     # a server that relays it anyway: every honest holder refuses to finish with it
     import fl_server.keygen as server_keygen
 
-    devices, captured = Devices(), {}
-    handlers = ceremony_handlers(devices, captured)
-    honest_reveal = handlers["query_keygen_reveal"]
-    handlers["query_keygen_reveal"] = lambda node, msg: (
-        rogue_reveal(devices, captured, msg) if node == ACCOMPLICES[1] else honest_reveal(node, msg))
+    _, captured, handlers = with_a_late_rogue_dealer()
     monkeypatch.setattr(server_keygen, "deal_commitment", lambda party, public, hashes: captured[
         ("query_keygen_commit", int(party))][1].config_records["commitment"]["commitment"])
     with pytest.raises(UpdateRejected, match="not the one it committed to"):
