@@ -22,7 +22,8 @@ from fedproof.data import load_dataset
 from fedproof.inference import predict, session
 from fedproof.model import make_model
 from fedproof.task import features, to_tensors
-from fl_server.deploy import export_onnx, load_model_file, quantize_int8
+from fedproof.artifact import calibration_bytes, derive, graph_name
+from fl_server.deploy import load_model_file
 
 
 def train(data, epochs: int = 2) -> torch.nn.Module:
@@ -60,8 +61,8 @@ def main() -> None:
     data = load_dataset()
     model = load_model_file(args.model)[0] if args.model else train(data)
     fp32_torch = safetensors_save(model.state_dict())
-    fp32 = export_onnx(model)
-    int8 = quantize_int8(fp32, data.train_x[np.random.default_rng(0).choice(len(data.train_x), 512, replace=False)])
+    calibration = data.train_x[np.random.default_rng(0).choice(len(data.train_x), 512, replace=False)]
+    fp32, int8 = derive(graph_name("scatternet", data.num_classes), fp32_torch, calibration_bytes(calibration), True)
     x_test, _ = to_tensors(data.test_x, data.test_y)
 
     def torch_predict(images: torch.Tensor) -> np.ndarray:

@@ -8,8 +8,11 @@ and contract, unexpired, with a sequence number above every one installed before
 is a rollback: refused, unless the operator signed an explicit rollback statement naming that artifact); the
 bytes hash to it; every RPC endpoint is on the pinned chain and shows the same ``DeploymentRecorded`` event for
 it (two endpoints that disagree install nothing); and the source model's lineage verifies (every round co-signed
-by t clients, ``ledger.audit``). Loading for prediction re-hashes the installed bytes, so nothing can be swapped
-between check and use. No torch anywhere on this path.
+by t clients, ``ledger.audit``); and the device's own derivation of the artifact from that co-signed model (its
+copy of the task's canonical graph, the published calibration images) gives the same artifact
+(:mod:`fedproof.artifact`), so the operator's key alone cannot ship a graph or weights of its choosing. Loading for
+prediction re-hashes the installed bytes, so nothing can be swapped between check and use. No torch anywhere on
+this path.
 
 A device that follows a release channel (:func:`follow`) changes models only on a release statement
 (:mod:`ledger.release`) that is recorded on the pinned chain, signed by the pinned key and newer than the last
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedproof.artifact import MAX_CALIBRATION_IMAGES, DerivationError, check_derived, derive
 from fedproof.data import gunzip_bounded, parse_idx
 from fedproof.drift import DriftResult, ProfileError, ReferenceProfile, check_window
 from fedproof.errors import FedproofError
@@ -46,6 +50,7 @@ MAX_INPUT_BYTES = 512 << 20
 MAX_IMAGE_BYTES = 64 << 20
 """What a gzipped image file given to ``edge predict`` may expand to (85,000 images of 28 x 28)."""
 MAX_PROFILE_BYTES = 16 << 20
+MAX_CALIBRATION_BYTES = MAX_CALIBRATION_IMAGES * 28 * 28 + 4096
 CURRENT = "current.json"
 PREVIOUS = "previous.json"
 HISTORY = "history.json"
@@ -170,6 +175,7 @@ def _verified(manifest: DeploymentManifest, registry: Path, trust: LedgerTrust, 
             verify_model(contract, manifest.source_model_sha256.hex(), [registry / "bundles"])
     except (AuditFailure, LedgerError) as exc:
         raise ArtifactRejected(f"the source model of {wanted.hex()[:16]}… does not verify: {exc}") from exc
+    _check_derivation(manifest, registry, data)
     try:
         session(data)  # it must load before it is installed
     except Exception as exc:  # onnxruntime raises its own, untyped, errors
@@ -177,6 +183,27 @@ def _verified(manifest: DeploymentManifest, registry: Path, trust: LedgerTrust, 
     profile = _profile(registry / f"{wanted.hex()}.profile.json", manifest.profile_sha256) \
         if manifest.profile_sha256 else None
     return manifest, data, record, profile
+
+
+def _check_derivation(manifest: DeploymentManifest, registry: Path, artifact: bytes) -> None:
+    """Rebuild the artifact from the co-signed source model (its bytes by hash), this device's own copy of the
+    canonical graph and the published calibration images, and refuse it unless it is what that gives
+    (:mod:`fedproof.artifact`). The operator's key alone cannot ship a graph or a weight."""
+    wanted, derivation = manifest.artifact_sha256, manifest.derivation
+    weights = _read_limited(registry / "models" / f"{manifest.source_model_sha256.hex()}.safetensors",
+                            MAX_ARTIFACT_BYTES, "source model")
+    if hashlib.sha256(weights).digest() != manifest.source_model_sha256:
+        raise ArtifactRejected(f"the source model of {wanted.hex()[:16]}… in {registry} is not the co-signed one")
+    calibration = _read_limited(registry / "calibration" / f"{derivation.calibration_sha256.hex()}.npy",
+                                MAX_CALIBRATION_BYTES, "calibration image file")
+    if hashlib.sha256(calibration).digest() != derivation.calibration_sha256:
+        raise ArtifactRejected(f"the calibration images of {wanted.hex()[:16]}… are not the ones its manifest names")
+    try:
+        _, derived = derive(derivation.graph, weights, calibration, derivation.per_channel)
+        check_derived(artifact, derived)
+    except DerivationError as exc:
+        raise ArtifactRejected(f"artifact {wanted.hex()[:16]}… does not derive from its co-signed model: {exc}") \
+            from exc
 
 
 def _install(install_dir: Path, manifest: DeploymentManifest, data: bytes, record, profile: bytes | None) -> Installed:

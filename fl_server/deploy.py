@@ -29,16 +29,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnx import numpy_helper
 from safetensors.numpy import load as safetensors_load
 from torch import nn
 
+from fedproof.artifact import LEARNED, calibration_bytes, compact, derive, graph_name
 from fedproof.data import Dataset
 from fedproof.drift import build_profile
 from fedproof.errors import FedproofError
@@ -48,7 +43,7 @@ from fedproof.model import make_model
 from fedproof.rundir import RunDirectory
 from fedproof.task import PIXEL_MEAN, PIXEL_STD
 from ledger.contract import LedgerContract, Receipt
-from ledger.manifest import DeploymentKey, DeploymentManifest, SignedManifest
+from ledger.manifest import DeploymentKey, DeploymentManifest, Derivation, SignedManifest
 from ledger.signing import run_id_hash
 
 TARGET = "onnx-int8-qdq"
@@ -113,8 +108,8 @@ def load_model_file(path: Path, num_classes: int = 10, model_name: str = "scatte
     return model.eval(), hashlib.sha256(data).digest()
 
 
-def export_onnx(model: nn.Module) -> bytes:
-    """One self-contained ONNX file with a dynamic batch dimension."""
+def _export(model: nn.Module) -> bytes:
+    """torch's ONNX export of ``model`` behind the standardisation, with a dynamic batch dimension (uncompacted)."""
     wrapped = _Standardised(model).eval()
     example = torch.zeros((2, 28, 28), dtype=torch.uint8)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" x4, harmless
@@ -125,65 +120,34 @@ def export_onnx(model: nn.Module) -> bytes:
                                     output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
                                     verbose=False)
         program.save(str(path), external_data=False)
-        return compact(path.read_bytes())
+        return path.read_bytes()
 
 
-class _Calibration(CalibrationDataReader):
-    def __init__(self, images: np.ndarray, batch: int = 64) -> None:
-        self._batches = iter([{"images": images[i : i + batch]} for i in range(0, len(images), batch)])
-
-    def get_next(self):
-        return next(self._batches, None)
-
-
-#: The learned layers. The scattering extractor's matrix products (its fixed Fourier transforms) stay float: in int8
-#: they moved 5% of the predictions.
-QUANTIZED_OPS = ["Conv", "Gemm"]
-
-
-def quantize_int8(fp32: bytes, calibration: np.ndarray, per_channel: bool = True) -> bytes:
-    """Static int8 quantization in QDQ format of the learned layers: int8 weights (per channel), uint8 activations,
-    MinMax calibration."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src, pre, out = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(fp32)
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=QUANTIZED_OPS)
-        return compact(out.read_bytes())
+def build_graph(model_name: str, num_classes: int) -> bytes:
+    """The canonical graph of a model (:mod:`fedproof.artifact`): its export with each learned initializer named by
+    its state-dict key and left empty. Which initializer holds which tensor is found by content (the weights are
+    seeded and distinct), so an exporter that transposed or folded one fails here rather than shipping."""
+    model = make_model(model_name, num_classes, seed=0).eval()
+    raw = onnx.load_from_string(_export(model))
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    keep: dict[str, str] = {}
+    for init in raw.graph.initializer:
+        value = numpy_helper.to_array(init)
+        found = [k for k, v in state.items() if v.shape == value.shape and np.array_equal(v, value)]
+        if len(found) == 1:
+            keep[init.name] = found[0]
+    if sorted(keep.values()) != sorted(state):
+        raise DeployError(f"the export of {model_name} does not hold its tensors {sorted(state)} as they are")
+    graph = onnx.load_from_string(compact(raw.SerializeToString(), keep))
+    for init in graph.graph.initializer:
+        if init.name in state:
+            init.raw_data = b""
+    graph.metadata_props.add(key=LEARNED, value=json.dumps(sorted(state)))
+    return graph.SerializeToString()
 
 
-def compact(data: bytes) -> bytes:
-    """The same graph without debugging baggage: the exporter's per-node stack traces, inferred shapes, long
-    tensor names and unused opset imports (~15% of a 65k-parameter int8 model). Inputs and outputs keep
-    their names; the result passes onnx's checker."""
-    model = onnx.load_from_string(data)
-    graph = model.graph
-    del graph.value_info[:]
-    del model.metadata_props[:]
-    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
-    names: dict[str, str] = {}
-
-    def short(name: str) -> str:
-        if not name or name in keep:
-            return name
-        return names.setdefault(name, format(len(names), "x"))
-
-    for init in graph.initializer:
-        init.name, init.doc_string = short(init.name), ""
-    for node in graph.node:
-        node.name, node.doc_string = "", ""
-        del node.metadata_props[:]
-        node.input[:] = [short(x) for x in node.input]
-        node.output[:] = [short(x) for x in node.output]
-    used = {node.domain for node in graph.node} | {""}
-    opsets = [o for o in model.opset_import if o.domain in used]
-    del model.opset_import[:]
-    model.opset_import.extend(opsets)
-    model.producer_name, model.producer_version, model.doc_string = "fedproof", "", ""
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+#: The canonical graphs fedproof ships (``python -m fl_server.deploy graphs`` writes them).
+SHIPPED_GRAPHS = (("scatternet", 10), ("cnn", 10))
 
 
 MANIFEST_LIFETIME = 365 * 24 * 3600
@@ -209,12 +173,13 @@ def next_sequence(registry: Path) -> int:
 
 
 def sign_manifest(registry: Path, key: DeploymentKey, contract: LedgerContract, artifact: bytes, source: bytes,
-                  run_id: str, server_round: int, version: str, rollback: bool = False,
-                  lifetime: int = MANIFEST_LIFETIME, profile: bytes = b"") -> SignedManifest:
+                  run_id: str, server_round: int, version: str,
+                  derivation: Derivation, rollback: bool = False, lifetime: int = MANIFEST_LIFETIME,
+                  profile: bytes = b"") -> SignedManifest:
     """Sign and write ``<artifact>.manifest.json`` with the next sequence number."""
     sequence = next_sequence(registry)
     manifest = DeploymentManifest(*contract.domain, artifact, source, run_id, server_round, version, sequence,
-                                  int(time.time()) + lifetime, rollback, profile)
+                                  int(time.time()) + lifetime, derivation, rollback, profile)
     signed = key.sign(manifest)
     write_atomically(manifest_path(registry, artifact), signed.to_json().encode())
     write_atomically(registry / "sequence", f"{sequence}\n".encode())
@@ -225,7 +190,7 @@ def rollback(registry: Path, key: DeploymentKey, contract: LedgerContract, artif
     """An explicit, signed rollback statement: devices may go back to ``artifact`` (a deployed one) under it."""
     previous = SignedManifest.load(manifest_path(registry, artifact)).verify(key.public_key)
     return sign_manifest(registry, key, contract, artifact, previous.source_model_sha256, previous.run_id,
-                         previous.round, previous.version + "+rollback", rollback=True,
+                         previous.round, previous.version + "+rollback", previous.derivation, rollback=True,
                          profile=previous.profile_sha256)
 
 
@@ -240,7 +205,8 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
         f"round-{server_round}.safetensors"
     if not source.is_file():
         raise DeployError(f"no model file {source}")
-    model, digest = load_model_file(source, dataset.num_classes, run_config.model)
+    weights = source.read_bytes()
+    digest = hashlib.sha256(weights).digest()
     recorded = None
     if contract is not None:
         produced = [e for e in contract.round_events(model_hash=digest) if e.run_id == run_id_hash(run_id)
@@ -251,8 +217,10 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
     rng = np.random.default_rng(settings.seed)
     calibration = dataset.train_x[rng.choice(len(dataset.train_x), min(settings.calibration_size,
                                                                         len(dataset.train_x)), replace=False)]
-    fp32 = export_onnx(model)
-    int8 = quantize_int8(fp32, calibration, settings.per_channel)
+    # the one derivation a device re-runs before it installs (fedproof.artifact)
+    derivation = Derivation(graph_name(run_config.model, dataset.num_classes), settings.per_channel,
+                            hashlib.sha256(calibration_bytes(calibration)).digest())
+    fp32, int8 = derive(derivation.graph, weights, calibration_bytes(calibration), settings.per_channel)
     # the server checks on all its cores (0: onnxruntime's default), a device runs on the threads it chooses
     acc32 = float((predict(session(fp32, threads=0), dataset.test_x) == dataset.test_y).mean())
     acc8 = float((predict(session(int8, threads=0), dataset.test_x) == dataset.test_y).mean())
@@ -266,6 +234,12 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
     registry.mkdir(parents=True, exist_ok=True)
     artifact = registry / f"{artifact_hash.hex()}.onnx"
     write_atomically(artifact, int8)
+    # what a device re-derives it from: the co-signed model file and the calibration images, both by hash
+    (registry / "models").mkdir(exist_ok=True)
+    write_atomically(registry / "models" / f"{digest.hex()}.safetensors", weights)
+    (registry / "calibration").mkdir(exist_ok=True)
+    write_atomically(registry / "calibration" / f"{derivation.calibration_sha256.hex()}.npy",
+                     calibration_bytes(calibration))
     # what devices compare their inputs with: the calibration images and the published model's predictions on them
     seen = dataset.train_x[rng.choice(len(dataset.train_x), min(settings.profile_size, len(dataset.train_x)),
                                       replace=False)]
@@ -295,6 +269,28 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
         for path in sorted((run_path / "ledger").glob("round-*.json")):
             shutil.copyfile(path, bundles / f"{run_id}-{path.name}")
         sign_manifest(registry, key, contract, artifact_hash, digest, run_id, recorded.round,
-                      f"{run_id}/round-{recorded.round}", profile=profile_hash)
+                      f"{run_id}/round-{recorded.round}", derivation, profile=profile_hash)
     return deployment
 
+
+
+def write_graphs() -> list[Path]:
+    """Write every shipped canonical graph into ``fedproof/graphs`` (after a change to a model or to torch)."""
+    from fedproof.artifact import GRAPHS
+
+    GRAPHS.mkdir(exist_ok=True)
+    written = []
+    for model_name, classes in SHIPPED_GRAPHS:
+        path = GRAPHS / f"{graph_name(model_name, classes)}.onnx"
+        write_atomically(path, build_graph(model_name, classes))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["graphs"]:
+        raise SystemExit("usage: python -m fl_server.deploy graphs   (rewrites fedproof/graphs/*.onnx)")
+    for written in write_graphs():
+        print(written)

@@ -10,8 +10,12 @@ statement: a new, higher-numbered manifest that names the older artifact as its 
 Bytes signed (fixed layout, integers big-endian, strings with a u16 length)::
 
     "fedproof/deployment/v1" 0x00 | chain id u64 | genesis 32 B | contract 20 B | artifact 32 B | source model 32 B
-    | run id str | round u64 | version str | sequence u64 | expires u64 (unix s) | rollback u8
-    | drift profile 32 B (absent: nothing)
+    | run id str | round u64 | version str | sequence u64 | expires u64 (unix s)
+    | canonical graph str | per-channel u8 | calibration images 32 B | rollback u8 | drift profile 32 B (absent: nothing)
+
+The derivation (canonical graph, per-channel weights, the calibration images' hash) is how a device rebuilds the
+artifact from the co-signed model before it installs it (:mod:`fedproof.artifact`): the operator's signature
+alone never makes a graph or a weight acceptable.
 
 The drift profile (``fedproof.drift.ReferenceProfile``, a file beside the artifact) is what a device compares its
 inputs against; signing its hash means nobody but the operator can make a device believe all is well.
@@ -33,13 +37,30 @@ from ledger.errors import KeyFileError, LedgerError
 from ledger.release import ReleaseStatement, SignedRelease
 from ledger.signing import length_prefixed as _str
 
-MANIFEST_TAG = b"fedproof/deployment/v1"
+MANIFEST_TAG = b"fedproof/deployment/v2"
 MAX_MANIFEST_BYTES = 64 << 10
 HEX_FIELDS = ("genesis", "contract", "artifact_sha256", "source_model_sha256", "profile_sha256")
+VERSION = 2
 
 
 class ManifestError(LedgerError):
     """A deployment manifest is malformed, unsigned, or signed by a key the device does not pin."""
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """How the artifact is made from its source model (:func:`fedproof.artifact.derive`)."""
+
+    graph: str
+    """The canonical graph's name, ``<model>-<classes>`` (the device reads its own copy)."""
+    per_channel: bool
+    calibration_sha256: bytes
+    """SHA-256 of the calibration images' ``.npy`` (``<registry>/calibration/<hash>.npy``)."""
+
+    def __post_init__(self) -> None:
+        if len(self.calibration_sha256) != 32 or not isinstance(self.per_channel, bool) or \
+                not isinstance(self.graph, str):
+            raise ManifestError("a derivation names a graph, per-channel (a bool) and a 32-byte calibration hash")
 
 
 @dataclass(frozen=True)
@@ -55,6 +76,7 @@ class DeploymentManifest:
     sequence: int
     expires: int
     """Unix time after which a device no longer installs under this manifest."""
+    derivation: Derivation
     rollback: bool = False
     """True: an explicit rollback statement, naming an older artifact as the target on purpose."""
     profile_sha256: bytes = b""
@@ -71,8 +93,9 @@ class DeploymentManifest:
         return b"".join([
             MANIFEST_TAG + b"\x00", struct.pack(">Q", self.chain_id), self.genesis, self.contract,
             self.artifact_sha256, self.source_model_sha256, _str(self.run_id), struct.pack(">Q", self.round),
-            _str(self.version), struct.pack(">QQB", self.sequence, self.expires, int(self.rollback)),
-            self.profile_sha256,
+            _str(self.version), struct.pack(">QQ", self.sequence, self.expires), _str(self.derivation.graph),
+            bytes([int(self.derivation.per_channel)]), self.derivation.calibration_sha256,
+            bytes([int(self.rollback)]), self.profile_sha256,
         ])
 
 
@@ -100,7 +123,8 @@ class SignedManifest:
         m = asdict(self.manifest)
         for key in HEX_FIELDS:
             m[key] = m[key].hex()
-        return json.dumps({"version": 1, "manifest": m, "signer": self.signer.hex(),
+        m["derivation"]["calibration_sha256"] = m["derivation"]["calibration_sha256"].hex()
+        return json.dumps({"version": VERSION, "manifest": m, "signer": self.signer.hex(),
                            "signature": self.signature.hex()}, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -112,15 +136,20 @@ class SignedManifest:
             raise ManifestError(f"{path}: larger than any manifest")
         try:
             doc = loads_bounded(path.read_text())
+            if not isinstance(doc, dict) or doc.get("version") != VERSION:
+                raise ManifestError(f"{path}: not a version-{VERSION} deployment manifest (one from before fedproof "
+                                    "derived artifacts on the device: deploy the model again)")
             m = {"profile_sha256": "", **dict(doc["manifest"])}
             for key in HEX_FIELDS:
                 m[key] = bytes.fromhex(m[key])
+            d = dict(m["derivation"])
+            m["derivation"] = Derivation(d["graph"], d["per_channel"], bytes.fromhex(d["calibration_sha256"]))
             manifest = DeploymentManifest(**{k: m[k] for k in DeploymentManifest.__dataclass_fields__})
             signed = cls(manifest, bytes.fromhex(doc["signer"]), bytes.fromhex(doc["signature"]))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ManifestError(f"{path}: not a fedproof deployment manifest ({exc})") from exc
-        if doc.get("version") != 1 or not isinstance(manifest.rollback, bool):
-            raise ManifestError(f"{path}: not a version-1 deployment manifest")
+        if not isinstance(manifest.rollback, bool):
+            raise ManifestError(f"{path}: rollback is not a boolean")
         return signed
 
 

@@ -12,9 +12,14 @@ from pathlib import Path
 import dataclasses
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
+from safetensors.torch import save as safetensors_save
+
+from fedproof.artifact import calibration_bytes, derive
 from fedproof.data import load_dataset
 from fedproof.errors import FedproofError
 from fedproof.model import count_parameters, make_model
@@ -26,19 +31,18 @@ from fl_server.deploy import (
     DeployError,
     DeploySettings,
     deploy,
-    export_onnx,
     manifest_path,
-    quantize_int8,
     rollback,
 )
 from ledger.contract import LedgerContract
-from ledger.manifest import DeploymentKey, SignedManifest
+from ledger.manifest import DeploymentKey, Derivation, SignedManifest
 from ledger.signing import SigningKey
 from ledger.trust import LedgerTrust
 from rounds import record_trained_run
 
 CLIENTS = {c: SigningKey.generate() for c in ("a", "b")}
 OPERATOR = DeploymentKey.generate()
+DERIVATION = Derivation("scatternet-10", True, bytes(32))
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +124,8 @@ def test_tampered_and_unknown_artifacts_are_refused_and_nothing_is_installed(rec
     with pytest.raises(ArtifactRejected, match="does not hash to its name"):
         install(deployment.artifact_sha256, tmp_path, chain)
     artifact.write_bytes(good)
-    unknown = quantize_int8(export_onnx(make_model("cnn", data.num_classes).eval()), data.train_x[:64])
+    unknown = derive("cnn-10", safetensors_save(make_model("cnn", data.num_classes).state_dict()),
+                     calibration_bytes(data.train_x[:64]), True)[1]
     digest = hashlib.sha256(unknown).hexdigest()
     (tmp_path / "registry" / f"{digest}.onnx").write_bytes(unknown)  # valid ONNX, right name, never deployed
     with pytest.raises(ArtifactRejected, match="no signed manifest"):  # unsigned: nothing vouches for it
@@ -214,7 +219,7 @@ def publish_unquantized(chain: LedgerContract, lin, tmp_path: Path) -> str:
     for path in lin.bundles.glob("round-*.json"):
         shutil.copyfile(path, registry / "bundles" / f"{lin.config.run_id}-{path.name}")
     chain.record_deployment(lin.parent, digest, run_id_hash(lin.config.run_id), lin.recorded, "edge")
-    sign_manifest(registry, OPERATOR, chain, digest, lin.parent, lin.config.run_id, lin.recorded, "v")
+    sign_manifest(registry, OPERATOR, chain, digest, lin.parent, lin.config.run_id, lin.recorded, "v", DERIVATION)
     return digest.hex()
 
 
@@ -263,7 +268,7 @@ def test_a_device_refuses_an_honest_lineage_only_for_the_artifact(recorded_run, 
                            chain_genesis="0x" + chain.genesis.hex())
         lin = Lineage(tmp_path / "run", config, chain, model(0.0))
         honest(lin, keys)
-        with pytest.raises(ArtifactRejected, match="does not load"):
+        with pytest.raises(ArtifactRejected, match="no source model"):  # past the lineage: the derivation's turn
             install(publish_unquantized(chain, lin, tmp_path), tmp_path, chain)
     finally:
         chain.w3.testing.revert(snapshot)
@@ -340,3 +345,110 @@ def test_the_signed_drift_profile_is_installed_and_watches_what_the_device_sees(
     installed.write_bytes(installed.read_bytes() + b" ")
     with pytest.raises(ArtifactRejected, match="altered"):
         monitor(device, window, classify(device, window))
+
+
+# ------------------------------------------------------------------ the operator's key alone ships nothing of its own
+
+
+def always_seven(artifact: bytes) -> bytes:
+    """The honest artifact with one tensor changed, the last layer's class-7 bias: the same graph, answers 7."""
+    model = onnx.load_from_string(artifact)
+    gemm = [n for n in model.graph.node if n.op_type == "Gemm"][-1]
+    producers = {o: n for n in model.graph.node for o in n.output}
+    name = producers[gemm.input[2]].input[0] if gemm.input[2] in producers else gemm.input[2]
+    init = next(i for i in model.graph.initializer if i.name == name)
+    values = numpy_helper.to_array(init).copy()
+    values[7] += 2**24 if values.dtype.kind == "i" else 1e6
+    init.CopyFrom(numpy_helper.from_array(values, name))
+    return model.SerializeToString()
+
+
+def constant_seven() -> bytes:
+    """A graph of its own that takes the same images and answers 7 for every one."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["x", "axes"], ["s"], keepdims=0),
+             helper.make_node("MatMul", ["s", "zero"], ["z"]),
+             helper.make_node("Add", ["z", "seven"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "seven", [helper.make_tensor_value_info("images", TensorProto.UINT8, ["n", 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])],
+        [numpy_helper.from_array(np.array([2], np.int64), "axes"),
+         numpy_helper.from_array(np.zeros((28, 10), np.float32), "zero"),
+         numpy_helper.from_array(np.eye(10, dtype=np.float32)[7:8], "seven")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+
+
+def ship(registry: Path, chain: LedgerContract, honest: SignedManifest, artifact: bytes) -> str:
+    """What the operator (its deployment key, its ledger account) can do alone: publish ``artifact`` as a deployment
+    of the honest artifact's co-signed model, recorded on chain, under a newer manifest with the same derivation."""
+    from fl_server.deploy import TARGET, sign_manifest
+    from ledger.signing import run_id_hash
+
+    m = honest.manifest
+    digest = hashlib.sha256(artifact).digest()
+    (registry / f"{digest.hex()}.onnx").write_bytes(artifact)
+    chain.record_deployment(m.source_model_sha256, digest, run_id_hash(m.run_id), m.round, TARGET)
+    sign_manifest(registry, OPERATOR, chain, digest, m.source_model_sha256, m.run_id, m.round, "always-7",
+                  m.derivation)
+    return digest.hex()
+
+
+@pytest.mark.parametrize("crafted", [always_seven, lambda _: constant_seven()], ids=["one-tensor", "own-graph"])
+def test_an_artifact_that_always_answers_7_is_refused_by_pull_and_follow(recorded_run, published, tmp_path: Path,
+                                                                         crafted) -> None:
+    """The review's attack: the operator signs and records an artifact of the co-signed model that answers 7 to
+    everything. The manifest, the chain record and the lineage all check out; the device's own derivation does not."""
+    from fl_client.edge import follow
+    from ledger.release import ALL, ZERO, Action, ReleaseStatement
+
+    _, data, chain, _ = recorded_run
+    deployment = fresh_copy(published, tmp_path)
+    registry = tmp_path / "registry"
+    honest = SignedManifest.load(manifest_path(registry, bytes.fromhex(deployment.artifact_sha256)))
+    seven = crafted(Path(deployment.artifact).read_bytes())
+    from fedproof.inference import predict, session
+
+    assert set(predict(session(seven), data.test_x).tolist()) == {7}  # the attack works where it is loaded
+    ref = ship(registry, chain, honest, seven)
+    with pytest.raises(ArtifactRejected, match="does not derive from its co-signed model"):
+        install(ref, tmp_path, chain)
+    with pytest.raises(ArtifactRejected, match="does not derive from its co-signed model"):
+        install("latest", tmp_path, chain)
+    assert not (tmp_path / "device").exists()
+
+    snapshot = chain.w3.testing.snapshot()
+    try:
+        sequence = chain.latest_release_sequence() + 1
+        chain.record_release(OPERATOR.sign_release(ReleaseStatement(
+            chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]), sequence, Action.PROMOTE, "production",
+            bytes.fromhex(ref), ZERO, ALL)))
+        with pytest.raises(ArtifactRejected, match="does not derive from its co-signed model"):
+            follow("production", registry, tmp_path / "follower", pin(chain), [chain], device_id="d1")
+        assert not list((tmp_path / "follower").glob("*.onnx"))
+    finally:
+        chain.w3.testing.revert(snapshot)
+    # the honest artifact of the same manifest chain still installs
+    assert install(deployment.artifact_sha256, tmp_path, chain).artifact_sha256 == deployment.artifact_sha256
+
+
+def test_the_derivation_inputs_are_checked_by_hash(recorded_run, published, tmp_path: Path) -> None:
+    """The source model and the calibration images a device derives from are the ones the manifest names."""
+    _, _, chain, _ = recorded_run
+    deployment = fresh_copy(published, tmp_path)
+    registry = tmp_path / "registry"
+    source = registry / "models" / f"{deployment.source_model_sha256}.safetensors"
+    good = source.read_bytes()
+    source.write_bytes(good[:-4] + b"\0\0\0\0")
+    with pytest.raises(ArtifactRejected, match="not the co-signed one"):
+        install(deployment.artifact_sha256, tmp_path, chain)
+    source.write_bytes(good)
+    calibration = next((registry / "calibration").glob("*.npy"))
+    images = calibration.read_bytes()
+    calibration.write_bytes(images[:-1] + bytes([images[-1] ^ 0xFF]))  # another image set: other ranges
+    with pytest.raises(ArtifactRejected, match="calibration images .* not the ones its manifest names"):
+        install(deployment.artifact_sha256, tmp_path, chain)
+    calibration.write_bytes(images)
+    assert not (tmp_path / "device").exists()
+    assert install(deployment.artifact_sha256, tmp_path, chain).artifact_sha256 == deployment.artifact_sha256

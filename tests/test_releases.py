@@ -19,7 +19,7 @@ from fl_server.deploy import sign_manifest
 from fl_server.release import ReleaseRefused, history, release, stage_of
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.errors import LedgerTxFailed, LedgerValueError
-from ledger.manifest import DeploymentKey
+from ledger.manifest import DeploymentKey, Derivation
 from ledger.release import (
     ALL,
     ZERO,
@@ -61,7 +61,8 @@ def registry(chain: LedgerContract, tmp_path: Path) -> Path:
     chain.record_round(RoundRecord(h("run"), 1, h("init"), h("model"), h("root"), 2, 1, h("bundle")))
     for artifact in (A, B, C):
         chain.record_deployment(h("model"), artifact, h("run"), 1, "test")
-        sign_manifest(tmp_path, OPERATOR, chain, artifact, h("model"), "run", 1, "v")
+        sign_manifest(tmp_path, OPERATOR, chain, artifact, h("model"), "run", 1, "v",
+                      Derivation("scatternet-10", True, h("calibration")))
     return tmp_path
 
 

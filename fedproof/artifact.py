@@ -1,0 +1,233 @@
+"""The one derivation of a deployable artifact from a co-signed model, run by the server and re-run by each device.
+
+Why a device re-derives: the deployment key sits with the operator, so a signature under it says only that the
+operator chose an artifact. What the key holders co-signed is the fp32 model (its safetensors bytes). A device
+therefore installs an artifact only if it can rebuild it itself from those bytes:
+
+    artifact = quantize_int8(fill(canonical graph of the task, co-signed weights), calibration images, per_channel)
+
+- The **canonical graph** is the task's ONNX graph with its learned initializers left empty
+  (``fedproof/graphs/<model>-<classes>.onnx``). It ships with fedproof, not with a release: a device reads its
+  own copy. ``tests/test_artifact.py`` proves each committed graph equals a fresh export of the task's model, as
+  ``tests/test_contract.py`` does for the contract.
+- ``fill`` puts the co-signed weights in (every learned tensor by name, dtype and shape, nothing else).
+- ``quantize_int8`` is onnxruntime's static QDQ quantization with MinMax calibration. Weights are rounded from
+  the co-signed ones; activation ranges are measured on the **calibration images**. The operator publishes these
+  images beside the artifact, and their hash is in the signed manifest.
+
+The operator still chooses which images calibrate (and per-channel or per-tensor weights). Both are published and
+signed, so any device or auditor can re-run them. Neither can change a weight or the graph. Because every
+activation range is the one the co-signed model reaches on real uint8 images, the operator can coarsen the int8
+steps but cannot make the graph ignore its input. That leftover freedom is listed in README's threat table.
+
+Imports numpy, onnx and onnxruntime only (never torch): this runs on an edge device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from fedproof.errors import FedproofError
+
+GRAPHS = Path(__file__).resolve().parent / "graphs"
+LEARNED = "fedproof.learned"
+"""Metadata key of a canonical graph: the JSON list of its learned initializers (the model's state-dict keys)."""
+MAX_GRAPH_BYTES = 16 << 20
+MAX_CALIBRATION_IMAGES = 4096
+MIN_CALIBRATION_IMAGES = 16
+#: The learned layers. The scattering extractor's matrix products (its fixed Fourier transforms) stay float: in int8
+#: they moved 5% of the predictions.
+QUANTIZED_OPS = ["Conv", "Gemm"]
+SCALE_RTOL = 1e-4
+"""How far a float initializer (an activation scale) of a shipped artifact may be from the device's own derivation:
+calibration sums may round differently on another CPU. A weight in int8 must be equal."""
+
+
+class DerivationError(FedproofError):
+    """An artifact is not what the canonical derivation makes of its co-signed model (or cannot be derived)."""
+
+
+def graph_name(model: str, num_classes: int) -> str:
+    """The canonical graph's name: the task's model and its number of classes."""
+    return f"{model}-{num_classes}"
+
+
+def canonical_graph(name: str) -> bytes:
+    """The committed canonical graph ``name`` (only names of the form ``<model>-<classes>``; never a path)."""
+    model, _, classes = name.rpartition("-")
+    if not model.isidentifier() or not classes.isdigit():
+        raise DerivationError(f"{name!r} is not a canonical graph name (<model>-<classes>)")
+    path = GRAPHS / f"{name}.onnx"
+    if not path.is_file():
+        raise DerivationError(f"no canonical graph {name!r} in {GRAPHS}: this fedproof cannot derive artifacts of "
+                              "that model (generate it with `python -m fl_server.deploy graphs`)")
+    if path.stat().st_size > MAX_GRAPH_BYTES:
+        raise DerivationError(f"{path} is larger than any canonical graph")
+    return path.read_bytes()
+
+
+def fill(graph: bytes, weights: dict[str, np.ndarray]) -> bytes:
+    """The fp32 model: ``graph`` (canonical) with its learned initializers set to ``weights``, which must hold
+    exactly those tensors, as float32 of the same shapes."""
+    model = onnx.load_from_string(graph)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if LEARNED not in meta:
+        raise DerivationError("not a canonical graph: it does not name its learned tensors")
+    learned = set(json.loads(meta[LEARNED]))
+    if set(weights) != learned:
+        raise DerivationError(f"the model's tensors {sorted(weights)} are not the graph's learned ones "
+                              f"{sorted(learned)}")
+    for init in model.graph.initializer:
+        if init.name in learned:
+            value = weights[init.name]
+            if value.dtype != np.float32 or tuple(value.shape) != tuple(init.dims):
+                raise DerivationError(f"tensor {init.name!r} is {value.dtype} {value.shape}, the graph needs float32 "
+                                      f"{tuple(init.dims)}")
+            init.raw_data = np.ascontiguousarray(value, "<f4").tobytes()
+    del model.metadata_props[:]
+    return model.SerializeToString()
+
+
+class _Calibration(CalibrationDataReader):
+    def __init__(self, images: np.ndarray, batch: int = 64) -> None:
+        self._batches = iter([{"images": images[i : i + batch]} for i in range(0, len(images), batch)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+def quantize_int8(fp32: bytes, calibration: np.ndarray, per_channel: bool = True) -> bytes:
+    """Static int8 quantization in QDQ format of the learned layers: int8 weights (per channel), uint8 activations,
+    MinMax calibration."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre, out = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=QUANTIZED_OPS)
+        return compact(out.read_bytes())
+
+
+def compact(data: bytes, keep: dict[str, str] | None = None) -> bytes:
+    """The same graph without debugging baggage: the exporter's per-node stack traces, inferred shapes, long
+    tensor names and unused opset imports (~15% of a 65k-parameter int8 model). Inputs and outputs keep their
+    names, tensors in ``keep`` are renamed as it says; the result passes onnx's checker."""
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    del graph.value_info[:]
+    del model.metadata_props[:]
+    names: dict[str, str] = dict(keep or {})
+    names.update({i.name: i.name for i in graph.input} | {o.name: o.name for o in graph.output})
+    taken = set(names.values())
+
+    def short(name: str) -> str:
+        if not name:
+            return name
+        if name not in names:
+            candidate = format(len(names), "x")
+            while candidate in taken:
+                candidate += "_"
+            names[name] = candidate
+            taken.add(candidate)
+        return names[name]
+
+    for init in graph.initializer:
+        init.name, init.doc_string = short(init.name), ""
+    for node in graph.node:
+        node.name, node.doc_string = "", ""
+        del node.metadata_props[:]
+        node.input[:] = [short(x) for x in node.input]
+        node.output[:] = [short(x) for x in node.output]
+    used = {node.domain for node in graph.node} | {""}
+    opsets = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(opsets)
+    model.producer_name, model.producer_version, model.doc_string = "fedproof", "", ""
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def load_weights(data: bytes) -> dict[str, np.ndarray]:
+    """A safetensors model file's tensors (the format carries no code)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        return load(data)
+    except (SafetensorError, ValueError) as exc:
+        raise DerivationError(f"the source model is not a safetensors file ({exc})") from exc
+
+
+def calibration_bytes(images: np.ndarray) -> bytes:
+    """The calibration images as published: a ``.npy`` of uint8 ``(n, 28, 28)``."""
+    out = io.BytesIO()
+    np.save(out, np.ascontiguousarray(images, np.uint8), allow_pickle=False)
+    return out.getvalue()
+
+
+def load_calibration(data: bytes) -> np.ndarray:
+    """Published calibration images, checked: a ``.npy`` (never pickled) of 16 to 4,096 uint8 28 x 28 images."""
+    try:
+        images = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise DerivationError(f"the calibration images are not a .npy array ({exc})") from exc
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28) or \
+            not MIN_CALIBRATION_IMAGES <= len(images) <= MAX_CALIBRATION_IMAGES:
+        raise DerivationError(f"the calibration images are {images.dtype} {images.shape}, not {MIN_CALIBRATION_IMAGES}"
+                              f" to {MAX_CALIBRATION_IMAGES} uint8 images of 28 x 28")
+    return images
+
+
+def derive(graph: str, weights: bytes, calibration: bytes, per_channel: bool) -> tuple[bytes, bytes]:
+    """The fp32 model and the int8 artifact that canonical graph ``graph`` makes of the model file ``weights`` with
+    the published ``calibration`` images."""
+    fp32 = fill(canonical_graph(graph), load_weights(weights))
+    return fp32, quantize_int8(fp32, load_calibration(calibration), per_channel)
+
+
+def check_derived(shipped: bytes, derived: bytes) -> None:
+    """Raise :class:`DerivationError` unless ``shipped`` is ``derived``: the same bytes, or (calibrated on another
+    CPU) the same graph and int8 weights, with activation scales within :data:`SCALE_RTOL` and uint8/int32
+    zero points and biases within one step."""
+    if shipped == derived:
+        return
+    try:
+        ours, theirs = onnx.load_from_string(derived), onnx.load_from_string(shipped)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors
+        raise DerivationError(f"the artifact is not an ONNX model ({type(exc).__name__})") from exc
+    mine = {i.name: i for i in ours.graph.initializer}
+    other = {i.name: i for i in theirs.graph.initializer}
+    for model in (ours, theirs):
+        del model.graph.initializer[:]
+    if ours.SerializeToString(deterministic=True) != theirs.SerializeToString(deterministic=True):
+        raise DerivationError("its graph is not the canonical graph of its model (operators, wiring or attributes "
+                              "differ)")
+    if set(mine) != set(other):
+        raise DerivationError("its constant tensors are not the canonical graph's")
+    for name, init in mine.items():
+        a, b = numpy_helper.to_array(init), numpy_helper.to_array(other[name])
+        if a.dtype != b.dtype or a.shape != b.shape:
+            raise DerivationError(f"tensor {name!r} is {b.dtype} {b.shape}, the derivation makes {a.dtype} {a.shape}")
+        if a.dtype == np.int8 or a.dtype.kind not in "iuf":
+            close = np.array_equal(a, b)
+        elif a.dtype.kind in "iu":
+            close = bool(np.all(np.abs(a.astype(np.int64) - b.astype(np.int64)) <= 1))
+        else:
+            close = bool(np.allclose(a, b, rtol=SCALE_RTOL, atol=0.0))
+        if not close:
+            raise DerivationError(f"tensor {name!r} differs from what the co-signed model gives")
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
