@@ -104,17 +104,19 @@ def train(msg: Message, context: Context) -> Message:
     saved = state_file(context, job.config.run_dir, client_id(context), job.data.dataset)
     policy = client_policy(job.config, context)
     state = ClientState.load(context, saved, job.config.run_id)
+    # the weight this client's update carries: its registered, declared dataset size on a device (its privacy is
+    # accounted from it too, so the signed epsilon does not tell the true size); its exact count in a simulation
+    # (where the server registered the partition sizes)
+    declared = int(context.node_config.get("declared-examples", 0)) or None  # type: ignore[arg-type]
     outcome = train_round(
-        job.model, job.data.train_x, job.data.train_y, job.config, state, job.server_round, seed, policy,
+        job.model, job.data.train_x, job.data.train_y, job.config, state, job.server_round, seed, policy, declared,
     )
     trained_at = time.perf_counter()
     outcome.state.save(context, saved)
     report = ClientReport(client_id(context), outcome.status, outcome.epsilon, outcome.reason)
     content = RecordDict({"client": report.to_record()})
     content["metrics"] = MetricRecord({"num-examples": outcome.num_examples})
-    # the weight this client's update carries: its registered, declared dataset size on a device; its exact
-    # count in a simulation (where the server registered the partition sizes)
-    weight = int(context.node_config.get("declared-examples", 0)) or outcome.num_examples  # type: ignore
+    weight = declared or outcome.num_examples
     if outcome.status == TRAINED:
         # only a model this device's policy let it train from may be evaluated later: a model refused here (or a
         # crafted one sent as `train` first) must not become evaluable, or it could probe the local data

@@ -45,14 +45,16 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, lo
     for _ in range(epochs):
         total, count = 0.0, 0
         for xb, yb in loader:
-            if len(yb) == 0:  # Poisson sampling can draw an empty batch
-                continue
+            # Poisson sampling can draw an empty batch: Opacus still takes its step (noise alone), as the accountant
+            # assumes. Skipping it would make the number of steps, and so the signed epsilon, depend on the data.
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(xb), yb)
             with warnings.catch_warnings():  # Opacus' hooks on a head whose inputs (fixed features) need no grad
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 loss.backward()
             optimizer.step()
+            if not len(yb):
+                continue  # its loss is the mean of nothing
             total += loss.item() * len(yb)
             count += len(yb)
         epoch_loss = total / max(count, 1)
@@ -68,12 +70,17 @@ def train_round(
     server_round: int,
     seed: int,
     policy: PrivacyPolicy | None = None,
+    accounting_size: int | None = None,
 ) -> RoundOutcome:
     """One round of local training of ``model``'s head (in place) on the client's data, as private as the run asks
     and at least as private as ``policy`` (default: the run's own settings) demands; a request weaker than the
     policy is refused (POLICY_REFUSED) before anything is trained. The head trains on the extractor's features,
     computed once per dataset: the extractor is fixed, so they are a public function of each record and DP-SGD's
-    per-sample clipping and noise on the head protect each record exactly as they would on the whole model."""
+    per-sample clipping and noise on the head protect each record exactly as they would on the whole model.
+
+    ``accounting_size``: the device's public (declared) dataset size. Sample rate, steps, calibrated noise and
+    so the signed epsilon are planned from it, not from ``len(labels)``, so the epsilon tells n and n + 1 apart
+    no better than the declared weight does. Without one, the exact size is the update's signed weight anyway."""
     policy = policy or run_policy(config)
     try:
         dp = policy.admit(dp=config.dp, he=config.he, settings=config.dp_settings())
@@ -91,13 +98,13 @@ def train_round(
         return RoundOutcome(TRAINED, loss, n, None, state.after_training(server_round, n))
 
     dp.check_dataset(n)
-    plan = RoundPlan.for_data(n, config.batch_size, config.local_epochs)
+    plan = RoundPlan.for_data(accounting_size or n, config.batch_size, config.local_epochs)
     noise = policy.noise_floor(state.noise_multiplier or dp.noise_multiplier or calibrate_noise(dp, plan, config.rounds))
     try:
         check_budget(state.spend, noise, plan, dp)
     except BudgetExhausted as exc:
         return RoundOutcome(BUDGET_EXHAUSTED, 0.0, 0, exc.spent, state, str(exc))
-    with make_private(head, optimizer, loader, dp, noise) as private:
+    with make_private(head, optimizer, loader, dp, noise, accounting_size) as private:
         loss = run_epochs(head, private.optimizer, private.criterion, private.loader, config.local_epochs)
         spend = private.spend(state.spend)
     epsilon = spend.epsilon(dp.delta, dp.accountant)

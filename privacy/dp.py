@@ -209,6 +209,7 @@ def make_private(
     loader: DataLoader,
     settings: DPSettings,
     noise_multiplier: float,
+    accounting_size: int | None = None,
 ) -> PrivateTraining:
     """Make one round of training private: the single entry point over Opacus' ``PrivacyEngine``.
 
@@ -217,9 +218,19 @@ def make_private(
     both draw from a fresh :class:`SecureRandom` keyed from OS entropy (Opacus' accounting is unchanged: the
     same sample rate, steps and noise multiplier). ``wrap_model=False`` attaches Opacus' hooks to the model
     itself, so its ``state_dict`` keys are unchanged; :meth:`PrivateTraining.close` takes them off again.
+
+    ``accounting_size`` is the public dataset size the sample rate and steps are planned from (default: the
+    data's own size), as :meth:`RoundPlan.for_data` plans them. DP-SGD's guarantee depends only on the sample
+    rate, the steps and the noise, never on how many records are sampled from, so a device that plans from its
+    declared size signs an epsilon that says nothing about its true size; only its batches grow or shrink.
     """
     validate_model(model)
-    settings.check_dataset(len(loader.dataset))  # type: ignore[arg-type]
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    settings.check_dataset(n)
+    if accounting_size is not None:
+        per_epoch = math.ceil(accounting_size / (loader.batch_size or 1))
+        # Opacus plans its rate from the loader's length only: hand it a loader of the planned length
+        loader = DataLoader(loader.dataset, batch_sampler=_PlannedLength(per_epoch), collate_fn=loader.collate_fn)
     with warnings.catch_warnings():  # "Secure RNG turned off": Opacus' own; ours replaces it just below
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=settings.accountant)
@@ -238,6 +249,8 @@ def make_private(
         hooks, dp_optimizer, criterion, dp_loader = private
     else:
         (hooks, dp_optimizer, dp_loader), criterion = private, nn.CrossEntropyLoss()
+    if accounting_size is not None:  # the mean over the expected batch n * q (Opacus truncates it to an int)
+        dp_optimizer.expected_batch_size = n * dp_loader.sample_rate
     rng = SecureRandom.from_os()
     secure_loader = DataLoader(  # Opacus' Poisson batches (same rate, steps and empty-batch collate), our coins
         dp_loader.dataset,
@@ -246,6 +259,20 @@ def make_private(
     )
     _draw_noise_from(rng, dp_optimizer)
     return PrivateTraining(dp_optimizer, criterion, secure_loader, hooks, engine)
+
+
+class _PlannedLength:
+    """A batch sampler that only has a length: what Opacus reads to plan its Poisson rate. Its batches are never
+    drawn (:class:`SecurePoissonSampler` replaces them)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        raise RuntimeError("a planned length is not iterated: the secure Poisson sampler draws the batches")
 
 
 class _SecureNoise:

@@ -229,3 +229,36 @@ def test_the_round_plan_is_what_opacus_records(n: int) -> None:
         recorded_steps = len(private.loader)
     plan = RoundPlan.for_data(n, 64, 1)
     assert (plan.sample_rate, plan.steps) == (recorded_rate, recorded_steps)
+
+
+def test_the_signed_epsilon_does_not_tell_n_from_n_plus_1() -> None:
+    """The review's probe: batch size 1, which the policy accepts. A device plans from its declared size, so one
+    record more or less leaves its epsilon (and the rate and steps it was accounted at) exactly as they were; the
+    same probe without a declared size tells them apart, so the test can fail."""
+    rng = np.random.default_rng(4)
+    config = RunConfig(dp=True, target_epsilon=3.0, delta=1e-5, batch_size=1, local_epochs=1, rounds=3,
+                       grad_sample_mode="hooks")
+
+    def epsilon(n: int, declared: int | None) -> tuple[float, tuple]:
+        images = rng.integers(0, 255, size=(n, 28, 28), dtype=np.uint8)
+        outcome = train_round(make_model("cnn", seed=0), images, rng.integers(0, 10, size=n), config, ClientState(),
+                              1, seed=1, accounting_size=declared)
+        assert outcome.status == TRAINED
+        return outcome.epsilon, outcome.state.spend.history
+
+    assert epsilon(100, 100) == epsilon(101, 100) == epsilon(99, 100)
+    assert epsilon(100, None)[0] != epsilon(101, None)[0]  # what the attack reads without a declared size
+
+
+
+def test_a_device_far_below_its_declared_size_still_trains_on_its_mean() -> None:
+    """Batches of n * q < 1 on average: the clipped sum is divided by that expectation, not by Opacus' int of it."""
+    x, y = tiny_data(20)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with make_private(model, optimizer, loader, DPSettings(delta=1e-3), 1.0, accounting_size=100) as private:
+        assert private.optimizer.expected_batch_size == pytest.approx(20 / 25)
+        run_epochs(model, private.optimizer, private.criterion, private.loader, 1)
+        assert private.spend(PrivacySpend()).history == ((1.0, 1 / 25, 25),)
+        assert all(torch.isfinite(p).all() for p in model.parameters())

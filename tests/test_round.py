@@ -285,8 +285,9 @@ def test_a_model_refused_for_training_does_not_become_evaluable(tmp_path, monkey
         return client_app._Job(config, 1, 0, data, nn.Linear(1, 1), msg.content["arrays"])
 
     monkeypatch.setattr(client_app, "_job", job)
-    monkeypatch.setattr(client_app, "train_round", lambda model, x, y, cfg, state, rnd, seed, policy: RoundOutcome(
-        outcome[0], 0.0, 0 if outcome[0] != TRAINED else 5, None, state, "he-required: this device requires HE"))
+    monkeypatch.setattr(client_app, "train_round", lambda model, x, y, cfg, state, rnd, seed, policy, declared:
+                        RoundOutcome(outcome[0], 0.0, 0 if outcome[0] != TRAINED else 5, None, state,
+                                     "he-required: this device requires HE"))
     monkeypatch.setattr(client_app, "sign_update", lambda content, *args: content)
     monkeypatch.setattr(client_app, "plain_update", lambda trained, parent: parent)
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
