@@ -42,8 +42,9 @@ def deploy_command(
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset directory (default: search).")] = None,
     no_ledger: Annotated[bool, typer.Option("--no-ledger", help="Publish without a ledger (not verifiable).")] = False,
     operator: Annotated[Optional[Path], typer.Option(
-        help="Operator key directory (fedproof operator init) whose deployment key signs the manifest (default: "
-             "the local devnet's simulation operator, an unencrypted key for the playground).")] = None,
+        help="The server kit's operator directory (<kit>/operator, from fedproof provision): its ledger keystore "
+             "records, its deployment key signs (default: the local devnet's simulation operator, an unencrypted "
+             "key for the playground).")] = None,
     password_file: Annotated[Optional[Path], typer.Option(help="The operator password's file (default: prompt).")] = None,
     rollback_to: Annotated[Optional[str], typer.Option(
         help="Instead of deploying: sign a rollback statement that lets devices go back to this deployed artifact.")] = None,
@@ -54,9 +55,8 @@ def deploy_command(
         from fl_server.deploy import rollback
 
         try:
-            chain = open_contract(ledger_url, contract, devnet_dir)
-            signed = rollback(registry, deployment_key(operator, password_file, devnet_dir), chain,
-                              bytes.fromhex(rollback_to))
+            chain, key = operator_ledger(operator, password_file, ledger_url, contract, devnet_dir)
+            signed = rollback(registry, key, chain, bytes.fromhex(rollback_to))
         except (FedproofError, LedgerError, OSError, ValueError) as exc:
             _fail(exc)
         console.print(f"signed rollback statement to {rollback_to[:16]}… (sequence {signed.manifest.sequence})")
@@ -85,6 +85,52 @@ def deployment_key(operator: Path | None, password_file: Path | None, devnet_dir
     return DeploymentKey.load(path)
 
 
+def operator_ledger(operator: Path | None, password_file: Path | None, ledger_url: str | None, contract: str | None,
+                    devnet_dir: Path | None, run_config: dict | None = None):
+    """The contract to write to, and the deployment key that signs, for ``deploy`` and ``release``.
+
+    With ``--operator`` (a server kit's ``operator/`` directory) both keys are the operator's: its keystore account
+    writes (the account that deployed the contract in ``server start``), its deployment key signs. The ledger is
+    the options', else the run's (``run.json``), else the kit's own pin (``<kit>/trust.json``, beside
+    ``operator/``), and it must be the pinned chain. Without ``--operator``: a local simulation's devnet, written by
+    its dev account, signed by its simulation operator key."""
+    from ledger.contract import LedgerContract
+    from ledger.defaults import DEFAULT_DATA_DIR
+    from ledger.operator import OperatorKeys, read_password, use_account
+    from ledger.trust import LedgerTrust
+
+    saved = run_config or {}
+    if operator is None:
+        chain = open_contract(ledger_url, contract, devnet_dir, saved)
+        saved_dir = Path(str(saved["devnet-dir"])) if saved.get("devnet-dir") else None
+        return chain, deployment_key(None, None, Path(devnet_dir or saved_dir or DEFAULT_DATA_DIR).expanduser())
+    keys = OperatorKeys(Path(operator))
+    if not keys.exists():
+        raise FedproofError(f"no operator keys in {operator}: --operator is a server kit's operator/ directory "
+                            "(fedproof provision makes it)")
+    password = read_password(password_file)
+    account, key = keys.ledger_account(password), keys.deployment_key(password)
+    pin_path = Path(operator).parent / "trust.json"
+    pin = LedgerTrust.load(pin_path) if pin_path.is_file() else None
+    url = ledger_url or str(saved.get("ledger-url") or "") or (pin.rpc_urls[0] if pin and pin.rpc_urls else "")
+    address = contract or str(saved.get("ledger-contract") or "") or (pin.contract_address if pin else "")
+    if not url or not address:
+        raise FedproofError(f"no ledger known for {operator}: there is no {pin_path} (written by `fedproof server "
+                            "start`); pass --ledger-url and --contract")
+    w3 = LedgerContract.connect(url)
+    use_account(w3, account)
+    chain = LedgerContract.at(w3, address, sender=account.address)
+    if pin is not None and chain.domain != (pin.chain_id, pin.genesis, pin.contract):
+        raise FedproofError(f"wrong ledger: {url} serves chain {chain.chain_id} (genesis {chain.genesis.hex()[:12]}…) "
+                            f"contract {chain.address}, not the one pinned in {pin_path}; give the pinned one's "
+                            "--ledger-url and --contract")
+    if pin is not None and pin.deployment_key != key.public_key:
+        raise FedproofError(f"the deployment key in {operator} is not the one {pin_path} pins")
+    chain.require_writer(f"; the operator keystore in {operator} is not the account that deployed this contract: "
+                         "is it the right kit's operator directory?")
+    return chain, key
+
+
 def write_device_trust(chain, key, path: Path) -> None:
     """A device's pin for this chain, contract and deployment key (what `edge pull --trust` reads)."""
     from fedproof.files import write_atomically
@@ -106,11 +152,11 @@ def deploy_run(run_path: Path, server_round: int | None, registry: Path, max_dro
         config = RunDirectory(run_path).config().to_mapping()
         chain, key = None, None
         if ledger:
-            chain = open_contract(ledger_url, contract, devnet_dir, config)
-            saved_dir = Path(str(config["devnet-dir"])) if config.get("devnet-dir") else None
-            where = Path(devnet_dir or saved_dir or DEFAULT_DATA_DIR).expanduser()
-            key = deployment_key(operator, password_file, where)
-            write_device_trust(chain, key, where / "trust.json")
+            chain, key = operator_ledger(operator, password_file, ledger_url, contract, devnet_dir, config)
+            if operator is None:  # the playground's device pin, beside its devnet
+                saved_dir = Path(str(config["devnet-dir"])) if config.get("devnet-dir") else None
+                write_device_trust(chain, key, Path(devnet_dir or saved_dir or DEFAULT_DATA_DIR).expanduser()
+                                   / "trust.json")
         dataset = load_dataset(data_dir or config.get("data-dir") or None)
         return deploy(run_path, dataset, registry, chain, server_round, DeploySettings(max_drop_pp=max_drop), key)
     except (FedproofError, LedgerError, OSError, KeyError, ValueError) as exc:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedproof.cli_audit import ContractOpt, DevnetDir, LedgerUrl, audit_app, open_contract
-from fedproof.cli_deploy import DEFAULT_INSTALL, DEFAULT_REGISTRY, deployment_key, edge_app
+from fedproof.cli_deploy import DEFAULT_INSTALL, DEFAULT_REGISTRY, deployment_key, edge_app, operator_ledger
 from fedproof.errors import FedproofError
 from ledger.errors import LedgerError
 
@@ -24,7 +24,8 @@ release_app = typer.Typer(help="Staged releases of deployed artifacts: promote (
 
 Registry = Annotated[Path, typer.Option(help="Model registry directory.")]
 Operator = Annotated[Optional[Path], typer.Option(
-    help="Operator key directory whose deployment key signs (default: the local devnet's simulation operator).")]
+    help="The server kit's operator directory (<kit>/operator): its keystore records, its deployment key signs "
+         "(default: the local devnet's simulation operator).")]
 PasswordFile = Annotated[Optional[Path], typer.Option(help="The operator password's file (default: prompt).")]
 TrackingUri = Annotated[Optional[str], typer.Option(
     help="MLflow registry whose aliases mirror the stages (default: a file store <registry>/mlruns; 'off').")]
@@ -48,8 +49,7 @@ def _release(action_name: str, artifact: str, channel: str, canary: float, regis
     try:
         if not 0 < canary <= 100:
             raise FedproofError(f"--canary is a share of the channel's devices in percent, in (0, 100], not {canary}")
-        chain = open_contract(ledger_url, contract, devnet_dir)
-        key = deployment_key(operator, password_file, devnet_dir)
+        chain, key = operator_ledger(operator, password_file, ledger_url, contract, devnet_dir)
         done = release(registry, key, chain, Action[action_name.upper()], bytes.fromhex(artifact), channel,
                        min(ALL, round(canary * 100)))
         stages = stage_of(chain, key.public_key)

@@ -214,6 +214,7 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
         if not produced:
             raise DeployError(f"model {digest.hex()} of run {run_id!r} is not recorded on the ledger: refusing to deploy")
         recorded = produced[0]
+        contract.require_writer("; deploy with the kit's operator directory (--operator <kit>/operator)")
     rng = np.random.default_rng(settings.seed)
     calibration = dataset.train_x[rng.choice(len(dataset.train_x), min(settings.calibration_size,
                                                                         len(dataset.train_x)), replace=False)]
@@ -231,6 +232,16 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
             "nothing was published"
         )
     artifact_hash = hashlib.sha256(int8).digest()
+    # what devices compare their inputs with: the calibration images and the published model's predictions on them
+    seen = dataset.train_x[rng.choice(len(dataset.train_x), min(settings.profile_size, len(dataset.train_x)),
+                                      replace=False)]
+    profile = json.dumps(build_profile(seen, predict(session(int8, threads=0), seen), dataset.num_classes,
+                                       seed=settings.seed).to_dict()).encode()
+    profile_hash = hashlib.sha256(profile).digest()
+    # the chain first: a refused record (another account, another ledger) leaves nothing in the registry
+    receipt: Receipt | None = None
+    if contract is not None and recorded is not None:
+        receipt = contract.record_deployment(digest, artifact_hash, recorded.run_id, recorded.round, TARGET)
     registry.mkdir(parents=True, exist_ok=True)
     artifact = registry / f"{artifact_hash.hex()}.onnx"
     write_atomically(artifact, int8)
@@ -240,16 +251,7 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
     (registry / "calibration").mkdir(exist_ok=True)
     write_atomically(registry / "calibration" / f"{derivation.calibration_sha256.hex()}.npy",
                      calibration_bytes(calibration))
-    # what devices compare their inputs with: the calibration images and the published model's predictions on them
-    seen = dataset.train_x[rng.choice(len(dataset.train_x), min(settings.profile_size, len(dataset.train_x)),
-                                      replace=False)]
-    profile = json.dumps(build_profile(seen, predict(session(int8, threads=0), seen), dataset.num_classes,
-                                       seed=settings.seed).to_dict()).encode()
-    profile_hash = hashlib.sha256(profile).digest()
     write_atomically(registry / f"{artifact_hash.hex()}.profile.json", profile)
-    receipt: Receipt | None = None
-    if contract is not None and recorded is not None:
-        receipt = contract.record_deployment(digest, artifact_hash, recorded.run_id, recorded.round, TARGET)
     deployment = Deployment(
         artifact_sha256=artifact_hash.hex(), source_model_sha256=digest.hex(), run_id=run_id,
         round=recorded.round if recorded is not None else (server_round or 0), fp32_accuracy=acc32,

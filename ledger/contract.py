@@ -511,6 +511,17 @@ class LedgerContract:
         """The sequence number of the last recorded release statement (0: none)."""
         return int(self._view("latestReleaseSequence"))
 
+    def owner(self) -> str:
+        """The account that deployed the contract: the only one that may write to it."""
+        return Web3.to_checksum_address(self._view("owner"))
+
+    def require_writer(self, hint: str = "") -> None:
+        """Refuse, before any work, to go on when this wrapper's sender is not the owner (every write would revert)."""
+        owner = self.owner()
+        if owner != self.sender:
+            raise errors.NotOwner(f"account {self.sender} is not the owner of the ledger contract {self.address} "
+                                     f"({owner} is){hint}")
+
     def is_deployed(self, artifact_hash: bytes) -> bool:
         """Whether the artifact was recorded as a deployment of a recorded model."""
         return bool(self._view("deployedArtifact", _hash32("artifact_hash", artifact_hash)))

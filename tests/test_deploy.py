@@ -35,6 +35,7 @@ from fl_server.deploy import (
     rollback,
 )
 from ledger.contract import LedgerContract
+from ledger.errors import NotOwner
 from ledger.manifest import DeploymentKey, Derivation, SignedManifest
 from ledger.signing import SigningKey
 from ledger.trust import LedgerTrust
@@ -452,3 +453,13 @@ def test_the_derivation_inputs_are_checked_by_hash(recorded_run, published, tmp_
     calibration.write_bytes(images)
     assert not (tmp_path / "device").exists()
     assert install(deployment.artifact_sha256, tmp_path, chain).artifact_sha256 == deployment.artifact_sha256
+
+
+def test_another_account_than_the_owner_is_refused_before_any_work(recorded_run, tmp_path: Path) -> None:
+    """The operator's first day: deploying with an account that did not deploy the contract (the node's default
+    one after `server start` deployed it from the operator's keystore) names the cause and leaves no files."""
+    run_path, data, chain, _ = recorded_run
+    stranger = LedgerContract.at(chain.w3, chain.address, sender=chain.w3.eth.accounts[1])
+    with pytest.raises(NotOwner, match=r"not the owner .* \(--operator"):
+        deploy(run_path, data, tmp_path / "registry", stranger, key=OPERATOR)
+    assert not (tmp_path / "registry").exists()
