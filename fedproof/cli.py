@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from fedproof.config import PARTITIONS, parse_overrides, resolve
 from fedproof.errors import FedproofError
@@ -150,9 +149,9 @@ def simulate(
     except USER_ERRORS as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
-    _summary(result.rounds, result.run_dir, wall)
+    rounds_table(result.rounds, result.run_dir, wall)
     if result.epsilon_by_client:
-        _privacy_summary(result.epsilon_by_client, config.target_epsilon)
+        privacy_table(result.epsilon_by_client, config.target_epsilon)
     if result.stopped:
         console.print(f"[yellow]run ended early:[/] {result.stopped}")
     if result.ledger is not None and result.ledger.contract:
@@ -194,6 +193,7 @@ def _ledger_summary(result) -> None:
     console.print(f"check it any time: fedproof audit verify {result.run_dir / 'model.safetensors'}")
 
 
+from fedproof.cli_report import privacy_table, rounds_table  # noqa: E402
 from fedproof.cli_audit import audit_app, ledger_app, open_contract, print_lineage  # noqa: E402
 from fedproof.cli_deploy import deploy_command, deploy_run, edge_app, print_deployment  # noqa: E402
 from fedproof.cli_deployment import client_app, provision_command, server_app  # noqa: E402
@@ -260,47 +260,6 @@ class _RoundProgress:
     def update(self, row: RoundMetrics) -> None:
         status = f"accuracy {row.accuracy:.4f}  loss {row.loss:.4f}  ({row.seconds:.1f} s)"
         self.progress.update(self.task, completed=row.round, status=status)
-
-
-def _summary(rows: list[RoundMetrics], run_dir: Path, wall: float) -> None:
-    table = Table(title="Rounds")
-    dp = any(r.epsilon_max is not None for r in rows)
-    columns = ["round", "acc", "loss", "train loss", "val acc", "clients", "s", "B/param up", "rejected"]
-    for column in columns + (["eps max", "declined"] if dp else []):
-        table.add_column(column, justify="right")
-    for r in rows:
-        cells = [
-            str(r.round),
-            f"{r.accuracy:.4f}",
-            f"{r.loss:.4f}",
-            "-" if r.train_loss is None else f"{r.train_loss:.4f}",
-            "-" if r.val_accuracy is None else f"{r.val_accuracy:.4f}",
-            str(r.train_clients),
-            f"{r.seconds:.1f}",
-            "-" if r.upload_bytes_per_param is None else f"{r.upload_bytes_per_param:.2f}",
-            str(r.rejected_updates),
-        ]
-        if dp:
-            cells += ["-" if r.epsilon_max is None else f"{r.epsilon_max:.3f}", str(r.budget_exhausted)]
-        table.add_row(*cells)
-    console.print(table)
-    for r in rows:
-        if r.failed:
-            console.print(f"[yellow]round {r.round} left the model unchanged:[/] {r.failed}")
-    final = rows[-1].accuracy if rows else float("nan")
-    console.print(f"final test accuracy [bold green]{final:.4f}[/], wall time [bold]{wall:.1f} s[/]")
-    console.print(f"artifacts in [cyan]{run_dir}[/]: run.json, metrics.jsonl, model.safetensors, accuracy.png, mlruns/ (MLflow)")
-
-
-def _privacy_summary(epsilons: dict[str, float], target: float) -> None:
-    table = Table(title="Privacy spent per client")
-    table.add_column("client", justify="right")
-    table.add_column("epsilon", justify="right")
-    table.add_column("budget", justify="right")
-    for client in sorted(epsilons, key=lambda c: (len(c), c)):
-        eps = epsilons[client]
-        table.add_row(client, f"{eps:.4f}", f"{target:g}" if target else "-")
-    console.print(table)
 
 
 if __name__ == "__main__":

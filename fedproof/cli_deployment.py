@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -159,30 +160,79 @@ def server_run(
     config: Annotated[Optional[list[str]], typer.Option("-c", help="More run settings, key=value (TOML values, as flwr run -c).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue this run id from its last recorded round.")] = None,
 ) -> None:
-    """Run a federation on the started SuperLink (``flwr run`` of this app), streaming its log."""
+    """Run a federation on the started SuperLink (``flwr run`` of this app) and watch it: a line per round as it is
+    recorded, the summary when it ends. Exits 1 when the run stops early, fails or has nothing to do."""
     from fedproof.config import parse_overrides
-    from fedproof.rundir import RunDirectory
-    from fedproof.deployment import ServerKit, run_on_superlink
+    from fedproof.rundir import RunDirectory, new_run_id
+    from fedproof.deployment import ServerKit, start_on_superlink
 
     try:
         server = ServerKit.load(kit)
         ledger = json.loads((server.state / "ledger.json").read_text())
+        run_id = resume or new_run_id()
         overrides: dict[str, object] = {"clients": server.clients, "rounds": rounds, "key-set": str(server.path),
-                                        "run-dir": str(run_dir.resolve()), "metrics-port": metrics_port, **ledger}
+                                        "run-dir": str(run_dir.resolve()), "metrics-port": metrics_port, **ledger,
+                                        "run-id": run_id}
         if resume:  # the run's saved settings, then resume from its last recorded round
             saved = RunDirectory(run_dir / resume).config().to_mapping()
-            overrides = {**saved, **{k: v for k, v in overrides.items() if k != "rounds"}, "run-id": resume,
-                         "resume": True}
+            overrides = {**saved, **{k: v for k, v in overrides.items() if k != "rounds"}, "resume": True}
         overrides.update(parse_overrides(config))
-        done = run_on_superlink(server, overrides)
+        run_id = str(overrides["run-id"])
+        log = server.state / "logs" / f"{run_id}.log"
+        path = Path(str(overrides["run-dir"])) / run_id
+        console.print(f"run [cyan]{run_id}[/] on {server.address}, {overrides['rounds']} rounds: run directory {path}, "
+                      f"Flower's log {log}")
+        started = time.monotonic()
+        process = start_on_superlink(server, overrides, log)
     except (FedproofError, OSError, ValueError) as exc:
         _fail(exc)
-    console.print(done.stdout[-4000:])
-    failed = "ServerApp raised an exception" in done.stdout + done.stderr  # flwr run itself still exits 0
-    if done.returncode != 0 or failed:
-        console.print(done.stderr[-2000:])
-        console.print("[red]error:[/] the federation failed (see above)")
-        raise typer.Exit(code=done.returncode or 1)
+    code = _watch(process, RunDirectory(path), int(str(overrides["rounds"])))
+    _report(RunDirectory(path), log, code, time.monotonic() - started, overrides)
+
+
+def _watch(process, run, rounds: int) -> int:
+    """Print each round's row as the server appends it, until ``flwr run`` ends; its exit code."""
+    shown = 0
+    try:
+        while True:
+            code = process.poll()
+            rows = run.metrics() if (run.path / "metrics.jsonl").is_file() else []
+            for row in rows[shown:]:
+                eps = f", epsilon max {row.epsilon_max:.3f}" if row.epsilon_max is not None else ""
+                failed = f" [yellow](model unchanged: {row.failed})[/]" if row.failed else ""
+                console.print(f"round {row.round}/{rounds}: accuracy {row.accuracy:.4f}, {row.train_clients} "
+                              f"clients{eps}, {row.seconds:.1f} s{failed}")
+            shown = max(shown, len(rows))
+            if code is not None:
+                return code
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        process.terminate()
+        console.print("stopped watching; the run itself goes on on the SuperLink (`flwr stop` ends it)")
+        raise typer.Exit(code=130) from None
+
+
+def _report(run, log: Path, code: int, wall: float, overrides: dict) -> None:
+    """The same summary as ``simulate``; exit 1, with the reason, when the run did not do what was asked."""
+    from fedproof.cli_report import privacy_table, rounds_table
+
+    summary = run.read().get("summary") if (run.path / "run.json").is_file() else None
+    if code != 0 or summary is None:
+        tail = log.read_text(errors="replace").splitlines()[-25:] if log.is_file() else []
+        console.print("\n".join(tail))
+        console.print(f"[red]error:[/] the run failed before it finished (flwr run exited {code}); its log: {log}")
+        raise typer.Exit(code=1)
+    rows = run.metrics()
+    if rows:
+        rounds_table(rows, run.path, wall)
+    if summary.get("epsilon_by_client"):
+        privacy_table(summary["epsilon_by_client"], float(str(overrides.get("target-epsilon", 0)) or 0))
+    if summary.get("stopped"):
+        console.print(f"[red]run stopped early:[/] {summary['stopped']}")
+        raise typer.Exit(code=1)
+    if not rows:
+        console.print("[red]error:[/] the run trained no round")
+        raise typer.Exit(code=1)
 
 
 @server_app.command("status")
@@ -270,5 +320,6 @@ def client_command(
     import subprocess
 
     # the executor watches this pid, which the SuperNode keeps after exec: when the SuperNode stops, so does it
-    subprocess.Popen(runner, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.environ["PYTHONPATH"] = str(ROOT)  # both run fedproof's own modules (fl_client.app_runner, .supernode)
+    subprocess.Popen(runner, env=dict(os.environ))
     os.execvp(command[0], command)

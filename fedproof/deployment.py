@@ -200,7 +200,7 @@ def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", ins
     rendered = " ".join(f'{k}={json.dumps(v) if isinstance(v, str) else v}' for k, v in node_config.items())
     security = ["--insecure"] if insecure else ["--root-certificates", str(kit / "ca.crt"),
                                                 "--auth-supernode-private-key", str(node_key)]
-    return [_bin("flower-supernode"), *security, "--superlink", server, "--port", str(port),
+    return [sys.executable, "-m", "fl_client.supernode", *security, "--superlink", server, "--port", str(port),
             "--node-config", rendered, "--max-retries", "5", "--max-wait-time", "60",
             "--isolation", "process"]  # the ClientApp is fl_client.app_runner: the pinned, installed app only
 
@@ -214,13 +214,15 @@ def app_runner_command(kit: Path, port: int, parent_pid: int) -> list[str]:
             "--pinned-apps", str(pinned), "--parent-pid", str(parent_pid)]
 
 
-def run_on_superlink(kit: ServerKit, overrides: dict[str, object],
-                     timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-    """``flwr run`` of this project on the kit's SuperLink, with run-config ``overrides``."""
+def start_on_superlink(kit: ServerKit, overrides: dict[str, object], log: Path) -> subprocess.Popen:
+    """``flwr run --stream`` of this project on the kit's SuperLink, with run-config ``overrides``; its output goes to
+    ``log`` (the caller watches the run directory, not Flower's log lines)."""
     rendered = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
                         for k, v in overrides.items())
     command = [_bin("flwr"), "run", str(ROOT), CONNECTION, "--stream", "-c", rendered]
     env = {**os.environ, **FLOWER_ENV, **kit.env(), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     if not (kit.flwr_home / "config.toml").is_file():
         raise ConfigError(f"no SuperLink connection in {kit.flwr_home}: start the server first (fedproof server start)")
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -22,10 +22,24 @@ message's parts that the SuperNode is still receiving every :data:`PART_RETRY_SE
 
 from __future__ import annotations
 
+import signal
+
+
+def _stop(signum: int, _frame) -> None:
+    """SIGINT or SIGTERM: end at once, quietly (no KeyboardInterrupt traceback from deep inside a poll)."""
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":  # before the imports below (seconds): a device stopped while starting stops quietly too
+    for _signum in (signal.SIGINT, signal.SIGTERM):  # also in the background, where SIGINT starts out ignored
+        signal.signal(_signum, _stop)
+
 import argparse
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -39,7 +53,6 @@ from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
     PullAppMessagesRequest,
     PullTaskInputRequest,
 )
-from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
@@ -138,9 +151,42 @@ def run_task(address: str, token: str, pinned: frozenset[str]) -> str:
         client.close()
 
 
+def _exit_with(parent_pid: int) -> None:
+    """End this executor once its SuperNode has gone, however it went. Flower's own monitor raises SIGINT, which a
+    process started in the background ignores, so executors outlived their SuperNodes and later took tasks from a
+    new one on the same port. This one sends SIGTERM (handled by :func:`_stop`) and, should the process still be
+    running 5 s later, exits it outright."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.2)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                continue  # alive, another user's
+            if _is_zombie(parent_pid):
+                break
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-monitor").start()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def serve(address: str, pinned: frozenset[str], parent_pid: int | None = None, poll: float = POLL_SECONDS) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started in the background, where SIGINT is ignored
+        signal.signal(signum, _stop)
     if parent_pid is not None:
-        start_parent_process_monitor(parent_pid)  # the SuperNode goes, this goes
+        _exit_with(parent_pid)  # the SuperNode goes, this goes
     client = _client(address, RuntimeVersionHttpInterceptor(component_name="SuperExec"))
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP], agentapp_fab_hashes=[])
     waits = poll_intervals(0.02, poll)
