@@ -28,11 +28,32 @@ ContractOpt = Annotated[Optional[str], typer.Option(help="Lineage contract addre
 DevnetDir = Annotated[Optional[Path], typer.Option(help="Local devnet's data directory.")]
 Bundles = Annotated[Optional[list[Path]], typer.Option(help="Directories holding round bundles (repeatable).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+PinOpt = Annotated[Optional[Path], typer.Option(
+    "--pin", help="A trust.json (a kit's, or a device's): ask its RPC endpoint for its contract, and refuse any "
+                  "other chain or contract.")]
 
 
 def open_contract(ledger_url: str | None = None, contract: str | None = None, devnet_dir: Path | None = None,
-                  run_config: Mapping[str, object] | None = None):
-    """The lineage contract: options given win, then a run's saved settings (``run.json``), then the devnet's."""
+                  run_config: Mapping[str, object] | None = None, pin: Path | None = None):
+    """The lineage contract: options given win, then a pin's RPC endpoint and contract (``--pin trust.json``), then
+    a run's saved settings (``run.json``), then the local devnet's. With a pin, the node must serve the pinned
+    chain and contract: anything else is the wrong ledger, and said so."""
+    trust = None
+    if pin is not None:
+        from ledger.trust import LedgerTrust
+
+        trust = LedgerTrust.load(pin)
+        ledger_url = ledger_url or (trust.rpc_urls[0] if trust.rpc_urls else None)
+        contract = contract or trust.contract_address
+        if not ledger_url:
+            raise FedproofError(f"{pin} names no RPC endpoint: pass --ledger-url")
+    if trust is not None:
+        from ledger.audit import check_pinned
+        from ledger.contract import LedgerContract
+
+        found = LedgerContract.at(LedgerContract.connect(ledger_url), contract)  # type: ignore[arg-type]
+        check_pinned(found, trust)
+        return found
     saved = run_config or {}
     ledger_url = ledger_url or str(saved.get("ledger-url") or "") or None
     contract = contract or str(saved.get("ledger-contract") or "") or None
@@ -47,15 +68,22 @@ def open_contract(ledger_url: str | None = None, contract: str | None = None, de
         return LedgerContract.at(w3, contract)
     found = remembered_contract(data_dir, w3)
     if found is None:
-        raise LedgerError(f"no lineage contract remembered in {data_dir} for this chain: pass --contract ADDRESS")
+        where = getattr(w3.provider, "endpoint_uri", "?")
+        raise LedgerError(f"no lineage contract remembered in {data_dir} for the chain at {where}: name the ledger "
+                          "with --pin <trust.json>, or --ledger-url and --contract ADDRESS")
     return found
 
 
 def _bundle_dirs(given: list[Path] | None, near: Path | None = None) -> list[Path]:
-    """The directories given, or else a model file's own run directory and every ``runs/*/ledger`` here."""
+    """The directories given; or else the ``ledger/`` of the run directory a model file sits in (at any depth:
+    ``models/round-N.safetensors``, MLflow's ``mlruns/.../artifacts/``), a published registry's ``bundles/`` here,
+    and every ``runs/*/ledger`` here."""
     if given:
         return list(given)
-    dirs = [near.parent / "ledger"] if near is not None and (near.parent / "ledger").is_dir() else []
+    dirs: list[Path] = []
+    if near is not None:
+        dirs = [p / "ledger" for p in Path(near).resolve().parents if (p / "ledger").is_dir()][:1]
+    dirs += [p for p in (Path.cwd() / "registry" / "bundles",) if p.is_dir()]
     return dirs + sorted(Path.cwd().glob("runs/*/ledger"))
 
 
@@ -130,27 +158,28 @@ def print_lineage(contract, model: bytes, bundle_dirs: list[Path], as_json: bool
 @audit_app.command("lineage")
 def audit_lineage(model: Annotated[str, typer.Argument(help="Model file or its SHA-256 (hex).")],
                   ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None,
-                  bundles: Bundles = None, as_json: AsJson = False) -> None:
+                  bundles: Bundles = None, as_json: AsJson = False, pin: PinOpt = None) -> None:
     """The chain of rounds back to the initial model, with contributors and epsilon per round."""
     from ledger.audit import model_hash
 
     try:
         path = Path(model) if Path(model).is_file() else None
-        print_lineage(open_contract(ledger_url, contract, devnet_dir), model_hash(model), _bundle_dirs(bundles, path),
-                      as_json)
+        print_lineage(open_contract(ledger_url, contract, devnet_dir, pin=pin), model_hash(model),
+                      _bundle_dirs(bundles, path), as_json)
     except (LedgerError, FedproofError) as exc:
         _fail(exc)
 
 
 @audit_app.command("client")
 def audit_client(client_id: str, ledger_url: LedgerUrl = None, contract: ContractOpt = None,
-                 devnet_dir: DevnetDir = None, bundles: Bundles = None, as_json: AsJson = False) -> None:
+                 devnet_dir: DevnetDir = None, bundles: Bundles = None, as_json: AsJson = False,
+                 pin: PinOpt = None) -> None:
     """Rounds a client contributed to, and its cumulative epsilon as it signed it."""
     from ledger.audit import client_contributions
     from ledger.signing import client_id_hash
 
     try:
-        ledger = open_contract(ledger_url, contract, devnet_dir)
+        ledger = open_contract(ledger_url, contract, devnet_dir, pin=pin)
         found = client_contributions(ledger, client_id, _bundle_dirs(bundles))
         events = ledger.client_events(client_id_hash(client_id))
     except (LedgerError, FedproofError) as exc:
@@ -173,12 +202,12 @@ def audit_client(client_id: str, ledger_url: LedgerUrl = None, contract: Contrac
 @audit_app.command("round")
 def audit_round(run_id: str, server_round: Annotated[int, typer.Argument(metavar="ROUND")],
                 ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None,
-                as_json: AsJson = False) -> None:
+                as_json: AsJson = False, pin: PinOpt = None) -> None:
     """One round's record, with its transaction and block."""
     from ledger.audit import round_record
 
     try:
-        event = round_record(open_contract(ledger_url, contract, devnet_dir), run_id, server_round)
+        event = round_record(open_contract(ledger_url, contract, devnet_dir, pin=pin), run_id, server_round)
     except (LedgerError, FedproofError) as exc:
         _fail(exc)
     row = {"run": run_id, "round": event.round, "model_hash": event.model_hash.hex(),
@@ -198,9 +227,7 @@ def audit_round(run_id: str, server_round: Annotated[int, typer.Argument(metavar
 @audit_app.command("verify")
 def audit_verify(model: Annotated[Path, typer.Argument(help="The model file to verify.")],
                  ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None,
-                 bundles: Bundles = None, as_json: AsJson = False,
-                 pin: Annotated[Optional[Path], typer.Option(
-                     help="A trust.json pinning the chain (genesis hash) and contract: refuse any other.")] = None,
+                 bundles: Bundles = None, as_json: AsJson = False, pin: PinOpt = None,
                  min_cosigners: Annotated[int, typer.Option(
                      help="Fewest client co-signatures a round may carry (also at least the key's t).")] = 2,
                  trust_server: Annotated[bool, typer.Option(
@@ -208,14 +235,10 @@ def audit_verify(model: Annotated[Path, typer.Argument(help="The model file to v
                  ) -> None:
     """Prove a model file's history: every round of its runs in order from a registered initial model, every
     bundle, Merkle proof and update signature, and t client co-signatures of each new model."""
-    from ledger.audit import check_pinned, verify_model
+    from ledger.audit import verify_model
 
     try:
-        chain = open_contract(ledger_url, contract, devnet_dir)
-        if pin is not None:
-            from ledger.trust import LedgerTrust
-
-            check_pinned(chain, LedgerTrust.load(pin))
+        chain = open_contract(ledger_url, contract, devnet_dir, pin=pin)
         report = verify_model(chain, model, _bundle_dirs(bundles, model), min_cosigners=min_cosigners,
                               trust_server=trust_server)
     except (LedgerError, FedproofError) as exc:

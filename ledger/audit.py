@@ -67,7 +67,7 @@ def lineage(contract: LedgerContract, model: bytes) -> list[RecordedRound]:
         if len(steps) > 1_000_000:
             raise AuditFailure("lineage does not end: a cycle of model hashes")
     if not steps:
-        raise ModelNotRecorded(f"no round on this ledger produced model {model.hex()}")
+        raise ModelNotRecorded(f"no round on this ledger produced model {model.hex()}{_which(contract)}")
     return steps
 
 
@@ -169,17 +169,25 @@ def verify_model(contract: LedgerContract, source: str | Path, bundle_dirs: Sequ
         runs.add(producer.run_id)
         current = _verify_run(contract, producer, list(bundle_dirs), keys, min_cosigners, trust_server, checked, used)
     if not checked:
-        raise ModelNotRecorded(f"no round on this ledger produced model {digest.hex()}")
+        raise ModelNotRecorded(f"no round on this ledger produced model {digest.hex()}{_which(contract)}")
     return Verified(digest, checked, used)
+
+
+def _which(contract: LedgerContract) -> str:
+    """Which ledger was asked, for an answer that could be the wrong ledger's."""
+    return (f" (asked contract {contract.address} on chain {contract.chain_id} at {contract._url}; if the run "
+            "recorded elsewhere, name its ledger: --pin <its trust.json>, or --ledger-url and --contract)")
 
 
 def check_pinned(contract: LedgerContract, trust) -> None:
     """Refuse a node that is not on the pinned chain (id and genesis block) or a contract that is not the pinned one."""
     if (contract.chain_id, contract.genesis) != (trust.chain_id, trust.genesis):
-        raise AuditFailure(f"the node serves chain {contract.chain_id} with genesis {contract.genesis.hex()[:16]}…; "
-                           f"the pin is chain {trust.chain_id}, genesis {trust.genesis.hex()[:16]}…")
+        raise AuditFailure(f"wrong ledger: the node serves chain {contract.chain_id} with genesis "
+                           f"{contract.genesis.hex()[:16]}…; the pin is chain {trust.chain_id}, genesis "
+                           f"{trust.genesis.hex()[:16]}… (ask the pin's own RPC endpoint: drop --ledger-url)")
     if bytes.fromhex(contract.address[2:]) != trust.contract:
-        raise AuditFailure(f"contract {contract.address} is not the pinned {trust.contract_address}")
+        raise AuditFailure(f"wrong ledger: contract {contract.address} is not the pinned {trust.contract_address} "
+                           "(drop --contract)")
 
 
 def _first_producer(contract: LedgerContract, model: bytes) -> RecordedRound | None:

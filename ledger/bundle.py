@@ -156,4 +156,6 @@ def find_bundle(directories: list[Path], sha256: bytes) -> RoundBundle:
             data = path.read_bytes()
             if hashlib.sha256(data).digest() == sha256:
                 return RoundBundle.from_bytes(data, str(path))
-    raise BundleError(f"no bundle with SHA-256 {sha256.hex()} in {', '.join(map(str, directories)) or '(none)'}")
+    searched = ", ".join(map(str, directories)) or "no directory"
+    raise BundleError(f"no bundle with SHA-256 {sha256.hex()} (searched: {searched}); name the directory that holds "
+                      "the run's bundles with --bundles (a run's <run-dir>/ledger, or a registry's bundles/)")

@@ -305,3 +305,38 @@ def test_unsent_records_survive_a_restart(tmp_path: Path, chain) -> None:
     assert [getattr(r, "round", "key") for r in reopened.pending()] == ["key", 1, 2]
     assert reopened.flush(chain) == 0 and len(reopened.receipts()) == 2
     verify_model(chain, tmp_path / "r1" / "model.safetensors", [tmp_path / "r1" / "ledger"])
+
+
+def test_a_model_file_anywhere_in_its_run_directory_finds_the_run_bundles(tmp_path: Path, chain, monkeypatch) -> None:
+    """`audit verify runs/<id>/models/round-2.safetensors`, or MLflow's copy under mlruns/.../artifacts, looks in the
+    run's ledger/ as model.safetensors does; a bundle found nowhere names where it looked and the flag to use."""
+    import shutil
+
+    from fedproof.cli_audit import _bundle_dirs
+
+    lin = run(tmp_path, chain)
+    deep = tmp_path / "r1" / "mlruns" / "1" / "abc" / "artifacts"
+    deep.mkdir(parents=True)
+    shutil.copy(tmp_path / "r1" / "model.safetensors", deep / "model.safetensors")
+    monkeypatch.chdir(tmp_path)
+    for copy in (tmp_path / "r1" / "model.safetensors", deep / "model.safetensors"):
+        assert verify_model(chain, copy, _bundle_dirs(None, copy)).model_hash == lin.parent
+    elsewhere = tmp_path / "outsider"
+    elsewhere.mkdir()
+    shutil.copy(tmp_path / "r1" / "model.safetensors", elsewhere / "m.safetensors")
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(AuditFailure, match=r"searched: no directory.*--bundles"):
+        verify_model(chain, elsewhere / "m.safetensors", _bundle_dirs(None, elsewhere / "m.safetensors"))
+
+
+def test_the_wrong_ledger_is_called_the_wrong_ledger(tmp_path: Path, chain) -> None:
+    from ledger.audit import check_pinned
+    from ledger.trust import LedgerTrust
+
+    other = LedgerContract.deploy(LedgerContract.in_memory())
+    pin = LedgerTrust(other.chain_id, other.genesis, bytes.fromhex(other.address[2:]))
+    with pytest.raises(AuditFailure, match="wrong ledger"):
+        check_pinned(chain, pin)
+    run(tmp_path, chain)
+    with pytest.raises(ModelNotRecorded, match="if the run recorded elsewhere, name its ledger: --pin"):
+        verify_model(other, tmp_path / "r1" / "model.safetensors", [tmp_path / "r1" / "ledger"])
