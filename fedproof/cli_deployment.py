@@ -17,6 +17,7 @@ from rich.console import Console
 
 from fedproof.errors import FedproofError
 from fedproof.files import write_atomically
+from fedproof.processes import free_port
 from ledger.errors import LedgerError
 
 console = Console()
@@ -102,19 +103,25 @@ def server_start(
     if insecure:
         console.print("[yellow]warning: --insecure: no TLS and no node authentication; anyone can join and read "
                       "traffic. Use only on a trusted test network.[/]")
+    devnet = None
     try:
         server = ServerKit.load(kit)
         ledger = {"ledger": not no_ledger, "ledger-url": ledger_url or "", "devnet-dir": ""}
+        account = None if no_ledger else operator_account(server, password_file)  # a wrong password starts nothing
         if not no_ledger and not ledger_url:
             from fedproof.devnet import Devnet
 
             devnet = Devnet(server.state / "devnet", port=devnet_port)
+            was_running = devnet.status().running
             ledger.update({"ledger-url": devnet.start().url, "devnet-dir": str(devnet.data_dir)})
-        if not no_ledger:
-            ledger.update(open_operator_ledger(server, ledger["ledger-url"], ledger["devnet-dir"], password_file))
+            devnet = None if was_running else devnet  # stopped again below only if this start began it
+        if account is not None:
+            ledger.update(open_operator_ledger(server, ledger["ledger-url"], ledger["devnet-dir"], account))
         SuperLink(server, bind, insecure, control_api_address).start()
         write_atomically(server.state / "ledger.json", json.dumps(ledger, indent=2).encode())
     except (FedproofError, LedgerError, OSError) as exc:
+        if devnet is not None:
+            devnet.stop()
         _fail(exc)
     link = SuperLink(server, control=control_api_address)
     console.print(f"SuperLink running (pid {link.running_pid()}) on {':'.join(map(str, link.control))} (Control and "
@@ -123,23 +130,40 @@ def server_start(
                   f"ledger: {ledger['ledger-url'] or 'off'}; log: {server.state / 'superlink.log'}")
 
 
-def open_operator_ledger(server, url: str, devnet_dir: str, password_file: Path | None) -> dict[str, str]:
-    """Deploy (or find) the lineage contract with the operator's own keystore account, and write the kit's
-    ``trust.json`` (chain, genesis, contract, deployment key, RPC): what every client kit and device pins."""
-    from fedproof.devnet import ensure_contract
-    from ledger.contract import LedgerContract
-    from ledger.operator import OperatorKeys, read_password, use_account
-    from ledger.trust import LedgerTrust
+def operator_account(server, password_file: Path | None):
+    """The operator's ledger account, decrypted with the password from ``password_file``, else the one kept in the
+    kit's state, else a prompt. The password is kept (0600, for the runs) only once it has opened the keystore: a
+    wrong one is refused before anything starts, and is never saved."""
+    from ledger.operator import OperatorKeys, read_password
 
     keys = OperatorKeys(server.path / "operator")
     if not keys.exists():
         raise FedproofError(f"no operator keys in {keys.directory}: re-provision the kits (fedproof provision)")
     password_path = server.state / "operator-password"
-    if password_file is not None:
-        write_atomically(password_path, Path(password_file).read_bytes(), private=True)
-    elif not password_path.is_file():
-        write_atomically(password_path, read_password(None) + b"\n", private=True)
-    account = keys.ledger_account(read_password(password_path))
+    kept = password_file is None and password_path.is_file()
+    password = read_password(password_path if kept else password_file)
+    try:
+        account = keys.ledger_account(password)
+    except LedgerError as exc:
+        where = f"the password kept in {password_path}" if kept else \
+            (f"--password-file {password_file}" if password_file else "the password typed")
+        raise FedproofError(f"{where} does not open the operator keystore {keys.ledger_key}: give the right one "
+                            "with --password-file") from exc
+    if not kept:
+        write_atomically(password_path, password + b"\n", private=True)
+    return account
+
+
+def open_operator_ledger(server, url: str, devnet_dir: str, account) -> dict[str, str]:
+    """Deploy (or find) the lineage contract with the operator's own keystore account, and write the kit's
+    ``trust.json`` (chain, genesis, contract, deployment key, RPC): what every client kit and device pins."""
+    from fedproof.devnet import ensure_contract
+    from ledger.contract import LedgerContract
+    from ledger.operator import OperatorKeys, use_account
+    from ledger.trust import LedgerTrust
+
+    keys = OperatorKeys(server.path / "operator")
+    password_path = server.state / "operator-password"
     w3 = LedgerContract.connect(url)
     if devnet_dir and w3.eth.get_balance(account.address) == 0:  # the kit's own devnet: fund the operator once
         w3.provider.make_request("anvil_setBalance", [account.address, hex(10**21)])
@@ -286,6 +310,28 @@ def client_init_command(
                   f"operator (public: signing key {identity.signing_key.hex()[:16]}…, node key)")
 
 
+def check_server_certificate(kit: Path, address: str, timeout: float = 5.0) -> None:
+    """Refuse to start when the server answers with a certificate this kit's CA did not sign: a kit from another
+    provisioning, or --server naming another server (Flower would only say CERTIFICATE_VERIFY_FAILED, exit 305). A
+    server not answering yet is not an error: the SuperNode retries."""
+    import socket
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(cafile=str(Path(kit) / "ca.crt"))
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host.strip("[]")):
+            return
+    except ssl.SSLCertVerificationError as exc:
+        raise FedproofError(f"the server at {address} presents a certificate this kit's CA ({kit / 'ca.crt'}) did not "
+                            f"sign ({exc.verify_message}): the kit is from another provisioning, or --server names "
+                            "another server") from exc
+    except (OSError, ValueError):
+        return
+
+
 @client_app.callback()
 def client_command(
     ctx: typer.Context,
@@ -294,7 +340,8 @@ def client_command(
         help="This device's keys (fedproof client init); default: the kit's own, if provision generated them.")] = None,
     server: Annotated[Optional[str], typer.Option(help="SuperLink address HOST:PORT (default: from the kit).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="This device's Fashion-MNIST directory.")] = None,
-    port: Annotated[int, typer.Option(help="Local port of the SuperNode's runtime API.")] = 9094,
+    port: Annotated[int, typer.Option(help="Local port of the SuperNode's runtime API (0: a free one, so several "
+                                           "devices can share a machine).")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for training (default 0: torch's default, all).")] = 0,
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node key (testing only).")] = False,
 ) -> None:
@@ -311,6 +358,19 @@ def client_command(
         console.print("[yellow]warning: --insecure: no TLS and no node authentication (testing only).[/]")
     try:
         address = server or read_kit(kit, "client")["server"]
+        if data_dir is not None:
+            from fedproof.data import locate
+
+            try:
+                locate(data_dir)
+            except FedproofError as exc:
+                raise FedproofError(f"--data-dir {data_dir}: {exc}") from exc
+        if not insecure:
+            check_server_certificate(kit, address)
+        if not (kit / "trust.json").is_file():
+            console.print(f"[yellow]note:[/] no ledger pin at {kit / 'trust.json'}: this device signs nothing for a run "
+                          "that records on a ledger (copy the server kit's trust.json there)")
+        port = port or free_port()
         command = supernode_command(kit, address, port, str(data_dir.resolve()) if data_dir else "", insecure,
                                     threads, identity)
         runner = app_runner_command(kit, port, os.getpid())

@@ -89,23 +89,23 @@ def train_round(
     n = len(labels)
     x, y = features(model, images), torch.from_numpy(labels.astype(np.int64))
     loader = DataLoader(
-        TensorDataset(x, y), batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        TensorDataset(x, y), batch_size=config.training_batch(), shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
     head = model.head
     optimizer = torch.optim.SGD(head.parameters(), lr=config.learning_rate(), momentum=config.momentum)
     if dp is None:
-        loss = run_epochs(head, optimizer, nn.CrossEntropyLoss(), loader, config.local_epochs)
+        loss = run_epochs(head, optimizer, nn.CrossEntropyLoss(), loader, config.training_epochs())
         return RoundOutcome(TRAINED, loss, n, None, state.after_training(server_round, n))
 
     dp.check_dataset(n)
-    plan = RoundPlan.for_data(accounting_size or n, config.batch_size, config.local_epochs)
+    plan = RoundPlan.for_data(accounting_size or n, config.training_batch(), config.training_epochs())
     noise = policy.noise_floor(state.noise_multiplier or dp.noise_multiplier or calibrate_noise(dp, plan, config.rounds))
     try:
         check_budget(state.spend, noise, plan, dp)
     except BudgetExhausted as exc:
         return RoundOutcome(BUDGET_EXHAUSTED, 0.0, 0, exc.spent, state, str(exc))
     with make_private(head, optimizer, loader, dp, noise, accounting_size) as private:
-        loss = run_epochs(head, private.optimizer, private.criterion, private.loader, config.local_epochs)
+        loss = run_epochs(head, private.optimizer, private.criterion, private.loader, config.training_epochs())
         spend = private.spend(state.spend)
     epsilon = spend.epsilon(dp.delta, dp.accountant)
     return RoundOutcome(TRAINED, loss, n, epsilon, state.after_training(server_round, n, spend, noise))

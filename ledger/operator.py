@@ -53,7 +53,7 @@ class OperatorKeys:
         path = self.directory / DEPLOY_PUB
         if not path.is_file():
             raise KeyFileError(f"no deployment public key at {path} (create the operator keys with "
-                               "`fedproof operator init`)")
+                               "`fedproof provision`, which writes them into the server kit)")
         return bytes.fromhex(path.read_text().strip())
 
     def exists(self) -> bool:

@@ -150,6 +150,7 @@ def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: P
         assert verified.returncode == 0 and json.loads(verified.stdout)["verified"], verified.stdout
         owner = run_config_owner(kits / "server", devnet_port)
         assert owner["operator"] == owner["owner"] and owner["owner"] not in owner["dev_accounts"]
+        after_the_run(kits, password, run_dir, synthetic_dir, tmp_path)
         foreign = subprocess.run([str(Path(sys.executable).with_name("flwr")), "run",
                                   str(Path(__file__).parent / "foreign_app"), "fedproof", "--stream"],
                                  capture_output=True, text=True, timeout=300,
@@ -162,7 +163,7 @@ def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: P
         for name, (code, _) in intruders.items():
             assert code != 0, name
         assert "Failed to activate SuperNode" in intruders["foreign key"][1]
-        assert "CERTIFICATE_VERIFY_FAILED" in intruders["other CA"][1]
+        assert "did not sign" in intruders["other CA"][1] and "another provisioning" in intruders["other CA"][1]
     finally:
         for pid in pids:
             stop_pid(pid)
@@ -171,6 +172,55 @@ def test_server_and_three_edge_clients_over_tls(tmp_path: Path, synthetic_dir: P
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
     left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(kits).encode() in _cmdline(p)]
     assert not left, "server stop left processes of this kit running"  # the SuperLink, its SuperExec, the gateway
+
+
+def after_the_run(kits: Path, password: Path, run_dir: Path, data: Path, tmp_path: Path) -> None:
+    """README's operator path after `server run`, as an operator, a device and an outsider type it: deploy the final
+    model and round 1's with the operator's keys, promote one to a canary then to all, the other after it, roll back;
+    devices follow the channel or pull; an outsider with only a device's pin and the published registry verifies."""
+    operator = ("--operator", str(kits / "server" / "operator"), "--password-file", str(password))
+    registry = tmp_path / "registry"
+    artifacts = []
+    for chosen in ((), ("--round", "1")):
+        done = cli("deploy", "--run", str(run_dir), *chosen, "--registry", str(registry), "--data-dir", str(data),
+                   "--max-drop", "100", *operator, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        artifacts.append(next(p.stem for p in registry.glob("*.onnx") if p.stem not in artifacts))
+    final, first = artifacts
+    release = ("--registry", str(registry), "--tracking-uri", "off", *operator)
+    pin = kits / "client-0" / "trust.json"
+
+    def follow(device: str) -> str:
+        done = cli("edge", "follow", "--channel", "production", "--device-id", device, "--registry", str(registry),
+                   "--install-dir", str(tmp_path / device), "--trust", str(pin))
+        assert done.returncode == 0, done.stdout + done.stderr
+        current = tmp_path / device / "current.json"
+        return json.loads(current.read_text())["artifact_sha256"] if current.is_file() else ""
+
+    from ledger.release import ZERO, Action, ReleaseStatement, in_canary
+
+    trust = json.loads(pin.read_text())
+    half = ReleaseStatement(trust["chain_id"], bytes.fromhex(trust["genesis"][2:]),
+                            bytes.fromhex(trust["contract"][2:]), 1, Action.PROMOTE, "production",
+                            bytes.fromhex(final), ZERO, 5000)
+    ids = [f"device-{i}" for i in range(64)]
+    inside, outside = next(d for d in ids if in_canary(d, half)), next(d for d in ids if not in_canary(d, half))
+    for args, expected in ((("promote", final, "--canary", "50"), [final, ""]), (("promote", final), [final, final]),
+                           (("promote", first), [first, first]), (("rollback", final), [final, final])):
+        done = cli("release", *args, *release)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert [follow(d) for d in (inside, outside)] == expected, args
+    pulled = cli("edge", "pull", "latest", "--registry", str(registry), "--install-dir", str(tmp_path / "puller"),
+                 "--trust", str(pin))
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    outsider = tmp_path / "outsider"  # no devnet, no run directory: the pin and the published registry only
+    outsider.mkdir()
+    source = json.loads((tmp_path / "puller" / "current.json").read_text())["source_model_sha256"]
+    audit = subprocess.run([*FEDPROOF, "audit", "verify", str(registry / "models" / f"{source}.safetensors"),
+                            "--pin", str(pin), "--bundles", str(registry / "bundles"), "--json"],
+                           capture_output=True, text=True, timeout=120, env={**ENV, "HOME": str(outsider)},
+                           cwd=outsider)
+    assert audit.returncode == 0 and json.loads(audit.stdout)["verified"], audit.stdout + audit.stderr
 
 
 def _cmdline(proc: Path) -> bytes:

@@ -43,7 +43,7 @@ def test_the_default_schedule_keeps_every_client_within_its_lifetime_budget(n: i
     config = RunConfig()
     settings = config.dp_settings()
     assert isinstance(settings, DPSettings)
-    plan = RoundPlan.for_data(n, config.batch_size, config.local_epochs)
+    plan = RoundPlan.for_data(n, config.training_batch(), config.training_epochs())
     noise = calibrate_noise(settings, plan, config.rounds)
     spend = PrivacySpend()
     for _ in range(config.rounds):  # what each round's train_round records (tests/test_dp.py: as Opacus records it)
