@@ -30,7 +30,7 @@ $(NPM): contracts/package-lock.json
 
 # Debian's dataset-fashion-mnist, when apt is there and the data is not found anywhere fedproof looks.
 data: $(STAMP)
-	@if $(BIN)/python -c "import fedproof.data as d; d.locate()" 2>/dev/null; then :; \
+	@if $(BIN)/python -c "import fedproof.core.data as d; d.locate()" 2>/dev/null; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
@@ -54,6 +54,7 @@ demo: setup
 	$(BIN)/fedproof simulate --deploy --run-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_save
 
-from fedproof.data import load_dataset
-from fedproof.inference import predict, session
-from fedproof.model import make_model
-from fedproof.task import features, to_tensors
-from fedproof.artifact import calibration_bytes, derive, graph_name
+from fedproof.core.data import load_dataset
+from fedproof.core.inference import predict, session
+from fedproof.core.model import make_model
+from fedproof.core.task import features, to_tensors
+from fedproof.core.artifact import calibration_bytes, derive, graph_name
 from fl_server.deploy import load_model_file
 
 

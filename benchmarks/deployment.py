@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fedproof.processes import free_port, stop_pid
+from fedproof.base.processes import free_port, stop_pid
 from measure import tree_rss
 
 FEDPROOF = [sys.executable, "-m", "fedproof.cli"]

@@ -25,9 +25,9 @@ WORKER = """
 import json, sys, time, torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from fedproof.data import load_dataset
-from fedproof.model import make_model
-from fedproof.task import to_tensors
+from fedproof.core.data import load_dataset
+from fedproof.core.model import make_model
+from fedproof.core.task import to_tensors
 from fl_client.training import run_epochs
 from privacy.dp import DPSettings, make_private
 

@@ -19,9 +19,9 @@ import torch
 from scipy import ndimage
 
 from deploy import train
-from fedproof.data import load_dataset
-from fedproof.drift import build_profile, check_window
-from fedproof.task import features
+from fedproof.core.data import load_dataset
+from fedproof.core.drift import build_profile, check_window
+from fedproof.core.task import features
 
 SHIFTS = {
     "none (false alarms)": lambda x: x,

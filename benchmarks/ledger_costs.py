@@ -24,7 +24,7 @@ from ledger.bundle import Cosignature, SignedUpdate, RoundBundle
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.manifest import DeploymentKey
 from ledger.release import Action, ReleaseStatement
-from fedproof.devnet import Devnet
+from ledger.devnet import Devnet
 from ledger.signing import SignedFields, SigningKey, payload_digest, run_id_hash, scale_epsilon
 
 

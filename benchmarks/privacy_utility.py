@@ -28,7 +28,7 @@ from pathlib import Path
 
 from measure import measure
 
-from fedproof.rundir import RunDirectory
+from fedproof.core.rundir import RunDirectory
 
 NO_DP = ["--no-dp", "--batch-size", "64", "--lr", "0.05", "--local-epochs", "3"]
 OLD_DEFAULTS = ["-c", "model=\"cnn\"", "--rounds", "5", "--local-epochs", "2", "--batch-size", "64", "--lr", "0.03",
@@ -61,11 +61,11 @@ def central(clients: int, epsilon: float) -> dict:
     """DP-SGD on the union of the clients' training splits: one data holder with everyone's data."""
     import numpy as np
 
-    from fedproof.client_data import load_client_data
-    from fedproof.config import RunConfig
-    from fedproof.data import load_dataset
-    from fedproof.model import make_model
-    from fedproof.task import evaluate
+    from fedproof.core.client_data import load_client_data
+    from fedproof.core.config import RunConfig
+    from fedproof.core.data import load_dataset
+    from fedproof.core.model import make_model
+    from fedproof.core.task import evaluate
     from fl_client.state import ClientState
     from fl_client.training import train_round
 

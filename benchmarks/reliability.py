@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedproof.processes import free_port
-from fedproof.devnet import Devnet
+from fedproof.base.processes import free_port
+from ledger.devnet import Devnet
 
 ROOT = Path(__file__).resolve().parents[1]
 FEDPROOF = [sys.executable, "-m", "fedproof.cli"]

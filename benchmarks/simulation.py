@@ -23,11 +23,11 @@ NO_DP = {"batch-size": 64, "lr": 0.05, "local-epochs": 3}  # the model's setting
 
 BASELINE = """
 import json, sys, time, torch
-from fedproof.config import RunConfig
-from fedproof.client_data import load_client_data
-from fedproof.data import load_dataset
-from fedproof.model import make_model
-from fedproof.task import evaluate
+from fedproof.core.config import RunConfig
+from fedproof.core.client_data import load_client_data
+from fedproof.core.data import load_dataset
+from fedproof.core.model import make_model
+from fedproof.core.task import evaluate
 from fl_client.state import ClientState
 from fl_client.training import train_round
 

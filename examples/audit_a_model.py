@@ -11,7 +11,7 @@ from pathlib import Path
 from ledger.audit import AuditFailure, verify_model
 from ledger.contract import LedgerContract
 from ledger.defaults import DEFAULT_DATA_DIR
-from fedproof.devnet import remembered_contract
+from ledger.devnet import remembered_contract
 
 parser = argparse.ArgumentParser()
 parser.add_argument("model", type=Path)

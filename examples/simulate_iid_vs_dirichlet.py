@@ -3,8 +3,8 @@
     python examples/simulate_iid_vs_dirichlet.py
 """
 
-from fedproof.config import RunConfig
-from fedproof.simulation import simulate
+from fedproof.core.config import RunConfig
+from fedproof.launch.simulation import simulate
 
 for partition, alpha in (("iid", 0.5), ("dirichlet", 0.1)):
     config = RunConfig(clients=10, rounds=3, partition=partition, alpha=alpha, run_id=f"example-{partition}")

@@ -66,7 +66,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
-from fedproof.polling import poll_intervals
+from fedproof.base.polling import poll_intervals
 
 log = logging.getLogger("fedproof.app_runner")
 APPS = "apps.json"

@@ -15,11 +15,11 @@ from flwr.clientapp import ClientApp
 import torch
 from torch import nn
 
-from fedproof.client_data import ClientData, load_client_data
-from fedproof.config import RunConfig
-from fedproof.errors import ConfigError
-from fedproof.model import make_model
-from fedproof.protocol import (
+from fedproof.core.client_data import ClientData, load_client_data
+from fedproof.core.config import RunConfig
+from fedproof.base.errors import ConfigError
+from fedproof.core.model import make_model
+from fedproof.core.protocol import (
     ARRAYS_KEY,
     PLAIN_MAX_ABS_DELTA,
     ROUND_KEY,
@@ -28,8 +28,8 @@ from fedproof.protocol import (
     ClientReport,
     model_digest,
 )
-from fedproof.task import evaluate
-from fedproof.weights import hash_model
+from fedproof.core.task import evaluate
+from fedproof.core.weights import hash_model
 from fl_client.policy import client_policy
 from fl_client.signing import client_id, device_paths, sign_update
 from fl_client import threshold

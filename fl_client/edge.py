@@ -10,7 +10,7 @@ bytes hash to it; every RPC endpoint is on the pinned chain and shows the same `
 it (two endpoints that disagree install nothing); and the source model's lineage verifies (every round co-signed
 by t clients, ``ledger.audit``); and the device's own derivation of the artifact from that co-signed model (its
 copy of the task's canonical graph, the published calibration images) gives the same artifact
-(:mod:`fedproof.artifact`), so the operator's key alone cannot ship a graph or weights of its choosing. Loading for
+(:mod:`fedproof.core.artifact`), so the operator's key alone cannot ship a graph or weights of its choosing. Loading for
 prediction re-hashes the installed bytes, so nothing can be swapped between check and use. No torch anywhere on
 this path.
 
@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedproof.artifact import MAX_CALIBRATION_IMAGES, DerivationError, check_derived, derive
-from fedproof.data import gunzip_bounded, parse_idx
-from fedproof.drift import DriftResult, ProfileError, ReferenceProfile, check_window
-from fedproof.errors import FedproofError
-from fedproof.files import write_atomically
-from fedproof.inference import predict, session
+from fedproof.core.artifact import MAX_CALIBRATION_IMAGES, DerivationError, check_derived, derive
+from fedproof.core.data import gunzip_bounded, parse_idx
+from fedproof.core.drift import DriftResult, ProfileError, ReferenceProfile, check_window
+from fedproof.base.errors import FedproofError
+from fedproof.base.files import write_atomically
+from fedproof.core.inference import predict, session
 from ledger.audit import AuditFailure, verify_model
 from ledger.contract import LedgerContract
 from ledger.errors import LedgerError
@@ -188,7 +188,7 @@ def _verified(manifest: DeploymentManifest, registry: Path, trust: LedgerTrust, 
 def _check_derivation(manifest: DeploymentManifest, registry: Path, artifact: bytes) -> None:
     """Rebuild the artifact from the co-signed source model (its bytes by hash), this device's own copy of the
     canonical graph and the published calibration images, and refuse it unless it is what that gives
-    (:mod:`fedproof.artifact`). The operator's key alone cannot ship a graph or a weight."""
+    (:mod:`fedproof.core.artifact`). The operator's key alone cannot ship a graph or a weight."""
     wanted, derivation = manifest.artifact_sha256, manifest.derivation
     weights = _read_limited(registry / "models" / f"{manifest.source_model_sha256.hex()}.safetensors",
                             MAX_ARTIFACT_BYTES, "source model")

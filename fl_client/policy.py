@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flwr.app import Context
 
-from fedproof.config import RunConfig
+from fedproof.core.config import RunConfig
 from privacy.policy import PrivacyPolicy
 
 

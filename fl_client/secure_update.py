@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord
 
-from fedproof.protocol import PLAIN_MAX_ABS_DELTA
-from fedproof.weights import flatten
+from fedproof.core.protocol import PLAIN_MAX_ABS_DELTA
+from fedproof.core.weights import flatten
 from privacy.errors import PlaintextRangeError
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from flwr.app import Context, RecordDict
 
-from fedproof.config import RunConfig
-from fedproof.errors import ConfigError
-from fedproof.keys import KeySet
-from fedproof.protocol import SignedEnvelope, payload_chunks
+from fedproof.core.config import RunConfig
+from fedproof.base.errors import ConfigError
+from fedproof.core.keys import KeySet
+from fedproof.core.protocol import SignedEnvelope, payload_chunks
 from ledger.signing import NO_DP, UPDATE_TAG, SignedFields, SigningKey, payload_digest, scale_epsilon
 from ledger.trust import LedgerTrust
 from ledger.verification import AllowList, Domain

@@ -9,7 +9,7 @@ Where it lives: Flower's ``Context.state`` (for as long as the client's process 
 file written atomically (temp, fsync, rename) that is read when ``Context.state`` is empty:
 ``<state-dir>/<client-id>-<dataset>.json`` on a device (``state-dir`` from its own node config, which no message
 can change), or ``<run-dir>/client-state/`` in a simulation, shared by every run in that run directory.
-``<dataset>`` names the records (``fedproof.data.Dataset.identity``), not the partition a run assigns: a server
+``<dataset>`` names the records (``fedproof.core.data.Dataset.identity``), not the partition a run assigns: a server
 that reshuffles partitions finds the same budget.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, MetricRecord
 
-from fedproof.files import write_atomically
+from fedproof.base.files import write_atomically
 from privacy.dp import PrivacySpend
 
 STATE_KEY, RUN_KEY = "fedproof.client", "fedproof.client.run"

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
-from fedproof.config import RunConfig
-from fedproof.errors import UpdateRejected
-from fedproof.protocol import (
+from fedproof.core.config import RunConfig
+from fedproof.base.errors import UpdateRejected
+from fedproof.core.protocol import (
     CEREMONY_KEY,
     CIPHERTEXTS_KEY,
     COSIGN_KEY,
@@ -55,7 +55,7 @@ from fl_client.signing import allow_list, client_id, domain, sign_statement
 from ledger.errors import LedgerError, UpdateVerificationError
 from ledger.key_statement import KeyStatement, SignedKeyStatement
 from ledger.merkle import MerkleTree
-from fedproof.weights import apply_mean, hash_model, num_values
+from fedproof.core.weights import apply_mean, hash_model, num_values
 from ledger.signing import (
     KEY_TAG,
     KEYGEN_TAG,

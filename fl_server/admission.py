@@ -1,7 +1,7 @@
 """The admission gate: a decoded update enters the aggregate only if an allowed client signed exactly it.
 
-:meth:`Admission.admit` turns an :class:`~fedproof.replies.Update` into an :class:`Admitted` (the update and
-its Merkle leaf) or a :class:`~fedproof.replies.Rejection` with the verifier's reason code: unknown or
+:meth:`Admission.admit` turns an :class:`~fedproof.core.replies.Update` into an :class:`Admitted` (the update and
+its Merkle leaf) or a :class:`~fedproof.core.replies.Rejection` with the verifier's reason code: unknown or
 revoked client, forged or altered signature, replayed from another round, run, chain or contract, payload
 not the one signed, or a second update of the round. Failure is a value, never an exception.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedproof.protocol import SignedEnvelope
-from fedproof.replies import Reason, Rejection, Update
+from fedproof.core.protocol import SignedEnvelope
+from fedproof.core.replies import Reason, Rejection, Update
 from ledger.bundle import SignedUpdate
 from ledger.errors import BadSignature, UpdateVerificationError
 from ledger.signing import UPDATE_TAG, ZERO_HASH

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedproof.replies import Reason, Rejection
+from fedproof.core.replies import Reason, Rejection
 from fl_server.admission import Admitted
 from privacy.errors import CiphertextError
 from privacy.ring import addmod

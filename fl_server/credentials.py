@@ -10,15 +10,13 @@ operator-made key set holding only the server's files.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedproof.client_data import load_client_data
-from fedproof.config import RunConfig
-from fedproof.errors import ConfigError
-from fedproof.keys import KeySet, has_keys_for
+from fedproof.core.client_data import load_client_data
+from fedproof.core.config import RunConfig
+from fedproof.base.errors import ConfigError
+from fedproof.core.keys import KeySet, has_keys_for, init_key_set
 from ledger.defaults import DEFAULT_DATA_DIR
 from ledger.verification import AllowList
 
@@ -35,11 +33,10 @@ def load_credentials(config: RunConfig, run_path: Path) -> tuple[RunConfig, Serv
     ids = [str(i) for i in range(config.clients)]
     config = config.with_overrides(key_set=str(directory))
     if not has_keys_for(KeySet(directory), ids):
-        command = [sys.executable, "-m", "fedproof.cli", "keys", "init", "--out", str(directory),
-                   "--clients", str(config.clients)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ConfigError(f"could not create the run's key set: {done.stderr.strip() or done.stdout.strip()}")
+        try:
+            init_key_set(directory, ids)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"could not create the run's key set in {directory}: {exc}") from exc
     credentials = _load(config)
     # Simulated data holders are the operator's: it registers each one's partition size as its weight.
     sizes = {i: len(load_client_data(config, int(i), config.clients).train_y) for i in ids}

@@ -28,20 +28,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedproof.protocol import (
-    CONFIG_KEY,
+from fedproof.core.protocol import (
     COSIGN_MODEL,
     DECRYPT_SHARE,
     CosignRequest,
     DecryptionRequest,
     SignedEnvelope,
     partial_chunks,
-    round_settings,
 )
-from fedproof.replies import (
+from fedproof.core.replies import (
     ModelCosignature,
     PartialDecryption,
     Reason,
@@ -51,7 +49,7 @@ from fedproof.replies import (
 )
 from fl_server.admission import Admitted
 from fl_server.keygen import FederationKey
-from fl_server.exchange import exchange
+from fl_server.exchange import ask
 from ledger.errors import UpdateVerificationError
 from ledger.merkle import MerkleTree
 from ledger.bundle import Cosignature
@@ -114,15 +112,14 @@ class ThresholdCommittee:
         party_of = {node: party for party, node in key.nodes.items()}
         live = sorted(key.nodes)
         random.Random(f"decryptors/{self.seed}/{server_round}").shuffle(live)
-        config, rejected = round_settings(settings, server_round), []
+        rejected: list[Rejection] = []
         for _ in range(ATTEMPTS):
             if len(live) < key.threshold:
                 break
             chosen = tuple(sorted(live[: key.threshold]))
             request = DecryptionRequest(chosen, digest, leaves, reveals, committed)
-            messages = [Message(request.put(RecordDict({CONFIG_KEY: config})), dst_node_id=key.nodes[p],
-                                message_type=DECRYPT_SHARE, group_id=str(server_round)) for p in chosen]
-            replies, missing = exchange(grid, messages, self.timeout, "decrypt")
+            replies, missing = ask(grid, [key.nodes[p] for p in chosen], DECRYPT_SHARE, request.put(RecordDict()),
+                                   settings, server_round, self.timeout, phase="decrypt")
             failed = list(missing)
             partials = []
             for reply in replies:
@@ -162,7 +159,7 @@ class ThresholdCommittee:
         # the decryptors checked the leaves already and keep what they verified: their request omits them
         by_reference = CosignRequest(DecryptionRequest(request.decryptors, request.sum_sha256, ()), partials, parent,
                                      model_hash)
-        config, party_of = round_settings(settings, server_round), {node: party for party, node in key.nodes.items()}
+        party_of = {node: party for party, node in key.nodes.items()}
         others = [p for p in sorted(key.nodes) if p not in request.decryptors]
         random.Random(f"cosigners/{self.seed}/{server_round}").shuffle(others)
         signed: dict[str, Cosignature] = {}
@@ -171,9 +168,8 @@ class ThresholdCommittee:
             wanted = asked[: key.threshold - len(signed)]
             if not wanted:
                 continue
-            messages = [Message(sent.put(RecordDict({CONFIG_KEY: config})), dst_node_id=key.nodes[p],
-                                message_type=COSIGN_MODEL, group_id=str(server_round)) for p in wanted]
-            replies, missing = exchange(grid, messages, self.timeout, "cosign")
+            replies, missing = ask(grid, [key.nodes[p] for p in wanted], COSIGN_MODEL, sent.put(RecordDict()),
+                                   settings, server_round, self.timeout, phase="cosign")
             rejected += missing
             for reply in replies:
                 party = party_of[reply.metadata.src_node_id]

@@ -33,15 +33,15 @@ from onnx import numpy_helper
 from safetensors.numpy import load as safetensors_load
 from torch import nn
 
-from fedproof.artifact import LEARNED, calibration_bytes, compact, derive, graph_name
-from fedproof.data import Dataset
-from fedproof.drift import build_profile
-from fedproof.errors import FedproofError
-from fedproof.files import write_atomically
-from fedproof.inference import predict, session
-from fedproof.model import make_model
-from fedproof.rundir import RunDirectory
-from fedproof.task import PIXEL_MEAN, PIXEL_STD
+from fedproof.core.artifact import LEARNED, calibration_bytes, compact, derive, graph_name
+from fedproof.core.data import Dataset
+from fedproof.core.drift import build_profile
+from fedproof.base.errors import FedproofError
+from fedproof.base.files import write_atomically
+from fedproof.core.inference import predict, session
+from fedproof.core.model import make_model
+from fedproof.core.rundir import RunDirectory
+from fedproof.core.task import PIXEL_MEAN, PIXEL_STD
 from ledger.contract import LedgerContract, Receipt
 from ledger.manifest import DeploymentKey, DeploymentManifest, Derivation, SignedManifest
 from ledger.signing import run_id_hash
@@ -88,7 +88,7 @@ class Deployment:
 
 
 class _Standardised(nn.Module):
-    """uint8 images in, logits out: the same standardisation as training (fedproof.task.to_tensors)."""
+    """uint8 images in, logits out: the same standardisation as training (fedproof.core.task.to_tensors)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -124,7 +124,7 @@ def _export(model: nn.Module) -> bytes:
 
 
 def build_graph(model_name: str, num_classes: int) -> bytes:
-    """The canonical graph of a model (:mod:`fedproof.artifact`): its export with each learned initializer named by
+    """The canonical graph of a model (:mod:`fedproof.core.artifact`): its export with each learned initializer named by
     its state-dict key and left empty. Which initializer holds which tensor is found by content (the weights are
     seeded and distinct), so an exporter that transposed or folded one fails here rather than shipping."""
     model = make_model(model_name, num_classes, seed=0).eval()
@@ -218,7 +218,7 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
     rng = np.random.default_rng(settings.seed)
     calibration = dataset.train_x[rng.choice(len(dataset.train_x), min(settings.calibration_size,
                                                                         len(dataset.train_x)), replace=False)]
-    # the one derivation a device re-runs before it installs (fedproof.artifact)
+    # the one derivation a device re-runs before it installs (fedproof.core.artifact)
     derivation = Derivation(graph_name(run_config.model, dataset.num_classes), settings.per_channel,
                             hashlib.sha256(calibration_bytes(calibration)).digest())
     fp32, int8 = derive(derivation.graph, weights, calibration_bytes(calibration), settings.per_channel)
@@ -277,8 +277,8 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
 
 
 def write_graphs() -> list[Path]:
-    """Write every shipped canonical graph into ``fedproof/graphs`` (after a change to a model or to torch)."""
-    from fedproof.artifact import GRAPHS
+    """Write every shipped canonical graph into ``fedproof/core/graphs`` (after a change to a model or to torch)."""
+    from fedproof.core.artifact import GRAPHS
 
     GRAPHS.mkdir(exist_ok=True)
     written = []
@@ -293,6 +293,6 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] != ["graphs"]:
-        raise SystemExit("usage: python -m fl_server.deploy graphs   (rewrites fedproof/graphs/*.onnx)")
+        raise SystemExit("usage: python -m fl_server.deploy graphs   (rewrites fedproof/core/graphs/*.onnx)")
     for written in write_graphs():
         print(written)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord
 
-from fedproof.data import Dataset
-from fedproof.model import make_model
-from fedproof.task import evaluate
+from fedproof.core.data import Dataset
+from fedproof.core.model import make_model
+from fedproof.core.task import evaluate
 
 
 class CentralEvaluator:

@@ -1,5 +1,8 @@
 """One exchange with a set of nodes: every message sent at once, one reply per asked node collected.
 
+:func:`ask` is the only place the server builds a Flower ``Message``: every phase of a round, the key ceremony
+and the decryption and co-signing requests go through it.
+
 Flower's ``Grid.send_and_receive`` waits 3 s between pulls on a SuperLink (``HttpGrid``), which a round of three
 exchanges pays three times. This loop uses the Grid's public ``push_messages`` / ``pull_messages`` and pulls
 often at first, then every :data:`MAX_POLL` seconds: a reply is seen within a tenth of a second of its arrival,
@@ -9,18 +12,37 @@ and a long training exchange costs the SuperLink ten small requests a second.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from logging import DEBUG
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedproof.polling import poll_intervals
-from fedproof.replies import Reason, Rejection
+from fedproof.base.polling import poll_intervals
+from fedproof.core.protocol import CONFIG_KEY, round_settings
+from fedproof.core.replies import Reason, Rejection
 
 FIRST_POLL, MAX_POLL = 0.01, 0.1
 monotonic, wait = time.monotonic, time.sleep
+
+
+def ask(grid: Grid, nodes: Iterable[int], kind: str, content: RecordDict | Callable[[int], RecordDict],
+        settings: Mapping, server_round: int, timeout: float, *, phase: str = "", group: str = "",
+        ) -> tuple[list[Message], list[Rejection]]:
+    """Send ``content`` (one record for every node, or one per node) with the run's settings for this round to
+    each of ``nodes`` as message type ``kind``, and collect one reply per node (:func:`exchange`); a missing reply
+    is a rejection in ``phase`` (default: ``kind``)."""
+    config = round_settings(settings, server_round)
+    if not callable(content):
+        content[CONFIG_KEY] = config
+    messages = []
+    for node in nodes:
+        body = content(node) if callable(content) else content
+        if callable(content):
+            body[CONFIG_KEY] = config
+        messages.append(Message(body, dst_node_id=node, message_type=kind, group_id=group or str(server_round)))
+    return exchange(grid, messages, timeout, phase or kind)
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float, phase: str,

@@ -10,12 +10,12 @@ from typing import Protocol
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
-from fedproof.config import RunConfig
-from fedproof.data import load_dataset
-from fedproof.errors import ClientsUnavailableError
-from fedproof.model import make_model
-from fedproof.protocol import PLAIN_MAX_ABS_DELTA
-from fedproof.rundir import MODEL_FILE, RoundMetrics, RunDirectory
+from fedproof.core.config import RunConfig
+from fedproof.core.data import load_dataset
+from fedproof.base.errors import ClientsUnavailableError
+from fedproof.core.model import make_model
+from fedproof.core.protocol import PLAIN_MAX_ABS_DELTA
+from fedproof.core.rundir import MODEL_FILE, RoundMetrics, RunDirectory
 from fl_server.admission import Admission
 from fl_server.decryptors import ThresholdCommittee
 from fl_server.keygen import run_ceremony

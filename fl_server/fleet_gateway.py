@@ -40,7 +40,7 @@ from flwr.proto.message_pb2 import PullObjectResponse  # pylint: disable=E0611
 from google.protobuf.message import DecodeError
 from starlette.applications import Starlette
 
-from fedproof.polling import poll_intervals
+from fedproof.base.polling import poll_intervals
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route

@@ -26,10 +26,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedproof.errors import FedproofError
-from fedproof.protocol import (
+from fedproof.base.errors import FedproofError
+from fedproof.core.protocol import (
     CEREMONY_KEY,
-    CONFIG_KEY,
     KEYGEN_COMMIT,
     KEYGEN_CONFIRM,
     KEYGEN_FINISH,
@@ -37,10 +36,9 @@ from fedproof.protocol import (
     KEYGEN_REVEAL,
     SignedEnvelope,
     hello_record,
-    round_settings,
     take_hello,
 )
-from fl_server.exchange import exchange
+from fl_server.exchange import ask
 from ledger.errors import LedgerError, UpdateVerificationError
 from ledger.key_statement import KeyStatement, SignedKeyStatement
 from ledger.signing import KEY_TAG, KEYGEN_TAG, payload_digest
@@ -307,13 +305,7 @@ class _Ceremony:
                          client_id=party, payload_sha256=payload_digest(chunks))
 
     def _ask(self, nodes: list[int], kind: str, content_for: Callable[[int], RecordDict]) -> list[Message]:
-        config = round_settings(self.settings, 0)
-        messages = []
-        for node in nodes:
-            content = content_for(node)
-            content[CONFIG_KEY] = config
-            messages.append(Message(content, dst_node_id=node, message_type=kind, group_id="keygen"))
-        replies, missing = exchange(self.grid, messages, self.timeout, kind)
+        replies, missing = ask(self.grid, nodes, kind, content_for, self.settings, 0, self.timeout, group="keygen")
         for r in missing:
             log.warning("key ceremony: %s", r)
         for r in replies:

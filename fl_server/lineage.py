@@ -25,15 +25,15 @@ from pathlib import Path
 from flwr.app import Array, ArrayRecord
 from safetensors.numpy import load as safetensors_load
 
-from fedproof.config import RunConfig
-from fedproof.files import write_atomically
-from fedproof.weights import model_bytes
-from fedproof.protocol import TRAIN
+from fedproof.core.config import RunConfig
+from fedproof.base.files import write_atomically
+from fedproof.core.weights import model_bytes
+from fedproof.core.protocol import TRAIN
 from fl_server.round import RoundResult
 from ledger.bundle import RoundBundle
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.defaults import DEFAULT_DATA_DIR
-from fedproof.devnet import Devnet, ensure_contract
+from ledger.devnet import Devnet, ensure_contract
 from ledger.errors import LedgerError
 from ledger.key_statement import SignedKeyStatement
 from ledger.outbox import KeyRecord, Outbox

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from fedproof.protocol import BUDGET_EXHAUSTED, TRAIN
+from fedproof.core.protocol import BUDGET_EXHAUSTED, TRAIN
 from fl_server.round import RoundResult
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedproof.errors import FedproofError
+from fedproof.base.errors import FedproofError
 from fl_server.deploy import manifest_path
 from ledger.contract import LedgerContract, Receipt, ReleaseEvent
 from ledger.manifest import DeploymentKey, ManifestError, SignedManifest

@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from flwr.app import Message, RecordDict
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
-from fedproof.protocol import CONFIG_KEY, REVEAL_UPDATE, RevealRequest, SignedEnvelope, reveal_chunks, round_settings
-from fedproof.replies import ModelSpec, Reason, Rejection, decode_reveal_reply
+from fedproof.core.protocol import REVEAL_UPDATE, RevealRequest, SignedEnvelope, reveal_chunks
+from fedproof.core.replies import ModelSpec, Reason, Rejection, decode_reveal_reply
 from fl_server.admission import Admitted
-from fl_server.exchange import exchange
+from fl_server.exchange import ask
 from ledger.errors import UpdateVerificationError
 from ledger.merkle import MerkleTree
 from ledger.signing import REVEAL_TAG, payload_digest
@@ -45,10 +45,8 @@ def reveal_updates(grid: Grid, server_round: int, settings: Mapping, admitted: l
         return Reveals((), committed, ())
     root = MerkleTree([a.leaf.leaf for a in admitted]).root
     by_node = {a.update.node_id: a for a in admitted}
-    content = RevealRequest(committed).put(RecordDict({CONFIG_KEY: round_settings(settings, server_round)}))
-    messages = [Message(content, dst_node_id=node, message_type=REVEAL_UPDATE, group_id=str(server_round))
-                for node in by_node]
-    replies, rejections = exchange(grid, messages, timeout, "reveal")
+    replies, rejections = ask(grid, list(by_node), REVEAL_UPDATE, RevealRequest(committed).put(RecordDict()),
+                              settings, server_round, timeout, phase="reveal")
     revealed = []
     for reply in replies:
         outcome = decode_reveal_reply(reply, spec)

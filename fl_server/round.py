@@ -1,21 +1,20 @@
-"""One federated round, top to bottom, as plain values: sample, send, decode, admit, aggregate, evaluate.
+"""One federated round, top to bottom, as plain values. :func:`run_round` reads as its phases:
 
-    sample nodes (seeded by run and round)
-      -> send `train` (global model + settings)          fl_server.exchange (Grid push + pull)
-      -> decode each reply                               fedproof.replies: Update | Declined | Rejection
-      -> all asked declined? the run is over             RoundResult.stop
-      -> admit each update                               fl_server.admission: signature, allow-list, replay
-      -> HE: the admitted commitments are frozen; each
-         contributor reveals its ciphertexts to that set     fl_server.reveal
-      -> aggregate                                       fl_server.aggregation (plain) or, under HE, add
-                                                         ciphertexts + t key holders decrypt the verified sum
-                                                         (fl_server.decryptors)
-      -> new model = parent + sum(n_k delta_k) / sum(n_k), or None with the failure reason
-      -> HE: t key holders recompute it and co-sign      fl_server.decryptors (no t signatures: void)
-      -> send `evaluate` (the parent: the model they were
-         sent) to the nodes not refused                  decode each reply: Evaluation | Rejection
-      -> central evaluation of the resulting model
-      -> RoundResult (frozen): what the lineage, metrics.jsonl, Prometheus and the progress bar consume
+    sample                  nodes, seeded by run and round                             pure
+    exchange train          the global model and the round's settings                  ask (fl_server.exchange)
+    decode                  each reply: Update | Declined | Rejection                  fedproof.core.replies
+    (all declined?)         the run is over: RoundResult.stop
+    admit                   signature, allow-list, replay, parent                      fl_server.admission
+    exchange reveal (HE)    the admitted commitments are frozen; each contributor
+                            reveals its ciphertexts to that set                        fl_server.reveal
+    sum                     sum(n_k delta_k), or the ciphertexts' sum                  pure (fl_server.aggregation)
+    exchange decrypt (HE)   t key holders check and partially decrypt the sum;
+                            the server fuses the shares                                fl_server.decryptors
+    apply                   parent + sum / sum(n_k)                                    pure
+    exchange co-sign (HE)   t key holders recompute the model and co-sign it           fl_server.decryptors
+    exchange evaluate       the parent (the model they were sent) to clients whose policy allows it
+    central evaluation      of the resulting model
+    -> RoundResult          frozen: what the lineage, metrics.jsonl, Prometheus and the progress bar consume
 
 Flower provides the transport (``Grid``) and the records; everything else is here. No reply can raise out of
 this function: every one becomes a value, a rejection with a reason code at worst.
@@ -27,23 +26,21 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedproof.protocol import (
+from fedproof.core.protocol import (
     ARRAYS_KEY,
     BUDGET_EXHAUSTED,
-    CONFIG_KEY,
     EVALUATE,
     TRAIN,
     SignedEnvelope,
-    round_settings,
 )
-from fedproof.replies import (
+from fedproof.core.replies import (
     Declined,
     Evaluation,
     ModelSpec,
@@ -52,12 +49,12 @@ from fedproof.replies import (
     decode_evaluate_reply,
     decode_train_reply,
 )
-from fedproof.rundir import RoundMetrics
+from fedproof.core.rundir import RoundMetrics
 from fl_server.admission import Admission, Admitted
-from fedproof.weights import apply_mean, hash_model
+from fedproof.core.weights import apply_mean, hash_model
 from fl_server.aggregation import plain_sum, threshold_sum
-from fl_server.decryptors import Endorsement, ThresholdCommittee
-from fl_server.exchange import exchange
+from fl_server.decryptors import Decrypted, Endorsement, ThresholdCommittee
+from fl_server.exchange import ask
 from fl_server.reveal import reveal_updates
 from ledger.bundle import SignedUpdate
 
@@ -127,14 +124,68 @@ class RoundResult:
 
 
 def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord) -> RoundResult:
-    started = plan.clock()
-    scheme = plan.threshold.key.params if plan.threshold else None
-    spec = ModelSpec.of(parent, plan.max_abs_delta, scheme)
+    """The round's phases, top to bottom. Each exchange goes through :func:`fl_server.exchange.ask`; the rest are
+    pure steps over values, and a phase that fails hands its reason on as a value (``Fold.failure``)."""
+    laps = _Laps(plan.clock)
+    spec = ModelSpec.of(parent, plan.max_abs_delta, plan.threshold.key.params if plan.threshold else None)
+    parent_hash = hash_model(parent, str(plan.settings.get("run-id", "")))  # what every update must have trained from
     nodes = sorted(grid.get_node_ids())
     asked = sample(nodes, plan.fraction_train, random.Random(f"train/{plan.seed}/{server_round}"))
-    replies, rejections = exchange(grid, _messages(asked, TRAIN, parent, plan.settings, server_round),
-                                   plan.timeout, TRAIN)
-    steps = {TRAIN: plan.clock() - started}
+    replies, rejections = ask(grid, asked, TRAIN, RecordDict({ARRAYS_KEY: parent}), plan.settings, server_round,
+                              plan.timeout)
+    laps.lap(TRAIN)
+    updates, declines = decode_train_replies(replies, spec, rejections)
+    if asked and len(declines) == len(asked):
+        return RoundResult(server_round, parent, None, (), tuple(declines), tuple(rejections), (), "",
+                           everyone_declined(declines, len(asked), server_round), None)
+    admitted = admit(plan.admission, server_round, updates, parent_hash, rejections)
+    committed: tuple[SignedEnvelope, ...] = ()
+    if plan.threshold is not None:  # commit, then reveal: the sum's leaves are fixed before any ciphertext is seen
+        committee = plan.threshold
+        reveals = reveal_updates(grid, server_round, plan.settings, admitted, spec, committee.allow,
+                                 committee.domain, plan.timeout)
+        admitted, committed = list(reveals.revealed), reveals.committed
+        rejections.extend(reveals.rejections)
+        laps.lap("reveal")
+    fold = sum_updates(plan, server_round, admitted)                                         # pure
+    fold = decrypt_sum(grid, plan, server_round, fold, spec, committed)                      # exchange (HE)
+    fold = apply_sum(fold, parent)                                                           # pure
+    fold = cosign_model(grid, plan, server_round, fold, parent, parent_hash)                 # exchange (HE)
+    rejections.extend(fold.rejections)
+    laps.lap("aggregate")
+    refused = {r.node_id for r in rejections if r.phase == TRAIN}
+    evaluations = evaluate_parent(grid, plan, server_round, parent, [n for n in nodes if n not in refused],
+                                  rejections)
+    laps.lap(EVALUATE)
+    for r in rejections:
+        log.warning("round %s: %s reply set aside: %s", server_round, r.phase, r)
+    loss, accuracy = plan.evaluate(fold.model if fold.model is not None else parent)
+    laps.lap("central")
+    result = RoundResult(server_round, parent, fold.model, fold.used, tuple(declines), tuple(rejections),
+                         tuple(evaluations), fold.failure, "", None, fold.endorsement)
+    metrics = round_metrics(result, loss, accuracy, laps.total(), spec.num_values)
+    return replace(result, metrics=replace(metrics, step_seconds=laps.steps))
+
+
+# ----------------------------------------------------------------------------------------------- the phases
+
+
+class _Laps:
+    """Seconds per phase of one round (``metrics.jsonl``'s ``step_seconds``)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock, self.started, self.steps = clock, clock(), {}
+
+    def lap(self, name: str) -> None:
+        self.steps[name] = self.clock() - self.started - sum(self.steps.values())
+
+    def total(self) -> float:
+        return self.clock() - self.started
+
+
+def decode_train_replies(replies: list[Message], spec: ModelSpec, rejections: list[Rejection]
+                         ) -> tuple[list[Update], list[Declined]]:
+    """Each train reply as a value: an update, a decline (budget or policy), or a rejection added to ``rejections``."""
     updates: list[Update] = []
     declines: list[Declined] = []
     for reply in replies:
@@ -145,108 +196,111 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
             declines.append(outcome)
         else:
             rejections.append(outcome)
-    if asked and len(declines) == len(asked):
-        refused = sorted({d.reason for d in declines if d.status != BUDGET_EXHAUSTED})
-        stop = (f"all {len(asked)} clients asked in round {server_round} have exhausted their privacy budget"
-                if not refused else f"all {len(asked)} clients asked in round {server_round} declined; their "
-                                    f"privacy policies refuse: {'; '.join(refused)}")
-        return RoundResult(server_round, parent, None, (), tuple(declines), tuple(rejections), (), "", stop, None)
+    return updates, declines
 
+
+def everyone_declined(declines: list[Declined], asked: int, server_round: int) -> str:
+    """Why the run ends when every client asked declined."""
+    refused = sorted({d.reason for d in declines if d.status != BUDGET_EXHAUSTED})
+    if not refused:
+        return f"all {asked} clients asked in round {server_round} have exhausted their privacy budget"
+    return f"all {asked} clients asked in round {server_round} declined; their privacy policies refuse: " + \
+        "; ".join(refused)
+
+
+def admit(admission: Admission, server_round: int, updates: list[Update], parent_hash: bytes,
+          rejections: list[Rejection]) -> list[Admitted]:
+    """The updates that pass the signature gate; the others are added to ``rejections``."""
     admitted: list[Admitted] = []
-    parent_hash = hash_model(parent, str(plan.settings.get("run-id", "")))  # what every update must have trained from
-    for outcome in (plan.admission.admit(server_round, u, parent_hash) for u in updates):
+    for outcome in (admission.admit(server_round, u, parent_hash) for u in updates):
         (admitted if isinstance(outcome, Admitted) else rejections).append(outcome)
-
-    committed: tuple[SignedEnvelope, ...] = ()
-    if plan.threshold is not None:  # commit, then reveal: the sum's leaves are fixed before any ciphertext is seen
-        key = plan.threshold
-        reveals = reveal_updates(grid, server_round, plan.settings, admitted, spec, key.allow, key.domain,
-                                 plan.timeout)
-        admitted, committed = list(reveals.revealed), reveals.committed
-        rejections.extend(reveals.rejections)
-        steps["reveal"] = plan.clock() - started - sum(steps.values())
-
-    aggregate = aggregate_updates(grid, plan, server_round, parent, spec, admitted, parent_hash, committed)
-    steps["aggregate"] = plan.clock() - started - sum(steps.values())
-    rejections.extend(aggregate.rejections)
-    current = aggregate.model if aggregate.model is not None else parent
-
-    refused = {r.node_id for r in rejections if r.phase == TRAIN}
-    evaluators = sample([n for n in nodes if n not in refused], plan.fraction_evaluate,
-                        random.Random(f"evaluate/{plan.seed}/{server_round}"))
-    evaluations: list[Evaluation] = []
-    if evaluators:
-        # clients evaluate only a model they were sent for training (a crafted one could probe their data): the
-        # round's parent, so `val_*` measure the model each round started from
-        replies, set_aside = exchange(grid, _messages(evaluators, EVALUATE, parent, plan.settings, server_round),
-                                      plan.timeout, EVALUATE)
-        for outcome in (decode_evaluate_reply(m) for m in replies):
-            (evaluations if isinstance(outcome, Evaluation) else set_aside).append(outcome)
-        rejections.extend(set_aside)
-    steps[EVALUATE] = plan.clock() - started - sum(steps.values())
-    for r in rejections:
-        log.warning("round %s: %s reply set aside: %s", server_round, r.phase, r)
-
-    loss, accuracy = plan.evaluate(current)
-    steps["central"] = plan.clock() - started - sum(steps.values())
-    result = RoundResult(server_round, parent, aggregate.model, aggregate.used, tuple(declines), tuple(rejections),
-                         tuple(evaluations), aggregate.failure, "", None, aggregate.endorsement)
-    metrics = round_metrics(result, loss, accuracy, plan.clock() - started, spec.num_values)
-    return replace(result, metrics=replace(metrics, step_seconds=steps))
+    return admitted
 
 
 @dataclass(frozen=True)
-class Aggregate:
-    """What aggregation made of the admitted updates: a new model (or None and why), the updates in it, and
-    those it set aside on the way (a ciphertext SEAL refused, a key holder replaced)."""
+class Fold:
+    """The aggregate as it goes through the phases: the sum (ciphertexts under HE, then plain), the updates in it,
+    the new model, its co-signatures; or, from the first phase that failed, the reason, passed on unchanged."""
 
-    model: ArrayRecord | None
     used: tuple[Admitted, ...] = ()
+    examples: int = 0
+    total: np.ndarray | None = None
+    decrypted: Decrypted | None = None
+    model: ArrayRecord | None = None
+    endorsement: Endorsement | None = None
     rejections: tuple[Rejection, ...] = ()
     failure: str = ""
-    endorsement: Endorsement | None = None
 
 
-def aggregate_updates(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord, spec: ModelSpec,
-                      admitted: list[Admitted], parent_hash: bytes, committed: tuple[SignedEnvelope, ...] = ()
-                      ) -> Aggregate:
-    nothing = f"round {server_round}: no update could be aggregated; the model is unchanged"
+def sum_updates(plan: RoundPlan, server_round: int, admitted: list[Admitted]) -> Fold:
+    """``sum(n_k delta_k)`` in the clear, or the sum of the ciphertexts under the joint key (pure)."""
     if not admitted:
-        return Aggregate(None, failure=nothing)
-    if plan.threshold is not None:
-        return _threshold_aggregate(grid, plan, server_round, parent, spec, admitted, parent_hash, committed)
-    examples = sum(a.update.num_examples for a in admitted)
-    return Aggregate(apply_mean(parent, plain_sum(admitted), examples), tuple(admitted))
-
-
-def _threshold_aggregate(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord, spec: ModelSpec,
-                         admitted: list[Admitted], parent_hash: bytes, committed: tuple[SignedEnvelope, ...]
-                         ) -> Aggregate:
-    """Sum the ciphertexts, have t key holders decrypt the verified sum, and scale it back: clients encrypted
-    ``(n_k / W) * delta_k`` with W the key statement's weight scale, so the mean is ``sum * W / sum(n_k)``. Then t key
-    holders recompute that model and co-sign its hash."""
-    assert plan.threshold is not None
+        return Fold(failure=f"round {server_round}: no update could be aggregated; the model is unchanged")
+    if plan.threshold is None:
+        return Fold(tuple(admitted), sum(a.update.num_examples for a in admitted), plain_sum(admitted))
     total = threshold_sum(plan.threshold.key.params, admitted)
     if total.values is None:
-        return Aggregate(None, rejections=total.rejections,
-                         failure=f"round {server_round}: no update could be aggregated; the model is unchanged")
-    scale = plan.threshold.key.statement.weight_scale  # what every key holder signed in the key statement
-    examples = sum(a.update.num_examples for a in total.used)
-    if examples > scale:
-        return Aggregate(None, rejections=total.rejections, failure=(
+        return Fold(rejections=total.rejections,
+                    failure=f"round {server_round}: no update could be aggregated; the model is unchanged")
+    examples, scale = sum(a.update.num_examples for a in total.used), plan.threshold.key.statement.weight_scale
+    if examples > scale:  # clients encrypted (n_k / W) delta_k, W from the key statement every holder signed
+        return Fold(rejections=total.rejections, failure=(
             f"round {server_round}: {examples} examples exceed the key's weight scale {scale}; the sum could overflow"))
-    outcome = plan.threshold.decrypt(grid, server_round, plan.settings, list(total.used), total.values,
-                                     spec.num_values, committed)
-    rejections = total.rejections + outcome.rejections
-    if outcome.values is None:
-        return Aggregate(None, rejections=rejections, failure=outcome.failure)
-    model = apply_mean(parent, outcome.values * scale, examples)
-    model_hash = hash_model(model, str(plan.settings.get("run-id", "")))
-    cosigned = plan.threshold.cosign(grid, server_round, plan.settings, outcome, parent, parent_hash, model_hash)
-    rejections += cosigned.rejections
+    return Fold(total.used, examples, total.values, rejections=total.rejections)
+
+
+def decrypt_sum(grid: Grid, plan: RoundPlan, server_round: int, fold: Fold, spec: ModelSpec,
+                committed: tuple[SignedEnvelope, ...]) -> Fold:
+    """HE: t key holders check and partially decrypt the verified sum, and the server fuses their shares (another t
+    are asked when some fail); the plain sum is ``sum * W``. Without HE the sum is already plain."""
+    if fold.failure or plan.threshold is None:
+        return fold
+    out = plan.threshold.decrypt(grid, server_round, plan.settings, list(fold.used), fold.total, spec.num_values,
+                                 committed)
+    rejections = fold.rejections + out.rejections
+    if out.values is None:
+        return replace(fold, rejections=rejections, failure=out.failure)
+    return replace(fold, total=out.values * plan.threshold.key.statement.weight_scale, decrypted=out,
+                   rejections=rejections)
+
+
+def apply_sum(fold: Fold, parent: ArrayRecord) -> Fold:
+    """The new model, ``parent + sum / sum(n_k)`` (pure; the co-signers compute the same)."""
+    if fold.failure:
+        return fold
+    return replace(fold, model=apply_mean(parent, fold.total, fold.examples))
+
+
+def cosign_model(grid: Grid, plan: RoundPlan, server_round: int, fold: Fold, parent: ArrayRecord,
+                 parent_hash: bytes) -> Fold:
+    """HE: t key holders recompute the new model from what they decrypted and co-sign its hash; without t
+    signatures the round is void."""
+    if fold.failure or plan.threshold is None:
+        return fold
+    assert fold.model is not None and fold.decrypted is not None
+    model_hash = hash_model(fold.model, str(plan.settings.get("run-id", "")))
+    cosigned = plan.threshold.cosign(grid, server_round, plan.settings, fold.decrypted, parent, parent_hash,
+                                     model_hash)
+    rejections = fold.rejections + cosigned.rejections
     if cosigned.endorsement is None:
-        return Aggregate(None, rejections=rejections, failure=cosigned.failure)
-    return Aggregate(model, total.used, rejections, endorsement=cosigned.endorsement)
+        return replace(fold, model=None, rejections=rejections, failure=cosigned.failure)
+    return replace(fold, endorsement=cosigned.endorsement, rejections=rejections)
+
+
+def evaluate_parent(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord, candidates: list[int],
+                    rejections: list[Rejection]) -> list[Evaluation]:
+    """Clients evaluate only a model they were sent for training (a crafted one could probe their data): the round's
+    parent, so ``val_*`` measure the model each round started from."""
+    evaluators = sample(candidates, plan.fraction_evaluate, random.Random(f"evaluate/{plan.seed}/{server_round}"))
+    if not evaluators:
+        return []
+    replies, set_aside = ask(grid, evaluators, EVALUATE, RecordDict({ARRAYS_KEY: parent}), plan.settings,
+                             server_round, plan.timeout)
+    evaluations: list[Evaluation] = []
+    for outcome in (decode_evaluate_reply(m) for m in replies):
+        (evaluations if isinstance(outcome, Evaluation) else set_aside).append(outcome)
+    rejections.extend(set_aside)
+    return evaluations
 
 
 def sample(nodes: list[int], fraction: float, rng: random.Random) -> list[int]:
@@ -254,12 +308,6 @@ def sample(nodes: list[int], fraction: float, rng: random.Random) -> list[int]:
     if fraction <= 0 or not nodes:
         return []
     return sorted(rng.sample(nodes, max(1, min(len(nodes), int(len(nodes) * fraction)))))
-
-
-def _messages(nodes: Iterable[int], kind: str, arrays: ArrayRecord, settings: Mapping, server_round: int
-              ) -> list[Message]:
-    content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: round_settings(settings, server_round)})
-    return [Message(content, dst_node_id=node, message_type=kind, group_id=str(server_round)) for node in nodes]
 
 
 def round_metrics(result: RoundResult, loss: float, accuracy: float, seconds: float, num_values: int

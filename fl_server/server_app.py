@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedproof.config import RunConfig
+from fedproof.core.config import RunConfig
 from fl_server.federation import FederationResult, RoundObserver, run_federation
 
 

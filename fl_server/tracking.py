@@ -17,8 +17,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from fedproof.config import RunConfig
-from fedproof.rundir import RoundMetrics
+from fedproof.core.config import RunConfig
+from fedproof.core.rundir import RoundMetrics
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "fedproof"

@@ -68,7 +68,7 @@ class MerkleProofError(LedgerError):
     """A Merkle proof does not lead from its leaf to the expected root."""
 
 
-# ---- the contract, its artifact and the devnet (ledger/contract.py, ledger/artifact.py; the devnet process is fedproof/devnet.py)
+# ---- the contract, its artifact and the devnet (ledger/contract.py, ledger/artifact.py; the devnet process is ledger/devnet.py)
 
 
 class LedgerValueError(LedgerError, ValueError):

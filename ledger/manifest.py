@@ -14,10 +14,10 @@ Bytes signed (fixed layout, integers big-endian, strings with a u16 length)::
     | canonical graph str | per-channel u8 | calibration images 32 B | rollback u8 | drift profile 32 B (absent: nothing)
 
 The derivation (canonical graph, per-channel weights, the calibration images' hash) is how a device rebuilds the
-artifact from the co-signed model before it installs it (:mod:`fedproof.artifact`): the operator's signature
+artifact from the co-signed model before it installs it (:mod:`fedproof.core.artifact`): the operator's signature
 alone never makes a graph or a weight acceptable.
 
-The drift profile (``fedproof.drift.ReferenceProfile``, a file beside the artifact) is what a device compares its
+The drift profile (``fedproof.core.drift.ReferenceProfile``, a file beside the artifact) is what a device compares its
 inputs against; signing its hash means nobody but the operator can make a device believe all is well.
 """
 
@@ -49,7 +49,7 @@ class ManifestError(LedgerError):
 
 @dataclass(frozen=True)
 class Derivation:
-    """How the artifact is made from its source model (:func:`fedproof.artifact.derive`)."""
+    """How the artifact is made from its source model (:func:`fedproof.core.artifact.derive`)."""
 
     graph: str
     """The canonical graph's name, ``<model>-<classes>`` (the device reads its own copy)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedproof.data import write_manifest
+from fedproof.core.data import write_manifest
 
 # features computed by tests (and the processes they start) go to a cache of this session's own, not the user's
 os.environ["FEDPROOF_CACHE_DIR"] = tempfile.mkdtemp(prefix="fedproof-test-cache-")
@@ -52,7 +52,7 @@ def devnet(tmp_path_factory: pytest.TempPathFactory):
     """A real anvil devnet on a free loopback port, for the whole session; stopped at the end."""
     import socket
 
-    from fedproof.devnet import Devnet
+    from ledger.devnet import Devnet
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from fedproof.weights import hash_model
+from fedproof.core.weights import hash_model
 from fl_server.lineage import Lineage
 from ledger.bundle import SignedUpdate
 from ledger.contract import LedgerContract

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 
 from flwr.app import ArrayRecord, Context, MetricRecord, RecordDict
 
-from fedproof.protocol import ClientReport, SignedEnvelope
+from fedproof.core.protocol import ClientReport, SignedEnvelope
 from fl_client.signing import sign_update
-from fedproof.weights import hash_model
-from fedproof.replies import Update
+from fedproof.core.weights import hash_model
+from fedproof.core.replies import Update
 from fl_server.admission import Admitted
 from fl_server.round import RoundResult
 from fl_server.decryptors import Endorsement
@@ -78,8 +78,8 @@ def trained_model(data):
     """The default model with its head trained a little on ``data`` (deterministic)."""
     import torch
 
-    from fedproof.model import make_model
-    from fedproof.task import features
+    from fedproof.core.model import make_model
+    from fedproof.core.task import features
 
     torch.manual_seed(0)
     model = make_model(num_classes=data.num_classes)
@@ -99,8 +99,8 @@ def record_trained_run(chain, run_path, data, clients: dict[str, SigningKey], ru
     model. Returns the torch model."""
     import json
 
-    from fedproof.config import RunConfig
-    from fedproof.model import make_model
+    from fedproof.core.config import RunConfig
+    from fedproof.core.model import make_model
     from fl_server.lineage import Lineage, register_clients
     from ledger.signing import SignedFields, payload_digest
     from ledger.verification import AllowList

@@ -12,8 +12,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fakegrid import FakeGrid
-from fedproof.errors import UpdateRejected
-from fedproof.protocol import (
+from fedproof.base.errors import UpdateRejected
+from fedproof.core.protocol import (
     CONFIG_KEY,
     REFUSED,
     DecryptionRequest,
@@ -24,7 +24,7 @@ from fedproof.protocol import (
     SignedEnvelope,
     round_settings,
 )
-from fedproof.weights import apply_mean, flatten, hash_model
+from fedproof.core.weights import apply_mean, flatten, hash_model
 from fl_client import threshold
 from fl_client.signing import sign_statement, sign_update
 from fl_server.keygen import KeyCeremonyFailed, run_ceremony
@@ -317,7 +317,7 @@ def test_co_signers_take_the_weight_scale_from_the_key_statement_not_the_message
     scaled = hash_model(apply_mean(global_model(), values * 25 * SCALE, examples), CONFIG.run_id)
 
     def ask(holder: int, model: bytes) -> str:
-        from fedproof.protocol import CosignRequest
+        from fedproof.core.protocol import CosignRequest
 
         content = CosignRequest(request, tuple(partials), global_model(), model).put(
             RecordDict({CONFIG_KEY: round_settings(evil.to_mapping(), 80)}))

@@ -12,10 +12,10 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fakegrid import FakeGrid
 from rounds import signed_reply
-from fedproof.config import RunConfig
-from fedproof.keys import init_key_set
-from fedproof.protocol import SIGNED_KEY
-from fedproof.weights import flatten
+from fedproof.core.config import RunConfig
+from fedproof.core.keys import init_key_set
+from fedproof.core.protocol import SIGNED_KEY
+from fedproof.core.weights import flatten
 from fl_server.admission import Admission
 from fl_server.round import RoundPlan, RoundResult, run_round
 from ledger.verification import Domain, AllowList, UpdateVerifier
@@ -161,7 +161,7 @@ def test_a_claimed_weight_above_the_registered_one_is_refused_at_the_gate(keys) 
 
 
 def test_registered_weights_survive_the_allow_list_file(tmp_path: Path) -> None:
-    from fedproof.files import write_atomically
+    from fedproof.base.files import write_atomically
     from ledger.errors import KeyFileError
 
     allow = AllowList({"a": bytes(32)}).with_weights({"a": 600})

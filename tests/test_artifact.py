@@ -1,4 +1,4 @@
-"""The derivation a device re-runs (fedproof.artifact): the committed canonical graphs are the task's models, and
+"""The derivation a device re-runs (fedproof.core.artifact): the committed canonical graphs are the task's models, and
 what check_derived lets through is the same graph and weights, with only calibration rounding left free."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from onnx import numpy_helper
 from safetensors.numpy import save as save_numpy
 from safetensors.torch import save as save_torch
 
-from fedproof.artifact import (
+from fedproof.core.artifact import (
     DerivationError,
     calibration_bytes,
     canonical_graph,
@@ -20,7 +20,7 @@ from fedproof.artifact import (
     graph_name,
     load_calibration,
 )
-from fedproof.model import make_model
+from fedproof.core.model import make_model
 from fl_server.deploy import SHIPPED_GRAPHS, build_graph
 
 CALIBRATION = calibration_bytes(np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8))
@@ -38,14 +38,14 @@ def cnn():
 def test_each_committed_graph_is_a_fresh_export_of_its_model(model_name: str, classes: int) -> None:
     """As for the contract: the graph a device trusts is the one the task's code exports today."""
     assert canonical_graph(graph_name(model_name, classes)) == build_graph(model_name, classes), (
-        f"fedproof/graphs/{graph_name(model_name, classes)}.onnx is stale: run `python -m fl_server.deploy graphs`")
+        f"fedproof/core/graphs/{graph_name(model_name, classes)}.onnx is stale: run `python -m fl_server.deploy graphs`")
 
 
 def test_the_derived_fp32_model_computes_the_torch_model() -> None:
     import torch
 
-    from fedproof.inference import session
-    from fedproof.task import to_tensors
+    from fedproof.core.inference import session
+    from fedproof.core.task import to_tensors
 
     model = make_model("cnn", 10, seed=2).eval()
     fp32 = fill(canonical_graph("cnn-10"), {k: v.numpy() for k, v in model.state_dict().items()})

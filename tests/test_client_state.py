@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Context, RecordDict
 
-from fedproof.config import RunConfig
-from fedproof.model import make_model
-from fedproof.protocol import BUDGET_EXHAUSTED, TRAINED
+from fedproof.core.config import RunConfig
+from fedproof.core.model import make_model
+from fedproof.core.protocol import BUDGET_EXHAUSTED, TRAINED
 from fl_client.state import ClientState, state_file
 from fl_client.training import train_round
 from privacy.dp import PrivacySpend
@@ -67,7 +67,7 @@ def test_the_lifetime_budget_spans_runs_and_restarts_until_it_is_spent(tmp_path:
 
 def test_a_server_that_reshuffles_partitions_finds_the_same_budget(synthetic_dir: Path) -> None:
     """The budget file is named by the dataset's records, not by the partition the run's settings assign."""
-    from fedproof.client_data import load_client_data
+    from fedproof.core.client_data import load_client_data
 
     a = load_client_data(RunConfig(data_dir=str(synthetic_dir), seed=1, alpha=0.5), 0, 2)
     b = load_client_data(RunConfig(data_dir=str(synthetic_dir), seed=99, alpha=5.0, partition="iid"), 0, 2)

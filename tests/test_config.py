@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fedproof.config import RunConfig, pyproject_overrides, resolve
-from fedproof.errors import ConfigError
+from fedproof.core.config import RunConfig, pyproject_overrides, resolve
+from fedproof.base.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_other_projects_pyproject_is_ignored(tmp_path: Path) -> None:
 
 
 def test_dash_c_settings_parse_as_toml_values_typed_by_the_setting() -> None:
-    from fedproof.config import parse_overrides
+    from fedproof.core.config import parse_overrides
 
     parsed = parse_overrides(["grad-sample-mode=functorch", "run-id=2026", "dp=false", "lr=0.1", "delta=1e-5",
                               'data-dir="/a b"', "seed=7", "target-epsilon=3"])
@@ -86,7 +86,7 @@ def test_the_default_learning_rate_follows_dp() -> None:
 
 def test_batch_epochs_and_lr_default_to_what_fits_the_mode() -> None:
     """Without DP the defaults are unclipped SGD's (DP's made `simulate --no-dp` reach 80% instead of 90%)."""
-    from fedproof.config import RunConfig
+    from fedproof.core.config import RunConfig
 
     plain, private = RunConfig(dp=False), RunConfig(dp=True)
     assert (plain.training_batch(), plain.training_epochs(), plain.learning_rate()) == (64, 3, 0.05)

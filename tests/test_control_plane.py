@@ -6,8 +6,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from fedproof.deployment import ServerKit, SuperLink, control_address
-from fedproof.errors import ConfigError
+from fedproof.launch.deployment import ServerKit, SuperLink, control_address
+from fedproof.base.errors import ConfigError
 from fl_server.fleet_gateway import create_app
 
 
@@ -62,7 +62,7 @@ def test_kits_pin_the_operators_app_and_nothing_else(tmp_path) -> None:
     """What `flwr run` of this project submits is the app a device runs; a FAB of any other app is not pinned."""
     from flwr.cli.build import build_fab_from_disk
 
-    from fedproof.provision import PROJECT, provision
+    from fedproof.launch.provision import PROJECT, provision
     from fl_client.app_runner import app_hash, load_pinned
 
     kits = provision(tmp_path / "kits", 1, "127.0.0.1")

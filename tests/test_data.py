@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedproof import data
-from fedproof.data import (
+from fedproof.core import data
+from fedproof.core.data import (
     FASHION_MNIST,
     SYSTEM_DATA_DIR,
     encode_idx,
@@ -21,7 +21,7 @@ from fedproof.data import (
     read_idx,
     search_path,
 )
-from fedproof.errors import DataIntegrityError, DatasetNotFoundError
+from fedproof.base.errors import DataIntegrityError, DatasetNotFoundError
 
 DTYPES = [np.uint8, np.int8, np.dtype(">i2"), np.dtype(">i4"), np.dtype(">f4"), np.dtype(">f8")]
 

@@ -19,11 +19,11 @@ from onnx import numpy_helper
 
 from safetensors.torch import save as safetensors_save
 
-from fedproof.artifact import calibration_bytes, derive
-from fedproof.data import load_dataset
-from fedproof.errors import FedproofError
-from fedproof.model import count_parameters, make_model
-from fedproof.task import to_tensors
+from fedproof.core.artifact import calibration_bytes, derive
+from fedproof.core.data import load_dataset
+from fedproof.base.errors import FedproofError
+from fedproof.core.model import count_parameters, make_model
+from fedproof.core.task import to_tensors
 
 from fl_client.edge import ArtifactRejected, classify, pull
 from fl_server.deploy import (
@@ -154,7 +154,7 @@ def test_the_edge_path_never_imports_torch(recorded_run, published, tmp_path: Pa
     np.save(tmp_path / "images.npy", data.test_x[:16])
     script = (
         "import sys\n"
-        "from fedproof.cli import app\n"  # the whole CLI module, as `fedproof edge` loads it
+        "from fedproof.cli.main import app\n"  # the whole CLI module, as `fedproof edge` loads it
         "from fl_client import edge\n"
         "import ledger.contract\n"
         f"labels = edge.classify(__import__('pathlib').Path({str(tmp_path / 'device')!r}), "
@@ -230,7 +230,7 @@ def test_a_device_takes_t_and_the_key_holders_from_the_chain_only(recorded_run, 
                                                                  scenario: str) -> None:
     """Five registered clients; the server and accomplices d and e release a model of a run whose co-signers the
     run's key statement on chain does not vouch for (tests/key_scenarios.py): edge pull installs nothing."""
-    from fedproof.config import RunConfig
+    from fedproof.core.config import RunConfig
     from fl_server.lineage import Lineage, register_clients
     from key_scenarios import REFUSED, model
     from ledger.verification import AllowList
@@ -255,7 +255,7 @@ def test_a_device_takes_t_and_the_key_holders_from_the_chain_only(recorded_run, 
 def test_a_device_refuses_an_honest_lineage_only_for_the_artifact(recorded_run, tmp_path: Path) -> None:
     """The same path with an honest 3-of-5 run gets past the lineage check: what stops it is the artifact itself
     (not a model), so the refusals above are the key's."""
-    from fedproof.config import RunConfig
+    from fedproof.core.config import RunConfig
     from fl_server.lineage import Lineage, register_clients
     from key_scenarios import honest, model
     from ledger.verification import AllowList
@@ -409,7 +409,7 @@ def test_an_artifact_that_always_answers_7_is_refused_by_pull_and_follow(recorde
     registry = tmp_path / "registry"
     honest = SignedManifest.load(manifest_path(registry, bytes.fromhex(deployment.artifact_sha256)))
     seven = crafted(Path(deployment.artifact).read_bytes())
-    from fedproof.inference import predict, session
+    from fedproof.core.inference import predict, session
 
     assert set(predict(session(seven), data.test_x).tolist()) == {7}  # the attack works where it is loaded
     ref = ship(registry, chain, honest, seven)

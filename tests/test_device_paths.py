@@ -9,8 +9,8 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedproof.config import RunConfig
-from fedproof.errors import ConfigError
+from fedproof.core.config import RunConfig
+from fedproof.base.errors import ConfigError
 from fl_client.client_app import _settings
 from fl_client.signing import allow_list, signing_key
 from fl_client.state import state_file
@@ -58,7 +58,7 @@ def test_a_simulated_client_takes_the_operators_run_settings() -> None:
 def test_a_device_without_a_ledger_pin_signs_nothing_for_a_ledger_run(tmp_path) -> None:
     """The second review: a device without trust.json signed for whatever chain, genesis and contract the server
     named. Now it refuses a ledger run, and signs a run without a ledger."""
-    from fedproof.keys import init_key_set
+    from fedproof.core.keys import init_key_set
     from fl_client.signing import domain, sign_update
     from pins import device_pin
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fedproof.processes import free_port
-from fedproof.provision import Identity, client_init, provision
+from fedproof.base.processes import free_port
+from fedproof.launch.provision import Identity, client_init, provision
 
 pytestmark = pytest.mark.slow  # real processes
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from ledger import errors
 from ledger.contract import LedgerContract, RoundRecord
-from fedproof.devnet import Devnet, ensure_contract, find_anvil, remember_contract, remembered_contract
+from ledger.devnet import Devnet, ensure_contract, find_anvil, remember_contract, remembered_contract
 
 pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
 
@@ -189,7 +189,7 @@ def test_remembered_contract(tmp_path: Path):
 
 @needs_anvil
 def test_cli_start_status_stop(devnet: Devnet):
-    from fedproof.cli_devnet import devnet_app
+    from fedproof.cli.devnet import devnet_app
 
     runner = CliRunner()
     opts = ["--data-dir", str(devnet.data_dir), "--port", str(devnet.port)]
@@ -229,7 +229,7 @@ def test_a_directory_without_a_port_takes_a_free_one_keeps_it_and_reports_it(tmp
 def test_devnet_status_lists_directory_port_pid_and_chain(tmp_path: Path) -> None:
     port = free_port()
     runner = CliRunner()
-    from fedproof.cli import app
+    from fedproof.cli.main import app
 
     try:
         assert runner.invoke(app, ["devnet", "start", "--data-dir", str(tmp_path), "--port", str(port),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedproof.devnet import DEFAULT_PORT, Devnet
+from ledger.devnet import DEFAULT_PORT, Devnet
 from ledger import errors
 from ledger.defaults import DEFAULT_DATA_DIR
 

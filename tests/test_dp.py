@@ -9,10 +9,10 @@ from opacus.accountants import create_accountant
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedproof.config import RunConfig
-from fedproof.errors import ConfigError
-from fedproof.model import make_model
-from fedproof.protocol import BUDGET_EXHAUSTED, TRAINED
+from fedproof.core.config import RunConfig
+from fedproof.base.errors import ConfigError
+from fedproof.core.model import make_model
+from fedproof.core.protocol import BUDGET_EXHAUSTED, TRAINED
 from fl_client.state import ClientState
 from fl_client.training import run_epochs, train_round
 from privacy.dp import DPSettings, PrivacySpend, RoundPlan, calibrate_noise, check_budget, make_private, validate_model
@@ -217,7 +217,7 @@ def test_the_round_plan_is_what_opacus_records(n: int) -> None:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from fedproof.model import make_model
+    from fedproof.core.model import make_model
     from privacy.dp import DPSettings, RoundPlan, make_private
 
     loader = DataLoader(TensorDataset(torch.zeros(n, 1, 28, 28), torch.zeros(n, dtype=torch.long)), batch_size=64)

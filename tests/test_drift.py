@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fedproof.drift import ProfileError, ReferenceProfile, build_profile, check_window, kolmogorov_sf
+from fedproof.core.drift import ProfileError, ReferenceProfile, build_profile, check_window, kolmogorov_sf
 
 DIM, CLASSES = 64, 4
 CENTRES = np.random.default_rng(1).normal(0, 1, size=(CLASSES, DIM))

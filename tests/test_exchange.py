@@ -8,7 +8,7 @@ import pytest
 from flwr.app import Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedproof.polling import poll_intervals
+from fedproof.base.polling import poll_intervals
 from fl_server.exchange import MAX_POLL, exchange
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedproof.errors import ClientsUnavailableError
+from fedproof.base.errors import ClientsUnavailableError
 from fl_server.federation import wait_for_clients
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedproof.rundir import RunDirectory
+from fedproof.core.rundir import RunDirectory
 
 pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
 

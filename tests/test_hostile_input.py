@@ -14,12 +14,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fedproof.data import parse_idx
-from fedproof.errors import FedproofError, UpdateRejected
-from fedproof.replies import (Declined, Evaluation, ModelCosignature, ModelSpec, PartialDecryption, Reason, Rejection,
+from fedproof.core.data import parse_idx
+from fedproof.base.errors import FedproofError, UpdateRejected
+from fedproof.core.replies import (Declined, Evaluation, ModelCosignature, ModelSpec, PartialDecryption, Reason, Rejection,
                               Update, decode_cosign_reply, decode_evaluate_reply, decode_partial_reply,
                               decode_train_reply)
-from fedproof.protocol import (CIPHERTEXT_STYPE, CIPHERTEXTS_KEY, HEADER_KEY, LENGTHS_KEY, PACKED_KEY, SIGNED_KEY,
+from fedproof.core.protocol import (CIPHERTEXT_STYPE, CIPHERTEXTS_KEY, HEADER_KEY, LENGTHS_KEY, PACKED_KEY, SIGNED_KEY,
                                EncryptedPayload, SignedEnvelope, pack_ciphertexts)
 from ledger.bundle import BundleError, RoundBundle
 from ledger.errors import KeyFileError, UpdateVerificationError
@@ -266,7 +266,7 @@ def test_policy_and_allow_list_files_nested_too_deeply_are_typed_errors(tmp_path
 
 @pytest.mark.parametrize("ndim, dims", [(65, [1] * 65), (17, [1] * 17), (3, [2**32 - 1] * 3), (8, [2**31] * 8)])
 def test_idx_headers_with_huge_or_too_many_dimensions_are_typed_errors(ndim: int, dims: list[int]) -> None:
-    from fedproof.data import DataIntegrityError
+    from fedproof.core.data import DataIntegrityError
 
     blob = bytes([0, 0, 0x08, ndim]) + np.asarray(dims, ">u4").tobytes() + b"\x00" * 16
     with pytest.raises(DataIntegrityError):
@@ -279,8 +279,8 @@ def test_a_gzip_bomb_is_refused_as_it_expands(tmp_path: Path) -> None:
     import gzip
     import resource
 
-    from fedproof.data import DataIntegrityError, encode_idx, gunzip_bounded
-    from fedproof.errors import FedproofError
+    from fedproof.core.data import DataIntegrityError, encode_idx, gunzip_bounded
+    from fedproof.base.errors import FedproofError
     from fl_client.edge import MAX_IMAGE_BYTES, read_images
 
     chunk = gzip.compress(b"\x00" * (64 << 20), compresslevel=9)  # ~64 KiB

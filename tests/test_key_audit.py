@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedproof.config import RunConfig
+from fedproof.core.config import RunConfig
 from fl_server.lineage import Lineage, register_clients
 from key_scenarios import CLIENTS, REFUSED, cosigned_round, honest, model, of, rekeyed_honestly
 from ledger.audit import AuditFailure, keys_in_force, verify_model
@@ -167,7 +167,7 @@ def test_a_key_waits_in_the_outbox_and_goes_before_the_rounds(tmp_path: Path, ch
 def test_the_audit_cli_shows_the_key_from_the_chain(tmp_path: Path, chain, monkeypatch, capsys) -> None:
     from typer.testing import CliRunner
 
-    from fedproof import cli_audit
+    from fedproof.cli import audit as cli_audit
 
     lin = start(tmp_path, chain)
     honest(lin, KEYS)

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
-from fedproof.config import RunConfig
+from fedproof.core.config import RunConfig
 from fl_server.lineage import Lineage, register_clients
 from rounds import endorse, key_statement, round_result
 from ledger.audit import AuditFailure, ModelNotRecorded, lineage, verify_model
 from ledger.bundle import RoundBundle, SignedUpdate
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.errors import LedgerUnavailable
-from fedproof.weights import hash_model
+from fedproof.core.weights import hash_model
 from ledger.signing import SignedFields, SigningKey, client_id_hash, payload_digest, run_id_hash, scale_epsilon
 from ledger.verification import AllowList
 
@@ -312,7 +312,7 @@ def test_a_model_file_anywhere_in_its_run_directory_finds_the_run_bundles(tmp_pa
     run's ledger/ as model.safetensors does; a bundle found nowhere names where it looked and the flag to use."""
     import shutil
 
-    from fedproof.cli_audit import _bundle_dirs
+    from fedproof.cli.audit import _bundle_dirs
 
     lin = run(tmp_path, chain)
     deep = tmp_path / "r1" / "mlruns" / "1" / "abc" / "artifacts"

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedproof.config import MODELS
-from fedproof.errors import ConfigError
-from fedproof.model import count_parameters, make_model
+from fedproof.core.config import MODELS
+from fedproof.base.errors import ConfigError
+from fedproof.core.model import count_parameters, make_model
 
 
 @pytest.mark.parametrize("name", MODELS)

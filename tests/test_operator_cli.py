@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fedproof.cli_deployment import operator_account
-from fedproof.deployment import ServerKit
-from fedproof.errors import FedproofError
-from fedproof.provision import provision
+from fedproof.cli.server import operator_account
+from fedproof.launch.deployment import ServerKit
+from fedproof.base.errors import FedproofError
+from fedproof.launch.provision import provision
 from ledger.operator import OperatorKeys
 
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "COLUMNS": "200"}

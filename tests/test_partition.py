@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedproof.errors import PartitionError
-from fedproof.partition import PartitionSpec, partition_indices, train_val_split
+from fedproof.base.errors import PartitionError
+from fedproof.core.partition import PartitionSpec, partition_indices, train_val_split
 
 
 def labels(n: int = 2000, classes: int = 10, seed: int = 0) -> np.ndarray:

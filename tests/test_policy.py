@@ -12,9 +12,9 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from fedproof.config import RunConfig
-from fedproof.model import make_model
-from fedproof.protocol import POLICY_REFUSED, TRAINED
+from fedproof.core.config import RunConfig
+from fedproof.core.model import make_model
+from fedproof.core.protocol import POLICY_REFUSED, TRAINED
 from fl_client.policy import client_policy, run_policy
 from fl_client.state import ClientState
 from fl_client.training import train_round

@@ -190,7 +190,7 @@ def test_a_statement_the_operator_did_not_sign_is_reported_and_never_counted(cha
 def _cli(*args: str) -> dict | str:
     from typer.testing import CliRunner
 
-    from fedproof.cli import app
+    from fedproof.cli.main import app
 
     result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -201,19 +201,23 @@ def _cli(*args: str) -> dict | str:
 def test_promote_canary_rollback_and_forged_releases_end_to_end_on_anvil(devnet, synthetic_dir: Path, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # an MLflow client reading a registry opens ./mlflow.db as its default store
-    from fedproof.data import load_dataset
+    from fedproof.core.data import load_dataset
     from fl_client.edge import ArtifactRejected, classify, follow, pull
     from fl_server.deploy import DeploySettings, deploy
     from fl_server.tracking import REGISTERED_MODEL
-    from ledger.operator import OperatorKeys
+    from ledger.operator import OperatorKeys, use_account
     from ledger.signing import SigningKey
     from ledger.trust import LedgerTrust
     from rounds import record_trained_run
 
     operator_dir, password = tmp_path / "operator", tmp_path / "password"
     password.write_text("a long password\n")
-    key = OperatorKeys.create(operator_dir, b"a long password").deployment_key(b"a long password")
-    chain = LedgerContract.deploy(LedgerContract.connect(devnet.url))
+    operator = OperatorKeys.create(operator_dir, b"a long password")
+    key, account = operator.deployment_key(b"a long password"), operator.ledger_account(b"a long password")
+    w3 = LedgerContract.connect(devnet.url)  # the operator's keystore deploys and writes, as `server start` does
+    w3.provider.make_request("anvil_setBalance", [account.address, hex(10**21)])
+    use_account(w3, account)
+    chain = LedgerContract.deploy(w3, sender=account.address)
     data = load_dataset(synthetic_dir)
     record_trained_run(chain, tmp_path / "run", data, {c: SigningKey.generate() for c in ("a", "b")})
     registry = tmp_path / "registry"

@@ -11,10 +11,10 @@ from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDic
 from flwr.supercore.task_identity import TaskIdentity
 
 from fakegrid import FakeGrid
-from fedproof.config import RunConfig
-from fedproof.keys import init_key_set
-from fedproof.protocol import BUDGET_EXHAUSTED, ClientReport
-from fedproof.weights import flatten
+from fedproof.core.config import RunConfig
+from fedproof.core.keys import init_key_set
+from fedproof.core.protocol import BUDGET_EXHAUSTED, ClientReport
+from fedproof.core.weights import flatten
 from fl_server.admission import Admission
 from fl_server.round import RoundPlan, RoundResult, run_round
 from ledger.verification import AllowList, UpdateVerifier
@@ -205,7 +205,7 @@ def test_the_signed_epsilon_is_the_one_reported(config: RunConfig) -> None:
 
 
 def test_a_client_that_withholds_its_metrics_is_set_aside_as_withheld(config: RunConfig) -> None:
-    from fedproof.protocol import WITHHELD
+    from fedproof.core.protocol import WITHHELD
 
     withheld = RecordDict({"client": ClientReport("2", WITHHELD, reason="DP").to_record()})
     result, _ = run(config, {n: signed_reply(config, parent(), str(n), weights(1.0), 10) for n in (1, 2)},
@@ -217,7 +217,7 @@ def test_a_client_that_withholds_its_metrics_is_set_aside_as_withheld(config: Ru
 def test_a_dp_client_withholds_evaluate_metrics(config: RunConfig) -> None:
     from flwr.app import ConfigRecord, Context
 
-    from fedproof.protocol import WITHHELD
+    from fedproof.core.protocol import WITHHELD
     from fl_client.client_app import evaluate_local
 
     msg = Message(RecordDict({"arrays": parent(), "config": ConfigRecord({**RunConfig(dp=True).to_mapping(),
@@ -230,7 +230,7 @@ def test_a_dp_client_withholds_evaluate_metrics(config: RunConfig) -> None:
 
 def test_policy_refusals_are_counted_recorded_and_end_a_run_only_when_everyone_refuses(
         config: RunConfig, tmp_path) -> None:
-    from fedproof.protocol import POLICY_REFUSED
+    from fedproof.core.protocol import POLICY_REFUSED
     from fl_server.lineage import Lineage
     from ledger.bundle import RoundBundle
 
@@ -248,7 +248,7 @@ def test_policy_refusals_are_counted_recorded_and_end_a_run_only_when_everyone_r
 def test_a_client_evaluates_only_models_it_was_sent_for_training() -> None:
     from flwr.app import ConfigRecord, Context
 
-    from fedproof.protocol import WITHHELD
+    from fedproof.core.protocol import WITHHELD
     from fl_client.client_app import _remember_sent_model, _was_sent_for_training, evaluate_local
 
     crafted = weights(0.5)  # e.g. a model made to answer one class, to read the local label histogram
@@ -273,7 +273,7 @@ def test_a_model_refused_for_training_does_not_become_evaluable(tmp_path, monkey
     from torch import nn
 
     import fl_client.client_app as client_app
-    from fedproof.protocol import POLICY_REFUSED, TRAINED
+    from fedproof.core.protocol import POLICY_REFUSED, TRAINED
     from fl_client.training import RoundOutcome
 
     config = RunConfig(dp=False, he=False, run_dir=str(tmp_path))

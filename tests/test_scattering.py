@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedproof.scattering import Scattering2D
+from fedproof.core.scattering import Scattering2D
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedproof.config import RunConfig
-from fedproof.protocol import CONFIG_KEY, EncryptedPayload, round_settings
+from fedproof.core.config import RunConfig
+from fedproof.core.protocol import CONFIG_KEY, EncryptedPayload, round_settings
 from fl_client.secure_update import checked_delta, plain_update
 from privacy.errors import PlaintextRangeError
 
@@ -69,7 +69,7 @@ def test_he_runs_match_plaintext_and_the_server_never_holds_key_material(
 ) -> None:
     """The ServerApp runs in this process, the ClientApps in Ray workers: a key share drawn here fails the test."""
     import privacy.keygen
-    from fedproof.simulation import simulate
+    from fedproof.launch.simulation import simulate
     from privacy.threshold import SecretShare
 
     def refuse(*args, **kwargs):

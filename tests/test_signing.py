@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedproof.files import write_atomically
+from fedproof.base.files import write_atomically
 from ledger.errors import (
     BadSignature,
     DuplicateUpdate,
@@ -134,8 +134,8 @@ def test_a_device_signs_only_for_the_chain_genesis_and_contract_it_pins(tmp_path
     """The run config names the ledger; a device with a pin (its kit's trust.json) refuses any other one."""
     from flwr.app import Context, RecordDict
 
-    from fedproof.config import RunConfig
-    from fedproof.errors import ConfigError
+    from fedproof.core.config import RunConfig
+    from fedproof.base.errors import ConfigError
     from fl_client.signing import domain
     from ledger.trust import LedgerTrust
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fedproof.data import load_dataset
-from fedproof.model import make_model
-from fedproof.rundir import RunDirectory
-from fedproof.task import evaluate
+from fedproof.core.data import load_dataset
+from fedproof.core.model import make_model
+from fedproof.core.rundir import RunDirectory
+from fedproof.core.task import evaluate
 
 pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
 

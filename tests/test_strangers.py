@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedproof.config import RunConfig
-from fedproof.rundir import RunDirectory
-from fedproof.simulation import backend_config
+from fedproof.core.config import RunConfig
+from fedproof.core.rundir import RunDirectory
+from fedproof.launch.simulation import backend_config
 from fl_server.server_app import build_server_app
 from ledger.bundle import RoundBundle
 

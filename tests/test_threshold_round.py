@@ -13,10 +13,10 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fakegrid import FakeGrid
 from pins import device_pin
-from fedproof.config import RunConfig
-from fedproof.errors import UpdateRejected
-from fedproof.keys import init_key_set
-from fedproof.protocol import (
+from fedproof.core.config import RunConfig
+from fedproof.base.errors import UpdateRejected
+from fedproof.core.keys import init_key_set
+from fedproof.core.protocol import (
     CONFIG_KEY,
     REFUSED,
     ClientReport,
@@ -26,7 +26,7 @@ from fedproof.protocol import (
     SignedEnvelope,
     round_settings,
 )
-from fedproof.weights import hash_model, flatten
+from fedproof.core.weights import hash_model, flatten
 from fl_client import threshold
 from fl_client.signing import sign_update
 from fl_server.admission import Admission
@@ -321,8 +321,8 @@ def test_a_device_deals_its_secret_once_and_only_into_a_key_of_most_registered_c
 def _decrypted(devices, server_round: int):
     """Round ``server_round``'s leaves from NODES[:3], decrypted by those three: the request, the signed partials,
     and the honest model's hash."""
-    from fedproof.protocol import SignedEnvelope
-    from fedproof.weights import apply_mean
+    from fedproof.core.protocol import SignedEnvelope
+    from fedproof.core.weights import apply_mean
     from privacy.threshold import fuse
 
     evil = MaliciousServer(devices, server_round=server_round)
@@ -342,7 +342,7 @@ def _decrypted(devices, server_round: int):
 
 
 def _cosign(devices, holder: int, server_round: int, request, partials, model: bytes, parent=None) -> str:
-    from fedproof.protocol import COSIGN_KEY, CosignRequest
+    from fedproof.core.protocol import COSIGN_KEY, CosignRequest
 
     config = RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round)})
     content = CosignRequest(request, tuple(partials), parent or global_model(), model).put(config)
@@ -416,7 +416,7 @@ DAMAGES = ["bit-flip", "truncated", "wrong-length", "no-payload", "bad-count", "
                                           ("bad-count", "bad-example-count"), ("not-committed", "payload-mismatch"),
                                           ("sent-early", "wrong-mode"), ("reveal-tag", "bad-signature")])
 def test_a_damaged_update_is_rejected_alone_and_the_round_goes_on(keyed, damage: str, code: str) -> None:
-    from fedproof.protocol import CIPHERTEXTS_KEY, pack_ciphertexts, unpack_ciphertexts
+    from fedproof.core.protocol import CIPHERTEXTS_KEY, pack_ciphertexts, unpack_ciphertexts
 
     devices, key = keyed
     bad, server_round = NODES[4], 50 + DAMAGES.index(damage)
@@ -456,7 +456,7 @@ def test_a_damaged_update_is_rejected_alone_and_the_round_goes_on(keyed, damage:
         elif damage == "no-payload":
             del reply[CIPHERTEXTS_KEY]
         elif damage == "reveal-tag":  # its commitment's signature where the reveal's belongs (another tag)
-            from fedproof.protocol import SignedEnvelope as Envelope
+            from fedproof.core.protocol import SignedEnvelope as Envelope
 
             committed = RevealRequest.take(msg.content).committed
             [own] = [e for e in committed if e.fields.client_id == str(bad)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedproof.config import RunConfig
-from fedproof.rundir import RoundMetrics
+from fedproof.core.config import RunConfig
+from fedproof.core.rundir import RoundMetrics
 from fl_server.tracking import RunTracker, metric_values, tracking_uri
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedproof.config import RunConfig
-from fedproof.model import make_model
-from fedproof.task import evaluate
+from fedproof.core.config import RunConfig
+from fedproof.core.model import make_model
+from fedproof.core.task import evaluate
 from fl_client.state import ClientState
 from fl_client.training import train_round
 from privacy.dp import DPSettings, PrivacySpend, RoundPlan, calibrate_noise, check_budget
@@ -55,7 +55,7 @@ def test_the_default_schedule_keeps_every_client_within_its_lifetime_budget(n: i
 
 
 def test_features_are_kept_by_content_and_a_damaged_cache_file_is_recomputed(tmp_path, monkeypatch) -> None:
-    from fedproof import task
+    from fedproof.core import task
 
     monkeypatch.setenv("FEDPROOF_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(task, "_FEATURES", type(task._FEATURES)())

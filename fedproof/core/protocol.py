@@ -5,7 +5,7 @@ with every train and evaluate message. A train reply holds the update (plaintext
 ciphertexts of :class:`EncryptedPayload`), ``metrics`` (with ``num-examples``), a ``client`` ConfigRecord
 (who the client is, whether it trained or declined, and the privacy it has spent) and the
 :class:`SignedEnvelope`. A client that declines (its privacy budget would be exceeded) sends no update; the
-server counts that as a status, not a failure. This module writes records; :mod:`fedproof.replies` reads
+server counts that as a status, not a failure. This module writes records; :mod:`fedproof.core.replies` reads
 replies, with every check.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedproof.errors import UpdateRejected
+from fedproof.base.errors import UpdateRejected
 from ledger.signing import SignedFields, payload_digest
 
 TRAIN, EVALUATE = "train", "evaluate"

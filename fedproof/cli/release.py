@@ -13,9 +13,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fedproof.cli_audit import ContractOpt, DevnetDir, LedgerUrl, audit_app, open_contract
-from fedproof.cli_deploy import DEFAULT_INSTALL, DEFAULT_REGISTRY, deployment_key, edge_app, operator_ledger
-from fedproof.errors import FedproofError
+from fedproof.cli.audit import ContractOpt, DevnetDir, LedgerUrl, audit_app, open_contract
+from fedproof.cli.deploy import DEFAULT_INSTALL, DEFAULT_REGISTRY, deployment_key, edge_app, operator_ledger
+from fedproof.base.errors import FedproofError
 from ledger.errors import LedgerError
 
 console = Console()

@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from fedproof.cli_audit import ContractOpt, DevnetDir, LedgerUrl, open_contract
-from fedproof.errors import FedproofError
+from fedproof.cli.audit import ContractOpt, DevnetDir, LedgerUrl, open_contract
+from fedproof.base.errors import FedproofError
 from ledger.errors import LedgerError
 
 console = Console()
@@ -77,7 +77,7 @@ def deployment_key(operator: Path | None, password_file: Path | None, devnet_dir
         return OperatorKeys(operator).deployment_key(read_password(password_file))
     path = Path(devnet_dir or DEFAULT_DATA_DIR).expanduser() / "simulation-operator" / "deploy-key.pem"
     if not path.is_file():
-        from fedproof.files import write_atomically
+        from fedproof.base.files import write_atomically
 
         write_atomically(path, DeploymentKey.generate().to_pem(), private=True)
         console.print(f"[yellow]note:[/] signing with the local devnet's simulation operator key {path} "
@@ -133,7 +133,7 @@ def operator_ledger(operator: Path | None, password_file: Path | None, ledger_ur
 
 def write_device_trust(chain, key, path: Path) -> None:
     """A device's pin for this chain, contract and deployment key (what `edge pull --trust` reads)."""
-    from fedproof.files import write_atomically
+    from fedproof.base.files import write_atomically
     from ledger.trust import LedgerTrust
 
     trust = LedgerTrust(*chain.domain, key.public_key, (chain._url,))
@@ -143,8 +143,8 @@ def write_device_trust(chain, key, path: Path) -> None:
 def deploy_run(run_path: Path, server_round: int | None, registry: Path, max_drop: float, data_dir: Path | None,
                ledger: bool, ledger_url: str | None = None, contract: str | None = None,
                devnet_dir: Path | None = None, operator: Path | None = None, password_file: Path | None = None):
-    from fedproof.data import load_dataset
-    from fedproof.rundir import RunDirectory
+    from fedproof.core.data import load_dataset
+    from fedproof.core.rundir import RunDirectory
     from fl_server.deploy import DeploySettings, deploy
     from ledger.defaults import DEFAULT_DATA_DIR
 
@@ -209,7 +209,7 @@ def edge_predict(
     alpha: Annotated[float, typer.Option(help="Drift tests' significance level (per window).")] = 0.01,
 ) -> None:
     """Predict with the installed model (onnxruntime only)."""
-    from fedproof.inference import predict
+    from fedproof.core.inference import predict
     from fl_client.edge import load, monitor as drift_monitor, read_images
 
     try:

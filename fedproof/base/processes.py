@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedproof.files import write_atomically
+from fedproof.base.files import write_atomically
 
 # Processes started by this Python process, by pid. Process objects come and go (one per CLI call) while the
 # process keeps running detached; holding the Popen here lets any of them reap it, and keeps Popen.__del__ from

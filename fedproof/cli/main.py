@@ -14,13 +14,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedproof.config import PARTITIONS, parse_overrides, resolve
-from fedproof.errors import FedproofError
+from fedproof.core.config import PARTITIONS, parse_overrides, resolve
+from fedproof.base.errors import FedproofError
 from ledger.errors import LedgerError
 from privacy.errors import PrivacyError
 
 if TYPE_CHECKING:
-    from fedproof.rundir import RoundMetrics
+    from fedproof.core.rundir import RoundMetrics
 
 USER_ERRORS = (FedproofError, PrivacyError, LedgerError)
 """Errors raised on purpose: printed as one line, exit code 2."""
@@ -91,8 +91,8 @@ def simulate(
     ] = None,
 ) -> None:
     """Run a federation on this machine with Flower's simulation engine."""
-    from fedproof.rundir import new_run_id
-    from fedproof.simulation import simulate as run
+    from fedproof.core.rundir import new_run_id
+    from fedproof.launch.simulation import simulate as run
 
     try:
         config = resolve(
@@ -126,7 +126,7 @@ def simulate(
             settings=parse_overrides(settings),
         )
         if resume:  # the run's own saved settings, not today's defaults
-            from fedproof.rundir import RunDirectory
+            from fedproof.core.rundir import RunDirectory
 
             saved = RunDirectory(Path(config.run_dir).expanduser() / resume)
             config = saved.config().with_overrides(resume=True, rounds=rounds)
@@ -155,9 +155,24 @@ def simulate(
     if result.stopped:
         console.print(f"[yellow]run ended early:[/] {result.stopped}")
     if result.ledger is not None and result.ledger.contract:
-        _ledger_summary(result)
+        _ledger_summary(result, lineage=not deploy)  # with --deploy, the artifact's lineage is shown instead
     if deploy:
         _deploy_and_show(result)
+    _closing_lines(result)
+
+
+def _closing_lines(result) -> None:
+    """What a newcomer needs at the end: how good, how private, where to look next."""
+    final = result.rounds[-1].accuracy if result.rounds else float("nan")
+    console.print(f"[bold]accuracy[/]  {final:.4f} on the central test set after {len(result.rounds)} rounds")
+    if result.epsilon_by_client:
+        console.print(f"[bold]privacy[/]   epsilon <= {max(result.epsilon_by_client.values()):.3f} per client "
+                      f"(delta {result.config.delta:g}), as each client signed it")
+    else:
+        console.print("[bold]privacy[/]   no differential privacy in this run")
+    look = f"fedproof audit verify {result.run_dir / 'model.safetensors'}" if result.config.ledger else \
+        f"{result.run_dir / 'metrics.jsonl'}"
+    console.print(f"[bold]next[/]      {look}  (README: After deployment, Auditing)")
 
 
 def _deploy_and_show(result) -> None:
@@ -168,11 +183,11 @@ def _deploy_and_show(result) -> None:
     print_deployment(deployment)
     if done.ledger:
         contract = open_contract(run_config=done.to_mapping())
-        print_lineage(contract, bytes.fromhex(deployment.artifact_sha256), [result.run_dir / "ledger"])
+        print_lineage(contract, bytes.fromhex(deployment.artifact_sha256), [result.run_dir / "ledger"], last=5)
         release_and_show(contract, Path("registry"), deployment.artifact_sha256, done.to_mapping())
 
 
-def _ledger_summary(result) -> None:
+def _ledger_summary(result, lineage: bool = True) -> None:
     """Where the lineage is, and the lineage of the final model as the ledger tells it."""
     ledger = result.ledger
     console.print(f"ledger: contract {ledger.contract} on chain {ledger.chain_id}, "
@@ -185,20 +200,21 @@ def _ledger_summary(result) -> None:
         console.print(f"[yellow]{ledger.pending} round record(s) could not reach the ledger yet:[/] "
                       f"fedproof ledger flush {result.run_dir}")
         return
+    if not lineage:
+        return
     try:
         contract = open_contract(run_config=result.config.to_mapping())
-        print_lineage(contract, bytes.fromhex(ledger.model_hash), [result.run_dir / "ledger"])
+        print_lineage(contract, bytes.fromhex(ledger.model_hash), [result.run_dir / "ledger"], last=5)
     except USER_ERRORS as exc:
         console.print(f"[yellow]could not read the lineage back:[/] {exc}")
-    console.print(f"check it any time: fedproof audit verify {result.run_dir / 'model.safetensors'}")
 
 
-from fedproof.cli_report import privacy_table, rounds_table  # noqa: E402
-from fedproof.cli_audit import audit_app, ledger_app, open_contract, print_lineage  # noqa: E402
-from fedproof.cli_deploy import deploy_command, deploy_run, edge_app, print_deployment  # noqa: E402
-from fedproof.cli_deployment import client_app, provision_command, server_app  # noqa: E402
-from fedproof.cli_devnet import devnet_app  # noqa: E402
-from fedproof.cli_release import release_and_show, release_app  # noqa: E402  (adds edge follow, audit releases)
+from fedproof.cli.report import privacy_table, rounds_table  # noqa: E402
+from fedproof.cli.audit import audit_app, ledger_app, open_contract, print_lineage  # noqa: E402
+from fedproof.cli.deploy import deploy_command, deploy_run, edge_app, print_deployment  # noqa: E402
+from fedproof.cli.server import client_app, provision_command, server_app  # noqa: E402
+from fedproof.cli.devnet import devnet_app  # noqa: E402
+from fedproof.cli.release import release_and_show, release_app  # noqa: E402  (adds edge follow, audit releases)
 
 app.command("provision")(provision_command)
 app.add_typer(server_app, name="server")
@@ -224,7 +240,7 @@ def keys_init(
 ) -> None:
     """Create a key set: clients/<id>.pem go to the clients, allowlist.json to the server and every client (threshold
     HE needs no key file: the clients generate the run's key together at the start of each run)."""
-    from fedproof.keys import init_key_set
+    from fedproof.core.keys import init_key_set
 
     ids = [c.strip() for c in client_ids.split(",") if c.strip()] if client_ids else [str(i) for i in range(clients)]
     try:

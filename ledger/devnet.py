@@ -38,8 +38,8 @@ from pathlib import Path
 
 from web3 import Web3
 
-from fedproof.files import write_atomically
-from fedproof.processes import Process, alive, free_port, stop_pid
+from fedproof.base.files import write_atomically
+from fedproof.base.processes import Process, alive, free_port, stop_pid
 from ledger import errors
 from ledger.artifact import load_artifact
 from ledger.contract import LedgerContract, _node_errors

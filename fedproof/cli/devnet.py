@@ -17,9 +17,9 @@ from rich.table import Table
 from ledger.errors import LedgerError
 
 if TYPE_CHECKING:
-    from fedproof.devnet import DevnetStatus
+    from ledger.devnet import DevnetStatus
 
-# fedproof.devnet (and web3, ~1 s to import) is imported inside the commands, so that wiring this sub-app into the
+# ledger.devnet (and web3, ~1 s to import) is imported inside the commands, so that wiring this sub-app into the
 # main CLI does not slow down every other fedproof command.
 
 from ledger.defaults import DEFAULT_DATA_DIR
@@ -79,7 +79,7 @@ def start(
 ) -> None:
     """Start the devnet in the background (or report the one already running) and deploy the ledger contract."""
     from ledger.contract import LedgerContract
-    from fedproof.devnet import Devnet, ensure_contract
+    from ledger.devnet import Devnet, ensure_contract
 
     try:
         devnet = Devnet(data_dir, port=port, state_interval=state_interval)
@@ -95,7 +95,7 @@ def start(
 @devnet_app.command()
 def stop(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = None) -> None:
     """Stop the devnet; it saves its chain first, and the next start continues it."""
-    from fedproof.devnet import Devnet
+    from ledger.devnet import Devnet
 
     try:
         devnet = Devnet(data_dir, port=port)
@@ -110,7 +110,7 @@ def stop(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = None) ->
 def status(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = None) -> None:
     """Whether the devnet runs, its block height and the ledger contract's address."""
     from ledger.contract import LedgerContract
-    from fedproof.devnet import Devnet, remembered_contract
+    from ledger.devnet import Devnet, remembered_contract
 
     try:
         devnet = Devnet(data_dir, port=port)

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedproof.config import RunConfig
-from fedproof.data import load_dataset
-from fedproof.errors import ConfigError
-from fedproof.partition import PartitionSpec, partition_indices, train_val_split
+from fedproof.core.config import RunConfig
+from fedproof.core.data import load_dataset
+from fedproof.base.errors import ConfigError
+from fedproof.core.partition import PartitionSpec, partition_indices, train_val_split
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class ClientData:
     val_y: np.ndarray
     num_classes: int
     dataset: str = ""
-    """The identity of the dataset these records come from (``fedproof.data.Dataset.identity``)."""
+    """The identity of the dataset these records come from (``fedproof.core.data.Dataset.identity``)."""
 
 
 def load_client_data(config: RunConfig, partition_id: int, num_partitions: int) -> ClientData:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ledger.signing import SigningKey
 from ledger.verification import AllowList
-from fedproof.files import write_atomically
+from fedproof.base.files import write_atomically
 
 ALLOWLIST, CLIENT_KEYS = "allowlist.json", "clients"
 

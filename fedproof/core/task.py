@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedproof.model import ExtractorHead
+from fedproof.core.model import ExtractorHead
 
 #: Fashion-MNIST pixel mean and standard deviation (on [0, 1]), used to standardise inputs.
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530

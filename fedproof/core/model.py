@@ -1,11 +1,11 @@
 """The shared task's models for 28x28 grayscale images: a fixed feature extractor, then a trained head.
 
 Every model is an :class:`ExtractorHead`: ``extractor`` has no parameters and nothing in its ``state_dict`` (its
-features cost no privacy and can be computed once per dataset, :func:`fedproof.task.features`), ``head`` is what
+features cost no privacy and can be computed once per dataset, :func:`fedproof.core.task.features`), ``head`` is what
 clients train and the federation exchanges. Neither uses BatchNorm (batch statistics mix samples, which Opacus
 rejects).
 
-- ``scatternet`` (default): 2D wavelet scattering, J=2 (81 x 7 x 7 coefficients, :mod:`fedproof.scattering`), then
+- ``scatternet`` (default): 2D wavelet scattering, J=2 (81 x 7 x 7 coefficients, :mod:`fedproof.core.scattering`), then
   GroupNorm (27 groups, no affine) and one linear layer: 39,700 parameters. Tramer & Boneh (ICLR 2021) measured
   it as the best DP-SGD model on Fashion-MNIST (89.7% at epsilon 3, centrally); measured here it is also what
   reaches >= 86% in our 10-client federation at epsilon 3 (benchmarks/privacy_utility.py).
@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedproof.errors import ConfigError
-from fedproof.scattering import Scattering2D
+from fedproof.base.errors import ConfigError
+from fedproof.core.scattering import Scattering2D
 
 IMAGE_SHAPE = (1, 28, 28)
 

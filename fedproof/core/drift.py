@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedproof.errors import FedproofError
+from fedproof.base.errors import FedproofError
 
 
 class ProfileError(FedproofError):

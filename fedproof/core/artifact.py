@@ -7,7 +7,7 @@ therefore installs an artifact only if it can rebuild it itself from those bytes
     artifact = quantize_int8(fill(canonical graph of the task, co-signed weights), calibration images, per_channel)
 
 - The **canonical graph** is the task's ONNX graph with its learned initializers left empty
-  (``fedproof/graphs/<model>-<classes>.onnx``). It ships with fedproof, not with a release: a device reads its
+  (``fedproof/core/graphs/<model>-<classes>.onnx``). It ships with fedproof, not with a release: a device reads its
   own copy. ``tests/test_artifact.py`` proves each committed graph equals a fresh export of the task's model, as
   ``tests/test_contract.py`` does for the contract.
 - ``fill`` puts the co-signed weights in (every learned tensor by name, dtype and shape, nothing else).
@@ -37,7 +37,7 @@ from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from fedproof.errors import FedproofError
+from fedproof.base.errors import FedproofError
 
 GRAPHS = Path(__file__).resolve().parent / "graphs"
 LEARNED = "fedproof.learned"

@@ -11,10 +11,10 @@ import logging
 import os
 import warnings
 
-from fedproof.config import RunConfig
-from fedproof.client_data import load_client_data
-from fedproof.data import load_dataset
-from fedproof.model import make_model
+from fedproof.core.config import RunConfig
+from fedproof.core.client_data import load_client_data
+from fedproof.core.data import load_dataset
+from fedproof.core.model import make_model
 from fl_client.client_app import app as client_app
 from fl_server.federation import FederationResult, RoundObserver
 from fl_server.server_app import build_server_app

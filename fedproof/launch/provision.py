@@ -45,9 +45,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fedproof.errors import ConfigError
-from fedproof.files import write_atomically
-from fedproof.keys import CLIENT_KEYS, KeySet, init_key_set
+from fedproof.base.errors import ConfigError
+from fedproof.base.files import write_atomically
+from fedproof.core.keys import CLIENT_KEYS, KeySet, init_key_set
 from ledger.signing import SigningKey
 from ledger.verification import AllowList
 from privacy.policy import PrivacyPolicy
@@ -113,7 +113,7 @@ def node_key_pair() -> tuple[bytes, bytes]:
 
 
 IDENTITY = "identity.json"
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedproof.errors import FedproofError
+from fedproof.base.errors import FedproofError
+from fedproof.cli.report import show_table
 from ledger.errors import LedgerError
 
 console = Console()
@@ -60,7 +61,7 @@ def open_contract(ledger_url: str | None = None, contract: str | None = None, de
     devnet_dir = devnet_dir or (Path(str(saved["devnet-dir"])) if saved.get("devnet-dir") else None)
     from ledger.contract import LedgerContract
     from ledger.defaults import DEFAULT_DATA_DIR
-    from fedproof.devnet import Devnet, remembered_contract
+    from ledger.devnet import Devnet, remembered_contract
 
     data_dir = Path(devnet_dir or DEFAULT_DATA_DIR).expanduser()
     w3 = LedgerContract.connect(ledger_url or Devnet(data_dir).url)
@@ -107,8 +108,10 @@ def _key_row(key) -> dict | None:
             "first_round": s.first_round, "block": key.block_number, "tx": key.tx_hash}
 
 
-def print_lineage(contract, model: bytes, bundle_dirs: list[Path], as_json: bool = False) -> None:
-    """The chain of rounds behind ``model``, with contributors per round when their bundles are at hand."""
+def print_lineage(contract, model: bytes, bundle_dirs: list[Path], as_json: bool = False,
+                  last: int | None = None) -> None:
+    """The chain of rounds behind ``model``, with contributors per round when their bundles are at hand; in a
+    table, the ``last`` rounds only (default: all), and a count of the rest."""
     from ledger.audit import ModelNotRecorded, deployment_of, keys_in_force, lineage
     from ledger.bundle import BundleError, find_bundle
 
@@ -143,15 +146,17 @@ def print_lineage(contract, model: bytes, bundle_dirs: list[Path], as_json: bool
     if deployed is not None:
         console.print(f"artifact {deployed.artifact_hash.hex()} ({deployed.target}) was deployed in block "
                       f"{deployed.block_number} (tx {deployed.tx_hash}) from model {model.hex()}")
-    table = Table(title=f"Lineage of model {model.hex()[:16]}… (newest first)")
-    for column in ("run", "round", "model", "parent", "updates", "contributors", "key (chain)", "eps max", "block"):
-        table.add_column(column)
-    for r in rows:
+    cells = []
+    for r in rows[:last]:
         who = "(bundle not found)" if r["contributors"] is None else ",".join(r["contributors"])
         key = "-" if r["key"] is None else f"{r['key']['threshold']} of {len(r['key']['holders'])}"
-        table.add_row(r["run"], str(r["round"]), r["model_hash"][:12], r["parent_model_hash"][:12],
-                      str(r["updates"]), who, key, r["epsilon_max"], str(r["block"]))
-    console.print(table)
+        cells.append([str(r["round"]), r["model_hash"][:12], r["parent_model_hash"][:12], str(r["updates"]),
+                      r["epsilon_max"], key, who, str(r["block"]), r["run"]])
+    show_table(f"Lineage of model {model.hex()[:16]}… (newest first)",
+               ["round", "model", "parent", "updates", "eps max", "key (chain)", "contributors", "block", "run"],
+               cells, left=(1, 2, 5, 6, 8))
+    if last is not None and len(rows) > last:
+        console.print(f"… and {len(rows) - last} earlier rounds (all of them: fedproof audit lineage {model.hex()})")
     console.print(f"initial model: {rows[-1]['parent_model_hash']}")
 
 
@@ -271,7 +276,7 @@ def audit_verify(model: Annotated[Path, typer.Argument(help="The model file to v
 def ledger_flush(run: Annotated[Path, typer.Argument(help="A run directory (runs/<run-id>).")],
                  ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None) -> None:
     """Send a run's round records that could not reach the ledger during the run."""
-    from fedproof.rundir import RunDirectory
+    from fedproof.core.rundir import RunDirectory
     from ledger.outbox import Outbox
 
     try:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedproof.rundir import RoundMetrics
+if TYPE_CHECKING:  # the run directory draws its plot: the import goes one way
+    from fedproof.core.rundir import RoundMetrics
 
 
 def plot_metrics(rows: Sequence[RoundMetrics], path: Path) -> None:

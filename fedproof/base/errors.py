@@ -39,7 +39,7 @@ class ClientsUnavailableError(FedproofError):
 class UpdateRejected(FedproofError):
     """A client's reply was refused before aggregation (malformed, corrupt, or out of range); the round goes on.
 
-    ``reason`` is the short code it is counted under (a :class:`fedproof.replies.Reason` value).
+    ``reason`` is the short code it is counted under (a :class:`fedproof.core.replies.Reason` value).
     """
 
     def __init__(self, message: str, reason: str = "malformed") -> None:

@@ -15,9 +15,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from fedproof.errors import FedproofError
-from fedproof.files import write_atomically
-from fedproof.processes import free_port
+from fedproof.base.errors import FedproofError
+from fedproof.base.files import write_atomically
+from fedproof.base.processes import free_port
 from ledger.errors import LedgerError
 
 console = Console()
@@ -54,7 +54,7 @@ def provision_command(
 
     Every client kit gets a privacy policy (policy.json: DP and HE required, the caps given here, no metrics
     released); edit a kit's file to give one data holder another policy. Runs may only ask for more privacy."""
-    from fedproof.provision import Identity, provision
+    from fedproof.launch.provision import Identity, provision
     from ledger.operator import OperatorKeys, read_password
     from privacy.policy import PolicyError, PrivacyPolicy
 
@@ -98,7 +98,7 @@ def server_start(
              "the kit's state).")] = None,
 ) -> None:
     """Start the SuperLink (TLS + SuperNode authentication) and the devnet; print the address clients use."""
-    from fedproof.deployment import ServerKit, SuperLink
+    from fedproof.launch.deployment import ServerKit, SuperLink
 
     if insecure:
         console.print("[yellow]warning: --insecure: no TLS and no node authentication; anyone can join and read "
@@ -109,7 +109,7 @@ def server_start(
         ledger = {"ledger": not no_ledger, "ledger-url": ledger_url or "", "devnet-dir": ""}
         account = None if no_ledger else operator_account(server, password_file)  # a wrong password starts nothing
         if not no_ledger and not ledger_url:
-            from fedproof.devnet import Devnet
+            from ledger.devnet import Devnet
 
             devnet = Devnet(server.state / "devnet", port=devnet_port)
             was_running = devnet.status().running
@@ -157,7 +157,7 @@ def operator_account(server, password_file: Path | None):
 def open_operator_ledger(server, url: str, devnet_dir: str, account) -> dict[str, str]:
     """Deploy (or find) the lineage contract with the operator's own keystore account, and write the kit's
     ``trust.json`` (chain, genesis, contract, deployment key, RPC): what every client kit and device pins."""
-    from fedproof.devnet import ensure_contract
+    from ledger.devnet import ensure_contract
     from ledger.contract import LedgerContract
     from ledger.operator import OperatorKeys, use_account
     from ledger.trust import LedgerTrust
@@ -186,9 +186,9 @@ def server_run(
 ) -> None:
     """Run a federation on the started SuperLink (``flwr run`` of this app) and watch it: a line per round as it is
     recorded, the summary when it ends. Exits 1 when the run stops early, fails or has nothing to do."""
-    from fedproof.config import parse_overrides
-    from fedproof.rundir import RunDirectory, new_run_id
-    from fedproof.deployment import ServerKit, start_on_superlink
+    from fedproof.core.config import parse_overrides
+    from fedproof.core.rundir import RunDirectory, new_run_id
+    from fedproof.launch.deployment import ServerKit, start_on_superlink
 
     try:
         server = ServerKit.load(kit)
@@ -238,7 +238,7 @@ def _watch(process, run, rounds: int) -> int:
 
 def _report(run, log: Path, code: int, wall: float, overrides: dict) -> None:
     """The same summary as ``simulate``; exit 1, with the reason, when the run did not do what was asked."""
-    from fedproof.cli_report import privacy_table, rounds_table
+    from fedproof.cli.report import privacy_table, rounds_table
 
     summary = run.read().get("summary") if (run.path / "run.json").is_file() else None
     if code != 0 or summary is None:
@@ -264,7 +264,7 @@ def server_status(kit: Kit = Path("kits/server")) -> None:
     """Whether the SuperLink runs, and the SuperNodes it knows."""
     import subprocess
 
-    from fedproof.deployment import CONNECTION, FLOWER_ENV, ServerKit, SuperLink, _bin
+    from fedproof.launch.deployment import CONNECTION, FLOWER_ENV, ServerKit, SuperLink, _bin
 
     server = ServerKit.load(kit)
     pid = SuperLink(server).running_pid()
@@ -278,12 +278,12 @@ def server_status(kit: Kit = Path("kits/server")) -> None:
 @server_app.command("stop")
 def server_stop(kit: Kit = Path("kits/server")) -> None:
     """Stop the SuperLink and the devnet this kit started."""
-    from fedproof.deployment import ServerKit, SuperLink
+    from fedproof.launch.deployment import ServerKit, SuperLink
 
     server = ServerKit.load(kit)
     SuperLink(server).stop()
     if (server.state / "devnet").is_dir():
-        from fedproof.devnet import Devnet
+        from ledger.devnet import Devnet
 
         Devnet(server.state / "devnet").stop()  # by its pidfile
     console.print("stopped")
@@ -300,7 +300,7 @@ def client_init_command(
     force: Annotated[bool, typer.Option(help="Replace existing keys (the operator must register the new ones).")] = False,
 ) -> None:
     """Make this device's signing key and node key here; send only identity.json to the operator."""
-    from fedproof.provision import IDENTITY, client_init
+    from fedproof.launch.provision import IDENTITY, client_init
 
     try:
         identity = client_init(out, client_id, force)
@@ -346,8 +346,8 @@ def client_command(
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node key (testing only).")] = False,
 ) -> None:
     """Run this device's SuperNode (in the foreground): it trains with its own data, keys and HE key share."""
-    from fedproof.deployment import FLOWER_ENV, ROOT, app_runner_command, supernode_command
-    from fedproof.provision import read_kit
+    from fedproof.launch.deployment import FLOWER_ENV, ROOT, app_runner_command, supernode_command
+    from fedproof.launch.provision import read_kit
 
     if ctx.invoked_subcommand is not None:
         return
@@ -359,7 +359,7 @@ def client_command(
     try:
         address = server or read_kit(kit, "client")["server"]
         if data_dir is not None:
-            from fedproof.data import locate
+            from fedproof.core.data import locate
 
             try:
                 locate(data_dir)

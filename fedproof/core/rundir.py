@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from fedproof.config import RunConfig
-from fedproof.errors import ConfigError
-from fedproof.files import write_atomically
+from fedproof.core.config import RunConfig
+from fedproof.base.errors import ConfigError
+from fedproof.base.files import write_atomically
 
 RUN_JSON, METRICS_JSONL, MODEL_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "model.safetensors", "accuracy.png"
 
@@ -57,7 +57,7 @@ class RoundMetrics:
     failed: str = ""
     """Why the round produced no new model (e.g. too few key holders decrypted the sum); empty when it did."""
     rejected_reasons: dict[str, int] = field(default_factory=dict)
-    """Train replies set aside, counted by reason code (``fedproof.replies.Reason``)."""
+    """Train replies set aside, counted by reason code (``fedproof.core.replies.Reason``)."""
     evaluate_rejected: dict[str, int] = field(default_factory=dict)
     """Evaluate replies set aside, counted by reason code."""
     step_seconds: dict[str, float] = field(default_factory=dict)
@@ -145,7 +145,7 @@ class RunDirectory:
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Record how the run ended in ``run.json`` and draw the plot."""
-        from fedproof.plot import plot_metrics
+        from fedproof.core.plot import plot_metrics
 
         doc = self.read()
         doc.update(finished=time.time(), summary=summary)

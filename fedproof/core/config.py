@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedproof.errors import ConfigError
+from fedproof.base.errors import ConfigError
 from ledger.verification import Domain
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 PARTITIONS = ("iid", "dirichlet", "pathological")
 MODELS = ("scatternet", "cnn")
-"""fedproof.model's models (kept here so that reading a configuration does not import torch)."""
+"""fedproof.core.model's models (kept here so that reading a configuration does not import torch)."""
 Scalar = int | float | str | bool
 
 
@@ -72,7 +72,7 @@ class RunConfig:
     seed: int = 42
     """Seeds partitioning, model initialisation and client sampling order of batches."""
     data_dir: str = ""
-    """Where the dataset lives; empty searches the default places (see fedproof.data)."""
+    """Where the dataset lives; empty searches the default places (see fedproof.core.data)."""
     run_dir: str = "runs"
     """Parent directory of run directories."""
     run_id: str = ""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedproof.errors import DataIntegrityError, DatasetNotFoundError
+from fedproof.base.errors import DataIntegrityError, DatasetNotFoundError
 
 #: IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_DTYPES: dict[int, np.dtype] = {

@@ -24,13 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedproof.errors import ConfigError, FedproofError
-from fedproof.files import write_atomically
-from fedproof.processes import Process
-from fedproof.provision import read_kit
+from fedproof.base.errors import ConfigError, FedproofError
+from fedproof.base.files import write_atomically
+from fedproof.base.processes import Process
+from fedproof.launch.provision import read_kit
 
 CONNECTION = "fedproof"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
               # Flower's processes start their helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name
               "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}

@@ -28,9 +28,9 @@ from typing import TypeVar
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-from fedproof.errors import UpdateRejected
-from fedproof.weights import flatten
-from fedproof.protocol import (
+from fedproof.base.errors import UpdateRejected
+from fedproof.core.weights import flatten
+from fedproof.core.protocol import (
     ARRAYS_KEY,
     BUDGET_EXHAUSTED,
     CIPHERTEXTS_KEY,

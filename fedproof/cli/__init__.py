@@ -1,0 +1,5 @@
+"""The ``fedproof`` command: one file per command group (``main`` assembles them)."""
+
+from fedproof.cli.main import app
+
+__all__ = ["app"]

@@ -1,0 +1,3 @@
+from fedproof.cli.main import app
+
+app()

@@ -1,0 +1,1 @@
+"""Starting things: simulations (Ray), SuperLink/SuperNode processes from kits, provisioning the kits."""
