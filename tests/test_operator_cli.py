@@ -43,6 +43,7 @@ def test_a_wrong_operator_password_is_refused_and_never_kept(kits, tmp_path: Pat
         operator_account(server, None)
 
 
+@pytest.mark.slow  # a process of the CLI
 def test_a_device_with_a_wrong_data_dir_is_told_before_it_starts(kits, tmp_path: Path) -> None:
     kit = kits.clients["0"]
     done = subprocess.run([sys.executable, "-m", "fedproof.cli", "client", "--kit", str(kit), "--data-dir",
