@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +23,7 @@ from fl_server.credentials import load_credentials
 from fl_server.evaluation import CentralEvaluator
 from fl_server.lineage import Lineage, open_ledger
 from fl_server.metrics import FederationMetrics
-from fl_server.round import RoundPlan, run_round
+from fl_server.round import RoundPlan, RoundResult, run_round
 from fl_server.tracking import RunTracker
 from ledger.verification import AllowList, UpdateVerifier
 
@@ -56,6 +56,33 @@ class LedgerSummary:
     rounds_recorded: int
     pending: int
     """Round records not yet on chain (the node was unreachable): `fedproof ledger flush` sends them."""
+
+
+@dataclass
+class RoundSink:
+    """The one place a round's result goes: Prometheus, then (unless the run stops there) the lineage on chain,
+    ``metrics.jsonl``, MLflow and the caller's progress; and the privacy each client signed."""
+
+    lineage: Lineage
+    run_dir: RunDirectory
+    tracker: RunTracker
+    prometheus: FederationMetrics
+    observer: RoundObserver | None
+    rows: list[RoundMetrics]
+    epsilon_by_client: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, result: RoundResult) -> None:
+        self.epsilon_by_client.update(result.privacy_spent)
+        self.prometheus.observe(result)
+        if result.stop:
+            return
+        self.lineage.record(result)
+        assert result.metrics is not None
+        self.rows.append(result.metrics)
+        self.run_dir.append_metrics(result.metrics)
+        self.tracker.round(result.metrics, self.lineage.last_bundle_sha256)
+        if self.observer is not None:
+            self.observer(result.metrics)
 
 
 def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None = None) -> FederationResult:
@@ -102,23 +129,16 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         max_abs_delta=PLAIN_MAX_ABS_DELTA,
         threshold=threshold,
     )
-    epsilon_by_client: dict[str, float] = {}
+    sink = RoundSink(lineage, run_dir, tracker, prometheus, observer, rows)
     stopped = ""
     for server_round in range(done + 1, config.rounds + 1):
         result = run_round(grid, plan, server_round, model)
-        epsilon_by_client.update(result.privacy_spent)
-        prometheus.observe(result)
+        sink(result)
         if result.stop:
             stopped = result.stop
             break
-        lineage.record(result)
-        assert result.metrics is not None
-        rows.append(result.metrics)
-        run_dir.append_metrics(result.metrics)
-        tracker.round(result.metrics, lineage.last_bundle_sha256)
-        if observer is not None:
-            observer(result.metrics)
         model = result.current
+    epsilon_by_client = sink.epsilon_by_client
     lineage.final_model(run_dir.path / MODEL_FILE)
     pending = lineage.flush()
     seconds = time.monotonic() - started
