@@ -23,7 +23,7 @@ from ledger.audit import lineage
 from ledger.bundle import Cosignature, SignedUpdate, RoundBundle
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.manifest import DeploymentKey
-from ledger.release import Action, ReleaseStatement
+from ledger.release import Action, ReleaseStatement, SignedRelease
 from ledger.devnet import Devnet
 from ledger.signing import SignedFields, SigningKey, payload_digest, run_id_hash, scale_epsilon
 
@@ -91,7 +91,7 @@ def main() -> None:
                 artifact = hashlib.sha256(f"artifact-{i}".encode()).digest()
                 deployed = contract.record_deployment(parent, artifact, run_id_hash(run), 5, "onnx-int8-qdq").gas_used
                 statement = ReleaseStatement(*contract.domain, i + 1, Action.PROMOTE, "production", artifact)
-                release_gas.append(contract.record_release(DeploymentKey.generate().sign_release(statement)).gas_used)
+                release_gas.append(contract.record_release(SignedRelease.signed_by(DeploymentKey.generate(), statement)).gas_used)
             print(f"recordDeployment: {deployed:,} gas; recordRelease (signed statement, 64-byte signature): "
                   f"{release_gas[-1]:,} gas")
 

@@ -180,7 +180,7 @@ def sign_manifest(registry: Path, key: DeploymentKey, contract: LedgerContract, 
     sequence = next_sequence(registry)
     manifest = DeploymentManifest(*contract.domain, artifact, source, run_id, server_round, version, sequence,
                                   int(time.time()) + lifetime, derivation, rollback, profile)
-    signed = key.sign(manifest)
+    signed = SignedManifest.signed_by(key, manifest)
     write_atomically(manifest_path(registry, artifact), signed.to_json().encode())
     write_atomically(registry / "sequence", f"{sequence}\n".encode())
     return signed

@@ -95,7 +95,7 @@ def release(registry: Path, key: DeploymentKey, contract: LedgerContract, action
         statement = ReleaseStatement(*contract.domain, sequence, action, channel, artifact, previous, canary_bp)
     except ReleaseError as exc:
         raise ReleaseRefused(str(exc)) from exc
-    signed = key.sign_release(statement)
+    signed = SignedRelease.signed_by(key, statement)
     return Released(signed, contract.record_release(signed))
 
 

@@ -29,12 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedproof.base.json_input import loads_bounded
-from ledger.errors import KeyFileError, LedgerError
-from ledger.release import ReleaseStatement, SignedRelease
+from ledger.errors import LedgerError
+from ledger.signing import SigningKey
 from ledger.signing import length_prefixed as _str
 
 MANIFEST_TAG = b"fedproof/deployment/v2"
@@ -106,6 +105,10 @@ class SignedManifest:
     """The Ed25519 public key that signed (32 bytes)."""
     signature: bytes
 
+    @classmethod
+    def signed_by(cls, key: SigningKey, manifest: DeploymentManifest) -> SignedManifest:
+        return cls(manifest, key.public_key, key.sign(manifest))
+
     def verify(self, pinned_key: bytes) -> DeploymentManifest:
         """The manifest, if ``pinned_key`` signed it; else :class:`ManifestError`."""
         if not pinned_key:
@@ -153,43 +156,5 @@ class SignedManifest:
         return signed
 
 
-class DeploymentKey:
-    """The operator's Ed25519 deployment-signing key (PKCS#8 PEM, encrypted with a password when given)."""
-
-    def __init__(self, key: Ed25519PrivateKey) -> None:
-        self._key = key
-
-    @property
-    def public_key(self) -> bytes:
-        return self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-    def sign(self, manifest: DeploymentManifest) -> SignedManifest:
-        return SignedManifest(manifest, self.public_key, self._key.sign(manifest.canonical_bytes()))
-
-    def sign_release(self, statement: ReleaseStatement) -> SignedRelease:
-        return SignedRelease(statement, self._key.sign(statement.canonical_bytes()))
-
-    def to_pem(self, password: bytes | None = None) -> bytes:
-        encryption = (serialization.BestAvailableEncryption(password) if password
-                      else serialization.NoEncryption())
-        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-
-    @classmethod
-    def generate(cls) -> DeploymentKey:
-        return cls(Ed25519PrivateKey.generate())
-
-    @classmethod
-    def load(cls, path: Path, password: bytes | None = None) -> DeploymentKey:
-        path = Path(path)
-        if not path.is_file():
-            raise KeyFileError(f"no deployment key at {path}")
-        if path.stat().st_size > 4096:
-            raise KeyFileError(f"{path}: too large to be an Ed25519 key")
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=password)
-        except (ValueError, TypeError) as exc:
-            raise KeyFileError(f"{path}: not a PEM private key, or the wrong password ({exc})") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise KeyFileError(f"{path}: not an Ed25519 key")
-        return cls(key)
-
+#: The operator's deployment key: a :class:`~ledger.signing.SigningKey`, kept encrypted in the operator directory.
+DeploymentKey = SigningKey

@@ -100,6 +100,11 @@ class SignedRelease:
     statement: ReleaseStatement
     signature: bytes
 
+    @classmethod
+    def signed_by(cls, key, statement: ReleaseStatement) -> SignedRelease:
+        """``statement`` signed with ``key`` (a :class:`~ledger.signing.SigningKey`: the operator's deployment key)."""
+        return cls(statement, key.sign(statement))
+
     def verify(self, pinned_key: bytes, chain_id: int, genesis: bytes, contract: bytes) -> ReleaseStatement:
         """The statement, if ``pinned_key`` signed it for this chain and contract; else :class:`ReleaseError`."""
         s = self.statement

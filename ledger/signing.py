@@ -188,7 +188,9 @@ def leaf_bytes(fields: SignedFields, public_key: bytes, signature: bytes) -> byt
 
 
 class SigningKey:
-    """A client's Ed25519 key. Files are PKCS#8 PEM, unencrypted, written 0600."""
+    """An Ed25519 key: a client's signing key, and the operator's deployment key. One class: files are PKCS#8 PEM,
+    written 0600, encrypted when a password is given (the operator's), unencrypted on a device. It signs a
+    statement's canonical bytes, which each statement builds itself (``canonical_bytes()``)."""
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self._key = key
@@ -198,31 +200,34 @@ class SigningKey:
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
-    def load(cls, path: Path) -> SigningKey:
+    def load(cls, path: Path, password: bytes | None = None) -> SigningKey:
         path = Path(path)
         if not path.is_file():
-            raise KeyFileError(f"no signing key at {path} (create one with `fedproof keys init`)")
+            raise KeyFileError(f"no signing key at {path} (create one with `fedproof keys init`, "
+                               "`fedproof client init` or `fedproof provision`)")
         if path.stat().st_size > _MAX_KEY_FILE:
             raise KeyFileError(f"{path}: too large to be an Ed25519 key")
         try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            key = serialization.load_pem_private_key(path.read_bytes(), password=password)
         except (ValueError, TypeError) as exc:
-            raise KeyFileError(f"{path}: not an unencrypted PEM private key ({exc})") from exc
+            hint = "or the wrong password" if password else "or an encrypted one (it needs its password)"
+            raise KeyFileError(f"{path}: not a PEM private key, {hint} ({exc})") from exc
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyFileError(f"{path}: not an Ed25519 key")
         return cls(key)
 
-    def to_pem(self) -> bytes:
-        """The private key as unencrypted PKCS#8 PEM (what :meth:`load` reads; write it 0600)."""
-        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption())
+    def to_pem(self, password: bytes | None = None) -> bytes:
+        """The private key as PKCS#8 PEM (what :meth:`load` reads; write it 0600), encrypted with ``password``."""
+        encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
     @property
     def public_key(self) -> bytes:
         return self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
-    def sign(self, fields: SignedFields) -> bytes:
-        return self._key.sign(fields.canonical_bytes())
+    def sign(self, statement) -> bytes:
+        """The signature over ``statement.canonical_bytes()`` (signed fields, a manifest, a release statement)."""
+        return self._key.sign(statement.canonical_bytes())
 
 
 def verify_signature(public_key: bytes, fields: SignedFields, signature: bytes) -> None:

@@ -132,7 +132,7 @@ def test_tampered_and_unknown_artifacts_are_refused_and_nothing_is_installed(rec
     with pytest.raises(ArtifactRejected, match="no signed manifest"):  # unsigned: nothing vouches for it
         install(digest, tmp_path, chain)
     signed = SignedManifest.load(manifest_path(tmp_path / "registry", bytes.fromhex(deployment.artifact_sha256)))
-    forged = OPERATOR.sign(dataclasses.replace(signed.manifest, artifact_sha256=bytes.fromhex(digest),
+    forged = SignedManifest.signed_by(OPERATOR, dataclasses.replace(signed.manifest, artifact_sha256=bytes.fromhex(digest),
                                                sequence=99))  # the operator's key, but never recorded on chain
     (tmp_path / "registry" / f"{digest}.manifest.json").write_text(forged.to_json())
     with pytest.raises(ArtifactRejected, match="not recorded as a deployment"):
@@ -188,7 +188,7 @@ def test_a_device_installs_only_what_its_pinned_operator_chain_and_contract_vouc
         install(ref, tmp_path, chain, pin(chain, stranger))  # a manifest signed by a foreign key
     path = manifest_path(tmp_path / "registry", bytes.fromhex(ref))
     honest = SignedManifest.load(path)
-    path.write_text(stranger.sign(honest.manifest).to_json())
+    path.write_text(SignedManifest.signed_by(stranger, honest.manifest).to_json())
     with pytest.raises(ArtifactRejected, match="not the operator key"):
         install(ref, tmp_path, chain)
     path.write_text(dataclasses.replace(honest, manifest=dataclasses.replace(honest.manifest, round=7)).to_json())
@@ -402,7 +402,7 @@ def test_an_artifact_that_always_answers_7_is_refused_by_pull_and_follow(recorde
     """The review's attack: the operator signs and records an artifact of the co-signed model that answers 7 to
     everything. The manifest, the chain record and the lineage all check out; the device's own derivation does not."""
     from fl_client.edge import follow
-    from ledger.release import ALL, ZERO, Action, ReleaseStatement
+    from ledger.release import ALL, ZERO, Action, ReleaseStatement, SignedRelease
 
     _, data, chain, _ = recorded_run
     deployment = fresh_copy(published, tmp_path)
@@ -422,7 +422,7 @@ def test_an_artifact_that_always_answers_7_is_refused_by_pull_and_follow(recorde
     snapshot = chain.w3.testing.snapshot()
     try:
         sequence = chain.latest_release_sequence() + 1
-        chain.record_release(OPERATOR.sign_release(ReleaseStatement(
+        chain.record_release(SignedRelease.signed_by(OPERATOR, ReleaseStatement(
             chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]), sequence, Action.PROMOTE, "production",
             bytes.fromhex(ref), ZERO, ALL)))
         with pytest.raises(ArtifactRejected, match="does not derive from its co-signed model"):

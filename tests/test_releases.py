@@ -26,6 +26,7 @@ from ledger.release import (
     Action,
     ReleaseError,
     ReleaseStatement,
+    SignedRelease,
     in_canary,
     latest,
     retired,
@@ -73,7 +74,7 @@ def test_a_statement_signs_every_field_and_its_domain(chain: LedgerContract) -> 
         ("channel", "staging"), ("artifact", C), ("previous", C), ("canary_bp", 1001))]
     changed.append(dataclasses.replace(base, action=Action.ROLLBACK, canary_bp=ALL))
     assert len({s.canonical_bytes() for s in [base, *changed]}) == len(changed) + 1
-    signed = OPERATOR.sign_release(base)
+    signed = SignedRelease.signed_by(OPERATOR, base)
     domain = (chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]))
     assert signed.verify(OPERATOR.public_key, *domain) == base
     with pytest.raises(ReleaseError, match="not signed by the pinned operator key"):
@@ -120,15 +121,15 @@ def test_stages_follow_promotion_canary_rollback_and_retirement(chain: LedgerCon
 
 
 def test_the_ledger_takes_only_deployed_artifacts_in_sequence_order(chain: LedgerContract, registry: Path) -> None:
-    first = OPERATOR.sign_release(statement(chain, 1, Action.PROMOTE, "production", A))
+    first = SignedRelease.signed_by(OPERATOR, statement(chain, 1, Action.PROMOTE, "production", A))
     chain.record_release(first)
     assert chain.latest_release_sequence() == 1
     with pytest.raises(LedgerTxFailed, match="replayed or out-of-order"):
         chain.record_release(first)  # the same signed statement again
     with pytest.raises(LedgerTxFailed, match="not the next one"):  # skipping ahead would block what follows
-        chain.record_release(OPERATOR.sign_release(statement(chain, 2**64 - 1, Action.PROMOTE, "production", B)))
+        chain.record_release(SignedRelease.signed_by(OPERATOR, statement(chain, 2**64 - 1, Action.PROMOTE, "production", B)))
     with pytest.raises(LedgerTxFailed, match="never recorded as a deployment"):
-        chain.record_release(OPERATOR.sign_release(statement(chain, 2, Action.PROMOTE, "production", h("nope"))))
+        chain.record_release(SignedRelease.signed_by(OPERATOR, statement(chain, 2, Action.PROMOTE, "production", h("nope"))))
     with pytest.raises(LedgerValueError, match="64 bytes"):
         chain.record_release(dataclasses.replace(first, signature=b"\x00" * 63))
     [event] = chain.release_events()
@@ -175,9 +176,9 @@ def test_a_statement_the_operator_did_not_sign_is_reported_and_never_counted(cha
     """The ledger account (the server's) records a statement signed by another key, and one the operator signed
     for another chain: the contract takes both (it cannot check Ed25519), every reader ignores them."""
     release(registry, OPERATOR, chain, Action.PROMOTE, A)
-    chain.record_release(DeploymentKey.generate().sign_release(statement(chain, 2, Action.PROMOTE, "production", B)))
+    chain.record_release(SignedRelease.signed_by(DeploymentKey.generate(), statement(chain, 2, Action.PROMOTE, "production", B)))
     elsewhere = dataclasses.replace(statement(chain, 3, Action.PROMOTE, "production", B), genesis=b"\x07" * 32)
-    chain.record_release(OPERATOR.sign_release(elsewhere))
+    chain.record_release(SignedRelease.signed_by(OPERATOR, elsewhere))
     paired, ignored = history(chain, OPERATOR.public_key)
     assert [s.artifact for _, s in paired] == [A] and len(ignored) == 2
     assert all("not signed by the pinned operator key" in reason for reason in ignored)
@@ -259,13 +260,13 @@ def test_promote_canary_rollback_and_forged_releases_end_to_end_on_anvil(devnet,
     shutil.move(tmp_path / "a.onnx", registry / f"{a}.onnx")
 
     # the ledger account records a forged statement, then replays a genuine one: no device moves
-    chain.record_release(DeploymentKey.generate().sign_release(
+    chain.record_release(SignedRelease.signed_by(DeploymentKey.generate(), 
         statement(chain, chain.latest_release_sequence() + 1, Action.PROMOTE, "production", bytes.fromhex(b))))
     genuine = history(chain, key.public_key)[0][2][0]  # the promotion of b to every device
     replayed = genuine.signed(chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]))
     with pytest.raises(LedgerTxFailed, match="replayed"):
         chain.record_release(replayed)
-    elsewhere = OPERATOR.sign_release(dataclasses.replace(
+    elsewhere = SignedRelease.signed_by(OPERATOR, dataclasses.replace(
         statement(chain, chain.latest_release_sequence() + 1, Action.PROMOTE, "production", bytes.fromhex(b)),
         genesis=b"\x09" * 32))
     chain.record_release(elsewhere)  # not even the pinned key, nor this chain
