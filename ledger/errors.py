@@ -6,8 +6,10 @@ what a user can do about it.
 
 from __future__ import annotations
 
+from fedproof.base.errors import FedproofError, Reason
 
-class LedgerError(Exception):
+
+class LedgerError(FedproofError):
     """Base class of the ledger layer's deliberate errors."""
 
 
@@ -18,50 +20,50 @@ class KeyFileError(LedgerError, ValueError):
 class UpdateVerificationError(LedgerError):
     """An update (or a key holder's statement) failed verification; it never reaches the aggregate."""
 
-    reason = "invalid"
+    reason = Reason.MALFORMED
 
 
 class BadSignature(UpdateVerificationError):
     """The signature does not match the signed fields under the client's registered key (forged or altered)."""
 
-    reason = "bad-signature"
+    reason = Reason.BAD_SIGNATURE
 
 
 class UnknownClient(UpdateVerificationError):
     """The sender is not on the server's allow-list."""
 
-    reason = "unknown-client"
+    reason = Reason.UNKNOWN_CLIENT
 
 
 class RevokedClient(UpdateVerificationError):
     """The sender's key was revoked."""
 
-    reason = "revoked-client"
+    reason = Reason.REVOKED_CLIENT
 
 
 class ReplayedUpdate(UpdateVerificationError):
     """The update was signed for another chain, contract, run or round."""
 
-    reason = "replayed"
+    reason = Reason.REPLAYED
 
 
 class WrongParent(UpdateVerificationError):
     """The update was trained from another model than the round's parent (the server sent clients different
     models, or the update belongs to another round)."""
 
-    reason = "wrong-parent"
+    reason = Reason.WRONG_PARENT
 
 
 class DuplicateUpdate(UpdateVerificationError):
     """A second update from the same client in one round."""
 
-    reason = "duplicate"
+    reason = Reason.DUPLICATE
 
 
 class PayloadMismatch(UpdateVerificationError):
     """The payload's bytes do not hash to what the client signed."""
 
-    reason = "payload-mismatch"
+    reason = Reason.PAYLOAD_MISMATCH
 
 
 class MerkleProofError(LedgerError):

@@ -1,9 +1,11 @@
-"""Typed errors of the privacy layer (kept free of fedproof imports: privacy depends on third parties only)."""
+"""Typed errors of the privacy layer, under fedproof's one root (``fedproof.base.errors.FedproofError``)."""
 
 from __future__ import annotations
 
+from fedproof.base.errors import FedproofError
 
-class PrivacyError(Exception):
+
+class PrivacyError(FedproofError):
     """Base class of the privacy layer's deliberate errors."""
 
 

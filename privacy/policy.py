@@ -17,6 +17,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fedproof.base.errors import Reason
 from fedproof.base.json_input import loads_bounded
 from privacy.dp import DPSettings
 from privacy.errors import PrivacyError
@@ -31,9 +32,10 @@ class PolicyError(PrivacyError, ValueError):
 class PolicyRefusal(PrivacyError):
     """The server asked for settings weaker than the device's policy: nothing is trained or sent."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+        self.code = reason.value
 
 
 @dataclass(frozen=True)
@@ -72,22 +74,22 @@ class PrivacyPolicy:
         The run's target epsilon, if it has one, can only lower the lifetime cap; its noise can only be raised to
         the policy's floor (more noise is always allowed)."""
         if self.he_required and not he:
-            raise PolicyRefusal("he-required", "this device sends updates encrypted only; the run has HE off")
+            raise PolicyRefusal(Reason.HE_REQUIRED, "this device sends updates encrypted only; the run has HE off")
         if settings is None:
             if self.dp_required:
-                raise PolicyRefusal("dp-required", "this device trains with DP only; the run has DP off")
+                raise PolicyRefusal(Reason.DP_REQUIRED, "this device trains with DP only; the run has DP off")
             return None
         if settings.target_epsilon is not None and settings.target_epsilon > self.max_epsilon:
-            raise PolicyRefusal("epsilon-above-policy", f"the run asks for epsilon {settings.target_epsilon:g}; "
+            raise PolicyRefusal(Reason.EPSILON_ABOVE_POLICY, f"the run asks for epsilon {settings.target_epsilon:g}; "
                                                         f"this device allows at most {self.max_epsilon:g}")
         if settings.delta > self.max_delta:
-            raise PolicyRefusal("delta-above-policy", f"the run asks for delta {settings.delta:g}; this device "
+            raise PolicyRefusal(Reason.DELTA_ABOVE_POLICY, f"the run asks for delta {settings.delta:g}; this device "
                                                       f"allows at most {self.max_delta:g}")
         if not self.min_clip <= settings.max_grad_norm <= self.max_clip:
-            raise PolicyRefusal("clip-outside-policy", f"the run clips at {settings.max_grad_norm:g}; this device "
+            raise PolicyRefusal(Reason.CLIP_OUTSIDE_POLICY, f"the run clips at {settings.max_grad_norm:g}; this device "
                                                        f"allows [{self.min_clip:g}, {self.max_clip:g}]")
         if settings.noise_multiplier is not None and settings.noise_multiplier < self.min_noise_multiplier:
-            raise PolicyRefusal("noise-below-policy", f"the run asks for noise {settings.noise_multiplier:g}; this "
+            raise PolicyRefusal(Reason.NOISE_BELOW_POLICY, f"the run asks for noise {settings.noise_multiplier:g}; this "
                                                       f"device adds at least {self.min_noise_multiplier:g}")
         cap = min(self.max_epsilon, settings.target_epsilon or math.inf)
         return DPSettings(max_grad_norm=settings.max_grad_norm, delta=settings.delta,

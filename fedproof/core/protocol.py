@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedproof.base.errors import UpdateRejected
+from fedproof.base.errors import Reason, UpdateRejected
 from ledger.signing import SignedFields, payload_digest
 
 TRAIN, EVALUATE = "train", "evaluate"
@@ -101,11 +101,11 @@ def unpack_ciphertexts(record: ArrayRecord) -> tuple[bytes, ...]:
     except ValueError as exc:
         raise UpdateRejected(f"unreadable ciphertext lengths: {exc}") from exc
     if packed.stype != CIPHERTEXT_STYPE or sizes is None or sizes.dtype != np.dtype("<i8"):
-        raise UpdateRejected(f"ciphertexts are not {CIPHERTEXT_STYPE} with int64 lengths", "wrong-dtype")
+        raise UpdateRejected(f"ciphertexts are not {CIPHERTEXT_STYPE} with int64 lengths", Reason.WRONG_DTYPE)
     data = packed.data
     if (sizes.ndim != 1 or not 0 < sizes.size <= MAX_CIPHERTEXTS or (sizes < 0).any()
             or int(sizes.sum()) != len(data)):
-        raise UpdateRejected(f"ciphertext lengths do not cut {len(data)} bytes into ciphertexts", "corrupt-ciphertext")
+        raise UpdateRejected(f"ciphertext lengths do not cut {len(data)} bytes into ciphertexts", Reason.CORRUPT_CIPHERTEXT)
     ends = np.cumsum(sizes).tolist()
     return tuple(data[start:end] for start, end in zip([0] + ends[:-1], ends))
 
@@ -138,14 +138,14 @@ class EncryptedPayload:
         record, header = content.array_records.get(CIPHERTEXTS_KEY), content.config_records.get(HEADER_KEY)
         if record is None or header is None:
             raise UpdateRejected("the reply carries no encrypted update (was the client started without HE?)",
-                                 "wrong-mode")
+                                 Reason.WRONG_MODE)
         num_values, num_summed = header.get("num-values"), header.get("num-summed")
         if not (isinstance(num_values, int) and isinstance(num_summed, int) and num_values > 0 and num_summed > 0):
             raise UpdateRejected("encrypted update header lacks positive num-values / num-summed")
         chunks = unpack_ciphertexts(record)
         if header.get("sha256") != payload_digest(chunks):
             raise UpdateRejected("encrypted update does not match its SHA-256: corrupted or altered in transit",
-                                 "payload-mismatch")
+                                 Reason.PAYLOAD_MISMATCH)
         return cls(chunks, num_values, num_summed)
 
 
@@ -174,7 +174,7 @@ class SignedEnvelope:
     def take(cls, content: RecordDict, key: str = SIGNED_KEY) -> SignedEnvelope:
         record = content.config_records.get(key)
         if record is None:
-            raise UpdateRejected("the reply is not signed", "unsigned")
+            raise UpdateRejected("the reply is not signed", Reason.UNSIGNED)
         try:
             fields = SignedFields(
                 tag=_typed(record, "tag", bytes), chain_id=_typed(record, "chain-id", int),
@@ -217,7 +217,7 @@ def payload_chunks(content: RecordDict) -> list[bytes]:
         return list(unpack_ciphertexts(content.array_records[CIPHERTEXTS_KEY]))
     arrays = content.array_records.get(ARRAYS_KEY)
     if arrays is None:
-        raise UpdateRejected("the reply carries no update", "wrong-mode")
+        raise UpdateRejected("the reply carries no update", Reason.WRONG_MODE)
     return [part for key, array in arrays.items() for part in (key.encode(), array.data)]
 
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from typing import TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-from fedproof.base.errors import UpdateRejected
+from fedproof.base.errors import Reason, UpdateRejected
 from fedproof.core.weights import flatten
 from fedproof.core.protocol import (
     ARRAYS_KEY,
@@ -55,42 +54,6 @@ MAX_EXAMPLES = 2**31 - 1
 NPY_HEADER_ALLOWANCE = 4096
 """Bytes an ``.npy`` header may add to an array's payload before the array is refused as oversized."""
 T = TypeVar("T")
-
-
-class Reason(str, Enum):
-    """Why a reply was set aside: the label metrics, bundles and Prometheus count it under."""
-
-    NO_REPLY = "no-reply"
-    CLIENT_ERROR = "client-error"
-    UNEXPECTED_SENDER = "unexpected-sender"
-    MALFORMED = "malformed"
-    WRONG_MODE = "wrong-mode"
-    WRONG_SHAPE = "wrong-shape"
-    WRONG_DTYPE = "wrong-dtype"
-    NON_FINITE = "non-finite"
-    OVER_NORM = "over-norm"
-    BAD_EXAMPLE_COUNT = "bad-example-count"
-    CORRUPT_CIPHERTEXT = "corrupt-ciphertext"
-    UNSIGNED = "unsigned"
-    BAD_SIGNATURE = "bad-signature"
-    UNKNOWN_CLIENT = "unknown-client"
-    REVOKED_CLIENT = "revoked-client"
-    REPLAYED = "replayed"
-    WRONG_PARENT = "wrong-parent"
-    DUPLICATE = "duplicate"
-    PAYLOAD_MISMATCH = "payload-mismatch"
-    WITHHELD = "withheld"
-    """An evaluate reply without metrics, on purpose: the client's privacy keeps them on the device."""
-    REFUSED = "refused"
-    """A key holder refused to help decrypt: the request failed one of its checks (the detail names which)."""
-
-    @classmethod
-    def of(cls, exc: Exception) -> Reason:
-        """The code a typed error carries (``reason`` on fedproof's and the ledger's errors), else MALFORMED."""
-        try:
-            return cls(getattr(exc, "reason", cls.MALFORMED.value))
-        except ValueError:
-            return cls.MALFORMED
 
 
 @dataclass(frozen=True)
@@ -214,7 +177,7 @@ def decode_reveal_reply(msg: Message, spec: ModelSpec) -> Revealed | Rejection:
 def _revealed(msg: Message, spec: ModelSpec) -> Revealed:
     report = ClientReport.from_reply(msg.content)
     if report is not None and report.status == REFUSED:
-        raise UpdateRejected(f"client {report.client_id} refused: {report.reason}", Reason.REFUSED.value)
+        raise UpdateRejected(f"client {report.client_id} refused: {report.reason}", Reason.REFUSED)
     return Revealed(msg.metadata.src_node_id, _ciphertexts(msg.content, spec), SignedEnvelope.take(msg.content))
 
 
@@ -240,7 +203,7 @@ def decode_cosign_reply(msg: Message) -> ModelCosignature | Rejection:
 def _cosign(msg: Message) -> ModelCosignature:
     report = ClientReport.from_reply(msg.content)
     if report is not None and report.status == REFUSED:
-        raise UpdateRejected(f"client {report.client_id} refused: {report.reason}", Reason.REFUSED.value)
+        raise UpdateRejected(f"client {report.client_id} refused: {report.reason}", Reason.REFUSED)
     record = msg.content.config_records.get(COSIGN_KEY)
     digest = record.get("model-sha256") if record is not None else None
     if type(digest) is not bytes or len(digest) != 32:
@@ -288,7 +251,7 @@ def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
         digest = payload_digest(payload_chunks(content))
         envelope = SignedEnvelope.take(content)
     if report is None:  # signed, yet no report: not something a fedproof client sends
-        raise UpdateRejected("the reply carries no client report", Reason.MALFORMED.value)
+        raise UpdateRejected("the reply carries no client report", Reason.MALFORMED)
     metrics = content.metric_records[METRICS_KEY]
     return Update(
         node_id=node, client_id=report.client_id, num_examples=count,
@@ -302,7 +265,7 @@ def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
 def _evaluation(msg: Message) -> Evaluation:
     report = ClientReport.from_reply(msg.content)
     if report is not None and report.status == WITHHELD:
-        raise UpdateRejected(f"client {report.client_id} releases no metrics: {report.reason}", Reason.WITHHELD.value)
+        raise UpdateRejected(f"client {report.client_id} releases no metrics: {report.reason}", Reason.WITHHELD)
     metrics = msg.content.metric_records.get(METRICS_KEY)
     count = _num_examples(metrics)
     loss, accuracy = _finite(metrics, "val_loss"), _finite(metrics, "val_accuracy")
@@ -314,7 +277,7 @@ def _evaluation(msg: Message) -> Evaluation:
 def _partial(msg: Message, shape: tuple[int, int]) -> PartialDecryption:
     report = ClientReport.from_reply(msg.content)
     if report is not None and report.status == REFUSED:
-        raise UpdateRejected(f"client {report.client_id} refused: {report.reason}", Reason.REFUSED.value)
+        raise UpdateRejected(f"client {report.client_id} refused: {report.reason}", Reason.REFUSED)
     record, meta = msg.content.array_records.get(PARTIAL_KEY), msg.content.config_records.get(DECRYPTION_KEY)
     if record is None or list(record.keys()) != [PARTIAL_KEY] or meta is None:
         raise UpdateRejected("the reply carries no partial decryption")
@@ -331,7 +294,7 @@ def _partial(msg: Message, shape: tuple[int, int]) -> PartialDecryption:
 def _num_examples(metrics: MetricRecord | None) -> int:
     count = metrics.get("num-examples") if metrics is not None else None
     if type(count) is not int or not 1 <= count <= MAX_EXAMPLES:
-        raise UpdateRejected(f"num-examples must be an integer in 1..{MAX_EXAMPLES}", Reason.BAD_EXAMPLE_COUNT.value)
+        raise UpdateRejected(f"num-examples must be an integer in 1..{MAX_EXAMPLES}", Reason.BAD_EXAMPLE_COUNT)
     return count
 
 
@@ -341,7 +304,7 @@ def _finite(metrics: MetricRecord | None, key: str) -> float | None:
     if value is None:
         return None
     if type(value) not in (int, float) or not math.isfinite(value):
-        raise UpdateRejected(f"metric {key} must be a finite number", Reason.NON_FINITE.value)
+        raise UpdateRejected(f"metric {key} must be a finite number", Reason.NON_FINITE)
     return float(value)
 
 
@@ -349,26 +312,26 @@ def _array(array, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """An ``Array`` as numpy, refused unless it is exactly ``shape`` and ``dtype`` (size checked before parsing)."""
     if array.stype != "numpy.ndarray" or array.dtype != np.dtype(dtype).name:
         raise UpdateRejected(f"array of dtype {array.dtype!r} ({array.stype}), expected {np.dtype(dtype).name}",
-                             Reason.WRONG_DTYPE.value)
+                             Reason.WRONG_DTYPE)
     if tuple(array.shape) != shape:
         raise UpdateRejected(f"array of shape {tuple(array.shape)}, expected {shape}", Reason.WRONG_SHAPE.value)
     if len(array.data) > int(np.prod(shape)) * np.dtype(dtype).itemsize + NPY_HEADER_ALLOWANCE:
         raise UpdateRejected(f"array of {len(array.data)} bytes is larger than its shape allows",
-                             Reason.WRONG_SHAPE.value)
+                             Reason.WRONG_SHAPE)
     values = array.numpy()
     if values.shape != shape or values.dtype.str != np.dtype(dtype).str:
         raise UpdateRejected(f"array bytes hold {values.dtype} {values.shape}, not what its metadata says",
-                             Reason.WRONG_SHAPE.value)
+                             Reason.WRONG_SHAPE)
     return values
 
 
 def _plain_delta(content, spec: ModelSpec) -> tuple[np.ndarray, int]:
     """The update's ``trained - global`` (flat float64) and its size in bytes, after every plaintext check."""
     if CIPHERTEXTS_KEY in content.array_records:
-        raise UpdateRejected("an encrypted update in a run without HE", Reason.WRONG_MODE.value)
+        raise UpdateRejected("an encrypted update in a run without HE", Reason.WRONG_MODE)
     arrays = content.array_records.get(ARRAYS_KEY)
     if arrays is None:
-        raise UpdateRejected("the reply carries no update", Reason.WRONG_MODE.value)
+        raise UpdateRejected("the reply carries no update", Reason.WRONG_MODE)
     keys, expected = list(arrays.keys()), [key for key, _, _ in spec.layout]
     if keys != expected:
         extra, missing = sorted(set(keys) - set(expected)), sorted(set(expected) - set(keys))
@@ -377,26 +340,26 @@ def _plain_delta(content, spec: ModelSpec) -> tuple[np.ndarray, int]:
     parts = [_array(arrays[key], shape, dtype) for key, shape, dtype in spec.layout]
     trained = np.concatenate([p.ravel() for p in parts]).astype(np.float64)
     if not np.all(np.isfinite(trained)):
-        raise UpdateRejected("the update holds NaN or infinite values", Reason.NON_FINITE.value)
+        raise UpdateRejected("the update holds NaN or infinite values", Reason.NON_FINITE)
     delta = trained - spec.weights
     peak = float(np.abs(delta).max()) if delta.size else 0.0
     if peak > spec.max_abs_delta:
         raise UpdateRejected(f"max |update - global| is {peak:.3g}, above the bound {spec.max_abs_delta:g}",
-                             Reason.OVER_NORM.value)
+                             Reason.OVER_NORM)
     return delta, sum(len(arrays[key].data) for key in keys)
 
 
 def _commitment(content, spec: ModelSpec) -> None:
     """A train reply under HE commits to its ciphertexts (its signed leaf covers their digest) and carries none."""
     if ARRAYS_KEY in content.array_records:
-        raise UpdateRejected("a plaintext update in a run with HE", Reason.WRONG_MODE.value)
+        raise UpdateRejected("a plaintext update in a run with HE", Reason.WRONG_MODE)
     if CIPHERTEXTS_KEY in content.array_records:
         raise UpdateRejected("ciphertexts sent before the round's commitments were frozen: commit first, reveal "
                              "when asked", Reason.WRONG_MODE.value)
     header = content.config_records.get(HEADER_KEY)
     if header is None or header.get("num-values") != spec.num_values or header.get("num-summed") != 1:
         raise UpdateRejected(f"a commitment must announce {spec.num_values} encrypted values of one client",
-                             Reason.WRONG_SHAPE.value)
+                             Reason.WRONG_SHAPE)
 
 
 def _ciphertexts(content, spec: ModelSpec) -> EncryptedPayload:
@@ -404,7 +367,7 @@ def _ciphertexts(content, spec: ModelSpec) -> EncryptedPayload:
     no larger than a ciphertext can be. SEAL parses them when they are added to the round's sum."""
     assert spec.he is not None
     if ARRAYS_KEY in content.array_records:
-        raise UpdateRejected("a plaintext update in a run with HE", Reason.WRONG_MODE.value)
+        raise UpdateRejected("a plaintext update in a run with HE", Reason.WRONG_MODE)
     payload = EncryptedPayload.take(content)
     if payload.num_values != spec.num_values or payload.num_summed != 1:
         raise UpdateRejected(f"encrypted update of {payload.num_values} values (summed {payload.num_summed}); the "
@@ -413,5 +376,5 @@ def _ciphertexts(content, spec: ModelSpec) -> EncryptedPayload:
     if len(payload.chunks) != expected:
         raise UpdateRejected(f"{len(payload.chunks)} ciphertexts, expected {expected}", Reason.WRONG_SHAPE.value)
     if any(len(c) > spec.he.max_ciphertext_bytes for c in payload.chunks):
-        raise UpdateRejected("a ciphertext is larger than the scheme allows", Reason.CORRUPT_CIPHERTEXT.value)
+        raise UpdateRejected("a ciphertext is larger than the scheme allows", Reason.CORRUPT_CIPHERTEXT)
     return payload
