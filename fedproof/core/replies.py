@@ -314,7 +314,7 @@ def _array(array, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         raise UpdateRejected(f"array of dtype {array.dtype!r} ({array.stype}), expected {np.dtype(dtype).name}",
                              Reason.WRONG_DTYPE)
     if tuple(array.shape) != shape:
-        raise UpdateRejected(f"array of shape {tuple(array.shape)}, expected {shape}", Reason.WRONG_SHAPE.value)
+        raise UpdateRejected(f"array of shape {tuple(array.shape)}, expected {shape}", Reason.WRONG_SHAPE)
     if len(array.data) > int(np.prod(shape)) * np.dtype(dtype).itemsize + NPY_HEADER_ALLOWANCE:
         raise UpdateRejected(f"array of {len(array.data)} bytes is larger than its shape allows",
                              Reason.WRONG_SHAPE)
@@ -336,7 +336,7 @@ def _plain_delta(content, spec: ModelSpec) -> tuple[np.ndarray, int]:
     if keys != expected:
         extra, missing = sorted(set(keys) - set(expected)), sorted(set(expected) - set(keys))
         raise UpdateRejected(f"arrays do not match the model (extra {extra[:3]}, missing {missing[:3]}, or "
-                             "out of order)", Reason.WRONG_SHAPE.value)
+                             "out of order)", Reason.WRONG_SHAPE)
     parts = [_array(arrays[key], shape, dtype) for key, shape, dtype in spec.layout]
     trained = np.concatenate([p.ravel() for p in parts]).astype(np.float64)
     if not np.all(np.isfinite(trained)):
@@ -355,7 +355,7 @@ def _commitment(content, spec: ModelSpec) -> None:
         raise UpdateRejected("a plaintext update in a run with HE", Reason.WRONG_MODE)
     if CIPHERTEXTS_KEY in content.array_records:
         raise UpdateRejected("ciphertexts sent before the round's commitments were frozen: commit first, reveal "
-                             "when asked", Reason.WRONG_MODE.value)
+                             "when asked", Reason.WRONG_MODE)
     header = content.config_records.get(HEADER_KEY)
     if header is None or header.get("num-values") != spec.num_values or header.get("num-summed") != 1:
         raise UpdateRejected(f"a commitment must announce {spec.num_values} encrypted values of one client",
@@ -371,10 +371,10 @@ def _ciphertexts(content, spec: ModelSpec) -> EncryptedPayload:
     payload = EncryptedPayload.take(content)
     if payload.num_values != spec.num_values or payload.num_summed != 1:
         raise UpdateRejected(f"encrypted update of {payload.num_values} values (summed {payload.num_summed}); the "
-                             f"model has {spec.num_values}", Reason.WRONG_SHAPE.value)
+                             f"model has {spec.num_values}", Reason.WRONG_SHAPE)
     expected = spec.he.num_ciphertexts(spec.num_values)
     if len(payload.chunks) != expected:
-        raise UpdateRejected(f"{len(payload.chunks)} ciphertexts, expected {expected}", Reason.WRONG_SHAPE.value)
+        raise UpdateRejected(f"{len(payload.chunks)} ciphertexts, expected {expected}", Reason.WRONG_SHAPE)
     if any(len(c) > spec.he.max_ciphertext_bytes for c in payload.chunks):
         raise UpdateRejected("a ciphertext is larger than the scheme allows", Reason.CORRUPT_CIPHERTEXT)
     return payload
