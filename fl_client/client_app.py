@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fedproof.core.client_data import ClientData, load_client_data
-from fedproof.core.config import RunConfig
+from fedproof.core.config import ClientSettings, RunConfig
 from fedproof.base.errors import ConfigError
 from fedproof.core.model import make_model
 from fedproof.core.protocol import (
@@ -57,7 +57,7 @@ def _settings(msg: Message, context: Context) -> tuple[RunConfig, int]:
     any path the server names (the device's own come from its node config)."""
     settings = dict(msg.content["config"])
     server_round = int(settings.pop(ROUND_KEY, 0))  # type: ignore[call-overload]
-    return device_paths(RunConfig.from_mapping(settings), context), server_round
+    return device_paths(ClientSettings.from_record(settings).run_config(), context), server_round
 
 
 def _job(msg: Message, context: Context) -> _Job:

@@ -10,7 +10,7 @@ from typing import Protocol
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
-from fedproof.core.config import RunConfig
+from fedproof.core.config import ClientSettings, RunConfig
 from fedproof.core.data import load_dataset
 from fedproof.base.errors import ClientsUnavailableError
 from fedproof.core.model import make_model
@@ -56,6 +56,12 @@ class LedgerSummary:
     rounds_recorded: int
     pending: int
     """Round records not yet on chain (the node was unreachable): `fedproof ledger flush` sends them."""
+
+
+def shares_machine(grid: Grid) -> bool:
+    """Whether the clients run beside this ServerApp (Flower's simulation engine: an in-memory Grid), and so share
+    its files; a SuperLink's clients are devices with their own."""
+    return type(grid).__name__ == "InMemoryGrid"
 
 
 @dataclass
@@ -112,14 +118,16 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         rows.append(RoundMetrics(round=done, accuracy=accuracy, loss=loss, seconds=0.0))
         run_dir.append_metrics(rows[-1])
     domain = config.domain()
+    # what clients are sent with every message: their settings only, and paths only to clients on this machine
+    sent = ClientSettings.of(config, shared_machine=shares_machine(grid)).to_record()
     threshold = None
     if config.he:  # the clients make the run's key now; no party ever holds all of it
-        key = run_ceremony(grid, config.to_mapping(), credentials.allow, domain, config.he_threshold,
+        key = run_ceremony(grid, sent, credentials.allow, domain, config.he_threshold,
                            config.round_timeout, config.he_weight_scale, first_round=done + 1)
         lineage.record_key(key.signed)  # t and the holders go on chain before any round: auditors read them there
         threshold = ThresholdCommittee(key, config.seed, config.round_timeout, credentials.allow, domain)
     plan = RoundPlan(
-        settings=config.to_mapping(),
+        settings=sent,
         fraction_train=config.fraction_train,
         fraction_evaluate=0.0 if config.dp else config.fraction_evaluate,  # DP clients withhold metrics anyway
         seed=config.seed,

@@ -67,7 +67,7 @@ VICTIM, ACCOMPLICES = NODES[0], (NODES[3], NODES[4])
 
 
 def settings(server_round: int) -> RecordDict:
-    return RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round)})
+    return RecordDict({CONFIG_KEY: round_settings(CONFIG.client_record(), server_round)})
 
 
 def signed_commitment(devices: Devices, node: int, server_round: int, polys: np.ndarray, count: int = 1
@@ -244,7 +244,7 @@ def test_a_late_dealer_cannot_choose_the_key(monkeypatch) -> None:
     allow = AllowList.load(KEYS.allowlist)
     # an honest server sees the rogue deal does not open its commitment: the dealer is excluded, not its victims
     _, _, handlers = with_a_late_rogue_dealer()
-    key = run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), allow, DOMAIN, 0, 5, SCALE)
+    key = run_ceremony(FakeGrid(NODES, **handlers), CONFIG.client_record(), allow, DOMAIN, 0, 5, SCALE)
     assert sorted(key.nodes) == sorted(str(n) for n in NODES if n != ACCOMPLICES[1])
     # a server that relays it anyway: every honest holder refuses to finish with it
     import fl_server.keygen as server_keygen
@@ -253,7 +253,7 @@ def test_a_late_dealer_cannot_choose_the_key(monkeypatch) -> None:
     monkeypatch.setattr(server_keygen, "deal_commitment", lambda party, public, hashes: captured[
         ("query_keygen_commit", int(party))][1].config_records["commitment"]["commitment"])
     with pytest.raises(UpdateRejected, match="not the one it committed to"):
-        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), allow, DOMAIN, 0, 5, SCALE)
+        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.client_record(), allow, DOMAIN, 0, 5, SCALE)
 
 
 def test_a_party_reveals_its_deal_to_one_commitment_set_only() -> None:
@@ -263,7 +263,7 @@ def test_a_party_reveals_its_deal_to_one_commitment_set_only() -> None:
     handlers = ceremony_handlers(devices, captured)
     handlers["query_keygen_finish"] = lambda node, msg: None  # the server stops once it has every deal
     with pytest.raises(KeyCeremonyFailed):
-        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5,
+        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.client_record(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5,
                      SCALE)
     msg, _ = captured[("query_keygen_reveal", VICTIM)]
     i = NODES.index(ACCOMPLICES[1])
@@ -320,7 +320,7 @@ def test_co_signers_take_the_weight_scale_from_the_key_statement_not_the_message
         from fedproof.core.protocol import CosignRequest
 
         content = CosignRequest(request, tuple(partials), global_model(), model).put(
-            RecordDict({CONFIG_KEY: round_settings(evil.to_mapping(), 80)}))
+            RecordDict({CONFIG_KEY: round_settings(evil.client_record(), 80)}))
         return refusal(threshold.cosign_model(content, evil, 80, devices.contexts[holder], 3))
 
     assert ask(NODES[4], scaled).startswith("model-mismatch")  # parent + 25 x mean: not what it computes
@@ -342,7 +342,7 @@ def test_an_unopenable_share_excludes_its_dealer_not_its_recipient(monkeypatch) 
     monkeypatch.setattr(keygen, "seal_share", seal)
     devices = Devices()
     grid = FakeGrid(NODES, **devices.handlers())
-    key = run_ceremony(grid, CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5, SCALE)
+    key = run_ceremony(grid, CONFIG.client_record(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5, SCALE)
     assert dealer not in key.nodes and recipient in key.nodes and len(key.nodes) == 4
     assert grid.asked["query.keygen_hello"].count(NODES[1]) == 2  # a second attempt, with the recipient in it
 
@@ -358,7 +358,7 @@ def test_a_recipient_that_lies_in_its_complaint_is_itself_excluded(monkeypatch) 
 
     monkeypatch.setattr(threshold, "finish", finish)
     devices = Devices()
-    key = run_ceremony(FakeGrid(NODES, **devices.handlers()), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist),
+    key = run_ceremony(FakeGrid(NODES, **devices.handlers()), CONFIG.client_record(), AllowList.load(KEYS.allowlist),
                        DOMAIN, 0, 5, SCALE)
     assert liar not in key.nodes and accused in key.nodes and len(key.nodes) == 4
 
@@ -369,13 +369,13 @@ def test_a_device_uses_a_key_only_once_every_holder_signed_it() -> None:
     handlers["query_keygen_confirm"] = lambda node, msg: RecordDict(
         {"confirmed": ConfigRecord({"key-sha256": b""})})  # a server that never relays the signatures
     with pytest.raises(Exception):
-        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5,
+        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.client_record(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5,
                      SCALE)
     with pytest.raises(Exception, match="no confirmed share"):
         threshold.encrypt_update(np.zeros(3), 1, devices.contexts[VICTIM])
     # a statement with one holder's signature missing (replaced by another's) is refused by the device
     devices, captured = Devices(), {}
-    run_ceremony(FakeGrid(NODES, **ceremony_handlers(devices, captured)), CONFIG.to_mapping(),
+    run_ceremony(FakeGrid(NODES, **ceremony_handlers(devices, captured)), CONFIG.client_record(),
                  AllowList.load(KEYS.allowlist), DOMAIN, 0, 5, SCALE)
     msg, _ = captured[("query_keygen_confirm", VICTIM)]
     record = msg.content.config_records["key-statement"]

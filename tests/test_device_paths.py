@@ -9,7 +9,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedproof.core.config import RunConfig
+from fedproof.core.config import ClientSettings, RunConfig
 from fedproof.base.errors import ConfigError
 from fl_client.client_app import _settings
 from fl_client.signing import allow_list, signing_key
@@ -24,8 +24,10 @@ def _task_identity():
 EVIL = RunConfig(key_set="/srv/attacker/keys", data_dir="/srv/attacker/data", run_dir="/srv/attacker/runs")
 
 
-def message(config: RunConfig) -> Message:
-    return Message(RecordDict({"config": ConfigRecord({**config.to_mapping(), "server-round": 1})}), dst_node_id=1,
+def message(config: RunConfig, **extra) -> Message:
+    """What a server (here: one that names paths, as a simulation's may) sends a client with every message."""
+    sent = ClientSettings.of(config, shared_machine=True).to_record()
+    return Message(RecordDict({"config": ConfigRecord({**sent, **extra, "server-round": 1})}), dst_node_id=1,
                    message_type="train")
 
 
@@ -71,3 +73,18 @@ def test_a_device_without_a_ledger_pin_signs_nothing_for_a_ledger_run(tmp_path) 
         sign_update(RecordDict(), ledger_run, context(**node), 1, 1, None, bytes(32))
     assert domain(ledger_run, context(**node, **{"ledger-trust": device_pin(ledger_run)})).chain_id == 31337
     assert domain(RunConfig(run_id="r"), context(**node)).chain_id == 0  # no ledger: nothing to pin
+
+
+def test_clients_are_sent_their_settings_only() -> None:
+    """ClientSettings on the wire: to a device no path and none of the server's own settings; a record with a key
+    outside the clients' vocabulary is refused."""
+    config = RunConfig(key_set="/srv/kit", run_dir="/srv/runs", data_dir="/srv/data", ledger_operator="/srv/op",
+                       ledger_password_file="/srv/op/pw", metrics_port=9400)
+    to_device = ClientSettings.of(config, shared_machine=False).to_record()
+    assert set(to_device) == set(ClientSettings.KEYS)
+    assert not any(isinstance(v, str) and v.startswith("/srv") for v in to_device.values())
+    assert ClientSettings.from_record(to_device).run_config().run_id == config.run_id
+    simulated = ClientSettings.of(config, shared_machine=True).to_record()
+    assert simulated["key-set"] == "/srv/kit" and "ledger-operator" not in simulated
+    with pytest.raises(ConfigError, match="does not take: ledger-password-file"):
+        _settings(message(config, **{"ledger-password-file": "/etc/shadow"}), context(**{"client-id": "c1"}))

@@ -55,7 +55,7 @@ def evaluation(loss: float = 0.5, accuracy: float = 0.75, count: int = 10) -> Re
 def run(config: RunConfig, train: dict, evaluate=None, fraction_evaluate: float = 1.0) -> tuple[RoundResult, FakeGrid]:
     """One plaintext round over nodes 1..4; node n answers ``train[n]`` (missing: no reply)."""
     plan = RoundPlan(
-        settings=config.to_mapping(), fraction_train=1.0, fraction_evaluate=fraction_evaluate, seed=3, timeout=5,
+        settings=config.client_record(), fraction_train=1.0, fraction_evaluate=fraction_evaluate, seed=3, timeout=5,
         admission=Admission(UpdateVerifier(AllowList.load(config.key_set + "/allowlist.json"), config.domain())),
         evaluate=lambda arrays: (float(np.abs(flatten(arrays)).sum()), 0.5), max_abs_delta=4.0,
     )
@@ -220,7 +220,7 @@ def test_a_dp_client_withholds_evaluate_metrics(config: RunConfig) -> None:
     from fedproof.core.protocol import WITHHELD
     from fl_client.client_app import evaluate_local
 
-    msg = Message(RecordDict({"arrays": parent(), "config": ConfigRecord({**RunConfig(dp=True).to_mapping(),
+    msg = Message(RecordDict({"arrays": parent(), "config": ConfigRecord({**RunConfig(dp=True).client_record(),
                                                                           "server-round": 1})}),
                   dst_node_id=1, message_type="evaluate")
     context = Context(run_id=1, node_id=1, node_config={"client-id": "1"}, state=RecordDict(), run_config={})
@@ -252,7 +252,7 @@ def test_a_client_evaluates_only_models_it_was_sent_for_training() -> None:
     from fl_client.client_app import _remember_sent_model, _was_sent_for_training, evaluate_local
 
     crafted = weights(0.5)  # e.g. a model made to answer one class, to read the local label histogram
-    msg = Message(RecordDict({"arrays": crafted, "config": ConfigRecord({**RunConfig(dp=False).to_mapping(),
+    msg = Message(RecordDict({"arrays": crafted, "config": ConfigRecord({**RunConfig(dp=False).client_record(),
                                                                           "server-round": 1})}),
                   dst_node_id=1, message_type="evaluate")
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
@@ -292,7 +292,7 @@ def test_a_model_refused_for_training_does_not_become_evaluable(tmp_path, monkey
     monkeypatch.setattr(client_app, "plain_update", lambda trained, parent: parent)
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
                       state=RecordDict(), run_config={})
-    msg = Message(RecordDict({"arrays": crafted, "config": ConfigRecord({**config.to_mapping(), "server-round": 1})}),
+    msg = Message(RecordDict({"arrays": crafted, "config": ConfigRecord({**config.client_record(), "server-round": 1})}),
                   dst_node_id=1, message_type="train")
     client_app.train(msg, context)
     assert not client_app._was_sent_for_training(context, crafted)  # refused: never evaluable

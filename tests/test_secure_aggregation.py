@@ -54,7 +54,7 @@ def test_a_client_app_answers_no_request_to_decrypt_a_sum() -> None:
     from fl_client.client_app import app
 
     summed = EncryptedPayload((b"\x01" * 64,), 10, num_summed=3)  # what a committee member used to be sent
-    content = summed.put(RecordDict({CONFIG_KEY: round_settings(RunConfig(run_id="r").to_mapping(), 1)}))
+    content = summed.put(RecordDict({CONFIG_KEY: round_settings(RunConfig(run_id="r").client_record(), 1)}))
     msg = Message(content, dst_node_id=11, message_type="query.decrypt", group_id="1")
     context = Context(run_id=1, node_id=11, node_config={"client-id": "11"}, state=RecordDict(), run_config={})
     reply = None

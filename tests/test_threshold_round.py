@@ -118,7 +118,7 @@ class Devices:
 
 def ceremony(devices: Devices, nodes=NODES, threshold_=0):
     grid = FakeGrid(nodes, **devices.handlers())
-    return run_ceremony(grid, CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, threshold_, 5, SCALE), grid
+    return run_ceremony(grid, CONFIG.client_record(), AllowList.load(KEYS.allowlist), DOMAIN, threshold_, 5, SCALE), grid
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def keyed():
 def run(devices: Devices, key, trainers=NODES, server_round: int = 1) -> tuple[RoundResult, FakeGrid]:
     allow = AllowList.load(KEYS.allowlist)
     plan = RoundPlan(
-        settings=CONFIG.to_mapping(), fraction_train=1.0, fraction_evaluate=0.0, seed=3, timeout=5,
+        settings=CONFIG.client_record(), fraction_train=1.0, fraction_evaluate=0.0, seed=3, timeout=5,
         admission=Admission(UpdateVerifier(allow, DOMAIN)),
         evaluate=lambda arrays: (0.0, 0.0), max_abs_delta=4.0,
         threshold=ThresholdCommittee(key, 3, 5, allow, DOMAIN),
@@ -195,14 +195,14 @@ class MaliciousServer:
         self.devices, self.round = devices, server_round
         self.commitments = {}
         for node in NODES:
-            msg = Message(RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round),
+            msg = Message(RecordDict({CONFIG_KEY: round_settings(CONFIG.client_record(), server_round),
                                       "arrays": global_model()}), dst_node_id=node, message_type="train", group_id="x")
             self.commitments[node] = SignedEnvelope.take(devices.train(node, msg))
         self.committed = tuple(self.commitments[n] for n in NODES)
         self.revealed = {n: self.reveal(n, self.committed) for n in NODES}
 
     def settings(self) -> RecordDict:
-        return RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), self.round)})
+        return RecordDict({CONFIG_KEY: round_settings(CONFIG.client_record(), self.round)})
 
     def reveal(self, node: int, committed) -> RecordDict:
         return threshold.reveal_update(RevealRequest(tuple(committed)).put(self.settings()), CONFIG, self.round,
@@ -273,7 +273,7 @@ def test_a_party_that_stops_half_way_is_left_out_and_the_ceremony_starts_again()
     handlers = devices.handlers()
     handlers["query_keygen_finish"] = lambda node, msg: (
         None if node == NODES[4] else threshold.keygen_finish(msg.content, CONFIG, devices.contexts[node]))
-    key = run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5, SCALE)
+    key = run_ceremony(FakeGrid(NODES, **handlers), CONFIG.client_record(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5, SCALE)
     assert sorted(key.nodes.values()) == NODES[:4] and key.threshold == 3  # a majority of those who stayed
     assert all(threshold.key_holding(devices.contexts[n]).public_key.digest == key.digest for n in NODES[:4])
 
@@ -294,7 +294,7 @@ def test_the_ceremony_fails_clearly_when_too_few_parties_stay() -> None:
     handlers["query_keygen_commit"] = as_flower(lambda node, msg: (  # three of five vanish after their hello
         None if node in NODES[2:] else threshold.keygen_commit(msg.content, CONFIG, devices.contexts[node])))
     with pytest.raises(KeyCeremonyFailed):
-        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5, SCALE)
+        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.client_record(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5, SCALE)
 
 
 def test_a_device_deals_its_secret_once_and_only_into_a_key_of_most_registered_clients() -> None:
@@ -306,7 +306,7 @@ def test_a_device_deals_its_secret_once_and_only_into_a_key_of_most_registered_c
     handlers["query_keygen_reveal"] = lambda node, msg: threshold.keygen_commit(captured[node].content, CONFIG,
                                                                                 devices.contexts[node])
     with pytest.raises(UpdateRejected, match="second one for the same secret"):
-        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.to_mapping(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5,
+        run_ceremony(FakeGrid(NODES, **handlers), CONFIG.client_record(), AllowList.load(KEYS.allowlist), DOMAIN, 0, 5,
                      SCALE)
     # a key of 2 of the 5 registered clients (a server shrinking the federation to an accomplice and a victim)
     request = captured[NODES[0]].content
@@ -329,7 +329,7 @@ def _decrypted(devices, server_round: int):
     leaves = [evil.leaf(n) for n in NODES[:3]]
     decryptors = tuple(sorted(str(n) for n in NODES[:3]))
     request = evil.request(leaves, decryptors)
-    config = RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round)})
+    config = RecordDict({CONFIG_KEY: round_settings(CONFIG.client_record(), server_round)})
     partials = []
     for d in decryptors:
         reply = threshold.decrypt_share(request.put(RecordDict(dict(config))), CONFIG, server_round,
@@ -344,7 +344,7 @@ def _decrypted(devices, server_round: int):
 def _cosign(devices, holder: int, server_round: int, request, partials, model: bytes, parent=None) -> str:
     from fedproof.core.protocol import COSIGN_KEY, CosignRequest
 
-    config = RecordDict({CONFIG_KEY: round_settings(CONFIG.to_mapping(), server_round)})
+    config = RecordDict({CONFIG_KEY: round_settings(CONFIG.client_record(), server_round)})
     content = CosignRequest(request, tuple(partials), parent or global_model(), model).put(config)
     reply = threshold.cosign_model(content, CONFIG, server_round, devices.contexts[holder], 3)
     report = ClientReport.from_reply(reply)

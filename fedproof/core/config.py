@@ -235,6 +235,10 @@ class RunConfig:
         changes = {types[key][0]: _coerce(key, value, types[key][1]) for key, value in mapping.items()}
         return dataclasses.replace(base or cls(), **changes)
 
+    def client_record(self, shared_machine: bool = True) -> dict[str, Scalar]:
+        """What this run's clients are sent with every message (:class:`ClientSettings`)."""
+        return ClientSettings.of(self, shared_machine).to_record()
+
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """Apply the non-None keyword overrides (field names), as the CLI passes them."""
         given = {_key(name): value for name, value in overrides.items() if value is not None}
@@ -314,3 +318,44 @@ def resolve(cli: Mapping[str, Any] | None = None, app_dir: Path | None = None,
     :func:`parse_overrides` reads them) > pyproject > defaults."""
     base = RunConfig.from_mapping({**pyproject_overrides(app_dir or Path.cwd()), **(settings or {})})
     return base.with_overrides(**(cli or {}))
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What a client is sent with every message: the settings a client acts on, and nothing else.
+
+    ``RunConfig`` is the user's intent for the whole run (47 settings, among them the server's paths, its ledger
+    operator and password file, its ports). A client needs its training (model, data split, batch, epochs, lr), its
+    privacy (DP settings, the rounds its budget is planned over), the aggregation (HE, the threshold, the floor of
+    contributors) and the domain it signs for. In a simulation, where every client shares the server's machine and
+    files, the key set, run directory and data directory travel too; to a device they never do (its own come from
+    its node config and kit). A record with a key outside this vocabulary is refused."""
+
+    values: Mapping[str, Scalar]
+
+    KEYS = ("run-id", "seed", "clients", "rounds", "model", "partition", "alpha", "classes-per-client",
+            "val-fraction", "local-epochs", "batch-size", "lr", "momentum", "dp", "target-epsilon", "delta",
+            "noise-multiplier", "max-grad-norm", "accountant", "grad-sample-mode", "he", "he-threshold",
+            "min-contributors", "ledger", "chain-id", "ledger-contract", "chain-genesis")
+    SHARED_MACHINE_KEYS = ("key-set", "run-dir", "data-dir")
+
+    @classmethod
+    def of(cls, config: RunConfig, shared_machine: bool) -> ClientSettings:
+        """The settings ``config`` gives its clients; with their paths only when they share this machine."""
+        mapping = config.to_mapping()
+        keys = cls.KEYS + (cls.SHARED_MACHINE_KEYS if shared_machine else ())
+        return cls({key: mapping[key] for key in keys})
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ClientSettings:
+        unknown = sorted(set(record) - set(cls.KEYS) - set(cls.SHARED_MACHINE_KEYS))
+        if unknown:
+            raise ConfigError(f"the server sent setting(s) a client does not take: {', '.join(unknown)}")
+        return cls(dict(record))
+
+    def to_record(self) -> dict[str, Scalar]:
+        return dict(self.values)
+
+    def run_config(self) -> RunConfig:
+        """The run as this client sees it (settings it was not sent keep their defaults, and it uses none)."""
+        return RunConfig.from_mapping(self.values)
