@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from fedproof.cli.report import privacy_table, rounds_table, show_table
+from fedproof.cli.output import privacy_table, rounds_table, show_table
 from fedproof.core.rundir import RoundMetrics
 
 ROWS = [RoundMetrics(round=r, accuracy=0.8 + r / 1000, loss=0.5123 - r / 1000, seconds=3.25 + r, train_clients=10,

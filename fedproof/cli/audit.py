@@ -13,14 +13,13 @@ from collections.abc import Mapping
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from fedproof.cli.output import console, fail
 from fedproof.base.errors import FedproofError
-from fedproof.cli.report import show_table
+from fedproof.cli.output import show_table
 from ledger.errors import LedgerError
 
-console = Console()
 audit_app = typer.Typer(help="Audit the on-chain lineage: models, clients, rounds.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The run's ledger records.", no_args_is_help=True)
 
@@ -86,11 +85,6 @@ def _bundle_dirs(given: list[Path] | None, near: Path | None = None) -> list[Pat
         dirs = [p / "ledger" for p in Path(near).resolve().parents if (p / "ledger").is_dir()][:1]
     dirs += [p for p in (Path.cwd() / "registry" / "bundles",) if p.is_dir()]
     return dirs + sorted(Path.cwd().glob("runs/*/ledger"))
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/] {exc}")
-    raise typer.Exit(code=2) from exc
 
 
 def _eps(scaled: int) -> str:
@@ -172,7 +166,7 @@ def audit_lineage(model: Annotated[str, typer.Argument(help="Model file or its S
         print_lineage(open_contract(ledger_url, contract, devnet_dir, pin=pin), model_hash(model),
                       _bundle_dirs(bundles, path), as_json)
     except (LedgerError, FedproofError) as exc:
-        _fail(exc)
+        raise fail(exc)
 
 
 @audit_app.command("client")
@@ -188,7 +182,7 @@ def audit_client(client_id: str, ledger_url: LedgerUrl = None, contract: Contrac
         found = client_contributions(ledger, client_id, _bundle_dirs(bundles))
         events = ledger.client_events(client_id_hash(client_id))
     except (LedgerError, FedproofError) as exc:
-        _fail(exc)
+        raise fail(exc)
     status = "never registered" if not events else ("revoked" if events[-1].kind == "revoked" else "registered")
     rows = [{"run": c.run_id, "round": c.round, "examples": c.num_examples, "epsilon": c.epsilon,
              "model_hash": c.model_hash.hex()} for c in found]
@@ -214,7 +208,7 @@ def audit_round(run_id: str, server_round: Annotated[int, typer.Argument(metavar
     try:
         event = round_record(open_contract(ledger_url, contract, devnet_dir, pin=pin), run_id, server_round)
     except (LedgerError, FedproofError) as exc:
-        _fail(exc)
+        raise fail(exc)
     row = {"run": run_id, "round": event.round, "model_hash": event.model_hash.hex(),
            "parent_model_hash": event.parent_model_hash.hex(), "updates_merkle_root": event.updates_merkle_root.hex(),
            "updates": event.num_updates, "epsilon_max": _eps(event.epsilon_max_scaled),
@@ -283,7 +277,7 @@ def ledger_flush(run: Annotated[Path, typer.Argument(help="A run directory (runs
         config = RunDirectory(run).config().to_mapping()
         left = Outbox(run / "ledger").flush(open_contract(ledger_url, contract, devnet_dir, config))
     except (LedgerError, FedproofError, OSError, KeyError, ValueError) as exc:
-        _fail(exc)
+        raise fail(exc)
     if left:
         console.print(f"[yellow]{left} record(s) still pending:[/] the ledger is unreachable")
         raise typer.Exit(code=1)

@@ -11,21 +11,15 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
+from fedproof.cli.output import console, fail
 from fedproof.cli.audit import ContractOpt, DevnetDir, LedgerUrl, open_contract
 from fedproof.base.errors import FedproofError
 from ledger.errors import LedgerError
 
-console = Console()
 edge_app = typer.Typer(help="On an edge device: pull a verified model, predict with onnxruntime.", no_args_is_help=True)
 DEFAULT_REGISTRY = Path("registry")
 DEFAULT_INSTALL = Path("~/.local/share/fedproof/edge")
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/] {exc}")
-    raise typer.Exit(code=2) from exc
 
 
 def _run_path(run: str, runs: Path) -> Path:
@@ -58,7 +52,7 @@ def deploy_command(
             chain, key = operator_ledger(operator, password_file, ledger_url, contract, devnet_dir)
             signed = rollback(registry, key, chain, bytes.fromhex(rollback_to))
         except (FedproofError, LedgerError, OSError, ValueError) as exc:
-            _fail(exc)
+            raise fail(exc)
         console.print(f"signed rollback statement to {rollback_to[:16]}… (sequence {signed.manifest.sequence})")
         return
     deployment = deploy_run(_run_path(run, runs), server_round, registry, max_drop, data_dir, not no_ledger,
@@ -160,7 +154,7 @@ def deploy_run(run_path: Path, server_round: int | None, registry: Path, max_dro
         dataset = load_dataset(data_dir or config.get("data-dir") or None)
         return deploy(run_path, dataset, registry, chain, server_round, DeploySettings(max_drop_pp=max_drop), key)
     except (FedproofError, LedgerError, OSError, KeyError, ValueError) as exc:
-        _fail(exc)
+        raise fail(exc)
 
 
 def print_deployment(d) -> None:
@@ -193,7 +187,7 @@ def edge_pull(
         pin = LedgerTrust.load(trust or Path(DEFAULT_DATA_DIR).expanduser() / "trust.json")
         installed = pull(ref, registry, install_dir.expanduser(), pin, connect(pin, rpc or ()))
     except (FedproofError, LedgerError) as exc:
-        _fail(exc)
+        raise fail(exc)
     console.print(f"installed {installed.artifact_sha256[:16]}… ({installed.version}, release {installed.sequence}, "
                   f"recorded in block {installed.block_number}) at {installed.path}")
 
@@ -216,7 +210,7 @@ def edge_predict(
         sess, installed = load(install_dir.expanduser())
         x = read_images(images)
     except FedproofError as exc:
-        _fail(exc)
+        raise fail(exc)
     labels = predict(sess, x)
     console.print(f"{len(labels)} predictions with model {installed.artifact_sha256[:16]}…: "
                   + " ".join(map(str, labels[:limit])) + (" …" if len(labels) > limit else ""))
@@ -224,7 +218,7 @@ def edge_predict(
         try:
             drift = drift_monitor(install_dir.expanduser(), x, labels, alpha)
         except FedproofError as exc:
-            _fail(exc)
+            raise fail(exc)
         verdict = ("[red]drift[/]" if drift.drift else "[green]no drift[/]")
         console.print(f"{verdict} over {drift.window} images (alpha {alpha:g}): KS p {drift.ks_p:.3g} "
                       f"(Bonferroni over features), MMD p {drift.mmd_p:.3g}, predicted classes p {drift.labels_p:.3g}")

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedproof.cli.output import console, fail
 from ledger.errors import LedgerError
 
 if TYPE_CHECKING:
@@ -31,18 +31,12 @@ devnet_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
 
 DataDirOption = Annotated[
     Path, typer.Option("--data-dir", help="Where the chain, pidfile, log and deployment record live.")
 ]
 PortOption = Annotated[Optional[int], typer.Option(
     "--port", help="JSON-RPC port on 127.0.0.1 (default: the directory's own; 8545 for the default directory).")]
-
-
-def _fail(exc: LedgerError) -> typer.Exit:
-    console.print(f"[red]error:[/] {escape(str(exc))}")
-    return typer.Exit(code=2)
 
 
 def _show(status: DevnetStatus, contract_address: str | None = None) -> None:
@@ -88,7 +82,7 @@ def start(
         if deploy:
             address = ensure_contract(LedgerContract.connect(devnet.url), devnet.data_dir).address
     except LedgerError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from None
     _show(status, address)
 
 
@@ -102,7 +96,7 @@ def stop(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = None) ->
         was_running = devnet.status().pid is not None
         devnet.stop()
     except LedgerError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from None
     console.print("stopped" if was_running else "not running")
 
 
@@ -120,5 +114,5 @@ def status(data_dir: DataDirOption = DEFAULT_DATA_DIR, port: PortOption = None) 
             contract = remembered_contract(devnet.data_dir, LedgerContract.connect(devnet.url))
             address = contract.address if contract else None
     except LedgerError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from None
     _show(current, address)

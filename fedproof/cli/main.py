@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedproof.cli.output import console
 from fedproof.core.config import PARTITIONS, parse_overrides, resolve
 from fedproof.base.errors import FedproofError
 from ledger.errors import LedgerError
@@ -32,7 +32,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
 
 
 @app.callback()
@@ -209,7 +208,7 @@ def _ledger_summary(result, lineage: bool = True) -> None:
         console.print(f"[yellow]could not read the lineage back:[/] {exc}")
 
 
-from fedproof.cli.report import privacy_table, rounds_table  # noqa: E402
+from fedproof.cli.output import privacy_table, rounds_table  # noqa: E402
 from fedproof.cli.audit import audit_app, ledger_app, open_contract, print_lineage  # noqa: E402
 from fedproof.cli.deploy import deploy_command, deploy_run, edge_app, print_deployment  # noqa: E402
 from fedproof.cli.server import client_app, provision_command, server_app  # noqa: E402

@@ -10,15 +10,14 @@ from typing import Annotated, Optional
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
+from fedproof.cli.output import console, fail
 from fedproof.cli.audit import ContractOpt, DevnetDir, LedgerUrl, audit_app, open_contract
 from fedproof.cli.deploy import DEFAULT_INSTALL, DEFAULT_REGISTRY, deployment_key, edge_app, operator_ledger
 from fedproof.base.errors import FedproofError
 from ledger.errors import LedgerError
 
-console = Console()
 release_app = typer.Typer(help="Staged releases of deployed artifacts: promote (canary), roll back, retire.",
                           no_args_is_help=True)
 
@@ -32,11 +31,6 @@ TrackingUri = Annotated[Optional[str], typer.Option(
 Channel = Annotated[str, typer.Option(help="Release channel: staging or production.")]
 TrustOpt = Annotated[Optional[Path], typer.Option(
     help="The pin (a kit's trust.json: chain, contract, operator key, RPC endpoints); default: the local devnet's.")]
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/] {exc}")
-    raise typer.Exit(code=2) from exc
 
 
 def _release(action_name: str, artifact: str, channel: str, canary: float, registry: Path, operator: Path | None,
@@ -54,7 +48,7 @@ def _release(action_name: str, artifact: str, channel: str, canary: float, regis
                        min(ALL, round(canary * 100)))
         stages = stage_of(chain, key.public_key)
     except (FedproofError, LedgerError, OSError, ValueError) as exc:
-        _fail(exc)
+        raise fail(exc)
     s = done.release.statement
     share = "" if s.canary_bp == ALL else f" to {s.canary_bp / 100:g}% of its devices"
     console.print(f"release {s.sequence}: {action_name} {artifact[:16]}… on {s.channel}{share}, signed and recorded "
@@ -135,7 +129,7 @@ def edge_follow(
             result = follow(channel, registry, install_dir.expanduser(), pin, connect(pin, rpc or ()), device_id)
         except (FedproofError, LedgerError) as exc:
             if not every:
-                _fail(exc)
+                raise fail(exc)
             console.print(f"[red]error:[/] {exc}")
         else:
             for reason in result.ignored:
@@ -216,4 +210,4 @@ def audit_releases(
                               contract or pin.contract_address, devnet_dir)
         print_releases(chain, pin.deployment_key, bytes.fromhex(artifact) if artifact else None, as_json)
     except (FedproofError, LedgerError, ValueError) as exc:
-        _fail(exc)
+        raise fail(exc)

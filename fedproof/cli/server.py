@@ -13,22 +13,16 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
+from fedproof.cli.output import console, fail
 from fedproof.base.errors import FedproofError
 from fedproof.base.files import write_atomically
 from fedproof.base.processes import free_port
 from ledger.errors import LedgerError
 
-console = Console()
 server_app = typer.Typer(help="The long-running server: Flower SuperLink with TLS and node authentication.",
                          no_args_is_help=True)
 Kit = Annotated[Path, typer.Option(help="The server's startup kit (from fedproof provision).")]
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/] {exc}")
-    raise typer.Exit(code=2) from exc
 
 
 def provision_command(
@@ -72,9 +66,9 @@ def provision_command(
                          identities=identities or None)
         OperatorKeys.create(kits.server / "operator", read_password(password_file))
     except PolicyError as exc:
-        _fail(exc)
+        raise fail(exc)
     except (FedproofError, OSError) as exc:
-        _fail(exc)
+        raise fail(exc)
     console.print(f"server kit: {kits.server}\nclient kits: {', '.join(str(p) for p in kits.clients.values())}\n"
                   "copy each client kit to its device; keep the server kit on the server")
 
@@ -122,7 +116,7 @@ def server_start(
     except (FedproofError, LedgerError, OSError) as exc:
         if devnet is not None:
             devnet.stop()
-        _fail(exc)
+        raise fail(exc)
     link = SuperLink(server, control=control_api_address)
     console.print(f"SuperLink running (pid {link.running_pid()}) on {':'.join(map(str, link.control))} (Control and "
                   f"Runtime APIs: operator only); clients reach the Fleet API at [bold]{server.address}[/] with: "
@@ -209,7 +203,7 @@ def server_run(
         started = time.monotonic()
         process = start_on_superlink(server, overrides, log)
     except (FedproofError, OSError, ValueError) as exc:
-        _fail(exc)
+        raise fail(exc)
     code = _watch(process, RunDirectory(path), int(str(overrides["rounds"])))
     _report(RunDirectory(path), log, code, time.monotonic() - started, overrides)
 
@@ -238,7 +232,7 @@ def _watch(process, run, rounds: int) -> int:
 
 def _report(run, log: Path, code: int, wall: float, overrides: dict) -> None:
     """The same summary as ``simulate``; exit 1, with the reason, when the run did not do what was asked."""
-    from fedproof.cli.report import privacy_table, rounds_table
+    from fedproof.cli.output import privacy_table, rounds_table
 
     summary = run.read().get("summary") if (run.path / "run.json").is_file() else None
     if code != 0 or summary is None:
@@ -305,7 +299,7 @@ def client_init_command(
     try:
         identity = client_init(out, client_id, force)
     except (FedproofError, OSError) as exc:
-        _fail(exc)
+        raise fail(exc)
     console.print(f"client {identity.client_id}: keys in {out} (keep them here); send {out / IDENTITY} to the "
                   f"operator (public: signing key {identity.signing_key.hex()[:16]}…, node key)")
 
@@ -352,7 +346,7 @@ def client_command(
     if ctx.invoked_subcommand is not None:
         return
     if kit is None:
-        _fail(FedproofError("give --kit (this client's startup kit), or run `fedproof client init` first"))
+        raise fail(FedproofError("give --kit (this client's startup kit), or run `fedproof client init` first"))
 
     if insecure:
         console.print("[yellow]warning: --insecure: no TLS and no node authentication (testing only).[/]")
@@ -375,7 +369,7 @@ def client_command(
                                     threads, identity)
         runner = app_runner_command(kit, port, os.getpid())
     except (FedproofError, OSError) as exc:
-        _fail(exc)
+        raise fail(exc)
     os.environ.update(FLOWER_ENV)
     import subprocess
 

@@ -1,5 +1,5 @@
-"""What the commands print: tables that fit (never a cut number), and the tables a run ends with, the same for
-``fedproof simulate`` and ``fedproof server run``.
+"""What the commands print, in one place: one console, one error handler, tables that fit (never a cut number),
+and the tables a run ends with, the same for ``fedproof simulate`` and ``fedproof server run``.
 
 A table on a terminal keeps its columns whole: columns are left out from the right, and said so, until the rest
 fits the terminal's width. Written to a file or a pipe (a log, CI), it is plain aligned text of every column, so
@@ -11,13 +11,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:  # fedproof.core.rundir imports torch: not for a command that only prints
     from fedproof.core.rundir import RoundMetrics
 
 console = Console()
+
+
+def fail(exc: Exception, code: int = 2) -> typer.Exit:
+    """Print a refusal as the user should read it (its message, no traceback) and end the command with ``code``:
+    every command's one error handler. Returns the exit so a caller can ``raise fail(exc) from exc``."""
+    console.print(f"[red]error:[/] {escape(str(exc))}")
+    return typer.Exit(code=code)
 
 
 def show_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], *, left: Sequence[int] = (0,),
