@@ -36,7 +36,7 @@ from fedproof.core.artifact import MAX_CALIBRATION_IMAGES, DerivationError, chec
 from fedproof.core.data import gunzip_bounded, parse_idx
 from fedproof.core.drift import DriftResult, ProfileError, ReferenceProfile, check_window
 from fedproof.base.errors import FedproofError
-from fedproof.base.files import write_atomically
+from fedproof.base.files import read_bounded, write_atomically
 from fedproof.core.inference import predict, session
 from ledger.audit import AuditFailure, verify_model
 from ledger.contract import LedgerContract
@@ -101,11 +101,7 @@ def _write_record(path: Path, record) -> None:
 
 
 def _read_limited(path: Path, limit: int, what: str) -> bytes:
-    if not path.is_file():
-        raise ArtifactRejected(f"no {what} at {path}")
-    if path.stat().st_size > limit:
-        raise ArtifactRejected(f"{path}: larger than any {what} ({limit} bytes)")
-    return path.read_bytes()
+    return read_bounded(path, limit, what, ArtifactRejected)
 
 
 def connect(trust: LedgerTrust, urls: Sequence[str] = ()) -> list[LedgerContract]:

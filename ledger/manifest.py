@@ -24,7 +24,6 @@ inputs against; signing its hash means nobody but the operator can make a device
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,9 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedproof.base.json_input import loads_bounded
 from ledger.errors import LedgerError
 from ledger.signing import SigningKey
-from ledger.signing import length_prefixed as _str
+from ledger.signing import manifest_bytes
 
-MANIFEST_TAG = b"fedproof/deployment/v2"
 MAX_MANIFEST_BYTES = 64 << 10
 HEX_FIELDS = ("genesis", "contract", "artifact_sha256", "source_model_sha256", "profile_sha256")
 VERSION = 2
@@ -89,13 +87,7 @@ class DeploymentManifest:
             raise ManifestError("a manifest's round, sequence (from 1) and expiry must be u64")
 
     def canonical_bytes(self) -> bytes:
-        return b"".join([
-            MANIFEST_TAG + b"\x00", struct.pack(">Q", self.chain_id), self.genesis, self.contract,
-            self.artifact_sha256, self.source_model_sha256, _str(self.run_id), struct.pack(">Q", self.round),
-            _str(self.version), struct.pack(">QQ", self.sequence, self.expires), _str(self.derivation.graph),
-            bytes([int(self.derivation.per_channel)]), self.derivation.calibration_sha256,
-            bytes([int(self.rollback)]), self.profile_sha256,
-        ])
+        return manifest_bytes(self)
 
 
 @dataclass(frozen=True)

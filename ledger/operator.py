@@ -21,19 +21,12 @@ from eth_account import Account
 from web3 import Web3
 from web3.middleware import SignAndSendRawMiddlewareBuilder
 
+from fedproof.base.files import write_atomically
 from ledger.errors import KeyFileError
 from ledger.manifest import DeploymentKey
 
 LEDGER_KEY, DEPLOY_KEY, DEPLOY_PUB = "ledger-key.json", "deploy-key.pem", "deploy-key.pub"
 _MAX_KEYSTORE = 16 << 10
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.touch(mode=0o600)
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 @dataclass(frozen=True)
@@ -68,10 +61,11 @@ class OperatorKeys:
         if len(password) < 8:
             raise KeyFileError("the operator password must be at least 8 characters")
         account = Account.create()
-        _write_private(keys.ledger_key, json.dumps(Account.encrypt(account.key, password.decode())).encode())
+        write_atomically(keys.ledger_key, json.dumps(Account.encrypt(account.key, password.decode())).encode(),
+                         private=True)
         deploy = DeploymentKey.generate()
-        _write_private(keys.deploy_key, deploy.to_pem(password))
-        _write_private(keys.directory / DEPLOY_PUB, (deploy.public_key.hex() + "\n").encode())
+        write_atomically(keys.deploy_key, deploy.to_pem(password), private=True)
+        write_atomically(keys.directory / DEPLOY_PUB, (deploy.public_key.hex() + "\n").encode(), private=True)
         return keys
 
     def ledger_account(self, password: bytes):

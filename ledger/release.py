@@ -25,7 +25,6 @@ truth for them; anything that mirrors them (MLflow's registry aliases) is a view
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -34,9 +33,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ledger.errors import LedgerError
-from ledger.signing import length_prefixed
+from ledger.signing import release_bytes
 
-RELEASE_TAG = b"fedproof/release/v1"
 CANARY_TAG = b"fedproof/canary/v1\x00"
 ALL = 10_000
 """Basis points of a channel's devices that run a promoted artifact: 10,000 is every one."""
@@ -88,11 +86,7 @@ class ReleaseStatement:
             raise ReleaseError("a release names a deployed artifact, other than the one it replaces")
 
     def canonical_bytes(self) -> bytes:
-        return b"".join([
-            RELEASE_TAG + b"\x00", struct.pack(">Q", self.chain_id), self.genesis, self.contract,
-            struct.pack(">QB", self.sequence, int(self.action)), length_prefixed(self.channel), self.artifact,
-            self.previous, struct.pack(">H", self.canary_bp),
-        ])
+        return release_bytes(self)
 
 
 @dataclass(frozen=True)

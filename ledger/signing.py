@@ -50,6 +50,10 @@ KEY_TAG = b"fedproof/key/v1"
 """A key holder's signature of the run's key statement (:func:`key_statement_chunks`): the joint key it computed
 itself, its threshold, its holders and the weight scale every encryption and co-signature of the run uses."""
 REVEAL_TAG = b"fedproof/reveal/v1"
+MANIFEST_TAG = b"fedproof/deployment/v2"
+"""An operator's deployment manifest (:mod:`ledger.manifest`); its layout is :func:`manifest_bytes`."""
+RELEASE_TAG = b"fedproof/release/v1"
+"""An operator's release statement (:mod:`ledger.release`); its layout is :func:`release_bytes`."""
 """A contributor's signature, as it reveals its ciphertexts, over the round's frozen set of signed commitments
 (the Merkle root of the round's leaves): it reveals once per round, to that set only."""
 ZERO_HASH = bytes(32)
@@ -238,3 +242,27 @@ def verify_signature(public_key: bytes, fields: SignedFields, signature: bytes) 
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, fields.canonical_bytes())
     except InvalidSignature as exc:
         raise BadSignature(f"client {fields.client_id}: signature does not match the update") from exc
+
+
+# ------------------------------------------------------------------ the operator's statements (their layouts live here)
+
+
+def manifest_bytes(m) -> bytes:
+    """What the operator signs in a deployment manifest (``ledger.manifest.DeploymentManifest``): fixed layout,
+    integers big-endian, strings with a u16 length."""
+    return b"".join([
+        MANIFEST_TAG + b"\x00", struct.pack(">Q", m.chain_id), m.genesis, m.contract, m.artifact_sha256,
+        m.source_model_sha256, length_prefixed(m.run_id), struct.pack(">Q", m.round), length_prefixed(m.version),
+        struct.pack(">QQ", m.sequence, m.expires), length_prefixed(m.derivation.graph),
+        bytes([int(m.derivation.per_channel)]), m.derivation.calibration_sha256, bytes([int(m.rollback)]),
+        m.profile_sha256,
+    ])
+
+
+def release_bytes(r) -> bytes:
+    """What the operator signs in a release statement (``ledger.release.ReleaseStatement``)."""
+    return b"".join([
+        RELEASE_TAG + b"\x00", struct.pack(">Q", r.chain_id), r.genesis, r.contract,
+        struct.pack(">QB", r.sequence, int(r.action)), length_prefixed(r.channel), r.artifact, r.previous,
+        struct.pack(">H", r.canary_bp),
+    ])

@@ -38,6 +38,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fedproof.base.errors import FedproofError
+from fedproof.base.files import read_bounded
 
 GRAPHS = Path(__file__).resolve().parent / "graphs"
 LEARNED = "fedproof.learned"
@@ -71,9 +72,7 @@ def canonical_graph(name: str) -> bytes:
     if not path.is_file():
         raise DerivationError(f"no canonical graph {name!r} in {GRAPHS}: this fedproof cannot derive artifacts of "
                               "that model (generate it with `python -m fl_server.deploy graphs`)")
-    if path.stat().st_size > MAX_GRAPH_BYTES:
-        raise DerivationError(f"{path} is larger than any canonical graph")
-    return path.read_bytes()
+    return read_bounded(path, MAX_GRAPH_BYTES, "canonical graph", DerivationError)
 
 
 def fill(graph: bytes, weights: dict[str, np.ndarray]) -> bytes:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedproof.base.files import write_atomically
 from fedproof.core.model import ExtractorHead
 
 #: Fashion-MNIST pixel mean and standard deviation (on [0, 1]), used to standardise inputs.
@@ -66,10 +67,9 @@ def _compute(extractor: nn.Module, images: np.ndarray, key: bytes) -> torch.Tens
     out = torch.cat([extractor(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)])
     try:
         directory = feature_cache_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
-            np.save(tmp, out.numpy(), allow_pickle=False)
-        os.replace(tmp.name, directory / f"{key.hex()}.npy")  # atomic: a concurrent reader sees all or nothing
+        buffer = io.BytesIO()
+        np.save(buffer, out.numpy(), allow_pickle=False)
+        write_atomically(directory / f"{key.hex()}.npy", buffer.getvalue())  # a concurrent reader sees all or nothing
         _trim(directory)
     except OSError:  # a read-only or full disk only costs the recomputation next time
         pass
