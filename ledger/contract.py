@@ -17,21 +17,16 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
-import ast
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import requests
-from eth_abi import decode as abi_decode
-from eth_abi.exceptions import DecodingError
 from hexbytes import HexBytes
-from web3 import HTTPProvider, Web3
-from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
+from web3 import Web3
+from web3.exceptions import Web3RPCError
 
-from ledger import errors
+from ledger import chain, errors
 from ledger.artifact import Artifact, load_artifact
 from ledger.key_statement import KeyStatementError, SignedKeyStatement
 from ledger.release import ReleaseStatement, SignedRelease
@@ -50,26 +45,8 @@ KEY_BASE_GAS = 60_000  # measured ~41 k for a 5-holder statement (tests/test_key
 KEY_GAS_PER_BYTE = 40  # calldata (16/byte) + memory + event data (8/byte), rounded up
 DEPLOYMENT_GAS_PER_TARGET_BYTE = 100  # calldata (16/byte) + memory + event data (8/byte), rounded far up
 MAX_TARGET_BYTES = 1024
-RECEIPT_TIMEOUT = 30.0
-POLL_LATENCY = 0.005  # anvil answers ~18 ms after a send; web3's default 0.1 s poll would cap us at ~8 tx/s
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
-
-_NODE_DOWN = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)
-_HINT = "run `fedproof devnet start`, or pass --ledger-url with the address of a running node"
-
-
-def _tester_errors() -> tuple[type[BaseException], ...]:
-    """eth-tester's revert exception (not a web3 exception), when eth-tester is installed (tests only)."""
-    try:
-        from eth_tester.exceptions import TransactionFailed
-    except ImportError:  # production installs have no eth-tester
-        return ()
-    return (TransactionFailed,)
-
-
-_REVERTS: tuple[type[BaseException], ...] = (ContractLogicError, *_tester_errors())
-
 
 # --------------------------------------------------------------------------------------------- values
 
@@ -223,101 +200,6 @@ def _parse_key(key_id: bytes, statement: bytes, signatures: bytes) -> tuple[Sign
     return signed, ""
 
 
-# --------------------------------------------------------------------------------------------- reverts
-
-
-def _revert_data(exc: BaseException) -> bytes | None:
-    """The raw revert data carried by either backend's exception, if any."""
-    data = getattr(exc, "data", None)
-    if isinstance(data, (bytes, bytearray)):
-        return bytes(data)
-    if isinstance(data, str) and data.startswith("0x"):
-        try:
-            return bytes.fromhex(data[2:])
-        except ValueError:
-            pass
-    # eth-tester: TransactionFailed("execution reverted: b'\xe5z...'"), the repr of the revert bytes.
-    text = str(exc.args[0]) if exc.args else ""
-    match = re.fullmatch(r"execution reverted: (b(['\"]).*\2)", text, flags=re.S)
-    if match:
-        try:
-            value = ast.literal_eval(match.group(1))
-        except (ValueError, SyntaxError):
-            return None
-        if isinstance(value, bytes):
-            return value
-    return None
-
-
-@dataclass(frozen=True)
-class _ErrorSpec:
-    name: str
-    names: tuple[str, ...]
-    types: tuple[str, ...]
-
-
-def _error_specs(abi: tuple[dict[str, Any], ...]) -> dict[bytes, _ErrorSpec]:
-    """4-byte selector -> custom error, from the ABI (so a renamed or added error cannot drift out of sync)."""
-    specs = {}
-    for entry in abi:
-        if entry.get("type") != "error":
-            continue
-        types = tuple(str(arg["type"]) for arg in entry.get("inputs", []))
-        selector = Web3.keccak(text=f"{entry['name']}({','.join(types)})")[:4]
-        specs[bytes(selector)] = _ErrorSpec(
-            entry["name"], tuple(str(arg["name"]) for arg in entry.get("inputs", [])), types
-        )
-    return specs
-
-
-_ERROR_CLASSES: dict[str, type[errors.ContractRevert]] = {
-    cls.error: cls
-    for cls in (
-        errors.NotOwner,
-        errors.ClientAlreadyRegistered,
-        errors.UnknownClientOnChain,
-        errors.RoundOutOfOrder,
-        errors.ParentMismatch,
-        errors.UnknownModelOnChain,
-        errors.ZeroHashRejected,
-        errors.RunNotStarted,
-        errors.RunAlreadyStarted,
-        errors.BadKeyStatementOnChain,
-    )
-}
-
-
-def _revert_message(name: str, args: dict[str, Any], sender: str, address: str) -> str:
-    h = {k: _hex(v) if isinstance(v, bytes) else v for k, v in args.items()}
-    if name == "NotOwner":
-        return f"account {sender} is not the owner of the ledger contract {address}; only the deployer may write"
-    if name == "AlreadyRegistered":
-        return f"client {h['clientId']} is already registered on chain (a key is set once, even after revocation)"
-    if name == "UnknownClient":
-        return f"client {h['clientId']} was never registered on chain"
-    if name == "RoundOutOfOrder":
-        what = "already recorded" if args["got"] < args["expected"] else "out of order"
-        return f"run {h['runId']}: round {args['got']} is {what}; the ledger expects round {args['expected']} next"
-    if name == "ParentMismatch":
-        return (
-            f"parent model hash {h['got']} is not the model hash recorded for the previous round ({h['expected']})"
-        )
-    if name == "UnknownModel":
-        return f"model {h['modelHash']} is not the model recorded for that run and round"
-    if name == "ZeroHash":
-        return "a hash of 32 zero bytes was given as a public key or model hash (zero means absent on chain)"
-    if name == "BadKeyStatement":
-        return "not a key statement the ledger takes (an empty statement, or signatures not 64 bytes each)"
-    if name == "ReleaseOutOfOrder":
-        return (f"release sequence {args['got']} is not the next one ({args['expected']}): a replayed or "
-                "out-of-order statement")
-    if name == "UnknownArtifact":
-        return f"artifact {h['artifactHash']} was never recorded as a deployment: only deployed artifacts are released"
-    if name == "BadRelease":
-        return "not a release statement the ledger takes (action, channel, canary share or signature length)"
-    return f"contract error {name}({', '.join(f'{k}={v}' for k, v in h.items())})"
-
-
 # --------------------------------------------------------------------------------------------- the wrapper
 
 
@@ -331,20 +213,20 @@ class LedgerContract:
         self.w3 = w3
         self.artifact = artifact or load_artifact()
         self.address: str = Web3.to_checksum_address(address)
-        self._url = _endpoint(w3)
+        self._url = chain.endpoint(w3)
         with self._node():
             self.chain_id: int = int(w3.eth.chain_id)
             self.genesis: bytes = bytes(w3.eth.get_block(0)["hash"])
         self._sender = Web3.to_checksum_address(sender) if sender else None
         self._contract = w3.eth.contract(address=self.address, abi=self.artifact.abi_list)
-        self._errors = _error_specs(self.artifact.abi)
+        self._errors = chain.error_specs(self.artifact.abi)
         self.deploy_receipt: Receipt | None = None
 
     @property
     def sender(self) -> str:
         if self._sender is None:
             with self._node():
-                self._sender = Web3.to_checksum_address(_first_account(self.w3, self._url))
+                self._sender = Web3.to_checksum_address(chain.first_account(self.w3, self._url))
         return self._sender
 
     @property
@@ -361,11 +243,11 @@ class LedgerContract:
     def deploy(cls, w3: Web3, *, sender: str | None = None) -> LedgerContract:
         """Deploy the committed artifact; the sender becomes the contract's owner."""
         artifact = load_artifact()
-        url = _endpoint(w3)
-        with _node_errors(url):
-            account = Web3.to_checksum_address(sender or _first_account(w3, url))
+        url = chain.endpoint(w3)
+        with chain.node_errors(url):
+            account = Web3.to_checksum_address(sender or chain.first_account(w3, url))
             tx_hash = w3.eth.send_transaction({"from": account, "data": artifact.bytecode, "gas": DEPLOY_GAS})
-            receipt = _wait(w3, tx_hash)
+            receipt = chain.wait(w3, tx_hash)
         if receipt["status"] != 1 or not receipt.get("contractAddress"):
             raise errors.LedgerTxFailed(
                 f"deploying FedproofLedger failed in transaction {_hex(receipt['transactionHash'])} "
@@ -397,30 +279,8 @@ class LedgerContract:
             )
         return contract
 
-    @staticmethod
-    def connect(url: str, timeout: float = 5.0) -> Web3:
-        """A Web3 on an HTTP JSON-RPC node, checked to answer now (so a missing devnet fails here, clearly)."""
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise errors.LedgerValueError(f"ledger URL must start with http:// or https://, got {url!r}")
-        # No retries: a local node that refuses a connection is down, and retrying only delays saying so.
-        provider = HTTPProvider(url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None)
-        w3 = Web3(provider)
-        try:
-            w3.eth.chain_id
-        except _NODE_DOWN as exc:
-            raise errors.LedgerUnavailable(f"no Ethereum node answers at {url} ({_reason(exc)}); {_HINT}") from exc
-        except (Web3RPCError, ValueError, requests.exceptions.RequestException) as exc:  # answers, but not JSON-RPC
-            raise errors.LedgerUnavailable(
-                f"{url} answers but not as an Ethereum JSON-RPC node ({exc}); {_HINT}"
-            ) from exc
-        return w3
-
-    @staticmethod
-    def in_memory() -> Web3:
-        """An in-process eth-tester chain (py-evm), for tests: fast, but it cannot persist to disk."""
-        from web3 import EthereumTesterProvider
-
-        return Web3(EthereumTesterProvider())
+    connect = staticmethod(chain.connect)
+    in_memory = staticmethod(chain.in_memory)
 
     # ----------------------------------------------------------------------------- writes
 
@@ -662,7 +522,7 @@ class LedgerContract:
 
     @contextmanager
     def _node(self) -> Iterator[None]:
-        with _node_errors(self._url):
+        with chain.node_errors(self._url):
             yield
 
     def _view(self, fn: str, *args: Any) -> Any:
@@ -696,7 +556,7 @@ class LedgerContract:
         self._preflight(fn, tx, "latest")
         with self._node():
             tx_hash = self.w3.eth.send_transaction(tx)  # type: ignore[arg-type]
-            receipt = _wait(self.w3, tx_hash)
+            receipt = chain.wait(self.w3, tx_hash)
         if receipt["status"] == 1:
             return _receipt(receipt)
         where = f"transaction {_hex(receipt['transactionHash'])} in block {receipt['blockNumber']}"
@@ -711,66 +571,13 @@ class LedgerContract:
         try:
             with self._node():
                 self.w3.eth.call(tx, block)  # type: ignore[arg-type]
-        except _REVERTS as exc:
+        except chain.REVERTS as exc:
             raise self._decode_revert(fn, exc, suffix) from exc
         except Web3RPCError as exc:
             raise errors.LedgerTxFailed(f"the node refused {fn}: {exc}{suffix}") from exc
 
     def _decode_revert(self, fn: str, exc: BaseException, suffix: str) -> errors.LedgerTxFailed:
-        data = _revert_data(exc)
-        spec = self._errors.get(data[:4]) if data and len(data) >= 4 else None
-        if spec is None:
-            return errors.LedgerTxFailed(f"{fn} reverted: {exc}{suffix}")
-        try:
-            values = abi_decode(list(spec.types), data[4:]) if spec.types else ()  # type: ignore[index]
-        except DecodingError:
-            return errors.LedgerTxFailed(f"{fn} reverted with malformed {spec.name} data{suffix}")
-        arguments = dict(zip(spec.names, values))
-        cls = _ERROR_CLASSES.get(spec.name, errors.ContractRevert)
-        return cls(_revert_message(spec.name, arguments, self.sender, self.address) + suffix, arguments)
-
-
-def _endpoint(w3: Web3) -> str:
-    return str(getattr(w3.provider, "endpoint_uri", None) or type(w3.provider).__name__)
-
-
-def _first_account(w3: Web3, url: str) -> str:
-    """The node's first unlocked account: anvil's (or eth-tester's) dev account 0 deploys and writes."""
-    accounts = w3.eth.accounts
-    if not accounts:
-        raise errors.LedgerUnavailable(
-            f"the node at {url} has no unlocked account to send ledger transactions from; use the local devnet "
-            "(`fedproof devnet start`)"
-        )
-    return str(accounts[0])
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    if "Connection refused" in text:
-        return "connection refused"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "timed out"
-    return type(exc).__name__
-
-
-@contextmanager
-def _node_errors(url: str) -> Iterator[None]:
-    try:
-        yield
-    except _NODE_DOWN as exc:
-        raise errors.LedgerUnavailable(
-            f"the Ethereum node at {url} does not answer ({_reason(exc)}); {_HINT}"
-        ) from exc
-
-
-def _wait(w3: Web3, tx_hash: bytes) -> Any:
-    try:
-        return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT, poll_latency=POLL_LATENCY)
-    except TimeExhausted as exc:
-        raise errors.LedgerTxFailed(
-            f"transaction {_hex(tx_hash)} was not mined within {RECEIPT_TIMEOUT:.0f} s (is the node mining?)"
-        ) from exc
+        return chain.decode_revert(self._errors, fn, exc, suffix, self.sender, self.address)
 
 
 def _receipt(receipt: Any) -> Receipt:

@@ -42,7 +42,8 @@ from fedproof.base.files import write_atomically
 from fedproof.base.processes import Process, alive, free_port, stop_pid
 from ledger import errors
 from ledger.artifact import load_artifact
-from ledger.contract import LedgerContract, _node_errors
+from ledger.chain import node_errors
+from ledger.contract import LedgerContract
 from ledger.defaults import DEFAULT_DATA_DIR  # noqa: F401 - the devnet's default home, re-exported
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -321,7 +322,7 @@ def ensure_contract(w3: Web3, data_dir: Path, sender: str | None = None) -> Ledg
 
 
 def _node(w3: Web3):  # noqa: ANN202 - a context manager: a node that is down -> LedgerUnavailable
-    return _node_errors(str(getattr(w3.provider, "endpoint_uri", None) or "the ledger node"))
+    return node_errors(str(getattr(w3.provider, "endpoint_uri", None) or "the ledger node"))
 
 
 def _accepts_connections(port: int) -> bool:
