@@ -6,7 +6,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from fedproof.launch.deployment import ServerKit, SuperLink, control_address
+from fedproof.launch.nodes import ServerKit, SuperLink, control_address
 from fedproof.base.errors import ConfigError
 from fl_server.fleet_gateway import create_app
 

@@ -71,7 +71,7 @@ def test_kits_hold_only_what_each_party_may_hold(tmp_path: Path) -> None:
 
 
 def test_declared_weights_are_registered_and_carried_by_each_device(tmp_path: Path) -> None:
-    from fedproof.launch.deployment import supernode_command
+    from fedproof.launch.nodes import supernode_command
     from ledger.verification import AllowList
 
     kits = provision(tmp_path / "kits", 2, "127.0.0.1", declared_examples=6000, apps=[APP])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedproof.cli.server import operator_account
-from fedproof.launch.deployment import ServerKit
+from fedproof.launch.nodes import ServerKit
 from fedproof.base.errors import FedproofError
 from fedproof.launch.provision import provision
 from ledger.operator import OperatorKeys

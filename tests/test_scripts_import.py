@@ -33,4 +33,4 @@ def test_module_level_imports_resolve(script: Path, monkeypatch: pytest.MonkeyPa
 
 def test_the_check_fails_on_a_name_that_is_gone() -> None:
     with pytest.raises(ImportError):
-        check_imports("from fedproof.launch.deployment import free_port\n")
+        check_imports("from fedproof.launch.nodes import free_port\n")

@@ -92,7 +92,7 @@ def server_start(
              "the kit's state).")] = None,
 ) -> None:
     """Start the SuperLink (TLS + SuperNode authentication) and the devnet; print the address clients use."""
-    from fedproof.launch.deployment import ServerKit, SuperLink
+    from fedproof.launch.nodes import ServerKit, SuperLink
 
     if insecure:
         console.print("[yellow]warning: --insecure: no TLS and no node authentication; anyone can join and read "
@@ -182,7 +182,7 @@ def server_run(
     recorded, the summary when it ends. Exits 1 when the run stops early, fails or has nothing to do."""
     from fedproof.core.config import parse_overrides
     from fedproof.core.rundir import RunDirectory, new_run_id
-    from fedproof.launch.deployment import ServerKit, start_on_superlink
+    from fedproof.launch.nodes import ServerKit, start_on_superlink
 
     try:
         server = ServerKit.load(kit)
@@ -258,7 +258,7 @@ def server_status(kit: Kit = Path("kits/server")) -> None:
     """Whether the SuperLink runs, and the SuperNodes it knows."""
     import subprocess
 
-    from fedproof.launch.deployment import CONNECTION, FLOWER_ENV, ServerKit, SuperLink, _bin
+    from fedproof.launch.nodes import CONNECTION, FLOWER_ENV, ServerKit, SuperLink, _bin
 
     server = ServerKit.load(kit)
     pid = SuperLink(server).running_pid()
@@ -272,7 +272,7 @@ def server_status(kit: Kit = Path("kits/server")) -> None:
 @server_app.command("stop")
 def server_stop(kit: Kit = Path("kits/server")) -> None:
     """Stop the SuperLink and the devnet this kit started."""
-    from fedproof.launch.deployment import ServerKit, SuperLink
+    from fedproof.launch.nodes import ServerKit, SuperLink
 
     server = ServerKit.load(kit)
     SuperLink(server).stop()
@@ -340,7 +340,7 @@ def client_command(
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node key (testing only).")] = False,
 ) -> None:
     """Run this device's SuperNode (in the foreground): it trains with its own data, keys and HE key share."""
-    from fedproof.launch.deployment import FLOWER_ENV, ROOT, app_runner_command, supernode_command
+    from fedproof.launch.nodes import FLOWER_ENV, ROOT, app_runner_command, supernode_command
     from fedproof.launch.provision import read_kit
 
     if ctx.invoked_subcommand is not None:

@@ -1,4 +1,4 @@
-"""Flower's deployment engine from startup kits: a SuperLink with TLS and node authentication, SuperNodes, runs.
+"""Flower's deployment engine from startup kits (the nodes of a federation: SuperLink, Fleet gateway, SuperNodes, runs).
 
 Processes are Flower's own (``flower-superlink``, ``flower-supernode``, ``flwr run``); this module only builds
 their command lines from a kit, starts them detached with a pidfile and a log, waits on readiness (the port
