@@ -30,6 +30,7 @@ from fedproof.core.protocol import (
 )
 from fedproof.core.task import evaluate
 from fedproof.core.weights import hash_model
+from fl_client.device import Device
 from fl_client.policy import client_policy
 from fl_client.signing import client_id, device_paths, sign_update
 from fl_client import threshold
@@ -62,17 +63,15 @@ def _settings(msg: Message, context: Context) -> tuple[RunConfig, int]:
 
 def _job(msg: Message, context: Context) -> _Job:
     config, server_round = _settings(msg, context)
-    threads = int(context.node_config.get("threads", 0))  # type: ignore[call-overload]
-    if threads > 0:  # a device sharing its CPUs (or several SuperNodes on one host) caps torch's threads
-        torch.set_num_threads(threads)
-    try:
-        partition_id = int(context.node_config["partition-id"])  # type: ignore[call-overload]
-        num_partitions = int(context.node_config["num-partitions"])  # type: ignore[call-overload]
-    except KeyError as exc:
-        raise ConfigError(f"node config lacks {exc}: start the SuperNode with --node-config "
-                          "'partition-id=<i> num-partitions=<n>'") from exc
-    if context.node_config.get("data-dir"):  # a device's own copy of the data, wherever it keeps it
-        config = config.with_overrides(data_dir=str(context.node_config["data-dir"]))
+    device = Device.of(context)
+    if device.threads > 0:  # a device sharing its CPUs (or several SuperNodes on one host) caps torch's threads
+        torch.set_num_threads(device.threads)
+    partition_id, num_partitions = device.partition_id, device.num_partitions
+    if partition_id is None or num_partitions is None:
+        raise ConfigError("node config lacks partition-id or num-partitions: start the SuperNode with "
+                          "--node-config 'partition-id=<i> num-partitions=<n>'")
+    if device.data_dir:  # a device's own copy of the data, wherever it keeps it
+        config = config.with_overrides(data_dir=device.data_dir)
     data = load_client_data(config, partition_id, num_partitions)
     model = make_model(config.model, data.num_classes)
     global_arrays = msg.content["arrays"]
@@ -107,7 +106,7 @@ def train(msg: Message, context: Context) -> Message:
     # the weight this client's update carries: its registered, declared dataset size on a device (its privacy is
     # accounted from it too, so the signed epsilon does not tell the true size); its exact count in a simulation
     # (where the server registered the partition sizes)
-    declared = int(context.node_config.get("declared-examples", 0)) or None  # type: ignore[arg-type]
+    declared = Device.of(context).declared_examples
     outcome = train_round(
         job.model, job.data.train_x, job.data.train_y, job.config, state, job.server_round, seed, policy, declared,
     )

@@ -9,19 +9,19 @@ clients (no ``client-id`` in their node config) take the run's own settings as t
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from flwr.app import Context
 
 from fedproof.core.config import RunConfig
+from fl_client.device import Device
 from privacy.policy import PrivacyPolicy
 
 
 def client_policy(config: RunConfig, context: Context) -> PrivacyPolicy:
-    path = context.node_config.get("privacy-policy")
-    if path:
-        return PrivacyPolicy.load(Path(str(path)).expanduser())
-    if "client-id" in context.node_config:  # a device with no policy file: the strictest defaults
+    device = Device.of(context)
+    if device.policy is not None:
+        return PrivacyPolicy.load(device.policy)
+    if device.on_device:  # a device with no policy file: the strictest defaults
         return PrivacyPolicy()
     return run_policy(config)
 
@@ -37,4 +37,4 @@ def federation_size(config: RunConfig, context: Context, registered: int) -> int
     """How many clients a threshold key should be held by a majority of: a device counts the clients registered on
     its own allow-list; a simulated client (the operator's) counts the run's clients, since a simulation's key set
     is reused by later runs with other numbers of clients."""
-    return registered if "client-id" in context.node_config else config.clients
+    return registered if Device.of(context).on_device else config.clients

@@ -16,32 +16,33 @@ from fedproof.core.config import RunConfig
 from fedproof.base.errors import ConfigError
 from fedproof.core.keys import KeySet
 from fedproof.core.protocol import SignedEnvelope, payload_chunks
+from fl_client.device import Device
 from ledger.signing import NO_DP, UPDATE_TAG, SignedFields, SigningKey, payload_digest, scale_epsilon
 from ledger.trust import LedgerTrust
 from ledger.verification import AllowList, Domain
 
 
 def client_id(context: Context) -> str:
-    given = context.node_config.get("client-id")
-    return str(given) if given is not None else str(context.node_config.get("partition-id", ""))
+    return Device.of(context).client_id
 
 
 def on_device(context: Context) -> bool:
     """A device (a SuperNode started from a kit, which names its client id) rather than a simulated client."""
-    return "client-id" in context.node_config
+    return Device.of(context).on_device
 
 
 def device_paths(config: RunConfig, context: Context) -> RunConfig:
     """A device reads no path the server names: its data, keys, allow-list and state come from its node config
     (``data-dir``, ``signing-key``, ``allow-list``, ``state-dir``: the kit), whatever the run's settings say. A
     simulated client (the operator's own) takes the run's."""
-    if not on_device(context):
+    device = Device.of(context)
+    if not device.on_device:
         return config
-    return config.with_overrides(data_dir=str(context.node_config.get("data-dir", "")), key_set="")
+    return config.with_overrides(data_dir=device.data_dir, key_set="")
 
 
 def signing_key(config: RunConfig, context: Context) -> SigningKey:
-    path = context.node_config.get("signing-key")
+    path = Device.of(context).signing_key
     if not path:
         if not config.key_set:
             raise ConfigError("this client has no signing key: start the SuperNode with --node-config "
@@ -84,7 +85,7 @@ def sign_statement(content: RecordDict, chunks: list[bytes], tag: bytes, step: i
 def allow_list(config: RunConfig, context: Context) -> AllowList:
     """The federation's registered clients and their public keys, from the device's own copy: the SuperNode's
     node config ``allow-list`` (a deployment's kit) or ``<key-set>/allowlist.json`` (a simulation)."""
-    path = context.node_config.get("allow-list")
+    path = Device.of(context).allow_list
     if not path:
         if not config.key_set:
             raise ConfigError("this client has no allow-list to check its peers: start the SuperNode with "
@@ -98,7 +99,7 @@ def domain(config: RunConfig, context: Context) -> Domain:
     ones the device pins (node config ``ledger-trust``: the kit's ``trust.json``); a device without a pin signs
     only for runs without a ledger. A simulated client (the operator's) takes the run's."""
     where = config.domain()
-    path = context.node_config.get("ledger-trust")
+    path = Device.of(context).pin
     if not path and on_device(context) and (where.chain_id or any(where.contract)):
         raise ConfigError(f"the run records on chain {where.chain_id} (contract 0x{where.contract.hex()}) and this "
                           "device pins no ledger: it signs nothing for a ledger run without its kit's trust.json "

@@ -22,6 +22,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, MetricRecord
 
 from fedproof.base.files import write_atomically
+from fl_client.device import Device
 from privacy.dp import PrivacySpend
 
 STATE_KEY, RUN_KEY = "fedproof.client", "fedproof.client.run"
@@ -103,8 +104,8 @@ def state_file(context: Context, run_dir: str, client_id: str, dataset: str) -> 
     """Where this client keeps its state on disk (see the module docstring)."""
     if not client_id or "/" in client_id or client_id in (".", ".."):
         return None
-    base = context.node_config.get("state-dir")
-    if not base and "client-id" in context.node_config:  # a device keeps its history where it chose, never at
-        base = DEVICE_STATE_DIR  # a path the server's settings name
-    directory = Path(str(base)).expanduser() if base else Path(run_dir).expanduser() / "client-state"
+    device = Device.of(context)
+    base = device.state_dir or (Path(DEVICE_STATE_DIR).expanduser() if device.on_device else None)
+    # a device keeps its history where it chose, never at a path the server's settings name
+    directory = base if base is not None else Path(run_dir).expanduser() / "client-state"
     return directory / f"{client_id}-{dataset[:16] or 'data'}.json"
