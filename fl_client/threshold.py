@@ -29,7 +29,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedproof.core.config import RunConfig
-from fedproof.base.errors import UpdateRejected
+from fedproof.base.errors import FedproofError, Reason, UpdateRejected
 from fedproof.core.protocol import (
     CEREMONY_KEY,
     CIPHERTEXTS_KEY,
@@ -113,10 +113,13 @@ MAX_WEIGHT_SCALE = 2**40
 """Largest weight scale W a device signs: sums of up to a trillion examples (W only divides what is encrypted)."""
 
 
-class DecryptionRefused(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
+class DecryptionRefused(FedproofError):
+    """A key holder refuses a decryption or co-signing request: the check it failed is its ``reason``."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+        self.code = reason.value
 
 
 def _config(record: ConfigRecord, key: str, kind: type):
@@ -381,19 +384,19 @@ def _reveal_update(content: RecordDict, config: RunConfig, server_round: int, co
     upload, packed = context.state.config_records.get(UPLOAD_STATE), context.state.array_records.get(
         UPLOAD_STATE + "-ciphertexts")
     if upload is None or packed is None or upload["round"] != server_round:
-        raise DecryptionRefused("nothing-committed", f"this device committed to no update in round {server_round}")
+        raise DecryptionRefused(Reason.NOTHING_COMMITTED, f"this device committed to no update in round {server_round}")
     try:
         request = RevealRequest.take(content)
     except UpdateRejected as exc:
-        raise DecryptionRefused("malformed", str(exc)) from exc
+        raise DecryptionRefused(Reason.MALFORMED, str(exc)) from exc
     me = client_id(context)
     own = [e for e in request.committed if e.fields.client_id == me]
     if len(own) != 1 or own[0].signature != upload["leaf-signature"]:
-        raise DecryptionRefused("not-in-set", "the frozen set does not hold this device's own commitment once")
+        raise DecryptionRefused(Reason.NOT_IN_SET, "the frozen set does not hold this device's own commitment once")
     root, _ = _frozen(request.committed, _Peers.of(config, context, min_contributors), server_round,
                       own[0].fields.parent_model_hash)
     if upload["revealed-to"] not in (b"", root):
-        raise DecryptionRefused("second-set", "this device revealed its update to another set in this round")
+        raise DecryptionRefused(Reason.SECOND_SET, "this device revealed its update to another set in this round")
     upload["revealed-to"] = root
     context.state[UPLOAD_STATE] = upload
     chunks = unpack_ciphertexts(packed)
@@ -423,10 +426,10 @@ def _frozen(committed: tuple[SignedEnvelope, ...], peers: _Peers, server_round: 
     allow, where, floor = peers.allow, peers.where, peers.floor
     clients = {e.fields.client_id for e in committed}
     if len(clients) != len(committed) or len(committed) < floor:
-        raise DecryptionRefused("too-few-contributors", f"{len(committed)} commitments from {len(clients)} distinct "
+        raise DecryptionRefused(Reason.TOO_FEW_CONTRIBUTORS, f"{len(committed)} commitments from {len(clients)} distinct "
                                                         f"clients; this device requires {floor}")
     if len(committed) > len(allow.keys):
-        raise DecryptionRefused("too-many-leaves", "more commitments than registered clients")
+        raise DecryptionRefused(Reason.TOO_MANY_LEAVES, "more commitments than registered clients")
     members = {}
     for envelope in committed:
         f = envelope.fields
@@ -434,9 +437,9 @@ def _frozen(committed: tuple[SignedEnvelope, ...], peers: _Peers, server_round: 
             key = verify_statement(allow, where, f, envelope.signature, tag=UPDATE_TAG, round=server_round,
                                    client_id=f.client_id, payload_sha256=f.payload_sha256)
         except UpdateVerificationError as exc:
-            raise DecryptionRefused("bad-leaf", str(exc)) from exc
+            raise DecryptionRefused(Reason.BAD_LEAF, str(exc)) from exc
         if f.parent_model_hash != parent:
-            raise DecryptionRefused("mixed-parents", "the commitments were trained from different models: the "
+            raise DecryptionRefused(Reason.MIXED_PARENTS, "the commitments were trained from different models: the "
                                                      "server sent clients different models in one round")
         members[leaf_bytes(f, key, envelope.signature)] = f.payload_sha256
     return MerkleTree(list(members)).root, members
@@ -466,10 +469,10 @@ def _decrypt_share(content: RecordDict, config: RunConfig, server_round: int, co
     try:
         request = DecryptionRequest.take(content)
     except UpdateRejected as exc:
-        raise DecryptionRefused("malformed", str(exc)) from exc
+        raise DecryptionRefused(Reason.MALFORMED, str(exc)) from exc
     decryptors = _decryptor_set(request, holding)
     if holding.party not in decryptors:
-        raise DecryptionRefused("bad-decryptors", "this device is not in the decryptor set it is asked to join")
+        raise DecryptionRefused(Reason.BAD_DECRYPTORS, "this device is not in the decryptor set it is asked to join")
     peers = _Peers.of(config, context, min_contributors)
     checked = _verified_sum(request, peers, server_round, context, holding)
     assert checked.total is not None
@@ -490,14 +493,14 @@ def _holding(context: Context) -> KeyHolding:
     try:
         return key_holding(context)
     except PrivacyError as exc:
-        raise DecryptionRefused("no-key", str(exc)) from exc
+        raise DecryptionRefused(Reason.NO_KEY, str(exc)) from exc
 
 
 def _decryptor_set(request: DecryptionRequest, holding: KeyHolding) -> tuple[str, ...]:
     decryptors = request.decryptors
     if (len(decryptors) != holding.threshold or len(set(decryptors)) != len(decryptors)
             or not set(decryptors) <= set(holding.points)):
-        raise DecryptionRefused("bad-decryptors", f"decryptors {list(decryptors)[:8]} are not {holding.threshold} "
+        raise DecryptionRefused(Reason.BAD_DECRYPTORS, f"decryptors {list(decryptors)[:8]} are not {holding.threshold} "
                                                   "distinct key holders")
     return decryptors
 
@@ -528,17 +531,17 @@ def _verified_sum(request: DecryptionRequest, peers: _Peers, server_round: int, 
     zero that a hash of this request fixes."""
     allow, where, floor = peers.allow, peers.where, peers.floor
     if not request.leaves or len(request.reveals) != len(request.leaves) or not request.committed:
-        raise DecryptionRefused("unrevealed", "a sum must come with the round's frozen commitments and each "
+        raise DecryptionRefused(Reason.UNREVEALED, "a sum must come with the round's frozen commitments and each "
                                               "leaf's signed reveal")
     parents = {envelope.fields.parent_model_hash for envelope, _ in request.leaves}
     if len(parents) != 1:
-        raise DecryptionRefused("mixed-parents", "the leaves were trained from different models: the server sent "
+        raise DecryptionRefused(Reason.MIXED_PARENTS, "the leaves were trained from different models: the server sent "
                                                  "clients different models in one round")
     parent = parents.pop()
     frozen_root, members = _frozen(request.committed, peers, server_round, parent)
     contributors = {envelope.fields.client_id for envelope, _ in request.leaves}
     if len(contributors) < floor or len(contributors) != len(request.leaves):
-        raise DecryptionRefused("too-few-contributors", f"{len(request.leaves)} leaves from {len(contributors)} "
+        raise DecryptionRefused(Reason.TOO_FEW_CONTRIBUTORS, f"{len(request.leaves)} leaves from {len(contributors)} "
                                                         f"distinct clients; this device requires {floor}")
     leaves = []
     for (envelope, chunks), reveal in zip(request.leaves, request.reveals):
@@ -549,19 +552,19 @@ def _verified_sum(request: DecryptionRequest, peers: _Peers, server_round: int, 
             verify_statement(allow, where, reveal.fields, reveal.signature, tag=REVEAL_TAG, round=server_round,
                              client_id=f.client_id, payload_sha256=payload_digest(reveal_chunks(frozen_root)))
         except UpdateVerificationError as exc:
-            raise DecryptionRefused("bad-leaf", str(exc)) from exc
+            raise DecryptionRefused(Reason.BAD_LEAF, str(exc)) from exc
         leaf = leaf_bytes(f, key, envelope.signature)
         if leaf not in members:
-            raise DecryptionRefused("not-committed", f"the leaf of {f.client_id} is not in the round's frozen set of "
+            raise DecryptionRefused(Reason.NOT_COMMITTED, f"the leaf of {f.client_id} is not in the round's frozen set of "
                                                      "commitments: it could have been made after others were seen")
         leaves.append(leaf)
     try:
         total = sum_ciphertexts(PARAMS, [chunks for _, chunks in request.leaves])
     except CiphertextError as exc:
-        raise DecryptionRefused("bad-ciphertext", str(exc)) from exc
+        raise DecryptionRefused(Reason.BAD_CIPHERTEXT, str(exc)) from exc
     digest = sum_digest(total)
     if digest != request.sum_sha256:
-        raise DecryptionRefused("sum-mismatch", "the sum of the signed leaves is not the sum asked to decrypt")
+        raise DecryptionRefused(Reason.SUM_MISMATCH, "the sum of the signed leaves is not the sum asked to decrypt")
     root = MerkleTree(leaves).root
     seed = rerandomizer_seed(key_statement(context).sha256, server_round, digest, root, request.decryptors)
     total = rerandomize(holding.public_key, total, seed)
@@ -582,7 +585,7 @@ def _remembered_sum(context: Context, server_round: int, request: DecryptionRequ
     meta, arrays = context.state.config_records.get(VERIFIED_SUM), context.state.array_records.get(VERIFIED_C0)
     if (meta is None or arrays is None or meta["round"] != server_round or meta["sum-sha256"] != request.sum_sha256
             or list(meta["decryptors"]) != list(request.decryptors)):  # type: ignore[arg-type]
-        raise DecryptionRefused("unknown-sum", "a co-signing request without leaves, for a sum this device did not "
+        raise DecryptionRefused(Reason.UNKNOWN_SUM, "a co-signing request without leaves, for a sum this device did not "
                                                "check and help decrypt: send the leaves")
     return CheckedSum(None, arrays["c0"].numpy(), meta["sum-sha256"], meta["merkle-root"],  # type: ignore[arg-type]
                       int(meta["leaves"]), int(meta["examples"]), meta["parent"])  # type: ignore[arg-type]
@@ -610,7 +613,7 @@ def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, con
     try:
         request = CosignRequest.take(content)
     except UpdateRejected as exc:
-        raise DecryptionRefused("malformed", str(exc)) from exc
+        raise DecryptionRefused(Reason.MALFORMED, str(exc)) from exc
     decryptors = _decryptor_set(request.decryption, holding)
     peers = _Peers.of(config, context, min_contributors)
     allow, where = peers.allow, peers.where
@@ -624,21 +627,21 @@ def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, con
             verify_statement(allow, where, envelope.fields, envelope.signature, tag=PARTIAL_TAG, round=server_round,
                              client_id=party, payload_sha256=payload_digest(chunks))
         except (UpdateVerificationError, CiphertextError) as exc:
-            raise DecryptionRefused("bad-partial", f"decryptor {party}: {exc}") from exc
+            raise DecryptionRefused(Reason.BAD_PARTIAL, f"decryptor {party}: {exc}") from exc
         partials.append(values)
     parent = request.parent
     if hash_model(parent, config.run_id) != checked.parent:
-        raise DecryptionRefused("wrong-parent", "the parent model sent is not the one the leaves trained from")
+        raise DecryptionRefused(Reason.WRONG_PARENT, "the parent model sent is not the one the leaves trained from")
     values = fuse(PARAMS, checked.c0, partials, num_values(parent))
     if not np.all(np.abs(values) <= PARAMS.max_abs_value * 1.01):
-        raise DecryptionRefused("out-of-range", "the fused sum lies outside the scheme's range")
+        raise DecryptionRefused(Reason.OUT_OF_RANGE, "the fused sum lies outside the scheme's range")
     scale = statement.weight_scale  # signed by every holder: the server's message has no say in it
     if not 1 <= checked.examples <= scale:
-        raise DecryptionRefused("bad-weights", f"{checked.examples} examples outside 1..{scale} (the key's weight "
+        raise DecryptionRefused(Reason.BAD_WEIGHTS, f"{checked.examples} examples outside 1..{scale} (the key's weight "
                                                "scale)")
     model = hash_model(apply_mean(parent, values * scale, checked.examples), config.run_id)
     if model != request.model_sha256:
-        raise DecryptionRefused("model-mismatch", "the model this device computed from the round is not the one "
+        raise DecryptionRefused(Reason.MODEL_MISMATCH, "the model this device computed from the round is not the one "
                                                   "the server names")
     chunks = model_statement_chunks(checked.parent, model, checked.root, checked.leaves, statement.sha256)
     reply = RecordDict({COSIGN_KEY: ConfigRecord({"model-sha256": model})})
@@ -654,16 +657,16 @@ def _log_decryption(context: Context, server_round: int, digest: bytes, cipherte
     if server_round in rounds:
         i = rounds.index(server_round)
         if sums[i] != digest:
-            raise DecryptionRefused("second-sum", f"this device already helped decrypt another sum of round "
+            raise DecryptionRefused(Reason.SECOND_SUM, f"this device already helped decrypt another sum of round "
                                                   f"{server_round}")
         if repeats[i] >= MAX_REPEATS:
-            raise DecryptionRefused("too-many-repeats", f"round {server_round}'s sum was asked {MAX_REPEATS} times")
+            raise DecryptionRefused(Reason.TOO_MANY_REPEATS, f"round {server_round}'s sum was asked {MAX_REPEATS} times")
         repeats[i] += 1
     else:
         rounds, sums, repeats = rounds + [server_round], sums + [digest], repeats + [1]
     used = int(meta["decryptions"]) + ciphertexts  # type: ignore[call-overload]
     if used > PARAMS.max_decryptions:
-        raise DecryptionRefused("key-exhausted", f"this key share has taken part in {PARAMS.max_decryptions} "
+        raise DecryptionRefused(Reason.KEY_EXHAUSTED, f"this key share has taken part in {PARAMS.max_decryptions} "
                                                  "ciphertext decryptions; start a new run (a new key)")
     meta["rounds"], meta["sums"], meta["repeats"], meta["decryptions"] = rounds, sums, repeats, used
     context.state[KEY_STATE] = meta

@@ -48,6 +48,28 @@ class Reason(str, Enum):
     DELTA_ABOVE_POLICY = "delta-above-policy"
     CLIP_OUTSIDE_POLICY = "clip-outside-policy"
     NOISE_BELOW_POLICY = "noise-below-policy"
+    # a key holder refusing a decryption or co-signing request (fl_client.threshold: the check it failed)
+    BAD_CIPHERTEXT = "bad-ciphertext"
+    BAD_DECRYPTORS = "bad-decryptors"
+    BAD_LEAF = "bad-leaf"
+    BAD_PARTIAL = "bad-partial"
+    BAD_WEIGHTS = "bad-weights"
+    KEY_EXHAUSTED = "key-exhausted"
+    MIXED_PARENTS = "mixed-parents"
+    MODEL_MISMATCH = "model-mismatch"
+    NO_KEY = "no-key"
+    NOT_COMMITTED = "not-committed"
+    NOT_IN_SET = "not-in-set"
+    NOTHING_COMMITTED = "nothing-committed"
+    OUT_OF_RANGE = "out-of-range"
+    SECOND_SET = "second-set"
+    SECOND_SUM = "second-sum"
+    SUM_MISMATCH = "sum-mismatch"
+    TOO_FEW_CONTRIBUTORS = "too-few-contributors"
+    TOO_MANY_LEAVES = "too-many-leaves"
+    TOO_MANY_REPEATS = "too-many-repeats"
+    UNKNOWN_SUM = "unknown-sum"
+    UNREVEALED = "unrevealed"
 
     @classmethod
     def of(cls, exc: Exception) -> Reason:
