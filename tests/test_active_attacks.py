@@ -165,7 +165,7 @@ def test_a_coalition_chosen_c1_recovers_a_key_share_only_without_re_randomizatio
     devices, key = keyed
     # without re-randomization (switched off here, through no message), one round gives the share exactly
     with monkeypatch.context() as m:
-        m.setattr(threshold, "rerandomize", lambda public_key, total, seed: total)
+        m.setattr(threshold.checks, "rerandomize", lambda public_key, total, seed: total)
         partial, _, decryptors = coalition_sum_partial(devices, 60)
         truth = victim_share(devices, decryptors)
         assert np.mean(recover_share(partial) == truth) == 1.0
@@ -348,7 +348,7 @@ def test_an_unopenable_share_excludes_its_dealer_not_its_recipient(monkeypatch) 
 
 
 def test_a_recipient_that_lies_in_its_complaint_is_itself_excluded(monkeypatch) -> None:
-    real = threshold.finish
+    real = threshold.ceremony.finish
     liar, accused = str(NODES[2]), str(NODES[0])
 
     def finish(params, party, secrets, hellos, deals, t):
@@ -356,7 +356,7 @@ def test_a_recipient_that_lies_in_its_complaint_is_itself_excluded(monkeypatch) 
             return Complaint(party, accused, secrets.exchange_private)
         return real(params, party, secrets, hellos, deals, t)
 
-    monkeypatch.setattr(threshold, "finish", finish)
+    monkeypatch.setattr(threshold.ceremony, "finish", finish)
     devices = Devices()
     key = run_ceremony(FakeGrid(NODES, **devices.handlers()), CONFIG.client_record(), AllowList.load(KEYS.allowlist),
                        DOMAIN, 0, 5, SCALE)

@@ -1,0 +1,205 @@
+"""The checks a key holder makes before it helps with anything: the round's frozen commitments, the sum it recomputes
+from the signed, revealed leaves, the decryptor set, and its decryption budget (README, "Security argument")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+
+from fedproof.core.config import RunConfig
+from fedproof.base.errors import Reason
+from fedproof.core.protocol import REFUSED, ClientReport, DecryptionRequest, SignedEnvelope, reveal_chunks
+from fl_client.policy import client_policy
+from fl_client.signing import allow_list, client_id, domain
+from ledger.errors import UpdateVerificationError
+from ledger.merkle import MerkleTree
+from ledger.signing import REVEAL_TAG, UPDATE_TAG, leaf_bytes, payload_digest
+from ledger.verification import AllowList, Domain, verify_statement
+from privacy.errors import CiphertextError, PrivacyError
+from privacy.keygen import KeyHolding
+from privacy.threshold import rerandomize, rerandomizer_seed, sum_ciphertexts, sum_digest
+from fl_client.threshold.shared import DecryptionRefused, KEY_STATE, MAX_REPEATS, PARAMS, VERIFIED_C0, VERIFIED_SUM, key_holding, key_statement
+
+
+@dataclass(frozen=True)
+class _Peers:
+    """What one request is checked against, read once from the device's own files: its allow-list (afresh: a
+    revocation counts at once), where its statements belong, and the fewest contributors it accepts in a sum."""
+
+    allow: AllowList
+    where: Domain
+    floor: int
+
+    @classmethod
+    def of(cls, config: RunConfig, context: Context, min_contributors: int) -> _Peers:
+        return cls(allow_list(config, context), domain(config, context),
+                   client_policy(config, context).contributors_floor(min_contributors))
+
+
+def _frozen(committed: tuple[SignedEnvelope, ...], peers: _Peers, server_round: int, parent: bytes
+            ) -> tuple[bytes, dict[bytes, bytes]]:
+    """The root of a frozen set of commitments after checking each (distinct allowed clients, this round, one
+    parent, at least the device's floor), and its members: leaf bytes -> the payload digest they commit to."""
+    allow, where, floor = peers.allow, peers.where, peers.floor
+    clients = {e.fields.client_id for e in committed}
+    if len(clients) != len(committed) or len(committed) < floor:
+        raise DecryptionRefused(Reason.TOO_FEW_CONTRIBUTORS, f"{len(committed)} commitments from {len(clients)} distinct "
+                                                        f"clients; this device requires {floor}")
+    if len(committed) > len(allow.keys):
+        raise DecryptionRefused(Reason.TOO_MANY_LEAVES, "more commitments than registered clients")
+    members = {}
+    for envelope in committed:
+        f = envelope.fields
+        try:
+            key = verify_statement(allow, where, f, envelope.signature, tag=UPDATE_TAG, round=server_round,
+                                   client_id=f.client_id, payload_sha256=f.payload_sha256)
+        except UpdateVerificationError as exc:
+            raise DecryptionRefused(Reason.BAD_LEAF, str(exc)) from exc
+        if f.parent_model_hash != parent:
+            raise DecryptionRefused(Reason.MIXED_PARENTS, "the commitments were trained from different models: the "
+                                                     "server sent clients different models in one round")
+        members[leaf_bytes(f, key, envelope.signature)] = f.payload_sha256
+    return MerkleTree(list(members)).root, members
+
+
+def _refusal_or(step, content: RecordDict, config: RunConfig, server_round: int, context: Context,
+                min_contributors: int) -> RecordDict:
+    """``step``'s signed reply, or the refusal (with its check's code) that the server records."""
+    try:
+        return step(content, config, server_round, context, min_contributors)
+    except DecryptionRefused as exc:
+        report = ClientReport(client_id(context), REFUSED, reason=str(exc))
+        return RecordDict({"client": report.to_record()})
+
+
+def _holding(context: Context) -> KeyHolding:
+    try:
+        return key_holding(context)
+    except PrivacyError as exc:
+        raise DecryptionRefused(Reason.NO_KEY, str(exc)) from exc
+
+
+def _decryptor_set(request: DecryptionRequest, holding: KeyHolding) -> tuple[str, ...]:
+    decryptors = request.decryptors
+    if (len(decryptors) != holding.threshold or len(set(decryptors)) != len(decryptors)
+            or not set(decryptors) <= set(holding.points)):
+        raise DecryptionRefused(Reason.BAD_DECRYPTORS, f"decryptors {list(decryptors)[:8]} are not {holding.threshold} "
+                                                  "distinct key holders")
+    return decryptors
+
+
+@dataclass(frozen=True)
+class CheckedSum:
+    """A round's sum as this device recomputed it from the signed, revealed leaves, re-randomized for this request,
+    and what the leaves say."""
+
+    total: np.ndarray | None
+    """The re-randomized summed ciphertexts (None when recalled from an earlier check: only ``c0`` was kept)."""
+    c0: np.ndarray
+    """``total[:, 0]``: all that fusing partial decryptions needs of the sum."""
+    digest: bytes
+    """Of the sum of the leaves as signed (before re-randomization: what the server can name)."""
+    root: bytes
+    leaves: int
+    examples: int
+    parent: bytes
+    """The model every leaf signed it trained from."""
+
+
+def _verified_sum(request: DecryptionRequest, peers: _Peers, server_round: int, context: Context,
+                  holding: KeyHolding) -> CheckedSum:
+    """Every leaf signed by a distinct allowed client for this run and round, from one parent model, at least the
+    device's floor of them, each in the round's frozen set of commitments and revealed by its signer to that set;
+    their ciphertexts summed here, that sum the one the server named, then re-randomized by the encryption of
+    zero that a hash of this request fixes."""
+    allow, where, floor = peers.allow, peers.where, peers.floor
+    if not request.leaves or len(request.reveals) != len(request.leaves) or not request.committed:
+        raise DecryptionRefused(Reason.UNREVEALED, "a sum must come with the round's frozen commitments and each "
+                                              "leaf's signed reveal")
+    parents = {envelope.fields.parent_model_hash for envelope, _ in request.leaves}
+    if len(parents) != 1:
+        raise DecryptionRefused(Reason.MIXED_PARENTS, "the leaves were trained from different models: the server sent "
+                                                 "clients different models in one round")
+    parent = parents.pop()
+    frozen_root, members = _frozen(request.committed, peers, server_round, parent)
+    contributors = {envelope.fields.client_id for envelope, _ in request.leaves}
+    if len(contributors) < floor or len(contributors) != len(request.leaves):
+        raise DecryptionRefused(Reason.TOO_FEW_CONTRIBUTORS, f"{len(request.leaves)} leaves from {len(contributors)} "
+                                                        f"distinct clients; this device requires {floor}")
+    leaves = []
+    for (envelope, chunks), reveal in zip(request.leaves, request.reveals):
+        f = envelope.fields
+        try:
+            key = verify_statement(allow, where, f, envelope.signature, tag=UPDATE_TAG, round=server_round,
+                                   client_id=f.client_id, payload_sha256=payload_digest(chunks))
+            verify_statement(allow, where, reveal.fields, reveal.signature, tag=REVEAL_TAG, round=server_round,
+                             client_id=f.client_id, payload_sha256=payload_digest(reveal_chunks(frozen_root)))
+        except UpdateVerificationError as exc:
+            raise DecryptionRefused(Reason.BAD_LEAF, str(exc)) from exc
+        leaf = leaf_bytes(f, key, envelope.signature)
+        if leaf not in members:
+            raise DecryptionRefused(Reason.NOT_COMMITTED, f"the leaf of {f.client_id} is not in the round's frozen set of "
+                                                     "commitments: it could have been made after others were seen")
+        leaves.append(leaf)
+    try:
+        total = sum_ciphertexts(PARAMS, [chunks for _, chunks in request.leaves])
+    except CiphertextError as exc:
+        raise DecryptionRefused(Reason.BAD_CIPHERTEXT, str(exc)) from exc
+    digest = sum_digest(total)
+    if digest != request.sum_sha256:
+        raise DecryptionRefused(Reason.SUM_MISMATCH, "the sum of the signed leaves is not the sum asked to decrypt")
+    root = MerkleTree(leaves).root
+    seed = rerandomizer_seed(key_statement(context).sha256, server_round, digest, root, request.decryptors)
+    total = rerandomize(holding.public_key, total, seed)
+    return CheckedSum(total, total[:, 0], digest, root, len(leaves),
+                      sum(e.fields.num_examples for e, _ in request.leaves), parent)
+
+
+def _remember(context: Context, server_round: int, decryptors: tuple[str, ...], checked: CheckedSum) -> None:
+    context.state[VERIFIED_SUM] = ConfigRecord({
+        "round": server_round, "decryptors": list(decryptors), "sum-sha256": checked.digest,
+        "merkle-root": checked.root, "leaves": checked.leaves, "examples": checked.examples,
+        "parent": checked.parent})
+    context.state[VERIFIED_C0] = ArrayRecord({"c0": Array(np.ascontiguousarray(checked.c0))})
+
+
+def _remembered_sum(context: Context, server_round: int, request: DecryptionRequest) -> CheckedSum:
+    """The sum this device verified when it helped decrypt ``request`` (same round, sum and decryptors)."""
+    meta, arrays = context.state.config_records.get(VERIFIED_SUM), context.state.array_records.get(VERIFIED_C0)
+    if (meta is None or arrays is None or meta["round"] != server_round or meta["sum-sha256"] != request.sum_sha256
+            or list(meta["decryptors"]) != list(request.decryptors)):  # type: ignore[arg-type]
+        raise DecryptionRefused(Reason.UNKNOWN_SUM, "a co-signing request without leaves, for a sum this device did not "
+                                               "check and help decrypt: send the leaves")
+    return CheckedSum(None, arrays["c0"].numpy(), meta["sum-sha256"], meta["merkle-root"],  # type: ignore[arg-type]
+                      int(meta["leaves"]), int(meta["examples"]), meta["parent"])  # type: ignore[arg-type]
+
+
+def _forget_sum(context: Context) -> None:
+    for key in (VERIFIED_SUM, VERIFIED_C0):
+        if key in context.state:
+            del context.state[key]
+
+
+def _log_decryption(context: Context, server_round: int, digest: bytes, ciphertexts: int) -> None:
+    """Once per round (a repeat of the same sum, for a new decryptor set, at most MAX_REPEATS times), and within
+    the key's decryption budget; recorded before the partial leaves the device."""
+    meta = context.state.config_records[KEY_STATE]
+    rounds, sums, repeats = list(meta["rounds"]), list(meta["sums"]), list(meta["repeats"])  # type: ignore
+    if server_round in rounds:
+        i = rounds.index(server_round)
+        if sums[i] != digest:
+            raise DecryptionRefused(Reason.SECOND_SUM, f"this device already helped decrypt another sum of round "
+                                                  f"{server_round}")
+        if repeats[i] >= MAX_REPEATS:
+            raise DecryptionRefused(Reason.TOO_MANY_REPEATS, f"round {server_round}'s sum was asked {MAX_REPEATS} times")
+        repeats[i] += 1
+    else:
+        rounds, sums, repeats = rounds + [server_round], sums + [digest], repeats + [1]
+    used = int(meta["decryptions"]) + ciphertexts  # type: ignore[call-overload]
+    if used > PARAMS.max_decryptions:
+        raise DecryptionRefused(Reason.KEY_EXHAUSTED, f"this key share has taken part in {PARAMS.max_decryptions} "
+                                                 "ciphertext decryptions; start a new run (a new key)")
+    meta["rounds"], meta["sums"], meta["repeats"], meta["decryptions"] = rounds, sums, repeats, used
+    context.state[KEY_STATE] = meta

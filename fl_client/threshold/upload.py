@@ -1,0 +1,82 @@
+"""A contributor's encrypted update: encrypt under the joint key, commit (withhold the ciphertexts), reveal them to
+the round's frozen set of commitments only."""
+
+from __future__ import annotations
+
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, RecordDict
+
+from fedproof.core.config import RunConfig
+from fedproof.base.errors import Reason, UpdateRejected
+from fedproof.core.protocol import (
+    CIPHERTEXTS_KEY,
+    EncryptedPayload,
+    RevealRequest,
+    SignedEnvelope,
+    pack_ciphertexts,
+    reveal_chunks,
+    unpack_ciphertexts,
+)
+from fl_client.signing import client_id, sign_statement
+from ledger.signing import REVEAL_TAG
+from privacy.errors import PrivacyError
+from fl_client.threshold.shared import DecryptionRefused, UPLOAD_STATE, key_holding, key_statement
+from fl_client.threshold.checks import _Peers, _frozen, _refusal_or
+
+
+# ----------------------------------------------------------------------------------------- the update
+
+def encrypt_update(delta: np.ndarray, weight: int, context: Context) -> EncryptedPayload:
+    """Ciphertexts of ``(weight / W) * delta`` under the joint key this device checked, W from the key statement
+    every holder signed (co-signers multiply back by the same W: nobody's message sets it)."""
+    scale = key_statement(context).weight_scale
+    if not 1 <= weight <= scale:
+        raise PrivacyError(f"weight {weight} outside 1..{scale} (the key's weight scale): not encrypting")
+    chunks = key_holding(context).public_key.encrypt(delta * (weight / scale))
+    return EncryptedPayload(tuple(chunks), delta.size)
+
+
+def withhold(content: RecordDict, server_round: int, context: Context) -> RecordDict:
+    """Commit, don't send: after the update is signed (its leaf covers the ciphertexts' digest), the ciphertexts
+    leave the reply and stay on the device until the round's commitments are frozen (:func:`reveal_update`)."""
+    payload = EncryptedPayload.take(content)
+    envelope = SignedEnvelope.take(content)
+    context.state[UPLOAD_STATE] = ConfigRecord({"round": server_round, "leaf-signature": envelope.signature,
+                                                "num-values": payload.num_values, "revealed-to": b""})
+    context.state[UPLOAD_STATE + "-ciphertexts"] = pack_ciphertexts(payload.chunks)
+    del content[CIPHERTEXTS_KEY]
+    return content
+
+
+def reveal_update(content: RecordDict, config: RunConfig, server_round: int, context: Context,
+                  min_contributors: int) -> RecordDict:
+    """Reveal this round's committed ciphertexts, signed over the frozen set's root, if that set holds this device's
+    own commitment among at least its floor of distinct allowed clients' commitments for this round and parent,
+    and this device has revealed to no other set this round."""
+    return _refusal_or(_reveal_update, content, config, server_round, context, min_contributors)
+
+
+def _reveal_update(content: RecordDict, config: RunConfig, server_round: int, context: Context,
+                   min_contributors: int) -> RecordDict:
+    upload, packed = context.state.config_records.get(UPLOAD_STATE), context.state.array_records.get(
+        UPLOAD_STATE + "-ciphertexts")
+    if upload is None or packed is None or upload["round"] != server_round:
+        raise DecryptionRefused(Reason.NOTHING_COMMITTED, f"this device committed to no update in round {server_round}")
+    try:
+        request = RevealRequest.take(content)
+    except UpdateRejected as exc:
+        raise DecryptionRefused(Reason.MALFORMED, str(exc)) from exc
+    me = client_id(context)
+    own = [e for e in request.committed if e.fields.client_id == me]
+    if len(own) != 1 or own[0].signature != upload["leaf-signature"]:
+        raise DecryptionRefused(Reason.NOT_IN_SET, "the frozen set does not hold this device's own commitment once")
+    root, _ = _frozen(request.committed, _Peers.of(config, context, min_contributors), server_round,
+                      own[0].fields.parent_model_hash)
+    if upload["revealed-to"] not in (b"", root):
+        raise DecryptionRefused(Reason.SECOND_SET, "this device revealed its update to another set in this round")
+    upload["revealed-to"] = root
+    context.state[UPLOAD_STATE] = upload
+    chunks = unpack_ciphertexts(packed)
+    reply = EncryptedPayload(chunks, int(upload["num-values"])).put(RecordDict())  # type: ignore[call-overload]
+    return sign_statement(reply, reveal_chunks(root), REVEAL_TAG, server_round, config, context)
