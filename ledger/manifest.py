@@ -30,6 +30,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedproof.base.files import read_bounded
 from fedproof.base.json_input import loads_bounded
 from ledger.errors import LedgerError
 from ledger.signing import SigningKey
@@ -127,10 +128,9 @@ class SignedManifest:
         path = Path(path)
         if not path.is_file():
             raise ManifestError(f"no signed manifest at {path}: an unsigned artifact is not installed")
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ManifestError(f"{path}: larger than any manifest")
+        data = read_bounded(path, MAX_MANIFEST_BYTES, "manifest", ManifestError)
         try:
-            doc = loads_bounded(path.read_text())
+            doc = loads_bounded(data.decode())
             if not isinstance(doc, dict) or doc.get("version") != VERSION:
                 raise ManifestError(f"{path}: not a version-{VERSION} deployment manifest (one from before fedproof "
                                     "derived artifacts on the device: deploy the model again)")

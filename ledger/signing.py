@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from safetensors.numpy import save as safetensors_bytes
 
+from fedproof.base.files import read_bounded
 from ledger.errors import BadSignature, KeyFileError
 
 UPDATE_TAG = b"fedproof/update/v2"
@@ -209,10 +210,9 @@ class SigningKey:
         if not path.is_file():
             raise KeyFileError(f"no signing key at {path} (create one with `fedproof keys init`, "
                                "`fedproof client init` or `fedproof provision`)")
-        if path.stat().st_size > _MAX_KEY_FILE:
-            raise KeyFileError(f"{path}: too large to be an Ed25519 key")
+        data = read_bounded(path, _MAX_KEY_FILE, "Ed25519 key", KeyFileError)
         try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=password)
+            key = serialization.load_pem_private_key(data, password=password)
         except (ValueError, TypeError) as exc:
             hint = "or the wrong password" if password else "or an encrypted one (it needs its password)"
             raise KeyFileError(f"{path}: not a PEM private key, {hint} ({exc})") from exc

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedproof.base.files import read_bounded
 from fedproof.base.json_input import loads_bounded
 from ledger.errors import KeyFileError
 
@@ -48,10 +49,9 @@ class LedgerTrust:
         path = Path(path)
         if not path.is_file():
             raise KeyFileError(f"no ledger pin at {path} (a kit's trust.json, from `fedproof provision`)")
-        if path.stat().st_size > _MAX_TRUST_FILE:
-            raise KeyFileError(f"{path}: too large to be a ledger pin")
+        data = read_bounded(path, _MAX_TRUST_FILE, "ledger pin", KeyFileError)
         try:
-            doc = loads_bounded(path.read_text())
+            doc = loads_bounded(data.decode())
             trust = cls(int(doc["chain_id"]), bytes.fromhex(doc["genesis"].removeprefix("0x")),
                         bytes.fromhex(doc["contract"].removeprefix("0x")), bytes.fromhex(doc.get("deployment_key", "")),
                         tuple(str(u) for u in doc.get("rpc_urls", [])))

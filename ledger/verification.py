@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedproof.base.files import read_bounded
 from fedproof.base.json_input import loads_bounded
 from ledger.errors import (
     BadSignature,
@@ -67,10 +68,9 @@ class AllowList:
         path = Path(path)
         if not path.is_file():
             raise KeyFileError(f"no allow-list at {path} (create a key set with `fedproof keys init`)")
-        if path.stat().st_size > _MAX_ALLOWLIST:
-            raise KeyFileError(f"{path}: larger than any allow-list")
+        data = read_bounded(path, _MAX_ALLOWLIST, "allow-list", KeyFileError)
         try:
-            doc = loads_bounded(path.read_text())
+            doc = loads_bounded(data.decode())
             keys = {str(k): bytes.fromhex(v) for k, v in doc["clients"].items()}
             revoked = frozenset(str(c) for c in doc.get("revoked", []))
             weights = {str(k): v for k, v in doc.get("weights", {}).items()}

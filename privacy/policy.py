@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedproof.base.errors import Reason
+from fedproof.base.files import read_bounded
 from fedproof.base.json_input import loads_bounded
 from privacy.dp import DPSettings
 from privacy.errors import PrivacyError
@@ -133,6 +134,9 @@ class PrivacyPolicy:
         path = Path(path)
         if not path.is_file():
             raise PolicyError(f"no privacy policy at {path} (fedproof provision writes one into every client kit)")
-        if path.stat().st_size > _MAX_POLICY_FILE:
-            raise PolicyError(f"{path}: too large to be a privacy policy")
-        return cls.from_json(path.read_text(), str(path))
+        data = read_bounded(path, _MAX_POLICY_FILE, "privacy policy", PolicyError)
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"{path}: not UTF-8 text") from exc
+        return cls.from_json(text, str(path))
