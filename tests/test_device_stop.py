@@ -61,6 +61,9 @@ def _start(kit: Path, identity: Path, log: Path, background: bool) -> subprocess
                                env=ENV, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
                                preexec_fn=ignore)
     assert _until(lambda: _processes(str(kit.resolve() / "apps.json")) or process.poll() is not None, 60)
+    # both running, past their imports (a signal while Python still compiles a module is Python's own traceback)
+    _until(lambda: all(m in log.read_text(errors="replace") for m in ("fedproof-app-runner", "SuperNode"))
+           or process.poll() is not None, 60)
     return process
 
 
