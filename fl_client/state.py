@@ -21,7 +21,7 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, MetricRecord
 
-from fedproof.base.files import write_atomically
+from fedproof.base.files import read_bounded, write_atomically
 from fl_client.device import Device
 from privacy.dp import PrivacySpend
 
@@ -45,9 +45,7 @@ class ClientState:
         """This client's state for run ``run_id``: the run's own fields reset if the saved state is another run's."""
         record, saved_run = context.state.metric_records.get(STATE_KEY), context.state.config_records.get(RUN_KEY)
         if record is None and path is not None and path.is_file():
-            if path.stat().st_size > _MAX_STATE_FILE:
-                raise ValueError(f"{path}: too large to be a client state file")
-            doc = json.loads(path.read_text())
+            doc = json.loads(read_bounded(path, _MAX_STATE_FILE, "client state file", ValueError))
             saved_run = {"run-id": str(doc.pop("run-id", ""))}
             record = MetricRecord(doc)
         if record is None:

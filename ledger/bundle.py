@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedproof.base.files import read_bounded
 from fedproof.base.json_input import loads_bounded
 from ledger.errors import LedgerError
 from ledger.merkle import MerkleTree
@@ -151,9 +152,10 @@ def find_bundle(directories: list[Path], sha256: bytes) -> RoundBundle:
     """The bundle whose bytes hash to ``sha256``, searched in ``directories`` (content-addressed)."""
     for directory in directories:
         for path in sorted(Path(directory).glob("*.json")):
-            if path.stat().st_size > _MAX_BUNDLE:
-                continue
-            data = path.read_bytes()
+            try:
+                data = read_bounded(path, _MAX_BUNDLE, "round bundle", BundleError)
+            except BundleError:
+                continue  # larger than any bundle, or gone: not the one
             if hashlib.sha256(data).digest() == sha256:
                 return RoundBundle.from_bytes(data, str(path))
     searched = ", ".join(map(str, directories)) or "no directory"
