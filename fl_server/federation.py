@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Protocol
 
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
-from fedproof.core.config import ClientSettings, RunConfig
+from fedproof.core.config import ClientSettings, RunConfig, Scalar
 from fedproof.core.data import load_dataset
 from fedproof.base.errors import ClientsUnavailableError
 from fedproof.core.model import make_model
@@ -19,13 +20,13 @@ from fedproof.core.rundir import MODEL_FILE, RoundMetrics, RunDirectory
 from fl_server.admission import Admission
 from fl_server.decryptors import ThresholdCommittee
 from fl_server.keygen import run_ceremony
-from fl_server.credentials import load_credentials
 from fl_server.evaluation import CentralEvaluator
-from fl_server.lineage import Lineage, open_ledger
+from fl_server.lineage import Lineage
 from fl_server.metrics import FederationMetrics
 from fl_server.round import RoundPlan, RoundResult, run_round
+from fl_server.startup import start_up
 from fl_server.tracking import RunTracker
-from ledger.verification import AllowList, UpdateVerifier
+from ledger.verification import UpdateVerifier
 
 
 class RoundObserver(Protocol):
@@ -44,6 +45,12 @@ class FederationResult:
     stopped: str = ""
     """Why the run ended before its last round, if it did."""
     ledger: LedgerSummary | None = None
+    resolved: Mapping[str, Scalar] = field(default_factory=dict)
+    """What start-up resolved beside ``config`` (key set, chain, W: ``StartUp.resolved``)."""
+
+    def settings(self) -> dict[str, Scalar]:
+        """The run's settings as ``run.json`` saves them: the user's, with what start-up resolved."""
+        return {**self.config.to_mapping(), **self.resolved}
 
 
 @dataclass(frozen=True)
@@ -98,41 +105,38 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     wait_for_clients(grid, config.clients, config.connect_timeout)
     run_dir, config = RunDirectory.reopen(config) if config.resume else RunDirectory.create(config)
     dataset = load_dataset(config.data_dir or None)
-    config, credentials = load_credentials(config, run_dir.path)
-    config, contract = open_ledger(config, credentials.allow)
-    if config.he and not config.he_weight_scale:
-        config = config.with_overrides(he_weight_scale=weight_scale(credentials.allow))
-    run_dir.write_config(config)
+    start = start_up(config, run_dir.path)  # keys, ledger, W: found once, beside the settings (never into them)
+    run_dir.write_config(config, start.resolved())
     model = ArrayRecord(make_model(config.model, dataset.num_classes, seed=config.seed).state_dict())
     if config.resume:  # after a crash: go on from the last round recorded, with its model
-        lineage = Lineage(run_dir.path, config, contract)
+        lineage = Lineage(run_dir.path, config, start.contract, domain=start.domain)
         done, model = lineage.resume(like=model)
     else:
-        lineage, done = Lineage(run_dir.path, config, contract, model), 0
+        lineage, done = Lineage(run_dir.path, config, start.contract, model, domain=start.domain), 0
     prometheus = FederationMetrics(config.metrics_port, address=config.metrics_address)
-    tracker = RunTracker(config, run_dir.path)
+    tracker = RunTracker(config, run_dir.path, start.domain)
     evaluate = CentralEvaluator(dataset, config.model)
     rows = run_dir.keep_rounds(done)
     if done and not any(r.round == done for r in rows):  # crashed between recording round `done` and its row
         loss, accuracy = evaluate(model)
         rows.append(RoundMetrics(round=done, accuracy=accuracy, loss=loss, seconds=0.0))
         run_dir.append_metrics(rows[-1])
-    domain = config.domain()
+    domain = start.domain
     # what clients are sent with every message: their settings only, and paths only to clients on this machine
-    sent = ClientSettings.of(config, shared_machine=shares_machine(grid)).to_record()
+    sent = ClientSettings.of(config, shares_machine(grid), start.resolved()).to_record()
     threshold = None
     if config.he:  # the clients make the run's key now; no party ever holds all of it
-        key = run_ceremony(grid, sent, credentials.allow, domain, config.he_threshold,
-                           config.round_timeout, config.he_weight_scale, first_round=done + 1)
+        key = run_ceremony(grid, sent, start.allow, domain, config.he_threshold,
+                           config.round_timeout, start.weight_scale, first_round=done + 1)
         lineage.record_key(key.signed)  # t and the holders go on chain before any round: auditors read them there
-        threshold = ThresholdCommittee(key, config.seed, config.round_timeout, credentials.allow, domain)
+        threshold = ThresholdCommittee(key, config.seed, config.round_timeout, start.allow, domain)
     plan = RoundPlan(
         settings=sent,
         fraction_train=config.fraction_train,
         fraction_evaluate=0.0 if config.dp else config.fraction_evaluate,  # DP clients withhold metrics anyway
         seed=config.seed,
         timeout=config.round_timeout,
-        admission=Admission(UpdateVerifier(credentials.allow, domain)),
+        admission=Admission(UpdateVerifier(start.allow, domain)),
         evaluate=evaluate,
         max_abs_delta=PLAIN_MAX_ABS_DELTA,
         threshold=threshold,
@@ -151,7 +155,8 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     pending = lineage.flush()
     seconds = time.monotonic() - started
     last = rows[-1] if rows else None
-    ledger = LedgerSummary(config.ledger_contract, config.chain_id, lineage.model_hash, lineage.recorded, pending)
+    ledger = LedgerSummary(start.resolved()["ledger-contract"], domain.chain_id, lineage.model_hash, lineage.recorded,
+                           pending)
     run_dir.finish(
         {
             "rounds_completed": len(rows),
@@ -165,19 +170,8 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     )
     tracker.finish(run_dir.path, lineage.outbox.receipts(), stopped)
     return FederationResult(config=config, run_dir=run_dir.path, rounds=rows, seconds=seconds,
-                            epsilon_by_client=epsilon_by_client, stopped=stopped, ledger=ledger)
-
-
-UNREGISTERED_WEIGHT_SCALE = 2**20
-"""he-weight-scale when not every client has a registered weight: sums of up to a million examples."""
-
-
-def weight_scale(allow: AllowList) -> int:
-    """W for threshold HE: the registered weights' total (a simulation registers its clients' partition sizes;
-    a round whose weights exceed it is refused), else :data:`UNREGISTERED_WEIGHT_SCALE`. The decrypted mean's
-    error grows with W / sum(n_k): register weights (``provision --declared-examples``) for full precision."""
-    weights = {c: w for c, w in allow.weights.items() if c in allow.keys}
-    return sum(weights.values()) if weights else UNREGISTERED_WEIGHT_SCALE
+                            epsilon_by_client=epsilon_by_client, stopped=stopped, ledger=ledger,
+                            resolved=start.resolved())
 
 
 def wait_for_clients(

@@ -32,49 +32,13 @@ from fedproof.core.protocol import TRAIN
 from fl_server.round import RoundResult
 from ledger.bundle import RoundBundle
 from ledger.contract import LedgerContract, RoundRecord
-from ledger.defaults import DEFAULT_DATA_DIR
-from ledger.devnet import Devnet, ensure_contract
 from ledger.errors import LedgerError
 from ledger.key_statement import SignedKeyStatement
 from ledger.outbox import KeyRecord, Outbox
-from ledger.signing import ZERO_HASH, client_id_hash, run_id_hash
-from ledger.verification import AllowList
+from ledger.signing import ZERO_HASH, run_id_hash
+from ledger.verification import Domain
 
 log = logging.getLogger(__name__)
-
-
-def open_ledger(config: RunConfig, allow: AllowList) -> tuple[RunConfig, LedgerContract | None]:
-    """Connect to the ledger (starting the local devnet if no URL is given), find or deploy the contract, and
-    register the allow-listed clients; return the config with the chain and contract filled in."""
-    if not config.ledger:
-        return config, None
-    data_dir = Path(config.devnet_dir or DEFAULT_DATA_DIR).expanduser()
-    url = config.ledger_url or Devnet(data_dir, port=config.devnet_port or None).start().url
-    w3 = LedgerContract.connect(url)
-    sender = None
-    if config.ledger_operator:  # the operator's own key, decrypted here; the node holds none
-        from ledger.operator import OperatorKeys, read_password, use_account
-
-        keys = OperatorKeys(Path(config.ledger_operator))
-        password = read_password(Path(config.ledger_password_file) if config.ledger_password_file else None)
-        sender = use_account(w3, keys.ledger_account(password))
-    contract = (LedgerContract.at(w3, config.ledger_contract, sender=sender) if config.ledger_contract
-                else ensure_contract(w3, data_dir, sender=sender))
-    register_clients(contract, allow)
-    return config.with_overrides(chain_id=contract.chain_id, ledger_contract=contract.address,
-                                 chain_genesis="0x" + contract.genesis.hex()), contract
-
-
-def register_clients(contract: LedgerContract, allow: AllowList) -> None:
-    for client_id, key in sorted(allow.keys.items()):
-        on_chain = contract.client_key(client_id_hash(client_id))
-        if on_chain is None:
-            contract.register_client(client_id_hash(client_id), key)
-        elif on_chain != key:
-            raise LedgerError(f"client {client_id!r} is registered on chain with another key; use a new client id "
-                              "or the key set it was registered with")
-        if client_id in allow.revoked and contract.is_active_client(client_id_hash(client_id)):
-            contract.revoke_client(client_id_hash(client_id))
 
 
 def write_model(path: Path, arrays: ArrayRecord, run_id: str) -> bytes:
@@ -88,9 +52,11 @@ def write_model(path: Path, arrays: ArrayRecord, run_id: str) -> bytes:
 class Lineage:
     def __init__(self, run_path: Path, config: RunConfig, contract: LedgerContract | None,
                  initial: ArrayRecord | None = None, sleep: Callable[[float], None] = time.sleep,
-                 retry_seconds: float = 5.0) -> None:
-        """The lineage of a new run starting from ``initial``; with ``initial=None``, call :meth:`resume`."""
+                 retry_seconds: float = 5.0, domain: Domain | None = None) -> None:
+        """The lineage of a new run starting from ``initial``; with ``initial=None``, call :meth:`resume`.
+        ``domain``: the chain the run's statements bind, as start-up found it (default: the one ``config`` names)."""
         self.config, self.contract = config, contract
+        self.domain = domain or config.domain()
         self.sleep, self.retry_seconds = sleep, retry_seconds
         self.run_path, self.models, self.bundles = run_path, run_path / "models", run_path / "ledger"
         self.outbox = Outbox(self.bundles)
@@ -151,8 +117,8 @@ class Lineage:
         updates, or (no new model) the parent again with the failure reason. Every set-aside reply is listed."""
         rejected = tuple(str(r) if r.phase == TRAIN else f"{r.phase} {r}" for r in result.rejections) + tuple(
             f"declined: client {d.client_id}: {d.status}: {d.reason}" for d in result.declines)
-        common = (self.config.run_id, result.round, self.config.chain_id, self.config.contract_bytes(), self.parent)
-        genesis = self.config.genesis_bytes()
+        common = (self.config.run_id, result.round, self.domain.chain_id, self.domain.contract, self.parent)
+        genesis = self.domain.genesis
         if result.model is None:
             self._record(RoundBundle(*common, self.parent, rejected=rejected, failed=result.failure, genesis=genesis))
             return

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fedproof.core.config import RunConfig
 from fedproof.core.rundir import RoundMetrics
+from ledger.verification import Domain
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "fedproof"
@@ -42,8 +43,9 @@ def metric_values(row: RoundMetrics) -> dict[str, float]:
 class RunTracker:
     """One MLflow run for one fedproof run (a resumed run adds rounds to a new MLflow run tagged ``resumed``)."""
 
-    def __init__(self, config: RunConfig, run_path: Path) -> None:
+    def __init__(self, config: RunConfig, run_path: Path, domain: Domain | None = None) -> None:
         self.client, self.run_id = None, ""
+        where = domain or config.domain()
         if config.tracking_uri == "off":
             return
         try:
@@ -56,7 +58,8 @@ class RunTracker:
             experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(EXPERIMENT)
             run = self.client.create_run(experiment_id, run_name=config.run_id, tags={
                 "fedproof.run_id": config.run_id, "fedproof.resumed": str(config.resume).lower(),
-                "fedproof.chain_id": str(config.chain_id), "fedproof.contract": config.ledger_contract})
+                "fedproof.chain_id": str(where.chain_id),
+                "fedproof.contract": "0x" + where.contract.hex() if any(where.contract) else ""})
             self.run_id = run.info.run_id
             params = {k: str(v)[:500] for k, v in config.to_mapping().items()
                       if "password" not in k and "operator" not in k}

@@ -101,7 +101,8 @@ def record_trained_run(chain, run_path, data, clients: dict[str, SigningKey], ru
 
     from fedproof.core.config import RunConfig
     from fedproof.core.model import make_model
-    from fl_server.lineage import Lineage, register_clients
+    from fl_server.lineage import Lineage
+    from fl_server.startup import register_clients
     from ledger.signing import SignedFields, payload_digest
     from ledger.verification import AllowList
 

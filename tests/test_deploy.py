@@ -231,7 +231,8 @@ def test_a_device_takes_t_and_the_key_holders_from_the_chain_only(recorded_run, 
     """Five registered clients; the server and accomplices d and e release a model of a run whose co-signers the
     run's key statement on chain does not vouch for (tests/key_scenarios.py): edge pull installs nothing."""
     from fedproof.core.config import RunConfig
-    from fl_server.lineage import Lineage, register_clients
+    from fl_server.lineage import Lineage
+    from fl_server.startup import register_clients
     from key_scenarios import REFUSED, model
     from ledger.verification import AllowList
 
@@ -256,7 +257,8 @@ def test_a_device_refuses_an_honest_lineage_only_for_the_artifact(recorded_run, 
     """The same path with an honest 3-of-5 run gets past the lineage check: what stops it is the artifact itself
     (not a model), so the refusals above are the key's."""
     from fedproof.core.config import RunConfig
-    from fl_server.lineage import Lineage, register_clients
+    from fl_server.lineage import Lineage
+    from fl_server.startup import register_clients
     from key_scenarios import honest, model
     from ledger.verification import AllowList
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from fedproof.core.config import RunConfig
-from fl_server.lineage import Lineage, register_clients
+from fl_server.lineage import Lineage
+from fl_server.startup import register_clients
 from key_scenarios import CLIENTS, REFUSED, cosigned_round, honest, model, of, rekeyed_honestly
 from ledger.audit import AuditFailure, keys_in_force, verify_model
 from ledger.bundle import RoundBundle

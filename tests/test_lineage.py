@@ -12,7 +12,8 @@ import pytest
 from flwr.app import Array, ArrayRecord
 
 from fedproof.core.config import RunConfig
-from fl_server.lineage import Lineage, register_clients
+from fl_server.lineage import Lineage
+from fl_server.startup import register_clients
 from rounds import endorse, key_statement, round_result
 from ledger.audit import AuditFailure, ModelNotRecorded, lineage, verify_model
 from ledger.bundle import RoundBundle, SignedUpdate

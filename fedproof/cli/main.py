@@ -181,9 +181,9 @@ def _deploy_and_show(result) -> None:
                             done.ledger)
     print_deployment(deployment)
     if done.ledger:
-        contract = open_contract(run_config=done.to_mapping())
+        contract = open_contract(run_config=result.settings())
         print_lineage(contract, bytes.fromhex(deployment.artifact_sha256), [result.run_dir / "ledger"], last=5)
-        release_and_show(contract, Path("registry"), deployment.artifact_sha256, done.to_mapping())
+        release_and_show(contract, Path("registry"), deployment.artifact_sha256, result.settings())
 
 
 def _ledger_summary(result, lineage: bool = True) -> None:
@@ -202,7 +202,7 @@ def _ledger_summary(result, lineage: bool = True) -> None:
     if not lineage:
         return
     try:
-        contract = open_contract(run_config=result.config.to_mapping())
+        contract = open_contract(run_config=result.settings())
         print_lineage(contract, bytes.fromhex(ledger.model_hash), [result.run_dir / "ledger"], last=5)
     except USER_ERRORS as exc:
         console.print(f"[yellow]could not read the lineage back:[/] {exc}")

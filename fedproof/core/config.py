@@ -340,9 +340,11 @@ class ClientSettings:
     SHARED_MACHINE_KEYS = ("key-set", "run-dir", "data-dir")
 
     @classmethod
-    def of(cls, config: RunConfig, shared_machine: bool) -> ClientSettings:
-        """The settings ``config`` gives its clients; with their paths only when they share this machine."""
-        mapping = config.to_mapping()
+    def of(cls, config: RunConfig, shared_machine: bool, resolved: Mapping[str, Scalar] | None = None
+           ) -> ClientSettings:
+        """The settings ``config`` gives its clients, with what start-up ``resolved`` (the chain they sign for, the
+        key set's path); with their paths only when they share this machine."""
+        mapping = {**config.to_mapping(), **(resolved or {})}
         keys = cls.KEYS + (cls.SHARED_MACHINE_KEYS if shared_machine else ())
         return cls({key: mapping[key] for key in keys})
 

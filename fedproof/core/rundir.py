@@ -11,12 +11,13 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from fedproof.core.config import RunConfig
+from fedproof.core.config import RunConfig, Scalar
 from fedproof.base.errors import ConfigError
 from fedproof.base.files import write_atomically
 
@@ -119,9 +120,10 @@ class RunDirectory:
             raise ConfigError(f"{path} holds no run settings")
         return doc
 
-    def write_config(self, config: RunConfig) -> None:
-        """Rewrite run.json's config after settings resolved during start-up (e.g. the key set's path)."""
-        self._write_json(RUN_JSON, {**self.read(), "config": config.to_mapping()})
+    def write_config(self, config: RunConfig, resolved: Mapping[str, Scalar]) -> None:
+        """Save the run's settings with what start-up resolved (the key set's path, the chain, W), so that later
+        commands (resume, deploy, audit, ledger flush) find the same keys and chain."""
+        self._write_json(RUN_JSON, {**self.read(), "config": {**config.to_mapping(), **resolved}})
 
     def _write_json(self, name: str, payload: dict[str, Any]) -> None:
         write_atomically(self.path / name, json.dumps(payload, indent=2, sort_keys=True).encode())
