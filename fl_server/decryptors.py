@@ -37,8 +37,8 @@ from fedproof.core.protocol import (
     CosignRequest,
     DecryptionRequest,
     SignedEnvelope,
-    partial_chunks,
 )
+from fedproof.core.decryption_checks import fused_in_range, verify_partial
 from fedproof.core.replies import (
     ModelCosignature,
     PartialDecryption,
@@ -53,10 +53,10 @@ from fl_server.exchange import ask
 from ledger.errors import UpdateVerificationError
 from ledger.merkle import MerkleTree
 from ledger.bundle import Cosignature
-from ledger.signing import MODEL_TAG, PARTIAL_TAG, leaf_bytes, model_statement_chunks, payload_digest
+from ledger.signing import MODEL_TAG, leaf_bytes, model_statement_chunks, payload_digest
 from ledger.verification import AllowList, Domain, verify_statement
 from privacy.errors import CiphertextError
-from privacy.threshold import check_partial, fuse, rerandomized_c0, rerandomizer_seed, sum_digest
+from privacy.threshold import fuse, rerandomized_c0, rerandomizer_seed, sum_digest
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3
@@ -132,7 +132,7 @@ class ThresholdCommittee:
                 seed = rerandomizer_seed(key.statement.sha256, server_round, digest, root, chosen)
                 c0 = rerandomized_c0(key.public_key, total[:, 0], seed)
                 values = fuse(params, c0, [p.values for p in partials], length)
-                if not np.all(np.abs(values) <= params.max_abs_value * 1.01):
+                if not fused_in_range(params, values):
                     return Decrypted(None, f"round {server_round}: the fused sum lies outside the scheme's range "
                                            "(a partial decryption was wrong); the round is void", tuple(rejected))
                 by_party = {party_of[p.node_id]: p for p in partials}
@@ -209,13 +209,10 @@ class ThresholdCommittee:
         if isinstance(outcome, Rejection):
             return outcome
         try:
-            check_partial(self.key.params, outcome.values, outcome.values.shape[0])
             if (outcome.sum_sha256, outcome.merkle_root) != (digest, root):
                 raise CiphertextError("it decrypted another sum, or over other leaves")
-            chunks = partial_chunks(digest, root, chosen, outcome.values.astype("<u8").tobytes())
-            verify_statement(self.allow, self.domain, outcome.envelope.fields, outcome.envelope.signature,
-                             tag=PARTIAL_TAG, round=server_round, client_id=party,
-                             payload_sha256=payload_digest(chunks))
+            verify_partial(self.key.params, self.allow, self.domain, server_round, party, chosen, digest, root,
+                           outcome.envelope, outcome.values, outcome.values.shape[0])
         except (UpdateVerificationError, CiphertextError) as exc:
             return Rejection(outcome.node_id, party, Reason.of(exc) if isinstance(exc, UpdateVerificationError)
                              else Reason.PAYLOAD_MISMATCH, str(exc), "decrypt")

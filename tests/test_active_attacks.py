@@ -185,7 +185,7 @@ def test_a_coalition_chosen_c1_recovers_a_key_share_only_without_re_randomizatio
 
 def threshold_root(devices: Devices, server_round: int) -> bytes:
     """The Merkle root the victim decrypted over (kept with its verified sum)."""
-    return devices.contexts[VICTIM].state.config_records[threshold.VERIFIED_SUM]["merkle-root"]
+    return threshold.VerifiedSum.recall(devices.contexts[VICTIM]).merkle_root
 
 
 # ----------------------------------------------------------------------------------------- 2. rogue key
@@ -218,11 +218,11 @@ def rogue_reveal(devices: Devices, captured: dict, msg: Message) -> RecordDict:
     rogue = public_key_share(PARAMS, chosen, crp)
     for share in honest:
         rogue = np.stack([submod(rogue[i], share[i], p) for i, p in enumerate(PARAMS.primes)])
-    stored = devices.contexts[ACCOMPLICES[1]].state.config_records[threshold.CEREMONY_STATE]
-    secrets = PartySecrets(chosen, PartySecrets.from_bytes(stored["secrets"], PARAMS).exchange_private)
+    stored = threshold.CeremonyState.recall(devices.contexts[ACCOMPLICES[1]])
+    secrets = PartySecrets(chosen, PartySecrets.from_bytes(stored.secrets, PARAMS).exchange_private)
     dealt = deal(PARAMS, accomplice, secrets, hellos, 3)
     threshold.keygen_reveal(msg.content, CONFIG, devices.contexts[ACCOMPLICES[1]])  # its device learns the set
-    set_digest = devices.contexts[ACCOMPLICES[1]].state.config_records[threshold.CEREMONY_STATE]["commitment-set"]
+    set_digest = threshold.CeremonyState.recall(devices.contexts[ACCOMPLICES[1]]).commitment_set
     content = RecordDict({"deal": ArrayRecord({"public-share": Array(rogue)}),
                           "sealed": ConfigRecord({"recipients": sorted(dealt.sealed),
                                                   "shares": [dealt.sealed[r] for r in sorted(dealt.sealed)]})})
@@ -311,7 +311,7 @@ def test_co_signers_take_the_weight_scale_from_the_key_statement_not_the_message
     devices, key = keyed
     request, partials, honest = _decrypted(devices, 80)
     evil = CONFIG.with_overrides(he_weight_scale=25 * SCALE)  # what the server's co-sign message says
-    c0 = devices.contexts[NODES[0]].state.array_records[threshold.VERIFIED_C0]["c0"].numpy()
+    c0 = threshold.VerifiedSum.recall(devices.contexts[NODES[0]]).c0
     values = fuse(PARAMS, c0, [v for _, v in partials], flatten(global_model()).size)
     examples = sum(COUNTS[n] for n in NODES[:3])
     scaled = hash_model(apply_mean(global_model(), values * 25 * SCALE, examples), CONFIG.run_id)
@@ -382,9 +382,8 @@ def test_a_device_uses_a_key_only_once_every_holder_signed_it() -> None:
     signatures = bytes(record["signatures"])
     forged = RecordDict({"key-statement": ConfigRecord({"statement": record["statement"],
                                                         "signatures": signatures[64:128] + signatures[64:]})})
-    devices.contexts[VICTIM].state[threshold.PENDING_STATE] = ConfigRecord(
-        {"party": str(VICTIM), "statement": record["statement"]})
-    devices.contexts[VICTIM].state[threshold.PENDING_ARRAYS] = devices.contexts[VICTIM].state.array_records[
-        threshold.KEY_ARRAYS]
+    held = threshold.HeldKey.recall(devices.contexts[VICTIM])
+    threshold.PendingKey(str(VICTIM), bytes(record["statement"]), held.p0, held.a, held.share).keep(
+        devices.contexts[VICTIM])
     with pytest.raises(UpdateRejected, match="not signed by all its holders"):
         threshold.keygen_confirm(forged, CONFIG, devices.contexts[VICTIM])

@@ -154,7 +154,7 @@ def test_the_ceremony_gives_every_party_its_own_share_of_one_key(keyed) -> None:
     holdings = [threshold.key_holding(devices.contexts[n]) for n in NODES]
     assert len({h.public_key.digest for h in holdings}) == 1 and holdings[0].public_key.digest == key.digest
     assert len({h.share.tobytes() for h in holdings}) == len(NODES)  # no two parties hold the same share
-    assert all(threshold.CEREMONY_STATE not in devices.contexts[n].state for n in NODES)  # s_i is gone
+    assert all(threshold.CeremonyState.recall(devices.contexts[n]) is None for n in NODES)  # s_i is gone
 
 
 def test_threshold_fedavg_equals_plaintext_fedavg(keyed) -> None:
@@ -335,7 +335,7 @@ def _decrypted(devices, server_round: int):
         reply = threshold.decrypt_share(request.put(RecordDict(dict(config))), CONFIG, server_round,
                                         devices.contexts[int(d)], 3)
         partials.append((SignedEnvelope.take(reply), reply.array_records["partial"]["partial"].numpy()))
-    c0 = devices.contexts[int(decryptors[0])].state.array_records[threshold.VERIFIED_C0]["c0"].numpy()  # re-randomized
+    c0 = threshold.VerifiedSum.recall(devices.contexts[int(decryptors[0])]).c0  # re-randomized
     values = fuse(threshold.PARAMS, c0, [v for _, v in partials], flatten(global_model()).size)
     examples = sum(COUNTS[n] for n in NODES[:3])
     return request, partials, hash_model(apply_mean(global_model(), values * SCALE, examples), CONFIG.run_id)

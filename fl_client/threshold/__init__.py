@@ -21,31 +21,23 @@ chose.
 
 One module per protocol step, as Lattigo's ``multiparty`` has one file per protocol: ``ceremony`` (the key),
 ``upload`` (encrypt, commit, reveal), ``decryption``, ``cosigning``; ``checks`` holds what a key holder verifies
-before it helps with anything, ``shared`` the parameters, state names and the key it holds. No transport inside:
+before it helps with anything, ``state`` the typed values it keeps between messages, ``shared`` the parameters and
+the key it holds. No transport inside:
 the ClientApp's handlers call these with the message content and the node's Context.
 """
 
 from __future__ import annotations
 
 from fl_client.threshold.shared import (
-    CEREMONY_STATE,
-    DEAL_ARRAYS,
     DecryptionRefused,
-    KEY_ARRAYS,
-    KEY_STATE,
     MAX_REPEATS,
     MAX_WEIGHT_SCALE,
     PARAMS,
-    PENDING_ARRAYS,
-    PENDING_STATE,
-    UPLOAD_STATE,
-    VERIFIED_C0,
-    VERIFIED_SUM,
     _config,
-    _keep,
     key_holding,
     key_statement,
 )
+from fl_client.threshold.state import CeremonyState, HeldKey, PendingKey, Upload, VerifiedSum
 from fl_client.threshold.checks import (
     CheckedSum,
     _Peers,
@@ -76,21 +68,16 @@ from fl_client.threshold.decryption import _decrypt_share, decrypt_share
 from fl_client.threshold.cosigning import _cosign_model, cosign_model
 
 __all__ = [
-    "CEREMONY_STATE",
-    "DEAL_ARRAYS",
+    "CeremonyState",
+    "HeldKey",
+    "PendingKey",
+    "Upload",
+    "VerifiedSum",
     "DecryptionRefused",
-    "KEY_ARRAYS",
-    "KEY_STATE",
     "MAX_REPEATS",
     "MAX_WEIGHT_SCALE",
     "PARAMS",
-    "PENDING_ARRAYS",
-    "PENDING_STATE",
-    "UPLOAD_STATE",
-    "VERIFIED_C0",
-    "VERIFIED_SUM",
     "_config",
-    "_keep",
     "key_holding",
     "key_statement",
     "CheckedSum",

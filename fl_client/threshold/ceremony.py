@@ -3,6 +3,7 @@ confirm (the key is used only once every holder signed the same statement)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -33,7 +34,8 @@ from privacy.keygen import (
     sealed_hashes,
 )
 from privacy.threshold import majority
-from fl_client.threshold.shared import CEREMONY_STATE, DEAL_ARRAYS, KEY_ARRAYS, KEY_STATE, MAX_WEIGHT_SCALE, PARAMS, PENDING_ARRAYS, PENDING_STATE, _config, _keep
+from fl_client.threshold.shared import MAX_WEIGHT_SCALE, PARAMS, _config
+from fl_client.threshold.state import CeremonyState, HeldKey, PendingKey
 
 
 # ----------------------------------------------------------------------------------------- the ceremony
@@ -62,10 +64,8 @@ def keygen_hello(config: RunConfig, context: Context) -> RecordDict:
     """Step 1: fresh secrets for this attempt (a new hello forgets any earlier attempt's), announced signed."""
     party = client_id(context)
     announced, secrets = hello(PARAMS, party)
-    for key in (CEREMONY_STATE, DEAL_ARRAYS, PENDING_ARRAYS, PENDING_STATE):
-        if key in context.state:
-            del context.state[key]
-    context.state[CEREMONY_STATE] = ConfigRecord({"secrets": secrets.to_bytes()})
+    PendingKey.forget(context)
+    CeremonyState(secrets.to_bytes()).keep(context)
     content = RecordDict({"hello": hello_record(party, announced.contribution, announced.exchange_key)})
     return sign_statement(content, announced.chunks(), KEYGEN_TAG, 1, config, context)
 
@@ -93,41 +93,37 @@ def keygen_commit(content: RecordDict, config: RunConfig, context: Context) -> R
     """Step 2: check everyone's hello, make this party's deal and keep it; announce only its commitment."""
     ceremony = _Ceremony.take(content)
     hellos = _verified_hellos(content, config, context, ceremony.parties)
-    stored = context.state.config_records.get(CEREMONY_STATE)
-    if stored is None or "parties" in stored:  # dealing one secret twice, to other sets, could leak it
+    stored = CeremonyState.recall(context)
+    if stored is None or stored.parties:  # dealing one secret twice, to other sets, could leak it
         raise UpdateRejected("a commit request before this device's hello, or a second one for the same secret")
-    secrets = PartySecrets.from_bytes(stored["secrets"], PARAMS)  # type: ignore[arg-type]
+    secrets = PartySecrets.from_bytes(stored.secrets, PARAMS)
     party = client_id(context)
     dealt = deal(PARAMS, party, secrets, hellos, ceremony.threshold)
     commitment = deal_commitment(party, dealt.public_share, sealed_hashes(dealt.sealed))
     parties = sorted(hellos)
     recipients = sorted(dealt.sealed)
-    context.state[CEREMONY_STATE] = ConfigRecord({
-        "secrets": secrets.to_bytes(), "threshold": ceremony.threshold, "weight-scale": ceremony.weight_scale,
-        "first-round": ceremony.first_round, "parties": parties, "commitment": commitment,
-        "contributions": [hellos[p].contribution for p in parties],
-        "exchange-keys": [hellos[p].exchange_key for p in parties],
-        "recipients": recipients, "sealed": [dealt.sealed[r] for r in recipients]})
-    context.state[DEAL_ARRAYS] = ArrayRecord({"public-share": Array(dealt.public_share)})
+    CeremonyState(
+        secrets.to_bytes(), ceremony.threshold, ceremony.weight_scale, ceremony.first_round, tuple(parties),
+        tuple(hellos[p].contribution for p in parties), tuple(hellos[p].exchange_key for p in parties), commitment,
+        tuple(recipients), tuple(dealt.sealed[r] for r in recipients), dealt.public_share).keep(context)
     reply = RecordDict({"commitment": ConfigRecord({"commitment": commitment})})
     return sign_statement(reply, commitment_chunks(party, commitment), KEYGEN_TAG, 2, config, context)
 
 
-def _stored(context: Context, step: str) -> ConfigRecord:
-    stored = context.state.config_records.get(CEREMONY_STATE)
-    if stored is None or "commitment" not in stored:
+def _stored(context: Context, step: str) -> CeremonyState:
+    stored = CeremonyState.recall(context)
+    if stored is None or not stored.commitment:
         raise UpdateRejected(f"a {step} request before this device committed to its deal")
     return stored
 
 
-def _hellos(stored: ConfigRecord) -> dict[str, Hello]:
-    return {p: Hello(p, c, k) for p, c, k in zip(stored["parties"], stored["contributions"],  # type: ignore
-                                                  stored["exchange-keys"])}  # type: ignore[call-overload]
+def _hellos(stored: CeremonyState) -> dict[str, Hello]:
+    return {p: Hello(p, c, k) for p, c, k in zip(stored.parties, stored.contributions, stored.exchange_keys)}
 
 
-def _own_deal(stored: ConfigRecord, context: Context) -> Deal:
-    sealed = dict(zip(stored["recipients"], stored["sealed"]))  # type: ignore[arg-type]
-    return Deal(client_id(context), context.state.array_records[DEAL_ARRAYS]["public-share"].numpy(), sealed)
+def _own_deal(stored: CeremonyState, context: Context) -> Deal:
+    assert stored.public_share is not None, "kept with the commitment"
+    return Deal(client_id(context), stored.public_share, dict(zip(stored.recipients, stored.sealed)))
 
 
 def keygen_reveal(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
@@ -145,12 +141,12 @@ def keygen_reveal(content: RecordDict, config: RunConfig, context: Context) -> R
         if committer in commitments:
             raise UpdateRejected(f"party {committer!r} committed twice")
         commitments[committer] = commitment
-    set_digest = check_commitments(party, stored["commitment"], commitments, hellos)  # type: ignore[arg-type]
-    if "commitment-set" in stored and stored["commitment-set"] != set_digest:  # a second set could hold a rogue
+    set_digest = check_commitments(party, stored.commitment, commitments, hellos)
+    if stored.commitment_set and stored.commitment_set != set_digest:  # a second set could hold a rogue
         raise UpdateRejected("this device revealed its deal to another commitment set already")  # key made from ours
-    stored["commitment-set"] = set_digest
-    stored["commitments"] = [commitments[p] for p in sorted(commitments)]
-    context.state[CEREMONY_STATE] = stored
+    stored = dataclasses.replace(stored, commitment_set=set_digest,
+                                 commitments=tuple(commitments[p] for p in sorted(commitments)))
+    stored.keep(context)
     dealt = _own_deal(stored, context)
     reply = RecordDict({"deal": ArrayRecord({"public-share": Array(dealt.public_share)}),
                         "sealed": ConfigRecord({"recipients": sorted(dealt.sealed),
@@ -164,10 +160,10 @@ def keygen_finish(content: RecordDict, config: RunConfig, context: Context) -> R
     shares sealed to this party, and sign the key statement of the joint key this device computed itself; or,
     if a share does not open, complain about its dealer (revealing this attempt's exchange key, see judge)."""
     stored = _stored(context, "finish")
-    if "commitment-set" not in stored:
+    if not stored.commitment_set:
         raise UpdateRejected("a finish request before this device revealed its deal")
     party, hellos = client_id(context), _hellos(stored)
-    committed = dict(zip(stored["parties"], stored["commitments"]))  # type: ignore[arg-type]
+    committed = dict(zip(stored.parties, stored.commitments))
     allow, where = allow_list(config, context), domain(config, context)
     deals: dict[str, tuple[np.ndarray, bytes]] = {}
     for i in range(_Ceremony.take(content).parties):
@@ -183,21 +179,20 @@ def keygen_finish(content: RecordDict, config: RunConfig, context: Context) -> R
         if deal_commitment(dealer, public, by_recipient) != committed[dealer]:
             raise UpdateRejected(f"the deal of {dealer!r} is not the one it committed to")
         envelope = SignedEnvelope.take(content, f"deal-{i:04d}-signed")
-        chunks = deal_reveal_chunks(dealer, public, by_recipient, stored["commitment-set"])  # type: ignore[arg-type]
+        chunks = deal_reveal_chunks(dealer, public, by_recipient, stored.commitment_set)
         verify_statement(allow, where, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=3,
                          client_id=dealer, payload_sha256=payload_digest(chunks))
         deals[dealer] = (public, mine)
-    secrets = PartySecrets.from_bytes(stored["secrets"], PARAMS)  # type: ignore[arg-type]
-    outcome = finish(PARAMS, party, secrets, hellos, deals, int(stored["threshold"]))  # type: ignore[call-overload]
-    for key in (CEREMONY_STATE, DEAL_ARRAYS):  # s_i is no longer needed: only the threshold share stays
-        del context.state[key]
+    secrets = PartySecrets.from_bytes(stored.secrets, PARAMS)
+    outcome = finish(PARAMS, party, secrets, hellos, deals, stored.threshold)
+    CeremonyState.forget(context)  # s_i is no longer needed: only the threshold share stays
     if isinstance(outcome, Complaint):
         reply = RecordDict({"complaint": ConfigRecord({"dealer": outcome.dealer,
                                                        "exchange-private": outcome.exchange_private})})
         return sign_statement(reply, outcome.chunks(), KEYGEN_TAG, 5, config, context)
     statement = KeyStatement(outcome.public_key.digest, outcome.threshold, tuple(sorted(outcome.points)),
-                             int(stored["weight-scale"]), int(stored["first-round"]))  # type: ignore[call-overload]
-    _keep(context, outcome, statement, PENDING_ARRAYS, PENDING_STATE)
+                             stored.weight_scale, stored.first_round)
+    PendingKey.of(outcome, statement).keep(context)
     reply = RecordDict({"key": ConfigRecord({"statement": statement.to_bytes()})})
     return sign_statement(reply, statement.chunks(), KEY_TAG, 0, config, context)
 
@@ -205,24 +200,21 @@ def keygen_finish(content: RecordDict, config: RunConfig, context: Context) -> R
 def keygen_confirm(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
     """Step 5: the key statement with every holder's signature. Only if it is this device's own statement and every
     holder named signed it does the device start using the key (encrypting, decrypting, co-signing)."""
-    pending, arrays = context.state.config_records.get(PENDING_STATE), context.state.array_records.get(PENDING_ARRAYS)
+    pending = PendingKey.recall(context)
     record = content.config_records.get("key-statement")
-    if pending is None or arrays is None or record is None:
+    if pending is None or record is None:
         raise UpdateRejected("a confirm request without a key this device signed")
     try:
         signed = SignedKeyStatement.from_bytes(_config(record, "statement", bytes), _config(record, "signatures", bytes))
-        if signed.statement.to_bytes() != pending["statement"]:
+        if signed.statement.to_bytes() != pending.statement:
             raise UpdateRejected("the key statement to confirm is not the one this device signed")
         allow, where = allow_list(config, context), domain(config, context)
         signed.verify({h: allow.key_for(h) for h in signed.statement.holders}, where.chain_id, where.contract,
                       where.genesis, where.run_id, federation_size(config, context, len(allow.keys)))
     except LedgerError as exc:
         raise UpdateRejected(f"the key statement is not signed by all its holders: {exc}") from exc
-    prior = context.state.config_records.get(KEY_STATE)  # a new key in the same run keeps the rounds' log:
-    log = {k: list(prior[k]) for k in ("rounds", "sums", "repeats")} if prior else {  # type: ignore[arg-type]
-        "rounds": [], "sums": [], "repeats": []}  # re-keying never buys a second sum of a round
-    context.state[KEY_ARRAYS] = arrays
-    context.state[KEY_STATE] = ConfigRecord({**dict(pending), **log, "decryptions": 0})
-    for key in (PENDING_ARRAYS, PENDING_STATE):
-        del context.state[key]
+    prior = HeldKey.recall(context)  # a new key in the same run keeps the rounds' log: re-keying never buys a
+    log = (prior.rounds, prior.sums, prior.repeats) if prior else ((), (), ())  # second sum of a round
+    HeldKey(pending.party, pending.statement, pending.p0, pending.a, pending.share, *log, decryptions=0).keep(context)
+    PendingKey.forget(context)
     return RecordDict({"confirmed": ConfigRecord({"key-sha256": signed.statement.sha256})})

@@ -3,10 +3,11 @@ from the signed, revealed leaves, the decryptor set, and its decryption budget (
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 
 from fedproof.core.config import RunConfig
 from fedproof.base.errors import Reason
@@ -20,7 +21,8 @@ from ledger.verification import AllowList, Domain, verify_statement
 from privacy.errors import CiphertextError, PrivacyError
 from privacy.keygen import KeyHolding
 from privacy.threshold import rerandomize, rerandomizer_seed, sum_ciphertexts, sum_digest
-from fl_client.threshold.shared import DecryptionRefused, KEY_STATE, MAX_REPEATS, PARAMS, VERIFIED_C0, VERIFIED_SUM, key_holding, key_statement
+from fl_client.threshold.shared import DecryptionRefused, MAX_REPEATS, PARAMS, key_holding, key_statement
+from fl_client.threshold.state import HeldKey, VerifiedSum
 
 
 @dataclass(frozen=True)
@@ -158,35 +160,30 @@ def _verified_sum(request: DecryptionRequest, peers: _Peers, server_round: int, 
 
 
 def _remember(context: Context, server_round: int, decryptors: tuple[str, ...], checked: CheckedSum) -> None:
-    context.state[VERIFIED_SUM] = ConfigRecord({
-        "round": server_round, "decryptors": list(decryptors), "sum-sha256": checked.digest,
-        "merkle-root": checked.root, "leaves": checked.leaves, "examples": checked.examples,
-        "parent": checked.parent})
-    context.state[VERIFIED_C0] = ArrayRecord({"c0": Array(np.ascontiguousarray(checked.c0))})
+    VerifiedSum(server_round, decryptors, checked.digest, checked.root, checked.leaves, checked.examples,
+                checked.parent, checked.c0).keep(context)
 
 
 def _remembered_sum(context: Context, server_round: int, request: DecryptionRequest) -> CheckedSum:
     """The sum this device verified when it helped decrypt ``request`` (same round, sum and decryptors)."""
-    meta, arrays = context.state.config_records.get(VERIFIED_SUM), context.state.array_records.get(VERIFIED_C0)
-    if (meta is None or arrays is None or meta["round"] != server_round or meta["sum-sha256"] != request.sum_sha256
-            or list(meta["decryptors"]) != list(request.decryptors)):  # type: ignore[arg-type]
+    kept = VerifiedSum.recall(context)
+    if kept is None or (kept.round, kept.sum_sha256, kept.decryptors) != (server_round, request.sum_sha256,
+                                                                          tuple(request.decryptors)):
         raise DecryptionRefused(Reason.UNKNOWN_SUM, "a co-signing request without leaves, for a sum this device did not "
                                                "check and help decrypt: send the leaves")
-    return CheckedSum(None, arrays["c0"].numpy(), meta["sum-sha256"], meta["merkle-root"],  # type: ignore[arg-type]
-                      int(meta["leaves"]), int(meta["examples"]), meta["parent"])  # type: ignore[arg-type]
+    return CheckedSum(None, kept.c0, kept.sum_sha256, kept.merkle_root, kept.leaves, kept.examples, kept.parent)
 
 
 def _forget_sum(context: Context) -> None:
-    for key in (VERIFIED_SUM, VERIFIED_C0):
-        if key in context.state:
-            del context.state[key]
+    VerifiedSum.forget(context)
 
 
 def _log_decryption(context: Context, server_round: int, digest: bytes, ciphertexts: int) -> None:
     """Once per round (a repeat of the same sum, for a new decryptor set, at most MAX_REPEATS times), and within
     the key's decryption budget; recorded before the partial leaves the device."""
-    meta = context.state.config_records[KEY_STATE]
-    rounds, sums, repeats = list(meta["rounds"]), list(meta["sums"]), list(meta["repeats"])  # type: ignore
+    held = HeldKey.recall(context)
+    assert held is not None, "a decryptor holds a key (checked first)"
+    rounds, sums, repeats = list(held.rounds), list(held.sums), list(held.repeats)
     if server_round in rounds:
         i = rounds.index(server_round)
         if sums[i] != digest:
@@ -197,9 +194,9 @@ def _log_decryption(context: Context, server_round: int, digest: bytes, cipherte
         repeats[i] += 1
     else:
         rounds, sums, repeats = rounds + [server_round], sums + [digest], repeats + [1]
-    used = int(meta["decryptions"]) + ciphertexts  # type: ignore[call-overload]
+    used = held.decryptions + ciphertexts
     if used > PARAMS.max_decryptions:
         raise DecryptionRefused(Reason.KEY_EXHAUSTED, f"this key share has taken part in {PARAMS.max_decryptions} "
                                                  "ciphertext decryptions; start a new run (a new key)")
-    meta["rounds"], meta["sums"], meta["repeats"], meta["decryptions"] = rounds, sums, repeats, used
-    context.state[KEY_STATE] = meta
+    dataclasses.replace(held, rounds=tuple(rounds), sums=tuple(sums), repeats=tuple(repeats),
+                        decryptions=used).keep(context)

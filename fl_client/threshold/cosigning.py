@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 
-import numpy as np
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from fedproof.core.config import RunConfig
 from fedproof.base.errors import Reason, UpdateRejected
-from fedproof.core.protocol import COSIGN_KEY, CosignRequest, partial_chunks
+from fedproof.core.decryption_checks import fused_in_range, verify_partial
+from fedproof.core.protocol import COSIGN_KEY, CosignRequest
 from fl_client.signing import sign_statement
 from ledger.errors import UpdateVerificationError
 from fedproof.core.weights import apply_mean, hash_model, num_values
-from ledger.signing import MODEL_TAG, PARTIAL_TAG, model_statement_chunks, payload_digest
-from ledger.verification import verify_statement
+from ledger.signing import MODEL_TAG, model_statement_chunks
 from privacy.errors import CiphertextError
-from privacy.threshold import check_partial, fuse
+from privacy.threshold import fuse
 from fl_client.threshold.shared import DecryptionRefused, PARAMS, key_statement
 from fl_client.threshold.checks import _Peers, _decryptor_set, _forget_sum, _holding, _refusal_or, _remembered_sum, _verified_sum
 
@@ -45,10 +44,8 @@ def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, con
     partials = []
     for party, (envelope, values) in zip(decryptors, request.partials):
         try:
-            check_partial(PARAMS, values, checked.c0.shape[0])
-            chunks = partial_chunks(checked.digest, checked.root, decryptors, values.astype("<u8").tobytes())
-            verify_statement(allow, where, envelope.fields, envelope.signature, tag=PARTIAL_TAG, round=server_round,
-                             client_id=party, payload_sha256=payload_digest(chunks))
+            verify_partial(PARAMS, allow, where, server_round, party, decryptors, checked.digest, checked.root,
+                           envelope, values, checked.c0.shape[0])
         except (UpdateVerificationError, CiphertextError) as exc:
             raise DecryptionRefused(Reason.BAD_PARTIAL, f"decryptor {party}: {exc}") from exc
         partials.append(values)
@@ -56,7 +53,7 @@ def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, con
     if hash_model(parent, config.run_id) != checked.parent:
         raise DecryptionRefused(Reason.WRONG_PARENT, "the parent model sent is not the one the leaves trained from")
     values = fuse(PARAMS, checked.c0, partials, num_values(parent))
-    if not np.all(np.abs(values) <= PARAMS.max_abs_value * 1.01):
+    if not fused_in_range(PARAMS, values):
         raise DecryptionRefused(Reason.OUT_OF_RANGE, "the fused sum lies outside the scheme's range")
     scale = statement.weight_scale  # signed by every holder: the server's message has no say in it
     if not 1 <= checked.examples <= scale:

@@ -3,9 +3,10 @@ the round's frozen set of commitments only."""
 
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 
 from fedproof.core.config import RunConfig
 from fedproof.base.errors import Reason, UpdateRejected
@@ -14,14 +15,13 @@ from fedproof.core.protocol import (
     EncryptedPayload,
     RevealRequest,
     SignedEnvelope,
-    pack_ciphertexts,
     reveal_chunks,
-    unpack_ciphertexts,
 )
 from fl_client.signing import client_id, sign_statement
 from ledger.signing import REVEAL_TAG
 from privacy.errors import PrivacyError
-from fl_client.threshold.shared import DecryptionRefused, UPLOAD_STATE, key_holding, key_statement
+from fl_client.threshold.shared import DecryptionRefused, key_holding, key_statement
+from fl_client.threshold.state import Upload
 from fl_client.threshold.checks import _Peers, _frozen, _refusal_or
 
 
@@ -42,9 +42,7 @@ def withhold(content: RecordDict, server_round: int, context: Context) -> Record
     leave the reply and stay on the device until the round's commitments are frozen (:func:`reveal_update`)."""
     payload = EncryptedPayload.take(content)
     envelope = SignedEnvelope.take(content)
-    context.state[UPLOAD_STATE] = ConfigRecord({"round": server_round, "leaf-signature": envelope.signature,
-                                                "num-values": payload.num_values, "revealed-to": b""})
-    context.state[UPLOAD_STATE + "-ciphertexts"] = pack_ciphertexts(payload.chunks)
+    Upload(server_round, envelope.signature, payload.num_values, payload.chunks).keep(context)
     del content[CIPHERTEXTS_KEY]
     return content
 
@@ -59,9 +57,8 @@ def reveal_update(content: RecordDict, config: RunConfig, server_round: int, con
 
 def _reveal_update(content: RecordDict, config: RunConfig, server_round: int, context: Context,
                    min_contributors: int) -> RecordDict:
-    upload, packed = context.state.config_records.get(UPLOAD_STATE), context.state.array_records.get(
-        UPLOAD_STATE + "-ciphertexts")
-    if upload is None or packed is None or upload["round"] != server_round:
+    upload = Upload.recall(context)
+    if upload is None or upload.round != server_round:
         raise DecryptionRefused(Reason.NOTHING_COMMITTED, f"this device committed to no update in round {server_round}")
     try:
         request = RevealRequest.take(content)
@@ -69,14 +66,12 @@ def _reveal_update(content: RecordDict, config: RunConfig, server_round: int, co
         raise DecryptionRefused(Reason.MALFORMED, str(exc)) from exc
     me = client_id(context)
     own = [e for e in request.committed if e.fields.client_id == me]
-    if len(own) != 1 or own[0].signature != upload["leaf-signature"]:
+    if len(own) != 1 or own[0].signature != upload.leaf_signature:
         raise DecryptionRefused(Reason.NOT_IN_SET, "the frozen set does not hold this device's own commitment once")
     root, _ = _frozen(request.committed, _Peers.of(config, context, min_contributors), server_round,
                       own[0].fields.parent_model_hash)
-    if upload["revealed-to"] not in (b"", root):
+    if upload.revealed_to not in (b"", root):
         raise DecryptionRefused(Reason.SECOND_SET, "this device revealed its update to another set in this round")
-    upload["revealed-to"] = root
-    context.state[UPLOAD_STATE] = upload
-    chunks = unpack_ciphertexts(packed)
-    reply = EncryptedPayload(chunks, int(upload["num-values"])).put(RecordDict())  # type: ignore[call-overload]
+    dataclasses.replace(upload, revealed_to=root).keep(context)
+    reply = EncryptedPayload(upload.ciphertexts, upload.num_values).put(RecordDict())
     return sign_statement(reply, reveal_chunks(root), REVEAL_TAG, server_round, config, context)
