@@ -36,6 +36,7 @@ def cnn():
 
 @pytest.mark.parametrize("model_name,classes", [pytest.param(*g, marks=pytest.mark.slow) if g[0] == "scatternet" else g
                                                 for g in SHIPPED_GRAPHS])  # the scattering's export takes ~5 s
+@pytest.mark.slow  # a few seconds: `make test` and CI run it
 def test_each_committed_graph_is_a_fresh_export_of_its_model(model_name: str, classes: int) -> None:
     """As for the contract: the graph a device trusts is the one the task's code exports today."""
     assert canonical_graph(graph_name(model_name, classes)) == build_graph(model_name, classes), (

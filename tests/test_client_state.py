@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flwr.app import Context, RecordDict
 
 from fedproof.core.config import RunConfig
@@ -44,6 +45,7 @@ def test_the_state_file_is_per_dataset_never_per_run(tmp_path: Path) -> None:
     assert state_file(context(), str(tmp_path), "../x", "cd" * 32) is None
 
 
+@pytest.mark.slow  # a few seconds: `make test` and CI run it
 def test_the_lifetime_budget_spans_runs_and_restarts_until_it_is_spent(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 255, size=(60, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=60)

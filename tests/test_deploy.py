@@ -147,6 +147,7 @@ def test_tampered_and_unknown_artifacts_are_refused_and_nothing_is_installed(rec
         classify(tmp_path / "device", data.test_x[:4])
 
 
+@pytest.mark.slow  # a few seconds: `make test` and CI run it
 def test_the_edge_path_never_imports_torch(recorded_run, published, tmp_path: Path, synthetic_dir: Path) -> None:
     run_path, data, chain, _ = recorded_run
     fresh_copy(published, tmp_path)
@@ -314,6 +315,7 @@ def test_a_rollback_needs_a_signed_rollback_statement(recorded_run, published, t
     assert back.artifact_sha256 == older.artifact_sha256 and back.sequence == 3
 
 
+@pytest.mark.slow  # a few seconds: `make test` and CI run it
 def test_the_signed_drift_profile_is_installed_and_watches_what_the_device_sees(recorded_run, published,
                                                                                 tmp_path: Path) -> None:
     """deploy publishes a drift profile whose hash the operator signs; a device installs it with the model, stays
@@ -398,6 +400,7 @@ def ship(registry: Path, chain: LedgerContract, honest: SignedManifest, artifact
     return digest.hex()
 
 
+@pytest.mark.slow  # a few seconds: `make test` and CI run it
 @pytest.mark.parametrize("crafted", [always_seven, lambda _: constant_seven()], ids=["one-tensor", "own-graph"])
 def test_an_artifact_that_always_answers_7_is_refused_by_pull_and_follow(recorded_run, published, tmp_path: Path,
                                                                          crafted) -> None:

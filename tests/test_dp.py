@@ -138,6 +138,7 @@ def test_calibration_lands_at_or_just_under_target() -> None:
         check_budget(spent, noise, plan, settings)  # a sixth would not
 
 
+@pytest.mark.slow  # a few seconds: `make test` and CI run it
 def test_client_declines_when_budget_would_be_exceeded() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(200, 28, 28), dtype=np.uint8)
@@ -231,6 +232,7 @@ def test_the_round_plan_is_what_opacus_records(n: int) -> None:
     assert (plan.sample_rate, plan.steps) == (recorded_rate, recorded_steps)
 
 
+@pytest.mark.slow  # a few seconds: `make test` and CI run it
 def test_the_signed_epsilon_does_not_tell_n_from_n_plus_1() -> None:
     """The review's probe: batch size 1, which the policy accepts. A device plans from its declared size, so one
     record more or less leaves its epsilon (and the rate and steps it was accounted at) exactly as they were; the

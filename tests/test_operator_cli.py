@@ -26,6 +26,7 @@ def kits(tmp_path_factory: pytest.TempPathFactory):
     return kits
 
 
+@pytest.mark.slow  # a few seconds: `make test` and CI run it
 def test_a_wrong_operator_password_is_refused_and_never_kept(kits, tmp_path: Path) -> None:
     server = ServerKit.load(kits.server)
     kept = server.state / "operator-password"

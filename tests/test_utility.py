@@ -22,6 +22,7 @@ def small_task(n_train: int = 1000, n_test: int = 300, seed: int = 0):
     return make_images(train_y, rng), train_y, make_images(test_y, rng), test_y
 
 
+@pytest.mark.slow  # a few seconds: `make test` and CI run it
 def test_the_default_model_learns_under_dp_on_small_data() -> None:
     """Three DP rounds at epsilon 3 on 1,000 generated images: well above chance (10%)."""
     train_x, train_y, test_x, test_y = small_task()
