@@ -21,7 +21,7 @@ from safetensors.torch import save as safetensors_save
 from fedproof.core.data import load_dataset
 from fedproof.core.inference import predict, session
 from fedproof.core.model import make_model
-from fedproof.core.task import features, to_tensors
+from fedproof.core.features import features, to_tensors
 from fedproof.core.artifact import calibration_bytes, derive, graph_name
 from fl_server.deploy import load_model_file
 

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from fedproof.core.data import load_dataset
 from fedproof.core.model import make_model
-from fedproof.core.task import to_tensors
+from fedproof.core.features import to_tensors
 from fl_client.training import run_epochs
 from privacy.dp import DPSettings, make_private
 

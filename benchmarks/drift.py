@@ -21,7 +21,7 @@ from scipy import ndimage
 from deploy import train
 from fedproof.core.data import load_dataset
 from fedproof.core.drift import build_profile, check_window
-from fedproof.core.task import features
+from fedproof.core.features import features
 
 SHIFTS = {
     "none (false alarms)": lambda x: x,

@@ -65,7 +65,7 @@ def central(clients: int, epsilon: float) -> dict:
     from fedproof.core.config import RunConfig
     from fedproof.core.data import load_dataset
     from fedproof.core.model import make_model
-    from fedproof.core.task import evaluate
+    from fedproof.core.features import evaluate
     from fl_client.state import ClientState
     from fl_client.training import train_round
 

@@ -27,7 +27,7 @@ from fedproof.core.config import RunConfig
 from fedproof.core.client_data import load_client_data
 from fedproof.core.data import load_dataset
 from fedproof.core.model import make_model
-from fedproof.core.task import evaluate
+from fedproof.core.features import evaluate
 from fl_client.state import ClientState
 from fl_client.training import train_round
 

@@ -7,18 +7,20 @@ comes from its node config (``partition-id``, ``num-partitions``: set by the sim
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 import torch
 from torch import nn
 
-from fedproof.core.client_data import ClientData, load_client_data
+from fedproof.core.client_data import ClientData, load_client_data, own_client_data
 from fedproof.core.config import ClientSettings, RunConfig
 from fedproof.base.errors import ConfigError
-from fedproof.core.model import make_model
+from fedproof.core.task import BUILT_IN, Task, load_task
 from fedproof.core.protocol import (
     ARRAYS_KEY,
     PLAIN_MAX_ABS_DELTA,
@@ -28,7 +30,7 @@ from fedproof.core.protocol import (
     ClientReport,
     model_digest,
 )
-from fedproof.core.task import evaluate
+from fedproof.core.features import evaluate
 from fedproof.core.weights import hash_model
 from fl_client.device import Device
 from fl_client.policy import client_policy
@@ -61,6 +63,34 @@ def _settings(msg: Message, context: Context) -> tuple[RunConfig, int]:
     return device_paths(ClientSettings.from_record(settings).run_config(), context), server_round
 
 
+def device_task(config: RunConfig, device: Device) -> Task:
+    """The task this client trains. A device trains the task its node config names, and refuses a run of another;
+    a device that names none takes only a built-in task (a server must not make it import a module of its choice).
+    A simulated client takes the run's."""
+    if device.task and device.task != config.task:
+        raise ConfigError(f"the server runs task {config.task!r}; this device trains {device.task!r} (its node config)")
+    if device.on_device and not device.task and config.task not in BUILT_IN:
+        raise ConfigError(f"the server names task {config.task!r}, which this device does not name in its node "
+                          "config (task=...); a device loads only built-in tasks unless it names its own")
+    return load_task(config.task)
+
+
+_OWN_DATA: dict[tuple, ClientData] = {}
+
+
+def own_data(config: RunConfig, task: Task, path: Path) -> ClientData:
+    """A device's own records (read once per process while the files are unchanged), split for training."""
+    stat = path.stat() if path.exists() else None
+    key = (str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0, task.name, config.seed,
+           config.val_fraction)
+    if key not in _OWN_DATA:
+        x, y = task.device_records(path)
+        identity = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
+        _OWN_DATA.clear()
+        _OWN_DATA[key] = own_client_data(config, (x, y), task.num_classes, identity)
+    return _OWN_DATA[key]
+
+
 def _job(msg: Message, context: Context) -> _Job:
     config, server_round = _settings(msg, context)
     device = Device.of(context)
@@ -70,10 +100,14 @@ def _job(msg: Message, context: Context) -> _Job:
     if partition_id is None or num_partitions is None:
         raise ConfigError("node config lacks partition-id or num-partitions: start the SuperNode with "
                           "--node-config 'partition-id=<i> num-partitions=<n>'")
-    if device.data_dir:  # a device's own copy of the data, wherever it keeps it
-        config = config.with_overrides(data_dir=device.data_dir)
-    data = load_client_data(config, partition_id, num_partitions)
-    model = make_model(config.model, data.num_classes)
+    task = device_task(config, device)
+    if device.data is not None:  # a device's own records, in the task's terms
+        data = own_data(config, task, device.data)
+    else:  # its partition of the task's records (a simulation; a demo device holding a copy of the set)
+        if device.data_dir:  # a device's own copy of the data, wherever it keeps it
+            config = config.with_overrides(data_dir=device.data_dir)
+        data = load_client_data(config, partition_id, num_partitions)
+    model = task.model(config.model, data.num_classes)
     global_arrays = msg.content["arrays"]
     model.load_state_dict(global_arrays.to_torch_state_dict())
     return _Job(config, server_round, partition_id, data, model, global_arrays)

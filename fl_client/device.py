@@ -36,6 +36,10 @@ class Device:
     declared_examples: int | None
     """Its registered aggregation weight (and the size its privacy is accounted at); None: its exact count."""
     threads: int
+    task: str = ""
+    """The task this device trains ('': a simulated client takes the run's; a device then only a built-in one)."""
+    data: Path | None = None
+    """This device's own records (``fedproof client --data PATH``): a CSV, Parquet or .npz file, or an image folder."""
 
     @classmethod
     def of(cls, context: Context) -> Device:
@@ -59,4 +63,6 @@ class Device:
             state_dir=_path(config.get("state-dir")),
             declared_examples=number("declared-examples") or None,
             threads=number("threads") or 0,
+            task=str(config.get("task", "") or ""),
+            data=_path(config.get("data")),
         )

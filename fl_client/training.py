@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedproof.core.config import RunConfig
 from fedproof.core.protocol import BUDGET_EXHAUSTED, POLICY_REFUSED, TRAINED
 from fedproof.core.model import ExtractorHead
-from fedproof.core.task import features
+from fedproof.core.features import features
 from fl_client.policy import run_policy
 from fl_client.state import ClientState
 from privacy.dp import RoundPlan, calibrate_noise, check_budget, make_private

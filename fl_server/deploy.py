@@ -39,9 +39,9 @@ from fedproof.core.drift import build_profile
 from fedproof.base.errors import FedproofError
 from fedproof.base.files import write_atomically
 from fedproof.core.inference import predict, session
-from fedproof.core.model import make_model
+from fedproof.core.model import ExtractorHead, make_model
 from fedproof.core.rundir import RunDirectory
-from fedproof.core.task import PIXEL_MEAN, PIXEL_STD
+from fedproof.core.task import load_task
 from ledger.contract import LedgerContract, Receipt
 from ledger.manifest import DeploymentKey, DeploymentManifest, Derivation, SignedManifest
 from ledger.signing import run_id_hash
@@ -88,15 +88,14 @@ class Deployment:
 
 
 class _Standardised(nn.Module):
-    """uint8 images in, logits out: the same standardisation as training (fedproof.core.task.to_tensors)."""
+    """Raw records in, outputs out: the model behind its own ``prepare`` (the same as training's)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: ExtractorHead) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32).div(255.0).sub(PIXEL_MEAN).div(PIXEL_STD).unsqueeze(1)
-        return self.model(x)
+        return self.model.predict_raw(images)
 
 
 def load_model_file(path: Path, num_classes: int = 10, model_name: str = "scatternet") -> tuple[nn.Module, bytes]:
@@ -108,7 +107,7 @@ def load_model_file(path: Path, num_classes: int = 10, model_name: str = "scatte
     return model.eval(), hashlib.sha256(data).digest()
 
 
-def _export(model: nn.Module) -> bytes:
+def _export(model: ExtractorHead) -> bytes:
     """torch's ONNX export of ``model`` behind the standardisation, with a dynamic batch dimension (uncompacted)."""
     wrapped = _Standardised(model).eval()
     example = torch.zeros((2, 28, 28), dtype=torch.uint8)
@@ -219,7 +218,8 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
     calibration = dataset.train_x[rng.choice(len(dataset.train_x), min(settings.calibration_size,
                                                                         len(dataset.train_x)), replace=False)]
     # the one derivation a device re-runs before it installs (fedproof.core.artifact)
-    derivation = Derivation(graph_name(run_config.model, dataset.num_classes), settings.per_channel,
+    model_name = load_task(run_config.task).model_name(run_config.model)
+    derivation = Derivation(graph_name(model_name, dataset.num_classes), settings.per_channel,
                             hashlib.sha256(calibration_bytes(calibration)).digest())
     fp32, int8 = derive(derivation.graph, weights, calibration_bytes(calibration), settings.per_channel)
     # the server checks on all its cores (0: onnxruntime's default), a device runs on the threads it chooses

@@ -5,16 +5,16 @@ from __future__ import annotations
 from flwr.app import ArrayRecord
 
 from fedproof.core.data import Dataset
-from fedproof.core.model import make_model
-from fedproof.core.task import evaluate
+from fedproof.core.features import evaluate
+from fedproof.core.model import ExtractorHead
 
 
 class CentralEvaluator:
     """Evaluates global weights on ``dataset``'s test split; returns (loss, accuracy)."""
 
-    def __init__(self, dataset: Dataset, model: str = "scatternet") -> None:
+    def __init__(self, dataset: Dataset, model: ExtractorHead) -> None:
         self.dataset = dataset
-        self.model = make_model(model, dataset.num_classes)
+        self.model = model
 
     def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())

@@ -12,10 +12,9 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from fedproof.core.config import ClientSettings, RunConfig, Scalar
-from fedproof.core.data import load_dataset
 from fedproof.base.errors import ClientsUnavailableError
-from fedproof.core.model import make_model
 from fedproof.core.protocol import PLAIN_MAX_ABS_DELTA
+from fedproof.core.task import load_task
 from fedproof.core.rundir import MODEL_FILE, RoundMetrics, RunDirectory
 from fl_server.admission import Admission
 from fl_server.decryptors import ThresholdCommittee
@@ -104,10 +103,11 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     started = time.monotonic()
     wait_for_clients(grid, config.clients, config.connect_timeout)
     run_dir, config = RunDirectory.reopen(config) if config.resume else RunDirectory.create(config)
-    dataset = load_dataset(config.data_dir or None)
+    task = load_task(config.task)
+    dataset = task.dataset(config.data_dir or None)
     start = start_up(config, run_dir.path)  # keys, ledger, W: found once, beside the settings (never into them)
     run_dir.write_config(config, start.resolved())
-    model = ArrayRecord(make_model(config.model, dataset.num_classes, seed=config.seed).state_dict())
+    model = ArrayRecord(task.model(config.model, dataset.num_classes, seed=config.seed).state_dict())
     if config.resume:  # after a crash: go on from the last round recorded, with its model
         lineage = Lineage(run_dir.path, config, start.contract, domain=start.domain)
         done, model = lineage.resume(like=model)
@@ -115,7 +115,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         lineage, done = Lineage(run_dir.path, config, start.contract, model, domain=start.domain), 0
     prometheus = FederationMetrics(config.metrics_port, address=config.metrics_address)
     tracker = RunTracker(config, run_dir.path, start.domain)
-    evaluate = CentralEvaluator(dataset, config.model)
+    evaluate = CentralEvaluator(dataset, task.model(config.model, dataset.num_classes))
     rows = run_dir.keep_rounds(done)
     if done and not any(r.round == done for r in rows):  # crashed between recording round `done` and its row
         loss, accuracy = evaluate(model)

@@ -79,7 +79,7 @@ def trained_model(data):
     import torch
 
     from fedproof.core.model import make_model
-    from fedproof.core.task import features
+    from fedproof.core.features import features
 
     torch.manual_seed(0)
     model = make_model(num_classes=data.num_classes)

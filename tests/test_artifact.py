@@ -47,7 +47,7 @@ def test_the_derived_fp32_model_computes_the_torch_model() -> None:
     import torch
 
     from fedproof.core.inference import session
-    from fedproof.core.task import to_tensors
+    from fedproof.core.features import to_tensors
 
     model = make_model("cnn", 10, seed=2).eval()
     fp32 = fill(canonical_graph("cnn-10"), {k: v.numpy() for k, v in model.state_dict().items()})

@@ -23,7 +23,7 @@ from fedproof.core.artifact import calibration_bytes, derive
 from fedproof.core.data import load_dataset
 from fedproof.base.errors import FedproofError
 from fedproof.core.model import count_parameters, make_model
-from fedproof.core.task import to_tensors
+from fedproof.core.features import to_tensors
 
 from fl_client.edge import ArtifactRejected, classify, pull
 from fl_server.deploy import (

@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedproof.core.config import MODELS
+from fedproof.core.tasks.fashion_mnist import FashionMNIST
+
+MODELS = FashionMNIST.models
 from fedproof.base.errors import ConfigError
 from fedproof.core.model import count_parameters, make_model
 

@@ -13,7 +13,7 @@ import pytest
 from fedproof.core.data import load_dataset
 from fedproof.core.model import make_model
 from fedproof.core.rundir import RunDirectory
-from fedproof.core.task import evaluate
+from fedproof.core.features import evaluate
 
 pytestmark = pytest.mark.slow  # real processes: see the markers in pyproject.toml
 

@@ -8,7 +8,7 @@ import pytest
 
 from fedproof.core.config import RunConfig
 from fedproof.core.model import make_model
-from fedproof.core.task import evaluate
+from fedproof.core.features import evaluate
 from fl_client.state import ClientState
 from fl_client.training import train_round
 from privacy.dp import DPSettings, PrivacySpend, RoundPlan, calibrate_noise, check_budget
@@ -56,7 +56,7 @@ def test_the_default_schedule_keeps_every_client_within_its_lifetime_budget(n: i
 
 
 def test_features_are_kept_by_content_and_a_damaged_cache_file_is_recomputed(tmp_path, monkeypatch) -> None:
-    from fedproof.core import task
+    from fedproof.core import features as task
 
     monkeypatch.setenv("FEDPROOF_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(task, "_FEATURES", type(task._FEATURES)())

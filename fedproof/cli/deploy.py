@@ -137,8 +137,8 @@ def write_device_trust(chain, key, path: Path) -> None:
 def deploy_run(run_path: Path, server_round: int | None, registry: Path, max_drop: float, data_dir: Path | None,
                ledger: bool, ledger_url: str | None = None, contract: str | None = None,
                devnet_dir: Path | None = None, operator: Path | None = None, password_file: Path | None = None):
-    from fedproof.core.data import load_dataset
     from fedproof.core.rundir import RunDirectory
+    from fedproof.core.task import load_task
     from fl_server.deploy import DeploySettings, deploy
     from ledger.defaults import DEFAULT_DATA_DIR
 
@@ -151,7 +151,7 @@ def deploy_run(run_path: Path, server_round: int | None, registry: Path, max_dro
                 saved_dir = Path(str(config["devnet-dir"])) if config.get("devnet-dir") else None
                 write_device_trust(chain, key, Path(devnet_dir or saved_dir or DEFAULT_DATA_DIR).expanduser()
                                    / "trust.json")
-        dataset = load_dataset(data_dir or config.get("data-dir") or None)
+        dataset = load_task(str(config.get("task") or "fashion-mnist")).dataset(data_dir or config.get("data-dir") or None)
         return deploy(run_path, dataset, registry, chain, server_round, DeploySettings(max_drop_pp=max_drop), key)
     except (FedproofError, LedgerError, OSError, KeyError, ValueError) as exc:
         raise fail(exc)

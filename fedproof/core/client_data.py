@@ -1,4 +1,5 @@
-"""One client's share of the data: its partition of the training set, split into train and validation."""
+"""One client's data, split into train and validation: its partition of the task's records (a simulation, or a
+device of the demo that holds a copy of the set), or its own records (a device started with ``--data PATH``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedproof.core.config import RunConfig
-from fedproof.core.data import load_dataset
+from fedproof.core.task import load_task
 from fedproof.base.errors import ConfigError
 from fedproof.core.partition import PartitionSpec, partition_indices, train_val_split
 
@@ -27,7 +28,7 @@ def load_client_data(config: RunConfig, partition_id: int, num_partitions: int) 
     """The data of simulated client ``partition_id`` of ``num_partitions`` under ``config``'s scheme."""
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
-    dataset = load_dataset(config.data_dir or None)
+    dataset = load_task(config.task).dataset(config.data_dir or None)
     spec = PartitionSpec(
         scheme=config.partition,
         num_partitions=num_partitions,
@@ -45,3 +46,15 @@ def load_client_data(config: RunConfig, partition_id: int, num_partitions: int) 
         num_classes=dataset.num_classes,
         dataset=dataset.identity,
     )
+
+
+def own_client_data(config: RunConfig, records: tuple[np.ndarray, np.ndarray], num_classes: int, identity: str
+                    ) -> ClientData:
+    """A device's own records, split into train and validation by the run's ``val-fraction`` (seeded by the run)."""
+    x, y = records
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ConfigError(f"this device's labels lie outside 0..{num_classes - 1}, the task's classes")
+    order = np.random.default_rng(config.seed).permutation(len(y))
+    cut = int(round(len(y) * config.val_fraction))
+    val, train = order[:cut], order[cut:]
+    return ClientData(x[train], y[train], x[val], y[val], num_classes, identity)

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from privacy.dp import DPSettings
 
 PARTITIONS = ("iid", "dirichlet", "pathological")
-MODELS = ("scatternet", "cnn")
-"""fedproof.core.model's models (kept here so that reading a configuration does not import torch)."""
 Scalar = int | float | str | bool
 
 
@@ -56,8 +54,12 @@ class RunConfig:
     """Dirichlet concentration: smaller is more skewed."""
     classes_per_client: int = 2
     """Classes each client holds under pathological partitioning."""
-    model: str = "scatternet"
-    """scatternet: fixed wavelet-scattering features and a linear head (best under DP); cnn: the end-to-end tanh CNN."""
+    task: str = "fashion-mnist"
+    """What is trained (fedproof.core.task): a built-in task (fashion-mnist, breast-cancer) or ``module:Class`` of
+    an installed package. A device trains only the task its own node config names."""
+    model: str = ""
+    """One of the task's models ('': its default). fashion-mnist: scatternet (fixed wavelet-scattering features
+    and a linear head, best under DP) or cnn (the end-to-end tanh CNN); breast-cancer: mlp or logistic."""
     local_epochs: int = 0
     """0: 1 under DP, 3 without (see :meth:`training_epochs`)."""
     batch_size: int = 0
@@ -149,7 +151,8 @@ class RunConfig:
             (self.partition in PARTITIONS, f"partition must be one of {', '.join(PARTITIONS)}"),
             (self.alpha > 0 and math.isfinite(self.alpha), "alpha must be a positive number"),
             (self.classes_per_client >= 1, "classes-per-client must be at least 1"),
-            (self.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
+            (not self.model or self.model.isidentifier(), "model must be a model name of the task ('': its default)"),
+            (bool(self.task) and "/" not in self.task, "task must name a built-in task or 'module:Class'"),
             (self.local_epochs >= 0, "local-epochs must be at least 1 (0: the default for dp)"),
             (self.batch_size >= 0, "batch-size must be at least 1 (0: the default for dp)"),
             (self.lr >= 0 and math.isfinite(self.lr), "lr must be a non-negative number (0: the default for dp)"),
@@ -333,7 +336,7 @@ class ClientSettings:
 
     values: Mapping[str, Scalar]
 
-    KEYS = ("run-id", "seed", "clients", "rounds", "model", "partition", "alpha", "classes-per-client",
+    KEYS = ("run-id", "seed", "clients", "rounds", "task", "model", "partition", "alpha", "classes-per-client",
             "val-fraction", "local-epochs", "batch-size", "lr", "momentum", "dp", "target-epsilon", "delta",
             "noise-multiplier", "max-grad-norm", "accountant", "grad-sample-mode", "he", "he-threshold",
             "min-contributors", "ledger", "chain-id", "ledger-contract", "chain-genesis")

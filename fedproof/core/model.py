@@ -1,7 +1,7 @@
 """The shared task's models for 28x28 grayscale images: a fixed feature extractor, then a trained head.
 
 Every model is an :class:`ExtractorHead`: ``extractor`` has no parameters and nothing in its ``state_dict`` (its
-features cost no privacy and can be computed once per dataset, :func:`fedproof.core.task.features`), ``head`` is what
+features cost no privacy and can be computed once per dataset, :func:`fedproof.core.features.features`), ``head`` is what
 clients train and the federation exchanges. Neither uses BatchNorm (batch statistics mix samples, which Opacus
 rejects).
 
@@ -25,15 +25,33 @@ IMAGE_SHAPE = (1, 28, 28)
 
 
 class ExtractorHead(nn.Module):
-    """``head(extractor(x))``: a fixed extractor (no parameters, no state) and a trained head."""
+    """``head(extractor(x))``: a fixed extractor (no parameters, no state) and a trained head; ``x`` is what
+    ``prepare`` (fixed too: no parameters, no state) makes of raw records. ``prepare`` goes into the exported graph,
+    so a device sends raw records and runs no preprocessing code that could drift from training's."""
 
-    def __init__(self, extractor: nn.Module, head: nn.Module) -> None:
+    def __init__(self, extractor: nn.Module, head: nn.Module, prepare: nn.Module | None = None) -> None:
         super().__init__()
         self.extractor = extractor
         self.head = head
+        self.prepare = prepare if prepare is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.extractor(x))
+
+    def predict_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        """Outputs for raw records: what the exported graph computes."""
+        return self(self.prepare(raw))
+
+
+#: Fashion-MNIST pixel mean and standard deviation (on [0, 1]), used to standardise inputs.
+PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
+
+
+class StandardizedImages(nn.Module):
+    """uint8 ``(n, 28, 28)`` images to standardised ``(n, 1, 28, 28)`` float32 (Fashion-MNIST's pixel statistics)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(torch.float32).div(255.0).sub(PIXEL_MEAN).div(PIXEL_STD).unsqueeze(1)
 
 
 class CNNHead(nn.Module):
@@ -62,18 +80,19 @@ def scatternet(num_classes: int = 10) -> ExtractorHead:
         nn.Flatten(),
         nn.Linear(channels * side * side, num_classes),
     )
-    return ExtractorHead(scattering, head)
+    return ExtractorHead(scattering, head, StandardizedImages())
 
 
 def cnn(num_classes: int = 10) -> ExtractorHead:
-    return ExtractorHead(nn.Identity(), CNNHead(num_classes))
+    return ExtractorHead(nn.Identity(), CNNHead(num_classes), StandardizedImages())
 
 
 _BUILDERS = {"scatternet": scatternet, "cnn": cnn}
 
 
-def make_model(name: str = "scatternet", num_classes: int = 10, seed: int | None = None) -> ExtractorHead:
+def make_model(name: str = "", num_classes: int = 10, seed: int | None = None) -> ExtractorHead:
     """A fresh model; with ``seed`` its initial weights are reproducible."""
+    name = name or "scatternet"
     if name not in _BUILDERS:
         raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(_BUILDERS)}")
     if seed is None:

@@ -1,114 +1,104 @@
-"""Tensors and evaluation shared by the clients (local validation) and the server (central test set)."""
+"""The task: what a user brings to a federation (the model and the data), and everything fedproof adds works on.
+
+A task is a small class a user writes in their own package, as Flower's ``flwr new`` puts the model and the
+loaders in an app's ``task.py``. fedproof brings the rest: DP-SGD under each device's policy, threshold HE,
+signed and co-signed lineage, audit, deployment and drift monitoring. A run names its task in its settings
+(``task = "fashion-mnist"``, or ``"my_package.task:HospitalRecords"``); a device trains only the task its own node
+config names, whatever a server asks (:func:`fl_client.device.Device`).
+
+What a task declares:
+
+- ``record``: what one raw record is (:class:`~fedproof.core.loaders.RecordSpec`): an image's size, a table's
+  feature columns and label column. Devices send raw records to the exported graph, and load their own data in
+  those terms (:func:`~fedproof.core.loaders.load_records`: CSV, Parquet, ``.npz``, image folders).
+- ``models`` and :meth:`Task.build`: any ``torch.nn.Module`` head that Opacus accepts, behind an optional fixed
+  feature extractor (no parameters: computed once per dataset) and a fixed ``prepare`` from raw records (both in
+  :class:`~fedproof.core.model.ExtractorHead`; ``prepare`` goes into the exported ONNX graph).
+- :meth:`Task.dataset`: the records a simulation splits among its clients (flwr-datasets' partitioners) and an
+  optional central test set for the server.
+
+Classification with cross-entropy and accuracy is what every task trains and reports today.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import io
-import os
-from collections import OrderedDict
+import functools
+import importlib
+from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
-from fedproof.base.files import write_atomically
+from fedproof.base.errors import ConfigError
+from fedproof.core.data import Dataset
+from fedproof.core.loaders import RecordSpec, load_records
 from fedproof.core.model import ExtractorHead
 
-#: Fashion-MNIST pixel mean and standard deviation (on [0, 1]), used to standardise inputs.
-PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
+BUILT_IN = {
+    "fashion-mnist": "fedproof.core.tasks.fashion_mnist:FashionMNIST",
+    "breast-cancer": "fedproof.core.tasks.breast_cancer:BreastCancer",
+}
+"""Tasks that ship with fedproof, by name; any other is ``module:Class`` of an installed package."""
 
 
-def to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 ``(n, 28, 28)`` images and int labels to standardised ``(n, 1, 28, 28)`` float32 + int64."""
-    x = torch.from_numpy(images.astype(np.float32)).div_(255.0)
-    x = x.sub_(PIXEL_MEAN).div_(PIXEL_STD).unsqueeze(1)
-    return x, torch.from_numpy(labels.astype(np.int64))
+class Task(ABC):
+    """One federated learning task. Subclass it, set the class attributes, and implement :meth:`build` and
+    :meth:`dataset`; :meth:`device_records` reads a device's own data in the formats people have."""
+
+    name: ClassVar[str]
+    record: ClassVar[RecordSpec]
+    models: ClassVar[tuple[str, ...]]
+    """The model names :meth:`build` takes; the first is the default (a run's ``model = ""``)."""
+    num_classes: ClassVar[int]
+
+    @abstractmethod
+    def build(self, model: str, num_classes: int) -> ExtractorHead:
+        """A fresh model ``model`` (one of :attr:`models`) with ``num_classes`` outputs."""
+
+    @abstractmethod
+    def dataset(self, data_dir: str | None) -> Dataset:
+        """The records of a simulation (split among its clients) and the server's central test set (may be
+        empty); ``data_dir`` is the run's ``data-dir`` setting ('' or None: the task's own default place)."""
+
+    def device_records(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """A device's own records and labels, from the path its owner gave (``fedproof client --data PATH``)."""
+        return load_records(path, self.record)
+
+    def model_name(self, model: str = "") -> str:
+        name = model or self.models[0]
+        if name not in self.models:
+            raise ConfigError(f"model {name!r} is not one of task {self.name}'s: {', '.join(self.models)}")
+        return name
+
+    def model(self, model: str = "", num_classes: int | None = None, seed: int | None = None) -> ExtractorHead:
+        """A fresh model (the task's default for ``model=""``); with ``seed`` its initial weights are reproducible."""
+        name = self.model_name(model)
+        classes = num_classes if num_classes is not None else self.num_classes
+        if seed is None:
+            return self.build(name, classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.build(name, classes)
 
 
-#: Features of recently seen image sets: a client's train and validation split, the server's test set. A process
-#: (a Ray actor of the simulation, a device's warm ClientApp) serves several rounds, and with a fixed extractor
-#: every round would otherwise recompute the same features (scattering: ~1.6 s per 1,000 images on one core).
-_FEATURES: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-FEATURE_CACHE_ENTRIES = 24
-#: The disk cache's size cap: the oldest files go first.
-DISK_CACHE_BYTES = 3 * 2**30
-CHUNK = 64  # images per extractor call: larger chunks are slower (memory traffic of the 64 second-order paths)
-
-
-def feature_cache_dir() -> Path:
-    """Where features are kept between processes and runs: ``$FEDPROOF_CACHE_DIR``, else ~/.cache/fedproof/features.
-    Every process of a simulation (and every run after the first) reads a client's features from here instead of
-    computing them again; they are a fixed function of the client's own images and never leave the machine."""
-    configured = os.environ.get("FEDPROOF_CACHE_DIR")
-    base = Path(configured) if configured else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "fedproof"
-    return base.expanduser() / "features"
-
-
-@torch.no_grad()
-def features(model: ExtractorHead, images: np.ndarray) -> torch.Tensor:
-    """The head's inputs for uint8 ``images``: ``model.extractor`` of the standardised images, computed once per
-    image set (kept by content, in memory and on disk) when the extractor does anything."""
-    if isinstance(model.extractor, nn.Identity):
-        return to_tensors(images, np.zeros(len(images), np.int64))[0]
-    key = hashlib.sha256(repr(model.extractor).encode() + repr(images.shape).encode() + images.tobytes()).digest()
-    if key not in _FEATURES:  # standardise only when the features must be computed
-        cached = _from_disk(key, len(images))
-        _FEATURES[key] = cached if cached is not None else _compute(model.extractor, images, key)
-        while len(_FEATURES) > FEATURE_CACHE_ENTRIES:
-            _FEATURES.popitem(last=False)
-    _FEATURES.move_to_end(key)
-    return _FEATURES[key]
-
-
-def _compute(extractor: nn.Module, images: np.ndarray, key: bytes) -> torch.Tensor:
-    x, _ = to_tensors(images, np.zeros(len(images), np.int64))
-    extractor.eval()
-    out = torch.cat([extractor(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)])
+@functools.lru_cache(maxsize=8)
+def load_task(reference: str) -> Task:
+    """The task a run names: a built-in one (:data:`BUILT_IN`) or ``module:Class`` of an installed package."""
+    target = BUILT_IN.get(reference, reference)
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError(f"task {reference!r} is neither a built-in task ({', '.join(BUILT_IN)}) nor 'module:Class' "
+                          "of an installed package")
     try:
-        directory = feature_cache_dir()
-        buffer = io.BytesIO()
-        np.save(buffer, out.numpy(), allow_pickle=False)
-        write_atomically(directory / f"{key.hex()}.npy", buffer.getvalue())  # a concurrent reader sees all or nothing
-        _trim(directory)
-    except OSError:  # a read-only or full disk only costs the recomputation next time
-        pass
-    return out
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"task {reference!r} cannot be loaded ({exc}); is its package installed here?") from exc
+    task = found() if isinstance(found, type) else found
+    if not isinstance(task, Task):
+        raise ConfigError(f"task {reference!r} is a {type(task).__name__}, not a fedproof.core.task.Task")
+    return task
 
 
-def _from_disk(key: bytes, n: int) -> torch.Tensor | None:
-    path = feature_cache_dir() / f"{key.hex()}.npy"
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    if array.dtype != np.float32 or array.ndim < 2 or len(array) != n or not np.isfinite(array).all():
-        return None
-    os.utime(path)
-    return torch.from_numpy(array)
-
-
-def _trim(directory: Path) -> None:
-    files = sorted(directory.glob("*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)
-    total = 0
-    for path in files:
-        total += path.stat().st_size
-        if total > DISK_CACHE_BYTES:
-            path.unlink(missing_ok=True)
-
-
-@torch.no_grad()
-def evaluate(model: ExtractorHead, images: np.ndarray, labels: np.ndarray, batch_size: int = 1024
-             ) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on the given data (0, 0 when it is empty)."""
-    if len(labels) == 0:
-        return 0.0, 0.0
-    model.eval()
-    inputs, y = features(model, images), torch.from_numpy(labels.astype(np.int64))
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(labels), batch_size):
-        logits = model.head(inputs[start : start + batch_size])
-        yb = y[start : start + batch_size]
-        total_loss += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
-        correct += int((logits.argmax(1) == yb).sum())
-    return total_loss / len(labels), correct / len(labels)
+__all__ = ["BUILT_IN", "RecordSpec", "Task", "load_task"]

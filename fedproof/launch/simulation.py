@@ -13,8 +13,7 @@ import warnings
 
 from fedproof.core.config import RunConfig
 from fedproof.core.client_data import load_client_data
-from fedproof.core.data import load_dataset
-from fedproof.core.model import make_model
+from fedproof.core.task import load_task
 from fl_client.client_app import app as client_app
 from fl_server.federation import FederationResult, RoundObserver
 from fl_server.server_app import build_server_app
@@ -37,12 +36,13 @@ class _DropDeprecationNotice(logging.Filter):
 def preflight(config: RunConfig) -> None:
     """Refuse, before Ray starts, a run that cannot work: missing data, or DP settings that no client
     could honour (delta not below 1/n for the smallest client, a model Opacus rejects)."""
-    dataset = load_dataset(config.data_dir or None)
+    task = load_task(config.task)
+    dataset = task.dataset(config.data_dir or None)
     dp = config.dp_settings()
     if dp is not None:
         from privacy.dp import validate_model
 
-        validate_model(make_model(config.model, dataset.num_classes).head)
+        validate_model(task.model(config.model, dataset.num_classes).head)
         smallest = min(len(load_client_data(config, i, config.clients).train_y) for i in range(config.clients))
         dp.check_dataset(smallest)
 
