@@ -48,6 +48,9 @@ def simulate(
     partition: Annotated[Optional[str], typer.Option(help=f"Data split: {', '.join(PARTITIONS)}.")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Dirichlet concentration (smaller: more skew).")] = None,
     classes_per_client: Annotated[Optional[int], typer.Option(help="Classes per client (pathological).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="What to train: fashion-mnist, breast-cancer, or module:Class of "
+                                                     "your own package (fedproof new).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="One of the task's models (default: its first).")] = None,
     local_epochs: Annotated[Optional[int], typer.Option(help="Local epochs per round.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Local mini-batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Local SGD learning rate.")] = None,
@@ -103,6 +106,8 @@ def simulate(
                 partition=partition,
                 alpha=alpha,
                 classes_per_client=classes_per_client,
+                task=task,
+                model=model,
                 local_epochs=local_epochs,
                 batch_size=batch_size,
                 lr=lr,

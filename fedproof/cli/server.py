@@ -333,7 +333,12 @@ def client_command(
     identity: Annotated[Optional[Path], typer.Option(
         help="This device's keys (fedproof client init); default: the kit's own, if provision generated them.")] = None,
     server: Annotated[Optional[str], typer.Option(help="SuperLink address HOST:PORT (default: from the kit).")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="This device's Fashion-MNIST directory.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="This device's copy of the task's data set (the demo: a "
+                                                           "Fashion-MNIST directory it trains its partition of).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="This device's own records: a .csv, .parquet or .npz file, or a "
+                                                      "folder of class folders of images (checked before it starts).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="The task this device trains (built-in name or module:Class); "
+                                                     "it refuses runs of any other.")] = None,
     port: Annotated[int, typer.Option(help="Local port of the SuperNode's runtime API (0: a free one, so several "
                                            "devices can share a machine).")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for training (default 0: torch's default, all).")] = 0,
@@ -359,6 +364,11 @@ def client_command(
                 locate(data_dir)
             except FedproofError as exc:
                 raise FedproofError(f"--data-dir {data_dir}: {exc}") from exc
+        if data is not None:  # this device's own records, in its task's terms: refused now, not in round 1
+            from fedproof.core.task import load_task
+
+            records, labels = load_task(task or "fashion-mnist").device_records(data)
+            console.print(f"{len(labels)} records of task {task or 'fashion-mnist'} in {data}")
         if not insecure:
             check_server_certificate(kit, address)
         if not (kit / "trust.json").is_file():
@@ -366,7 +376,7 @@ def client_command(
                           "that records on a ledger (copy the server kit's trust.json there)")
         port = port or free_port()
         command = supernode_command(kit, address, port, str(data_dir.resolve()) if data_dir else "", insecure,
-                                    threads, identity)
+                                    threads, identity, data=data.resolve() if data else None, task=task or "")
         runner = app_runner_command(kit, port, os.getpid())
     except (FedproofError, OSError) as exc:
         raise fail(exc)

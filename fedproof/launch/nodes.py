@@ -172,7 +172,8 @@ class SuperLink:
 
 
 def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", insecure: bool = False,
-                      threads: int = 0, identity: Path | None = None) -> list[str]:
+                      threads: int = 0, identity: Path | None = None, data: Path | None = None, task: str = ""
+                      ) -> list[str]:
     """The ``flower-supernode`` command of a client kit: its node key, the CA, its data and its secrets (from the
     device's identity directory, ``fedproof client init``, or the kit when provision generated them), and the
     kit's ledger pin (``trust.json``) when it has one."""
@@ -197,6 +198,10 @@ def supernode_command(kit: Path, server: str, port: int, data_dir: str = "", ins
         node_config["data-dir"] = data_dir
     if threads:
         node_config["threads"] = threads
+    if data is not None:
+        node_config["data"] = str(data)  # its own records, which it alone names
+    if task:
+        node_config["task"] = task  # the only task it trains
     rendered = " ".join(f'{k}={json.dumps(v) if isinstance(v, str) else v}' for k, v in node_config.items())
     security = ["--insecure"] if insecure else ["--root-certificates", str(kit / "ca.crt"),
                                                 "--auth-supernode-private-key", str(node_key)]

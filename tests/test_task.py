@@ -1,0 +1,96 @@
+"""Bring your own task: a task defined outside fedproof trains through the public interface alone, and a device
+trains only the task (and the data) it names itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedproof.base.errors import ConfigError
+from fedproof.core.client_data import own_client_data
+from fedproof.core.config import RunConfig
+from fedproof.core.task import Task, load_task
+from fl_client.client_app import device_task, own_data
+from fl_client.device import Device
+
+TESTS = Path(__file__).resolve().parent
+
+
+def device(**kw) -> Device:
+    base = dict(client_id="0", on_device=True, partition_id=0, num_partitions=1, signing_key=None, allow_list=None,
+                policy=None, pin=None, data_dir="", state_dir=None, declared_examples=None, threads=0)
+    return Device(**{**base, **kw})
+
+
+def test_built_in_and_user_tasks_load_by_name_and_a_wrong_name_is_a_clear_error() -> None:
+    assert load_task("fashion-mnist").model_name() == "scatternet"
+    assert load_task("breast-cancer").model("logistic", seed=0).head.in_features == 30
+    assert load_task("tiny_table:TinyTable").name == "tiny-table"
+    with pytest.raises(ConfigError, match="neither a built-in task"):
+        load_task("mnist")
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        load_task("no_such_package.task:Task")
+    with pytest.raises(ConfigError, match="not a fedproof.core.task.Task"):
+        load_task("json:JSONDecoder")
+    with pytest.raises(ConfigError, match="is not one of task tiny-table's"):
+        load_task("tiny_table:TinyTable").model("cnn")
+
+
+def test_a_device_trains_only_the_task_it_names_and_loads_no_module_a_server_names() -> None:
+    run = RunConfig(task="tiny_table:TinyTable")
+    assert device_task(run, device(task="tiny_table:TinyTable")).name == "tiny-table"
+    with pytest.raises(ConfigError, match="this device trains 'breast-cancer'"):
+        device_task(run, device(task="breast-cancer"))
+    with pytest.raises(ConfigError, match="loads only built-in tasks"):
+        device_task(run, device())  # a device that names no task: a server may not make it import a module
+    assert device_task(RunConfig(task="breast-cancer"), device()).name == "breast-cancer"
+    assert device_task(run, device(on_device=False)).name == "tiny-table"  # the operator's simulated client
+
+
+def test_a_devices_own_csv_is_its_data_split_by_the_runs_val_fraction(tmp_path: Path) -> None:
+    task = load_task("tiny_table:TinyTable")
+    path = tmp_path / "site.csv"
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    path.write_text("y,d,c,b,a\n" + "".join(f"{'yes' if i % 2 else 'no'},{r[3]},{r[2]},{r[1]},{r[0]}\n"
+                                           for i, r in enumerate(x)))
+    data = own_data(RunConfig(val_fraction=0.2), task, path)
+    assert len(data.train_y) == 8 and len(data.val_y) == 2 and data.num_classes == 2
+    assert sorted(np.concatenate([data.train_x, data.val_x])[:, 0].tolist()) == x[:, 0].tolist()
+    with pytest.raises(ConfigError, match="outside 0..1"):
+        own_client_data(RunConfig(), (x, np.array([0, 1, 2] + [0] * 7)), 2, "id")
+
+
+def test_a_task_is_small_and_typed() -> None:
+    """What a user implements: the records, the models and the data; nothing else is required."""
+    assert sorted(Task.__abstractmethods__) == ["build", "dataset"]
+
+
+@pytest.mark.slow
+def test_a_user_task_runs_two_rounds_with_dp_he_and_the_ledger_through_the_public_interface(
+        tmp_path: Path, devnet) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedproof.cli", "simulate", "--task", "tiny_table:TinyTable", "--clients", "3",
+         "--rounds", "2", "--run-dir", str(tmp_path), "--run-id", "byo", "--local-epochs", "2", "--batch-size",
+         "32", "--lr", "0.5", "--noise-multiplier", "0.8", "--target-epsilon", "0", "--delta", "1e-3",
+         "--ledger-url", devnet.url, "--devnet-dir", str(devnet.data_dir)],
+        capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((tmp_path / "byo" / "run.json").read_text())
+    assert doc["config"]["task"] == "tiny_table:TinyTable" and doc["config"]["he"] and doc["config"]["dp"]
+    assert doc["summary"]["rounds_completed"] == 2 and doc["summary"]["final_accuracy"] > 0.6
+    assert all(0 < eps < 100 for eps in doc["summary"]["epsilon_by_client"].values())
+    bundle = json.loads((tmp_path / "byo" / "ledger" / "round-2.json").read_text())
+    assert len(bundle["updates"]) == 3 and bundle["threshold"] >= 2  # signed updates, co-signed by key holders
+    audit = subprocess.run([sys.executable, "-m", "fedproof.cli", "audit", "verify",
+                            str(tmp_path / "byo" / "model.safetensors"), "--ledger-url", devnet.url,
+                            "--devnet-dir", str(devnet.data_dir), "--json"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert audit.returncode == 0 and json.loads(audit.stdout)["verified"], audit.stdout + audit.stderr
