@@ -32,12 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fedproof.core.artifact import MAX_CALIBRATION_IMAGES, DerivationError, check_derived, derive
+from fedproof.core.artifact import MAX_CALIBRATION_IMAGES, DerivationError, check_derived, derive, graph_record
 from fedproof.core.data import gunzip_bounded, parse_idx
 from fedproof.core.drift import DriftResult, ProfileError, ReferenceProfile, check_window
 from fedproof.base.errors import FedproofError
 from fedproof.base.files import read_bounded, write_atomically
 from fedproof.core.inference import predict, session
+from fedproof.core.loaders import RecordSpec, load_rows
 from ledger.audit import AuditFailure, verify_model
 from ledger.contract import LedgerContract
 from ledger.errors import LedgerError
@@ -74,6 +75,8 @@ class Installed:
     version: str = ""
     profile_sha256: str = ""
     """The drift profile installed with it ('' when the release published none)."""
+    graph: str = ""
+    """The canonical graph it derives from (its records' shape and columns are that graph's)."""
 
 
 @dataclass
@@ -213,7 +216,7 @@ def _install(install_dir: Path, manifest: DeploymentManifest, data: bytes, recor
         write_atomically(install_dir / f"{wanted}.profile.json", profile)
     installed = Installed(wanted, manifest.source_model_sha256.hex(), manifest.round, record.block_number,
                           record.tx_hash, str(target), manifest.sequence, manifest.version,
-                          manifest.profile_sha256.hex())
+                          manifest.profile_sha256.hex(), manifest.derivation.graph)
     _make_current(install_dir, installed)
     return installed
 
@@ -435,6 +438,32 @@ def load(install_dir: Path):
     if hashlib.sha256(data).hexdigest() != current.artifact_sha256:
         raise ArtifactRejected(f"installed model {current.path} was altered after it was verified: not loading it")
     return session(data), current
+
+
+def read_inputs(path: Path, record: RecordSpec) -> np.ndarray:
+    """What the installed model is asked about, in its task's terms: table rows from a CSV or Parquet file (by
+    column name; a label column may be there or not), else images as :func:`read_images` reads them."""
+    if record.is_table:
+        if path.suffix.lower() == ".npy":
+            import io
+
+            try:
+                rows = np.load(io.BytesIO(_read_limited(path, MAX_INPUT_BYTES, "input file")), allow_pickle=False)
+            except ValueError as exc:
+                raise FedproofError(f"{path}: not a .npy array ({exc})") from exc
+            if rows.ndim != 2 or rows.shape[1:] != record.shape or rows.dtype.kind not in "iuf":
+                raise FedproofError(f"{path}: expected rows of shape (n, {record.shape[0]}), got {rows.dtype} {rows.shape}")
+            return rows.astype(np.float32)
+        return load_rows(path, record, MAX_INPUT_BYTES)
+    return read_images(path)
+
+
+def installed_record(install_dir: Path) -> RecordSpec:
+    """The installed model's records, from this device's own copy of its canonical graph."""
+    current = current_model(install_dir)
+    if current is None:
+        raise ArtifactRejected(f"no installed model in {install_dir}: run `fedproof edge pull` first")
+    return graph_record(current.graph) if current.graph else RecordSpec(shape=(28, 28), dtype="uint8")
 
 
 def read_images(path: Path) -> np.ndarray:

@@ -33,13 +33,14 @@ from onnx import numpy_helper
 from safetensors.numpy import load as safetensors_load
 from torch import nn
 
-from fedproof.core.artifact import LEARNED, calibration_bytes, compact, derive, graph_name
+from fedproof.core.artifact import LEARNED, RECORD, calibration_bytes, compact, derive, graph_name, record_json
 from fedproof.core.data import Dataset
 from fedproof.core.drift import build_profile
 from fedproof.base.errors import FedproofError
 from fedproof.base.files import write_atomically
-from fedproof.core.inference import predict, session
-from fedproof.core.model import ExtractorHead, make_model
+from fedproof.core.inference import INPUT, predict, session
+from fedproof.core.loaders import RecordSpec
+from fedproof.core.model import ExtractorHead
 from fedproof.core.rundir import RunDirectory
 from fedproof.core.task import load_task
 from ledger.contract import LedgerContract, Receipt
@@ -98,36 +99,39 @@ class _Standardised(nn.Module):
         return self.model.predict_raw(images)
 
 
-def load_model_file(path: Path, num_classes: int = 10, model_name: str = "scatternet") -> tuple[nn.Module, bytes]:
-    """The torch model (architecture ``model_name``) held by a safetensors model file, and the SHA-256 of its exact
+def load_model_file(path: Path, num_classes: int = 10, model_name: str = "", task: str = "fashion-mnist"
+                    ) -> tuple[nn.Module, bytes]:
+    """The torch model (``task``'s ``model_name``) held by a safetensors model file, and the SHA-256 of its exact
     bytes."""
     data = Path(path).read_bytes()
-    model = make_model(model_name, num_classes)
+    model = load_task(task).model(model_name, num_classes)
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in safetensors_load(data).items()})
     return model.eval(), hashlib.sha256(data).digest()
 
 
-def _export(model: ExtractorHead) -> bytes:
-    """torch's ONNX export of ``model`` behind the standardisation, with a dynamic batch dimension (uncompacted)."""
+def _export(model: ExtractorHead, record: RecordSpec) -> bytes:
+    """torch's ONNX export of ``model`` behind its ``prepare``, taking raw records, with a dynamic batch dimension
+    (uncompacted)."""
     wrapped = _Standardised(model).eval()
-    example = torch.zeros((2, 28, 28), dtype=torch.uint8)
+    example = torch.zeros((2, *record.shape), dtype=getattr(torch, record.dtype))
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" x4, harmless
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         path = Path(tmp) / "model.onnx"
-        program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=["images"],
+        program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT],
                                     output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
                                     verbose=False)
         program.save(str(path), external_data=False)
         return path.read_bytes()
 
 
-def build_graph(model_name: str, num_classes: int) -> bytes:
+def build_graph(model_name: str, num_classes: int, task: str = "fashion-mnist") -> bytes:
     """The canonical graph of a model (:mod:`fedproof.core.artifact`): its export with each learned initializer named by
     its state-dict key and left empty. Which initializer holds which tensor is found by content (the weights are
     seeded and distinct), so an exporter that transposed or folded one fails here rather than shipping."""
-    model = make_model(model_name, num_classes, seed=0).eval()
-    raw = onnx.load_from_string(_export(model))
+    spec = load_task(task)
+    model = spec.model(model_name, num_classes, seed=0).eval()
+    raw = onnx.load_from_string(_export(model, spec.record))
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     keep: dict[str, str] = {}
     for init in raw.graph.initializer:
@@ -142,11 +146,13 @@ def build_graph(model_name: str, num_classes: int) -> bytes:
         if init.name in state:
             init.raw_data = b""
     graph.metadata_props.add(key=LEARNED, value=json.dumps(sorted(state)))
+    graph.metadata_props.add(key=RECORD, value=record_json(spec.record))
     return graph.SerializeToString()
 
 
 #: The canonical graphs fedproof ships (``python -m fl_server.deploy graphs`` writes them).
-SHIPPED_GRAPHS = (("scatternet", 10), ("cnn", 10))
+SHIPPED_GRAPHS = (("fashion-mnist", "scatternet", 10), ("fashion-mnist", "cnn", 10), ("breast-cancer", "mlp", 2),
+                  ("breast-cancer", "logistic", 2))
 
 
 MANIFEST_LIFETIME = 365 * 24 * 3600
@@ -282,9 +288,9 @@ def write_graphs() -> list[Path]:
 
     GRAPHS.mkdir(exist_ok=True)
     written = []
-    for model_name, classes in SHIPPED_GRAPHS:
+    for task, model_name, classes in SHIPPED_GRAPHS:
         path = GRAPHS / f"{graph_name(model_name, classes)}.onnx"
-        write_atomically(path, build_graph(model_name, classes))
+        write_atomically(path, build_graph(model_name, classes, task))
         written.append(path)
     return written
 

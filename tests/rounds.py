@@ -74,15 +74,15 @@ def signed_reply(config, parent: ArrayRecord, client: str, arrays: ArrayRecord |
     return sign_update(content, config, context, server_round, count, epsilon, hash_model(parent, config.run_id))
 
 
-def trained_model(data):
-    """The default model with its head trained a little on ``data`` (deterministic)."""
+def trained_model(data, task: str = "fashion-mnist"):
+    """``task``'s default model with its head trained a little on ``data`` (deterministic)."""
     import torch
 
-    from fedproof.core.model import make_model
     from fedproof.core.features import features
+    from fedproof.core.task import load_task
 
     torch.manual_seed(0)
-    model = make_model(num_classes=data.num_classes)
+    model = load_task(task).model(num_classes=data.num_classes)
     x, y = features(model, data.train_x), torch.from_numpy(data.train_y.astype("int64"))
     opt = torch.optim.SGD(model.head.parameters(), lr=0.05, momentum=0.9)
     for _ in range(3):
@@ -93,14 +93,15 @@ def trained_model(data):
     return model.eval()
 
 
-def record_trained_run(chain, run_path, data, clients: dict[str, SigningKey], run_id: str = "r"):
+def record_trained_run(chain, run_path, data, clients: dict[str, SigningKey], run_id: str = "r",
+                       task: str = "fashion-mnist"):
     """Run ``run_id`` in ``run_path``: one round recorded on ``chain`` (clients registered, an all-of-them key
     statement recorded, co-signed by all), whose model is :func:`trained_model`; ``model.safetensors`` is its final
     model. Returns the torch model."""
     import json
 
     from fedproof.core.config import RunConfig
-    from fedproof.core.model import make_model
+    from fedproof.core.task import load_task
     from fl_server.lineage import Lineage
     from fl_server.startup import register_clients
     from ledger.signing import SignedFields, payload_digest
@@ -108,10 +109,11 @@ def record_trained_run(chain, run_path, data, clients: dict[str, SigningKey], ru
 
     register_clients(chain, AllowList({c: k.public_key for c, k in clients.items()}))
     config = RunConfig(run_id=run_id, chain_id=chain.chain_id, ledger_contract=chain.address,
-                       chain_genesis="0x" + chain.genesis.hex())
+                       chain_genesis="0x" + chain.genesis.hex(), task=task)
     run_path.mkdir(parents=True)
     (run_path / "run.json").write_text(json.dumps({"config": config.to_mapping()}))
-    initial, model = ArrayRecord(make_model(num_classes=data.num_classes).state_dict()), trained_model(data)
+    initial = ArrayRecord(load_task(task).model(num_classes=data.num_classes).state_dict())
+    model = trained_model(data, task)
     trained = ArrayRecord(model.state_dict())
     lineage = Lineage(run_path, config, chain, initial)
     run_key = key_statement(config, clients, len(clients))

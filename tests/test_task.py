@@ -94,3 +94,47 @@ def test_a_user_task_runs_two_rounds_with_dp_he_and_the_ledger_through_the_publi
                             "--devnet-dir", str(devnet.data_dir), "--json"],
                            capture_output=True, text=True, timeout=300, env=env)
     assert audit.returncode == 0 and json.loads(audit.stdout)["verified"], audit.stdout + audit.stderr
+
+
+def test_the_tabular_task_deploys_int8_and_a_device_predicts_csv_rows_and_sees_drift(tmp_path: Path) -> None:
+    """Deploy, pull (re-deriving the artifact from the co-signed model), predict from a CSV of raw rows, and a
+    drift check on rows whose size features are scaled, for a task of another kind than images."""
+    import csv
+
+    import torch
+
+    from fl_client.edge import classify, installed_record, monitor, pull, read_inputs
+    from fl_server.deploy import deploy
+    from ledger.contract import LedgerContract
+    from ledger.manifest import DeploymentKey
+    from ledger.signing import SigningKey
+    from ledger.trust import LedgerTrust
+    from rounds import record_trained_run
+
+    task = load_task("breast-cancer")
+    data = task.dataset(None)
+    chain = LedgerContract.deploy(LedgerContract.in_memory())
+    operator = DeploymentKey.generate()
+    model = record_trained_run(chain, tmp_path / "run", data, {c: SigningKey.generate() for c in ("a", "b")},
+                               task="breast-cancer")
+    deployment = deploy(tmp_path / "run", data, tmp_path / "registry", chain, key=operator)
+    assert deployment.int8_accuracy >= 0.9 and deployment.fp32_accuracy - deployment.int8_accuracy <= 0.01
+    trust = LedgerTrust(chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]), operator.public_key)
+    installed = pull("latest", tmp_path / "registry", tmp_path / "device", trust, [chain])
+    assert installed.graph == "mlp-2" and installed_record(tmp_path / "device").columns == task.record.columns
+    rows = tmp_path / "patients.csv"
+    with rows.open("w", newline="") as fh:  # raw rows, columns in another order, no label: what a clinic has
+        out = csv.writer(fh)
+        order = list(reversed(task.record.columns))
+        out.writerow(order)
+        for row in data.test_x:
+            out.writerow([f"{row[task.record.columns.index(c)]:.8g}" for c in order])
+    predicted = classify(tmp_path / "device", read_inputs(rows, installed_record(tmp_path / "device")))
+    with torch.no_grad():
+        expected = model.predict_raw(torch.from_numpy(data.test_x)).argmax(1).numpy()
+    assert (predicted == expected).mean() >= 0.98
+    assert not monitor(tmp_path / "device", data.test_x, predicted).drift
+    sizes = [i for i, c in enumerate(task.record.columns) if any(w in c for w in ("radius", "perimeter", "area"))]
+    shifted = data.test_x.copy()
+    shifted[:, sizes] *= 1.3
+    assert monitor(tmp_path / "device", shifted, classify(tmp_path / "device", shifted)).drift

@@ -194,7 +194,9 @@ def edge_pull(
 
 @edge_app.command("predict")
 def edge_predict(
-    images: Annotated[Path, typer.Argument(help="Images: IDX (.gz or not) or .npy, uint8 (n, 28, 28).")],
+    images: Annotated[Path, typer.Argument(help="What to predict, in the model's task's terms: table rows (.csv or "
+                                                  ".parquet with the task's columns), or images (IDX, .gz or not, or "
+                                                  ".npy, uint8 (n, 28, 28)).")],
     install_dir: Annotated[Path, typer.Option(help="Where the device keeps its model.")] = DEFAULT_INSTALL,
     limit: Annotated[int, typer.Option(help="Print at most this many predictions.")] = 20,
     benchmark: Annotated[bool, typer.Option("--benchmark", help="Also print latency per batch of 1 and 256.")] = False,
@@ -204,11 +206,11 @@ def edge_predict(
 ) -> None:
     """Predict with the installed model (onnxruntime only)."""
     from fedproof.core.inference import predict
-    from fl_client.edge import load, monitor as drift_monitor, read_images
+    from fl_client.edge import installed_record, load, monitor as drift_monitor, read_inputs
 
     try:
         sess, installed = load(install_dir.expanduser())
-        x = read_images(images)
+        x = read_inputs(images, installed_record(install_dir.expanduser()))
     except FedproofError as exc:
         raise fail(exc)
     labels = predict(sess, x)

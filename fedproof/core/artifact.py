@@ -39,13 +39,20 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fedproof.base.errors import FedproofError
 from fedproof.base.files import read_bounded
+from fedproof.core.inference import INPUT
+from fedproof.core.loaders import RecordSpec
 
 GRAPHS = Path(__file__).resolve().parent / "graphs"
 LEARNED = "fedproof.learned"
 """Metadata key of a canonical graph: the JSON list of its learned initializers (the model's state-dict keys)."""
+RECORD = "fedproof.record"
+"""Metadata key of a canonical graph: what one raw record is (its task's RecordSpec, as JSON): what a device
+feeds it, and how it reads a table's rows or an image folder for ``edge predict``."""
 MAX_GRAPH_BYTES = 16 << 20
 MAX_CALIBRATION_IMAGES = 4096
 MIN_CALIBRATION_IMAGES = 16
+MAX_RECORD_VALUES = 1 << 16
+"""Largest record (values per record) a calibration set may hold."""
 #: The learned layers. The scattering extractor's matrix products (its fixed Fourier transforms) stay float: in int8
 #: they moved 5% of the predictions.
 QUANTIZED_OPS = ["Conv", "Gemm"]
@@ -75,6 +82,26 @@ def canonical_graph(name: str) -> bytes:
     return read_bounded(path, MAX_GRAPH_BYTES, "canonical graph", DerivationError)
 
 
+def graph_record(name: str) -> RecordSpec:
+    """What one raw record of canonical graph ``name`` is (its task's RecordSpec); images of 28 x 28 for a graph
+    written before records were named."""
+    model = onnx.load_from_string(canonical_graph(name))
+    meta = {p.key: p.value for p in model.metadata_props}
+    if RECORD not in meta:
+        return RecordSpec(shape=(28, 28), dtype="uint8")
+    try:
+        doc = json.loads(meta[RECORD])
+        return RecordSpec(tuple(int(v) for v in doc["shape"]), str(doc["dtype"]), tuple(doc.get("columns", ())),
+                          str(doc.get("label", "label")), tuple(doc.get("classes", ())))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DerivationError(f"canonical graph {name!r} names its records badly ({exc})") from exc
+
+
+def record_json(spec: RecordSpec) -> str:
+    return json.dumps({"shape": list(spec.shape), "dtype": spec.dtype, "columns": list(spec.columns),
+                       "label": spec.label, "classes": list(spec.classes)}, sort_keys=True)
+
+
 def fill(graph: bytes, weights: dict[str, np.ndarray]) -> bytes:
     """The fp32 model: ``graph`` (canonical) with its learned initializers set to ``weights``, which must hold
     exactly those tensors, as float32 of the same shapes."""
@@ -98,8 +125,8 @@ def fill(graph: bytes, weights: dict[str, np.ndarray]) -> bytes:
 
 
 class _Calibration(CalibrationDataReader):
-    def __init__(self, images: np.ndarray, batch: int = 64) -> None:
-        self._batches = iter([{"images": images[i : i + batch]} for i in range(0, len(images), batch)])
+    def __init__(self, records: np.ndarray, batch: int = 64) -> None:
+        self._batches = iter([{INPUT: records[i : i + batch]} for i in range(0, len(records), batch)])
 
     def get_next(self):
         return next(self._batches, None)
@@ -168,31 +195,42 @@ def load_weights(data: bytes) -> dict[str, np.ndarray]:
         raise DerivationError(f"the source model is not a safetensors file ({exc})") from exc
 
 
-def calibration_bytes(images: np.ndarray) -> bytes:
-    """The calibration images as published: a ``.npy`` of uint8 ``(n, 28, 28)``."""
+def calibration_bytes(records: np.ndarray) -> bytes:
+    """The calibration records as published: a ``.npy`` of the task's raw records (uint8 images, float32 rows)."""
+    records = np.asarray(records)
     out = io.BytesIO()
-    np.save(out, np.ascontiguousarray(images, np.uint8), allow_pickle=False)
+    np.save(out, np.ascontiguousarray(records, np.uint8 if records.dtype == np.uint8 else np.float32),
+            allow_pickle=False)
     return out.getvalue()
 
 
 def load_calibration(data: bytes) -> np.ndarray:
-    """Published calibration images, checked: a ``.npy`` (never pickled) of 16 to 4,096 uint8 28 x 28 images."""
+    """Published calibration records, checked: a ``.npy`` (never pickled) of 16 to 4,096 raw records, uint8 or
+    finite float32, of at most :data:`MAX_RECORD_VALUES` values each (the graph checks their shape)."""
     try:
-        images = np.load(io.BytesIO(data), allow_pickle=False)
+        records = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, EOFError, OSError) as exc:
-        raise DerivationError(f"the calibration images are not a .npy array ({exc})") from exc
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28) or \
-            not MIN_CALIBRATION_IMAGES <= len(images) <= MAX_CALIBRATION_IMAGES:
-        raise DerivationError(f"the calibration images are {images.dtype} {images.shape}, not {MIN_CALIBRATION_IMAGES}"
-                              f" to {MAX_CALIBRATION_IMAGES} uint8 images of 28 x 28")
-    return images
+        raise DerivationError(f"the calibration records are not a .npy array ({exc})") from exc
+    if records.dtype not in (np.uint8, np.float32) or records.ndim < 2 or \
+            not MIN_CALIBRATION_IMAGES <= len(records) <= MAX_CALIBRATION_IMAGES or \
+            records[0].size > MAX_RECORD_VALUES or (records.dtype == np.float32 and not np.isfinite(records).all()):
+        raise DerivationError(f"the calibration records are {records.dtype} {records.shape}, not "
+                              f"{MIN_CALIBRATION_IMAGES} to {MAX_CALIBRATION_IMAGES} uint8 or finite float32 records")
+    return records
 
 
 def derive(graph: str, weights: bytes, calibration: bytes, per_channel: bool) -> tuple[bytes, bytes]:
     """The fp32 model and the int8 artifact that canonical graph ``graph`` makes of the model file ``weights`` with
     the published ``calibration`` images."""
     fp32 = fill(canonical_graph(graph), load_weights(weights))
-    return fp32, quantize_int8(fp32, load_calibration(calibration), per_channel)
+    records = load_calibration(calibration)
+    tensor = onnx.load_from_string(fp32).graph.input[0].type.tensor_type
+    shape = tuple(d.dim_value for d in tensor.shape.dim[1:])
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    if records.shape[1:] != shape or records.dtype != dtype:
+        raise DerivationError(f"the calibration records are {records.dtype} {records.shape[1:]}; graph {graph!r} takes "
+                              f"{dtype} {shape}")
+    return fp32, quantize_int8(fp32, records, per_channel)
 
 
 def check_derived(shipped: bytes, derived: bytes) -> None:

@@ -90,8 +90,9 @@ def _labels(values: list, spec: RecordSpec, origin: str) -> np.ndarray:
     return labels
 
 
-def _table(columns: dict[str, list], spec: RecordSpec, origin: str) -> tuple[np.ndarray, np.ndarray]:
-    missing = [c for c in (*spec.columns, spec.label) if c not in columns]
+def _table(columns: dict[str, list], spec: RecordSpec, origin: str, labelled: bool = True
+           ) -> tuple[np.ndarray, np.ndarray]:
+    missing = [c for c in (*spec.columns, *((spec.label,) if labelled else ())) if c not in columns]
     if missing:
         raise SchemaError(f"{origin}: missing column(s) {', '.join(missing)}; the task reads "
                           f"{', '.join(spec.columns)} and the label {spec.label!r}")
@@ -102,7 +103,8 @@ def _table(columns: dict[str, list], spec: RecordSpec, origin: str) -> tuple[np.
         raise SchemaError(f"{origin}: column {column!r} holds a value that is not a number") from None
     if not np.isfinite(x).all():
         raise SchemaError(f"{origin}: a feature is missing or not finite (NaN, inf): clean the rows first")
-    return x.astype(np.float32).reshape(len(x), len(spec.columns)), _labels(columns[spec.label], spec, origin)
+    labels = _labels(columns[spec.label], spec, origin) if labelled else np.zeros(len(x), np.int64)
+    return x.astype(np.float32).reshape(len(x), len(spec.columns)), labels
 
 
 def _numeric(values: list) -> bool:
@@ -113,7 +115,18 @@ def _numeric(values: list) -> bool:
     return True
 
 
-def load_csv(path: Path, spec: RecordSpec, max_bytes: int = MAX_FILE_BYTES) -> tuple[np.ndarray, np.ndarray]:
+def load_rows(path: Path, spec: RecordSpec, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
+    """A table's feature rows without labels (what a deployed model is asked about): a .csv or .parquet file."""
+    path = Path(path).expanduser()
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind not in ("csv", "parquet"):
+        raise DataError(f"{path}: give table rows as a .csv or .parquet file with a header naming the columns")
+    load = load_csv if kind == "csv" else load_parquet
+    return load(path, spec, max_bytes, labelled=False)[0]
+
+
+def load_csv(path: Path, spec: RecordSpec, max_bytes: int = MAX_FILE_BYTES, labelled: bool = True
+             ) -> tuple[np.ndarray, np.ndarray]:
     text = read_bounded(path, max_bytes, "data file", DataIntegrityError)
     try:
         rows = list(csv.reader(io.StringIO(text.decode("utf-8-sig"))))
@@ -128,10 +141,11 @@ def load_csv(path: Path, spec: RecordSpec, max_bytes: int = MAX_FILE_BYTES) -> t
         line = next(i for i, r in enumerate(rows[1:], 2) if r and len(r) != len(header))
         raise SchemaError(f"{path}: line {line} has a different number of fields than the header")
     columns = {name: [r[i] for r in body] for i, name in enumerate(header)}
-    return _table(columns, spec, str(path))
+    return _table(columns, spec, str(path), labelled)
 
 
-def load_parquet(path: Path, spec: RecordSpec, max_bytes: int = MAX_FILE_BYTES) -> tuple[np.ndarray, np.ndarray]:
+def load_parquet(path: Path, spec: RecordSpec, max_bytes: int = MAX_FILE_BYTES, labelled: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -141,17 +155,18 @@ def load_parquet(path: Path, spec: RecordSpec, max_bytes: int = MAX_FILE_BYTES) 
         names = set(parquet.schema_arrow.names)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataIntegrityError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
-    missing = [c for c in (*spec.columns, spec.label) if c not in names]
+    wanted = [*spec.columns, *((spec.label,) if labelled else ())]
+    missing = [c for c in wanted if c not in names]
     if missing:
         raise SchemaError(f"{path}: missing column(s) {', '.join(missing)}; the task reads "
                           f"{', '.join(spec.columns)} and the label {spec.label!r}")
     if parquet.metadata.num_rows > MAX_RECORDS:
         raise DataIntegrityError(f"{path}: more than {MAX_RECORDS} rows")
     try:
-        table = parquet.read(columns=[*spec.columns, spec.label])
+        table = parquet.read(columns=wanted)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataIntegrityError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
-    return _table({name: table.column(name).to_pylist() for name in table.column_names}, spec, str(path))
+    return _table({name: table.column(name).to_pylist() for name in table.column_names}, spec, str(path), labelled)
 
 
 def load_npz(path: Path, spec: RecordSpec, max_bytes: int = MAX_FILE_BYTES) -> tuple[np.ndarray, np.ndarray]:
