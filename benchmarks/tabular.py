@@ -3,7 +3,7 @@
 Rows, all on the same 80/20 split of the 569 patients (``fedproof.core.tasks.breast_cancer``), the test set the
 server's central 20%:
 - central logistic regression without DP (scikit-learn, on the task's standardised features): the baseline;
-- central DP-SGD: the task's model trained by fedproof's own client code (``fl_client.training.train_round``:
+- central DP-SGD: a logistic regression (the task's `logistic` model) trained by fedproof's own client code (``fl_client.training.train_round``:
   Opacus, secure noise) on the union of the hospitals' rows, at the federated rows' epsilon and delta;
 - federated without DP, and federated with DP, threshold HE and the ledger on: ``fedproof simulate --task
   breast-cancer`` over 5 hospitals with Dirichlet(0.5) label skew, each hospital's epsilon its own budget.
@@ -77,11 +77,11 @@ def central_logistic() -> dict:
 
 def central_dp(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
-    config = RunConfig(task="breast-cancer", clients=args.clients, rounds=1, target_epsilon=args.epsilon,
-                       delta=DELTA, batch_size=64, local_epochs=args.rounds, max_grad_norm=1.0, lr=0.5)
+    config = RunConfig(task="breast-cancer", model="logistic", clients=args.clients, rounds=1,
+                       target_epsilon=args.epsilon, delta=DELTA, batch_size=64, local_epochs=args.rounds, max_grad_norm=1.0, lr=0.5)
     parts = [load_client_data(config, i, args.clients) for i in range(args.clients)]
     x, y = np.concatenate([p.train_x for p in parts]), np.concatenate([p.train_y for p in parts])
-    model = TASK.model(seed=config.seed)
+    model = TASK.model(config.model, seed=config.seed)
     outcome = train_round(model, x, y, config, ClientState(), 1, seed=0)
     data = TASK.dataset(None)
     accuracy, auc = scores(model.eval(), data.test_x, data.test_y)
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     results = {"central logistic regression, no DP (baseline)": central_logistic(),
-               f"central DP-SGD on the union, epsilon {args.epsilon:g}": central_dp(args)}
+               f"central logistic regression, DP-SGD, epsilon {args.epsilon:g}": central_dp(args)}
     with tempfile.TemporaryDirectory() as tmp:
         results["federated, no DP"] = federated(tmp, "nodp", args, ["--no-dp", "--no-he", "--no-ledger"])
         results[f"federated, DP epsilon {args.epsilon:g} + threshold HE + ledger"] = federated(

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedproof.core.compute import select_device
 from fedproof.core.config import RunConfig
 from fedproof.core.protocol import BUDGET_EXHAUSTED, POLICY_REFUSED, TRAINED
 from fedproof.core.model import ExtractorHead
@@ -38,8 +39,10 @@ class RoundOutcome:
     reason: str = ""
 
 
-def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, loader: DataLoader, epochs: int) -> float:
-    """Train for ``epochs`` passes over ``loader``; return the mean loss of the last one."""
+def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, loader: DataLoader, epochs: int,
+               device: torch.device | None = None) -> float:
+    """Train for ``epochs`` passes over ``loader`` (each batch moved to ``device``, where the model is); return the
+    mean loss of the last one."""
     model.train()
     epoch_loss = 0.0
     for _ in range(epochs):
@@ -47,6 +50,8 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, lo
         for xb, yb in loader:
             # Poisson sampling can draw an empty batch: Opacus still takes its step (noise alone), as the accountant
             # assumes. Skipping it would make the number of steps, and so the signed epsilon, depend on the data.
+            if device is not None:
+                xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(xb), yb)
             with warnings.catch_warnings():  # Opacus' hooks on a head whose inputs (fixed features) need no grad
@@ -91,10 +96,19 @@ def train_round(
     loader = DataLoader(
         TensorDataset(x, y), batch_size=config.training_batch(), shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
-    head = model.head
+    device = select_device(config.device)
+    head = model.head.to(device)  # the features stay where they are: each batch moves (an empty Poisson batch too)
+    try:
+        return _train(head, loader, config, state, server_round, n, dp, policy, accounting_size, device)
+    finally:
+        head.to("cpu")  # the update is read from the CPU copy
+
+
+def _train(head: nn.Module, loader: DataLoader, config: RunConfig, state: ClientState, server_round: int, n: int,
+           dp, policy: PrivacyPolicy, accounting_size: int | None, device: torch.device) -> RoundOutcome:
     optimizer = torch.optim.SGD(head.parameters(), lr=config.learning_rate(), momentum=config.momentum)
     if dp is None:
-        loss = run_epochs(head, optimizer, nn.CrossEntropyLoss(), loader, config.training_epochs())
+        loss = run_epochs(head, optimizer, nn.CrossEntropyLoss(), loader, config.training_epochs(), device)
         return RoundOutcome(TRAINED, loss, n, None, state.after_training(server_round, n))
 
     dp.check_dataset(n)
@@ -105,7 +119,7 @@ def train_round(
     except BudgetExhausted as exc:
         return RoundOutcome(BUDGET_EXHAUSTED, 0.0, 0, exc.spent, state, str(exc))
     with make_private(head, optimizer, loader, dp, noise, accounting_size) as private:
-        loss = run_epochs(head, private.optimizer, private.criterion, private.loader, config.training_epochs())
+        loss = run_epochs(head, private.optimizer, private.criterion, private.loader, config.training_epochs(), device)
         spend = private.spend(state.spend)
     epsilon = spend.epsilon(dp.delta, dp.accountant)
     return RoundOutcome(TRAINED, loss, n, epsilon, state.after_training(server_round, n, spend, noise))

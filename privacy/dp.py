@@ -286,7 +286,8 @@ class _SecureNoise:
         for p in self.params:  # type: ignore[attr-defined]
             _check_processed_flag(p.summed_grad)
             noise = self._secure_random.gaussian_noise(noise_multiplier * self.max_grad_norm,  # type: ignore
-                                                       p.summed_grad.shape, p.summed_grad.dtype)
+                                                       p.summed_grad.shape, p.summed_grad.dtype,
+                                                       p.summed_grad.device)
             p.grad = (p.summed_grad + noise).view_as(p)
             _mark_as_processed(p.summed_grad)
 

@@ -64,11 +64,13 @@ class SecureRandom:
         """``n`` independent N(0, 1) draws."""
         return self._generator.standard_normal(n)
 
-    def gaussian_noise(self, std: float, shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """N(0, std^2) noise of ``shape``: four independent draws summed and halved (Holohan and Braghin, n = 2)."""
+    def gaussian_noise(self, std: float, shape: torch.Size | tuple[int, ...], dtype: torch.dtype,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+        """N(0, std^2) noise of ``shape`` on ``device``: four independent draws summed and halved (Holohan and
+        Braghin, n = 2), drawn here on the CPU from the CSPRNG whatever device trains."""
         size = math.prod(shape)
         draws = self._generator.standard_normal((4, size)).sum(axis=0) * (std / 2.0)
-        return torch.from_numpy(draws.reshape(tuple(shape))).to(dtype)
+        return torch.from_numpy(draws.reshape(tuple(shape))).to(device=device, dtype=dtype)
 
     def poisson_mask(self, n: int, rate: float) -> np.ndarray:
         """Which of ``n`` samples a Poisson-sampled batch takes: each independently with probability ``rate``."""

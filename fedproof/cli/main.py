@@ -51,6 +51,7 @@ def simulate(
     task: Annotated[Optional[str], typer.Option(help="What to train: fashion-mnist, breast-cancer, or module:Class of "
                                                      "your own package (fedproof new).")] = None,
     model: Annotated[Optional[str], typer.Option(help="One of the task's models (default: its first).")] = None,
+    app: Annotated[Optional[Path], typer.Option(help="An app project (fedproof new): its settings and its task.")] = None,
     local_epochs: Annotated[Optional[int], typer.Option(help="Local epochs per round.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Local mini-batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Local SGD learning rate.")] = None,
@@ -127,6 +128,7 @@ def simulate(
                 run_dir=str(run_dir) if run_dir else None,
                 run_id=run_id,
             ),
+            app_dir=app,
             settings=parse_overrides(settings),
         )
         if resume:  # the run's own saved settings, not today's defaults
@@ -148,7 +150,8 @@ def simulate(
         )
         started = time.monotonic()
         with _RoundProgress(config.rounds) as progress:
-            result = run(config, observer=progress.update, num_cpus=num_cpus, ray_address=ray_address, verbose=verbose)
+            result = run(config, observer=progress.update, num_cpus=num_cpus, ray_address=ray_address, verbose=verbose,
+                         app_dir=app)
         wall = time.monotonic() - started
     except USER_ERRORS as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -218,8 +221,10 @@ from fedproof.cli.audit import audit_app, ledger_app, open_contract, print_linea
 from fedproof.cli.deploy import deploy_command, deploy_run, edge_app, print_deployment  # noqa: E402
 from fedproof.cli.server import client_app, provision_command, server_app  # noqa: E402
 from fedproof.cli.devnet import devnet_app  # noqa: E402
+from fedproof.cli.new import new_command  # noqa: E402
 from fedproof.cli.release import release_and_show, release_app  # noqa: E402  (adds edge follow, audit releases)
 
+app.command("new")(new_command)
 app.command("provision")(provision_command)
 app.add_typer(server_app, name="server")
 app.add_typer(client_app, name="client")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -43,12 +44,14 @@ def provision_command(
     max_clip: Annotated[float, typer.Option(help="Clients' policy: largest per-sample clipping norm.")] = 1.0,
     declared_examples: Annotated[int, typer.Option(
         help="Each client's registered aggregation weight (its declared dataset size); 0: none registered.")] = 0,
+    app: Annotated[Optional[Path], typer.Option(
+        help="The app project the operator will run (fedproof new): its FAB is the only app devices run.")] = None,
 ) -> None:
     """Write one startup kit per party: kits/server and kits/client-<i>, each with only what that party may hold.
 
     Every client kit gets a privacy policy (policy.json: DP and HE required, the caps given here, no metrics
     released); edit a kit's file to give one data holder another policy. Runs may only ask for more privacy."""
-    from fedproof.launch.provision import Identity, provision
+    from fedproof.launch.provision import Identity, app_hashes, provision
     from ledger.operator import OperatorKeys, read_password
     from privacy.policy import PolicyError, PrivacyPolicy
 
@@ -63,7 +66,7 @@ def provision_command(
         policy = PrivacyPolicy(max_epsilon=max_epsilon, max_delta=max_delta, min_noise_multiplier=min_noise,
                                max_clip=max_clip)
         kits = provision(out, clients, server_host, port, force, policy=policy, declared_examples=declared_examples,
-                         identities=identities or None)
+                         identities=identities or None, apps=app_hashes(app) if app is not None else None)
         OperatorKeys.create(kits.server / "operator", read_password(password_file))
     except PolicyError as exc:
         raise fail(exc)
@@ -177,6 +180,8 @@ def server_run(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off).")] = 9400,
     config: Annotated[Optional[list[str]], typer.Option("-c", help="More run settings, key=value (TOML values, as flwr run -c).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue this run id from its last recorded round.")] = None,
+    app: Annotated[Optional[Path], typer.Option(help="The app project to run (fedproof new; the one the kits "
+                                                     "pin). Default: fedproof's own.")] = None,
 ) -> None:
     """Run a federation on the started SuperLink (``flwr run`` of this app) and watch it: a line per round as it is
     recorded, the summary when it ends. Exits 1 when the run stops early, fails or has nothing to do."""
@@ -201,7 +206,7 @@ def server_run(
         console.print(f"run [cyan]{run_id}[/] on {server.address}, {overrides['rounds']} rounds: run directory {path}, "
                       f"Flower's log {log}")
         started = time.monotonic()
-        process = start_on_superlink(server, overrides, log)
+        process = start_on_superlink(server, overrides, log, app)
     except (FedproofError, OSError, ValueError) as exc:
         raise fail(exc)
     code = _watch(process, RunDirectory(path), int(str(overrides["rounds"])))
@@ -326,6 +331,24 @@ def check_server_certificate(kit: Path, address: str, timeout: float = 5.0) -> N
         return
 
 
+def pinned_app_task(kit: Path, app: Path) -> str:
+    """The task of the device's installed app ``app``, after checking that its FAB is the one the kit pins (the
+    device runs its own copy, so that copy must be the operator's pinned app, byte for byte)."""
+    from fedproof.core.config import pyproject_overrides
+    from fedproof.launch.provision import app_hashes
+
+    pinned = json.loads((kit / "apps.json").read_text()).get("apps", [])
+    digest = app_hashes(app)[0]
+    if digest not in pinned:
+        raise FedproofError(f"{app} builds FAB {digest[:16]}…, which this kit does not pin "
+                            f"({', '.join(p[:16] + '…' for p in pinned)}): install the operator's app as provisioned")
+    task = str(pyproject_overrides(app).get("task", ""))
+    if not task:
+        raise FedproofError(f"{app}/pyproject.toml names no task in [tool.flwr.app.config]")
+    sys.path.insert(0, str(app.resolve()))  # this process checks --data with the task's own loader
+    return task
+
+
 @client_app.callback()
 def client_command(
     ctx: typer.Context,
@@ -339,6 +362,8 @@ def client_command(
                                                       "folder of class folders of images (checked before it starts).")] = None,
     task: Annotated[Optional[str], typer.Option(help="The task this device trains (built-in name or module:Class); "
                                                      "it refuses runs of any other.")] = None,
+    app: Annotated[Optional[Path], typer.Option(help="This device's installed copy of the app it runs (fedproof new): "
+                                                     "it must be the one its kit pins; its task is the device's.")] = None,
     port: Annotated[int, typer.Option(help="Local port of the SuperNode's runtime API (0: a free one, so several "
                                            "devices can share a machine).")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for training (default 0: torch's default, all).")] = 0,
@@ -364,6 +389,8 @@ def client_command(
                 locate(data_dir)
             except FedproofError as exc:
                 raise FedproofError(f"--data-dir {data_dir}: {exc}") from exc
+        if app is not None:  # its own copy of the pinned app: its task module is what the executor imports
+            task = task or pinned_app_task(kit, app)
         if data is not None:  # this device's own records, in its task's terms: refused now, not in round 1
             from fedproof.core.task import load_task
 
@@ -384,6 +411,7 @@ def client_command(
     import subprocess
 
     # the executor watches this pid, which the SuperNode keeps after exec: when the SuperNode stops, so does it
-    os.environ["PYTHONPATH"] = str(ROOT)  # both run fedproof's own modules (fl_client.app_runner, .supernode)
+    # both run fedproof's own modules (fl_client.app_runner, .supernode), and the device's copy of its app's task
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([str(app.resolve())] if app is not None else []))
     subprocess.Popen(runner, env=dict(os.environ))
     os.execvp(command[0], command)

@@ -60,6 +60,10 @@ class RunConfig:
     model: str = ""
     """One of the task's models ('': its default). fashion-mnist: scatternet (fixed wavelet-scattering features
     and a linear head, best under DP) or cnn (the end-to-end tanh CNN); breast-cancer: mlp or logistic."""
+    device: str = "auto"
+    """Where clients train: auto (a CUDA GPU when there is one, else the CPU), cpu, or cuda (cuda:N)."""
+    gpus_per_client: float = 0.0
+    """Simulation: the fraction of a GPU each simulated client reserves (Flower's client resources; 0: none)."""
     local_epochs: int = 0
     """0: 1 under DP, 3 without (see :meth:`training_epochs`)."""
     batch_size: int = 0
@@ -157,6 +161,9 @@ class RunConfig:
             (self.batch_size >= 0, "batch-size must be at least 1 (0: the default for dp)"),
             (self.lr >= 0 and math.isfinite(self.lr), "lr must be a non-negative number (0: the default for dp)"),
             (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
+            (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+             "device must be auto, cpu, cuda or cuda:N"),
+            (0.0 <= self.gpus_per_client <= 1.0, "gpus-per-client must be in [0, 1]"),
             (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
             (self.seed >= 0, "seed must be non-negative"),
             (self.round_timeout > 0, "round-timeout must be positive"),
@@ -298,10 +305,14 @@ def parse_overrides(items: list[str] | None) -> dict[str, Scalar]:
     return overrides
 
 
-def pyproject_overrides(app_dir: Path) -> dict[str, Any]:
-    """The ``[tool.flwr.app.config]`` of fedproof's own ``app_dir/pyproject.toml``, or {}.
+FEDPROOF_SERVERAPP = "fl_server.server_app:app"
 
-    Another project's pyproject (a different ``[project].name``) is ignored: its keys are not ours.
+
+def pyproject_overrides(app_dir: Path) -> dict[str, Any]:
+    """The ``[tool.flwr.app.config]`` of ``app_dir/pyproject.toml`` if it is a fedproof app (fedproof's own, or a
+    project ``fedproof new`` made, whose ServerApp is fedproof's), or {}.
+
+    Another project's pyproject is ignored: its keys are not ours.
     """
     path = app_dir / "pyproject.toml"
     if not path.is_file():
@@ -310,7 +321,9 @@ def pyproject_overrides(app_dir: Path) -> dict[str, Any]:
         doc = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    if doc.get("project", {}).get("name") != "fedproof":
+    flwr = doc.get("tool", {}).get("flwr", {}).get("app", {})
+    if doc.get("project", {}).get("name") != "fedproof" and \
+            flwr.get("components", {}).get("serverapp") != FEDPROOF_SERVERAPP:
         return {}
     return dict(doc.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
 
@@ -336,7 +349,7 @@ class ClientSettings:
 
     values: Mapping[str, Scalar]
 
-    KEYS = ("run-id", "seed", "clients", "rounds", "task", "model", "partition", "alpha", "classes-per-client",
+    KEYS = ("run-id", "seed", "clients", "rounds", "task", "model", "device", "partition", "alpha", "classes-per-client",
             "val-fraction", "local-epochs", "batch-size", "lr", "momentum", "dp", "target-epsilon", "delta",
             "noise-multiplier", "max-grad-norm", "accountant", "grad-sample-mode", "he", "he-threshold",
             "min-contributors", "ledger", "chain-id", "ledger-contract", "chain-genesis")

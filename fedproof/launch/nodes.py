@@ -219,12 +219,13 @@ def app_runner_command(kit: Path, port: int, parent_pid: int) -> list[str]:
             "--pinned-apps", str(pinned), "--parent-pid", str(parent_pid)]
 
 
-def start_on_superlink(kit: ServerKit, overrides: dict[str, object], log: Path) -> subprocess.Popen:
-    """``flwr run --stream`` of this project on the kit's SuperLink, with run-config ``overrides``; its output goes to
-    ``log`` (the caller watches the run directory, not Flower's log lines)."""
+def start_on_superlink(kit: ServerKit, overrides: dict[str, object], log: Path, app: Path | None = None
+                       ) -> subprocess.Popen:
+    """``flwr run --stream`` of ``app`` (default: this project) on the kit's SuperLink, with run-config
+    ``overrides``; its output goes to ``log`` (the caller watches the run directory, not Flower's log lines)."""
     rendered = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
                         for k, v in overrides.items())
-    command = [_bin("flwr"), "run", str(ROOT), CONNECTION, "--stream", "-c", rendered]
+    command = [_bin("flwr"), "run", str(Path(app).resolve() if app else ROOT), CONNECTION, "--stream", "-c", rendered]
     env = {**os.environ, **FLOWER_ENV, **kit.env(), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     if not (kit.flwr_home / "config.toml").is_file():
         raise ConfigError(f"no SuperLink connection in {kit.flwr_home}: start the server first (fedproof server start)")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
+from pathlib import Path
 
 from fedproof.core.config import RunConfig
 from fedproof.core.client_data import load_client_data
@@ -19,10 +21,13 @@ from fl_server.federation import FederationResult, RoundObserver
 from fl_server.server_app import build_server_app
 
 
-def backend_config(num_cpus: int | None = None, ray_address: str | None = None, verbose: bool = False) -> dict:
+def backend_config(num_cpus: int | None = None, ray_address: str | None = None, verbose: bool = False,
+                   gpus_per_client: float = 0.0) -> dict:
+    """Ray's settings: one CPU per simulated client, and ``gpus_per_client`` of a GPU each (Flower's client
+    resources: 0.25 runs four clients per GPU at once)."""
     init_args: dict = {"address": ray_address} if ray_address else {"num_cpus": num_cpus or os.cpu_count() or 1}
     init_args["log_to_driver"] = verbose  # client errors come back as Flower error replies anyway
-    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
+    return {"client_resources": {"num_cpus": 1, "num_gpus": float(gpus_per_client)}, "init_args": init_args}
 
 
 class _DropDeprecationNotice(logging.Filter):
@@ -31,6 +36,14 @@ class _DropDeprecationNotice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "run_simulation` function is deprecated" not in record.getMessage()
+
+
+def use_app(app_dir: Path) -> None:
+    """Make an app project's modules (its task) importable in this process and in the workers it starts."""
+    path = str(Path(app_dir).resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (path, os.environ.get("PYTHONPATH", "")) if p)
 
 
 def preflight(config: RunConfig) -> None:
@@ -53,10 +66,14 @@ def simulate(
     num_cpus: int | None = None,
     ray_address: str | None = None,
     verbose: bool = False,
+    app_dir: Path | None = None,
 ) -> FederationResult:
-    """Run ``config`` in simulation and return the server's result."""
+    """Run ``config`` in simulation and return the server's result; ``app_dir``: the app project (``fedproof new``)
+    whose task the run names, importable here and in every Ray worker."""
     from flwr.simulation import run_simulation
 
+    if app_dir is not None:
+        use_app(app_dir)
     preflight(config)
     results: list[FederationResult] = []
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -73,7 +90,7 @@ def simulate(
                 client_app=client_app,
                 num_supernodes=config.clients,
                 backend_name="ray",
-                backend_config=backend_config(num_cpus, ray_address, verbose),
+                backend_config=backend_config(num_cpus, ray_address, verbose, config.gpus_per_client),
                 verbose_logging=verbose,
             )
     finally:

@@ -14,33 +14,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from fedproof.core.data import Dataset
 from fedproof.core.loaders import RecordSpec
-from fedproof.core.model import ExtractorHead
-from fedproof.core.task import Task
+from fedproof.core.tasks.table import TableTask
 
 TEST_FRACTION = 0.2
 CLASSES = ("malignant", "benign")
-
-
-class Standardize(nn.Module):
-    """``(x - mean) / std`` per feature, with fixed statistics (plain attributes: not learned, not exchanged)."""
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
-        super().__init__()
-        self.mean = torch.tensor(mean, dtype=torch.float32)
-        self.std = torch.tensor(std, dtype=torch.float32)
-
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return (rows.to(torch.float32) - self.mean.to(rows.device)) / self.std.to(rows.device)
-
-    def extra_repr(self) -> str:
-        return f"features={len(self.mean)}, mean_sha256={hashlib.sha256(self.mean.numpy().tobytes()).hexdigest()[:12]}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,7 +41,7 @@ def feature_columns() -> tuple[str, ...]:
     return _records()[0]
 
 
-class BreastCancer(Task):
+class BreastCancer(TableTask):
     name = "breast-cancer"
     record = RecordSpec(shape=(30,), dtype="float32", columns=(
         "mean radius", "mean texture", "mean perimeter", "mean area", "mean smoothness", "mean compactness",
@@ -67,21 +50,13 @@ class BreastCancer(Task):
         "concave points error", "symmetry error", "fractal dimension error", "worst radius", "worst texture",
         "worst perimeter", "worst area", "worst smoothness", "worst compactness", "worst concavity",
         "worst concave points", "worst symmetry", "worst fractal dimension"), label="diagnosis", classes=CLASSES)
-    models = ("mlp", "logistic")
-    num_classes = 2
 
-    def build(self, model: str, num_classes: int) -> ExtractorHead:
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """From the public set's training split (scikit-learn ships it to every party alike)."""
         _, train_x, _, _, _ = _records()
-        prepare = Standardize(train_x.mean(0), train_x.std(0) + 1e-6)
-        width = len(self.record.columns)
-        head: nn.Module = (nn.Sequential(nn.Linear(width, 16), nn.Tanh(), nn.Linear(16, num_classes))
-                           if model == "mlp" else nn.Linear(width, num_classes))
-        return ExtractorHead(nn.Identity(), head, prepare)
+        return train_x.mean(0), train_x.std(0)
 
     def dataset(self, data_dir: str | None) -> Dataset:
-        from pathlib import Path
-
         _, train_x, train_y, test_x, test_y = _records()
         identity = hashlib.sha256(train_x.tobytes() + train_y.tobytes()).hexdigest()
-        return Dataset(self.name, train_x, train_y, test_x, test_y, self.num_classes, Path("sklearn.datasets"),
-                       identity)
+        return Dataset(self.name, train_x, train_y, test_x, test_y, 2, Path("sklearn.datasets"), identity)
