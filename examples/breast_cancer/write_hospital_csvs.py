@@ -3,8 +3,9 @@ reads with ``fedproof client --task breast-cancer --data <site>.csv``.
 
     python examples/breast_cancer/write_hospital_csvs.py OUT_DIR [--hospitals 5] [--shifted]
 
-``--shifted`` also writes ``shifted.csv``: test rows with every size feature scaled by 1.3 (another scanner's
-calibration), for a drift check.
+It also writes ``patients.csv``: the central test rows (no hospital trained on them), for ``edge predict``; and with
+``--shifted``, ``shifted.csv``: the same rows with every size feature scaled by 1.3 (another scanner's calibration),
+for a drift check.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def main() -> None:
         write(args.out / f"hospital-{i}.csv", spec.columns, spec.label, spec.classes, data.train_x, data.train_y)
         print(f"{args.out / f'hospital-{i}.csv'}: {len(data.train_y)} patients, "
               f"{int(data.train_y.sum())} benign")
+    test = task.dataset(None)  # the central 20%: rows no hospital trained on, without their labels
+    write(args.out / "patients.csv", spec.columns, spec.label, spec.classes, test.test_x, test.test_y)
     if args.shifted:
-        test = task.dataset(None)
         sizes = [i for i, c in enumerate(spec.columns) if any(w in c for w in ("radius", "perimeter", "area"))]
         shifted = test.test_x.copy()
         shifted[:, sizes] *= 1.3

@@ -210,19 +210,21 @@ def edge_predict(
 
     try:
         sess, installed = load(install_dir.expanduser())
-        x = read_inputs(images, installed_record(install_dir.expanduser()))
+        record = installed_record(install_dir.expanduser())
+        x = read_inputs(images, record)
     except FedproofError as exc:
         raise fail(exc)
     labels = predict(sess, x)
+    named = [record.classes[i] if i < len(record.classes) else str(i) for i in labels[:limit]]
     console.print(f"{len(labels)} predictions with model {installed.artifact_sha256[:16]}…: "
-                  + " ".join(map(str, labels[:limit])) + (" …" if len(labels) > limit else ""))
+                  + " ".join(named) + (" …" if len(labels) > limit else ""))
     if monitor:
         try:
             drift = drift_monitor(install_dir.expanduser(), x, labels, alpha)
         except FedproofError as exc:
             raise fail(exc)
         verdict = ("[red]drift[/]" if drift.drift else "[green]no drift[/]")
-        console.print(f"{verdict} over {drift.window} images (alpha {alpha:g}): KS p {drift.ks_p:.3g} "
+        console.print(f"{verdict} over {drift.window} inputs (alpha {alpha:g}): KS p {drift.ks_p:.3g} "
                       f"(Bonferroni over features), MMD p {drift.mmd_p:.3g}, predicted classes p {drift.labels_p:.3g}")
     if benchmark:
         for batch in (1, 256):
