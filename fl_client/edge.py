@@ -32,7 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedproof.core.artifact import MAX_CALIBRATION_IMAGES, DerivationError, check_derived, derive, graph_record
+from fedproof.core.artifact import (
+    MAX_CALIBRATION_IMAGES,
+    DerivationError,
+    check_derived,
+    derive,
+    graph_record,
+    record_json,
+)
 from fedproof.core.data import gunzip_bounded, parse_idx
 from fedproof.core.drift import DriftResult, ProfileError, ReferenceProfile, check_window
 from fedproof.base.errors import FedproofError
@@ -76,7 +83,9 @@ class Installed:
     profile_sha256: str = ""
     """The drift profile installed with it ('' when the release published none)."""
     graph: str = ""
-    """The canonical graph it derives from (its records' shape and columns are that graph's)."""
+    """The canonical graph it derives from."""
+    record: str = ""
+    """What one record of it is (that graph's RecordSpec, as JSON): what ``edge predict`` reads."""
 
 
 @dataclass
@@ -123,7 +132,7 @@ def connect(trust: LedgerTrust, urls: Sequence[str] = ()) -> list[LedgerContract
 
 
 def pull(ref: str, registry: Path, install_dir: Path, trust: LedgerTrust, contracts: Sequence[LedgerContract],
-         now: float | None = None) -> Installed:
+         now: float | None = None, app_graphs: Sequence[Path] = ()) -> Installed:
     """Install the artifact ``ref`` (its SHA-256 in hex, or ``latest``: the highest signed sequence) from
     ``registry``, if every check in the module docstring holds; else :class:`ArtifactRejected`, nothing installed."""
     following = Following.load(install_dir)
@@ -146,14 +155,14 @@ def pull(ref: str, registry: Path, install_dir: Path, trust: LedgerTrust, contra
     if wanted.hex() in history.artifacts and not manifest.rollback:
         raise ArtifactRejected(f"rollback refused: {wanted.hex()[:16]}… was installed before, and its manifest is "
                                "not a signed rollback statement")
-    installed = _install(install_dir, *_verified(manifest, registry, trust, contracts, now))
+    installed = _install(install_dir, *_verified(manifest, registry, trust, contracts, now, app_graphs))
     history = History(manifest.sequence, history.artifacts + [wanted.hex()])
     _write_record(install_dir / HISTORY, history)
     return installed
 
 
 def _verified(manifest: DeploymentManifest, registry: Path, trust: LedgerTrust, contracts: Sequence[LedgerContract],
-              now: float | None):
+              now: float | None, app_graphs: Sequence[Path] = ()):
     """Every check but the sequence rules: the manifest is for the pinned chain and unexpired, the artifact's bytes
     hash to it, every endpoint shows the same deployment record, the source model's lineage verifies, the artifact
     loads, its drift profile is the one signed. Returns what :func:`_install` writes."""
@@ -174,20 +183,22 @@ def _verified(manifest: DeploymentManifest, registry: Path, trust: LedgerTrust, 
             verify_model(contract, manifest.source_model_sha256.hex(), [registry / "bundles"])
     except (AuditFailure, LedgerError) as exc:
         raise ArtifactRejected(f"the source model of {wanted.hex()[:16]}… does not verify: {exc}") from exc
-    _check_derivation(manifest, registry, data)
+    spec = _check_derivation(manifest, registry, data, app_graphs)
     try:
         session(data)  # it must load before it is installed
     except Exception as exc:  # onnxruntime raises its own, untyped, errors
         raise ArtifactRejected(f"artifact {wanted.hex()[:16]}… does not load: {exc}") from exc
     profile = _profile(registry / f"{wanted.hex()}.profile.json", manifest.profile_sha256) \
         if manifest.profile_sha256 else None
-    return manifest, data, record, profile
+    return manifest, data, record, profile, spec
 
 
-def _check_derivation(manifest: DeploymentManifest, registry: Path, artifact: bytes) -> None:
+def _check_derivation(manifest: DeploymentManifest, registry: Path, artifact: bytes, app_graphs: Sequence[Path] = ()
+                      ) -> RecordSpec:
     """Rebuild the artifact from the co-signed source model (its bytes by hash), this device's own copy of the
     canonical graph and the published calibration images, and refuse it unless it is what that gives
-    (:mod:`fedproof.core.artifact`). The operator's key alone cannot ship a graph or a weight."""
+    (:mod:`fedproof.core.artifact`). The operator's key alone cannot ship a graph or a weight. Returns what one
+    record of it is."""
     wanted, derivation = manifest.artifact_sha256, manifest.derivation
     weights = _read_limited(registry / "models" / f"{manifest.source_model_sha256.hex()}.safetensors",
                             MAX_ARTIFACT_BYTES, "source model")
@@ -198,17 +209,24 @@ def _check_derivation(manifest: DeploymentManifest, registry: Path, artifact: by
     if hashlib.sha256(calibration).digest() != derivation.calibration_sha256:
         raise ArtifactRejected(f"the calibration images of {wanted.hex()[:16]}… are not the ones its manifest names")
     try:
-        _, derived = derive(derivation.graph, weights, calibration, derivation.per_channel)
+        _, derived = derive(derivation.graph, weights, calibration, derivation.per_channel, app_graphs)
         check_derived(artifact, derived)
+        return graph_record(derivation.graph, app_graphs)
     except DerivationError as exc:
         raise ArtifactRejected(f"artifact {wanted.hex()[:16]}… does not derive from its co-signed model: {exc}") \
             from exc
 
 
-def _install(install_dir: Path, manifest: DeploymentManifest, data: bytes, record, profile: bytes | None) -> Installed:
+def _install(install_dir: Path, manifest: DeploymentManifest, data: bytes, record, profile: bytes | None,
+             spec: RecordSpec) -> Installed:
     """Write the artifact (and its profile) and make it current; what was current becomes the previous model, kept
-    for an instant switch back; older files are removed."""
+    for an instant switch back; older files are removed. A model of other records than the installed one's (another
+    task) is refused: a device changes task with a new install directory."""
     wanted = manifest.artifact_sha256.hex()
+    current = current_model(install_dir)
+    if current is not None and current.record and current.record != record_json(spec):
+        raise ArtifactRejected(f"{wanted[:16]}… takes other records ({record_json(spec)[:80]}…) than the installed model "
+                               f"({current.record[:80]}…): a model of another task; install it in a new --install-dir")
     install_dir.mkdir(parents=True, exist_ok=True)
     target = install_dir / f"{wanted}.onnx"
     write_atomically(target, data)
@@ -216,7 +234,7 @@ def _install(install_dir: Path, manifest: DeploymentManifest, data: bytes, recor
         write_atomically(install_dir / f"{wanted}.profile.json", profile)
     installed = Installed(wanted, manifest.source_model_sha256.hex(), manifest.round, record.block_number,
                           record.tx_hash, str(target), manifest.sequence, manifest.version,
-                          manifest.profile_sha256.hex(), manifest.derivation.graph)
+                          manifest.profile_sha256.hex(), manifest.derivation.graph, record_json(spec))
     _make_current(install_dir, installed)
     return installed
 
@@ -280,7 +298,7 @@ def new_device_id() -> str:
 
 
 def follow(channel: str, registry: Path, install_dir: Path, trust: LedgerTrust, contracts: Sequence[LedgerContract],
-           device_id: str | None = None, now: float | None = None) -> FollowResult:
+           device_id: str | None = None, now: float | None = None, app_graphs: Sequence[Path] = ()) -> FollowResult:
     """Run what the newest release statement of ``channel`` says this device runs: act only on statements on the
     pinned chain (every endpoint agreeing), signed by the pinned operator key, newer than the last one acted on;
     switch to the kept previous model at once, or verify and install a new one as :func:`pull` does."""
@@ -321,7 +339,7 @@ def follow(channel: str, registry: Path, install_dir: Path, trust: LedgerTrust, 
                 raise ArtifactRejected(str(exc)) from exc
             if manifest.artifact_sha256 != wanted:
                 raise ArtifactRejected(f"the manifest filed for {wanted.hex()[:16]}… names another artifact")
-            _install(install_dir, *_verified(manifest, registry, trust, contracts, now))
+            _install(install_dir, *_verified(manifest, registry, trust, contracts, now, app_graphs))
             changed = "installed"
     dataclasses.replace(following, sequence=newest.sequence).save(install_dir)
     return FollowResult(current_model(install_dir), newest, changed, tuple(ignored))
@@ -463,7 +481,10 @@ def installed_record(install_dir: Path) -> RecordSpec:
     current = current_model(install_dir)
     if current is None:
         raise ArtifactRejected(f"no installed model in {install_dir}: run `fedproof edge pull` first")
-    return graph_record(current.graph) if current.graph else RecordSpec(shape=(28, 28), dtype="uint8")
+    if current.record:
+        doc = json.loads(current.record)
+        return RecordSpec(tuple(doc["shape"]), doc["dtype"], tuple(doc["columns"]), doc["label"], tuple(doc["classes"]))
+    return RecordSpec(shape=(28, 28), dtype="uint8")
 
 
 def read_images(path: Path) -> np.ndarray:

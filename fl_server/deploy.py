@@ -33,7 +33,19 @@ from onnx import numpy_helper
 from safetensors.numpy import load as safetensors_load
 from torch import nn
 
-from fedproof.core.artifact import LEARNED, RECORD, calibration_bytes, compact, derive, graph_name, record_json
+from fedproof.core.artifact import (
+    APP_GRAPH_SUFFIX,
+    LEARNED,
+    RECORD,
+    DerivationError,
+    app_graph_bytes,
+    calibration_bytes,
+    canonical_graph,
+    compact,
+    derive,
+    graph_name,
+    record_json,
+)
 from fedproof.core.data import Dataset
 from fedproof.core.drift import build_profile
 from fedproof.base.errors import FedproofError
@@ -42,7 +54,7 @@ from fedproof.core.inference import INPUT, predict, session
 from fedproof.core.loaders import RecordSpec
 from fedproof.core.model import ExtractorHead
 from fedproof.core.rundir import RunDirectory
-from fedproof.core.task import load_task
+from fedproof.core.task import BUILT_IN, load_task
 from ledger.contract import LedgerContract, Receipt
 from ledger.manifest import DeploymentKey, DeploymentManifest, Derivation, SignedManifest
 from ledger.signing import run_id_hash
@@ -201,8 +213,9 @@ def rollback(registry: Path, key: DeploymentKey, contract: LedgerContract, artif
 
 def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerContract | None,
            server_round: int | None = None, settings: DeploySettings | None = None,
-           key: DeploymentKey | None = None) -> Deployment:
-    """Quantize, check and publish the model of ``server_round`` (default: the run's final model)."""
+           key: DeploymentKey | None = None, app: Path | None = None) -> Deployment:
+    """Quantize, check and publish the model of ``server_round`` (default: the run's final model). ``app``: the app
+    project of a task that does not ship with fedproof, whose ``graphs/`` hold its canonical graphs."""
     settings = settings or DeploySettings()
     run_config = RunDirectory(run_path).config()
     run_id = run_config.run_id
@@ -225,9 +238,9 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
                                                                         len(dataset.train_x)), replace=False)]
     # the one derivation a device re-runs before it installs (fedproof.core.artifact)
     model_name = load_task(run_config.task).model_name(run_config.model)
-    derivation = Derivation(graph_name(model_name, dataset.num_classes), settings.per_channel,
-                            hashlib.sha256(calibration_bytes(calibration)).digest())
-    fp32, int8 = derive(derivation.graph, weights, calibration_bytes(calibration), settings.per_channel)
+    name, app_graphs = task_graph(run_config.task, model_name, dataset.num_classes, app)
+    derivation = Derivation(name, settings.per_channel, hashlib.sha256(calibration_bytes(calibration)).digest())
+    fp32, int8 = derive(derivation.graph, weights, calibration_bytes(calibration), settings.per_channel, app_graphs)
     # the server checks on all its cores (0: onnxruntime's default), a device runs on the threads it chooses
     acc32 = float((predict(session(fp32, threads=0), dataset.test_x) == dataset.test_y).mean())
     acc8 = float((predict(session(int8, threads=0), dataset.test_x) == dataset.test_y).mean())
@@ -280,6 +293,41 @@ def deploy(run_path: Path, dataset: Dataset, registry: Path, contract: LedgerCon
                       f"{run_id}/round-{recorded.round}", derivation, profile=profile_hash)
     return deployment
 
+
+
+def task_graph(task: str, model_name: str, num_classes: int, app: Path | None) -> tuple[str, tuple[Path, ...]]:
+    """The canonical graph a model of ``task`` derives from, and where it is: fedproof's own for a built-in task;
+    else the app's ``graphs/``, which must hold what the task's code exports today (a stale graph is refused here,
+    before anything is published: devices would re-derive from it)."""
+    if task in BUILT_IN:
+        return graph_name(model_name, num_classes), ()
+    name = graph_name(model_name, num_classes, load_task(task).name)
+    if app is None:
+        raise DeployError(f"task {task!r} is not built in: give its app (--app DIR), whose graphs/ devices re-derive "
+                          "the artifact with")
+    folders = (Path(app) / "graphs",)
+    try:
+        shipped = canonical_graph(name, folders)
+    except DerivationError as exc:
+        raise DeployError(f"{exc} (write them: fedproof graphs --app {app})") from exc
+    if shipped != build_graph(model_name, num_classes, task):
+        raise DeployError(f"{app}/graphs/{name}{APP_GRAPH_SUFFIX} is stale (task.py changed since it was written): "
+                          f"fedproof graphs --app {app}, then reinstall the app on the devices")
+    return name, folders
+
+
+def write_app_graphs(app: Path, task: str) -> list[Path]:
+    """Write the canonical graph of each model of ``task`` (a task of app ``app``) into ``app/graphs``: JSON, so that
+    the app's FAB (and so the kits' pin) covers them."""
+    spec = load_task(task)
+    written = []
+    for model_name in spec.models:
+        name = graph_name(model_name, spec.num_classes, spec.name)
+        path = Path(app) / "graphs" / f"{name}{APP_GRAPH_SUFFIX}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, app_graph_bytes(name, build_graph(model_name, spec.num_classes, task)))
+        written.append(path)
+    return written
 
 
 def write_graphs() -> list[Path]:

@@ -82,3 +82,50 @@ def test_the_template_runs_rounds_with_dp_and_he_in_simulation(tmp_path: Path) -
     summary = json.loads((tmp_path / "runs" / "t" / "run.json").read_text())["summary"]
     assert summary["rounds_completed"] == 2 and summary["final_accuracy"] > 0.6
     assert all(0 < e <= 3.0 for e in summary["epsilon_by_client"].values())
+
+
+def test_a_new_projects_model_deploys_and_a_device_re_derives_it_from_the_apps_own_graph(tmp_path: Path) -> None:
+    """A task that does not ship with fedproof: its canonical graphs live in its app (JSON, so its pinned FAB covers
+    them), the server refuses a stale one, and a device re-derives the artifact only with the app it names."""
+    from fl_client.edge import ArtifactRejected, classify, installed_record, pull, read_inputs
+    from fl_server.deploy import DeployError, deploy, write_app_graphs
+    from ledger.contract import LedgerContract
+    from ledger.manifest import DeploymentKey
+    from ledger.signing import SigningKey
+    from ledger.trust import LedgerTrust
+    from rounds import record_trained_run
+
+    root = new_project(tmp_path, "ward", "tabular")
+    reference = resolve(app_dir=root).task
+    task = import_task(root, reference)
+    sys.path.insert(0, str(root))
+    try:
+        written = write_app_graphs(root, reference)
+        assert [p.name for p in written] == ["ward.mlp-2.onnx.json", "ward.logistic-2.onnx.json"]
+        data = task.dataset(None)
+        chain = LedgerContract.deploy(LedgerContract.in_memory())
+        operator = DeploymentKey.generate()
+        record_trained_run(chain, tmp_path / "run", data, {c: SigningKey.generate() for c in ("a", "b")},
+                           task=reference)
+        with pytest.raises(DeployError, match="give its app"):
+            deploy(tmp_path / "run", data, tmp_path / "registry", chain, key=operator)
+        deployment = deploy(tmp_path / "run", data, tmp_path / "registry", chain, key=operator, app=root)
+        assert deployment.int8_accuracy > 0.6
+        trust = LedgerTrust(chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]), operator.public_key)
+        with pytest.raises(ArtifactRejected, match="pass the app"):
+            pull("latest", tmp_path / "registry", tmp_path / "device", trust, [chain])
+        pull("latest", tmp_path / "registry", tmp_path / "device", trust, [chain], app_graphs=[root / "graphs"])
+        rows = read_inputs(root / "data" / "records.csv", installed_record(tmp_path / "device"))
+        assert len(classify(tmp_path / "device", rows)) == len(rows)
+        # task.py edited (another hidden width) but its graphs not rewritten: the server publishes nothing
+        source = (root / "ward" / "task.py").read_text().replace("hidden = 16", "hidden = 8")
+        (root / "ward" / "task.py").write_text(source)
+        for module in [m for m in sys.modules if m.startswith("ward")]:
+            del sys.modules[module]
+        from fedproof.core.task import load_task
+
+        load_task.cache_clear()
+        with pytest.raises(DeployError, match="stale"):
+            deploy(tmp_path / "run", data, tmp_path / "registry2", chain, key=operator, app=root)
+    finally:
+        sys.path.remove(str(root))

@@ -43,6 +43,8 @@ def deploy_command(
     rollback_to: Annotated[Optional[str], typer.Option(
         help="Instead of deploying: sign a rollback statement that lets devices go back to this deployed artifact.")] = None,
     ledger_url: LedgerUrl = None, contract: ContractOpt = None, devnet_dir: DevnetDir = None,
+    app: Annotated[Optional[Path], typer.Option(help="The app of a task that does not ship with fedproof (fedproof "
+                                                     "new): its task and its canonical graphs.")] = None,
 ) -> None:
     """Export a recorded global model to ONNX, quantize it to static int8, check it, publish, record and sign it."""
     if rollback_to:
@@ -56,7 +58,7 @@ def deploy_command(
         console.print(f"signed rollback statement to {rollback_to[:16]}… (sequence {signed.manifest.sequence})")
         return
     deployment = deploy_run(_run_path(run, runs), server_round, registry, max_drop, data_dir, not no_ledger,
-                            ledger_url, contract, devnet_dir, operator, password_file)
+                            ledger_url, contract, devnet_dir, operator, password_file, app)
     print_deployment(deployment)
 
 
@@ -136,13 +138,18 @@ def write_device_trust(chain, key, path: Path) -> None:
 
 def deploy_run(run_path: Path, server_round: int | None, registry: Path, max_drop: float, data_dir: Path | None,
                ledger: bool, ledger_url: str | None = None, contract: str | None = None,
-               devnet_dir: Path | None = None, operator: Path | None = None, password_file: Path | None = None):
+               devnet_dir: Path | None = None, operator: Path | None = None, password_file: Path | None = None,
+               app: Path | None = None):
     from fedproof.core.rundir import RunDirectory
     from fedproof.core.task import load_task
     from fl_server.deploy import DeploySettings, deploy
     from ledger.defaults import DEFAULT_DATA_DIR
 
     try:
+        if app is not None:
+            from fedproof.launch.simulation import use_app
+
+            use_app(app)
         config = RunDirectory(run_path).config().to_mapping()
         chain, key = None, None
         if ledger:
@@ -152,7 +159,7 @@ def deploy_run(run_path: Path, server_round: int | None, registry: Path, max_dro
                 write_device_trust(chain, key, Path(devnet_dir or saved_dir or DEFAULT_DATA_DIR).expanduser()
                                    / "trust.json")
         dataset = load_task(str(config.get("task") or "fashion-mnist")).dataset(data_dir or config.get("data-dir") or None)
-        return deploy(run_path, dataset, registry, chain, server_round, DeploySettings(max_drop_pp=max_drop), key)
+        return deploy(run_path, dataset, registry, chain, server_round, DeploySettings(max_drop_pp=max_drop), key, app)
     except (FedproofError, LedgerError, OSError, KeyError, ValueError) as exc:
         raise fail(exc)
 
@@ -166,6 +173,16 @@ def print_deployment(d) -> None:
     )
 
 
+
+AppGraphs = Annotated[Optional[Path], typer.Option(
+    "--app", help="The app whose task the model is of (fedproof new): this device's installed copy, whose graphs/ "
+                  "it re-derives the artifact with. Not needed for fedproof's built-in tasks.")]
+
+
+def app_graph_dirs(app: Path | None) -> tuple[Path, ...]:
+    return (app.expanduser() / "graphs",) if app is not None else ()
+
+
 @edge_app.command("pull")
 def edge_pull(
     ref: Annotated[str, typer.Argument(help="Artifact SHA-256 (hex) or 'latest'.")],
@@ -176,6 +193,7 @@ def edge_pull(
              "default: the local devnet's.")] = None,
     rpc: Annotated[Optional[list[str]], typer.Option(
         help="RPC endpoint to ask (repeatable; with two or more, all must agree). Default: the pin's.")] = None,
+    app: AppGraphs = None,
 ) -> None:
     """Install a model only under a manifest the pinned operator key signed, recorded on the pinned chain (every
     endpoint agreeing), with a co-signed lineage, and never an older release than the one installed."""
@@ -185,7 +203,8 @@ def edge_pull(
 
     try:
         pin = LedgerTrust.load(trust or Path(DEFAULT_DATA_DIR).expanduser() / "trust.json")
-        installed = pull(ref, registry, install_dir.expanduser(), pin, connect(pin, rpc or ()))
+        installed = pull(ref, registry, install_dir.expanduser(), pin, connect(pin, rpc or ()), None,
+                         app_graph_dirs(app))
     except (FedproofError, LedgerError) as exc:
         raise fail(exc)
     console.print(f"installed {installed.artifact_sha256[:16]}… ({installed.version}, release {installed.sequence}, "

@@ -164,7 +164,7 @@ def simulate(
     if result.ledger is not None and result.ledger.contract:
         _ledger_summary(result, lineage=not deploy)  # with --deploy, the artifact's lineage is shown instead
     if deploy:
-        _deploy_and_show(result)
+        _deploy_and_show(result, app)
     _closing_lines(result)
 
 
@@ -182,11 +182,11 @@ def _closing_lines(result) -> None:
     console.print(f"[bold]next[/]      {look}  (README: After deployment, Auditing)")
 
 
-def _deploy_and_show(result) -> None:
+def _deploy_and_show(result, app: Path | None = None) -> None:
     """Deploy the final model, then show the lineage of the deployed artifact as the ledger tells it."""
     done = result.config
     deployment = deploy_run(result.run_dir, None, Path("registry"), 1.0, Path(done.data_dir) if done.data_dir else None,
-                            done.ledger)
+                            done.ledger, app=app)
     print_deployment(deployment)
     if done.ledger:
         contract = open_contract(run_config=result.settings())
@@ -221,10 +221,11 @@ from fedproof.cli.audit import audit_app, ledger_app, open_contract, print_linea
 from fedproof.cli.deploy import deploy_command, deploy_run, edge_app, print_deployment  # noqa: E402
 from fedproof.cli.server import client_app, provision_command, server_app  # noqa: E402
 from fedproof.cli.devnet import devnet_app  # noqa: E402
-from fedproof.cli.new import new_command  # noqa: E402
+from fedproof.cli.new import graphs_command, new_command  # noqa: E402
 from fedproof.cli.release import release_and_show, release_app  # noqa: E402  (adds edge follow, audit releases)
 
 app.command("new")(new_command)
+app.command("graphs")(graphs_command)
 app.command("provision")(provision_command)
 app.add_typer(server_app, name="server")
 app.add_typer(client_app, name="client")

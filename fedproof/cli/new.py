@@ -28,6 +28,27 @@ def new_command(
         root = new_project(directory, name, template, csv, label)
     except (FedproofError, OSError, ValueError) as exc:
         raise fail(exc)
+    graphs_command(root)  # so that a model of the new project deploys as it is
     package = root.name.replace("-", "_")
-    console.print(f"created {root}: edit {root / package / 'task.py'}, then\n"
+    console.print(f"created {root}: edit {root / package / 'task.py'} (then `fedproof graphs --app {root}`), and\n"
                   f"  fedproof simulate --app {root}\n  flwr build --app {root}   (the FAB kits pin)")
+
+
+def graphs_command(
+    app: Annotated[Path, typer.Option(help="The app project (fedproof new) whose task's graphs to write.")] = Path("."),
+) -> None:
+    """Write the canonical graph of each of the app task's models into APP/graphs (after any change to task.py):
+    devices re-derive every deployed artifact from them, and the app's FAB, which the kits pin, covers them."""
+    from fedproof.core.config import pyproject_overrides
+    from fedproof.launch.simulation import use_app
+    from fl_server.deploy import write_app_graphs
+
+    try:
+        task = str(pyproject_overrides(app).get("task") or "")
+        if not task:
+            raise FedproofError(f"{app}/pyproject.toml is not a fedproof app naming its task")
+        use_app(app)
+        for path in write_app_graphs(app, task):
+            console.print(f"wrote {path}")
+    except (FedproofError, OSError, ValueError) as exc:
+        raise fail(exc)

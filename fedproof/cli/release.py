@@ -14,7 +14,15 @@ from rich.table import Table
 
 from fedproof.cli.output import console, fail
 from fedproof.cli.audit import ContractOpt, DevnetDir, LedgerUrl, audit_app, open_contract
-from fedproof.cli.deploy import DEFAULT_INSTALL, DEFAULT_REGISTRY, deployment_key, edge_app, operator_ledger
+from fedproof.cli.deploy import (
+    DEFAULT_INSTALL,
+    DEFAULT_REGISTRY,
+    AppGraphs,
+    app_graph_dirs,
+    deployment_key,
+    edge_app,
+    operator_ledger,
+)
 from fedproof.base.errors import FedproofError
 from ledger.errors import LedgerError
 
@@ -118,6 +126,7 @@ def edge_follow(
     trust: TrustOpt = None,
     rpc: Annotated[Optional[list[str]], typer.Option(help="RPC endpoint (repeatable; all must agree).")] = None,
     every: Annotated[float, typer.Option(help="Check again every this many seconds (0: once).")] = 0.0,
+    app: AppGraphs = None,
 ) -> None:
     """Run what the channel's newest release statement says this device runs: only statements on the pinned
     chain, signed by the pinned operator key, newer than the last acted on; the previous model stays installed."""
@@ -126,7 +135,8 @@ def edge_follow(
     while True:
         try:
             pin = _pin(trust)
-            result = follow(channel, registry, install_dir.expanduser(), pin, connect(pin, rpc or ()), device_id)
+            result = follow(channel, registry, install_dir.expanduser(), pin, connect(pin, rpc or ()), device_id,
+                            app_graphs=app_graph_dirs(app))
         except (FedproofError, LedgerError) as exc:
             if not every:
                 raise fail(exc)

@@ -25,10 +25,13 @@ Imports numpy, onnx and onnxruntime only (never torch): this runs on an edge dev
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
+import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,27 +68,56 @@ class DerivationError(FedproofError):
     """An artifact is not what the canonical derivation makes of its co-signed model (or cannot be derived)."""
 
 
-def graph_name(model: str, num_classes: int) -> str:
-    """The canonical graph's name: the task's model and its number of classes."""
-    return f"{model}-{num_classes}"
+APP_GRAPH_SUFFIX = ".onnx.json"
+"""An app's canonical graphs (``<app>/graphs/<task>.<model>-<classes>.onnx.json``): JSON, so that the app's FAB, which
+Flower builds from Python, TOML, Markdown and JSON files only, covers them and the kit's pin covers the FAB."""
+_NAME = re.compile(r"(?:([a-z0-9][a-z0-9-]*)\.)?([A-Za-z_][A-Za-z0-9_]*)-([0-9]+)")
 
 
-def canonical_graph(name: str) -> bytes:
-    """The committed canonical graph ``name`` (only names of the form ``<model>-<classes>``; never a path)."""
-    model, _, classes = name.rpartition("-")
-    if not model.isidentifier() or not classes.isdigit():
-        raise DerivationError(f"{name!r} is not a canonical graph name (<model>-<classes>)")
-    path = GRAPHS / f"{name}.onnx"
-    if not path.is_file():
-        raise DerivationError(f"no canonical graph {name!r} in {GRAPHS}: this fedproof cannot derive artifacts of "
-                              "that model (generate it with `python -m fl_server.deploy graphs`)")
-    return read_bounded(path, MAX_GRAPH_BYTES, "canonical graph", DerivationError)
+def graph_name(model: str, num_classes: int, task: str = "") -> str:
+    """The canonical graph's name: the task's model and its number of classes; a task that does not ship with
+    fedproof prefixes its name (``clinic.mlp-2``), and its graphs live in its app."""
+    return f"{task}.{model}-{num_classes}" if task else f"{model}-{num_classes}"
 
 
-def graph_record(name: str) -> RecordSpec:
+def canonical_graph(name: str, app_graphs: Sequence[Path] = ()) -> bytes:
+    """Canonical graph ``name`` (a name, never a path): fedproof's committed ``<model>-<classes>``, or an app's
+    ``<task>.<model>-<classes>`` from the ``app_graphs`` folders (the device's own installed app, pinned)."""
+    match = _NAME.fullmatch(name)
+    if match is None:
+        raise DerivationError(f"{name!r} is not a canonical graph name ([<task>.]<model>-<classes>)")
+    if match.group(1) is None:
+        path = GRAPHS / f"{name}.onnx"
+        if not path.is_file():
+            raise DerivationError(f"no canonical graph {name!r} in {GRAPHS}: this fedproof cannot derive artifacts "
+                                  "of that model (generate it with `python -m fl_server.deploy graphs`)")
+        return read_bounded(path, MAX_GRAPH_BYTES, "canonical graph", DerivationError)
+    for folder in app_graphs:
+        path = Path(folder) / f"{name}{APP_GRAPH_SUFFIX}"
+        if path.is_file():
+            return read_app_graph(read_bounded(path, 2 * MAX_GRAPH_BYTES, "canonical graph", DerivationError), name)
+    raise DerivationError(f"no canonical graph {name!r} in {', '.join(map(str, app_graphs)) or 'any app'}: pass the "
+                          "app this model belongs to (--app DIR), whose graphs `fedproof graphs --app DIR` writes")
+
+
+def app_graph_bytes(name: str, graph: bytes) -> bytes:
+    return (json.dumps({"name": name, "graph": base64.b64encode(graph).decode()}, indent=0) + "\n").encode()
+
+
+def read_app_graph(data: bytes, name: str) -> bytes:
+    try:
+        doc = json.loads(data)
+        if doc["name"] != name:
+            raise ValueError(f"it holds graph {doc['name']!r}")
+        return base64.b64decode(doc["graph"], validate=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DerivationError(f"the app's canonical graph {name!r} is not one ({exc})") from exc
+
+
+def graph_record(name: str, app_graphs: Sequence[Path] = ()) -> RecordSpec:
     """What one raw record of canonical graph ``name`` is (its task's RecordSpec); images of 28 x 28 for a graph
     written before records were named."""
-    model = onnx.load_from_string(canonical_graph(name))
+    model = onnx.load_from_string(canonical_graph(name, app_graphs))
     meta = {p.key: p.value for p in model.metadata_props}
     if RECORD not in meta:
         return RecordSpec(shape=(28, 28), dtype="uint8")
@@ -219,10 +251,11 @@ def load_calibration(data: bytes) -> np.ndarray:
     return records
 
 
-def derive(graph: str, weights: bytes, calibration: bytes, per_channel: bool) -> tuple[bytes, bytes]:
+def derive(graph: str, weights: bytes, calibration: bytes, per_channel: bool, app_graphs: Sequence[Path] = ()
+           ) -> tuple[bytes, bytes]:
     """The fp32 model and the int8 artifact that canonical graph ``graph`` makes of the model file ``weights`` with
     the published ``calibration`` images."""
-    fp32 = fill(canonical_graph(graph), load_weights(weights))
+    fp32 = fill(canonical_graph(graph, app_graphs), load_weights(weights))
     records = load_calibration(calibration)
     tensor = onnx.load_from_string(fp32).graph.input[0].type.tensor_type
     shape = tuple(d.dim_value for d in tensor.shape.dim[1:])
