@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedproof.core.config import RunConfig
-from fedproof.core.task import load_task
+from fedproof.core.task import task_dataset
 from fedproof.base.errors import ConfigError
 from fedproof.core.partition import PartitionSpec, partition_indices, train_val_split
 
@@ -28,7 +28,7 @@ def load_client_data(config: RunConfig, partition_id: int, num_partitions: int) 
     """The data of simulated client ``partition_id`` of ``num_partitions`` under ``config``'s scheme."""
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
-    dataset = load_task(config.task).dataset(config.data_dir or None)
+    dataset = task_dataset(config.task, config.data_dir)
     spec = PartitionSpec(
         scheme=config.partition,
         num_partitions=num_partitions,

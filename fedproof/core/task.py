@@ -101,4 +101,11 @@ def load_task(reference: str) -> Task:
     return task
 
 
-__all__ = ["BUILT_IN", "RecordSpec", "Task", "load_task"]
+@functools.lru_cache(maxsize=2)
+def task_dataset(reference: str, data_dir: str = "") -> Dataset:
+    """The records of task ``reference`` for a simulation, read once per process (each simulated client asks for its
+    partition every round; an image folder or a CSV is not re-read each time)."""
+    return load_task(reference).dataset(data_dir or None)
+
+
+__all__ = ["BUILT_IN", "RecordSpec", "Task", "load_task", "task_dataset"]
