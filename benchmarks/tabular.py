@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -98,8 +99,13 @@ def main() -> None:
                f"central logistic regression, DP-SGD, epsilon {args.epsilon:g}": central_dp(args)}
     with tempfile.TemporaryDirectory() as tmp:
         results["federated, no DP"] = federated(tmp, "nodp", args, ["--no-dp", "--no-he", "--no-ledger"])
-        results[f"federated, DP epsilon {args.epsilon:g} + threshold HE + ledger"] = federated(
-            tmp, "dp", args, ["--dp", "--target-epsilon", str(args.epsilon), "--delta", str(DELTA)])
+        devnet = ["--devnet-dir", f"{tmp}/devnet"]  # a fresh chain of its own, stopped at the end
+        try:
+            results[f"federated, DP epsilon {args.epsilon:g} + threshold HE + ledger"] = federated(
+                tmp, "dp", args, ["--dp", "--target-epsilon", str(args.epsilon), "--delta", str(DELTA), *devnet])
+        finally:
+            subprocess.run([sys.executable, "-m", "fedproof.cli", "devnet", "stop", "--data-dir", f"{tmp}/devnet"],
+                           capture_output=True)
     base = results["central logistic regression, no DP (baseline)"]
     print(f"\nbreast-cancer (569 patients, 30 features), {args.clients} hospitals, Dirichlet(0.5), {args.rounds} "
           f"rounds, delta {DELTA:g}; test set: the central 20% (114 patients)\n")
