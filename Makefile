@@ -63,6 +63,7 @@ bench: setup
 	$(BIN)/python benchmarks/privacy_utility.py
 	$(BIN)/python benchmarks/he_overhead.py
 	$(BIN)/python benchmarks/ledger_costs.py
+	$(BIN)/python benchmarks/tabular.py
 	$(BIN)/python benchmarks/deploy.py
 	$(BIN)/python benchmarks/drift.py
 	$(BIN)/python benchmarks/deployment.py
