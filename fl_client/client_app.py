@@ -39,6 +39,7 @@ from fl_client import threshold
 from fl_client.secure_update import checked_delta, plain_update
 from fl_client.state import ClientState, state_file
 from fl_client.training import train_round
+from fl_client.user_level import user_level_reply
 
 app = ClientApp()
 
@@ -135,8 +136,12 @@ def train(msg: Message, context: Context) -> Message:
     seed = job.config.seed * 1_000_003 + job.server_round * 1_009 + job.partition_id
     started = time.perf_counter()
     saved = state_file(context, job.config.run_dir, client_id(context), job.data.dataset)
-    policy = client_policy(job.config, context)
     state = ClientState.load(context, saved, job.config.run_id)
+    if job.config.dp and job.config.privacy == "user":  # each device's whole dataset: its own coin and accountant
+        content = user_level_reply(job.config, job.server_round, job.model, job.data, job.global_arrays, context,
+                                   state, seed, lambda kept: kept.save(context, saved))
+        return Message(content, reply_to=msg)
+    policy = client_policy(job.config, context)
     # the weight this client's update carries: its registered, declared dataset size on a device (its privacy is
     # accounted from it too, so the signed epsilon does not tell the true size); its exact count in a simulation
     # (where the server registered the partition sizes)

@@ -28,9 +28,11 @@ def client_policy(config: RunConfig, context: Context) -> PrivacyPolicy:
 
 def run_policy(config: RunConfig) -> PrivacyPolicy:
     """A policy that admits exactly ``config``'s privacy settings (a simulation's data holders)."""
+    clip = config.update_clip if config.privacy == "user" else config.max_grad_norm
     return PrivacyPolicy(dp_required=config.dp, max_epsilon=config.target_epsilon or math.inf,
-                         max_delta=config.delta, min_clip=config.max_grad_norm, max_clip=config.max_grad_norm,
-                         he_required=config.he, release_metrics=not config.dp, min_contributors=config.min_contributors)
+                         max_delta=config.delta, min_clip=clip, max_clip=clip, he_required=config.he,
+                         release_metrics=not config.dp, min_contributors=config.min_contributors,
+                         max_participation=config.participation)
 
 
 def federation_size(config: RunConfig, context: Context, registered: int) -> int:

@@ -39,6 +39,13 @@ class ClientState:
     spend: PrivacySpend = field(default_factory=PrivacySpend)
     """Everything this dataset has spent, over all runs."""
     run_id: str = ""
+    user_spend: PrivacySpend = field(default_factory=PrivacySpend)
+    """User-level DP: everything this device's whole dataset has spent, over all runs (a separate accountant: a
+    sample-level step gives no user-level guarantee)."""
+    last_asked: int = 0
+    """User-level DP: the latest round of this run this device was asked for, and whether its coin said it takes
+    part: asked again for that round, it gives the same answer and spends nothing more."""
+    took_part: bool = False
 
     @classmethod
     def load(cls, context: Context, path: Path | None = None, run_id: str = "") -> ClientState:
@@ -59,13 +66,18 @@ class ClientState:
                 record["dp-noise"], record["dp-rate"], record["dp-steps"]  # type: ignore[arg-type]
             ),
             run_id=str(saved_run.get("run-id", "")) if saved_run is not None else "",
+            user_spend=PrivacySpend.from_lists(record.get("user-noise", []), record.get("user-rate", []),  # type: ignore
+                                               record.get("user-steps", [])),  # type: ignore[arg-type]
+            last_asked=int(record.get("last-asked", 0)),  # type: ignore[call-overload]
+            took_part=bool(record.get("took-part", 0)),
         )
         if state.run_id != run_id:  # another run: its noise and counters are not this run's; its spend is
-            state = cls(spend=state.spend, examples_seen=state.examples_seen, run_id=run_id)
+            state = cls(spend=state.spend, examples_seen=state.examples_seen, run_id=run_id,
+                        user_spend=state.user_spend)
         return state
 
     def save(self, context: Context, path: Path | None = None) -> None:
-        history = self.spend.to_lists()
+        history, users = self.spend.to_lists(), self.user_spend.to_lists()
         context.state[STATE_KEY] = record = MetricRecord(
             {
                 "rounds-trained": self.rounds_trained,
@@ -75,6 +87,11 @@ class ClientState:
                 "dp-noise": history["noise"],
                 "dp-rate": history["rate"],
                 "dp-steps": history["steps"],
+                "user-noise": users["noise"],
+                "user-rate": users["rate"],
+                "user-steps": users["steps"],
+                "last-asked": self.last_asked,
+                "took-part": int(self.took_part),
             }
         )
         context.state[RUN_KEY] = ConfigRecord({"run-id": self.run_id})

@@ -123,3 +123,18 @@ def _train(head: nn.Module, loader: DataLoader, config: RunConfig, state: Client
         spend = private.spend(state.spend)
     epsilon = spend.epsilon(dp.delta, dp.accountant)
     return RoundOutcome(TRAINED, loss, n, epsilon, state.after_training(server_round, n, spend, noise))
+
+
+def train_plain(model: ExtractorHead, images: np.ndarray, labels: np.ndarray, config: RunConfig, seed: int) -> float:
+    """Local SGD on the head without per-sample DP (user-level DP clips and noises the whole update instead);
+    returns the last epoch's mean loss."""
+    x, y = features(model, images), torch.from_numpy(labels.astype(np.int64))
+    loader = DataLoader(TensorDataset(x, y), batch_size=config.training_batch(), shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    device = select_device(config.device)
+    head = model.head.to(device)
+    try:
+        optimizer = torch.optim.SGD(head.parameters(), lr=config.learning_rate(), momentum=config.momentum)
+        return run_epochs(head, optimizer, nn.CrossEntropyLoss(), loader, config.training_epochs(), device)
+    finally:
+        head.to("cpu")

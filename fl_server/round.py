@@ -36,6 +36,7 @@ from flwr.serverapp import Grid
 from fedproof.core.protocol import (
     ARRAYS_KEY,
     BUDGET_EXHAUSTED,
+    NOT_SAMPLED,
     EVALUATE,
     TRAIN,
     SignedEnvelope,
@@ -135,7 +136,7 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
                               plan.timeout)
     laps.lap(TRAIN)
     updates, declines = decode_train_replies(replies, spec, rejections)
-    if asked and len(declines) == len(asked):
+    if asked and len(declines) == len(asked) and not any(d.status == NOT_SAMPLED for d in declines):
         return RoundResult(server_round, parent, None, (), tuple(declines), tuple(rejections), (), "",
                            everyone_declined(declines, len(asked), server_round), None)
     admitted = admit(plan.admission, server_round, updates, parent_hash, rejections)

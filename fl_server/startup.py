@@ -61,7 +61,12 @@ def start_up(config: RunConfig, run_path: Path) -> StartUp:
     contract = open_ledger(config, allow)
     domain = (Domain(contract.chain_id, bytes.fromhex(contract.address[2:]), config.run_id, contract.genesis)
               if contract is not None else config.domain())
-    scale = (config.he_weight_scale or weight_scale(allow)) if config.he else 0
+    if not config.he:
+        scale = 0
+    elif config.dp and config.privacy == "user":  # every update weighs one: W is the most devices a sum can hold
+        scale = config.he_weight_scale or len(allow.keys)
+    else:
+        scale = config.he_weight_scale or weight_scale(allow)
     return StartUp(allow, key_set, contract, domain, scale)
 
 

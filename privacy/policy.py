@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from fedproof.base.errors import Reason
@@ -22,6 +23,9 @@ from fedproof.base.files import read_bounded
 from fedproof.base.json_input import loads_bounded
 from privacy.dp import DPSettings
 from privacy.errors import PrivacyError
+
+if TYPE_CHECKING:
+    from privacy.user_dp import UserLevelDP
 
 _MAX_POLICY_FILE = 64 << 10
 
@@ -55,6 +59,12 @@ class PrivacyPolicy:
     (a run may ask for more, never fewer; never below 2)."""
     release_metrics: bool = False
     """Whether a client training without DP may send its local loss and validation metrics."""
+    max_participation: float = 1.0
+    """User-level DP: the largest probability with which this device takes part in a round it is asked for (a run
+    may ask for less, never more)."""
+    assumed_colluders: int = 0
+    """User-level DP: how many contributors of a sum this device assumes may collude with the server (their noise
+    shares do not count); its own share is sized for the rest of its contributors' floor."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +74,9 @@ class PrivacyPolicy:
              "min_noise_multiplier must be a non-negative number"),
             (0 < self.min_clip <= self.max_clip and math.isfinite(self.max_clip), "need 0 < min_clip <= max_clip"),
             (self.min_contributors >= 2, "min_contributors must be at least 2"),
+            (0 < self.max_participation <= 1, "max_participation must be in (0, 1]"),
+            (0 <= self.assumed_colluders < self.min_contributors,
+             "assumed_colluders must be fewer than min_contributors"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -98,6 +111,32 @@ class PrivacyPolicy:
                           noise_multiplier=settings.noise_multiplier, accountant=settings.accountant,
                           grad_sample_mode=settings.grad_sample_mode)
 
+    def admit_user(self, *, he: bool, clip: float, noise: float | None, participation: float, delta: float,
+                   target_epsilon: float | None, min_contributors: int, accountant: str, rounds: int) -> UserLevelDP:
+        """The user-level DP this device takes part with, or :class:`PolicyRefusal`. The run may only tighten it:
+        a smaller participation, clip, delta or budget, more noise; the noise share is sized by this device's own
+        floor of contributors and its own assumption about colluders, never by a message."""
+        from privacy.user_dp import UserLevelDP, calibrate_user_noise
+
+        if not he:
+            raise PolicyRefusal(Reason.HE_REQUIRED, "user-level DP adds only a share of the noise on each device: it "
+                                                    "needs encrypted aggregation, and the run has HE off")
+        if delta > self.max_delta:
+            raise PolicyRefusal(Reason.DELTA_ABOVE_POLICY, f"the run asks for delta {delta:g}; this device allows at "
+                                                          f"most {self.max_delta:g}")
+        if not self.min_clip <= clip <= self.max_clip:
+            raise PolicyRefusal(Reason.CLIP_OUTSIDE_POLICY, f"the run clips updates at {clip:g}; this device allows "
+                                                           f"[{self.min_clip:g}, {self.max_clip:g}]")
+        if target_epsilon is not None and target_epsilon > self.max_epsilon:
+            raise PolicyRefusal(Reason.EPSILON_ABOVE_POLICY, f"the run asks for epsilon {target_epsilon:g}; this "
+                                                            f"device allows at most {self.max_epsilon:g}")
+        cap = min(self.max_epsilon, target_epsilon or math.inf)
+        q = min(participation, self.max_participation)
+        sigma = noise or calibrate_user_noise(cap, delta, q, rounds, accountant)
+        return UserLevelDP(clip=clip, noise=self.noise_floor(sigma), participation=q,
+                           floor=self.contributors_floor(min_contributors), colluders=self.assumed_colluders,
+                           delta=delta, max_epsilon=cap, accountant=accountant)
+
     def contributors_floor(self, requested: int) -> int:
         """The fewest contributors a sum must have for this device to help decrypt it: the run's number, raised to
         the policy's."""
@@ -119,7 +158,8 @@ class PrivacyPolicy:
                 raise ValueError("not a version-1 policy")
             if type(doc.pop("shared_key_allowed", False)) is not bool:  # kits made before the shared-key scheme
                 raise ValueError("'shared_key_allowed' is not a policy field of type bool")  # went: ignored
-            kinds = {"dp_required": bool, "he_required": bool, "release_metrics": bool, "min_contributors": int}
+            kinds = {"dp_required": bool, "he_required": bool, "release_metrics": bool, "min_contributors": int,
+                     "assumed_colluders": int}
             for key, value in doc.items():
                 wanted = kinds.get(key, float)
                 ok = type(value) is wanted if wanted in (bool, int) else type(value) in (int, float)

@@ -71,9 +71,27 @@ def test_a_task_is_small_and_typed() -> None:
     assert sorted(Task.__abstractmethods__) == ["build", "dataset"]
 
 
+@pytest.fixture
+def own_devnet(tmp_path: Path):
+    """A chain of this test's own: a devnet other tests registered more clients on would (rightly) refuse a key
+    held by this run's three."""
+    import socket
+
+    from ledger.devnet import Devnet
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    chain = Devnet(tmp_path / "devnet", port=port)
+    chain.start()
+    yield chain
+    chain.stop()
+
+
 @pytest.mark.slow
 def test_a_user_task_runs_two_rounds_with_dp_he_and_the_ledger_through_the_public_interface(
-        tmp_path: Path, devnet) -> None:
+        tmp_path: Path, own_devnet) -> None:
+    devnet = own_devnet
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "COLUMNS": "200"}
     proc = subprocess.run(
@@ -94,6 +112,25 @@ def test_a_user_task_runs_two_rounds_with_dp_he_and_the_ledger_through_the_publi
                             "--devnet-dir", str(devnet.data_dir), "--json"],
                            capture_output=True, text=True, timeout=300, env=env)
     assert audit.returncode == 0 and json.loads(audit.stdout)["verified"], audit.stdout + audit.stderr
+    # then deploy it (int8) and predict on a device from a CSV of raw rows, through the same public interface
+    from fl_client.edge import classify, installed_record, pull, read_inputs
+    from fl_server.deploy import deploy, write_app_graphs
+    from ledger.contract import LedgerContract
+    from ledger.manifest import DeploymentKey
+    from ledger.trust import LedgerTrust
+
+    write_app_graphs(tmp_path / "app", "tiny_table:TinyTable")  # the task's canonical graphs, as its app ships them
+    chain = LedgerContract.at(LedgerContract.connect(devnet.url), doc["config"]["ledger-contract"])
+    operator, data = DeploymentKey.generate(), load_task("tiny_table:TinyTable").dataset(None)
+    deployment = deploy(tmp_path / "byo", data, tmp_path / "registry", chain, key=operator, app=tmp_path / "app")
+    assert deployment.int8_accuracy > 0.6
+    trust = LedgerTrust(chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]), operator.public_key)
+    pull("latest", tmp_path / "registry", tmp_path / "device", trust, [chain],
+         app_graphs=[tmp_path / "app" / "graphs"])
+    rows = tmp_path / "rows.csv"
+    rows.write_text("d,c,b,a\n" + "".join(f"{r[3]},{r[2]},{r[1]},{r[0]}\n" for r in data.test_x[:50]))
+    predicted = classify(tmp_path / "device", read_inputs(rows, installed_record(tmp_path / "device")))
+    assert (predicted == data.test_y[:50]).mean() > 0.6
 
 
 def test_the_tabular_task_deploys_int8_and_a_device_predicts_csv_rows_and_sees_drift(tmp_path: Path) -> None:

@@ -142,7 +142,10 @@ def simulate(
             f"[bold]fedproof simulate[/]: {config.clients} clients, {config.rounds} rounds, "
             f"{config.partition} partitions"
             + (f" (alpha={config.alpha})" if config.partition == "dirichlet" else "")
-            + (f", DP-SGD with epsilon <= {config.target_epsilon:g}, delta {config.delta:g}" if config.dp else ", no DP")
+            + ((f", user-level DP (each device takes part with q={config.participation:g}, update clip "
+                f"{config.update_clip:g}, noise shared under HE) with epsilon <= {config.target_epsilon:g}"
+                if config.privacy == "user" else f", DP-SGD with epsilon <= {config.target_epsilon:g}")
+               + f", delta {config.delta:g}" if config.dp else ", no DP")
             + (", threshold CKKS aggregation (" + (f"{config.he_threshold} key holders" if config.he_threshold else
                                                   "a majority of key holders") + " decrypt)" if config.he
                else ", plaintext aggregation")

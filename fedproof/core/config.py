@@ -91,6 +91,16 @@ class RunConfig:
     """Seconds the server waits, before the first round, for ``clients`` clients to connect."""
     dp: bool = True
     """Train every client with DP-SGD (Opacus) under a privacy budget."""
+    privacy: str = "sample"
+    """What DP protects: ``sample`` (each record: DP-SGD on every device) or ``user`` (each device's whole dataset:
+    DP-FedAvg with update clipping, noise every device adds a share of under threshold HE, and devices that sample
+    themselves; privacy.user_dp)."""
+    participation: float = 0.1
+    """User-level DP: the probability q a device takes part when asked (its policy may lower it)."""
+    update_clip: float = 0.3
+    """User-level DP: the largest L2 norm of a device's whole update."""
+    user_noise: float = 0.0
+    """User-level DP: the noise multiplier of any accepted sum (0: calibrated to target-epsilon over ``rounds``)."""
     target_epsilon: float = 3.0
     """Each client's privacy budget over the whole run (0: no budget, needs a noise multiplier)."""
     delta: float = 1e-5
@@ -164,6 +174,12 @@ class RunConfig:
             (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
              "device must be auto, cpu, cuda or cuda:N"),
             (0.0 <= self.gpus_per_client <= 1.0, "gpus-per-client must be in [0, 1]"),
+            (self.privacy in ("sample", "user"), "privacy must be sample or user"),
+            (self.privacy == "sample" or not self.dp or self.he,
+             "privacy=user needs he=true: each device adds only a share of the noise, which holds only in a sum"),
+            (0.0 < self.participation <= 1.0, "participation must be in (0, 1]"),
+            (self.update_clip > 0 and math.isfinite(self.update_clip), "update-clip must be a positive number"),
+            (self.user_noise >= 0 and math.isfinite(self.user_noise), "user-noise must be non-negative (0: calibrate)"),
             (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
             (self.seed >= 0, "seed must be non-negative"),
             (self.round_timeout > 0, "round-timeout must be positive"),
@@ -349,10 +365,11 @@ class ClientSettings:
 
     values: Mapping[str, Scalar]
 
-    KEYS = ("run-id", "seed", "clients", "rounds", "task", "model", "device", "partition", "alpha", "classes-per-client",
-            "val-fraction", "local-epochs", "batch-size", "lr", "momentum", "dp", "target-epsilon", "delta",
-            "noise-multiplier", "max-grad-norm", "accountant", "grad-sample-mode", "he", "he-threshold",
-            "min-contributors", "ledger", "chain-id", "ledger-contract", "chain-genesis")
+    KEYS = ("run-id", "seed", "clients", "rounds", "task", "model", "device", "partition", "alpha",
+            "classes-per-client", "val-fraction", "local-epochs", "batch-size", "lr", "momentum", "dp",
+            "target-epsilon", "delta", "noise-multiplier", "max-grad-norm", "accountant", "grad-sample-mode",
+            "privacy", "participation", "update-clip", "user-noise", "he", "he-threshold", "min-contributors",
+            "ledger", "chain-id", "ledger-contract", "chain-genesis")
     SHARED_MACHINE_KEYS = ("key-set", "run-dir", "data-dir")
 
     @classmethod

@@ -27,6 +27,8 @@ ARRAYS_KEY, CONFIG_KEY, METRICS_KEY = "arrays", "config", "metrics"
 REPORT_KEY = "client"
 TRAINED, BUDGET_EXHAUSTED = "trained", "budget-exhausted"
 POLICY_REFUSED = "policy-refused"
+NOT_SAMPLED = "not-sampled"
+"""A train reply's status under user-level DP when the device's own coin said it sits this round out."""
 """A train reply's status when the run asks for less privacy than the client's policy allows: nothing trained."""
 WITHHELD = "withheld"
 """An evaluate reply's status when the client releases no metrics (a DP client: its accountant does not cover
@@ -62,7 +64,7 @@ class ClientReport:
             epsilon = _typed(record, "epsilon", float) if "epsilon" in record else None
         except (KeyError, TypeError) as exc:
             raise UpdateRejected(f"malformed client report: {exc}") from exc
-        if status not in (TRAINED, BUDGET_EXHAUSTED, POLICY_REFUSED, WITHHELD, REFUSED):
+        if status not in (TRAINED, BUDGET_EXHAUSTED, POLICY_REFUSED, NOT_SAMPLED, WITHHELD, REFUSED):
             raise UpdateRejected(f"client report has an unknown status {status[:40]!r}")
         if epsilon is not None and not (math.isfinite(epsilon) and epsilon >= 0):
             raise UpdateRejected("client report's epsilon is not a finite non-negative number")

@@ -35,6 +35,7 @@ from fedproof.core.protocol import (
     CIPHERTEXTS_KEY,
     HEADER_KEY,
     POLICY_REFUSED,
+    NOT_SAMPLED,
     REFUSED,
     WITHHELD,
     PARTIAL_KEY,
@@ -81,7 +82,8 @@ class Declined:
     epsilon: float | None
     reason: str
     status: str = BUDGET_EXHAUSTED
-    """BUDGET_EXHAUSTED, or POLICY_REFUSED (the run asked for less privacy than the client's policy allows)."""
+    """BUDGET_EXHAUSTED, POLICY_REFUSED (the run asked for less privacy than the client's policy allows), or
+    NOT_SAMPLED (user-level DP: the device's own coin said it sits this round out)."""
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ def _claimed(msg: Message) -> str:
 def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
     node, content = msg.metadata.src_node_id, msg.content
     report = ClientReport.from_reply(content)
-    if report is not None and report.status in (BUDGET_EXHAUSTED, POLICY_REFUSED):
+    if report is not None and report.status in (BUDGET_EXHAUSTED, POLICY_REFUSED, NOT_SAMPLED):
         return Declined(node, report.client_id, report.epsilon, report.reason, report.status)
     count = _num_examples(content.metric_records.get(METRICS_KEY))
     if spec.he is not None:  # a commitment only: the ciphertexts come once the round's commitments are frozen

@@ -1,0 +1,113 @@
+"""User-level DP with noise the server cannot remove: DP-FedAvg (McMahan et al., ICLR 2018) whose Gaussian noise
+every device adds a share of, under secure aggregation (distributed DP: Kairouz, Liu, Steinke, ICML 2021).
+
+A device protects its whole dataset, not one record: it clips its whole model update to L2 norm ``clip`` (C), adds
+Gaussian noise of standard deviation ``noise * C / sqrt(floor - colluders)`` per coordinate, and encrypts it. A key
+holder decrypts only sums of at least ``floor`` distinct contributors' updates, so any sum the server can learn
+holds at least ``floor - colluders`` honest shares: noise of standard deviation at least ``noise * C``, whatever the
+server does. ``colluders`` is the assumption: how many of a sum's contributors may be the server's accomplices,
+who know (and could subtract) their own shares.
+
+Each device samples itself: asked for a round, it takes part with probability ``q`` from its own CSPRNG (Balle et
+al., "Privacy amplification via random check-ins", NeurIPS 2020), so amplification by sampling holds however often
+the server asks. Its accountant composes one step of the subsampled Gaussian mechanism (rate q, noise multiplier
+``noise``) for every round it was asked, whether or not it took part; it refuses once its lifetime budget is spent.
+
+Adversary model, beside ours: Kairouz et al. assume an honest-but-curious server that runs secure aggregation as
+specified. Here the decryptors' checks (fl_client.threshold) enforce the floor against an active server; the
+device's own sampling and accountant do not depend on what the server asks; what remains assumed is the number of
+colluding contributors in a sum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from opacus.accountants.utils import get_noise_multiplier
+
+from privacy.dp import EPSILON_SLACK, PrivacySpend
+from privacy.errors import BudgetExhausted, DPConfigError
+from privacy.secure_random import SecureRandom
+
+
+@dataclass(frozen=True)
+class UserLevelDP:
+    """How one device takes part in user-level DP rounds."""
+
+    clip: float
+    """C: the largest L2 norm of a device's whole update."""
+    noise: float
+    """The noise multiplier of any accepted sum: its noise has standard deviation at least ``noise * clip``."""
+    participation: float
+    """q: the probability the device takes part when asked."""
+    floor: int
+    """The fewest contributors of a sum the device's key share helps decrypt (its policy's, or the run's)."""
+    colluders: int
+    """How many of those may collude with the server (their shares do not count)."""
+    delta: float
+    max_epsilon: float
+    """The device's lifetime user-level budget."""
+    accountant: str = "prv"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.clip > 0 and math.isfinite(self.clip), "the update clip must be a positive number"),
+            (self.noise > 0 and math.isfinite(self.noise), "the user-level noise multiplier must be positive"),
+            (0 < self.participation <= 1, "participation must be in (0, 1]"),
+            (0 <= self.colluders < self.floor, "colluders must be fewer than the contributors' floor"),
+            (0 < self.delta < 1, "delta must be in (0, 1)"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise DPConfigError("invalid user-level DP settings: " + "; ".join(problems))
+
+    @property
+    def share_std(self) -> float:
+        """Each device's share of the noise: ``floor - colluders`` honest shares add up to ``noise * clip``."""
+        return self.noise * self.clip / math.sqrt(self.floor - self.colluders)
+
+    def after_asked(self, spent: PrivacySpend) -> PrivacySpend:
+        """The spend after one more round asked (taken part in or not: the sampling is what is accounted)."""
+        return spent.after(self.noise, self.participation, 1)
+
+    def check_budget(self, spent: PrivacySpend) -> float:
+        """Epsilon after one more round asked; :class:`BudgetExhausted` if that passes the lifetime cap."""
+        if math.isinf(self.max_epsilon):
+            return math.inf
+        projected = self.after_asked(spent).epsilon(self.delta, self.accountant)
+        if projected > self.max_epsilon + EPSILON_SLACK:
+            raise BudgetExhausted(spent.epsilon(self.delta, self.accountant), projected, self.max_epsilon)
+        return projected
+
+
+def calibrate_user_noise(target_epsilon: float, delta: float, participation: float, rounds: int,
+                         accountant: str = "prv") -> float:
+    """The noise multiplier that keeps ``rounds`` asked rounds at rate ``participation`` within ``target_epsilon``."""
+    try:
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                          sample_rate=participation, steps=rounds, accountant=accountant,
+                                          epsilon_tolerance=0.01))
+    except ValueError as exc:
+        raise DPConfigError(f"cannot reach user-level epsilon {target_epsilon:g} over {rounds} rounds at "
+                            f"participation {participation:g}: {exc}") from exc
+
+
+def takes_part(participation: float, rng: SecureRandom) -> bool:
+    """The device's own coin: True with probability ``participation``, from its CSPRNG (never from a message)."""
+    return bool(rng.uniform(1)[0] < participation)
+
+
+def clip_update(delta: np.ndarray, clip: float) -> tuple[np.ndarray, bool]:
+    """``delta`` scaled to L2 norm at most ``clip``, and whether it already was (the adaptive-clipping bit)."""
+    norm = float(np.linalg.norm(delta))
+    if norm <= clip:
+        return delta, True
+    return delta * (clip / norm), False
+
+
+def noised_update(delta: np.ndarray, settings: UserLevelDP, rng: SecureRandom) -> np.ndarray:
+    """The clipped update plus this device's share of the noise (drawn on the device, from its CSPRNG)."""
+    clipped, _ = clip_update(np.asarray(delta, np.float64), settings.clip)
+    return clipped + rng.standard_normal(clipped.size).reshape(clipped.shape) * settings.share_std

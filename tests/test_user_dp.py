@@ -1,0 +1,123 @@
+"""User-level DP with noise the server cannot remove: the device's own coin, its accountant, its share of the noise."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedproof.core.protocol import BUDGET_EXHAUSTED, NOT_SAMPLED
+from fl_client.state import ClientState
+from fl_client.user_level import asked
+from privacy.dp import PrivacySpend
+from privacy.errors import DPConfigError
+from privacy.policy import PolicyRefusal, PrivacyPolicy
+from privacy.secure_random import SecureRandom
+from privacy.user_dp import UserLevelDP, calibrate_user_noise, clip_update, noised_update
+
+
+def settings(**kw) -> UserLevelDP:
+    base = dict(clip=0.3, noise=1.0, participation=0.1, floor=4, colluders=1, delta=1e-5, max_epsilon=50.0,
+                accountant="rdp")  # the devices' default is PRV; RDP answers in a millisecond
+    return UserLevelDP(**{**base, **kw})
+
+
+def test_a_server_that_asks_every_round_gets_a_device_at_most_q_of_the_time() -> None:
+    """Asked 2,000 rounds (and each round three times), the device takes part within the binomial bound of q."""
+    s, state, rng = settings(participation=0.1, max_epsilon=math.inf), ClientState(), SecureRandom.from_os()
+    taken = 0
+    for server_round in range(1, 2001):
+        answers = set()
+        for _ in range(3):  # asking again for the same round re-rolls nothing and spends nothing
+            before = state.user_spend
+            state, refusal = asked(state, s, server_round, rng)
+            assert refusal is None
+            answers.add(state.took_part)
+        assert len(answers) == 1 and state.user_spend.steps == server_round and before.steps >= server_round - 1
+        taken += state.took_part
+    mean, sd = 2000 * 0.1, math.sqrt(2000 * 0.1 * 0.9)
+    assert abs(taken - mean) < 5 * sd  # 200 +- 67
+    state, refusal = asked(state, s, 1999, rng)  # an earlier round: no new coin
+    assert refusal is not None and refusal[0] == NOT_SAMPLED and state.user_spend.steps == 2000
+
+
+@pytest.mark.slow  # two seconds of accounting
+def test_a_devices_user_level_epsilon_composes_across_runs_and_stops_at_its_lifetime_cap() -> None:
+    s = settings(noise=1.2, participation=0.1, max_epsilon=3.0)  # about 20 rounds asked
+    state, rng, spent = ClientState(run_id="a"), SecureRandom.from_os(), []
+    for run in ("a", "b", "c", "d", "e", "f"):
+        state = ClientState(run_id=run, user_spend=state.user_spend)  # a new run: its rounds count from 1 again
+        for server_round in range(1, 9):  # runs of 8 rounds
+            state, refusal = asked(state, s, server_round, rng)
+            if refusal is not None:
+                assert refusal[0] == BUDGET_EXHAUSTED
+                break
+            spent.append(state.user_spend.epsilon(s.delta, s.accountant))
+        else:
+            continue
+        break
+    assert spent == sorted(spent) and 2.9 < spent[-1] <= 3.0 + 0.01
+    assert len(spent) > 16  # it spanned three runs: no run started the budget afresh
+
+
+def test_any_sum_of_the_floors_shares_carries_the_full_noise() -> None:
+    """floor - colluders honest shares have standard deviation noise * clip together: the colluders' own shares,
+    which they could subtract, are not counted on."""
+    s, rng = settings(noise=1.5, clip=0.5, floor=5, colluders=2), SecureRandom.from_os()
+    honest = sum(noised_update(np.zeros(20000), s, rng) for _ in range(s.floor - s.colluders))
+    assert abs(float(np.std(honest)) / (s.noise * s.clip) - 1) < 0.03
+    big = np.full(100, 1.0)
+    clipped, within = clip_update(big, 0.3)
+    assert not within and math.isclose(float(np.linalg.norm(clipped)), 0.3)
+
+
+def test_the_device_decides_its_participation_noise_share_and_floor_the_run_may_only_tighten() -> None:
+    policy = PrivacyPolicy(max_epsilon=3.0, max_delta=1e-5, min_clip=0.1, max_clip=1.0, min_contributors=6,
+                           max_participation=0.05, assumed_colluders=2, min_noise_multiplier=1.2)
+    kw = dict(he=True, clip=0.3, noise=None, delta=1e-5, target_epsilon=3.0, accountant="rdp", rounds=100)
+    admitted = policy.admit_user(participation=0.5, min_contributors=3, **kw)
+    assert admitted.participation == 0.05 and admitted.floor == 6 and admitted.colluders == 2
+    assert admitted.noise >= 1.2 and math.isclose(admitted.share_std, admitted.noise * 0.3 / 2)
+    assert policy.admit_user(participation=0.01, min_contributors=10, **kw).floor == 10  # the run tightens
+    for change, code in ((dict(he=False), "he-required"), (dict(delta=1e-3), "delta"), (dict(clip=5.0), "clip"),
+                         (dict(target_epsilon=8.0), "epsilon")):
+        with pytest.raises(PolicyRefusal, match=code):
+            policy.admit_user(participation=0.1, min_contributors=3, **{**kw, **change})
+    with pytest.raises(DPConfigError, match="colluders"):
+        settings(floor=3, colluders=3)
+
+
+def test_calibrated_noise_spends_the_budget_over_the_planned_rounds() -> None:
+    sigma = calibrate_user_noise(3.0, 1e-5, 0.1, 100)
+    spend = PrivacySpend()
+    for _ in range(100):
+        spend = spend.after(sigma, 0.1, 1)
+    assert 2.9 < spend.epsilon(1e-5) <= 3.01
+
+
+@pytest.mark.slow
+def test_a_user_level_round_runs_with_threshold_he_each_device_weighing_one(tmp_path) -> None:
+    """Devices sample themselves, clip, add their noise shares and encrypt with weight 1; the key holders decrypt
+    the sum of those that took part; the run goes on through rounds nobody (or too few) took part in."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedproof.cli", "simulate", "--task", "breast-cancer", "--clients", "6", "--rounds", "3",
+         "--no-ledger", "--run-dir", str(tmp_path), "--run-id", "u", "--batch-size", "32", "--lr", "0.5",
+         "--delta", "1e-3", "--target-epsilon", "50", "-c", "privacy=user", "-c", "participation=0.8", "-c", "update-clip=0.5",
+         "-c", "user-noise=0.5"],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((tmp_path / "u" / "run.json").read_text())
+    assert doc["summary"]["rounds_completed"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "u" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if not r["failed"]]
+    assert trained, rows  # q = 0.8 of 6 devices: at least one round held the floor of 3
+    bundle = json.loads((tmp_path / "u" / "ledger" / f"round-{trained[0]['round']}.json").read_text())
+    assert bundle["updates"] and all(u["num_examples"] == 1 for u in bundle["updates"])
+    eps = doc["summary"]["epsilon_by_client"]
+    assert len(eps) == 6 and all(e > 0 for e in eps.values())  # every device asked spent, taking part or not
