@@ -33,8 +33,8 @@ def cnn():
     return weights, fp32, int8
 
 
-@pytest.mark.parametrize("task,model_name,classes", [pytest.param(*g, marks=pytest.mark.slow) if g[0] == "fashion-mnist"
-                                                     else g for g in SHIPPED_GRAPHS])  # an image export takes seconds
+@pytest.mark.slow  # each export takes seconds: `make test` and CI run them
+@pytest.mark.parametrize("task,model_name,classes", SHIPPED_GRAPHS)
 def test_each_committed_graph_is_a_fresh_export_of_its_model(task: str, model_name: str, classes: int) -> None:
     """As for the contract: the graph a device trusts is the one the task's code exports today."""
     assert canonical_graph(graph_name(model_name, classes)) == build_graph(model_name, classes, task), (

@@ -125,6 +125,7 @@ def test_clipping_bounds_per_sample_gradients() -> None:
         assert (per_sample * factors[:, None]).norm(dim=1).max() <= clip + 1e-5
 
 
+@pytest.mark.slow  # two seconds of calibration: `make test` and CI run it
 def test_calibration_lands_at_or_just_under_target() -> None:
     settings = DPSettings(target_epsilon=3.0, delta=1e-5)
     plan = RoundPlan.for_data(n_samples=5400, batch_size=64, epochs=2)

@@ -84,6 +84,7 @@ def test_the_template_runs_rounds_with_dp_and_he_in_simulation(tmp_path: Path) -
     assert all(0 < e <= 3.0 for e in summary["epsilon_by_client"].values())
 
 
+@pytest.mark.slow  # an export and a quantization: seconds
 def test_a_new_projects_model_deploys_and_a_device_re_derives_it_from_the_apps_own_graph(tmp_path: Path) -> None:
     """A task that does not ship with fedproof: its canonical graphs live in its app (JSON, so its pinned FAB covers
     them), the server refuses a stale one, and a device re-derives the artifact only with the app it names."""
