@@ -42,6 +42,11 @@ def provision_command(
     max_delta: Annotated[float, typer.Option(help="Clients' policy: largest delta accepted.")] = 1e-5,
     min_noise: Annotated[float, typer.Option(help="Clients' policy: smallest DP noise multiplier.")] = 0.0,
     max_clip: Annotated[float, typer.Option(help="Clients' policy: largest per-sample clipping norm.")] = 1.0,
+    max_participation: Annotated[float, typer.Option(
+        help="Clients' policy, user-level DP: the largest probability a device takes part in a round.")] = 1.0,
+    assumed_colluders: Annotated[int, typer.Option(
+        help="Clients' policy, user-level DP: contributors of a sum that may collude with the server (their noise "
+             "shares do not count).")] = 0,
     declared_examples: Annotated[int, typer.Option(
         help="Each client's registered aggregation weight (its declared dataset size); 0: none registered.")] = 0,
     app: Annotated[Optional[Path], typer.Option(
@@ -64,7 +69,8 @@ def provision_command(
             console.print("[yellow]warning:[/] no --identity given: the client keys are generated here, so this "
                           "operator could sign as any client. For real devices run `fedproof client init` on each.")
         policy = PrivacyPolicy(max_epsilon=max_epsilon, max_delta=max_delta, min_noise_multiplier=min_noise,
-                               max_clip=max_clip)
+                               max_clip=max_clip, max_participation=max_participation,
+                               assumed_colluders=assumed_colluders)
         kits = provision(out, clients, server_host, port, force, policy=policy, declared_examples=declared_examples,
                          identities=identities or None, apps=app_hashes(app) if app is not None else None)
         OperatorKeys.create(kits.server / "operator", read_password(password_file))
