@@ -93,3 +93,23 @@ def test_train_val_split() -> None:
     assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
     assert len(train_val_split(idx[:1], 0.1, seed=0)[1]) == 0  # a single sample stays for training
     assert len(train_val_split(idx, 0.0, seed=0)[1]) == 0
+
+
+@pytest.mark.slow  # flwr-datasets' ten attempts at 1,000 partitions first: seconds
+def test_a_fleet_of_devices_gets_label_skewed_partitions_where_the_class_wise_draw_gives_up() -> None:
+    """10,000 devices on 60,000 samples (six each): flwr-datasets' class-wise Dirichlet cannot give every device a
+    sample and gives up; each device's class mix is drawn instead. Exact cover, equal sizes, skewed, seeded."""
+    import numpy as np
+
+    from fedproof.core.partition import PartitionSpec, dirichlet_per_client, partition_indices
+
+    labels = np.random.default_rng(0).integers(0, 10, 60_000)
+    parts = dirichlet_per_client(labels, 10_000, 0.5, seed=42)
+    assert {len(p) for p in parts} == {6}
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(60_000))
+    mixes = [np.bincount(labels[p], minlength=10) for p in parts[:2000]]
+    assert np.mean([np.count_nonzero(m) for m in mixes]) < 4  # iid draws of six would hold about five classes
+    assert all(np.array_equal(a, b) for a, b in zip(parts, dirichlet_per_client(labels, 10_000, 0.5, seed=42)))
+    small = np.random.default_rng(1).integers(0, 10, 3_000)  # 1,000 devices of three: the fallback, end to end
+    fleet = partition_indices(small, PartitionSpec("dirichlet", 1_000, 7, 0.5))
+    assert np.array_equal(np.sort(np.concatenate(fleet)), np.arange(3_000)) and min(len(p) for p in fleet) == 3

@@ -81,9 +81,39 @@ def _partition_cached(label_bytes: bytes, dtype: str, spec: PartitionSpec) -> tu
                 np.asarray(part.load_partition(i).with_format("numpy")[:]["idx"], dtype=np.int64) for i in range(k)
             )
     except ValueError as exc:
-        raise PartitionError(f"{spec.scheme} partitioning of {n} samples into {k} failed: {exc}") from exc
+        if spec.scheme != "dirichlet":
+            raise PartitionError(f"{spec.scheme} partitioning of {n} samples into {k} failed: {exc}") from exc
+        # a fleet (thousands of devices, a few samples each): flwr-datasets' class-wise draw cannot give every
+        # device a sample; draw each device's class mix instead (its size fixed), which always succeeds
+        result = dirichlet_per_client(labels, k, spec.alpha, spec.seed)
     _check_exact_cover(result, n, spec)
     return result
+
+
+def dirichlet_per_client(labels: np.ndarray, k: int, alpha: float, seed: int) -> tuple[np.ndarray, ...]:
+    """Label-skewed partitions of equal size (n // k or one more): each client's class mix is drawn from
+    Dirichlet(alpha) over the classes (Hsu, Qi and Brown, 2019), and its samples are taken from what is left of each
+    class, the shortfall of an exhausted class moved to the classes that still have samples. Deterministic by seed."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    stock = [list(rng.permutation(np.flatnonzero(labels == c))) for c in classes]
+    sizes = np.full(k, len(labels) // k)
+    sizes[: len(labels) % k] += 1
+    parts = []
+    for size in sizes:
+        left = np.array([len(s) for s in stock], dtype=float)
+        mix = rng.dirichlet(np.full(len(classes), alpha)) * (left > 0)
+        mix = mix / mix.sum() if mix.sum() > 0 else left / left.sum()
+        counts = np.minimum(rng.multinomial(size, mix), left.astype(int))
+        while counts.sum() < size:  # an exhausted class's share goes to the classes still in stock
+            spare = left - counts
+            counts[int(np.argmax(spare * (mix + 1e-9)))] += 1
+        taken = [stock[c][len(stock[c]) - int(m):] for c, m in enumerate(counts) if m]
+        for c, m in enumerate(counts):
+            if m:
+                del stock[c][len(stock[c]) - int(m):]
+        parts.append(np.sort(np.concatenate(taken).astype(np.int64)))
+    return tuple(parts)
 
 
 def _check_exact_cover(parts: tuple[np.ndarray, ...], n: int, spec: PartitionSpec) -> None:
