@@ -175,3 +175,31 @@ def test_the_tabular_task_deploys_int8_and_a_device_predicts_csv_rows_and_sees_d
     shifted = data.test_x.copy()
     shifted[:, sizes] *= 1.3
     assert monitor(tmp_path / "device", shifted, classify(tmp_path / "device", shifted)).drift
+
+
+@pytest.mark.slow  # two deployments
+def test_a_device_refuses_a_model_of_another_task_released_to_it(tmp_path: Path, synthetic_dir: Path) -> None:
+    """The operator (its key signs, its account records) deploys a model of another task and a device of the first
+    pulls it: refused, the installed model stays."""
+    from fedproof.core.data import load_dataset
+    from fl_client.edge import ArtifactRejected, current_model, pull
+    from fl_server.deploy import deploy
+    from ledger.contract import LedgerContract
+    from ledger.manifest import DeploymentKey
+    from ledger.signing import SigningKey
+    from ledger.trust import LedgerTrust
+    from rounds import record_trained_run
+
+    chain, operator = LedgerContract.deploy(LedgerContract.in_memory()), DeploymentKey.generate()
+    clients = {c: SigningKey.generate() for c in ("a", "b")}
+    tabular = load_task("breast-cancer").dataset(None)
+    record_trained_run(chain, tmp_path / "bc", tabular, clients, run_id="bc", task="breast-cancer")
+    deploy(tmp_path / "bc", tabular, tmp_path / "registry", chain, key=operator)
+    trust = LedgerTrust(chain.chain_id, chain.genesis, bytes.fromhex(chain.address[2:]), operator.public_key)
+    installed = pull("latest", tmp_path / "registry", tmp_path / "device", trust, [chain])
+    images = load_dataset(synthetic_dir)
+    record_trained_run(chain, tmp_path / "fm", images, clients, run_id="fm")
+    other = deploy(tmp_path / "fm", images, tmp_path / "registry", chain, key=operator)
+    with pytest.raises(ArtifactRejected, match="a model of another task"):
+        pull("latest", tmp_path / "registry", tmp_path / "device", trust, [chain])
+    assert current_model(tmp_path / "device").artifact_sha256 == installed.artifact_sha256 != other.artifact_sha256

@@ -11,19 +11,15 @@ A simulation reads the image folder ``simulation_folder`` (relative to the task'
 
 from __future__ import annotations
 
-import inspect
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from fedproof.base.errors import ConfigError
 from fedproof.core.data import Dataset
-from fedproof.core.loaders import load_records
 from fedproof.core.model import ExtractorHead
 from fedproof.core.task import Task
-from fedproof.core.tasks.table import split_rows
+from fedproof.core.tasks.table import simulation_records
 
 
 class ScaledPixels(nn.Module):
@@ -74,11 +70,5 @@ class ImageTask(Task):
         return ExtractorHead(nn.Identity(), SmallCNN(num_classes), ScaledPixels(self.pixel_mean, self.pixel_std))
 
     def dataset(self, data_dir: str | None) -> Dataset:
-        if data_dir:
-            path = Path(data_dir).expanduser()
-        elif self.simulation_folder:
-            path = Path(inspect.getfile(type(self))).resolve().parent / self.simulation_folder
-        else:
-            raise ConfigError(f"task {self.name} has no images to simulate with: set its simulation_folder, or the "
-                              "run's data-dir to a folder of class folders")
-        return split_rows(self.name, *load_records(path, self.record), self.num_classes, self.test_fraction, path)
+        return simulation_records(self, data_dir, self.simulation_folder, self.test_fraction,
+                                  "set its simulation_folder, or the run's data-dir to a folder of class folders")

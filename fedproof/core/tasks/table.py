@@ -77,14 +77,20 @@ class TableTask(Task):
         return ExtractorHead(nn.Identity(), head, Standardize(*self.statistics()))
 
     def dataset(self, data_dir: str | None) -> Dataset:
-        if data_dir:
-            path = Path(data_dir).expanduser()
-        elif self.simulation_csv:
-            path = Path(inspect.getfile(type(self))).resolve().parent / self.simulation_csv
-        else:
-            raise ConfigError(f"task {self.name} has no records to simulate with: set its simulation_csv, or the "
-                              "run's data-dir to a CSV of its rows")
-        return split_rows(self.name, *load_records(path, self.record), self.num_classes, self.test_fraction, path)
+        return simulation_records(self, data_dir, self.simulation_csv, self.test_fraction,
+                                  "set its simulation_csv, or the run's data-dir to a CSV of its rows")
+
+
+def simulation_records(task: Task, data_dir: str | None, own: str, test_fraction: float, hint: str) -> Dataset:
+    """A simulation's records of ``task``: the run's ``data-dir`` if it names one, else ``own`` (a path relative to
+    the task's module), split once into the clients' records and a central test set."""
+    if data_dir:
+        path = Path(data_dir).expanduser()
+    elif own:
+        path = Path(inspect.getfile(type(task))).resolve().parent / own
+    else:
+        raise ConfigError(f"task {task.name} has no records to simulate with: {hint}")
+    return split_rows(task.name, *load_records(path, task.record), task.num_classes, test_fraction, path)
 
 
 @functools.lru_cache(maxsize=4)
