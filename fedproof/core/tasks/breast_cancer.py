@@ -27,18 +27,15 @@ CLASSES = ("malignant", "benign")
 
 
 @functools.lru_cache(maxsize=1)
-def _records() -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _records() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
 
     data = load_breast_cancer()
     x, y = data.data.astype(np.float32), data.target.astype(np.int64)
     train_x, test_x, train_y, test_y = train_test_split(x, y, test_size=TEST_FRACTION, random_state=0, stratify=y)
-    return tuple(str(n) for n in data.feature_names), train_x, train_y, test_x, test_y
+    return train_x, train_y, test_x, test_y
 
-
-def feature_columns() -> tuple[str, ...]:
-    return _records()[0]
 
 
 class BreastCancer(TableTask):
@@ -53,10 +50,10 @@ class BreastCancer(TableTask):
 
     def statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """From the public set's training split (scikit-learn ships it to every party alike)."""
-        _, train_x, _, _, _ = _records()
+        train_x = _records()[0]
         return train_x.mean(0), train_x.std(0)
 
     def dataset(self, data_dir: str | None) -> Dataset:
-        _, train_x, train_y, test_x, test_y = _records()
+        train_x, train_y, test_x, test_y = _records()
         identity = hashlib.sha256(train_x.tobytes() + train_y.tobytes()).hexdigest()
         return Dataset(self.name, train_x, train_y, test_x, test_y, 2, Path("sklearn.datasets"), identity)
