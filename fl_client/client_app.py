@@ -236,6 +236,27 @@ def keygen_confirm(msg: Message, context: Context) -> Message:
     return Message(threshold.keygen_confirm(msg.content, config, context), reply_to=msg)
 
 
+@app.query("draw_commit")
+def draw_commit(msg: Message, context: Context) -> Message:
+    """Committee draw, step 1: a fresh secret for this draw, answered by its commitment only."""
+    _settings(msg, context)
+    return Message(threshold.draw_commit(msg.content, context), reply_to=msg)
+
+
+@app.query("draw_reveal")
+def draw_reveal(msg: Message, context: Context) -> Message:
+    """Committee draw, step 2: reveal the secret to the frozen list that holds this device's commitment (once)."""
+    config, _ = _settings(msg, context)
+    return Message(threshold.draw_reveal(msg.content, config, context), reply_to=msg)
+
+
+@app.query("key_join")
+def key_join(msg: Message, context: Context) -> Message:
+    """Outside the committee: keep the committee's joint public key, once the draw and every signature check."""
+    config, _ = _settings(msg, context)
+    return Message(threshold.key_join(msg.content, config, context), reply_to=msg)
+
+
 @app.query("reveal_update")
 def reveal_update(msg: Message, context: Context) -> Message:
     """Reveal this round's committed ciphertexts to the frozen set of the round's commitments (once per round)."""

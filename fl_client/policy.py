@@ -32,7 +32,8 @@ def run_policy(config: RunConfig) -> PrivacyPolicy:
     return PrivacyPolicy(dp_required=config.dp, max_epsilon=config.target_epsilon or math.inf,
                          max_delta=config.delta, min_clip=clip, max_clip=clip, he_required=config.he,
                          release_metrics=not config.dp, min_contributors=config.min_contributors,
-                         max_participation=config.participation)
+                         max_participation=config.participation,
+                         colluding_share=config.colluding_share)
 
 
 def federation_size(config: RunConfig, context: Context, registered: int) -> int:

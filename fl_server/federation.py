@@ -18,7 +18,7 @@ from fedproof.core.task import load_task
 from fedproof.core.rundir import MODEL_FILE, RoundMetrics, RunDirectory
 from fl_server.admission import Admission
 from fl_server.decryptors import ThresholdCommittee
-from fl_server.keygen import run_ceremony
+from fl_server.committee import make_key
 from fl_server.evaluation import CentralEvaluator
 from fl_server.lineage import Lineage
 from fl_server.metrics import FederationMetrics
@@ -126,8 +126,10 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     sent = ClientSettings.of(config, shares_machine(grid), start.resolved()).to_record()
     threshold = None
     if config.he:  # the clients make the run's key now; no party ever holds all of it
-        key = run_ceremony(grid, sent, start.allow, domain, config.he_threshold,
-                           config.round_timeout, start.weight_scale, first_round=done + 1)
+        registered = config.clients if shares_machine(grid) else len(start.allow.keys)  # as the devices count
+        key = make_key(grid, sent, start.allow, domain, threshold=config.he_threshold, timeout=config.round_timeout,
+                       weight_scale=start.weight_scale, first_round=done + 1, committee=config.committee,
+                       colluding_share=config.colluding_share, registered=registered)
         lineage.record_key(key.signed)  # t and the holders go on chain before any round: auditors read them there
         threshold = ThresholdCommittee(key, config.seed, config.round_timeout, start.allow, domain)
     plan = RoundPlan(

@@ -34,6 +34,7 @@ from fedproof.core.protocol import (
     KEYGEN_FINISH,
     KEYGEN_HELLO,
     KEYGEN_REVEAL,
+    TRANSCRIPT_KEY,
     SignedEnvelope,
     hello_record,
     take_hello,
@@ -41,7 +42,8 @@ from fedproof.core.protocol import (
 from fl_server.exchange import ask
 from ledger.errors import LedgerError, UpdateVerificationError
 from ledger.key_statement import KeyStatement, SignedKeyStatement
-from ledger.signing import KEY_TAG, KEYGEN_TAG, payload_digest
+from ledger.committee import Draw
+from ledger.signing import KEY_TAG, KEYGEN_TAG, CommitteeTerms, payload_digest
 from ledger.verification import AllowList, Domain, verify_statement
 from privacy.errors import PrivacyError
 from privacy.keygen import (
@@ -85,6 +87,8 @@ class FederationKey:
     public_key: JointPublicKey
     signed: SignedKeyStatement
     """The key statement, signed by every holder (what the lineage records on chain)."""
+    draw: Draw | None = None
+    """A committee's key: the draw that picked its holders (its transcript, which anyone can check)."""
 
     @property
     def statement(self) -> KeyStatement:
@@ -105,18 +109,22 @@ class FederationKey:
 
 
 def run_ceremony(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, threshold: int, timeout: float,
-                 weight_scale: int, first_round: int = 1, params: ThresholdParams | None = None) -> FederationKey:
-    """The run's key, made by the connected clients. A party found cheating or silent is left out and the ceremony
-    starts again with fresh secrets, up to :data:`CEREMONY_ATTEMPTS` times; the devices themselves refuse a key
-    held by fewer than a majority of the registered clients."""
+                 weight_scale: int, first_round: int = 1, params: ThresholdParams | None = None, *,
+                 nodes: list[int] | None = None, draw: Draw | None = None, colluders: int = 0) -> FederationKey:
+    """The run's key, made by the connected clients (or by ``nodes``, the committee ``draw`` picked). A party found
+    cheating or silent is left out and the ceremony starts again with fresh secrets, up to
+    :data:`CEREMONY_ATTEMPTS` times; the devices themselves refuse a key held by fewer than a majority of the
+    registered clients. A committee is not shrunk: a member that drops out ends the attempt (a new draw replaces
+    it, fl_server.committee)."""
     params, excluded = params or ThresholdParams(), set()
-    for attempt in range(1, CEREMONY_ATTEMPTS + 1):
-        nodes = [n for n in sorted(grid.get_node_ids()) if n not in excluded]
+    attempts = 1 if draw is not None else CEREMONY_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        asked = [n for n in sorted(nodes if nodes is not None else grid.get_node_ids()) if n not in excluded]
         try:
-            return _Ceremony(grid, settings, allow, domain, timeout, params).run(nodes, threshold, weight_scale,
-                                                                                 first_round)
+            return _Ceremony(grid, settings, allow, domain, timeout, params, draw, colluders).run(
+                asked, threshold, weight_scale, first_round)
         except PartiesDropped as exc:
-            if attempt == CEREMONY_ATTEMPTS:
+            if attempt == attempts:
                 raise
             log.warning("key ceremony: %s; starting again without them", exc)
             excluded |= exc.nodes
@@ -131,6 +139,9 @@ class _Ceremony:
     domain: Domain
     timeout: float
     params: ThresholdParams
+    draw: Draw | None = None
+    """A committee's draw (its transcript goes to every member with the hellos); None: the whole federation."""
+    colluders: int = 0
     nodes: dict[str, int] = field(default_factory=dict)
     """The parties that said hello (client id -> node), once known."""
     record: ConfigRecord = field(default_factory=ConfigRecord)
@@ -145,8 +156,12 @@ class _Ceremony:
         except PrivacyError as exc:
             raise KeyCeremonyFailed(f"key ceremony: {exc} ({len(parties)} clients answered)") from exc
         self.nodes = {p: hellos[p][0] for p in parties}
+        if self.draw is not None and tuple(parties) != self.draw.committee(len(parties)):
+            missing = set(self.draw.committee(len(asked))) - set(parties)
+            raise PartiesDropped(f"key ceremony: committee members {sorted(missing)[:5]} did not say hello",
+                                 {n for n in asked if n not in {hellos[p][0] for p in parties}})
         self.record = ConfigRecord({"threshold": threshold, "parties": len(parties), "weight-scale": weight_scale,
-                                    "first-round": first_round})
+                                    "first-round": first_round, "colluders": self.colluders})
         announced = {p: hellos[p][1] for p in parties}
         commitments = self._commitments(hellos)
         deals = self._reveals(commitments)
@@ -155,13 +170,15 @@ class _Ceremony:
             joint = JointPublicKey.combine(self.params, [deals[p][0] for p in parties], crp)
         except PrivacyError as exc:
             raise KeyCeremonyFailed(f"key ceremony: the public-key shares do not make a key: {exc}") from exc
-        statement = KeyStatement(joint.digest, threshold, tuple(parties), weight_scale, first_round)
+        terms = CommitteeTerms() if self.draw is None else CommitteeTerms(
+            len(self.draw.candidates), self.colluders, self.draw.number, self.draw.seed)
+        statement = KeyStatement(joint.digest, threshold, tuple(parties), weight_scale, first_round, terms)
         signatures = self._finish(deals, announced, seed, statement)
         signed = SignedKeyStatement(statement, signatures)
         self._confirm(signed)
         log.info("key ceremony: %d key holders, threshold %d, key %s", len(parties), threshold,
                  statement.sha256.hex()[:16])
-        return FederationKey(self.params, self.nodes, joint, signed)
+        return FederationKey(self.params, self.nodes, joint, signed, self.draw)
 
     # -- 1. hello
     def _hellos(self, asked: list[int]) -> dict[str, tuple[int, Hello, SignedEnvelope]]:
@@ -183,6 +200,8 @@ class _Ceremony:
     def _commitments(self, hellos) -> dict[str, tuple[bytes, SignedEnvelope]]:
         def with_hellos(_node: int) -> RecordDict:
             content = RecordDict({CEREMONY_KEY: self.record})
+            if self.draw is not None:
+                content[TRANSCRIPT_KEY] = ConfigRecord(self.draw.to_record())
             for i, party in enumerate(sorted(hellos)):
                 _, announced, envelope = hellos[party]
                 content[f"hello-{i:04d}"] = hello_record(party, announced.contribution, announced.exchange_key)
@@ -287,7 +306,8 @@ class _Ceremony:
     def _confirm(self, signed: SignedKeyStatement) -> None:
         try:
             signed.verify({h: self.allow.key_for(h) for h in signed.statement.holders}, self.domain.chain_id,
-                          self.domain.contract, self.domain.genesis, self.domain.run_id, len(signed.statement.holders))
+                          self.domain.contract, self.domain.genesis, self.domain.run_id,
+                          max(len(signed.statement.holders), signed.statement.committee.candidates))
         except (LedgerError, FedproofError) as exc:
             raise KeyCeremonyFailed(f"key ceremony: the key statement does not verify: {exc}") from exc
         record = ConfigRecord({"statement": signed.statement.to_bytes(), "signatures": signed.signatures_bytes()})

@@ -17,18 +17,20 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ledger.committee import DEFAULT_MAX_CAPTURE_RISK, DrawError, check_risk
 from ledger.errors import LedgerError
 from ledger.signing import (
     KEY_TAG,
     MAX_KEY_HOLDERS,
     NO_DP,
+    CommitteeTerms,
     SignedFields,
     key_statement_chunks,
     payload_digest,
     verify_signature,
 )
 
-MAX_STATEMENT_BYTES = 64 + 16 * 8 + MAX_KEY_HOLDERS * (4 + 2 + 256) + 64 * MAX_KEY_HOLDERS
+MAX_STATEMENT_BYTES = 128 + 16 * 8 + MAX_KEY_HOLDERS * (4 + 2 + 256) + 64 * MAX_KEY_HOLDERS
 KEY_ROUND = 0
 """The ``round`` field of a key-statement signature (a key is not a round's)."""
 
@@ -49,6 +51,8 @@ class KeyStatement:
     """Sorted client ids; holder ``holders[i]`` has Shamir point ``i + 1``."""
     weight_scale: int
     first_round: int
+    committee: CommitteeTerms = CommitteeTerms()
+    """How the holders were drawn, for a committee key (zeros: the whole federation holds the key)."""
 
     def __post_init__(self) -> None:
         try:
@@ -58,7 +62,7 @@ class KeyStatement:
 
     def chunks(self) -> list[bytes]:
         return key_statement_chunks(self.public_key_sha256, self.threshold, self.holders, self.weight_scale,
-                                    self.first_round)
+                                    self.first_round, self.committee)
 
     @property
     def sha256(self) -> bytes:
@@ -84,18 +88,19 @@ class KeyStatement:
             raise KeyStatementError("a key statement is at most a few kilobytes of bytes")
         chunks, at, data = [], 0, bytes(data)
         while at < len(data):
-            if at + 4 > len(data) or len(chunks) > MAX_KEY_HOLDERS + 3:
+            if at + 4 > len(data) or len(chunks) > MAX_KEY_HOLDERS + 4:
                 raise KeyStatementError("a key statement's chunks are cut short or too many")
             size = struct.unpack_from(">I", data, at)[0]
             if at + 4 + size > len(data):
                 raise KeyStatementError("a key statement's chunk runs past its end")
             chunks.append(data[at + 4:at + 4 + size])
             at += 4 + size
-        if len(chunks) < 5 or chunks[0] != b"key" or len(chunks[2]) != 32:
-            raise KeyStatementError("not a key statement (tag, digest or counts)")
-        threshold, holders, weight_scale, first_round = struct.unpack(">QQQQ", chunks[2])
+        if len(chunks) < 6 or chunks[0] != b"key" or len(chunks[2]) != 56 or len(chunks[3]) != 32:
+            raise KeyStatementError("not a key statement (tag, digest, counts or draw seed)")
+        threshold, holders, weight_scale, first_round, candidates, colluders, draw = struct.unpack(">QQQQQQQ",
+                                                                                                 chunks[2])
         names = []
-        for raw in chunks[3:]:
+        for raw in chunks[4:]:
             if len(raw) < 2 or struct.unpack_from(">H", raw)[0] != len(raw) - 2:
                 raise KeyStatementError("a key statement's holder id is malformed")
             try:
@@ -104,7 +109,8 @@ class KeyStatement:
                 raise KeyStatementError("a key statement's holder id is not UTF-8") from exc
         if holders != len(names):
             raise KeyStatementError(f"a key statement counts {holders} holders and names {len(names)}")
-        statement = cls(chunks[1], threshold, tuple(names), weight_scale, first_round)
+        statement = cls(chunks[1], threshold, tuple(names), weight_scale, first_round,
+                        CommitteeTerms(candidates, colluders, draw, chunks[3]))
         if statement.to_bytes() != data:
             raise KeyStatementError("a key statement not in canonical form")
         return statement
@@ -129,16 +135,27 @@ class SignedKeyStatement:
         return cls(parsed, {h: bytes(signatures[64 * i:64 * i + 64]) for i, h in enumerate(parsed.holders)})
 
     def verify(self, public_keys: Mapping[str, bytes], chain_id: int, contract: bytes, genesis: bytes, run_id: str,
-               registered: int) -> None:
+               registered: int, max_capture_risk: float = DEFAULT_MAX_CAPTURE_RISK) -> None:
         """Raise :class:`KeyStatementError` unless every holder named signed this statement with its key in
-        ``public_keys`` for this chain, contract and run, the key is held by at least a majority of the
-        ``registered`` clients, and t is at least a majority of its holders (the rule every device applies when
-        it joins a ceremony)."""
+        ``public_keys`` for this chain, contract and run, t is at least a majority of its holders, and the holders
+        are either a majority of the ``registered`` clients or a committee drawn (ledger.committee) from no more
+        candidates than are registered, whose risk of capture under the colluders its holders assumed, over the
+        run's draws, is within ``max_capture_risk`` (the rules every device applies before it uses the key)."""
         s = self.statement
-        n = len(s.holders)
-        if n < majority(registered) or not max(2, majority(n)) <= s.threshold <= n:
+        n, terms = len(s.holders), s.committee
+        if not max(2, majority(n)) <= s.threshold <= n:
+            raise KeyStatementError(f"a {s.threshold}-of-{n} key: a key needs t a majority of its holders")
+        if terms.draw == 0 and n < majority(registered):
             raise KeyStatementError(f"a {s.threshold}-of-{n} key: a key must be held by a majority of the "
-                                    f"{registered} registered clients, with t a majority of its holders")
+                                    f"{registered} registered clients, or by a committee drawn by sortition")
+        if terms.draw:
+            if terms.candidates > registered:
+                raise KeyStatementError(f"a committee drawn from {terms.candidates} candidates, more than the "
+                                        f"{registered} registered clients")
+            try:
+                check_risk(terms.candidates, terms.colluders, n, s.threshold, terms.draw, max_capture_risk)
+            except DrawError as exc:
+                raise KeyStatementError(str(exc)) from exc
         if set(self.signatures) != set(s.holders):
             raise KeyStatementError("the key statement is not signed by exactly its holders")
         for holder in s.holders:

@@ -174,17 +174,37 @@ MAX_KEY_HOLDERS = 256
 
 
 def key_statement_chunks(public_key_sha256: bytes, threshold: int, holders: Sequence[str], weight_scale: int,
-                         first_round: int) -> list[bytes]:
+                         first_round: int, committee: CommitteeTerms | None = None) -> list[bytes]:
     """What every key holder signs at the end of the key ceremony: the joint public key's digest, the threshold
     t, the holders' ids (sorted: a holder's Shamir point is its index + 1), the weight scale W (clients encrypt
-    ``n_k / W * delta``; co-signers multiply back by W) and the first round the key decrypts."""
+    ``n_k / W * delta``; co-signers multiply back by W), the first round the key decrypts, and, for a committee
+    drawn by sortition (ledger.committee), the terms of the draw: how many candidates, how many of them the holders
+    assumed may collude, which draw of the run, and its seed. A key of the whole federation has zeros there."""
     ordered = sorted(holders)
     if list(holders) != ordered or len(set(ordered)) != len(ordered) or not 2 <= len(ordered) <= MAX_KEY_HOLDERS:
         raise ValueError(f"a key statement names 2..{MAX_KEY_HOLDERS} distinct holders in sorted order")
     if len(public_key_sha256) != 32 or not 1 <= threshold <= len(ordered) or weight_scale < 1 or first_round < 1:
         raise ValueError("a key statement needs a 32-byte key digest, 1 <= t <= n, W >= 1 and a first round >= 1")
-    return [b"key", public_key_sha256, struct.pack(">QQQQ", threshold, len(ordered), weight_scale, first_round),
+    terms = committee or CommitteeTerms()
+    if len(terms.seed) != 32 or min(terms.candidates, terms.colluders, terms.draw) < 0 or \
+            (terms.draw and terms.candidates < len(ordered)):
+        raise ValueError("a committee's terms: a 32-byte seed, counts >= 0, at least as many candidates as holders")
+    return [b"key", public_key_sha256,
+            struct.pack(">QQQQQQQ", threshold, len(ordered), weight_scale, first_round, terms.candidates,
+                        terms.colluders, terms.draw), terms.seed,
             *(length_prefixed(h) for h in ordered)]
+
+
+@dataclass(frozen=True)
+class CommitteeTerms:
+    """How a key's holders were drawn (ledger.committee): from ``candidates`` devices, ``colluders`` of which the
+    holders assumed may be the server's, in the run's ``draw``-th draw, whose seed is ``seed``. ``draw`` 0: the
+    key's holders are the whole federation (the older rule: a majority of the registered clients)."""
+
+    candidates: int = 0
+    colluders: int = 0
+    draw: int = 0
+    seed: bytes = ZERO_HASH
 
 
 def leaf_bytes(fields: SignedFields, public_key: bytes, signature: bytes) -> bytes:

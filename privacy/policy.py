@@ -65,6 +65,11 @@ class PrivacyPolicy:
     assumed_colluders: int = 0
     """User-level DP: how many contributors of a sum this device assumes may collude with the server (their noise
     shares do not count); its own share is sized for the rest of its contributors' floor."""
+    colluding_share: float = 0.1
+    """A key committee drawn by sortition (ledger.committee): the share of the registered clients this device
+    assumes may be the server's accomplices. It joins a committee key only if the holders assumed at least that."""
+    max_capture_risk: float = 1e-6
+    """The largest chance, over the run's draws, that the accomplices hold t seats of the committee it accepts."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,10 +82,16 @@ class PrivacyPolicy:
             (0 < self.max_participation <= 1, "max_participation must be in (0, 1]"),
             (0 <= self.assumed_colluders < self.min_contributors,
              "assumed_colluders must be fewer than min_contributors"),
+            (0 <= self.colluding_share < 1, "colluding_share must be in [0, 1)"),
+            (0 < self.max_capture_risk < 1, "max_capture_risk must be in (0, 1)"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise PolicyError("invalid privacy policy: " + "; ".join(problems))
+
+    def committee_colluders(self, registered: int) -> int:
+        """How many of ``registered`` clients this device assumes may collude, for a committee draw."""
+        return math.ceil(self.colluding_share * registered - 1e-9)
 
     def admit(self, *, dp: bool, he: bool, settings: DPSettings | None) -> DPSettings | None:
         """The DP settings this device trains with for the server's request, or :class:`PolicyRefusal`.

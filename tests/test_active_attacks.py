@@ -212,7 +212,8 @@ def rogue_reveal(devices: Devices, captured: dict, msg: Message) -> RecordDict:
     honest = [captured[("query_keygen_reveal", n)][1].array_records["deal"]["public-share"].numpy()
               for n in NODES if n != ACCOMPLICES[1]]
     hello_msg = captured[("query_keygen_commit", ACCOMPLICES[1])][0]
-    hellos = threshold._verified_hellos(hello_msg.content, CONFIG, devices.contexts[ACCOMPLICES[1]], len(NODES))
+    ceremony = threshold._Ceremony.take(hello_msg.content)
+    hellos, _ = threshold._verified_hellos(hello_msg.content, CONFIG, devices.contexts[ACCOMPLICES[1]], ceremony)
     seed, crp = keygen.ceremony_crp(PARAMS, hellos)
     chosen = SecretShare.generate(PARAMS)
     rogue = public_key_share(PARAMS, chosen, crp)

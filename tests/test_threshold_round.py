@@ -311,7 +311,7 @@ def test_a_device_deals_its_secret_once_and_only_into_a_key_of_most_registered_c
     # a key of 2 of the 5 registered clients (a server shrinking the federation to an accomplice and a victim)
     request = captured[NODES[0]].content
     small = RecordDict({"ceremony": ConfigRecord({"threshold": 2, "parties": 2, "weight-scale": SCALE,
-                                                  "first-round": 1})})
+                                                  "first-round": 1, "colluders": 0})})
     for key in ("hello-0000", "hello-0001"):
         small[key], small[f"{key}-signed"] = request[key], request[f"{key}-signed"]
     with pytest.raises(UpdateRejected, match="majority of the 5 registered"):

@@ -117,6 +117,13 @@ class RunConfig:
     ciphertexts it cannot read, and t key holders decrypt only the verified sum."""
     he_threshold: int = 0
     """How many key holders must take part to decrypt (0: a majority of them)."""
+    committee: int = 0
+    """How many devices hold the threshold key: 0 lets the run decide (every client up to 32 of them, beyond that
+    the smallest committee a draw keeps safe); a positive number draws a committee of that size by sortition
+    (ledger.committee); -1: every client, however many."""
+    colluding_share: float = 0.1
+    """A drawn committee: the share of the registered clients assumed to be the server's accomplices (a device's
+    policy may assume more)."""
     min_contributors: int = 3
     """Fewest distinct clients' updates a sum must hold for a decryptor to take part (never below 2; a device's
     policy may ask for more)."""
@@ -185,6 +192,8 @@ class RunConfig:
             (self.round_timeout > 0, "round-timeout must be positive"),
             (self.connect_timeout >= 0, "connect-timeout must be non-negative"),
             (self.he_threshold >= 0, "he-threshold must be non-negative (0: a majority)"),
+            (self.committee >= -1, "committee must be -1 (every client), 0 (decide) or a size"),
+            (0 <= self.colluding_share < 1, "colluding-share must be in [0, 1)"),
             (self.min_contributors >= 2, "min-contributors must be at least 2"),
             (self.he_weight_scale >= 0, "he-weight-scale must be non-negative (0: resolved at start)"),
             (_is_address(self.ledger_contract), "ledger-contract must be empty or a 0x-prefixed 20-byte address"),
@@ -369,7 +378,7 @@ class ClientSettings:
             "classes-per-client", "val-fraction", "local-epochs", "batch-size", "lr", "momentum", "dp",
             "target-epsilon", "delta", "noise-multiplier", "max-grad-norm", "accountant", "grad-sample-mode",
             "privacy", "participation", "update-clip", "user-noise", "he", "he-threshold", "min-contributors",
-            "ledger", "chain-id", "ledger-contract", "chain-genesis")
+            "colluding-share", "ledger", "chain-id", "ledger-contract", "chain-genesis")
     SHARED_MACHINE_KEYS = ("key-set", "run-dir", "data-dir")
 
     @classmethod

@@ -226,6 +226,9 @@ def payload_chunks(content: RecordDict) -> list[bytes]:
 # ----------------------------------------------------------------------------------------- threshold HE
 KEYGEN_HELLO, KEYGEN_COMMIT, KEYGEN_REVEAL = "query.keygen_hello", "query.keygen_commit", "query.keygen_reveal"
 KEYGEN_FINISH, KEYGEN_CONFIRM = "query.keygen_finish", "query.keygen_confirm"
+DRAW_COMMIT, DRAW_REVEAL, KEY_JOIN = "query.draw_commit", "query.draw_reveal", "query.key_join"
+DRAW_KEY, TRANSCRIPT_KEY = "draw", "draw-transcript"
+"""A committee draw's record, and its transcript as the ceremony's commit step and a key join carry it."""
 """The key ceremony's five exchanges (privacy.keygen): announce, commit to a deal, reveal it to the frozen set of
 commitments, finish (sign the key statement, or complain about a dealer), confirm every holder signed it."""
 REVEAL_UPDATE = "query.reveal_update"

@@ -37,7 +37,7 @@ from fl_client.threshold.shared import (
     key_holding,
     key_statement,
 )
-from fl_client.threshold.state import CeremonyState, HeldKey, PendingKey, Upload, VerifiedSum
+from fl_client.threshold.state import CeremonyState, DrawState, HeldKey, JoinedKey, PendingKey, Upload, VerifiedSum
 from fl_client.threshold.checks import (
     CheckedSum,
     _Peers,
@@ -63,12 +63,19 @@ from fl_client.threshold.ceremony import (
     keygen_hello,
     keygen_reveal,
 )
+from fl_client.threshold.draw import check_committee, draw_commit, draw_reveal, key_join
 from fl_client.threshold.upload import _reveal_update, encrypt_update, reveal_update, withhold
 from fl_client.threshold.decryption import _decrypt_share, decrypt_share
 from fl_client.threshold.cosigning import _cosign_model, cosign_model
 
 __all__ = [
     "CeremonyState",
+    "DrawState",
+    "JoinedKey",
+    "check_committee",
+    "draw_commit",
+    "draw_reveal",
+    "key_join",
     "HeldKey",
     "PendingKey",
     "Upload",

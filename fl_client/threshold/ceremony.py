@@ -12,8 +12,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedproof.core.config import RunConfig
 from fedproof.base.errors import UpdateRejected
-from fedproof.core.protocol import CEREMONY_KEY, SignedEnvelope, hello_record, take_hello
-from fl_client.policy import federation_size
+from fedproof.core.protocol import CEREMONY_KEY, TRANSCRIPT_KEY, SignedEnvelope, hello_record, take_hello
+from fl_client.policy import client_policy, federation_size
 from fl_client.signing import allow_list, client_id, domain, sign_statement
 from ledger.errors import LedgerError
 from ledger.key_statement import KeyStatement, SignedKeyStatement
@@ -35,7 +35,10 @@ from privacy.keygen import (
 )
 from privacy.threshold import majority
 from fl_client.threshold.shared import MAX_WEIGHT_SCALE, PARAMS, _config
-from fl_client.threshold.state import CeremonyState, HeldKey, PendingKey
+from fl_client.threshold.state import CeremonyState, HeldKey, JoinedKey, PendingKey
+from fl_client.threshold.draw import check_committee
+from ledger.committee import Draw, DrawError
+from ledger.signing import CommitteeTerms
 
 
 # ----------------------------------------------------------------------------------------- the ceremony
@@ -48,13 +51,16 @@ class _Ceremony:
     parties: int
     weight_scale: int
     first_round: int
+    colluders: int
+    """A committee key: how many registered clients the server proposes to assume may collude (0 otherwise)."""
 
     @classmethod
     def take(cls, content: RecordDict) -> _Ceremony:
         record = content.config_records.get(CEREMONY_KEY)
         if record is None:
             raise UpdateRejected("not a key-ceremony message")
-        ceremony = cls(*(_config(record, k, int) for k in ("threshold", "parties", "weight-scale", "first-round")))
+        ceremony = cls(*(_config(record, k, int) for k in ("threshold", "parties", "weight-scale", "first-round",
+                                                           "colluders")))
         if not 1 <= ceremony.weight_scale <= MAX_WEIGHT_SCALE or ceremony.first_round < 1:
             raise UpdateRejected(f"a weight scale outside 1..{MAX_WEIGHT_SCALE} or a first round below 1")
         return ceremony
@@ -70,10 +76,13 @@ def keygen_hello(config: RunConfig, context: Context) -> RecordDict:
     return sign_statement(content, announced.chunks(), KEYGEN_TAG, 1, config, context)
 
 
-def _verified_hellos(content: RecordDict, config: RunConfig, context: Context, count: int) -> dict[str, Hello]:
+def _verified_hellos(content: RecordDict, config: RunConfig, context: Context, ceremony: _Ceremony
+                     ) -> tuple[dict[str, Hello], CommitteeTerms]:
+    """Everyone's signed hello, and the terms of the committee they are: the whole federation (a majority of the
+    registered clients at least), or the committee a draw picks (its transcript comes with the hellos)."""
     allow, where = allow_list(config, context), domain(config, context)
     hellos: dict[str, Hello] = {}
-    for i in range(count):
+    for i in range(ceremony.parties):
         party, contribution, exchange_key = take_hello(content.config_records[f"hello-{i:04d}"])
         announced = Hello(party, contribution, exchange_key)
         envelope = SignedEnvelope.take(content, f"hello-{i:04d}-signed")
@@ -82,17 +91,26 @@ def _verified_hellos(content: RecordDict, config: RunConfig, context: Context, c
         if party in hellos:
             raise UpdateRejected(f"party {party!r} announced twice")
         hellos[party] = announced
+    transcript = content.config_records.get(TRANSCRIPT_KEY)
+    if transcript is not None:  # a committee: exactly the one the draw picks, at a risk this device accepts
+        try:
+            draw = Draw.from_record(transcript)
+        except DrawError as exc:
+            raise UpdateRejected(f"committee: {exc}") from exc
+        terms = CommitteeTerms(len(draw.candidates), ceremony.colluders, draw.number, draw.seed)
+        check_committee(draw, tuple(sorted(hellos)), ceremony.threshold, terms, config, context)
+        return hellos, terms
     federation = federation_size(config, context, len(allow.keys))
     if len(hellos) < majority(federation):  # a server must not shrink the key to itself and its accomplices
         raise UpdateRejected(f"a key of {len(hellos)} parties: this device joins only keys held by a majority of "
-                             f"the {federation} registered clients")
-    return hellos
+                             f"the {federation} registered clients, or by a committee drawn by sortition")
+    return hellos, CommitteeTerms()
 
 
 def keygen_commit(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
     """Step 2: check everyone's hello, make this party's deal and keep it; announce only its commitment."""
     ceremony = _Ceremony.take(content)
-    hellos = _verified_hellos(content, config, context, ceremony.parties)
+    hellos, terms = _verified_hellos(content, config, context, ceremony)
     stored = CeremonyState.recall(context)
     if stored is None or stored.parties:  # dealing one secret twice, to other sets, could leak it
         raise UpdateRejected("a commit request before this device's hello, or a second one for the same secret")
@@ -105,7 +123,8 @@ def keygen_commit(content: RecordDict, config: RunConfig, context: Context) -> R
     CeremonyState(
         secrets.to_bytes(), ceremony.threshold, ceremony.weight_scale, ceremony.first_round, tuple(parties),
         tuple(hellos[p].contribution for p in parties), tuple(hellos[p].exchange_key for p in parties), commitment,
-        tuple(recipients), tuple(dealt.sealed[r] for r in recipients), dealt.public_share).keep(context)
+        tuple(recipients), tuple(dealt.sealed[r] for r in recipients), dealt.public_share,
+        candidates=terms.candidates, colluders=terms.colluders, draw=terms.draw, seed=terms.seed).keep(context)
     reply = RecordDict({"commitment": ConfigRecord({"commitment": commitment})})
     return sign_statement(reply, commitment_chunks(party, commitment), KEYGEN_TAG, 2, config, context)
 
@@ -191,7 +210,7 @@ def keygen_finish(content: RecordDict, config: RunConfig, context: Context) -> R
                                                        "exchange-private": outcome.exchange_private})})
         return sign_statement(reply, outcome.chunks(), KEYGEN_TAG, 5, config, context)
     statement = KeyStatement(outcome.public_key.digest, outcome.threshold, tuple(sorted(outcome.points)),
-                             stored.weight_scale, stored.first_round)
+                             stored.weight_scale, stored.first_round, stored.terms())
     PendingKey.of(outcome, statement).keep(context)
     reply = RecordDict({"key": ConfigRecord({"statement": statement.to_bytes()})})
     return sign_statement(reply, statement.chunks(), KEY_TAG, 0, config, context)
@@ -210,11 +229,13 @@ def keygen_confirm(content: RecordDict, config: RunConfig, context: Context) -> 
             raise UpdateRejected("the key statement to confirm is not the one this device signed")
         allow, where = allow_list(config, context), domain(config, context)
         signed.verify({h: allow.key_for(h) for h in signed.statement.holders}, where.chain_id, where.contract,
-                      where.genesis, where.run_id, federation_size(config, context, len(allow.keys)))
+                      where.genesis, where.run_id, federation_size(config, context, len(allow.keys)),
+                      client_policy(config, context).max_capture_risk)
     except LedgerError as exc:
         raise UpdateRejected(f"the key statement is not signed by all its holders: {exc}") from exc
     prior = HeldKey.recall(context)  # a new key in the same run keeps the rounds' log: re-keying never buys a
     log = (prior.rounds, prior.sums, prior.repeats) if prior else ((), (), ())  # second sum of a round
     HeldKey(pending.party, pending.statement, pending.p0, pending.a, pending.share, *log, decryptions=0).keep(context)
     PendingKey.forget(context)
+    JoinedKey.forget(context)
     return RecordDict({"confirmed": ConfigRecord({"key-sha256": signed.statement.sha256})})

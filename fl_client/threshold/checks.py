@@ -21,7 +21,7 @@ from ledger.verification import AllowList, Domain, verify_statement
 from privacy.errors import CiphertextError, PrivacyError
 from privacy.keygen import KeyHolding
 from privacy.threshold import rerandomize, rerandomizer_seed, sum_ciphertexts, sum_digest
-from fl_client.threshold.shared import DecryptionRefused, MAX_REPEATS, PARAMS, key_holding, key_statement
+from fl_client.threshold.shared import DecryptionRefused, MAX_REPEATS, PARAMS, held_key_statement, key_holding
 from fl_client.threshold.state import HeldKey, VerifiedSum
 
 
@@ -153,7 +153,7 @@ def _verified_sum(request: DecryptionRequest, peers: _Peers, server_round: int, 
     if digest != request.sum_sha256:
         raise DecryptionRefused(Reason.SUM_MISMATCH, "the sum of the signed leaves is not the sum asked to decrypt")
     root = MerkleTree(leaves).root
-    seed = rerandomizer_seed(key_statement(context).sha256, server_round, digest, root, request.decryptors)
+    seed = rerandomizer_seed(held_key_statement(context).sha256, server_round, digest, root, request.decryptors)
     total = rerandomize(holding.public_key, total, seed)
     return CheckedSum(total, total[:, 0], digest, root, len(leaves),
                       sum(e.fields.num_examples for e, _ in request.leaves), parent)

@@ -15,7 +15,7 @@ from fedproof.core.weights import apply_mean, hash_model, num_values
 from ledger.signing import MODEL_TAG, model_statement_chunks
 from privacy.errors import CiphertextError
 from privacy.threshold import fuse
-from fl_client.threshold.shared import DecryptionRefused, PARAMS, key_statement
+from fl_client.threshold.shared import DecryptionRefused, PARAMS, held_key_statement
 from fl_client.threshold.checks import _Peers, _decryptor_set, _forget_sum, _holding, _refusal_or, _remembered_sum, _verified_sum
 
 
@@ -31,7 +31,7 @@ def cosign_model(content: RecordDict, config: RunConfig, server_round: int, cont
 def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, context: Context,
                   min_contributors: int) -> RecordDict:
     holding = _holding(context)
-    statement = key_statement(context)
+    statement = held_key_statement(context)
     try:
         request = CosignRequest.take(content)
     except UpdateRejected as exc:

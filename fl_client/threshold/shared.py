@@ -10,7 +10,8 @@ from ledger.key_statement import KeyStatement
 from privacy.errors import PrivacyError
 from privacy.keygen import KeyHolding
 from privacy.threshold import ThresholdParams
-from fl_client.threshold.state import HeldKey
+from fl_client.threshold.state import HeldKey, JoinedKey
+from privacy.threshold import JointPublicKey
 
 
 PARAMS = ThresholdParams()
@@ -35,12 +36,39 @@ def _config(record: ConfigRecord, key: str, kind: type):
     return value
 
 
+def _current(context: Context) -> HeldKey | JoinedKey | None:
+    """The key this device encrypts under: of the share it holds and the key it joined as a contributor, the one
+    for the later rounds (a committee is drawn again when it must be replaced)."""
+    keys = [k for k in (HeldKey.recall(context), JoinedKey.recall(context)) if k is not None]
+    return max(keys, key=lambda k: k.key_statement().first_round, default=None)
+
+
 def key_statement(context: Context) -> KeyStatement:
+    """The statement of the key this device uses: the one it holds a share of, or the one it joined to encrypt."""
+    current = _current(context)
+    if current is None:
+        raise PrivacyError("this device holds no confirmed share or joined copy of the run's threshold key (the key ceremony or the key's "
+                           "join did not complete with it, or not every holder signed the key)")
+    return current.key_statement()
+
+
+def held_key_statement(context: Context) -> KeyStatement:
+    """The statement of the key this device holds a share of (what it decrypts and co-signs under)."""
     held = HeldKey.recall(context)
     if held is None:
-        raise PrivacyError("this device holds no confirmed share of the run's threshold key (the key ceremony did "
-                           "not complete with it, or not every holder signed the key)")
+        raise PrivacyError("this device holds no confirmed share of the run's threshold key")
     return held.key_statement()
+
+
+def public_key(context: Context) -> JointPublicKey:
+    """The joint public key to encrypt under: a holder's own, or a contributor's checked copy."""
+    current = _current(context)
+    if current is None:
+        raise PrivacyError("this device holds no confirmed share or joined copy of the run's threshold key")
+    try:
+        return current.holding(PARAMS).public_key if isinstance(current, HeldKey) else current.public_key(PARAMS)
+    except ValueError as exc:
+        raise PrivacyError(str(exc)) from exc
 
 
 def key_holding(context: Context) -> KeyHolding:

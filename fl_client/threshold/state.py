@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from privacy.keygen import KeyHolding
 from privacy.threshold import JointPublicKey, ThresholdParams
 from ledger.key_statement import KeyStatement
+from ledger.signing import CommitteeTerms
 
 T = TypeVar("T", bound="Kept")
 
@@ -89,6 +90,14 @@ class CeremonyState(Kept):
     """The digest of the frozen set this party revealed its deal to; empty until it revealed."""
     commitments: tuple[bytes, ...] = ()
     """Every party's commitment, in the order of ``parties``."""
+    candidates: int = 0
+    colluders: int = 0
+    draw: int = 0
+    seed: bytes = b""
+    """A committee key: the draw's terms this party checked (ledger.committee); zeros for the whole federation."""
+
+    def terms(self) -> CommitteeTerms:
+        return CommitteeTerms(self.candidates, self.colluders, self.draw, self.seed or bytes(32))
 
 
 @dataclass(frozen=True)
@@ -160,3 +169,38 @@ class VerifiedSum(Kept):
     examples: int
     parent: bytes
     c0: np.ndarray
+
+
+@dataclass(frozen=True)
+class DrawState(Kept):
+    """This device's part in the run's latest committee draw (ledger.committee): its secret, the list it revealed
+    the secret to (once per draw), and how many draws of this run it took part in (each is a try for a server
+    that aborts draws until one suits it: the device counts them into the risk it accepts)."""
+
+    KEY: ClassVar[str] = "fedproof.draw"
+
+    number: int
+    secret: bytes
+    draws: int
+    revealed_to: bytes = b""
+
+
+@dataclass(frozen=True)
+class JoinedKey(Kept):
+    """The run's threshold key as a contributor outside the committee holds it: the joint public key (checked
+    against the statement every holder signed) to encrypt under, and no share."""
+
+    KEY: ClassVar[str] = "fedproof.joined-key"
+
+    statement: bytes
+    p0: np.ndarray
+    a: np.ndarray
+
+    def key_statement(self) -> KeyStatement:
+        return KeyStatement.from_bytes(self.statement)
+
+    def public_key(self, params: ThresholdParams) -> JointPublicKey:
+        pk = JointPublicKey(params, self.p0, [self.a[0], self.a[1]])
+        if pk.digest != self.key_statement().public_key_sha256:
+            raise ValueError("this device's stored key does not match its key statement")
+        return pk

@@ -20,7 +20,7 @@ from fedproof.core.protocol import (
 from fl_client.signing import client_id, sign_statement
 from ledger.signing import REVEAL_TAG
 from privacy.errors import PrivacyError
-from fl_client.threshold.shared import DecryptionRefused, key_holding, key_statement
+from fl_client.threshold.shared import DecryptionRefused, key_statement, public_key
 from fl_client.threshold.state import Upload
 from fl_client.threshold.checks import _Peers, _frozen, _refusal_or
 
@@ -33,7 +33,7 @@ def encrypt_update(delta: np.ndarray, weight: int, context: Context) -> Encrypte
     scale = key_statement(context).weight_scale
     if not 1 <= weight <= scale:
         raise PrivacyError(f"weight {weight} outside 1..{scale} (the key's weight scale): not encrypting")
-    chunks = key_holding(context).public_key.encrypt(delta * (weight / scale))
+    chunks = public_key(context).encrypt(delta * (weight / scale))
     return EncryptedPayload(tuple(chunks), delta.size)
 
 

@@ -1,0 +1,190 @@
+"""The run's key holders: the whole federation, or a committee the devices draw by sortition (ledger.committee).
+
+    decide   the size: every client up to :data:`WHOLE_FEDERATION_UP_TO`, else the smallest committee whose
+             capture risk (the run's assumed share of colluders, over :data:`DRAW_ATTEMPTS` draws) is within
+             the default device policy, or the size the run names
+    draw     commit, then reveal, over every connected device; a candidate that does not reveal, or reveals
+             something that does not open its commitment, is left out of the next draw (a fresh one: secrets are
+             revealed to one list only)
+    key      the key ceremony (fl_server.keygen) among the committee the draw picks; each member checks the
+             transcript before it deals. A member that drops out means a new draw, not a smaller committee
+    join     every other device gets the signed statement, the transcript and the joint public key, checks them,
+             and from then on encrypts under the key
+
+The server learns nothing it could use to choose: the seed is fixed by the commitments before any secret is
+revealed, and its only lever (aborting a draw) is counted by every device against its risk bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedproof.core.protocol import DRAW_COMMIT, DRAW_KEY, DRAW_REVEAL, KEY_JOIN, TRANSCRIPT_KEY, SignedEnvelope
+from fl_server.exchange import ask
+from fl_server.keygen import FederationKey, KeyCeremonyFailed, PartiesDropped, run_ceremony
+from ledger.committee import (
+    DEFAULT_MAX_CAPTURE_RISK,
+    DRAW_STEP,
+    Draw,
+    DrawError,
+    commitment,
+    committee_size,
+    list_digest,
+    reveal_fields,
+)
+from ledger.errors import LedgerError
+from ledger.signing import KEYGEN_TAG
+from ledger.verification import AllowList, Domain, verify_statement
+
+log = logging.getLogger(__name__)
+
+WHOLE_FEDERATION_UP_TO = 32
+DRAW_ATTEMPTS = 3
+JOIN_BATCH = 100
+"""Devices sent the key at once (each message carries the joint public key: bounded memory on the server)."""
+
+
+@dataclass(frozen=True)
+class Committee:
+    """A drawn committee: its transcript, and the colluders the run proposes to assume (every device checks it
+    assumes no more)."""
+
+    draw: Draw
+    size: int
+    colluders: int
+
+    @property
+    def holders(self) -> tuple[str, ...]:
+        return self.draw.committee(self.size)
+
+
+def committee_colluders(share: float, registered: int) -> int:
+    return math.ceil(share * registered - 1e-9)
+
+
+def planned_size(requested: int, connected: int, colluders: int) -> int:
+    """0: the whole federation; else the committee's size (``requested`` 0: decide, -1: whole federation)."""
+    if requested == -1 or (requested == 0 and connected <= WHOLE_FEDERATION_UP_TO):
+        return 0
+    if requested > 0:
+        return requested
+    return committee_size(connected, colluders, DEFAULT_MAX_CAPTURE_RISK, DRAW_ATTEMPTS)
+
+
+def make_key(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, *, threshold: int, timeout: float,
+             weight_scale: int, first_round: int, committee: int, colluding_share: float, registered: int,
+             ) -> FederationKey:
+    """The run's threshold key: made by every connected client, or by a committee they draw."""
+    nodes = sorted(grid.get_node_ids())
+    colluders = committee_colluders(colluding_share, registered)
+    try:
+        size = planned_size(committee, len(nodes), colluders)
+    except DrawError as exc:
+        raise KeyCeremonyFailed(f"key committee: {exc}") from exc
+    if not size:
+        return run_ceremony(grid, settings, allow, domain, threshold, timeout, weight_scale, first_round)
+    excluded: set[int] = set()
+    for number in range(1, DRAW_ATTEMPTS + 1):
+        drawn = draw(grid, settings, allow, domain, timeout, number, [n for n in nodes if n not in excluded])
+        if drawn.draw is None:
+            excluded |= drawn.dropped
+            continue
+        chosen = Committee(drawn.draw, min(size, len(drawn.draw.candidates)), colluders)
+        members = [drawn.nodes[c] for c in chosen.holders]
+        try:
+            key = run_ceremony(grid, settings, allow, domain, threshold, timeout, weight_scale, first_round,
+                               nodes=members, draw=chosen.draw, colluders=colluders)
+        except PartiesDropped as exc:
+            log.warning("key committee of draw %d: %s; drawing again without them", number, exc)
+            excluded |= exc.nodes
+            continue
+        join(grid, settings, key, chosen.draw, [n for n in nodes if n not in set(members)], timeout)
+        return key
+    raise KeyCeremonyFailed(f"key committee: no committee completed the key in {DRAW_ATTEMPTS} draws")
+
+
+@dataclass(frozen=True)
+class Drawn:
+    draw: Draw | None
+    """None when a candidate did not reveal (``dropped`` says who): the draw is void."""
+    nodes: Mapping[str, int]
+    dropped: set[int]
+
+
+def draw(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, timeout: float, number: int,
+         nodes: list[int]) -> Drawn:
+    """One draw over ``nodes``: commit, freeze the list, reveal. Every reveal must verify, or the draw is void."""
+    replies, _ = ask(grid, nodes, DRAW_COMMIT, RecordDict({DRAW_KEY: ConfigRecord({"number": number})}), settings, 0,
+                     timeout, group="draw")
+    committed: dict[str, tuple[int, bytes]] = {}
+    for reply in replies:
+        if reply.has_error():
+            continue
+        record = reply.content.config_records.get(DRAW_KEY)
+        party = record.get("party") if record is not None else None
+        value = record.get("commitment") if record is not None else None
+        if isinstance(party, str) and party in allow.keys and isinstance(value, bytes) and len(value) == 32 \
+                and party not in committed:
+            committed[party] = (reply.metadata.src_node_id, value)
+    candidates = sorted(committed)
+    commitments = [committed[c][1] for c in candidates]
+    node_of = {c: committed[c][0] for c in candidates}
+    frozen = RecordDict({DRAW_KEY: ConfigRecord({"number": number, "candidates": candidates,
+                                                 "commitments": commitments})})
+    replies, _ = ask(grid, [node_of[c] for c in candidates], DRAW_REVEAL, frozen, settings, 0, timeout, group="draw")
+    party_of = {n: c for c, n in node_of.items()}
+    digest = list_digest(candidates, commitments)
+    revealed: dict[str, tuple[bytes, bytes]] = {}
+    for reply in replies:
+        party = party_of.get(reply.metadata.src_node_id)
+        if party is None or reply.has_error():
+            continue
+        try:
+            secret = reply.content.config_records[DRAW_KEY]["secret"]
+            envelope = SignedEnvelope.take(reply.content)
+            if not isinstance(secret, bytes) or commitment(party, secret) != committed[party][1]:
+                continue
+            fields = reveal_fields(domain, party, number, digest, secret)
+            verify_statement(allow, domain, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=DRAW_STEP,
+                             client_id=party, payload_sha256=fields.payload_sha256)
+        except (KeyError, LedgerError, TypeError, ValueError):
+            continue
+        revealed[party] = (secret, envelope.signature)
+    dropped = {node_of[c] for c in candidates if c not in revealed}
+    if dropped or not candidates:
+        log.warning("committee draw %d: %d of %d candidates did not reveal; the draw is void", number, len(dropped),
+                    len(candidates))
+        return Drawn(None, node_of, dropped or set(nodes))
+    transcript = Draw(number, tuple(candidates), tuple(revealed[c][0] for c in candidates),
+                      tuple(revealed[c][1] for c in candidates))
+    log.info("committee draw %d: %d candidates, seed %s", number, len(candidates), transcript.seed.hex()[:16])
+    return Drawn(transcript, node_of, set())
+
+
+def join(grid: Grid, settings: Mapping, key: FederationKey, transcript: Draw, nodes: list[int], timeout: float
+         ) -> int:
+    """Send every device outside the committee the key to encrypt under; returns how many confirmed it."""
+    p0, a = key.public_key.to_arrays()
+    content = RecordDict({
+        "key-statement": ConfigRecord({"statement": key.statement.to_bytes(),
+                                       "signatures": key.signed.signatures_bytes()}),
+        TRANSCRIPT_KEY: ConfigRecord(transcript.to_record()),
+        "public-key": ArrayRecord({"p0": Array(p0), "a": Array(a)}),
+    })
+    confirmed = 0
+    for start in range(0, len(nodes), JOIN_BATCH):
+        replies, _ = ask(grid, nodes[start:start + JOIN_BATCH], KEY_JOIN, content, settings, 0, timeout, group="join")
+        for reply in replies:
+            record = None if reply.has_error() else reply.content.config_records.get("confirmed")
+            if record is not None and record.get("key-sha256") == key.statement.sha256:
+                confirmed += 1
+            elif reply.has_error():
+                log.warning("key join: node %s refused: %s", reply.metadata.src_node_id, reply.error.reason)
+    log.info("key join: %d of %d devices outside the committee hold the key", confirmed, len(nodes))
+    return confirmed
