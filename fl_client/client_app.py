@@ -39,7 +39,7 @@ from fl_client import threshold
 from fl_client.secure_update import checked_delta, plain_update
 from fl_client.state import ClientState, state_file
 from fl_client.training import train_round
-from fl_client.user_level import user_level_reply
+from fl_client.user_level import user_level_check_in, user_level_reply
 
 app = ClientApp()
 
@@ -92,8 +92,8 @@ def own_data(config: RunConfig, task: Task, path: Path) -> ClientData:
     return _OWN_DATA[key]
 
 
-def _job(msg: Message, context: Context) -> _Job:
-    config, server_round = _settings(msg, context)
+def _data(config: RunConfig, context: Context) -> tuple[RunConfig, Task, ClientData, int]:
+    """This device's task and records (its own, or its partition of the task's in a simulation), and its partition."""
     device = Device.of(context)
     if device.threads > 0:  # a device sharing its CPUs (or several SuperNodes on one host) caps torch's threads
         torch.set_num_threads(device.threads)
@@ -103,11 +103,15 @@ def _job(msg: Message, context: Context) -> _Job:
                           "--node-config 'partition-id=<i> num-partitions=<n>'")
     task = device_task(config, device)
     if device.data is not None:  # a device's own records, in the task's terms
-        data = own_data(config, task, device.data)
-    else:  # its partition of the task's records (a simulation; a demo device holding a copy of the set)
-        if device.data_dir:  # a device's own copy of the data, wherever it keeps it
-            config = config.with_overrides(data_dir=device.data_dir)
-        data = load_client_data(config, partition_id, num_partitions)
+        return config, task, own_data(config, task, device.data), partition_id
+    if device.data_dir:  # a device's own copy of the data, wherever it keeps it
+        config = config.with_overrides(data_dir=device.data_dir)
+    return config, task, load_client_data(config, partition_id, num_partitions), partition_id
+
+
+def _job(msg: Message, context: Context) -> _Job:
+    config, server_round = _settings(msg, context)
+    config, task, data, partition_id = _data(config, context)
     model = task.model(config.model, data.num_classes)
     global_arrays = msg.content["arrays"]
     model.load_state_dict(global_arrays.to_torch_state_dict())
@@ -175,6 +179,18 @@ def train(msg: Message, context: Context) -> Message:
         if job.config.he:  # commit now (the signature covers the ciphertexts), reveal once the round's set is frozen
             threshold.withhold(content, job.server_round, context)
         content["metrics"]["secure-seconds"] = time.perf_counter() - trained_at  # encrypt + sign; not signed itself
+    return Message(content, reply_to=msg)
+
+
+@app.query("check_in")
+def check_in(msg: Message, context: Context) -> Message:
+    """User-level DP, before any model is sent: whether this device takes part in the round (its own coin, kept with
+    one accountant step), or why it declines. A train message for the round then gets the same answer."""
+    config, server_round = _settings(msg, context)
+    config, _, data, _ = _data(config, context)
+    saved = state_file(context, config.run_dir, client_id(context), data.dataset)
+    state = ClientState.load(context, saved, config.run_id)
+    content = user_level_check_in(config, server_round, context, state, lambda kept: kept.save(context, saved))
     return Message(content, reply_to=msg)
 
 

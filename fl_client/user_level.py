@@ -13,6 +13,7 @@ Asked for round r, the device
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, MetricRecord, RecordDict
@@ -23,8 +24,8 @@ from fedproof.core.model import ExtractorHead
 from fedproof.core.protocol import (
     BUDGET_EXHAUSTED,
     NOT_SAMPLED,
-    PLAIN_MAX_ABS_DELTA,
     POLICY_REFUSED,
+    SAMPLED,
     TRAINED,
     ClientReport,
 )
@@ -68,32 +69,58 @@ def asked(state: ClientState, settings: UserLevelDP, server_round: int, rng: Sec
     return state, None
 
 
+def _report(me: str, status: str, epsilon: float | None, reason: str = "") -> RecordDict:
+    return RecordDict({"client": ClientReport(me, status, epsilon, reason).to_record(),
+                       "metrics": MetricRecord({"num-examples": 0})})
+
+
+def _decide(config: RunConfig, server_round: int, context: Context, state: ClientState, save
+            ) -> tuple[UserLevelDP | None, ClientState, RecordDict | None]:
+    """The round's decision, kept before anything else happens: the settings, the state after the coin, and the
+    decline to send (None when this device takes part)."""
+    me = client_id(context)
+    try:
+        settings = settings_for(config, context)
+    except (PolicyRefusal, DPConfigError) as exc:
+        return None, state, _report(me, POLICY_REFUSED, None, str(exc))
+    state, refusal = asked(state, settings, server_round, SecureRandom.from_os())
+    if refusal is not None:
+        return settings, state, _report(me, refusal[0], state.user_spend.epsilon(settings.delta, settings.accountant),
+                                        refusal[1])
+    save(state)  # the coin and the accountant step are kept before any update can leave
+    if not state.took_part:
+        threshold.Upload.forget(context)  # an earlier round's ciphertexts: nothing to reveal any more
+        return settings, state, _report(me, NOT_SAMPLED, state.user_spend.epsilon(settings.delta, settings.accountant),
+                                        f"this device takes part with probability {settings.participation:g}")
+    return settings, state, None
+
+
+def user_level_check_in(config: RunConfig, server_round: int, context: Context, state: ClientState, save
+                        ) -> RecordDict:
+    """Whether this device takes part in ``server_round`` (``SAMPLED``), or its decline; before any model is sent,
+    so a server asks every device cheaply and sends the model only to those that take part."""
+    settings, state, declined = _decide(config, server_round, context, state, save)
+    if declined is not None:
+        return declined
+    assert settings is not None
+    return _report(client_id(context), SAMPLED, state.user_spend.epsilon(settings.delta, settings.accountant))
+
+
 def user_level_reply(config: RunConfig, server_round: int, model: ExtractorHead, data: ClientData,
                      global_arrays: ArrayRecord, context: Context, state: ClientState, seed: int,
                      save) -> RecordDict:
     """The train reply under user-level DP: a decline (policy, budget, not sampled) or the signed commitment to an
     encrypted, clipped and noised update. ``save`` keeps the device's state (called before any update leaves)."""
-    me = client_id(context)
-
-    def reply(status: str, epsilon: float | None, reason: str = "") -> RecordDict:
-        return RecordDict({"client": ClientReport(me, status, epsilon, reason).to_record(),
-                           "metrics": MetricRecord({"num-examples": 0})})
-
-    try:
-        settings = settings_for(config, context)
-    except (PolicyRefusal, DPConfigError) as exc:
-        return reply(POLICY_REFUSED, None, str(exc))
-    state, refusal = asked(state, settings, server_round, SecureRandom.from_os())
-    if refusal is not None:
-        return reply(refusal[0], state.user_spend.epsilon(settings.delta, settings.accountant), refusal[1])
-    save(state)  # the coin and the accountant step are kept before any update can leave
+    settings, state, declined = _decide(config, server_round, context, state, save)
+    if declined is not None:
+        return declined
+    assert settings is not None
     epsilon = state.user_spend.epsilon(settings.delta, settings.accountant)
-    if not state.took_part:
-        return reply(NOT_SAMPLED, epsilon, f"this device takes part with probability {settings.participation:g}")
     train_plain(model, data.train_x, data.train_y, config, seed)
-    delta = checked_delta(ArrayRecord(model.state_dict()), global_arrays, PLAIN_MAX_ABS_DELTA)
+    # clipped to L2 norm C first, the update is in range whatever it was (only NaN or infinity is refused)
+    delta = checked_delta(ArrayRecord(model.state_dict()), global_arrays, math.inf)
     noised = noised_update(delta, settings, SecureRandom.from_os())
-    content = reply(TRAINED, epsilon)
+    content = _report(client_id(context), TRAINED, epsilon)
     threshold.encrypt_update(np.asarray(noised), USER_WEIGHT, context).put(content)
     content["metrics"] = MetricRecord({"num-examples": USER_WEIGHT})
     sign_update(content, config, context, server_round, USER_WEIGHT, epsilon, hash_model(global_arrays, config.run_id))

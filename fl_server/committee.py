@@ -170,12 +170,12 @@ def draw(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, timeou
 def join(grid: Grid, settings: Mapping, key: FederationKey, transcript: Draw, nodes: list[int], timeout: float
          ) -> int:
     """Send every device outside the committee the key to encrypt under; returns how many confirmed it."""
-    p0, a = key.public_key.to_arrays()
+    p0, _ = key.public_key.to_arrays()
     content = RecordDict({
         "key-statement": ConfigRecord({"statement": key.statement.to_bytes(),
-                                       "signatures": key.signed.signatures_bytes()}),
+                                       "signatures": key.signed.signatures_bytes(), "crp-seed": key.crp_seed}),
         TRANSCRIPT_KEY: ConfigRecord(transcript.to_record()),
-        "public-key": ArrayRecord({"p0": Array(p0), "a": Array(a)}),
+        "public-key": ArrayRecord({"p0": Array(p0)}),
     })
     confirmed = 0
     for start in range(0, len(nodes), JOIN_BATCH):

@@ -89,6 +89,8 @@ class FederationKey:
     """The key statement, signed by every holder (what the lineage records on chain)."""
     draw: Draw | None = None
     """A committee's key: the draw that picked its holders (its transcript, which anyone can check)."""
+    crp_seed: bytes = b""
+    """The seed the common polynomial a expands from (a contributor keeps it instead of a: 32 bytes, not 64 KB)."""
 
     @property
     def statement(self) -> KeyStatement:
@@ -178,7 +180,7 @@ class _Ceremony:
         self._confirm(signed)
         log.info("key ceremony: %d key holders, threshold %d, key %s", len(parties), threshold,
                  statement.sha256.hex()[:16])
-        return FederationKey(self.params, self.nodes, joint, signed, self.draw)
+        return FederationKey(self.params, self.nodes, joint, signed, self.draw, seed)
 
     # -- 1. hello
     def _hellos(self, asked: list[int]) -> dict[str, tuple[int, Hello, SignedEnvelope]]:

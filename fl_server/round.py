@@ -1,6 +1,8 @@
 """One federated round, top to bottom, as plain values. :func:`run_round` reads as its phases:
 
     sample                  nodes, seeded by run and round                             pure
+    exchange check-in       user-level DP: each device flips its own coin; only those
+                            that take part are sent the model                          fl_server.round.check_in
     exchange train          the global model and the round's settings                  ask (fl_server.exchange)
     decode                  each reply: Update | Declined | Rejection                  fedproof.core.replies
     (all declined?)         the run is over: RoundResult.stop
@@ -36,6 +38,7 @@ from flwr.serverapp import Grid
 from fedproof.core.protocol import (
     ARRAYS_KEY,
     BUDGET_EXHAUSTED,
+    CHECK_IN,
     NOT_SAMPLED,
     EVALUATE,
     TRAIN,
@@ -47,6 +50,7 @@ from fedproof.core.replies import (
     ModelSpec,
     Rejection,
     Update,
+    decode_check_in_reply,
     decode_evaluate_reply,
     decode_train_reply,
 )
@@ -82,6 +86,9 @@ class RoundPlan:
     """Largest |update - global| per parameter a plaintext update may carry."""
     threshold: ThresholdCommittee | None = None
     """HE (threshold CKKS): the run's key holders, who decrypt only verified sums; None: plaintext aggregation."""
+    check_in: bool = False
+    """User-level DP: ask every sampled device first whether it takes part (a small message), and send the model
+    only to those that do."""
     clock: Callable[[], float] = time.monotonic
 
 
@@ -132,10 +139,16 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
     parent_hash = hash_model(parent, str(plan.settings.get("run-id", "")))  # what every update must have trained from
     nodes = sorted(grid.get_node_ids())
     asked = sample(nodes, plan.fraction_train, random.Random(f"train/{plan.seed}/{server_round}"))
-    replies, rejections = ask(grid, asked, TRAIN, RecordDict({ARRAYS_KEY: parent}), plan.settings, server_round,
-                              plan.timeout)
+    rejections: list[Rejection] = []
+    trainers, declines = (check_in(grid, plan, server_round, asked, rejections) if plan.check_in
+                          else (asked, []))
+    laps.lap("check-in")
+    replies, set_aside = ask(grid, trainers, TRAIN, RecordDict({ARRAYS_KEY: parent}), plan.settings, server_round,
+                             plan.timeout)
+    rejections.extend(set_aside)
     laps.lap(TRAIN)
-    updates, declines = decode_train_replies(replies, spec, rejections)
+    updates, trained_declines = decode_train_replies(replies, spec, rejections)
+    declines += trained_declines
     if asked and len(declines) == len(asked) and not any(d.status == NOT_SAMPLED for d in declines):
         return RoundResult(server_round, parent, None, (), tuple(declines), tuple(rejections), (), "",
                            everyone_declined(declines, len(asked), server_round), None)
@@ -182,6 +195,25 @@ class _Laps:
 
     def total(self) -> float:
         return self.clock() - self.started
+
+
+def check_in(grid: Grid, plan: RoundPlan, server_round: int, asked: list[int], rejections: list[Rejection]
+             ) -> tuple[list[int], list[Declined]]:
+    """The nodes whose devices take part this round, and the others' declines (not sampled, budget, policy)."""
+    replies, missing = ask(grid, asked, CHECK_IN, RecordDict(), plan.settings, server_round, plan.timeout,
+                           phase=TRAIN)
+    rejections.extend(missing)
+    taking_part: list[int] = []
+    declines: list[Declined] = []
+    for reply in replies:
+        outcome = decode_check_in_reply(reply)
+        if isinstance(outcome, Declined):
+            declines.append(outcome)
+        elif isinstance(outcome, Rejection):
+            rejections.append(outcome)
+        else:
+            taking_part.append(outcome)
+    return sorted(taking_part), declines
 
 
 def decode_train_replies(replies: list[Message], spec: ModelSpec, rejections: list[Rejection]

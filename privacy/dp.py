@@ -22,6 +22,7 @@ whole run fits the budget. Either way, with a target set, a round that would exc
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -103,6 +104,15 @@ class RoundPlan:
         return cls(sample_rate=1.0 / steps, steps=epochs * steps)
 
 
+@functools.lru_cache(maxsize=4096)
+def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+    """A pure function of the history (the PRV accountant takes a tenth of a second; a device asks it twice a
+    round, and a simulation's devices share their histories)."""
+    acc = create_accountant(accountant)
+    acc.history = list(history)
+    return float(acc.get_epsilon(delta=delta))
+
+
 @dataclass(frozen=True)
 class PrivacySpend:
     """An accountant history: ``(noise_multiplier, sample_rate, steps)`` entries, as Opacus records them."""
@@ -119,11 +129,8 @@ class PrivacySpend:
         return PrivacySpend((*self.history, (noise_multiplier, sample_rate, steps)))
 
     def epsilon(self, delta: float, accountant: str = "prv") -> float:
-        if not self.history:
-            return 0.0
-        acc = create_accountant(accountant)
-        acc.history = list(self.history)
-        return float(acc.get_epsilon(delta=delta))
+        return _epsilon(tuple(tuple(h) for h in self.history), delta, accountant) if self.history else 0.0
+
 
     @property
     def steps(self) -> int:

@@ -21,6 +21,7 @@ colluding contributors in a sum.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -82,9 +83,11 @@ class UserLevelDP:
         return projected
 
 
+@functools.lru_cache(maxsize=256)
 def calibrate_user_noise(target_epsilon: float, delta: float, participation: float, rounds: int,
                          accountant: str = "prv") -> float:
-    """The noise multiplier that keeps ``rounds`` asked rounds at rate ``participation`` within ``target_epsilon``."""
+    """The noise multiplier that keeps ``rounds`` asked rounds at rate ``participation`` within ``target_epsilon``
+    (a pure function, remembered: the search takes seconds, and a device is asked every round)."""
     try:
         return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
                                           sample_rate=participation, steps=rounds, accountant=accountant,

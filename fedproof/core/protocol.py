@@ -28,6 +28,8 @@ REPORT_KEY = "client"
 TRAINED, BUDGET_EXHAUSTED = "trained", "budget-exhausted"
 POLICY_REFUSED = "policy-refused"
 NOT_SAMPLED = "not-sampled"
+SAMPLED = "sampled"
+"""User-level DP's check-in: the device takes part in the round (send it the model)."""
 """A train reply's status under user-level DP when the device's own coin said it sits this round out."""
 """A train reply's status when the run asks for less privacy than the client's policy allows: nothing trained."""
 WITHHELD = "withheld"
@@ -64,7 +66,7 @@ class ClientReport:
             epsilon = _typed(record, "epsilon", float) if "epsilon" in record else None
         except (KeyError, TypeError) as exc:
             raise UpdateRejected(f"malformed client report: {exc}") from exc
-        if status not in (TRAINED, BUDGET_EXHAUSTED, POLICY_REFUSED, NOT_SAMPLED, WITHHELD, REFUSED):
+        if status not in (TRAINED, BUDGET_EXHAUSTED, POLICY_REFUSED, NOT_SAMPLED, SAMPLED, WITHHELD, REFUSED):
             raise UpdateRejected(f"client report has an unknown status {status[:40]!r}")
         if epsilon is not None and not (math.isfinite(epsilon) and epsilon >= 0):
             raise UpdateRejected("client report's epsilon is not a finite non-negative number")
@@ -227,6 +229,7 @@ def payload_chunks(content: RecordDict) -> list[bytes]:
 KEYGEN_HELLO, KEYGEN_COMMIT, KEYGEN_REVEAL = "query.keygen_hello", "query.keygen_commit", "query.keygen_reveal"
 KEYGEN_FINISH, KEYGEN_CONFIRM = "query.keygen_finish", "query.keygen_confirm"
 DRAW_COMMIT, DRAW_REVEAL, KEY_JOIN = "query.draw_commit", "query.draw_reveal", "query.key_join"
+CHECK_IN = "query.check_in"
 DRAW_KEY, TRANSCRIPT_KEY = "draw", "draw-transcript"
 """A committee draw's record, and its transcript as the ceremony's commit step and a key join carry it."""
 """The key ceremony's five exchanges (privacy.keygen): announce, commit to a deal, reveal it to the frozen set of

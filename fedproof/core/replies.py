@@ -36,6 +36,7 @@ from fedproof.core.protocol import (
     HEADER_KEY,
     POLICY_REFUSED,
     NOT_SAMPLED,
+    SAMPLED,
     REFUSED,
     WITHHELD,
     PARTIAL_KEY,
@@ -154,6 +155,22 @@ class ModelSpec:
 def decode_train_reply(msg: Message, spec: ModelSpec) -> Update | Declined | Rejection:
     """A train reply as a plain value; every structural check is here (signatures: the admission gate)."""
     return _guarded(msg, "train", lambda: _train(msg, spec))
+
+
+def decode_check_in_reply(msg: Message) -> int | Declined | Rejection:
+    """A user-level DP check-in: the node, when its device takes part; its decline; or a rejection."""
+    return _guarded(msg, "train", lambda: _check_in(msg))
+
+
+def _check_in(msg: Message) -> int | Declined:
+    report = ClientReport.from_reply(msg.content)
+    if report is None:
+        raise UpdateRejected("a check-in reply carries no client report", Reason.MALFORMED)
+    if report.status == SAMPLED:
+        return msg.metadata.src_node_id
+    if report.status in (BUDGET_EXHAUSTED, POLICY_REFUSED, NOT_SAMPLED):
+        return Declined(msg.metadata.src_node_id, report.client_id, report.epsilon, report.reason, report.status)
+    raise UpdateRejected(f"client {report.client_id} answered a check-in with {report.status!r}", Reason.MALFORMED)
 
 
 def decode_evaluate_reply(msg: Message) -> Evaluation | Rejection:

@@ -36,7 +36,7 @@ from ledger.committee import (
 from ledger.errors import LedgerError
 from ledger.key_statement import SignedKeyStatement
 from ledger.signing import KEYGEN_TAG, CommitteeTerms
-from privacy.threshold import JointPublicKey
+from privacy.threshold import JointPublicKey, common_random_polynomial
 
 
 
@@ -132,11 +132,11 @@ def key_join(content: RecordDict, config: RunConfig, context: Context) -> Record
         raise UpdateRejected(f"committee: {exc}") from exc
     check_committee(draw, statement.holders, statement.threshold, statement.committee, config, context)
     try:
-        p0, a = key["p0"].numpy(), key["a"].numpy()
-        public = JointPublicKey(PARAMS, p0, [a[0], a[1]])
+        p0, seed = key["p0"].numpy(), _config(record, "crp-seed", bytes)
+        public = JointPublicKey(PARAMS, p0, common_random_polynomial(PARAMS, seed))
     except (KeyError, ValueError, IndexError, TypeError) as exc:
         raise UpdateRejected(f"the joint public key is malformed: {exc}") from exc
-    if public.digest != statement.public_key_sha256:
+    if public.digest != statement.public_key_sha256:  # p0 and a (from its seed) are the key every holder signed
         raise UpdateRejected("the joint public key is not the one the holders signed")
-    JoinedKey(statement.to_bytes(), p0, a).keep(context)
+    JoinedKey(statement.to_bytes(), p0, seed).keep(context)
     return RecordDict({"confirmed": ConfigRecord({"key-sha256": statement.sha256})})

@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
 from privacy.keygen import KeyHolding
-from privacy.threshold import JointPublicKey, ThresholdParams
+from privacy.threshold import JointPublicKey, ThresholdParams, common_random_polynomial
 from ledger.key_statement import KeyStatement
 from ledger.signing import CommitteeTerms
 
@@ -188,19 +188,20 @@ class DrawState(Kept):
 @dataclass(frozen=True)
 class JoinedKey(Kept):
     """The run's threshold key as a contributor outside the committee holds it: the joint public key (checked
-    against the statement every holder signed) to encrypt under, and no share."""
+    against the statement every holder signed) to encrypt under, and no share. It keeps the seed of the common
+    polynomial a rather than a itself (a device's state travels with every message in a simulation)."""
 
     KEY: ClassVar[str] = "fedproof.joined-key"
 
     statement: bytes
     p0: np.ndarray
-    a: np.ndarray
+    crp_seed: bytes
 
     def key_statement(self) -> KeyStatement:
         return KeyStatement.from_bytes(self.statement)
 
     def public_key(self, params: ThresholdParams) -> JointPublicKey:
-        pk = JointPublicKey(params, self.p0, [self.a[0], self.a[1]])
+        pk = JointPublicKey(params, self.p0, common_random_polynomial(params, self.crp_seed))
         if pk.digest != self.key_statement().public_key_sha256:
             raise ValueError("this device's stored key does not match its key statement")
         return pk
