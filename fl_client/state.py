@@ -46,6 +46,9 @@ class ClientState:
     """User-level DP: the latest round of this run this device was asked for, and whether its coin said it takes
     part: asked again for that round, it gives the same answer and spends nothing more."""
     took_part: bool = False
+    server_spend: PrivacySpend = field(default_factory=PrivacySpend)
+    """User-level DP as the server sees it: the server knows which rounds this device uploaded in, so sampling
+    amplifies nothing against it; one unsampled Gaussian step per round taken part in, over all runs."""
 
     @classmethod
     def load(cls, context: Context, path: Path | None = None, run_id: str = "") -> ClientState:
@@ -70,14 +73,17 @@ class ClientState:
                                                record.get("user-steps", [])),  # type: ignore[arg-type]
             last_asked=int(record.get("last-asked", 0)),  # type: ignore[call-overload]
             took_part=bool(record.get("took-part", 0)),
+            server_spend=PrivacySpend.from_lists(record.get("server-noise", []),  # type: ignore[arg-type]
+                                                 record.get("server-rate", []),  # type: ignore[arg-type]
+                                                 record.get("server-steps", [])),  # type: ignore[arg-type]
         )
         if state.run_id != run_id:  # another run: its noise and counters are not this run's; its spend is
             state = cls(spend=state.spend, examples_seen=state.examples_seen, run_id=run_id,
-                        user_spend=state.user_spend)
+                        user_spend=state.user_spend, server_spend=state.server_spend)
         return state
 
     def save(self, context: Context, path: Path | None = None) -> None:
-        history, users = self.spend.to_lists(), self.user_spend.to_lists()
+        history, users, seen = self.spend.to_lists(), self.user_spend.to_lists(), self.server_spend.to_lists()
         context.state[STATE_KEY] = record = MetricRecord(
             {
                 "rounds-trained": self.rounds_trained,
@@ -92,6 +98,9 @@ class ClientState:
                 "user-steps": users["steps"],
                 "last-asked": self.last_asked,
                 "took-part": int(self.took_part),
+                "server-noise": seen["noise"],
+                "server-rate": seen["rate"],
+                "server-steps": seen["steps"],
             }
         )
         context.state[RUN_KEY] = ConfigRecord({"run-id": self.run_id})

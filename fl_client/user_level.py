@@ -64,8 +64,13 @@ def asked(state: ClientState, settings: UserLevelDP, server_round: int, rng: Sec
             settings.check_budget(state.user_spend)
         except BudgetExhausted as exc:
             return state, (BUDGET_EXHAUSTED, str(exc))
+        coin = takes_part(settings.participation, rng)
+        if coin and not settings.server_allows(state.server_spend):  # the server would learn too much: sit out
+            coin = False
         state = dataclasses.replace(state, user_spend=settings.after_asked(state.user_spend), last_asked=server_round,
-                                    took_part=takes_part(settings.participation, rng))
+                                    took_part=coin,
+                                    server_spend=settings.after_taking_part(state.server_spend) if coin
+                                    else state.server_spend)
     return state, None
 
 

@@ -65,6 +65,9 @@ class PrivacyPolicy:
     assumed_colluders: int = 0
     """User-level DP: how many contributors of a sum this device assumes may collude with the server (their noise
     shares do not count); its own share is sized for the rest of its contributors' floor."""
+    max_server_epsilon: float = math.inf
+    """User-level DP against the server itself: it sees which rounds this device uploaded in, so the sampling
+    amplifies nothing against it; the device sits a round out rather than pass this (inf: no cap)."""
     colluding_share: float = 0.1
     """A key committee drawn by sortition (ledger.committee): the share of the registered clients this device
     assumes may be the server's accomplices. It joins a committee key only if the holders assumed at least that."""
@@ -84,6 +87,7 @@ class PrivacyPolicy:
              "assumed_colluders must be fewer than min_contributors"),
             (0 <= self.colluding_share < 1, "colluding_share must be in [0, 1)"),
             (0 < self.max_capture_risk < 1, "max_capture_risk must be in (0, 1)"),
+            (self.max_server_epsilon > 0, "max_server_epsilon must be positive (inf: no cap)"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -146,7 +150,8 @@ class PrivacyPolicy:
         sigma = noise or calibrate_user_noise(cap, delta, q, rounds, accountant)
         return UserLevelDP(clip=clip, noise=self.noise_floor(sigma), participation=q,
                            floor=self.contributors_floor(min_contributors), colluders=self.assumed_colluders,
-                           delta=delta, max_epsilon=cap, accountant=accountant)
+                           delta=delta, max_epsilon=cap, accountant=accountant,
+                           max_server_epsilon=self.max_server_epsilon)
 
     def contributors_floor(self, requested: int) -> int:
         """The fewest contributors a sum must have for this device to help decrypt it: the run's number, raised to

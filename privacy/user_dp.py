@@ -51,6 +51,8 @@ class UserLevelDP:
     max_epsilon: float
     """The device's lifetime user-level budget."""
     accountant: str = "prv"
+    max_server_epsilon: float = math.inf
+    """The cap on what the server, which sees the rounds the device took part in, learns (no amplification)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -72,6 +74,18 @@ class UserLevelDP:
     def after_asked(self, spent: PrivacySpend) -> PrivacySpend:
         """The spend after one more round asked (taken part in or not: the sampling is what is accounted)."""
         return spent.after(self.noise, self.participation, 1)
+
+    def after_taking_part(self, seen: PrivacySpend) -> PrivacySpend:
+        """The spend as the server sees it after one more round taken part in: one Gaussian step, not subsampled
+        (the server knows the device uploaded)."""
+        return seen.after(self.noise, 1.0, 1)
+
+    def server_allows(self, seen: PrivacySpend) -> bool:
+        """Whether taking part once more keeps the server's view within ``max_server_epsilon``."""
+        if math.isinf(self.max_server_epsilon):
+            return True
+        return self.after_taking_part(seen).epsilon(self.delta, self.accountant) <= self.max_server_epsilon + \
+            EPSILON_SLACK
 
     def check_budget(self, spent: PrivacySpend) -> float:
         """Epsilon after one more round asked; :class:`BudgetExhausted` if that passes the lifetime cap."""

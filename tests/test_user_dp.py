@@ -42,6 +42,26 @@ def test_a_server_that_asks_every_round_gets_a_device_at_most_q_of_the_time() ->
     assert refusal is not None and refusal[0] == NOT_SAMPLED and state.user_spend.steps == 2000
 
 
+def test_the_server_which_sees_who_uploads_is_accounted_without_amplification_and_can_be_capped() -> None:
+    """Sampling hides nothing from the server: it received the device's ciphertexts. The device keeps a second
+    accountant, one unsampled Gaussian step per round it took part in, and sits a round out rather than pass its
+    policy's cap on it."""
+    s, state, rng = settings(participation=0.5, max_epsilon=math.inf), ClientState(), SecureRandom.from_os()
+    for server_round in range(1, 41):
+        state, _ = asked(state, s, server_round, rng)
+        taken = state.server_spend.steps
+    assert 5 < taken < 35 and state.server_spend.history == ((1.0, 1.0, taken),)
+    one = PrivacySpend().after(1.0, 1.0, 1).epsilon(1e-5, "rdp")
+    capped, state = settings(participation=1.0, max_epsilon=math.inf, max_server_epsilon=one * 2.5), ClientState()
+    took = []
+    for server_round in range(1, 11):
+        state, refusal = asked(state, capped, server_round, rng)
+        assert refusal is None
+        took.append(state.took_part)
+    assert 1 <= sum(took) < 10 and took == sorted(took, reverse=True)  # it stopped uploading once the cap was near
+    assert state.server_spend.epsilon(1e-5, "rdp") <= one * 2.5 + 0.01
+
+
 @pytest.mark.slow  # two seconds of accounting
 def test_a_devices_user_level_epsilon_composes_across_runs_and_stops_at_its_lifetime_cap() -> None:
     s = settings(noise=1.2, participation=0.1, max_epsilon=3.0)  # about 20 rounds asked
