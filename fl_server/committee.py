@@ -35,7 +35,9 @@ from ledger.committee import (
     DrawError,
     commitment,
     committee_size,
-    list_digest,
+    digest_of,
+    list_entry,
+    list_tree,
     reveal_fields,
 )
 from ledger.errors import LedgerError
@@ -135,11 +137,17 @@ def draw(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, timeou
     candidates = sorted(committed)
     commitments = [committed[c][1] for c in candidates]
     node_of = {c: committed[c][0] for c in candidates}
-    frozen = RecordDict({DRAW_KEY: ConfigRecord({"number": number, "candidates": candidates,
-                                                 "commitments": commitments})})
-    replies, _ = ask(grid, [node_of[c] for c in candidates], DRAW_REVEAL, frozen, settings, 0, timeout, group="draw")
+    tree = list_tree(candidates, commitments)
     party_of = {n: c for c, n in node_of.items()}
-    digest = list_digest(candidates, commitments)
+
+    def frozen(node: int) -> RecordDict:  # the list's root, and this candidate's proof of its own entry
+        party = party_of[node]
+        return RecordDict({DRAW_KEY: ConfigRecord({
+            "number": number, "count": len(candidates), "root": tree.root,
+            "proof": tree.proof(list_entry(party, committed[party][1]))})})
+
+    replies, _ = ask(grid, [node_of[c] for c in candidates], DRAW_REVEAL, frozen, settings, 0, timeout, group="draw")
+    digest = digest_of(len(candidates), tree.root)
     revealed: dict[str, tuple[bytes, bytes]] = {}
     for reply in replies:
         party = party_of.get(reply.metadata.src_node_id)

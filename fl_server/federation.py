@@ -142,6 +142,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         evaluate=evaluate,
         max_abs_delta=PLAIN_MAX_ABS_DELTA,
         threshold=threshold,
+        server_lr=config.server_lr,
         check_in=config.dp and config.privacy == "user",
     )
     sink = RoundSink(lineage, run_dir, tracker, prometheus, observer, rows)

@@ -12,7 +12,7 @@
     sum                     sum(n_k delta_k), or the ciphertexts' sum                  pure (fl_server.aggregation)
     exchange decrypt (HE)   t key holders check and partially decrypt the sum;
                             the server fuses the shares                                fl_server.decryptors
-    apply                   parent + sum / sum(n_k)                                    pure
+    apply                   parent + server-lr * sum / sum(n_k)                        pure
     exchange co-sign (HE)   t key holders recompute the model and co-sign it           fl_server.decryptors
     exchange evaluate       the parent (the model they were sent) to clients whose policy allows it
     central evaluation      of the resulting model
@@ -86,6 +86,8 @@ class RoundPlan:
     """Largest |update - global| per parameter a plaintext update may carry."""
     threshold: ThresholdCommittee | None = None
     """HE (threshold CKKS): the run's key holders, who decrypt only verified sums; None: plaintext aggregation."""
+    server_lr: float = 1.0
+    """The server's step along the mean update (DP-FedAvg's server learning rate; co-signers apply the same)."""
     check_in: bool = False
     """User-level DP: ask every sampled device first whether it takes part (a small message), and send the model
     only to those that do."""
@@ -163,7 +165,7 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
         laps.lap("reveal")
     fold = sum_updates(plan, server_round, admitted)                                         # pure
     fold = decrypt_sum(grid, plan, server_round, fold, spec, committed)                      # exchange (HE)
-    fold = apply_sum(fold, parent)                                                           # pure
+    fold = apply_sum(fold, parent, plan.server_lr)                                           # pure
     fold = cosign_model(grid, plan, server_round, fold, parent, parent_hash)                 # exchange (HE)
     rejections.extend(fold.rejections)
     laps.lap("aggregate")
@@ -297,11 +299,11 @@ def decrypt_sum(grid: Grid, plan: RoundPlan, server_round: int, fold: Fold, spec
                    rejections=rejections)
 
 
-def apply_sum(fold: Fold, parent: ArrayRecord) -> Fold:
-    """The new model, ``parent + sum / sum(n_k)`` (pure; the co-signers compute the same)."""
+def apply_sum(fold: Fold, parent: ArrayRecord, server_lr: float = 1.0) -> Fold:
+    """The new model, ``parent + server_lr * sum / sum(n_k)`` (pure; the co-signers compute the same)."""
     if fold.failure:
         return fold
-    return replace(fold, model=apply_mean(parent, fold.total, fold.examples))
+    return replace(fold, model=apply_mean(parent, fold.total, fold.examples, server_lr))
 
 
 def cosign_model(grid: Grid, plan: RoundPlan, server_round: int, fold: Fold, parent: ArrayRecord,

@@ -39,10 +39,11 @@ class MerkleTree:
 
     def proof(self, leaf: bytes) -> list[bytes]:
         """Siblings from ``leaf`` up to the root; :class:`MerkleProofError` if the leaf is not in the tree."""
-        try:
-            index = self.leaf_hashes.index(leaf_hash(leaf))
-        except ValueError:
-            raise MerkleProofError("leaf is not in this tree") from None
+        if not hasattr(self, "_index"):  # one dict for many proofs (a draw's list: one per candidate)
+            self._index = {h: i for i, h in enumerate(self.leaf_hashes)}
+        index = self._index.get(leaf_hash(leaf))
+        if index is None:
+            raise MerkleProofError("leaf is not in this tree")
         path = []
         for level in self.levels[:-1]:
             sibling = index ^ 1

@@ -24,7 +24,7 @@ from fedproof.core.protocol import DRAW_KEY, TRANSCRIPT_KEY
 from fl_client import threshold
 from fl_server import committee as server_committee
 from fl_server.keygen import run_ceremony
-from ledger.committee import Draw, capture_risk, committee_size, pick
+from ledger.committee import Draw, capture_risk, committee_size, list_entry, list_tree, pick
 from ledger.key_statement import KeyStatementError
 from ledger.verification import AllowList
 
@@ -134,9 +134,11 @@ def test_a_committee_drawn_by_every_device_holds_the_key_and_every_other_device_
 def reveal_messages(devices: Devices, number: int, entries: dict[int, bytes]) -> dict[int, RecordDict]:
     """The reveal a server sends, listing ``entries`` (node -> commitment), and each device's answer."""
     ids = sorted(str(n) for n in entries)
-    record = ConfigRecord({"number": number, "candidates": ids, "commitments": [entries[int(i)] for i in ids]})
+    tree = list_tree(ids, [entries[int(i)] for i in ids])
     out = {}
     for node in entries:
+        record = ConfigRecord({"number": number, "count": len(ids), "root": tree.root,
+                               "proof": tree.proof(list_entry(str(node), entries[node]))})
         try:
             out[node] = threshold.draw_reveal(RecordDict({DRAW_KEY: record}), CONFIG, devices.contexts[node])
         except UpdateRejected as exc:
@@ -225,10 +227,12 @@ def test_a_device_reveals_its_secret_to_one_list_and_commits_once_per_draw() -> 
     with pytest.raises(UpdateRejected, match="drawn once"):
         threshold.draw_commit(RecordDict({DRAW_KEY: ConfigRecord({"number": 1})}), devices.contexts[NODES[0]])
     # a list that holds another commitment under this device's id: no secret
-    tampered = dict(entries)
-    tampered[NODES[1]] = bytes(32)
-    refused = reveal_messages(devices, 1, {NODES[1]: bytes(32)})
-    assert "does not hold this device's commitment" in str(refused[NODES[1]])
+    tampered = {n: (bytes(32) if n == NODES[1] else c) for n, c in commit_all(devices, 2).items()}
+    tree = list_tree(sorted(str(n) for n in tampered), [tampered[int(i)] for i in sorted(str(n) for n in tampered)])
+    forged = ConfigRecord({"number": 2, "count": len(NODES), "root": tree.root,
+                           "proof": tree.proof(list_entry(str(NODES[1]), bytes(32)))})
+    with pytest.raises(UpdateRejected, match="does not hold this device's commitment"):
+        threshold.draw_reveal(RecordDict({DRAW_KEY: forged}), CONFIG, devices.contexts[NODES[1]])
 
 
 def test_aborted_draws_count_against_the_risk_a_device_accepts(monkeypatch) -> None:

@@ -32,6 +32,7 @@ DP_LR, PLAIN_LR = 4.0, 0.05
 #: short rounds; plain SGD trains best on small batches and a few epochs per round (90.05% against 80.0% with
 #: DP's defaults, benchmarks/privacy_utility.py's no-DP row).
 DP_BATCH, PLAIN_BATCH = 512, 64
+USER_LR, USER_BATCH = 0.1, 16
 DP_EPOCHS, PLAIN_EPOCHS = 1, 3
 
 
@@ -95,6 +96,9 @@ class RunConfig:
     """What DP protects: ``sample`` (each record: DP-SGD on every device) or ``user`` (each device's whole dataset:
     DP-FedAvg with update clipping, noise every device adds a share of under threshold HE, and devices that sample
     themselves; privacy.user_dp)."""
+    server_lr: float = 1.0
+    """The server's step along each round's mean update (DP-FedAvg's server learning rate): noise averaged over a
+    hundred devices allows steps larger than one."""
     participation: float = 0.1
     """User-level DP: the probability q a device takes part when asked (its policy may lower it)."""
     update_clip: float = 0.3
@@ -194,6 +198,7 @@ class RunConfig:
             (self.he_threshold >= 0, "he-threshold must be non-negative (0: a majority)"),
             (self.committee >= -1, "committee must be -1 (every client), 0 (decide) or a size"),
             (0 <= self.colluding_share < 1, "colluding-share must be in [0, 1)"),
+            (0 < self.server_lr <= 10, "server-lr must be in (0, 10]"),
             (self.min_contributors >= 2, "min-contributors must be at least 2"),
             (self.he_weight_scale >= 0, "he-weight-scale must be non-negative (0: resolved at start)"),
             (_is_address(self.ledger_contract), "ledger-contract must be empty or a 0x-prefixed 20-byte address"),
@@ -209,16 +214,24 @@ class RunConfig:
         if self.dp:
             self.dp_settings()  # refuse bad DP settings now, before any training
 
+    @property
+    def user_level(self) -> bool:
+        """User-level DP: devices train without per-sample clipping and clip their whole update."""
+        return self.dp and self.privacy == "user"
+
     def learning_rate(self) -> float:
-        """``lr``, or when it is 0 the default that suits the gradients: clipped under DP, raw without."""
-        return self.lr or (DP_LR if self.dp else PLAIN_LR)
+        """``lr``, or when it is 0 the default that suits the gradients: clipped under DP-SGD, raw without (and
+        under user-level DP, where the whole update is clipped)."""
+        return self.lr or (USER_LR if self.user_level else DP_LR if self.dp else PLAIN_LR)
 
     def training_batch(self) -> int:
-        """``batch-size``, or when it is 0 the default of the mode: 512 under DP, 64 without."""
-        return self.batch_size or (DP_BATCH if self.dp else PLAIN_BATCH)
+        """``batch-size``, or when it is 0 the default of the mode: 512 under DP-SGD, 64 without, 16 for a
+        user-level device (a few dozen records each)."""
+        return self.batch_size or (USER_BATCH if self.user_level else DP_BATCH if self.dp else PLAIN_BATCH)
 
     def training_epochs(self) -> int:
-        """``local-epochs``, or when it is 0 the default of the mode: 1 under DP, 3 without."""
+        """``local-epochs``, or when it is 0 the default of the mode: 1 under DP (sample or user level), 3
+        without."""
         return self.local_epochs or (DP_EPOCHS if self.dp else PLAIN_EPOCHS)
 
     def dp_settings(self) -> DPSettings | None:
@@ -378,7 +391,7 @@ class ClientSettings:
             "classes-per-client", "val-fraction", "local-epochs", "batch-size", "lr", "momentum", "dp",
             "target-epsilon", "delta", "noise-multiplier", "max-grad-norm", "accountant", "grad-sample-mode",
             "privacy", "participation", "update-clip", "user-noise", "he", "he-threshold", "min-contributors",
-            "colluding-share", "ledger", "chain-id", "ledger-contract", "chain-genesis")
+            "colluding-share", "server-lr", "ledger", "chain-id", "ledger-contract", "chain-genesis")
     SHARED_MACHINE_KEYS = ("key-set", "run-dir", "data-dir")
 
     @classmethod

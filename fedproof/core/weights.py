@@ -31,10 +31,15 @@ def num_values(record: ArrayRecord) -> int:
     return sum(a.size for a in record.to_numpy_ndarrays())
 
 
-def apply_mean(parent: ArrayRecord, weighted_sum: np.ndarray, num_examples: int) -> ArrayRecord:
-    """The new global model: the parent plus the example-weighted mean update, in the parent's layout. The server
-    and each co-signing client compute it with these same float operations, so they agree bit for bit."""
-    return unflatten(flatten(parent) + weighted_sum / num_examples, parent)
+def apply_mean(parent: ArrayRecord, weighted_sum: np.ndarray, num_examples: int, server_lr: float = 1.0
+               ) -> ArrayRecord:
+    """The new global model: the parent plus ``server_lr`` times the example-weighted mean update, in the parent's
+    layout. The server and each co-signing client compute it with these same float operations, so they agree bit
+    for bit."""
+    step = weighted_sum / num_examples
+    if server_lr != 1.0:
+        step = step * server_lr
+    return unflatten(flatten(parent) + step, parent)
 
 
 def tensors(record: ArrayRecord) -> dict[str, np.ndarray]:

@@ -59,7 +59,7 @@ def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, con
     if not 1 <= checked.examples <= scale:
         raise DecryptionRefused(Reason.BAD_WEIGHTS, f"{checked.examples} examples outside 1..{scale} (the key's weight "
                                                "scale)")
-    model = hash_model(apply_mean(parent, values * scale, checked.examples), config.run_id)
+    model = hash_model(apply_mean(parent, values * scale, checked.examples, config.server_lr), config.run_id)
     if model != request.model_sha256:
         raise DecryptionRefused(Reason.MODEL_MISMATCH, "the model this device computed from the round is not the one "
                                                   "the server names")

@@ -30,9 +30,11 @@ from ledger.committee import (
     DrawError,
     check_risk,
     commitment,
-    list_digest,
+    digest_of,
+    list_entry,
     reveal_chunks,
 )
+from ledger.merkle import verify_proof
 from ledger.errors import LedgerError
 from ledger.key_statement import SignedKeyStatement
 from ledger.signing import KEYGEN_TAG, CommitteeTerms
@@ -62,21 +64,20 @@ def draw_reveal(content: RecordDict, config: RunConfig, context: Context) -> Rec
     record = content.config_records.get(DRAW_KEY)
     if record is None:
         raise UpdateRejected("not a committee-draw message")
-    number = _config(record, "number", int)
-    candidates, commitments = record.get("candidates"), record.get("commitments")
+    number, count, root = _config(record, "number", int), _config(record, "count", int), _config(record, "root", bytes)
+    proof = record.get("proof")
     state = DrawState.recall(context)
     if state is None or state.number != number:
         raise UpdateRejected(f"draw {number}: this device holds no secret of that draw")
-    if not isinstance(candidates, list) or not isinstance(commitments, list) or \
-            not 1 <= len(candidates) == len(commitments) <= MAX_CANDIDATES or \
-            not all(isinstance(c, str) for c in candidates) or not all(isinstance(c, bytes) for c in commitments):
-        raise UpdateRejected("a draw's list is ids and commitments of equal, bounded length")
-    if candidates != sorted(set(candidates)):
-        raise UpdateRejected("a draw's list names each candidate once, sorted")
+    if not 1 <= count <= MAX_CANDIDATES or not isinstance(proof, list) or len(proof) > 64 or \
+            not all(isinstance(p, bytes) and len(p) == 32 for p in proof):
+        raise UpdateRejected("a draw's list has 1..100,000 entries and a proof of at most 64 hashes")
     me = client_id(context)
-    if me not in candidates or commitments[candidates.index(me)] != commitment(me, state.secret):
-        raise UpdateRejected("the draw's list does not hold this device's commitment")
-    digest = list_digest(candidates, commitments)
+    try:  # the frozen list holds this device's own commitment
+        verify_proof(root, list_entry(me, commitment(me, state.secret)), proof)
+    except LedgerError as exc:
+        raise UpdateRejected("the draw's list does not hold this device's commitment") from exc
+    digest = digest_of(count, root)
     if state.revealed_to not in (b"", digest):
         raise UpdateRejected(f"draw {number}: this device revealed its secret to another list already")
     dataclasses.replace(state, revealed_to=digest).keep(context)
