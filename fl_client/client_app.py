@@ -24,6 +24,7 @@ from fedproof.core.task import BUILT_IN, Task, load_task
 from fedproof.core.protocol import (
     ARRAYS_KEY,
     PLAIN_MAX_ABS_DELTA,
+    PUBLIC_KEY_KEY,
     ROUND_KEY,
     TRAINED,
     WITHHELD,
@@ -143,7 +144,8 @@ def train(msg: Message, context: Context) -> Message:
     state = ClientState.load(context, saved, job.config.run_id)
     if job.config.dp and job.config.privacy == "user":  # each device's whole dataset: its own coin and accountant
         content = user_level_reply(job.config, job.server_round, job.model, job.data, job.global_arrays, context,
-                                   state, seed, lambda kept: kept.save(context, saved))
+                                   state, seed, lambda kept: kept.save(context, saved),
+                                   msg.content.array_records.get(PUBLIC_KEY_KEY))
         return Message(content, reply_to=msg)
     policy = client_policy(job.config, context)
     # the weight this client's update carries: its registered, declared dataset size on a device (its privacy is
@@ -166,7 +168,8 @@ def train(msg: Message, context: Context) -> Message:
         trained = ArrayRecord(job.model.state_dict())
         if job.config.he:
             delta = checked_delta(trained, job.global_arrays, PLAIN_MAX_ABS_DELTA)
-            threshold.encrypt_update(delta, weight, context).put(content)
+            threshold.encrypt_update(delta, weight, context,
+                                     msg.content.array_records.get(PUBLIC_KEY_KEY)).put(content)
         else:
             content[ARRAYS_KEY] = plain_update(trained, job.global_arrays)
         metrics = {"num-examples": weight, "rounds-trained": outcome.state.rounds_trained,

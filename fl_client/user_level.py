@@ -113,7 +113,7 @@ def user_level_check_in(config: RunConfig, server_round: int, context: Context, 
 
 def user_level_reply(config: RunConfig, server_round: int, model: ExtractorHead, data: ClientData,
                      global_arrays: ArrayRecord, context: Context, state: ClientState, seed: int,
-                     save) -> RecordDict:
+                     save, sent_key: ArrayRecord | None = None) -> RecordDict:
     """The train reply under user-level DP: a decline (policy, budget, not sampled) or the signed commitment to an
     encrypted, clipped and noised update. ``save`` keeps the device's state (called before any update leaves)."""
     settings, state, declined = _decide(config, server_round, context, state, save)
@@ -126,7 +126,7 @@ def user_level_reply(config: RunConfig, server_round: int, model: ExtractorHead,
     delta = checked_delta(ArrayRecord(model.state_dict()), global_arrays, math.inf)
     noised = noised_update(delta, settings, SecureRandom.from_os())
     content = _report(client_id(context), TRAINED, epsilon)
-    threshold.encrypt_update(np.asarray(noised), USER_WEIGHT, context).put(content)
+    threshold.encrypt_update(np.asarray(noised), USER_WEIGHT, context, sent_key).put(content)
     content["metrics"] = MetricRecord({"num-examples": USER_WEIGHT})
     sign_update(content, config, context, server_round, USER_WEIGHT, epsilon, hash_model(global_arrays, config.run_id))
     return threshold.withhold(content, server_round, context)

@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedproof.core.protocol import DRAW_COMMIT, DRAW_KEY, DRAW_REVEAL, KEY_JOIN, TRANSCRIPT_KEY, SignedEnvelope
+from fedproof.core.protocol import (
+    DRAW_COMMIT,
+    DRAW_KEY,
+    DRAW_REVEAL,
+    KEY_JOIN,
+    PUBLIC_KEY_KEY,
+    TRANSCRIPT_KEY,
+    SignedEnvelope,
+)
 from fl_server.exchange import ask
 from fl_server.keygen import FederationKey, KeyCeremonyFailed, PartiesDropped, run_ceremony
 from ledger.committee import (
@@ -183,7 +191,7 @@ def join(grid: Grid, settings: Mapping, key: FederationKey, transcript: Draw, no
         "key-statement": ConfigRecord({"statement": key.statement.to_bytes(),
                                        "signatures": key.signed.signatures_bytes(), "crp-seed": key.crp_seed}),
         TRANSCRIPT_KEY: ConfigRecord(transcript.to_record()),
-        "public-key": ArrayRecord({"p0": Array(p0)}),
+        PUBLIC_KEY_KEY: ArrayRecord({"p0": Array(p0)}),
     })
     confirmed = 0
     for start in range(0, len(nodes), JOIN_BATCH):

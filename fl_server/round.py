@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedproof.core.protocol import (
@@ -41,6 +41,7 @@ from fedproof.core.protocol import (
     CHECK_IN,
     NOT_SAMPLED,
     EVALUATE,
+    PUBLIC_KEY_KEY,
     TRAIN,
     SignedEnvelope,
 )
@@ -145,7 +146,7 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
     trainers, declines = (check_in(grid, plan, server_round, asked, rejections) if plan.check_in
                           else (asked, []))
     laps.lap("check-in")
-    replies, set_aside = ask(grid, trainers, TRAIN, RecordDict({ARRAYS_KEY: parent}), plan.settings, server_round,
+    replies, set_aside = ask(grid, trainers, TRAIN, train_content(plan, parent), plan.settings, server_round,
                              plan.timeout)
     rejections.extend(set_aside)
     laps.lap(TRAIN)
@@ -197,6 +198,14 @@ class _Laps:
 
     def total(self) -> float:
         return self.clock() - self.started
+
+
+def train_content(plan: RoundPlan, parent: ArrayRecord) -> RecordDict:
+    """The global model, and under HE the joint key's p0 for devices outside the committee (each checks it)."""
+    content = RecordDict({ARRAYS_KEY: parent})
+    if plan.threshold is not None:
+        content[PUBLIC_KEY_KEY] = ArrayRecord({"p0": Array(plan.threshold.key.public_key.to_arrays()[0])})
+    return content
 
 
 def check_in(grid: Grid, plan: RoundPlan, server_round: int, asked: list[int], rejections: list[Rejection]

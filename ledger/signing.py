@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,14 +255,28 @@ class SigningKey:
         return self._key.sign(statement.canonical_bytes())
 
 
+_VERIFIED: OrderedDict[bytes, None] = OrderedDict()
+VERIFIED_CACHE_ENTRIES = 200_000
+"""Signatures this process has verified (a digest of key, message and signature each): a fleet's devices check the
+same draw transcript, and in a simulation they share processes. Only successes are kept; a triple that verified
+once verifies always."""
+
+
 def verify_signature(public_key: bytes, fields: SignedFields, signature: bytes) -> None:
     """Raise :class:`BadSignature` unless ``signature`` is ``public_key``'s signature over ``fields``."""
     if len(public_key) != 32 or len(signature) != 64:
         raise BadSignature(f"client {fields.client_id}: malformed key or signature")
+    message = fields.canonical_bytes()
+    seen = hashlib.sha256(public_key + signature + message).digest()
+    if seen in _VERIFIED:
+        return
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, fields.canonical_bytes())
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except InvalidSignature as exc:
         raise BadSignature(f"client {fields.client_id}: signature does not match the update") from exc
+    _VERIFIED[seen] = None
+    if len(_VERIFIED) > VERIFIED_CACHE_ENTRIES:
+        _VERIFIED.popitem(last=False)
 
 
 # ------------------------------------------------------------------ the operator's statements (their layouts live here)

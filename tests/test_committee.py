@@ -27,6 +27,7 @@ from fl_server.keygen import run_ceremony
 from ledger.committee import Draw, capture_risk, committee_size, list_entry, list_tree, pick
 from ledger.key_statement import KeyStatementError
 from ledger.verification import AllowList
+from privacy.errors import PrivacyError
 
 pytestmark = pytest.mark.usefixtures("virtual_exchange_clock")
 
@@ -127,8 +128,15 @@ def test_a_committee_drawn_by_every_device_holds_the_key_and_every_other_device_
         assert statement.sha256 == key.statement.sha256
         held = threshold.HeldKey.recall(devices.contexts[node])
         assert (held is not None) == (node in key.nodes.values())  # shares only on the committee
-    payload = threshold.encrypt_update(np.ones(10), 1, devices.contexts[outside[0]])
+    from flwr.app import Array, ArrayRecord
+
+    p0 = key.public_key.to_arrays()[0]
+    payload = threshold.encrypt_update(np.ones(10), 1, devices.contexts[outside[0]], ArrayRecord({"p0": Array(p0)}))
     assert payload.num_values == 10
+    tampered = p0.copy()
+    tampered[1, 7] ^= 1  # a server sending another key than the one the holders signed
+    with pytest.raises(PrivacyError, match="not the one every key holder signed"):
+        threshold.encrypt_update(np.ones(10), 1, devices.contexts[outside[0]], ArrayRecord({"p0": Array(tampered)}))
 
 
 def reveal_messages(devices: Devices, number: int, entries: dict[int, bytes]) -> dict[int, RecordDict]:

@@ -32,7 +32,7 @@ DP_LR, PLAIN_LR = 4.0, 0.05
 #: short rounds; plain SGD trains best on small batches and a few epochs per round (90.05% against 80.0% with
 #: DP's defaults, benchmarks/privacy_utility.py's no-DP row).
 DP_BATCH, PLAIN_BATCH = 512, 64
-USER_LR, USER_BATCH = 0.1, 16
+USER_LR, USER_BATCH, USER_EPOCHS = 0.05, 16, 2
 DP_EPOCHS, PLAIN_EPOCHS = 1, 3
 
 
@@ -221,7 +221,7 @@ class RunConfig:
 
     def learning_rate(self) -> float:
         """``lr``, or when it is 0 the default that suits the gradients: clipped under DP-SGD, raw without (and
-        under user-level DP, where the whole update is clipped)."""
+        under user-level DP, where the whole update is clipped: 0.05, benchmarks/fleet.py)."""
         return self.lr or (USER_LR if self.user_level else DP_LR if self.dp else PLAIN_LR)
 
     def training_batch(self) -> int:
@@ -230,9 +230,9 @@ class RunConfig:
         return self.batch_size or (USER_BATCH if self.user_level else DP_BATCH if self.dp else PLAIN_BATCH)
 
     def training_epochs(self) -> int:
-        """``local-epochs``, or when it is 0 the default of the mode: 1 under DP (sample or user level), 3
-        without."""
-        return self.local_epochs or (DP_EPOCHS if self.dp else PLAIN_EPOCHS)
+        """``local-epochs``, or when it is 0 the default of the mode: 1 under DP-SGD, 3 without, 2 for a
+        user-level device (benchmarks/fleet.py)."""
+        return self.local_epochs or (USER_EPOCHS if self.user_level else DP_EPOCHS if self.dp else PLAIN_EPOCHS)
 
     def dp_settings(self) -> DPSettings | None:
         """The clients' DP-SGD settings, or None when DP is off."""

@@ -230,6 +230,9 @@ KEYGEN_HELLO, KEYGEN_COMMIT, KEYGEN_REVEAL = "query.keygen_hello", "query.keygen
 KEYGEN_FINISH, KEYGEN_CONFIRM = "query.keygen_finish", "query.keygen_confirm"
 DRAW_COMMIT, DRAW_REVEAL, KEY_JOIN = "query.draw_commit", "query.draw_reveal", "query.key_join"
 CHECK_IN = "query.check_in"
+PUBLIC_KEY_KEY = "public-key"
+"""A train message's copy of the joint key's p0, for contributors outside the committee (checked against the
+statement every holder signed)."""
 DRAW_KEY, TRANSCRIPT_KEY = "draw", "draw-transcript"
 """A committee draw's record, and its transcript as the ceremony's commit step and a key join carry it."""
 """The key ceremony's five exchanges (privacy.keygen): announce, commit to a deal, reveal it to the frozen set of

@@ -18,7 +18,7 @@ from flwr.app import ConfigRecord, Context, RecordDict
 
 from fedproof.base.errors import UpdateRejected
 from fedproof.core.config import RunConfig
-from fedproof.core.protocol import DRAW_KEY, TRANSCRIPT_KEY
+from fedproof.core.protocol import DRAW_KEY, PUBLIC_KEY_KEY, TRANSCRIPT_KEY
 from fl_client.policy import client_policy, federation_size
 from fl_client.signing import allow_list, client_id, domain, sign_statement
 from fl_client.threshold.shared import PARAMS, _config
@@ -112,7 +112,7 @@ def key_join(content: RecordDict, config: RunConfig, context: Context) -> Record
     """A contributor outside the committee: keep the joint public key, once the statement is signed by every
     holder, the holders are the committee the draw picks, and the key's digest is the one they signed."""
     record, transcript = content.config_records.get("key-statement"), content.config_records.get(TRANSCRIPT_KEY)
-    key = content.array_records.get("public-key")
+    key = content.array_records.get(PUBLIC_KEY_KEY)
     if record is None or transcript is None or key is None:
         raise UpdateRejected("a key join carries the signed key statement, the draw and the public key")
     try:
@@ -139,5 +139,5 @@ def key_join(content: RecordDict, config: RunConfig, context: Context) -> Record
         raise UpdateRejected(f"the joint public key is malformed: {exc}") from exc
     if public.digest != statement.public_key_sha256:  # p0 and a (from its seed) are the key every holder signed
         raise UpdateRejected("the joint public key is not the one the holders signed")
-    JoinedKey(statement.to_bytes(), p0, seed).keep(context)
+    JoinedKey(statement.to_bytes(), seed).keep(context)
     return RecordDict({"confirmed": ConfigRecord({"key-sha256": statement.sha256})})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from flwr.app import ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from fedproof.base.errors import FedproofError, Reason, UpdateRejected
 from ledger.key_statement import KeyStatement
@@ -60,14 +60,19 @@ def held_key_statement(context: Context) -> KeyStatement:
     return held.key_statement()
 
 
-def public_key(context: Context) -> JointPublicKey:
-    """The joint public key to encrypt under: a holder's own, or a contributor's checked copy."""
+def public_key(context: Context, sent: ArrayRecord | None = None) -> JointPublicKey:
+    """The joint public key to encrypt under: a holder's own, or, for a contributor, ``sent`` (the train message's
+    copy of p0) once it matches the statement every holder signed."""
     current = _current(context)
     if current is None:
         raise PrivacyError("this device holds no confirmed share or joined copy of the run's threshold key")
     try:
-        return current.holding(PARAMS).public_key if isinstance(current, HeldKey) else current.public_key(PARAMS)
-    except ValueError as exc:
+        if isinstance(current, HeldKey):
+            return current.holding(PARAMS).public_key
+        if sent is None or "p0" not in sent:
+            raise ValueError("the train message carries no public key to encrypt under")
+        return current.public_key(PARAMS, sent["p0"].numpy())
+    except (ValueError, TypeError) as exc:
         raise PrivacyError(str(exc)) from exc
 
 

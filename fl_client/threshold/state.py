@@ -187,21 +187,22 @@ class DrawState(Kept):
 
 @dataclass(frozen=True)
 class JoinedKey(Kept):
-    """The run's threshold key as a contributor outside the committee holds it: the joint public key (checked
-    against the statement every holder signed) to encrypt under, and no share. It keeps the seed of the common
-    polynomial a rather than a itself (a device's state travels with every message in a simulation)."""
+    """The run's threshold key as a contributor outside the committee holds it: the statement every holder signed
+    and the seed of the common polynomial a; no share, and not the 64 KB of p0 (a device's state travels with every
+    message in a simulation). The server sends p0 with each train message; the device checks it against the
+    signed digest before it encrypts a thing."""
 
     KEY: ClassVar[str] = "fedproof.joined-key"
 
     statement: bytes
-    p0: np.ndarray
     crp_seed: bytes
 
     def key_statement(self) -> KeyStatement:
         return KeyStatement.from_bytes(self.statement)
 
-    def public_key(self, params: ThresholdParams) -> JointPublicKey:
-        pk = JointPublicKey(params, self.p0, common_random_polynomial(params, self.crp_seed))
+    def public_key(self, params: ThresholdParams, p0: np.ndarray) -> JointPublicKey:
+        """The joint public key from ``p0`` as sent; ValueError unless it is the one every holder signed."""
+        pk = JointPublicKey(params, p0, common_random_polynomial(params, self.crp_seed))
         if pk.digest != self.key_statement().public_key_sha256:
-            raise ValueError("this device's stored key does not match its key statement")
+            raise ValueError("the public key sent is not the one every key holder signed")
         return pk

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from flwr.app import Context, RecordDict
+from flwr.app import ArrayRecord, Context, RecordDict
 
 from fedproof.core.config import RunConfig
 from fedproof.base.errors import Reason, UpdateRejected
@@ -27,13 +27,15 @@ from fl_client.threshold.checks import _Peers, _frozen, _refusal_or
 
 # ----------------------------------------------------------------------------------------- the update
 
-def encrypt_update(delta: np.ndarray, weight: int, context: Context) -> EncryptedPayload:
+def encrypt_update(delta: np.ndarray, weight: int, context: Context, sent_key: ArrayRecord | None = None
+                   ) -> EncryptedPayload:
     """Ciphertexts of ``(weight / W) * delta`` under the joint key this device checked, W from the key statement
-    every holder signed (co-signers multiply back by the same W: nobody's message sets it)."""
+    every holder signed (co-signers multiply back by the same W: nobody's message sets it). ``sent_key``: the train
+    message's public key, which a contributor outside the committee checks against the statement and uses."""
     scale = key_statement(context).weight_scale
     if not 1 <= weight <= scale:
         raise PrivacyError(f"weight {weight} outside 1..{scale} (the key's weight scale): not encrypting")
-    chunks = public_key(context).encrypt(delta * (weight / scale))
+    chunks = public_key(context, sent_key).encrypt(delta * (weight / scale))
     return EncryptedPayload(tuple(chunks), delta.size)
 
 
