@@ -89,8 +89,9 @@ def planned_size(requested: int, connected: int, colluders: int) -> int:
 
 def make_key(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, *, threshold: int, timeout: float,
              weight_scale: int, first_round: int, committee: int, colluding_share: float, registered: int,
-             ) -> FederationKey:
-    """The run's threshold key: made by every connected client, or by a committee they draw."""
+             first_draw: int = 1) -> FederationKey:
+    """The run's threshold key: made by every connected client, or by a committee they draw (draws numbered from
+    ``first_draw``: a device commits to each draw number once)."""
     nodes = sorted(grid.get_node_ids())
     colluders = committee_colluders(colluding_share, registered)
     try:
@@ -100,7 +101,7 @@ def make_key(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, *,
     if not size:
         return run_ceremony(grid, settings, allow, domain, threshold, timeout, weight_scale, first_round)
     excluded: set[int] = set()
-    for number in range(1, DRAW_ATTEMPTS + 1):
+    for number in range(first_draw, first_draw + DRAW_ATTEMPTS):
         drawn = draw(grid, settings, allow, domain, timeout, number, [n for n in nodes if n not in excluded])
         if drawn.draw is None:
             excluded |= drawn.dropped
@@ -117,6 +118,26 @@ def make_key(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, *,
         join(grid, settings, key, chosen.draw, [n for n in nodes if n not in set(members)], timeout)
         return key
     raise KeyCeremonyFailed(f"key committee: no committee completed the key in {DRAW_ATTEMPTS} draws")
+
+
+def still_held(grid: Grid, key: FederationKey) -> bool:
+    """Whether at least t of a drawn committee's members are still connected (Flower drops a node that stops
+    sending heartbeats). A whole-federation key is never re-drawn."""
+    return key.draw is None or len(set(key.nodes.values()) & set(grid.get_node_ids())) >= key.threshold
+
+
+def redraw(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, key: FederationKey, *, timeout: float,
+           first_round: int, committee: int, colluding_share: float, registered: int) -> FederationKey:
+    """A fresh committee and key for rounds from ``first_round``, when the old committee can no longer decrypt: a
+    new draw among the devices connected now (its number follows the last), a new ceremony, every other device
+    joining. Shares are not re-dealt from the old key (Lattigo's re-sharing): the old key's members are gone, and
+    a fresh key costs one draw and one ceremony (README, "Running a fleet")."""
+    assert key.draw is not None, "only a drawn committee is re-drawn"
+    log.warning("key committee: fewer than %d of its %d members are connected; drawing a new one for rounds from %d",
+                key.threshold, len(key.nodes), first_round)
+    return make_key(grid, settings, allow, domain, threshold=0, timeout=timeout, weight_scale=key.statement.weight_scale,
+                    first_round=first_round, committee=committee or len(key.nodes), colluding_share=colluding_share,
+                    registered=registered, first_draw=key.draw.number + 1)
 
 
 @dataclass(frozen=True)

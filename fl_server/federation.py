@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Protocol
@@ -18,7 +18,7 @@ from fedproof.core.task import load_task
 from fedproof.core.rundir import MODEL_FILE, RoundMetrics, RunDirectory
 from fl_server.admission import Admission
 from fl_server.decryptors import ThresholdCommittee
-from fl_server.committee import make_key
+from fl_server.committee import make_key, redraw, still_held
 from fl_server.evaluation import CentralEvaluator
 from fl_server.lineage import Lineage
 from fl_server.metrics import FederationMetrics
@@ -124,9 +124,9 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     domain = start.domain
     # what clients are sent with every message: their settings only, and paths only to clients on this machine
     sent = ClientSettings.of(config, shares_machine(grid), start.resolved()).to_record()
-    threshold = None
+    # how many clients are registered, as the devices count them (a simulation: the run's; devices: their allow-list)
+    threshold, registered = None, config.clients if shares_machine(grid) else len(start.allow.keys)
     if config.he:  # the clients make the run's key now; no party ever holds all of it
-        registered = config.clients if shares_machine(grid) else len(start.allow.keys)  # as the devices count
         key = make_key(grid, sent, start.allow, domain, threshold=config.he_threshold, timeout=config.round_timeout,
                        weight_scale=start.weight_scale, first_round=done + 1, committee=config.committee,
                        colluding_share=config.colluding_share, registered=registered)
@@ -148,6 +148,12 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     sink = RoundSink(lineage, run_dir, tracker, prometheus, observer, rows)
     stopped = ""
     for server_round in range(done + 1, config.rounds + 1):
+        if plan.threshold is not None and not still_held(grid, plan.threshold.key):  # members went offline
+            key = redraw(grid, sent, start.allow, domain, plan.threshold.key, timeout=config.round_timeout,
+                         first_round=server_round, committee=config.committee,
+                         colluding_share=config.colluding_share, registered=registered)
+            lineage.record_key(key.signed)
+            plan = replace(plan, threshold=replace(plan.threshold, key=key))
         result = run_round(grid, plan, server_round, model)
         sink(result)
         if result.stop:

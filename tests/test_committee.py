@@ -298,3 +298,24 @@ def test_a_key_statement_of_a_committee_is_refused_by_auditors_when_its_risk_is_
     key.signed.verify(keys, DOMAIN.chain_id, DOMAIN.contract, DOMAIN.genesis, DOMAIN.run_id, 40)
     with pytest.raises(KeyStatementError, match="more than the 30 registered"):
         key.signed.verify(keys, DOMAIN.chain_id, DOMAIN.contract, DOMAIN.genesis, DOMAIN.run_id, 30)
+
+
+def test_when_the_committee_goes_offline_a_new_draw_replaces_it_for_the_later_rounds() -> None:
+    """Four of the eight members disconnect (t = 5): the server draws again (draw 2, among the 36 still connected),
+    the new committee makes a key for rounds from 7, and every device, the old members included, encrypts under it
+    from then on."""
+    devices = Devices()
+    grid = FakeGrid(NODES, **devices.handlers())
+    key = make_key(devices, grid)
+    assert server_committee.still_held(grid, key)
+    gone = sorted(key.nodes.values())[:4]
+    grid.nodes = [n for n in NODES if n not in gone]
+    assert not server_committee.still_held(grid, key)
+    new = server_committee.redraw(grid, CONFIG.client_record(), ALLOW, DOMAIN, key, timeout=5, first_round=7,
+                                  committee=0, colluding_share=0.1, registered=len(NODES))
+    assert new.draw.number == 2 and new.statement.first_round == 7 and len(new.draw.candidates) == 36
+    assert not set(new.nodes.values()) & set(gone) and server_committee.still_held(grid, new)
+    for node in grid.nodes:  # old members and old contributors alike now use the new key
+        assert threshold.key_statement(devices.contexts[node]).sha256 == new.statement.sha256
+    keys = {h: ALLOW.key_for(h) for h in new.statement.holders}
+    new.signed.verify(keys, DOMAIN.chain_id, DOMAIN.contract, DOMAIN.genesis, DOMAIN.run_id, len(NODES))
