@@ -66,6 +66,7 @@ bench: setup
 	$(BIN)/python benchmarks/tabular.py
 	$(BIN)/python benchmarks/deploy.py
 	$(BIN)/python benchmarks/drift.py
+	cd benchmarks && ../$(BIN)/python fleet.py --rounds 100
 	$(BIN)/python benchmarks/deployment.py
 
 clean:

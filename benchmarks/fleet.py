@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -158,7 +157,7 @@ def main() -> None:
               f"{s.get('train', 0):.1f} | {s.get('reveal', 0) + s.get('aggregate', 0):.1f} | {r['setup']:.0f} | "
               f"{r['rss'] / 2**30:.1f} |")
     if 10_000 not in sims:
-        print(f"| 10,000 | - | - | not simulated (--ten-thousand) | | | | | |")
+        print("| 10,000 | - | - | not simulated (--ten-thousand) | | | | | |")
     print(f"\n10,000 registered devices before any round: key set {registered['keys']:.1f} s, allow-list "
           f"{registered['allow_bytes'] / 1e6:.1f} MB loaded in {registered['allow']:.2f} s, Dirichlet(0.5) partition "
           f"{registered['partition']:.1f} s (smallest device {registered['min_part']} records), committee of "

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from fedproof.core.client_data import load_client_data
 from fedproof.core.config import RunConfig

@@ -6,7 +6,9 @@ server's central 20%:
 - central DP-SGD: a logistic regression (the task's `logistic` model) trained by fedproof's own client code (``fl_client.training.train_round``:
   Opacus, secure noise) on the union of the hospitals' rows, at the federated rows' epsilon and delta;
 - federated without DP, and federated with DP, threshold HE and the ledger on: ``fedproof simulate --task
-  breast-cancer`` over 5 hospitals with Dirichlet(0.5) label skew, each hospital's epsilon its own budget.
+  breast-cancer`` over 5 hospitals with Dirichlet(0.5) label skew, each hospital's epsilon its own budget;
+- the same records as a fleet of 50 devices under user-level DP (README, "Running a fleet"): each device's
+  whole record set protected, a key committee drawn by sortition.
 
 AUC is computed from the final model's class probabilities on the test set.
 
@@ -50,10 +52,11 @@ def scores(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(((probs > 0.5) == y).mean()), float(roc_auc_score(y, probs))
 
 
-def federated(tmp: str, name: str, args: argparse.Namespace, extra: list[str]) -> dict:
+def federated(tmp: str, name: str, args: argparse.Namespace, extra: list[str], clients: int = 0,
+              training: list[str] = TRAINING) -> dict:
     wall, rss, proc = measure([sys.executable, "-m", "fedproof.cli", "simulate", "--task", "breast-cancer",
-                               "--clients", str(args.clients), "--rounds", str(args.rounds), "--run-dir", tmp,
-                               "--run-id", name, *TRAINING, *extra])
+                               "--clients", str(clients or args.clients), "--rounds", str(args.rounds), "--run-dir",
+                               tmp, "--run-id", name, *training, *extra])
     if proc.returncode != 0:
         sys.exit(f"{name} failed:\n{proc.stdout}\n{proc.stderr}")
     run = Path(tmp) / name
@@ -94,11 +97,19 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--devices", type=int, default=50, help="the fleet row's device count")
     args = parser.parse_args()
     results = {"central logistic regression, no DP (baseline)": central_logistic(),
                f"central logistic regression, DP-SGD, epsilon {args.epsilon:g}": central_dp(args)}
     with tempfile.TemporaryDirectory() as tmp:
         results["federated, no DP"] = federated(tmp, "nodp", args, ["--no-dp", "--no-he", "--no-ledger"])
+        # the same records spread over a fleet of 50 devices (about 9 patients each): user-level DP, each device
+        # taking part with q = 0.3, noise shares sized for a floor of 8 contributors, a drawn key committee
+        results[f"fleet of {args.devices} devices, user-level DP epsilon {args.epsilon:g} + threshold HE"] = federated(
+            tmp, "user", args, ["--dp", "--target-epsilon", str(args.epsilon), "--delta", str(DELTA), "--no-ledger",
+                                "--fraction", "1.0", "-c", "privacy=user", "-c", "participation=0.3",
+                                "-c", "min-contributors=8", "-c", "update-clip=0.5", "-c", "server-lr=2"],
+            clients=args.devices, training=["--batch-size", "16", "--local-epochs", "2", "--lr", "0.1"])
         devnet = ["--devnet-dir", f"{tmp}/devnet"]  # a fresh chain of its own, stopped at the end
         try:
             results[f"federated, DP epsilon {args.epsilon:g} + threshold HE + ledger"] = federated(

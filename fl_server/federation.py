@@ -130,7 +130,8 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         key = make_key(grid, sent, start.allow, domain, threshold=config.he_threshold, timeout=config.round_timeout,
                        weight_scale=start.weight_scale, first_round=done + 1, committee=config.committee,
                        colluding_share=config.colluding_share, registered=registered)
-        lineage.record_key(key.signed)  # t and the holders go on chain before any round: auditors read them there
+        # t and the holders go on chain before any round: auditors read them there
+        lineage.record_key(key.signed, key.draw)
         threshold = ThresholdCommittee(key, config.seed, config.round_timeout, start.allow, domain)
     plan = RoundPlan(
         settings=sent,
@@ -152,7 +153,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
             key = redraw(grid, sent, start.allow, domain, plan.threshold.key, timeout=config.round_timeout,
                          first_round=server_round, committee=config.committee,
                          colluding_share=config.colluding_share, registered=registered)
-            lineage.record_key(key.signed)
+            lineage.record_key(key.signed, key.draw)
             plan = replace(plan, threshold=replace(plan.threshold, key=key))
         result = run_round(grid, plan, server_round, model)
         sink(result)

@@ -33,6 +33,7 @@ from fl_server.round import RoundResult
 from ledger.bundle import RoundBundle
 from ledger.contract import LedgerContract, RoundRecord
 from ledger.errors import LedgerError
+from ledger.committee import Draw
 from ledger.key_statement import SignedKeyStatement
 from ledger.outbox import KeyRecord, Outbox
 from ledger.signing import ZERO_HASH, run_id_hash
@@ -68,9 +69,10 @@ class Lineage:
             if contract is not None:  # the lineage starts at a registered model, not at whatever a record names
                 contract.start_run(run_id_hash(config.run_id), self.parent)
 
-    def record_key(self, signed: SignedKeyStatement) -> Path:
+    def record_key(self, signed: SignedKeyStatement, draw: Draw | None = None) -> Path:
         """Record the run's key statement, as every holder signed it, on chain (through the outbox: before any
-        round recorded after it) and in ``keys/<digest>.json``; return that file. Recording it again is a no-op."""
+        round recorded after it) and in ``keys/<digest>.json`` (with the draw's transcript, for a committee);
+        return that file. Recording it again is a no-op."""
         if not isinstance(signed, SignedKeyStatement):
             raise LedgerError(f"a key statement must be a SignedKeyStatement, got {type(signed).__name__}")
         s = signed.statement
@@ -82,7 +84,12 @@ class Lineage:
         doc = {"version": 1, "run_id": self.config.run_id, "key_sha256": s.sha256.hex(), "threshold": s.threshold,
                "holders": list(s.holders), "weight_scale": s.weight_scale, "first_round": s.first_round,
                "public_key_sha256": s.public_key_sha256.hex(), "statement": s.to_bytes().hex(),
-               "signatures": signed.signatures_bytes().hex()}
+               "signatures": signed.signatures_bytes().hex(),
+               "committee": {"candidates": s.committee.candidates, "colluders": s.committee.colluders,
+                             "draw": s.committee.draw, "seed": s.committee.seed.hex()}}
+        if draw is not None:  # the transcript anyone can recompute the committee from (ledger.committee.Draw)
+            doc["draw"] = {"number": draw.number, "candidates": list(draw.candidates),
+                           "secrets": [x.hex() for x in draw.secrets], "signatures": [x.hex() for x in draw.signatures]}
         if self.contract is not None:
             self.outbox.push(KeyRecord(run_id_hash(self.config.run_id), signed))
         write_atomically(path, (json.dumps(doc, indent=2) + "\n").encode())

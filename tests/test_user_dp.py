@@ -141,3 +141,62 @@ def test_a_user_level_round_runs_with_threshold_he_each_device_weighing_one(tmp_
     assert bundle["updates"] and all(u["num_examples"] == 1 for u in bundle["updates"])
     eps = doc["summary"]["epsilon_by_client"]
     assert len(eps) == 6 and all(e > 0 for e in eps.values())  # every device asked spent, taking part or not
+
+
+@pytest.mark.slow
+def test_a_fleet_of_1000_simulated_devices_completes_a_round_with_a_drawn_committee(tmp_path) -> None:
+    """1,000 devices, every one asked, each taking part with q = 0.1: a committee of 22 drawn by all of them holds
+    the key, the others join it, about a hundred contribute, and the round's sum is decrypted and co-signed."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedproof.cli", "simulate", "--clients", "1000", "--fraction", "1.0", "--rounds", "1",
+         "--no-ledger", "--run-dir", str(tmp_path), "--run-id", "fleet", "-c", "privacy=user",
+         "-c", "min-contributors=50", "-c", "server-lr=3"],
+        capture_output=True, text=True, timeout=1500, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "fleet" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and not rows[0]["failed"] and 50 <= rows[0]["train_clients"] <= 160, rows
+    (key,) = [json.loads(p.read_text()) for p in (tmp_path / "fleet" / "keys").glob("*.json")]
+    assert len(key["holders"]) == 22 and key["threshold"] == 12 and key["committee"]["candidates"] == 1000
+    assert len(key["draw"]["candidates"]) == 1000 and key["committee"]["colluders"] == 100
+
+
+def test_a_device_checks_in_once_per_round_and_a_train_message_gets_the_same_answer(tmp_path) -> None:
+    """The check-in keeps the coin and the accountant step; a train message for the same round re-rolls nothing,
+    so a server cannot send the model to a device that said no and have it train, nor ask twice for a new coin."""
+    from flwr.app import ArrayRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    import fl_client.client_app as app
+    from fedproof.core.config import ClientSettings, RunConfig
+    from fedproof.core.keys import init_key_set
+    from fedproof.core.protocol import ARRAYS_KEY, CONFIG_KEY, SAMPLED, ClientReport, round_settings
+    from fedproof.core.task import load_task
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    keys = init_key_set(tmp_path / "keys", [str(i) for i in range(40)])
+    config = RunConfig(clients=40, privacy="user", participation=0.5, run_dir=str(tmp_path), run_id="checkin",
+                       key_set=str(keys.directory), ledger=False, he_weight_scale=40, min_contributors=3,
+                       user_noise=4.0, partition="iid")
+    sent = ClientSettings.of(config, True, {}).to_record()
+    parent = ArrayRecord(load_task(config.task).model(config.model, 10, seed=1).state_dict())
+    answers = {}
+    for i in range(40):
+        context = Context(run_id=1, node_id=i + 1, node_config={"partition-id": i, "num-partitions": 40},
+                          state=RecordDict(), run_config={})
+        ask = Message(RecordDict({CONFIG_KEY: round_settings(sent, 1)}), dst_node_id=i + 1,
+                      message_type="query.check_in")
+        first = ClientReport.from_reply(app.check_in(ask, context).content)
+        again = ClientReport.from_reply(app.check_in(ask, context).content)
+        assert first.status == again.status and first.epsilon == again.epsilon  # nothing re-rolled, nothing spent
+        answers[i] = first.status
+        if first.status != SAMPLED:  # the model sent anyway: the device declines, untrained
+            train = Message(RecordDict({ARRAYS_KEY: parent, CONFIG_KEY: round_settings(sent, 1)}),
+                            dst_node_id=i + 1, message_type="train")
+            report = ClientReport.from_reply(app.train(train, context).content)
+            assert report.status == first.status and report.epsilon == first.epsilon
+    assert 5 <= sum(s == SAMPLED for s in answers.values()) <= 35, answers  # q = 0.5 of 40
