@@ -258,8 +258,8 @@ def keygen_confirm(msg: Message, context: Context) -> Message:
 @app.query("draw_commit")
 def draw_commit(msg: Message, context: Context) -> Message:
     """Committee draw, step 1: a fresh secret for this draw, answered by its commitment only."""
-    _settings(msg, context)
-    return Message(threshold.draw_commit(msg.content, context), reply_to=msg)
+    config, _ = _settings(msg, context)
+    return Message(threshold.draw_commit(msg.content, config, context), reply_to=msg)
 
 
 @app.query("draw_reveal")

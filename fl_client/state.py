@@ -126,10 +126,31 @@ DEVICE_STATE_DIR = "~/.local/share/fedproof/client-state"
 
 def state_file(context: Context, run_dir: str, client_id: str, dataset: str) -> Path | None:
     """Where this client keeps its state on disk (see the module docstring)."""
+    directory = state_directory(context, run_dir, client_id)
+    return None if directory is None else directory / f"{client_id}-{dataset[:16] or 'data'}.json"
+
+
+def state_directory(context: Context, run_dir: str, client_id: str) -> Path | None:
+    """The directory of this client's files that outlive a run (None for an id that cannot name a file)."""
     if not client_id or "/" in client_id or client_id in (".", ".."):
         return None
     device = Device.of(context)
     base = device.state_dir or (Path(DEVICE_STATE_DIR).expanduser() if device.on_device else None)
     # a device keeps its history where it chose, never at a path the server's settings name
-    directory = base if base is not None else Path(run_dir).expanduser() / "client-state"
-    return directory / f"{client_id}-{dataset[:16] or 'data'}.json"
+    return base if base is not None else Path(run_dir).expanduser() / "client-state"
+
+
+def count_draw(context: Context, run_dir: str, client_id: str) -> int:
+    """One more committee draw this device took part in, over its lifetime (every run): the count, kept on disk
+    before it answers. A server that starts run after run until a draw suits it pays with this count, which every
+    device multiplies its capture risk by (ledger.committee)."""
+    directory = state_directory(context, run_dir, client_id)
+    if directory is None:
+        raise ValueError(f"client id {client_id!r} cannot name a state file")
+    path = directory / f"{client_id}-draws.json"
+    count = 0
+    if path.is_file():
+        doc = json.loads(read_bounded(path, 4096, "draw count file", ValueError))
+        count = int(doc.get("draws", 0)) if isinstance(doc, dict) else 0
+    write_atomically(path, json.dumps({"draws": count + 1}).encode())
+    return count + 1

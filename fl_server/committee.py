@@ -1,7 +1,7 @@
 """The run's key holders: the whole federation, or a committee the devices draw by sortition (ledger.committee).
 
     decide   the size: every client up to :data:`WHOLE_FEDERATION_UP_TO`, else the smallest committee whose
-             capture risk (the run's assumed share of colluders, over :data:`DRAW_ATTEMPTS` draws) is within
+             capture risk (the run's assumed share of colluders, over :data:`LIFETIME_DRAWS` draws) is within
              the default device policy, or the size the run names
     draw     commit, then reveal, over every connected device; a candidate that does not reveal, or reveals
              something that does not open its commitment, is left out of the next draw (a fresh one: secrets are
@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 WHOLE_FEDERATION_UP_TO = 32
 DRAW_ATTEMPTS = 3
+LIFETIME_DRAWS = 100
+"""What a committee is sized for: its capture risk times the draws a device may see over its lifetime (each
+counts them, over every run) stays within the default policy's 1e-6 for the first 100 draws."""
 JOIN_BATCH = 100
 """Devices sent the key at once (each message carries the joint public key: bounded memory on the server)."""
 
@@ -84,7 +87,7 @@ def planned_size(requested: int, connected: int, colluders: int) -> int:
         return 0
     if requested > 0:
         return requested
-    return committee_size(connected, colluders, DEFAULT_MAX_CAPTURE_RISK, DRAW_ATTEMPTS)
+    return committee_size(connected, colluders, DEFAULT_MAX_CAPTURE_RISK, LIFETIME_DRAWS)
 
 
 def make_key(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, *, threshold: int, timeout: float,

@@ -49,13 +49,15 @@ def _task_identity():
 
 class Devices:
     def __init__(self) -> None:
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"client-id": str(n), "ledger-trust": PIN},
+        self.state_dir = tempfile.mkdtemp(prefix="fedproof-committee-state-")  # each device's draw count lives here
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"client-id": str(n), "ledger-trust": PIN,
+                                                                      "state-dir": self.state_dir},
                                     state=RecordDict(), run_config={}) for n in NODES}
 
     def handlers(self) -> dict:
         ctx = self.contexts
         return {
-            "query_draw_commit": lambda node, msg: threshold.draw_commit(msg.content, ctx[node]),
+            "query_draw_commit": lambda node, msg: threshold.draw_commit(msg.content, CONFIG, ctx[node]),
             "query_draw_reveal": lambda node, msg: threshold.draw_reveal(msg.content, CONFIG, ctx[node]),
             "query_key_join": lambda node, msg: threshold.key_join(msg.content, CONFIG, ctx[node]),
             "query_keygen_hello": lambda node, msg: threshold.keygen_hello(CONFIG, ctx[node]),
@@ -156,7 +158,7 @@ def reveal_messages(devices: Devices, number: int, entries: dict[int, bytes]) ->
 
 def commit_all(devices: Devices, number: int) -> dict[int, bytes]:
     msg = RecordDict({DRAW_KEY: ConfigRecord({"number": number})})
-    return {n: threshold.draw_commit(msg, devices.contexts[n])[DRAW_KEY]["commitment"] for n in NODES}
+    return {n: threshold.draw_commit(msg, CONFIG, devices.contexts[n])[DRAW_KEY]["commitment"] for n in NODES}
 
 
 def transcript(devices: Devices, number: int, entries: dict[int, bytes], replies: dict[int, RecordDict]) -> Draw:
@@ -233,7 +235,7 @@ def test_a_device_reveals_its_secret_to_one_list_and_commits_once_per_draw() -> 
     second = reveal_messages(devices, 1, smaller)
     assert all(isinstance(r, UpdateRejected) and "another list" in str(r) for r in second.values())
     with pytest.raises(UpdateRejected, match="drawn once"):
-        threshold.draw_commit(RecordDict({DRAW_KEY: ConfigRecord({"number": 1})}), devices.contexts[NODES[0]])
+        threshold.draw_commit(RecordDict({DRAW_KEY: ConfigRecord({"number": 1})}), CONFIG, devices.contexts[NODES[0]])
     # a list that holds another commitment under this device's id: no secret
     tampered = {n: (bytes(32) if n == NODES[1] else c) for n, c in commit_all(devices, 2).items()}
     tree = list_tree(sorted(str(n) for n in tampered), [tampered[int(i)] for i in sorted(str(n) for n in tampered)])
@@ -243,18 +245,23 @@ def test_a_device_reveals_its_secret_to_one_list_and_commits_once_per_draw() -> 
         threshold.draw_reveal(RecordDict({DRAW_KEY: forged}), CONFIG, devices.contexts[NODES[1]])
 
 
-def test_aborted_draws_count_against_the_risk_a_device_accepts(monkeypatch) -> None:
-    """Each draw the server aborts is another try at a committee it likes: a device multiplies the capture risk by
-    the draws it took part in, so a committee it accepts after one draw it refuses after many."""
-    devices = Devices()
-    node = NODES[0]
-    for number in range(1, 4):
-        entries = commit_all(devices, number)
-    replies = reveal_messages(devices, 3, entries)
-    draw = transcript(devices, 3, entries, replies)
-    risk = capture_risk(40, 12, 8, 5)  # a device assuming 30% colluders
+def test_aborted_draws_count_against_the_risk_a_device_accepts_over_every_run(monkeypatch) -> None:
+    """Each draw the server aborts, in this run or by starting another, is another try at a committee it likes: a
+    device multiplies the capture risk by the draws it took part in over its lifetime (counted on its own disk),
+    so a committee it accepts after one draw it refuses after several."""
     from privacy.policy import PrivacyPolicy
 
+    devices = Devices()
+    node = NODES[0]
+    for number in range(1, 3):
+        entries = commit_all(devices, number)
+    # a new run: a fresh Context, the same device (its state directory); draw numbers start again
+    devices.contexts = {n: Context(run_id=2, node_id=n, node_config=dict(c.node_config), state=RecordDict(),
+                                   run_config={}) for n, c in devices.contexts.items()}
+    entries = commit_all(devices, 1)
+    draw = transcript(devices, 1, entries, reveal_messages(devices, 1, entries))
+    assert threshold.DrawState.recall(devices.contexts[node]).draws == 3
+    risk = capture_risk(40, 12, 8, 5)  # a device assuming 30% colluders
     monkeypatch.setattr("fl_client.threshold.draw.client_policy",
                         lambda config, context: PrivacyPolicy(colluding_share=0.3, max_capture_risk=risk * 2))
     with pytest.raises(UpdateRejected, match="after 3 draw"):

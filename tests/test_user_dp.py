@@ -145,7 +145,7 @@ def test_a_user_level_round_runs_with_threshold_he_each_device_weighing_one(tmp_
 
 @pytest.mark.slow
 def test_a_fleet_of_1000_simulated_devices_completes_a_round_with_a_drawn_committee(tmp_path) -> None:
-    """1,000 devices, every one asked, each taking part with q = 0.1: a committee of 22 drawn by all of them holds
+    """1,000 devices, every one asked, each taking part with q = 0.1: a committee of 28 drawn by all of them holds
     the key, the others join it, about a hundred contribute, and the round's sum is decrypted and co-signed."""
     import json
     import os
@@ -161,7 +161,7 @@ def test_a_fleet_of_1000_simulated_devices_completes_a_round_with_a_drawn_commit
     rows = [json.loads(line) for line in (tmp_path / "fleet" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and not rows[0]["failed"] and 50 <= rows[0]["train_clients"] <= 160, rows
     (key,) = [json.loads(p.read_text()) for p in (tmp_path / "fleet" / "keys").glob("*.json")]
-    assert len(key["holders"]) == 22 and key["threshold"] == 12 and key["committee"]["candidates"] == 1000
+    assert len(key["holders"]) == 28 and key["threshold"] == 15 and key["committee"]["candidates"] == 1000
     assert len(key["draw"]["candidates"]) == 1000 and key["committee"]["colluders"] == 100
 
 

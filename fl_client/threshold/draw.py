@@ -20,6 +20,7 @@ from fedproof.base.errors import UpdateRejected
 from fedproof.core.config import RunConfig
 from fedproof.core.protocol import DRAW_KEY, PUBLIC_KEY_KEY, TRANSCRIPT_KEY
 from fl_client.policy import client_policy, federation_size
+from fl_client.state import count_draw
 from fl_client.signing import allow_list, client_id, domain, sign_statement
 from fl_client.threshold.shared import PARAMS, _config
 from fl_client.threshold.state import DrawState, JoinedKey
@@ -42,9 +43,9 @@ from privacy.threshold import JointPublicKey, common_random_polynomial
 
 
 
-def draw_commit(content: RecordDict, context: Context) -> RecordDict:
-    """A fresh secret for draw ``number`` (higher than any this device committed to in the run), kept; its
-    commitment answered."""
+def draw_commit(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
+    """A fresh secret for draw ``number`` (higher than any this device committed to in the run), kept with the
+    count of draws it took part in over its lifetime; its commitment answered."""
     record = content.config_records.get(DRAW_KEY)
     if record is None:
         raise UpdateRejected("not a committee-draw message")
@@ -54,7 +55,11 @@ def draw_commit(content: RecordDict, context: Context) -> RecordDict:
         raise UpdateRejected(f"draw {number}: this device committed to draw {prior.number if prior else 0} already; "
                              "a draw's secret is drawn once")
     secret = secrets.token_bytes(32)
-    DrawState(number, secret, (prior.draws if prior else 0) + 1).keep(context)
+    try:
+        draws = count_draw(context, config.run_dir, client_id(context))
+    except (OSError, ValueError) as exc:
+        raise UpdateRejected(f"this device cannot count its draws ({exc}): it takes part in none") from exc
+    DrawState(number, secret, draws).keep(context)
     me = client_id(context)
     return RecordDict({DRAW_KEY: ConfigRecord({"number": number, "party": me, "commitment": commitment(me, secret)})})
 

@@ -174,8 +174,9 @@ class VerifiedSum(Kept):
 @dataclass(frozen=True)
 class DrawState(Kept):
     """This device's part in the run's latest committee draw (ledger.committee): its secret, the list it revealed
-    the secret to (once per draw), and how many draws of this run it took part in (each is a try for a server
-    that aborts draws until one suits it: the device counts them into the risk it accepts)."""
+    the secret to (once per draw), and how many draws it has taken part in over its lifetime, this one included
+    (each is a try for a server that aborts draws, or whole runs, until one suits it: the device counts them into
+    the risk it accepts)."""
 
     KEY: ClassVar[str] = "fedproof.draw"
 
