@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, MetricRecord
 
@@ -60,22 +61,22 @@ class ClientState:
             record = MetricRecord(doc)
         if record is None:
             return cls(run_id=run_id)
+        values: dict[str, Any] = dict(record)
+
+        def spend(prefix: str) -> PrivacySpend:  # a history that went missing is damage, not a fresh budget
+            return PrivacySpend.from_lists(*(values[f"{prefix}-{k}"] for k in ("noise", "rate", "steps")))
+
         state = cls(
-            rounds_trained=int(record["rounds-trained"]),  # type: ignore[arg-type]
-            examples_seen=int(record["examples-seen"]),  # type: ignore[arg-type]
-            last_round=int(record["last-round"]),  # type: ignore[arg-type]
-            noise_multiplier=float(record["noise-multiplier"]),  # type: ignore[arg-type]
-            spend=PrivacySpend.from_lists(
-                record["dp-noise"], record["dp-rate"], record["dp-steps"]  # type: ignore[arg-type]
-            ),
+            rounds_trained=int(values["rounds-trained"]),
+            examples_seen=int(values["examples-seen"]),
+            last_round=int(values["last-round"]),
+            noise_multiplier=float(values["noise-multiplier"]),
+            spend=spend("dp"),
             run_id=str(saved_run.get("run-id", "")) if saved_run is not None else "",
-            user_spend=PrivacySpend.from_lists(record.get("user-noise", []), record.get("user-rate", []),  # type: ignore
-                                               record.get("user-steps", [])),  # type: ignore[arg-type]
-            last_asked=int(record.get("last-asked", 0)),  # type: ignore[call-overload]
-            took_part=bool(record.get("took-part", 0)),
-            server_spend=PrivacySpend.from_lists(record.get("server-noise", []),  # type: ignore[arg-type]
-                                                 record.get("server-rate", []),  # type: ignore[arg-type]
-                                                 record.get("server-steps", [])),  # type: ignore[arg-type]
+            user_spend=spend("user") if "user-noise" in values else PrivacySpend(),  # states before user-level DP
+            last_asked=int(values.get("last-asked", 0)),
+            took_part=bool(values.get("took-part", 0)),
+            server_spend=spend("server") if "server-noise" in values else PrivacySpend(),
         )
         if state.run_id != run_id:  # another run: its noise and counters are not this run's; its spend is
             state = cls(spend=state.spend, examples_seen=state.examples_seen, run_id=run_id,
