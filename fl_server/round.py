@@ -373,7 +373,7 @@ def round_metrics(result: RoundResult, loss: float, accuracy: float, seconds: fl
         epsilon_max=max(epsilons) if epsilons else None,
         epsilon_mean=float(np.mean(epsilons)) if epsilons else None,
         budget_exhausted=sum(d.status == BUDGET_EXHAUSTED for d in result.declines),
-        policy_refused=sum(d.status != BUDGET_EXHAUSTED for d in result.declines),
+        policy_refused=sum(d.status not in (BUDGET_EXHAUSTED, NOT_SAMPLED) for d in result.declines),
         rejected_updates=len(train),
         upload_bytes_per_param=float(np.mean([u.upload_bytes / num_values for u in updates])) if updates else None,
         client_train_seconds=_weighted(updates, lambda u: u.train_seconds),
