@@ -54,7 +54,8 @@ def simulate(tmp: str, clients: int, rounds: int, name: str, asked: int = 1000) 
     contributors = statistics.median(r["train_clients"] for r in trained) if trained else 0
     per_param = statistics.median(r["upload_bytes_per_param"] for r in trained if r["upload_bytes_per_param"]) \
         if trained else 0.0
-    return {"wall": wall, "rss": rss, "per_round": per_round, "steps": steps, "setup": wall - sum(r["seconds"] for r in rows),
+    keys = [json.loads(p.read_text()) for p in (run / "keys").glob("*.json") if len(p.stem) == 64]
+    return {"wall": wall, "rss": rss, "threshold": keys[0]["threshold"] if keys else 0, "per_round": per_round, "steps": steps, "setup": wall - sum(r["seconds"] for r in rows),
             "accuracy": rows[-1]["accuracy"], "rounds": len(rows), "void": len(rows) - len(trained),
             "contributors": contributors, "upload_per_param": per_param,
             "epsilon": max(doc["summary"]["epsilon_by_client"].values(), default=None),
