@@ -42,7 +42,6 @@ from ledger.signing import KEYGEN_TAG, CommitteeTerms
 from privacy.threshold import JointPublicKey, common_random_polynomial
 
 
-
 def draw_commit(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
     """A fresh secret for draw ``number`` (higher than any this device committed to in the run), kept with the
     count of draws it took part in over its lifetime; its commitment answered."""
@@ -65,7 +64,8 @@ def draw_commit(content: RecordDict, config: RunConfig, context: Context) -> Rec
 
 
 def draw_reveal(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
-    """Reveal this draw's secret to the frozen list, if it holds this device's commitment once; to one list only."""
+    """Reveal this draw's secret to the frozen list, if the list's Merkle root covers this device's commitment (its
+    proof says so); to one list only."""
     record = content.config_records.get(DRAW_KEY)
     if record is None:
         raise UpdateRejected("not a committee-draw message")
