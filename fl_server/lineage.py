@@ -50,6 +50,15 @@ def write_model(path: Path, arrays: ArrayRecord, run_id: str) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def round_record(bundle: RoundBundle) -> RoundRecord:
+    """What goes on chain for a round: the bundle's hashes, its updates' Merkle root and count, the largest epsilon."""
+    return RoundRecord(
+        run_id=run_id_hash(bundle.run_id), round=bundle.round, parent_model_hash=bundle.parent_model_hash,
+        model_hash=bundle.model_hash, updates_merkle_root=bundle.merkle_root, num_updates=len(bundle.updates),
+        epsilon_max_scaled=bundle.epsilon_max_scaled, bundle_hash=bundle.sha256,
+    )
+
+
 class Lineage:
     def __init__(self, run_path: Path, config: RunConfig, contract: LedgerContract | None,
                  initial: ArrayRecord | None = None, sleep: Callable[[float], None] = time.sleep,
@@ -98,8 +107,9 @@ class Lineage:
         return path
 
     def resume(self, like: ArrayRecord) -> tuple[int, ArrayRecord]:
-        """After a crash: the last round whose bundle was written (its record is on chain or in the outbox,
-        flushed first) and that round's model, as an ArrayRecord in ``like``'s (the model's) key order."""
+        """After a crash: the last round whose bundle was written and that round's model, as an ArrayRecord in
+        ``like``'s (the model's) key order. That round's record is sent first (from the outbox, or rebuilt from its
+        bundle when the crash came before it was queued)."""
         done = [int(p.stem.split("-")[1]) for p in self.bundles.glob("round-*.json")]
         last = max(done, default=0)
         self.model_file = self.models / f"round-{last}.safetensors"
@@ -108,6 +118,10 @@ class Lineage:
         if last and RoundBundle.from_bytes((self.bundles / f"round-{last}.json").read_bytes()).model_hash != self.parent:
             raise LedgerError(f"cannot resume: {self.model_file} is not the model round {last} recorded")
         self.recorded = len(done)
+        if last and self.contract is not None:  # killed between writing the bundle and queueing its record
+            record = round_record(RoundBundle.from_bytes((self.bundles / f"round-{last}.json").read_bytes()))
+            if record not in self.outbox.pending():
+                self.outbox.push(record)  # sending is idempotent: a record the chain holds counts as sent
         self.flush()
         tensors = safetensors_load(data)
         if set(tensors) != set(like.keys()):
@@ -144,11 +158,7 @@ class Lineage:
         self.last_bundle_sha256 = bundle.sha256.hex()
         if self.contract is None:
             return
-        self.outbox.push(RoundRecord(
-            run_id=run_id_hash(bundle.run_id), round=bundle.round, parent_model_hash=bundle.parent_model_hash,
-            model_hash=bundle.model_hash, updates_merkle_root=bundle.merkle_root, num_updates=len(bundle.updates),
-            epsilon_max_scaled=bundle.epsilon_max_scaled, bundle_hash=bundle.sha256,
-        ))
+        self.outbox.push(round_record(bundle))
         self.flush()
 
     def flush(self) -> int:

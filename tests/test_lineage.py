@@ -341,3 +341,28 @@ def test_the_wrong_ledger_is_called_the_wrong_ledger(tmp_path: Path, chain) -> N
     run(tmp_path, chain)
     with pytest.raises(ModelNotRecorded, match="if the run recorded elsewhere, name its ledger: --pin"):
         verify_model(other, tmp_path / "r1" / "model.safetensors", [tmp_path / "r1" / "ledger"])
+
+
+def test_a_run_killed_between_its_bundle_and_its_record_resumes_with_the_round_on_chain(tmp_path: Path, chain,
+                                                                                        monkeypatch) -> None:
+    """The bundle file is written first; a kill before its record reaches the outbox left resume with a round the
+    chain never heard of, and every later record out of order."""
+    from ledger.outbox import Outbox
+
+    lin = start(tmp_path, chain)
+    record_round(lin, 1, model(0), model(1))
+
+    def killed(self, record) -> None:
+        raise KeyboardInterrupt("SIGKILL")
+
+    monkeypatch.setattr(Outbox, "push", killed)
+    with pytest.raises(KeyboardInterrupt):
+        record_round(lin, 2, model(1), model(2))
+    monkeypatch.undo()
+    assert (tmp_path / "r1" / "ledger" / "round-2.json").exists() and chain.latest_round(run_id_hash("r1")) == 1
+    again = Lineage(tmp_path / "r1", lin.config, chain)
+    done, _ = again.resume(like=model(0))
+    assert done == 2 and chain.latest_round(run_id_hash("r1")) == 2
+    record_round(again, 3, model(2), model(3))  # the lineage goes on, in order
+    assert [s.round for s in lineage(chain, again.parent)] == [3, 2, 1]
+    assert again.resume(like=model(0))[0] == 3 and chain.latest_round(run_id_hash("r1")) == 3  # resent: a no-op
