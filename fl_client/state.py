@@ -43,10 +43,11 @@ class ClientState:
     user_spend: PrivacySpend = field(default_factory=PrivacySpend)
     """User-level DP: everything this device's whole dataset has spent, over all runs (a separate accountant: a
     sample-level step gives no user-level guarantee)."""
-    last_asked: int = 0
-    """User-level DP: the latest round of this run this device was asked for, and whether its coin said it takes
-    part: asked again for that round, it gives the same answer and spends nothing more."""
-    took_part: bool = False
+    drawn_through: int = 0
+    """User-level DP: the last round of this run whose coin this device has drawn (and accounted)."""
+    next_part: int = 0
+    """User-level DP: the round among those drawn whose coin said "take part" (0: none). Asked for any drawn round
+    again, the device gives the same answer and spends nothing more."""
     server_spend: PrivacySpend = field(default_factory=PrivacySpend)
     """User-level DP as the server sees it: the server knows which rounds this device uploaded in, so sampling
     amplifies nothing against it; one unsampled Gaussian step per round taken part in, over all runs."""
@@ -74,8 +75,8 @@ class ClientState:
             spend=spend("dp"),
             run_id=str(saved_run.get("run-id", "")) if saved_run is not None else "",
             user_spend=spend("user") if "user-noise" in values else PrivacySpend(),  # states before user-level DP
-            last_asked=int(values.get("last-asked", 0)),
-            took_part=bool(values.get("took-part", 0)),
+            drawn_through=int(values.get("drawn-through", values.get("last-asked", 0))),
+            next_part=int(values.get("next-part", values.get("last-asked", 0) if values.get("took-part") else 0)),
             server_spend=spend("server") if "server-noise" in values else PrivacySpend(),
         )
         if state.run_id != run_id:  # another run: its noise and counters are not this run's; its spend is
@@ -97,8 +98,8 @@ class ClientState:
                 "user-noise": users["noise"],
                 "user-rate": users["rate"],
                 "user-steps": users["steps"],
-                "last-asked": self.last_asked,
-                "took-part": int(self.took_part),
+                "drawn-through": self.drawn_through,
+                "next-part": self.next_part,
                 "server-noise": seen["noise"],
                 "server-rate": seen["rate"],
                 "server-steps": seen["steps"],

@@ -3,9 +3,10 @@
 Asked for round r, the device
 
 1. checks the run against its policy (the run may only tighten it) and its lifetime user-level budget;
-2. decides, once per round, whether it takes part: with probability q, from its own CSPRNG. The answer and one
-   accountant step are kept before anything else happens; asked for r again it gives the same answer and spends
-   nothing more; asked for an earlier round than one already asked, it refuses (a server must not re-roll coins);
+2. draws the coins of the rounds ahead, from its own CSPRNG, each "take part" with probability q, up to the first
+   that says yes (privacy.user_dp): one accountant step each, kept before anything else happens. Asked for a round
+   already drawn, it gives the same answer and spends nothing more; every reply names the round it takes part in
+   next, so the server need not ask it before then (a server that asks anyway changes nothing);
 3. if it takes part: trains locally, clips its whole update to C, adds its share of the noise, and encrypts it
    with weight 1 (each device counts once: a weight would tell its dataset's size).
 """
@@ -39,7 +40,7 @@ from fl_client.training import train_plain
 from privacy.errors import BudgetExhausted, DPConfigError
 from privacy.policy import PolicyRefusal
 from privacy.secure_random import SecureRandom
-from privacy.user_dp import UserLevelDP, noised_update, takes_part
+from privacy.user_dp import UserLevelDP, noised_update, rounds_to_next_part
 
 USER_WEIGHT = 1
 """What each device's update weighs under user-level DP: one device, one vote."""
@@ -53,57 +54,77 @@ def settings_for(config: RunConfig, context: Context) -> UserLevelDP:
                              accountant=config.accountant, rounds=config.rounds)
 
 
-def asked(state: ClientState, settings: UserLevelDP, server_round: int, rng: SecureRandom
+def asked(state: ClientState, settings: UserLevelDP, server_round: int, last_round: int, rng: SecureRandom
           ) -> tuple[ClientState, tuple[str, str] | None]:
-    """This device asked for ``server_round``: its state after (one coin and one accountant step for a round not
-    asked before; nothing new for the same round again), and why it refuses, if it does (a status and a reason)."""
-    if server_round < state.last_asked:
-        return state, (NOT_SAMPLED, f"round {server_round} is older than round {state.last_asked}, already asked")
-    if server_round > state.last_asked:
-        try:
-            settings.check_budget(state.user_spend)
-        except BudgetExhausted as exc:
-            return state, (BUDGET_EXHAUSTED, str(exc))
-        coin = takes_part(settings.participation, rng)
-        if coin and not settings.server_allows(state.server_spend):  # the server would learn too much: sit out
-            coin = False
-        state = dataclasses.replace(state, user_spend=settings.after_asked(state.user_spend), last_asked=server_round,
-                                    took_part=coin,
-                                    server_spend=settings.after_taking_part(state.server_spend) if coin
-                                    else state.server_spend)
+    """This device asked for ``server_round`` of a run of ``last_round`` rounds: its state after (new coins only
+    for a round past those drawn), and why it declines, if it does (a status and a reason)."""
+    if server_round > state.drawn_through:
+        state, refusal = draw_ahead(state, settings, server_round, last_round, rng)
+        if refusal is not None:
+            return state, refusal
+    if server_round == state.next_part:
+        return state, None
+    return state, (NOT_SAMPLED, f"this device's coin for round {server_round} said no "
+                                f"(it takes part with probability {settings.participation:g})")
+
+
+def draw_ahead(state: ClientState, settings: UserLevelDP, first: int, last_round: int, rng: SecureRandom
+               ) -> tuple[ClientState, tuple[str, str] | None]:
+    """The coins of rounds ``first``, ``first + 1``, ... up to the first that says "take part", the run's last
+    round or the lifetime budget, whichever comes first: one accountant step each, in the state returned (which the
+    caller keeps before anything leaves the device). A refusal when the budget allows no coin at all, or taking part
+    again would pass the cap on what the server learns."""
+    if not settings.server_allows(state.server_spend):
+        return state, (BUDGET_EXHAUSTED, "taking part once more would pass this device's cap on what the server, "
+                                         "which sees who uploads, learns (max_server_epsilon)")
+    gap = rounds_to_next_part(settings.participation, rng)
+    coins = settings.coins_within_budget(state.user_spend, min(gap, max(1, last_round - first + 1)))
+    if coins == 0:
+        return state, (BUDGET_EXHAUSTED, str(settings.exhausted(state.user_spend)))
+    takes_part = coins == gap
+    state = dataclasses.replace(
+        state, user_spend=settings.after_coins(state.user_spend, coins), drawn_through=first + coins - 1,
+        next_part=first + coins - 1 if takes_part else 0,
+        server_spend=settings.after_taking_part(state.server_spend) if takes_part else state.server_spend)
     return state, None
 
 
-def _report(me: str, status: str, epsilon: float | None, reason: str = "") -> RecordDict:
-    return RecordDict({"client": ClientReport(me, status, epsilon, reason).to_record(),
+def next_round(state: ClientState, server_round: int) -> int:
+    """The round after ``server_round`` this device takes part in, as far as it has drawn (0: none in this run)."""
+    return state.next_part if state.next_part > server_round else 0
+
+
+def _report(me: str, status: str, epsilon: float | None, reason: str = "", next_round: int = 0) -> RecordDict:
+    return RecordDict({"client": ClientReport(me, status, epsilon, reason, next_round).to_record(),
                        "metrics": MetricRecord({"num-examples": 0})})
 
 
 def _decide(config: RunConfig, server_round: int, context: Context, state: ClientState, save
             ) -> tuple[UserLevelDP | None, ClientState, RecordDict | None]:
-    """The round's decision, kept before anything else happens: the settings, the state after the coin, and the
+    """The round's decision, kept before anything else happens: the settings, the state after the coins, and the
     decline to send (None when this device takes part)."""
     me = client_id(context)
     try:
         settings = settings_for(config, context)
     except (PolicyRefusal, DPConfigError) as exc:
         return None, state, _report(me, POLICY_REFUSED, None, str(exc))
-    state, refusal = asked(state, settings, server_round, SecureRandom.from_os())
-    if refusal is not None:
-        return settings, state, _report(me, refusal[0], state.user_spend.epsilon(settings.delta, settings.accountant),
-                                        refusal[1])
-    save(state)  # the coin and the accountant step are kept before any update can leave
-    if not state.took_part:
+    before = state
+    state, refusal = asked(state, settings, server_round, config.rounds, SecureRandom.from_os())
+    if state != before:
+        save(state)  # the coins and their accountant steps are kept before anything leaves the device
+    if refusal is None:
+        return settings, state, None
+    if refusal[0] == NOT_SAMPLED:
         threshold.Upload.forget(context)  # an earlier round's ciphertexts: nothing to reveal any more
-        return settings, state, _report(me, NOT_SAMPLED, state.user_spend.epsilon(settings.delta, settings.accountant),
-                                        f"this device takes part with probability {settings.participation:g}")
-    return settings, state, None
+    return settings, state, _report(me, refusal[0], state.user_spend.epsilon(settings.delta, settings.accountant),
+                                    refusal[1], next_round(state, server_round))
 
 
 def user_level_check_in(config: RunConfig, server_round: int, context: Context, state: ClientState, save
                         ) -> RecordDict:
-    """Whether this device takes part in ``server_round`` (``SAMPLED``), or its decline; before any model is sent,
-    so a server asks every device cheaply and sends the model only to those that take part."""
+    """Whether this device takes part in ``server_round`` (``SAMPLED``), or its decline and the round it takes part
+    in next; before any model is sent, so a server asks devices it knows nothing of cheaply and sends the model only
+    to those that take part."""
     settings, state, declined = _decide(config, server_round, context, state, save)
     if declined is not None:
         return declined
@@ -120,12 +141,18 @@ def user_level_reply(config: RunConfig, server_round: int, model: ExtractorHead,
     if declined is not None:
         return declined
     assert settings is not None
-    epsilon = state.user_spend.epsilon(settings.delta, settings.accountant)
+    epsilon = state.user_spend.epsilon(settings.delta, settings.accountant)  # signed: the spend through this round
+    # this round's part is taken (asked again, the device declines): the coins ahead, so the server asks it again
+    # only when it is due
+    state = dataclasses.replace(state, next_part=0)
+    if server_round < config.rounds:
+        state, _ = draw_ahead(state, settings, server_round + 1, config.rounds, SecureRandom.from_os())
+    save(state)
     train_plain(model, data.train_x, data.train_y, config, seed)
     # clipped to L2 norm C first, the update is in range whatever it was (only NaN or infinity is refused)
     delta = checked_delta(ArrayRecord(model.state_dict()), global_arrays, math.inf)
     noised = noised_update(delta, settings, SecureRandom.from_os())
-    content = _report(client_id(context), TRAINED, epsilon)
+    content = _report(client_id(context), TRAINED, epsilon, next_round=next_round(state, server_round))
     threshold.encrypt_update(np.asarray(noised), USER_WEIGHT, context, sent_key).put(content)
     content["metrics"] = MetricRecord({"num-examples": USER_WEIGHT})
     sign_update(content, config, context, server_round, USER_WEIGHT, epsilon, hash_model(global_arrays, config.run_id))

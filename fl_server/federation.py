@@ -148,6 +148,7 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     )
     sink = RoundSink(lineage, run_dir, tracker, prometheus, observer, rows)
     stopped = ""
+    schedule: dict[int, int] = {}  # user-level DP: the round each device said it takes part in next
     for server_round in range(done + 1, config.rounds + 1):
         if plan.threshold is not None and not still_held(grid, plan.threshold.key):  # members went offline
             key = redraw(grid, sent, start.allow, domain, plan.threshold.key, timeout=config.round_timeout,
@@ -155,7 +156,8 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
                          colluding_share=config.colluding_share, registered=registered)
             lineage.record_key(key.signed, key.draw)
             plan = replace(plan, threshold=replace(plan.threshold, key=key))
-        result = run_round(grid, plan, server_round, model)
+        result = run_round(grid, plan, server_round, model, schedule)
+        schedule.update(result.next_rounds)
         sink(result)
         if result.stop:
             stopped = result.stop

@@ -1,8 +1,8 @@
 """One federated round, top to bottom, as plain values. :func:`run_round` reads as its phases:
 
     sample                  nodes, seeded by run and round                             pure
-    exchange check-in       user-level DP: each device flips its own coin; only those
-                            that take part are sent the model                          fl_server.round.check_in
+    exchange check-in       user-level DP: devices the server has no round for draw their
+                            coins; only those due this round are sent the model        fl_server.round.check_in
     exchange train          the global model and the round's settings                  ask (fl_server.exchange)
     decode                  each reply: Update | Declined | Rejection                  fedproof.core.replies
     (all declined?)         the run is over: RoundResult.stop
@@ -29,7 +29,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
@@ -90,8 +90,8 @@ class RoundPlan:
     server_lr: float = 1.0
     """The server's step along the mean update (DP-FedAvg's server learning rate; co-signers apply the same)."""
     check_in: bool = False
-    """User-level DP: ask every sampled device first whether it takes part (a small message), and send the model
-    only to those that do."""
+    """User-level DP: send the model only to devices due this round; ask those the server has no round for first
+    whether they take part (a small message). Every reply names the device's next round."""
     clock: Callable[[], float] = time.monotonic
 
 
@@ -114,6 +114,9 @@ class RoundResult:
     """The round's row for metrics.jsonl (None when ``stop`` is set: nothing happened to record)."""
     endorsement: Endorsement | None = None
     """Threshold HE: the key holders' co-signatures of ``model``."""
+    next_rounds: Mapping[int, int] = field(default_factory=dict)
+    """User-level DP: node -> the round its device said it takes part in next (0: none in this run), from this
+    round's replies; the run's loop keeps them (``run_round``'s ``schedule``)."""
 
     @property
     def current(self) -> ArrayRecord:
@@ -134,17 +137,22 @@ class RoundResult:
         return [r for r in self.rejections if r.phase == phase]
 
 
-def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord) -> RoundResult:
+def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecord,
+              schedule: Mapping[int, int] | None = None) -> RoundResult:
     """The round's phases, top to bottom. Each exchange goes through :func:`fl_server.exchange.ask`; the rest are
-    pure steps over values, and a phase that fails hands its reason on as a value (``Fold.failure``)."""
+    pure steps over values, and a phase that fails hands its reason on as a value (``Fold.failure``).
+    ``schedule``: user-level DP, the round each node's device said it takes part in next (earlier rounds' results)."""
     laps = _Laps(plan.clock)
     spec = ModelSpec.of(parent, plan.max_abs_delta, plan.threshold.key.params if plan.threshold else None)
     parent_hash = hash_model(parent, str(plan.settings.get("run-id", "")))  # what every update must have trained from
     nodes = sorted(grid.get_node_ids())
     asked = sample(nodes, plan.fraction_train, random.Random(f"train/{plan.seed}/{server_round}"))
     rejections: list[Rejection] = []
-    trainers, declines = (check_in(grid, plan, server_round, asked, rejections) if plan.check_in
-                          else (asked, []))
+    trainers, declines = asked, []
+    if plan.check_in:  # devices due this round train; those the server knows nothing of check in first
+        trainers, unknown = split_by_schedule(asked, schedule or {}, server_round)
+        checked, declines = check_in(grid, plan, server_round, unknown, rejections)
+        trainers, asked = sorted(trainers + checked), sorted(trainers + unknown)
     laps.lap("check-in")
     replies, set_aside = ask(grid, trainers, TRAIN, train_content(plan, parent), plan.settings, server_round,
                              plan.timeout)
@@ -152,9 +160,10 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
     laps.lap(TRAIN)
     updates, trained_declines = decode_train_replies(replies, spec, rejections)
     declines += trained_declines
+    next_rounds = {o.node_id: o.next_round for o in (*updates, *declines)} if plan.check_in else {}
     if asked and len(declines) == len(asked) and not any(d.status == NOT_SAMPLED for d in declines):
         return RoundResult(server_round, parent, None, (), tuple(declines), tuple(rejections), (), "",
-                           everyone_declined(declines, len(asked), server_round), None)
+                           everyone_declined(declines, len(asked), server_round), None, next_rounds=next_rounds)
     admitted = admit(plan.admission, server_round, updates, parent_hash, rejections)
     committed: tuple[SignedEnvelope, ...] = ()
     if plan.threshold is not None:  # commit, then reveal: the sum's leaves are fixed before any ciphertext is seen
@@ -179,7 +188,7 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
     loss, accuracy = plan.evaluate(fold.model if fold.model is not None else parent)
     laps.lap("central")
     result = RoundResult(server_round, parent, fold.model, fold.used, tuple(declines), tuple(rejections),
-                         tuple(evaluations), fold.failure, "", None, fold.endorsement)
+                         tuple(evaluations), fold.failure, "", None, fold.endorsement, next_rounds)
     metrics = round_metrics(result, loss, accuracy, laps.total(), spec.num_values)
     return replace(result, metrics=replace(metrics, step_seconds=laps.steps))
 
@@ -208,9 +217,21 @@ def train_content(plan: RoundPlan, parent: ArrayRecord) -> RecordDict:
     return content
 
 
+def split_by_schedule(nodes: list[int], schedule: Mapping[int, int], server_round: int
+                      ) -> tuple[list[int], list[int]]:
+    """User-level DP: the nodes whose devices said they take part in this round, and those the server knows nothing
+    of (not asked yet in this run, or their round passed without them). The rest said a later round, or none, and
+    are not asked: their coins for this round said no (a device asked anyway answers the same)."""
+    due = [n for n in nodes if schedule.get(n) == server_round]
+    unknown = [n for n in nodes if n not in schedule or 0 < schedule[n] < server_round]
+    return due, unknown
+
+
 def check_in(grid: Grid, plan: RoundPlan, server_round: int, asked: list[int], rejections: list[Rejection]
              ) -> tuple[list[int], list[Declined]]:
     """The nodes whose devices take part this round, and the others' declines (not sampled, budget, policy)."""
+    if not asked:
+        return [], []
     replies, missing = ask(grid, asked, CHECK_IN, RecordDict(), plan.settings, server_round, plan.timeout,
                            phase=TRAIN)
     rejections.extend(missing)

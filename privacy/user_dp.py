@@ -8,10 +8,14 @@ holds at least ``floor - colluders`` honest shares: noise of standard deviation 
 server does. ``colluders`` is the assumption: how many of a sum's contributors may be the server's accomplices,
 who know (and could subtract) their own shares.
 
-Each device samples itself: asked for a round, it takes part with probability ``q`` from its own CSPRNG (Balle et
-al., "Privacy amplification via random check-ins", NeurIPS 2020), so amplification by sampling holds however often
-the server asks. Its accountant composes one step of the subsampled Gaussian mechanism (rate q, noise multiplier
-``noise``) for every round it was asked, whether or not it took part; it refuses once its lifetime budget is spent.
+Each device samples itself: for every round of a run it draws, from its own CSPRNG, a coin that says "take part"
+with probability ``q`` (Balle et al., "Privacy amplification via random check-ins", NeurIPS 2020), so amplification
+by sampling holds however often the server asks. It draws the coins ahead, up to the first that says yes, and tells
+the server that round: the server then asks only the devices due in a round, instead of all of them every round.
+Knowing the round early tells the server nothing it would not learn from the uploads (it is accounted without
+amplification anyway, below). Its accountant composes one step of the subsampled Gaussian mechanism (rate q,
+noise multiplier ``noise``) for every coin drawn, whether or not it said yes; it draws no coin past its lifetime
+budget.
 
 Adversary model, beside ours: Kairouz et al. assume an honest-but-curious server that runs secure aggregation as
 specified. Here the decryptors' checks (fl_client.threshold) enforce the floor against an active server; the
@@ -71,10 +75,6 @@ class UserLevelDP:
         """Each device's share of the noise: ``floor - colluders`` honest shares add up to ``noise * clip``."""
         return self.noise * self.clip / math.sqrt(self.floor - self.colluders)
 
-    def after_asked(self, spent: PrivacySpend) -> PrivacySpend:
-        """The spend after one more round asked (taken part in or not: the sampling is what is accounted)."""
-        return spent.after(self.noise, self.participation, 1)
-
     def after_taking_part(self, seen: PrivacySpend) -> PrivacySpend:
         """The spend as the server sees it after one more round taken part in: one Gaussian step, not subsampled
         (the server knows the device uploaded)."""
@@ -87,14 +87,30 @@ class UserLevelDP:
         return self.after_taking_part(seen).epsilon(self.delta, self.accountant) <= self.max_server_epsilon + \
             EPSILON_SLACK
 
-    def check_budget(self, spent: PrivacySpend) -> float:
-        """Epsilon after one more round asked; :class:`BudgetExhausted` if that passes the lifetime cap."""
-        if math.isinf(self.max_epsilon):
-            return math.inf
-        projected = self.after_asked(spent).epsilon(self.delta, self.accountant)
-        if projected > self.max_epsilon + EPSILON_SLACK:
-            raise BudgetExhausted(spent.epsilon(self.delta, self.accountant), projected, self.max_epsilon)
-        return projected
+    def after_coins(self, spent: PrivacySpend, coins: int) -> PrivacySpend:
+        """The spend after ``coins`` more rounds' coins drawn (taken part in or not: the sampling is what is
+        accounted)."""
+        return spent.after(self.noise, self.participation, coins)
+
+    def coins_within_budget(self, spent: PrivacySpend, wanted: int) -> int:
+        """The most of ``wanted`` more rounds' coins the lifetime budget allows (a bisection: a few accountant calls,
+        not one per round)."""
+        def fits(coins: int) -> bool:
+            return self.after_coins(spent, coins).epsilon(self.delta, self.accountant) <= \
+                self.max_epsilon + EPSILON_SLACK
+
+        if math.isinf(self.max_epsilon) or fits(wanted):
+            return wanted
+        low, high = 0, wanted  # fits(low), not fits(high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        return low
+
+    def exhausted(self, spent: PrivacySpend) -> BudgetExhausted:
+        """Why one more round's coin would pass the lifetime cap."""
+        return BudgetExhausted(spent.epsilon(self.delta, self.accountant),
+                               self.after_coins(spent, 1).epsilon(self.delta, self.accountant), self.max_epsilon)
 
 
 @functools.lru_cache(maxsize=256)
@@ -111,9 +127,15 @@ def calibrate_user_noise(target_epsilon: float, delta: float, participation: flo
                             f"participation {participation:g}: {exc}") from exc
 
 
-def takes_part(participation: float, rng: SecureRandom) -> bool:
-    """The device's own coin: True with probability ``participation``, from its CSPRNG (never from a message)."""
-    return bool(rng.uniform(1)[0] < participation)
+def rounds_to_next_part(participation: float, rng: SecureRandom) -> int:
+    """How many rounds' coins, drawn one after another from this round on, it takes until one says "take part":
+    Geometric(q) on 1, 2, ..., from one uniform of the device's CSPRNG (never from a message). The same law as one
+    independent coin per round (the gaps between a Bernoulli process's successes), drawn at once so that a device
+    can tell the server in advance which round it next takes part in (random check-ins: Balle et al. 2020)."""
+    if participation >= 1:
+        return 1
+    u = float(rng.uniform(1)[0])  # in [0, 1): P(result > k) = P(1 - u <= (1 - q)^k) = (1 - q)^k
+    return int(math.floor(math.log1p(-u) / math.log1p(-participation))) + 1
 
 
 def clip_update(delta: np.ndarray, clip: float) -> tuple[np.ndarray, bool]:

@@ -9,7 +9,7 @@ import pytest
 
 from fedproof.core.protocol import BUDGET_EXHAUSTED, NOT_SAMPLED
 from fl_client.state import ClientState
-from fl_client.user_level import asked
+from fl_client.user_level import asked, next_round
 from privacy.dp import PrivacySpend
 from privacy.errors import DPConfigError
 from privacy.policy import PolicyRefusal, PrivacyPolicy
@@ -24,40 +24,64 @@ def settings(**kw) -> UserLevelDP:
 
 
 def test_a_server_that_asks_every_round_gets_a_device_at_most_q_of_the_time() -> None:
-    """Asked 2,000 rounds (and each round three times), the device takes part within the binomial bound of q."""
+    """Asked 2,000 rounds (and each round three times), the device takes part within the binomial bound of q; its
+    accountant counts every round's coin once, however often it was asked."""
     s, state, rng = settings(participation=0.1, max_epsilon=math.inf), ClientState(), SecureRandom.from_os()
-    taken = 0
+    taken: list[int] = []
     for server_round in range(1, 2001):
         answers = set()
         for _ in range(3):  # asking again for the same round re-rolls nothing and spends nothing
-            before = state.user_spend
-            state, refusal = asked(state, s, server_round, rng)
-            assert refusal is None
-            answers.add(state.took_part)
-        assert len(answers) == 1 and state.user_spend.steps == server_round and before.steps >= server_round - 1
-        taken += state.took_part
+            state, refusal = asked(state, s, server_round, 2000, rng)
+            assert refusal is None or refusal[0] == NOT_SAMPLED
+            answers.add(refusal is None)
+            assert state.user_spend.steps == state.drawn_through >= server_round
+        assert len(answers) == 1
+        if refusal is None:
+            taken.append(server_round)
     mean, sd = 2000 * 0.1, math.sqrt(2000 * 0.1 * 0.9)
-    assert abs(taken - mean) < 5 * sd  # 200 +- 67
-    state, refusal = asked(state, s, 1999, rng)  # an earlier round: no new coin
+    assert abs(len(taken) - mean) < 5 * sd  # 200 +- 67
+    gaps = np.diff([0, *taken])
+    assert abs(float(np.mean(gaps)) - 10) < 2  # geometric gaps of mean 1/q: the law of one coin per round
+    said_no = next(r for r in range(1999, 0, -1) if r not in taken)
+    state, refusal = asked(state, s, said_no, 2000, rng)  # an earlier round: its coin is kept, none drawn again
     assert refusal is not None and refusal[0] == NOT_SAMPLED and state.user_spend.steps == 2000
+
+
+def test_a_device_names_its_next_round_and_is_charged_for_no_coin_past_the_run_or_its_budget() -> None:
+    """The coins ahead stop at the first that says yes, at the run's last round and at the lifetime budget: a
+    device asked for round 1 of a 5-round run at q = 0.01 is charged 5 coins at most, never the 100 its gap says."""
+    rng = SecureRandom.from_os()
+    state, refusal = asked(ClientState(), settings(participation=0.01, max_epsilon=math.inf), 1, 5, rng)
+    assert state.user_spend.steps == state.drawn_through <= 5
+    if refusal is not None:
+        assert next_round(state, 1) in (0, state.drawn_through)
+    tight = settings(participation=0.01, noise=1.0, max_epsilon=1.0)
+    affordable = tight.coins_within_budget(PrivacySpend(), 10_000)
+    assert 0 < affordable < 10_000
+    assert tight.after_coins(PrivacySpend(), affordable).epsilon(1e-5, "rdp") <= 1.0 + 0.01
+    assert tight.after_coins(PrivacySpend(), affordable + 1).epsilon(1e-5, "rdp") > 1.0
+    state, _ = asked(ClientState(), tight, 1, 10_000, rng)
+    assert state.drawn_through <= affordable
+    spent, refusal = asked(ClientState(user_spend=tight.after_coins(PrivacySpend(), affordable)), tight, 1, 10, rng)
+    assert refusal is not None and refusal[0] == BUDGET_EXHAUSTED and spent.user_spend.steps == affordable
 
 
 def test_the_server_which_sees_who_uploads_is_accounted_without_amplification_and_can_be_capped() -> None:
     """Sampling hides nothing from the server: it received the device's ciphertexts. The device keeps a second
-    accountant, one unsampled Gaussian step per round it took part in, and sits a round out rather than pass its
+    accountant, one unsampled Gaussian step per round it took part in, and stops taking part rather than pass its
     policy's cap on it."""
     s, state, rng = settings(participation=0.5, max_epsilon=math.inf), ClientState(), SecureRandom.from_os()
     for server_round in range(1, 41):
-        state, _ = asked(state, s, server_round, rng)
-        taken = state.server_spend.steps
+        state, _ = asked(state, s, server_round, 40, rng)
+    taken = state.server_spend.steps
     assert 5 < taken < 35 and state.server_spend.history == ((1.0, 1.0, taken),)
     one = PrivacySpend().after(1.0, 1.0, 1).epsilon(1e-5, "rdp")
     capped, state = settings(participation=1.0, max_epsilon=math.inf, max_server_epsilon=one * 2.5), ClientState()
     took = []
     for server_round in range(1, 11):
-        state, refusal = asked(state, capped, server_round, rng)
-        assert refusal is None
-        took.append(state.took_part)
+        state, refusal = asked(state, capped, server_round, 10, rng)
+        assert refusal is None or refusal[0] == BUDGET_EXHAUSTED
+        took.append(refusal is None)
     assert 1 <= sum(took) < 10 and took == sorted(took, reverse=True)  # it stopped uploading once the cap was near
     assert state.server_spend.epsilon(1e-5, "rdp") <= one * 2.5 + 0.01
 
@@ -69,9 +93,8 @@ def test_a_devices_user_level_epsilon_composes_across_runs_and_stops_at_its_life
     for run in ("a", "b", "c", "d", "e", "f"):
         state = ClientState(run_id=run, user_spend=state.user_spend)  # a new run: its rounds count from 1 again
         for server_round in range(1, 9):  # runs of 8 rounds
-            state, refusal = asked(state, s, server_round, rng)
-            if refusal is not None:
-                assert refusal[0] == BUDGET_EXHAUSTED
+            state, refusal = asked(state, s, server_round, 8, rng)
+            if refusal is not None and refusal[0] == BUDGET_EXHAUSTED:
                 break
             spent.append(state.user_spend.epsilon(s.delta, s.accountant))
         else:
@@ -194,9 +217,19 @@ def test_a_device_checks_in_once_per_round_and_a_train_message_gets_the_same_ans
         again = ClientReport.from_reply(app.check_in(ask, context).content)
         assert first.status == again.status and first.epsilon == again.epsilon  # nothing re-rolled, nothing spent
         answers[i] = first.status
+        # a decline names the round the device's coins say it takes part in next (0: none left in the run)
+        assert first.status == SAMPLED or first.next_round == 0 or 1 < first.next_round <= config.rounds
         if first.status != SAMPLED:  # the model sent anyway: the device declines, untrained
             train = Message(RecordDict({ARRAYS_KEY: parent, CONFIG_KEY: round_settings(sent, 1)}),
                             dst_node_id=i + 1, message_type="train")
             report = ClientReport.from_reply(app.train(train, context).content)
             assert report.status == first.status and report.epsilon == first.epsilon
     assert 5 <= sum(s == SAMPLED for s in answers.values()) <= 35, answers  # q = 0.5 of 40
+
+
+def test_the_server_asks_a_device_when_it_is_due_and_asks_those_it_knows_nothing_of_to_check_in() -> None:
+    from fl_server.round import split_by_schedule
+
+    schedule = {1: 3, 2: 5, 3: 0, 4: 2}  # node 4's round passed without it (offline): it checks in again
+    due, unknown = split_by_schedule([1, 2, 3, 4, 5], schedule, 3)
+    assert due == [1] and unknown == [4, 5]  # 2 is due later, 3 takes no part in this run: neither is asked

@@ -46,11 +46,16 @@ class ClientReport:
     epsilon: float | None = None
     """Privacy spent so far; None when the client trains without DP."""
     reason: str = ""
+    next_round: int = 0
+    """User-level DP: the next round this device takes part in, as far as its coins are drawn (0: none known).
+    A hint for the server's asking, nothing more: a device's participation never depends on it."""
 
     def to_record(self) -> ConfigRecord:
         record = ConfigRecord({"client-id": self.client_id, "status": self.status, "reason": self.reason})
         if self.epsilon is not None:
             record["epsilon"] = float(self.epsilon)
+        if self.next_round:
+            record["next-round"] = int(self.next_round)
         return record
 
     @classmethod
@@ -64,13 +69,16 @@ class ClientReport:
             client_id, status = _typed(record, "client-id", str), _typed(record, "status", str)
             reason = _typed(record, "reason", str) if "reason" in record else ""
             epsilon = _typed(record, "epsilon", float) if "epsilon" in record else None
+            next_round = _typed(record, "next-round", int) if "next-round" in record else 0
         except (KeyError, TypeError) as exc:
             raise UpdateRejected(f"malformed client report: {exc}") from exc
         if status not in (TRAINED, BUDGET_EXHAUSTED, POLICY_REFUSED, NOT_SAMPLED, SAMPLED, WITHHELD, REFUSED):
             raise UpdateRejected(f"client report has an unknown status {status[:40]!r}")
         if epsilon is not None and not (math.isfinite(epsilon) and epsilon >= 0):
             raise UpdateRejected("client report's epsilon is not a finite non-negative number")
-        return cls(client_id, status, epsilon, reason)
+        if not 0 <= next_round < 1 << 31:
+            raise UpdateRejected("client report's next round is not a round number")
+        return cls(client_id, status, epsilon, reason, next_round)
 
 
 # ----------------------------------------------------------------------------------------- encrypted updates

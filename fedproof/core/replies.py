@@ -85,6 +85,8 @@ class Declined:
     status: str = BUDGET_EXHAUSTED
     """BUDGET_EXHAUSTED, POLICY_REFUSED (the run asked for less privacy than the client's policy allows), or
     NOT_SAMPLED (user-level DP: the device's own coin said it sits this round out)."""
+    next_round: int = 0
+    """User-level DP: the round the device says it takes part in next (0: none in this run); unsigned, a hint."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class Update:
     train_loss: float | None = None
     train_seconds: float | None = None
     secure_seconds: float | None = None
+    next_round: int = 0
+    """User-level DP: the round the device says it takes part in next (0: none in this run); unsigned, a hint."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,8 @@ def _check_in(msg: Message) -> int | Declined:
     if report.status == SAMPLED:
         return msg.metadata.src_node_id
     if report.status in (BUDGET_EXHAUSTED, POLICY_REFUSED, NOT_SAMPLED):
-        return Declined(msg.metadata.src_node_id, report.client_id, report.epsilon, report.reason, report.status)
+        return Declined(msg.metadata.src_node_id, report.client_id, report.epsilon, report.reason, report.status,
+                        report.next_round)
     raise UpdateRejected(f"client {report.client_id} answered a check-in with {report.status!r}", Reason.MALFORMED)
 
 
@@ -258,7 +263,7 @@ def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
     node, content = msg.metadata.src_node_id, msg.content
     report = ClientReport.from_reply(content)
     if report is not None and report.status in (BUDGET_EXHAUSTED, POLICY_REFUSED, NOT_SAMPLED):
-        return Declined(node, report.client_id, report.epsilon, report.reason, report.status)
+        return Declined(node, report.client_id, report.epsilon, report.reason, report.status, report.next_round)
     count = _num_examples(content.metric_records.get(METRICS_KEY))
     if spec.he is not None:  # a commitment only: the ciphertexts come once the round's commitments are frozen
         _commitment(content, spec)
@@ -277,7 +282,7 @@ def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
         epsilon=unscale_epsilon(envelope.fields.epsilon_scaled), envelope=envelope,
         payload_sha256=digest, delta=delta, ciphertexts=payload, upload_bytes=size,
         train_loss=_finite(metrics, "train_loss"), train_seconds=_finite(metrics, "train-seconds"),
-        secure_seconds=_finite(metrics, "secure-seconds"),
+        secure_seconds=_finite(metrics, "secure-seconds"), next_round=report.next_round,
     )
 
 
