@@ -7,6 +7,8 @@ comes from its node config (``partition-id``, ``num-partitions``: set by the sim
 
 from __future__ import annotations
 
+from fedproof.base.records import get_record
+
 import hashlib
 import time
 from dataclasses import dataclass
@@ -125,13 +127,13 @@ it evaluates)."""
 
 
 def _remember_sent_model(context: Context, arrays: ArrayRecord) -> None:
-    record = context.state.config_records.get(SENT_MODELS_KEY)
+    record = get_record(context.state, SENT_MODELS_KEY, ConfigRecord)
     seen = list(record["digests"]) if record is not None else []  # type: ignore[arg-type]
     context.state[SENT_MODELS_KEY] = ConfigRecord({"digests": (seen + [model_digest(arrays)])[-16:]})
 
 
 def _was_sent_for_training(context: Context, arrays: ArrayRecord) -> bool:
-    record = context.state.config_records.get(SENT_MODELS_KEY)
+    record = get_record(context.state, SENT_MODELS_KEY, ConfigRecord)
     return record is not None and model_digest(arrays) in list(record["digests"])  # type: ignore[arg-type]
 
 
@@ -145,7 +147,7 @@ def train(msg: Message, context: Context) -> Message:
     if job.config.dp and job.config.privacy == "user":  # each device's whole dataset: its own coin and accountant
         content = user_level_reply(job.config, job.server_round, job.model, job.data, job.global_arrays, context,
                                    state, seed, lambda kept: kept.save(context, saved),
-                                   msg.content.array_records.get(PUBLIC_KEY_KEY))
+                                   get_record(msg.content, PUBLIC_KEY_KEY, ArrayRecord))
         return Message(content, reply_to=msg)
     policy = client_policy(job.config, context)
     # the weight this client's update carries: its registered, declared dataset size on a device (its privacy is
@@ -169,7 +171,7 @@ def train(msg: Message, context: Context) -> Message:
         if job.config.he:
             delta = checked_delta(trained, job.global_arrays, PLAIN_MAX_ABS_DELTA)
             threshold.encrypt_update(delta, weight, context,
-                                     msg.content.array_records.get(PUBLIC_KEY_KEY)).put(content)
+                                     get_record(msg.content, PUBLIC_KEY_KEY, ArrayRecord)).put(content)
         else:
             content[ARRAYS_KEY] = plain_update(trained, job.global_arrays)
         metrics = {"num-examples": weight, "rounds-trained": outcome.state.rounds_trained,

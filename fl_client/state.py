@@ -15,6 +15,8 @@ that reshuffles partitions finds the same budget.
 
 from __future__ import annotations
 
+from fedproof.base.records import get_record
+
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,7 +57,8 @@ class ClientState:
     @classmethod
     def load(cls, context: Context, path: Path | None = None, run_id: str = "") -> ClientState:
         """This client's state for run ``run_id``: the run's own fields reset if the saved state is another run's."""
-        record, saved_run = context.state.metric_records.get(STATE_KEY), context.state.config_records.get(RUN_KEY)
+        record = get_record(context.state, STATE_KEY, MetricRecord)
+        saved_run = get_record(context.state, RUN_KEY, ConfigRecord)
         if record is None and path is not None and path.is_file():
             doc = json.loads(read_bounded(path, _MAX_STATE_FILE, "client state file", ValueError))
             saved_run = {"run-id": str(doc.pop("run-id", ""))}

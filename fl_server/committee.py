@@ -17,6 +17,8 @@ revealed, and its only lever (aborting a draw) is counted by every device agains
 
 from __future__ import annotations
 
+from fedproof.base.records import get_record, need_record
+
 import logging
 import math
 from collections.abc import Mapping
@@ -160,7 +162,7 @@ def draw(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, timeou
     for reply in replies:
         if reply.has_error():
             continue
-        record = reply.content.config_records.get(DRAW_KEY)
+        record = get_record(reply.content, DRAW_KEY, ConfigRecord)
         party = record.get("party") if record is not None else None
         value = record.get("commitment") if record is not None else None
         if isinstance(party, str) and party in allow.keys and isinstance(value, bytes) and len(value) == 32 \
@@ -186,7 +188,7 @@ def draw(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, timeou
         if party is None or reply.has_error():
             continue
         try:
-            secret = reply.content.config_records[DRAW_KEY]["secret"]
+            secret = need_record(reply.content, DRAW_KEY, ConfigRecord)["secret"]
             envelope = SignedEnvelope.take(reply.content)
             if not isinstance(secret, bytes) or commitment(party, secret) != committed[party][1]:
                 continue
@@ -221,7 +223,7 @@ def join(grid: Grid, settings: Mapping, key: FederationKey, transcript: Draw, no
     for start in range(0, len(nodes), JOIN_BATCH):
         replies, _ = ask(grid, nodes[start:start + JOIN_BATCH], KEY_JOIN, content, settings, 0, timeout, group="join")
         for reply in replies:
-            record = None if reply.has_error() else reply.content.config_records.get("confirmed")
+            record = None if reply.has_error() else get_record(reply.content, "confirmed", ConfigRecord)
             if record is not None and record.get("key-sha256") == key.statement.sha256:
                 confirmed += 1
             elif reply.has_error():

@@ -18,6 +18,8 @@ every holder's signature, which the lineage records on chain before the first ro
 
 from __future__ import annotations
 
+from fedproof.base.records import get_record, need_record
+
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -187,7 +189,7 @@ class _Ceremony:
         hellos: dict[str, tuple[int, Hello, SignedEnvelope]] = {}
         for reply in self._ask(asked, KEYGEN_HELLO, lambda node: RecordDict()):
             try:
-                party, contribution, key = take_hello(reply.content.config_records["hello"])
+                party, contribution, key = take_hello(need_record(reply.content, "hello", ConfigRecord))
                 announced = Hello(party, contribution, key)
                 envelope = SignedEnvelope.take(reply.content)
                 self._verify(envelope, 1, party, announced.chunks())
@@ -213,7 +215,7 @@ class _Ceremony:
         commitments = {}
         for party, reply in self._replies(KEYGEN_COMMIT, with_hellos):
             try:
-                commitment = reply.content.config_records["commitment"]["commitment"]
+                commitment = need_record(reply.content, "commitment", ConfigRecord)["commitment"]
                 if not isinstance(commitment, bytes) or len(commitment) != 32:
                     raise KeyCeremonyFailed("a commitment is 32 bytes")
                 envelope = SignedEnvelope.take(reply.content)
@@ -240,8 +242,8 @@ class _Ceremony:
         deals, cheats = {}, set()
         for party, reply in self._replies(KEYGEN_REVEAL, with_commitments):
             try:
-                public = reply.content.array_records["deal"]["public-share"].numpy()
-                sealed_record = reply.content.config_records["sealed"]
+                public = need_record(reply.content, "deal", ArrayRecord)["public-share"].numpy()
+                sealed_record = need_record(reply.content, "sealed", ConfigRecord)
                 sealed = dict(zip(list(sealed_record["recipients"]), list(sealed_record["shares"])))
                 envelope = SignedEnvelope.take(reply.content)
                 if set(sealed) != set(parties) or not all(isinstance(s, bytes) for s in sealed.values()):
@@ -281,8 +283,8 @@ class _Ceremony:
         for party, reply in self._replies(KEYGEN_FINISH, with_deals):
             try:
                 envelope = SignedEnvelope.take(reply.content)
-                if "complaint" in reply.content.config_records:
-                    record = reply.content.config_records["complaint"]
+                if get_record(reply.content, "complaint", ConfigRecord) is not None:
+                    record = need_record(reply.content, "complaint", ConfigRecord)
                     complaint = Complaint(party, str(record["dealer"]), bytes(record["exchange-private"]))
                     if complaint.dealer not in deals:
                         raise KeyCeremonyFailed(f"{party} complains about {complaint.dealer!r}, not a dealer")
@@ -290,7 +292,7 @@ class _Ceremony:
                     culprit = judge(self.params, complaint, hellos[party], deals[complaint.dealer][1][party], seed)
                     culprits[culprit] = f"{party}'s complaint about {complaint.dealer}"
                     continue
-                if reply.content.config_records["key"]["statement"] != statement.to_bytes():
+                if need_record(reply.content, "key", ConfigRecord)["statement"] != statement.to_bytes():
                     raise KeyCeremonyFailed("it computed another key statement than the server")
                 verify_statement(self.allow, self.domain, envelope.fields, envelope.signature, tag=KEY_TAG, round=0,
                                  client_id=party, payload_sha256=statement.sha256)
@@ -316,7 +318,7 @@ class _Ceremony:
         confirmed = set()
         for party, reply in self._replies(KEYGEN_CONFIRM, lambda _n: RecordDict({CEREMONY_KEY: self.record,
                                                                                   "key-statement": record})):
-            record_reply = reply.content.config_records.get("confirmed")
+            record_reply = get_record(reply.content, "confirmed", ConfigRecord)
             if record_reply is not None and record_reply.get("key-sha256") == signed.statement.sha256:
                 confirmed.add(party)
         self._all_answered("confirm", confirmed)

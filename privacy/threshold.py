@@ -388,9 +388,14 @@ def lagrange(points: Sequence[int], own: int, q: int) -> int:
 
 def pack_ciphertext(params: ThresholdParams, residues: np.ndarray) -> bytes:
     """A ciphertext's 2N residues, ``data_bits`` bits each, little-endian: 15 bytes per value for 60 bits
-    (SEAL's own zstd serialization of the same ciphertext takes 16.0)."""
-    bits = np.unpackbits(np.asarray(residues, dtype="<u8").view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
-    return np.packbits(bits[:, : params.data_bits], bitorder="little").tobytes()
+    (SEAL's own zstd serialization of the same ciphertext takes 16.0). Two residues (2 * 60 bits) fill 15 bytes
+    exactly, so packing is word arithmetic on pairs, not a bit array (a decryptor unpacks every update of a round)."""
+    d = _pair_bits(params)
+    pairs = np.asarray(residues, dtype="<u8").reshape(-1, 2)
+    lo = pairs[:, 0] | (pairs[:, 1] << np.uint64(d))
+    hi = pairs[:, 1] >> np.uint64(64 - d)
+    words = np.stack([lo, hi], axis=1).astype("<u8").view(np.uint8).reshape(-1, 16)
+    return words[:, : d // 4].tobytes()
 
 
 def ciphertext_polys(params: ThresholdParams, chunk: bytes) -> np.ndarray:
@@ -398,13 +403,25 @@ def ciphertext_polys(params: ThresholdParams, chunk: bytes) -> np.ndarray:
     if not isinstance(chunk, (bytes, bytearray)) or len(chunk) != params.ciphertext_bytes:
         size = len(chunk) if isinstance(chunk, (bytes, bytearray)) else type(chunk).__name__
         raise CiphertextError(f"a ciphertext is {params.ciphertext_bytes} bytes for these parameters, got {size}")
-    bits = np.unpackbits(np.frombuffer(bytes(chunk), dtype=np.uint8), bitorder="little").reshape(-1, params.data_bits)
-    padded = np.zeros((bits.shape[0], 64), dtype=np.uint8)
-    padded[:, : params.data_bits] = bits
-    residues = np.packbits(padded, axis=1, bitorder="little").view("<u8").ravel().astype(U64)
+    d = _pair_bits(params)
+    words = np.zeros((params.n, 16), dtype=np.uint8)  # N pairs of residues, each pair in two 64-bit words
+    words[:, : d // 4] = np.frombuffer(chunk, dtype=np.uint8).reshape(params.n, d // 4)
+    lo, hi = words.view("<u8")[:, 0], words.view("<u8")[:, 1]
+    mask = np.uint64((1 << d) - 1)
+    residues = np.empty((params.n, 2), dtype=U64)
+    residues[:, 0] = lo & mask
+    residues[:, 1] = ((lo >> np.uint64(d)) | (hi << np.uint64(64 - d))) & mask
     if np.any(residues >= params.q):
         raise CiphertextError("corrupt ciphertext: a coefficient is not a residue mod q")
     return residues.reshape(2, params.n)
+
+
+def _pair_bits(params: ThresholdParams) -> int:
+    """``data_bits``, which the pair packing needs a multiple of 4 in [32, 64] (60: the scheme's)."""
+    d = params.data_bits
+    if d % 4 or not 32 <= d <= 64:
+        raise CiphertextError(f"ciphertext packing needs data bits a multiple of 4 in [32, 64], not {d}")
+    return d
 
 
 def sum_ciphertexts(params: ThresholdParams, payloads: Sequence[Sequence[bytes]]) -> np.ndarray:

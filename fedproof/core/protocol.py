@@ -11,6 +11,8 @@ replies, with every check.
 
 from __future__ import annotations
 
+from fedproof.base.records import get_record, need_record
+
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,7 +64,7 @@ class ClientReport:
     def from_reply(cls, content: RecordDict) -> ClientReport | None:
         """The report in a reply; None if it carries none (not a fedproof client); :class:`UpdateRejected` if
         it is malformed (fields of the wrong type, an unknown status, an epsilon that is not a finite number)."""
-        record = content.config_records.get(REPORT_KEY)
+        record = get_record(content, REPORT_KEY, ConfigRecord)
         if record is None:
             return None
         try:
@@ -147,7 +149,8 @@ class EncryptedPayload:
     @classmethod
     def take(cls, content: RecordDict) -> EncryptedPayload:
         """The payload in ``content``; :class:`UpdateRejected` if it is missing or malformed."""
-        record, header = content.array_records.get(CIPHERTEXTS_KEY), content.config_records.get(HEADER_KEY)
+        record = get_record(content, CIPHERTEXTS_KEY, ArrayRecord)
+        header = get_record(content, HEADER_KEY, ConfigRecord)
         if record is None or header is None:
             raise UpdateRejected("the reply carries no encrypted update (was the client started without HE?)",
                                  Reason.WRONG_MODE)
@@ -184,7 +187,7 @@ class SignedEnvelope:
 
     @classmethod
     def take(cls, content: RecordDict, key: str = SIGNED_KEY) -> SignedEnvelope:
-        record = content.config_records.get(key)
+        record = get_record(content, key, ConfigRecord)
         if record is None:
             raise UpdateRejected("the reply is not signed", Reason.UNSIGNED)
         try:
@@ -225,9 +228,9 @@ def model_digest(arrays: ArrayRecord) -> str:
 
 def payload_chunks(content: RecordDict) -> list[bytes]:
     """The exact bytes of a reply's payload, as signed: its ciphertexts, or each plaintext array's name and bytes."""
-    if CIPHERTEXTS_KEY in content.array_records:
-        return list(unpack_ciphertexts(content.array_records[CIPHERTEXTS_KEY]))
-    arrays = content.array_records.get(ARRAYS_KEY)
+    if get_record(content, CIPHERTEXTS_KEY, ArrayRecord) is not None:
+        return list(unpack_ciphertexts(need_record(content, CIPHERTEXTS_KEY, ArrayRecord)))
+    arrays = get_record(content, ARRAYS_KEY, ArrayRecord)
     if arrays is None:
         raise UpdateRejected("the reply carries no update", Reason.WRONG_MODE)
     return [part for key, array in arrays.items() for part in (key.encode(), array.data)]
@@ -304,7 +307,7 @@ class RevealRequest:
 
     @classmethod
     def take(cls, content: RecordDict) -> RevealRequest:
-        record = content.config_records.get(REQUEST_KEY)
+        record = get_record(content, REQUEST_KEY, ConfigRecord)
         if record is None:
             raise UpdateRejected("not a reveal request")
         try:
@@ -340,7 +343,7 @@ class DecryptionRequest:
 
     @classmethod
     def take(cls, content: RecordDict) -> DecryptionRequest:
-        record = content.config_records.get(REQUEST_KEY)
+        record = get_record(content, REQUEST_KEY, ConfigRecord)
         if record is None:
             raise UpdateRejected("not a decryption request")
         try:
@@ -355,7 +358,7 @@ class DecryptionRequest:
             raise UpdateRejected(f"a decryption request of {count} leaves")
         leaves = []
         for i in range(count):
-            arrays = content.array_records.get(f"leaf-{i:04d}")
+            arrays = get_record(content, f"leaf-{i:04d}", ArrayRecord)
             if arrays is None:
                 raise UpdateRejected(f"leaf {i} of the request carries no ciphertexts")
             leaves.append((SignedEnvelope.take(content, f"leaf-{i:04d}-signed"), unpack_ciphertexts(arrays)))
@@ -387,7 +390,7 @@ class CosignRequest:
     @classmethod
     def take(cls, content: RecordDict) -> CosignRequest:
         decryption = DecryptionRequest.take(content)
-        record, parent = content.config_records.get(COSIGN_KEY), content.array_records.get(ARRAYS_KEY)
+        record, parent = get_record(content, COSIGN_KEY, ConfigRecord), get_record(content, ARRAYS_KEY, ArrayRecord)
         if record is None or parent is None:
             raise UpdateRejected("not a co-signing request")
         try:
@@ -398,7 +401,7 @@ class CosignRequest:
             raise UpdateRejected("a co-signing request needs one partial decryption per decryptor")
         partials = []
         for i in range(count):
-            arrays = content.array_records.get(f"partial-{i:04d}")
+            arrays = get_record(content, f"partial-{i:04d}", ArrayRecord)
             if arrays is None or PARTIAL_KEY not in arrays:
                 raise UpdateRejected(f"partial decryption {i} is missing")
             array = arrays[PARTIAL_KEY]

@@ -19,13 +19,15 @@ Checks run cheapest and most specific first, so a stock Flower client that sends
 
 from __future__ import annotations
 
+from fedproof.base.records import get_record, need_record
+
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedproof.base.errors import Reason, UpdateRejected
 from fedproof.core.weights import flatten
@@ -228,7 +230,7 @@ def _cosign(msg: Message) -> ModelCosignature:
     report = ClientReport.from_reply(msg.content)
     if report is not None and report.status == REFUSED:
         raise UpdateRejected(f"client {report.client_id} refused: {report.reason}", Reason.REFUSED)
-    record = msg.content.config_records.get(COSIGN_KEY)
+    record = get_record(msg.content, COSIGN_KEY, ConfigRecord)
     digest = record.get("model-sha256") if record is not None else None
     if type(digest) is not bytes or len(digest) != 32:
         raise UpdateRejected("the reply carries no model co-signature")
@@ -264,7 +266,7 @@ def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
     report = ClientReport.from_reply(content)
     if report is not None and report.status in (BUDGET_EXHAUSTED, POLICY_REFUSED, NOT_SAMPLED):
         return Declined(node, report.client_id, report.epsilon, report.reason, report.status, report.next_round)
-    count = _num_examples(content.metric_records.get(METRICS_KEY))
+    count = _num_examples(get_record(content, METRICS_KEY, MetricRecord))
     if spec.he is not None:  # a commitment only: the ciphertexts come once the round's commitments are frozen
         _commitment(content, spec)
         payload, delta, size = None, None, 0
@@ -276,7 +278,7 @@ def _train(msg: Message, spec: ModelSpec) -> Update | Declined:
         envelope = SignedEnvelope.take(content)
     if report is None:  # signed, yet no report: not something a fedproof client sends
         raise UpdateRejected("the reply carries no client report", Reason.MALFORMED)
-    metrics = content.metric_records[METRICS_KEY]
+    metrics = need_record(content, METRICS_KEY, MetricRecord)
     return Update(
         node_id=node, client_id=report.client_id, num_examples=count,
         epsilon=unscale_epsilon(envelope.fields.epsilon_scaled), envelope=envelope,
@@ -290,7 +292,7 @@ def _evaluation(msg: Message) -> Evaluation:
     report = ClientReport.from_reply(msg.content)
     if report is not None and report.status == WITHHELD:
         raise UpdateRejected(f"client {report.client_id} releases no metrics: {report.reason}", Reason.WITHHELD)
-    metrics = msg.content.metric_records.get(METRICS_KEY)
+    metrics = get_record(msg.content, METRICS_KEY, MetricRecord)
     count = _num_examples(metrics)
     loss, accuracy = _finite(metrics, "val_loss"), _finite(metrics, "val_accuracy")
     if loss is None or accuracy is None or loss < 0 or not 0 <= accuracy <= 1:
@@ -302,7 +304,8 @@ def _partial(msg: Message, shape: tuple[int, int]) -> PartialDecryption:
     report = ClientReport.from_reply(msg.content)
     if report is not None and report.status == REFUSED:
         raise UpdateRejected(f"client {report.client_id} refused: {report.reason}", Reason.REFUSED)
-    record, meta = msg.content.array_records.get(PARTIAL_KEY), msg.content.config_records.get(DECRYPTION_KEY)
+    record = get_record(msg.content, PARTIAL_KEY, ArrayRecord)
+    meta = get_record(msg.content, DECRYPTION_KEY, ConfigRecord)
     if record is None or list(record.keys()) != [PARTIAL_KEY] or meta is None:
         raise UpdateRejected("the reply carries no partial decryption")
     values = _array(record[PARTIAL_KEY], shape, np.dtype(np.uint64).str)
@@ -351,9 +354,9 @@ def _array(array, shape: tuple[int, ...], dtype: str) -> np.ndarray:
 
 def _plain_delta(content, spec: ModelSpec) -> tuple[np.ndarray, int]:
     """The update's ``trained - global`` (flat float64) and its size in bytes, after every plaintext check."""
-    if CIPHERTEXTS_KEY in content.array_records:
+    if get_record(content, CIPHERTEXTS_KEY, ArrayRecord) is not None:
         raise UpdateRejected("an encrypted update in a run without HE", Reason.WRONG_MODE)
-    arrays = content.array_records.get(ARRAYS_KEY)
+    arrays = get_record(content, ARRAYS_KEY, ArrayRecord)
     if arrays is None:
         raise UpdateRejected("the reply carries no update", Reason.WRONG_MODE)
     keys, expected = list(arrays.keys()), [key for key, _, _ in spec.layout]
@@ -375,12 +378,12 @@ def _plain_delta(content, spec: ModelSpec) -> tuple[np.ndarray, int]:
 
 def _commitment(content, spec: ModelSpec) -> None:
     """A train reply under HE commits to its ciphertexts (its signed leaf covers their digest) and carries none."""
-    if ARRAYS_KEY in content.array_records:
+    if get_record(content, ARRAYS_KEY, ArrayRecord) is not None:
         raise UpdateRejected("a plaintext update in a run with HE", Reason.WRONG_MODE)
-    if CIPHERTEXTS_KEY in content.array_records:
+    if get_record(content, CIPHERTEXTS_KEY, ArrayRecord) is not None:
         raise UpdateRejected("ciphertexts sent before the round's commitments were frozen: commit first, reveal "
                              "when asked", Reason.WRONG_MODE)
-    header = content.config_records.get(HEADER_KEY)
+    header = get_record(content, HEADER_KEY, ConfigRecord)
     if header is None or header.get("num-values") != spec.num_values or header.get("num-summed") != 1:
         raise UpdateRejected(f"a commitment must announce {spec.num_values} encrypted values of one client",
                              Reason.WRONG_SHAPE)
@@ -390,7 +393,7 @@ def _ciphertexts(content, spec: ModelSpec) -> EncryptedPayload:
     """The update's ciphertexts: one client's (``num-summed`` 1), exactly as many as the model needs, each
     no larger than a ciphertext can be. SEAL parses them when they are added to the round's sum."""
     assert spec.he is not None
-    if ARRAYS_KEY in content.array_records:
+    if get_record(content, ARRAYS_KEY, ArrayRecord) is not None:
         raise UpdateRejected("a plaintext update in a run with HE", Reason.WRONG_MODE)
     payload = EncryptedPayload.take(content)
     if payload.num_values != spec.num_values or payload.num_summed != 1:

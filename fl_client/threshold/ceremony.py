@@ -3,6 +3,8 @@ confirm (the key is used only once every holder signed the same statement)."""
 
 from __future__ import annotations
 
+from fedproof.base.records import get_record, need_record
+
 import dataclasses
 import hashlib
 from dataclasses import dataclass
@@ -56,7 +58,7 @@ class _Ceremony:
 
     @classmethod
     def take(cls, content: RecordDict) -> _Ceremony:
-        record = content.config_records.get(CEREMONY_KEY)
+        record = get_record(content, CEREMONY_KEY, ConfigRecord)
         if record is None:
             raise UpdateRejected("not a key-ceremony message")
         ceremony = cls(*(_config(record, k, int) for k in ("threshold", "parties", "weight-scale", "first-round",
@@ -83,7 +85,7 @@ def _verified_hellos(content: RecordDict, config: RunConfig, context: Context, c
     allow, where = allow_list(config, context), domain(config, context)
     hellos: dict[str, Hello] = {}
     for i in range(ceremony.parties):
-        party, contribution, exchange_key = take_hello(content.config_records[f"hello-{i:04d}"])
+        party, contribution, exchange_key = take_hello(need_record(content, f"hello-{i:04d}", ConfigRecord))
         announced = Hello(party, contribution, exchange_key)
         envelope = SignedEnvelope.take(content, f"hello-{i:04d}-signed")
         verify_statement(allow, where, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=1,
@@ -91,7 +93,7 @@ def _verified_hellos(content: RecordDict, config: RunConfig, context: Context, c
         if party in hellos:
             raise UpdateRejected(f"party {party!r} announced twice")
         hellos[party] = announced
-    transcript = content.config_records.get(TRANSCRIPT_KEY)
+    transcript = get_record(content, TRANSCRIPT_KEY, ConfigRecord)
     if transcript is not None:  # a committee: exactly the one the draw picks, at a risk this device accepts
         try:
             draw = Draw.from_record(transcript)
@@ -152,7 +154,7 @@ def keygen_reveal(content: RecordDict, config: RunConfig, context: Context) -> R
     allow, where = allow_list(config, context), domain(config, context)
     commitments: dict[str, bytes] = {}
     for i in range(_Ceremony.take(content).parties):
-        record = content.config_records[f"commit-{i:04d}"]
+        record = need_record(content, f"commit-{i:04d}", ConfigRecord)
         committer, commitment = _config(record, "party", str), _config(record, "commitment", bytes)
         envelope = SignedEnvelope.take(content, f"commit-{i:04d}-signed")
         verify_statement(allow, where, envelope.fields, envelope.signature, tag=KEYGEN_TAG, round=2,
@@ -186,7 +188,7 @@ def keygen_finish(content: RecordDict, config: RunConfig, context: Context) -> R
     allow, where = allow_list(config, context), domain(config, context)
     deals: dict[str, tuple[np.ndarray, bytes]] = {}
     for i in range(_Ceremony.take(content).parties):
-        meta = content.config_records[f"deal-{i:04d}-sealed"]
+        meta = need_record(content, f"deal-{i:04d}-sealed", ConfigRecord)
         dealer, mine = meta["party"], meta["for-you"]
         recipients, hashes = list(meta["recipients"]), list(meta["hashes"])  # type: ignore[arg-type]
         if not isinstance(dealer, str) or not isinstance(mine, bytes) or dealer not in hellos or dealer in deals:
@@ -194,7 +196,7 @@ def keygen_finish(content: RecordDict, config: RunConfig, context: Context) -> R
         by_recipient = dict(zip(recipients, hashes))
         if by_recipient.get(party) != hashlib.sha256(mine).digest() or set(by_recipient) != set(hellos):
             raise UpdateRejected(f"the deal of {dealer!r} does not cover this party's share as sent")
-        public = content.array_records[f"deal-{i:04d}"]["public-share"].numpy()
+        public = need_record(content, f"deal-{i:04d}", ArrayRecord)["public-share"].numpy()
         if deal_commitment(dealer, public, by_recipient) != committed[dealer]:
             raise UpdateRejected(f"the deal of {dealer!r} is not the one it committed to")
         envelope = SignedEnvelope.take(content, f"deal-{i:04d}-signed")
@@ -220,7 +222,7 @@ def keygen_confirm(content: RecordDict, config: RunConfig, context: Context) -> 
     """Step 5: the key statement with every holder's signature. Only if it is this device's own statement and every
     holder named signed it does the device start using the key (encrypting, decrypting, co-signing)."""
     pending = PendingKey.recall(context)
-    record = content.config_records.get("key-statement")
+    record = get_record(content, "key-statement", ConfigRecord)
     if pending is None or record is None:
         raise UpdateRejected("a confirm request without a key this device signed")
     try:

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+from fedproof.base.records import get_record
+
 import dataclasses
 import secrets
 
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedproof.base.errors import UpdateRejected
 from fedproof.core.config import RunConfig
@@ -45,7 +47,7 @@ from privacy.threshold import JointPublicKey, common_random_polynomial
 def draw_commit(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
     """A fresh secret for draw ``number`` (higher than any this device committed to in the run), kept with the
     count of draws it took part in over its lifetime; its commitment answered."""
-    record = content.config_records.get(DRAW_KEY)
+    record = get_record(content, DRAW_KEY, ConfigRecord)
     if record is None:
         raise UpdateRejected("not a committee-draw message")
     number = _config(record, "number", int)
@@ -66,7 +68,7 @@ def draw_commit(content: RecordDict, config: RunConfig, context: Context) -> Rec
 def draw_reveal(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
     """Reveal this draw's secret to the frozen list, if the list's Merkle root covers this device's commitment (its
     proof says so); to one list only."""
-    record = content.config_records.get(DRAW_KEY)
+    record = get_record(content, DRAW_KEY, ConfigRecord)
     if record is None:
         raise UpdateRejected("not a committee-draw message")
     number, count, root = _config(record, "number", int), _config(record, "count", int), _config(record, "root", bytes)
@@ -116,8 +118,9 @@ def check_committee(draw: Draw, holders: tuple[str, ...], threshold: int, terms:
 def key_join(content: RecordDict, config: RunConfig, context: Context) -> RecordDict:
     """A contributor outside the committee: keep the joint public key, once the statement is signed by every
     holder, the holders are the committee the draw picks, and the key's digest is the one they signed."""
-    record, transcript = content.config_records.get("key-statement"), content.config_records.get(TRANSCRIPT_KEY)
-    key = content.array_records.get(PUBLIC_KEY_KEY)
+    record = get_record(content, "key-statement", ConfigRecord)
+    transcript = get_record(content, TRANSCRIPT_KEY, ConfigRecord)
+    key = get_record(content, PUBLIC_KEY_KEY, ArrayRecord)
     if record is None or transcript is None or key is None:
         raise UpdateRejected("a key join carries the signed key statement, the draw and the public key")
     try:

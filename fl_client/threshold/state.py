@@ -8,6 +8,8 @@ here ever leaves the device.
 
 from __future__ import annotations
 
+from fedproof.base.records import get_record
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -46,10 +48,10 @@ class Kept:
 
     @classmethod
     def recall(cls: type[T], context: Context) -> T | None:
-        record = context.state.config_records.get(cls.KEY)
+        record = get_record(context.state, cls.KEY, ConfigRecord)
         if record is None:
             return None
-        arrays = context.state.array_records.get(cls.KEY + "-arrays")
+        arrays = get_record(context.state, cls.KEY + "-arrays", ArrayRecord)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name in record:
