@@ -172,7 +172,9 @@ def main() -> None:
     for name, rows in (("simulation (Ray)", sim), ("deployment (SuperLink + 3 SuperNodes, TLS)", dep)):
         total = later(rows, lambda r: r["seconds"])
         step = {k: later(rows, lambda r, k=k: r.get("step_seconds", {}).get(k)) for k in ("train", "reveal",
-                                                                                          "aggregate", "central")}
+                                                                                          "central")}
+        step["aggregate"] = later(rows, lambda r: sum(r.get("step_seconds", {}).get(k, 0.0)
+                                                      for k in ("sum", "decrypt", "co-sign")))
         print(f"| {name} | {total:.2f} | {total / base:.2f} | {step['train']:.2f} | "
               f"{later(rows, lambda r: r['client_train_seconds']):.2f} | {step['reveal']:.2f} | "
               f"{step['aggregate']:.2f} | "

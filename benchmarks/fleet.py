@@ -154,18 +154,19 @@ def main() -> None:
 
     print("\n### Seconds per round, 2 cores (user-level DP, threshold HE with a drawn committee, q = 0.1)\n")
     print("| registered devices | asked per round | took part (median) | s/round (median, rounds 2+) | check-in | "
-          "train | reveal + decrypt + co-sign | set-up s (draw, key, join) | peak memory GiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "train | reveal | decrypt | co-sign | set-up s (draw, key, join) | peak memory GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n, r in sims.items():
         if "failed" in r:
-            print(f"| {n:,} | {min(n, 1000):,} | - | did not complete: {r['failed'][-120:]!r} | | | | | {r['rss'] / 2**30:.1f} |")
+            print(f"| {n:,} | {min(n, 1000):,} | - | did not complete: {r['failed'][-120:]!r} | | | | | | | "
+                  f"{r['rss'] / 2**30:.1f} |")
             continue
         s = r["steps"]
         print(f"| {n:,} | {min(n, 1000):,} | {r['contributors']:.0f} | {r['per_round']:.1f} | {s.get('check-in', 0):.1f} | "
-              f"{s.get('train', 0):.1f} | {s.get('reveal', 0) + s.get('aggregate', 0):.1f} | {r['setup']:.0f} | "
-              f"{r['rss'] / 2**30:.1f} |")
+              f"{s.get('train', 0):.1f} | {s.get('reveal', 0):.1f} | {s.get('sum', 0) + s.get('decrypt', 0):.1f} | "
+              f"{s.get('co-sign', 0):.1f} | {r['setup']:.0f} | {r['rss'] / 2**30:.1f} |")
     if 10_000 not in sims:
-        print("| 10,000 | - | - | not simulated (--ten-thousand) | | | | | |")
+        print("| 10,000 | - | - | not simulated (--ten-thousand) | | | | | | | |")
     print(f"\n10,000 registered devices before any round: key set {registered['keys']:.1f} s, allow-list "
           f"{registered['allow_bytes'] / 1e6:.1f} MB loaded in {registered['allow']:.2f} s, Dirichlet(0.5) partition "
           f"{registered['partition']:.1f} s (smallest device {registered['min_part']} records), committee of "

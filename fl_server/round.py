@@ -174,11 +174,13 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
         rejections.extend(reveals.rejections)
         laps.lap("reveal")
     fold = sum_updates(plan, server_round, admitted)                                         # pure
+    laps.lap("sum")
     fold = decrypt_sum(grid, plan, server_round, fold, spec, committed)                      # exchange (HE)
+    laps.lap("decrypt")
     fold = apply_sum(fold, parent, plan.server_lr)                                           # pure
     fold = cosign_model(grid, plan, server_round, fold, parent, parent_hash)                 # exchange (HE)
     rejections.extend(fold.rejections)
-    laps.lap("aggregate")
+    laps.lap("co-sign")
     refused = {r.node_id for r in rejections if r.phase == TRAIN}
     evaluations = evaluate_parent(grid, plan, server_round, parent, [n for n in nodes if n not in refused],
                                   rejections)

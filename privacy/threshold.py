@@ -52,7 +52,7 @@ import tenseal.sealapi as seal
 
 from privacy import seal_io
 from privacy.errors import CiphertextError, ContextError
-from privacy.ring import U64, addmod, from_signed, mulmod, ring, submod, to_signed
+from privacy.ring import U64, addmod, from_signed, mulmod, mulmod_shoup, ring, shoup, submod, to_signed
 
 KEY_NOISE_STD = 3.2
 """Standard deviation of the key-generation noise e_i (SEAL's and Lattigo's default)."""
@@ -314,6 +314,13 @@ class JointPublicKey:
             total = np.stack([addmod(total[i], share[i], p) for i, p in enumerate(params.primes)])
         return cls(params, total, crp)
 
+    @cached_property
+    def shoup_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(p0, a) prepared for products by them (``privacy.ring.mulmod_shoup``), at each level's prime."""
+        p0, a = self.to_arrays()
+        return tuple(np.stack([shoup(part[level], prime) for level, prime in enumerate(self.params.primes)])
+                     for part in (p0, a))
+
     def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(p0, a), each (2, N) uint64: what a client keeps and reloads."""
         return self._p0, np.stack(self._crp)
@@ -479,20 +486,23 @@ def encryption_of_zero(public_key: JointPublicKey, seed: bytes, chunks: int, par
     divided by p and rounded, so what it adds to a ciphertext's noise is rounding noise only."""
     params = public_key.params
     (q, p), n = params.primes, params.n
-    p0, a = public_key.to_arrays()
+    key, key_shoup = public_key.to_arrays(), public_key.shoup_arrays
     u, e0, e1 = (np.stack(parts) for parts in zip(*(_expand(seed, index, n) for index in range(chunks))))
     noise = np.stack([(e0, e1)[part] for part in parts], axis=1)  # added in coefficient form: fewer transforms
     residues = []
     for level, prime in enumerate((q, p)):
         r = ring(n, prime)
         u_ntt = r.ntt(from_signed(u, prime))
-        products = np.stack([r.mul(u_ntt, (p0, a)[part][level]) for part in parts], axis=1)
+        products = np.stack([mulmod_shoup(u_ntt, key[part][level], key_shoup[part][level], prime) for part in parts],
+                            axis=1)
         residues.append(addmod(r.intt(products), from_signed(noise, prime), prime))  # coefficients mod prime
     at_q, at_p = residues
     # round(x / p) mod q from x's residues: (x_q + p//2 - ((x_p + p//2) mod p)) * p^-1 mod q
     half = p // 2
     shifted = addmod(at_p, np.full(at_p.shape, half, dtype=U64), p)  # < p < q
-    rounded = mulmod(submod(addmod(at_q, np.full(at_q.shape, half % q, dtype=U64), q), shifted, q), pow(p, -1, q), q)
+    p_inverse = U64(pow(p, -1, q))
+    rounded = mulmod_shoup(submod(addmod(at_q, np.full(at_q.shape, half % q, dtype=U64), q), shifted, q), p_inverse,
+                           shoup(p_inverse, q), q)
     return ring(n, q).ntt(rounded)
 
 

@@ -86,6 +86,18 @@ def test_mulmod_is_exact(pairs):
     assert [int(v) for v in mulmod(a, b, P.q)] == [x * y % P.q for x, y in pairs]
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, P.q - 1)), min_size=1, max_size=50),
+       st.sampled_from(P.primes))
+def test_shoups_product_by_a_constant_is_exact(pairs, q):
+    """The NTT's products by its roots (privacy.ring.mulmod_shoup): exact for any 64-bit input, at both primes."""
+    from privacy.ring import mulmod_shoup, shoup
+
+    a = np.array([x for x, _ in pairs], dtype=np.uint64)
+    w = np.array([y % q for _, y in pairs], dtype=np.uint64)
+    assert [int(v) for v in mulmod_shoup(a, w, shoup(w, q), q)] == [x * (y % q) % q for x, y in pairs]
+
+
 def test_shares_sum_to_a_key_seal_decrypts_identically(fed):
     """Differential: s = sum of the parties' secrets, handed to SEAL's Decryptor as a SecretKey, decrypts
     exactly the plaintext that t threshold partials (without flooding) fuse to."""
