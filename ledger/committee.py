@@ -32,6 +32,7 @@ assumed colluders and the draw's number from the key statement that every holder
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -97,8 +98,10 @@ def ticket(seed: bytes, client_id: str) -> bytes:
     return hashlib.sha256(b"fedproof/draw/ticket\x00" + seed + length_prefixed(client_id)).digest()
 
 
-def pick(seed: bytes, candidates: Sequence[str], size: int) -> tuple[str, ...]:
-    """The committee: the ``size`` candidates with the lowest tickets, sorted by id."""
+@functools.lru_cache(maxsize=16)
+def pick(seed: bytes, candidates: tuple[str, ...], size: int) -> tuple[str, ...]:
+    """The committee: the ``size`` candidates with the lowest tickets, sorted by id (a pure function, remembered:
+    every device of a fleet recomputes it, and in a simulation they share processes)."""
     return tuple(sorted(sorted(candidates, key=lambda c: ticket(seed, c))[:size]))
 
 
@@ -138,6 +141,15 @@ def check_risk(candidates: int, colluders: int, size: int, threshold: int, draws
     return risk
 
 
+@functools.lru_cache(maxsize=8)
+def _opened_list_digest(candidates: tuple[str, ...], secrets: tuple[bytes, ...]) -> bytes:
+    """The digest of the list the secrets open (pure, remembered like :func:`pick`)."""
+    return list_digest(candidates, [commitment(c, s) for c, s in zip(candidates, secrets)])
+
+
+_VERIFIED_DRAWS: dict[tuple, AllowList] = {}
+
+
 @dataclass(frozen=True)
 class Draw:
     """A draw's transcript: the frozen list (ids sorted, each with its revealed secret) and each candidate's signed
@@ -159,12 +171,12 @@ class Draw:
         if any(len(s) != 32 for s in self.secrets) or any(len(s) != 64 for s in self.signatures):
             raise DrawError("a draw's secrets are 32 bytes and its signatures 64")
 
-    @property
+    @functools.cached_property
     def digest(self) -> bytes:
         """L's digest, from the commitments each secret opens."""
-        return list_digest(self.candidates, [commitment(c, s) for c, s in zip(self.candidates, self.secrets)])
+        return _opened_list_digest(self.candidates, self.secrets)
 
-    @property
+    @functools.cached_property
     def seed(self) -> bytes:
         return hashlib.sha256(b"fedproof/draw/seed\x00" + self.digest + b"".join(self.secrets)).digest()
 
@@ -173,7 +185,12 @@ class Draw:
 
     def verify(self, allow: AllowList, domain: Domain) -> None:
         """Raise :class:`DrawError` unless every candidate is allowed and signed its reveal to this list, for this
-        draw of this run."""
+        draw of this run. A process remembers the transcripts it verified against the same allow-list object and
+        domain (``AllowList.load`` gives one object per allow-list file content): a simulated fleet's devices
+        share processes, and each would otherwise check 10,000 reveals again."""
+        remembered = (self.number, self.candidates, self.secrets, self.signatures, id(allow), domain)  # compared whole
+        if _VERIFIED_DRAWS.get(remembered) is allow:
+            return
         digest = self.digest
         for client, secret, signature in zip(self.candidates, self.secrets, self.signatures):
             fields = reveal_fields(domain, client, self.number, digest, secret)
@@ -182,6 +199,9 @@ class Draw:
                                  payload_sha256=fields.payload_sha256)
             except LedgerError as exc:
                 raise DrawError(f"draw {self.number}: {client}'s reveal does not verify: {exc}") from exc
+        _VERIFIED_DRAWS[remembered] = allow  # the allow-list is kept alive with its id
+        if len(_VERIFIED_DRAWS) > 8:
+            _VERIFIED_DRAWS.pop(next(iter(_VERIFIED_DRAWS)))
 
     def to_record(self) -> dict:
         """As a ConfigRecord's values."""

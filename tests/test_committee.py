@@ -96,7 +96,7 @@ def test_a_fleets_committee_is_a_few_dozen_and_grows_with_the_assumed_colluders(
 
 def test_the_committee_is_a_uniform_draw_from_the_candidates() -> None:
     """Over many seeds every candidate is picked about size/candidates of the time."""
-    candidates = [f"c{i}" for i in range(20)]
+    candidates = tuple(f"c{i}" for i in range(20))
     counts = dict.fromkeys(candidates, 0)
     for i in range(2000):
         for c in pick(random.Random(i).randbytes(32), candidates, 5):
@@ -326,3 +326,34 @@ def test_when_the_committee_goes_offline_a_new_draw_replaces_it_for_the_later_ro
         assert threshold.key_statement(devices.contexts[node]).sha256 == new.statement.sha256
     keys = {h: ALLOW.key_for(h) for h in new.statement.holders}
     new.signed.verify(keys, DOMAIN.chain_id, DOMAIN.contract, DOMAIN.genesis, DOMAIN.run_id, len(NODES))
+
+
+def test_a_transcript_verified_once_is_remembered_only_for_exactly_that_transcript_and_allow_list() -> None:
+    """A process remembers the draws it verified (a simulated fleet shares processes); a changed signature or
+    secret, or an allow-list that revokes a candidate, is checked afresh and refused."""
+    import dataclasses
+    import secrets as token
+
+    from ledger.committee import DrawError, commitment, list_digest, reveal_fields
+    from ledger.signing import SigningKey
+    from ledger.verification import AllowList, Domain
+
+    keys = {f"c{i}": SigningKey.generate() for i in range(6)}
+    allow, where = AllowList({c: k.public_key for c, k in keys.items()}), Domain(0, bytes(20), "memo")
+    ids = tuple(sorted(keys))
+    opened = tuple(token.token_bytes(32) for _ in ids)
+    digest = list_digest(ids, [commitment(c, s) for c, s in zip(ids, opened)])
+    signed = tuple(keys[c].sign(reveal_fields(where, c, 1, digest, s)) for c, s in zip(ids, opened))
+    good = Draw(1, ids, opened, signed)
+    good.verify(allow, where)
+    good.verify(allow, where)  # remembered
+    forged = dataclasses.replace(good, signatures=(keys["c1"].sign(reveal_fields(where, "c0", 1, digest, opened[0])),
+                                                   *signed[1:]))
+    with pytest.raises(DrawError, match="c0's reveal"):
+        forged.verify(allow, where)
+    with pytest.raises(DrawError):
+        dataclasses.replace(good, secrets=(token.token_bytes(32), *opened[1:])).verify(allow, where)
+    with pytest.raises(DrawError, match="revoked"):
+        good.verify(allow.revoke("c3"), where)
+    with pytest.raises(DrawError):
+        good.verify(allow, Domain(0, bytes(20), "another run"))
