@@ -51,7 +51,8 @@ def settings_for(config: RunConfig, context: Context) -> UserLevelDP:
     return policy.admit_user(he=config.he, clip=config.update_clip, noise=config.user_noise or None,
                              participation=config.participation, delta=config.delta,
                              target_epsilon=config.target_epsilon or None, min_contributors=config.min_contributors,
-                             accountant=config.accountant, rounds=config.rounds)
+                             accountant=config.accountant, rounds=config.rounds,
+                             count_noise=config.clip_count_noise if config.count_slots else 0.0)
 
 
 def asked(state: ClientState, settings: UserLevelDP, server_round: int, last_round: int, rng: SecureRandom

@@ -8,7 +8,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Protocol
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from fedproof.core.config import ClientSettings, RunConfig, Scalar
@@ -25,6 +25,8 @@ from fl_server.metrics import FederationMetrics
 from fl_server.round import RoundPlan, RoundResult, run_round
 from fl_server.startup import start_up
 from fl_server.tracking import RunTracker
+from privacy.policy import PrivacyPolicy
+from privacy.user_dp import next_clip
 from ledger.verification import UpdateVerifier
 
 
@@ -144,7 +146,8 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
         max_abs_delta=PLAIN_MAX_ABS_DELTA,
         threshold=threshold,
         server_lr=config.server_lr,
-        check_in=config.dp and config.privacy == "user",
+        check_in=config.user_level,
+        count_slots=config.count_slots,
     )
     sink = RoundSink(lineage, run_dir, tracker, prometheus, observer, rows)
     stopped = ""
@@ -158,6 +161,8 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
             plan = replace(plan, threshold=replace(plan.threshold, key=key))
         result = run_round(grid, plan, server_round, model, schedule)
         schedule.update(result.next_rounds)
+        if result.unclipped_share is not None:  # adaptive clipping: the next round's clip, from this round's count
+            plan = replace(plan, settings=adapted_clip(plan.settings, result.unclipped_share, config))
         sink(result)
         if result.stop:
             stopped = result.stop
@@ -185,6 +190,14 @@ def run_federation(grid: Grid, config: RunConfig, observer: RoundObserver | None
     return FederationResult(config=config, run_dir=run_dir.path, rounds=rows, seconds=seconds,
                             epsilon_by_client=epsilon_by_client, stopped=stopped, ledger=ledger,
                             resolved=start.resolved())
+
+
+def adapted_clip(settings: Mapping[str, Scalar], unclipped_share: float, config: RunConfig) -> ConfigRecord:
+    """The settings with the next round's update clip (Andrew et al.'s step toward ``clip-quantile``), kept within
+    the clips a default device policy accepts. Any clip is safe for the devices: their noise scales with it."""
+    default = PrivacyPolicy()
+    clip = next_clip(float(settings["update-clip"]), unclipped_share, config.clip_quantile, config.clip_lr)
+    return ConfigRecord({**settings, "update-clip": min(default.max_clip, max(default.min_clip, clip))})
 
 
 def wait_for_clients(

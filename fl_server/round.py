@@ -57,7 +57,7 @@ from fedproof.core.replies import (
 )
 from fedproof.core.rundir import RoundMetrics
 from fl_server.admission import Admission, Admitted
-from fedproof.core.weights import apply_mean, hash_model
+from fedproof.core.weights import apply_mean, hash_model, num_values
 from fl_server.aggregation import plain_sum, threshold_sum
 from fl_server.decryptors import Decrypted, Endorsement, ThresholdCommittee
 from fl_server.exchange import ask
@@ -92,6 +92,8 @@ class RoundPlan:
     check_in: bool = False
     """User-level DP: send the model only to devices due this round; ask those the server has no round for first
     whether they take part (a small message). Every reply names the device's next round."""
+    count_slots: int = 0
+    """User-level DP with adaptive clipping: each encrypted update ends with its device's unclipped bit."""
     clock: Callable[[], float] = time.monotonic
 
 
@@ -117,6 +119,8 @@ class RoundResult:
     next_rounds: Mapping[int, int] = field(default_factory=dict)
     """User-level DP: node -> the round its device said it takes part in next (0: none in this run), from this
     round's replies; the run's loop keeps them (``run_round``'s ``schedule``)."""
+    unclipped_share: float | None = None
+    """Adaptive clipping: the noised share of this round's updates that needed no clipping (None: no count)."""
 
     @property
     def current(self) -> ArrayRecord:
@@ -143,7 +147,8 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
     pure steps over values, and a phase that fails hands its reason on as a value (``Fold.failure``).
     ``schedule``: user-level DP, the round each node's device said it takes part in next (earlier rounds' results)."""
     laps = _Laps(plan.clock)
-    spec = ModelSpec.of(parent, plan.max_abs_delta, plan.threshold.key.params if plan.threshold else None)
+    spec = ModelSpec.of(parent, plan.max_abs_delta, plan.threshold.key.params if plan.threshold else None,
+                        plan.count_slots)
     parent_hash = hash_model(parent, str(plan.settings.get("run-id", "")))  # what every update must have trained from
     nodes = sorted(grid.get_node_ids())
     asked = sample(nodes, plan.fraction_train, random.Random(f"train/{plan.seed}/{server_round}"))
@@ -190,9 +195,12 @@ def run_round(grid: Grid, plan: RoundPlan, server_round: int, parent: ArrayRecor
     loss, accuracy = plan.evaluate(fold.model if fold.model is not None else parent)
     laps.lap("central")
     result = RoundResult(server_round, parent, fold.model, fold.used, tuple(declines), tuple(rejections),
-                         tuple(evaluations), fold.failure, "", None, fold.endorsement, next_rounds)
+                         tuple(evaluations), fold.failure, "", None, fold.endorsement, next_rounds,
+                         unclipped_share(fold, spec))
     metrics = round_metrics(result, loss, accuracy, laps.total(), spec.num_values)
-    return replace(result, metrics=replace(metrics, step_seconds=laps.steps))
+    clip = plan.settings.get("update-clip") if plan.check_in else None
+    return replace(result, metrics=replace(metrics, step_seconds=laps.steps, unclipped_share=result.unclipped_share,
+                                           update_clip=float(clip) if clip is not None else None))
 
 
 # ----------------------------------------------------------------------------------------------- the phases
@@ -322,7 +330,7 @@ def decrypt_sum(grid: Grid, plan: RoundPlan, server_round: int, fold: Fold, spec
     are asked when some fail); the plain sum is ``sum * W``. Without HE the sum is already plain."""
     if fold.failure or plan.threshold is None:
         return fold
-    out = plan.threshold.decrypt(grid, server_round, plan.settings, list(fold.used), fold.total, spec.num_values,
+    out = plan.threshold.decrypt(grid, server_round, plan.settings, list(fold.used), fold.total, spec.encrypted_values,
                                  committed)
     rejections = fold.rejections + out.rejections
     if out.values is None:
@@ -332,10 +340,20 @@ def decrypt_sum(grid: Grid, plan: RoundPlan, server_round: int, fold: Fold, spec
 
 
 def apply_sum(fold: Fold, parent: ArrayRecord, server_lr: float = 1.0) -> Fold:
-    """The new model, ``parent + server_lr * sum / sum(n_k)`` (pure; the co-signers compute the same)."""
+    """The new model, ``parent + server_lr * sum / sum(n_k)`` (pure; the co-signers compute the same), from the sum's
+    model values (any values after them are adaptive clipping's count, :func:`unclipped_share`)."""
     if fold.failure:
         return fold
-    return replace(fold, model=apply_mean(parent, fold.total, fold.examples, server_lr))
+    assert fold.total is not None
+    return replace(fold, model=apply_mean(parent, fold.total[: num_values(parent)], fold.examples, server_lr))
+
+
+def unclipped_share(fold: Fold, spec: ModelSpec) -> float | None:
+    """Adaptive clipping: the decrypted count of updates that needed no clipping (its noise included), over the
+    round's contributors (pure); None when the run has no count or the round no sum."""
+    if fold.failure or not spec.extra or fold.total is None or fold.decrypted is None:
+        return None
+    return float(fold.total[spec.num_values]) / len(fold.used)
 
 
 def cosign_model(grid: Grid, plan: RoundPlan, server_round: int, fold: Fold, parent: ArrayRecord,

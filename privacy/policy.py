@@ -127,7 +127,8 @@ class PrivacyPolicy:
                           grad_sample_mode=settings.grad_sample_mode)
 
     def admit_user(self, *, he: bool, clip: float, noise: float | None, participation: float, delta: float,
-                   target_epsilon: float | None, min_contributors: int, accountant: str, rounds: int) -> UserLevelDP:
+                   target_epsilon: float | None, min_contributors: int, accountant: str, rounds: int,
+                   count_noise: float = 0.0) -> UserLevelDP:
         """The user-level DP this device takes part with, or :class:`PolicyRefusal`. The run may only tighten it:
         a smaller participation, clip, delta or budget, more noise; the noise share is sized by this device's own
         floor of contributors and its own assumption about colluders, never by a message."""
@@ -151,7 +152,7 @@ class PrivacyPolicy:
         return UserLevelDP(clip=clip, noise=self.noise_floor(sigma), participation=q,
                            floor=self.contributors_floor(min_contributors), colluders=self.assumed_colluders,
                            delta=delta, max_epsilon=cap, accountant=accountant,
-                           max_server_epsilon=self.max_server_epsilon)
+                           max_server_epsilon=self.max_server_epsilon, count_noise=count_noise)
 
     def contributors_floor(self, requested: int) -> int:
         """The fewest contributors a sum must have for this device to help decrypt it: the run's number, raised to

@@ -57,6 +57,9 @@ class UserLevelDP:
     accountant: str = "prv"
     max_server_epsilon: float = math.inf
     """The cap on what the server, which sees the rounds the device took part in, learns (no amplification)."""
+    count_noise: float = 0.0
+    """Adaptive clipping (Andrew et al., NeurIPS 2021): the standard deviation of the noise on the sum of the
+    devices' unclipped bits, sigma_b (0: a fixed clip, no bit sent)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,15 +68,31 @@ class UserLevelDP:
             (0 < self.participation <= 1, "participation must be in (0, 1]"),
             (0 <= self.colluders < self.floor, "colluders must be fewer than the contributors' floor"),
             (0 < self.delta < 1, "delta must be in (0, 1)"),
+            (self.count_noise == 0 or 2 * self.count_noise > self.noise,
+             "the clipped-count noise must exceed half the noise multiplier (Andrew et al.'s split)"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise DPConfigError("invalid user-level DP settings: " + "; ".join(problems))
 
     @property
+    def update_noise(self) -> float:
+        """The noise multiplier on the updates' sum: ``noise`` itself, or with adaptive clipping the z_Delta of
+        Andrew et al. (Thm. 1), ``(noise^-2 - (2 count_noise)^-2)^-1/2``, so that the sum and the count released
+        together are one Gaussian mechanism of multiplier ``noise`` (what the accountant composes)."""
+        if not self.count_noise:
+            return self.noise
+        return (self.noise ** -2 - (2 * self.count_noise) ** -2) ** -0.5
+
+    @property
     def share_std(self) -> float:
-        """Each device's share of the noise: ``floor - colluders`` honest shares add up to ``noise * clip``."""
-        return self.noise * self.clip / math.sqrt(self.floor - self.colluders)
+        """Each device's share of the noise: ``floor - colluders`` honest shares add up to ``update_noise * clip``."""
+        return self.update_noise * self.clip / math.sqrt(self.floor - self.colluders)
+
+    @property
+    def count_share_std(self) -> float:
+        """Each device's share of the count's noise: the honest shares add up to ``count_noise``."""
+        return self.count_noise / math.sqrt(self.floor - self.colluders)
 
     def after_taking_part(self, seen: PrivacySpend) -> PrivacySpend:
         """The spend as the server sees it after one more round taken part in: one Gaussian step, not subsampled
@@ -147,6 +166,16 @@ def clip_update(delta: np.ndarray, clip: float) -> tuple[np.ndarray, bool]:
 
 
 def noised_update(delta: np.ndarray, settings: UserLevelDP, rng: SecureRandom) -> np.ndarray:
-    """The clipped update plus this device's share of the noise (drawn on the device, from its CSPRNG)."""
-    clipped, _ = clip_update(np.asarray(delta, np.float64), settings.clip)
-    return clipped + rng.standard_normal(clipped.size).reshape(clipped.shape) * settings.share_std
+    """The clipped update plus this device's share of the noise (drawn on the device, from its CSPRNG); with
+    adaptive clipping, one more value: the unclipped bit plus its share of the count's noise."""
+    clipped, within = clip_update(np.asarray(delta, np.float64).ravel(), settings.clip)
+    noised = clipped + rng.standard_normal(clipped.size) * settings.share_std
+    if not settings.count_noise:
+        return noised
+    return np.append(noised, float(within) + float(rng.standard_normal(1)[0]) * settings.count_share_std)
+
+
+def next_clip(clip: float, unclipped_share: float, quantile: float, learning_rate: float) -> float:
+    """Andrew et al.'s geometric update toward the clip that ``quantile`` of the updates fit under:
+    ``C exp(-eta (b - gamma))``, ``b`` the noised share of updates that were not clipped."""
+    return clip * math.exp(-learning_rate * (unclipped_share - quantile))

@@ -115,6 +115,25 @@ def test_any_sum_of_the_floors_shares_carries_the_full_noise() -> None:
     assert not within and math.isclose(float(np.linalg.norm(clipped)), 0.3)
 
 
+def test_adaptive_clipping_sends_the_unclipped_bit_under_its_own_noise_and_keeps_the_total_noise() -> None:
+    """Andrew et al.'s split: the update noise z_Delta and the count noise sigma_b compose to the accounted z; the
+    honest shares of the bits add up to the count plus noise of std sigma_b; the clip moves toward the quantile."""
+    from privacy.user_dp import next_clip
+
+    s, rng = settings(noise=1.5, clip=0.5, floor=9, colluders=1, count_noise=4.0), SecureRandom.from_os()
+    assert math.isclose(s.update_noise ** -2 + (2 * s.count_noise) ** -2, s.noise ** -2)
+    assert s.update_noise > s.noise  # the updates carry a little more noise, the count the rest
+    bits = [noised_update(np.full(100, 0.01), s, rng)[-1] for _ in range(4000)]  # well inside the clip: bit 1
+    assert abs(np.mean(bits) - 1) < 0.05 and abs(np.std(bits) / s.count_share_std - 1) < 0.05
+    assert math.isclose(s.count_share_std * math.sqrt(s.floor - s.colluders), s.count_noise)
+    clipped = noised_update(np.full(100, 1.0), s, rng)
+    assert clipped.size == 101 and abs(clipped[-1]) < 6 * s.count_share_std  # clipped: bit 0
+    assert noised_update(np.full(100, 1.0), settings(), rng).size == 100  # a fixed clip sends no bit
+    assert next_clip(0.3, 0.9, 0.5, 0.2) < 0.3 < next_clip(0.3, 0.1, 0.5, 0.2)  # too few clipped: tighten
+    with pytest.raises(DPConfigError, match="half the noise"):
+        settings(noise=2.0, count_noise=0.9)
+
+
 def test_the_device_decides_its_participation_noise_share_and_floor_the_run_may_only_tighten() -> None:
     policy = PrivacyPolicy(max_epsilon=3.0, max_delta=1e-5, min_clip=0.1, max_clip=1.0, min_contributors=6,
                            max_participation=0.05, assumed_colluders=2, min_noise_multiplier=1.2)
@@ -141,8 +160,10 @@ def test_calibrated_noise_spends_the_budget_over_the_planned_rounds() -> None:
 
 @pytest.mark.slow
 def test_a_user_level_round_runs_with_threshold_he_each_device_weighing_one(tmp_path) -> None:
-    """Devices sample themselves, clip, add their noise shares and encrypt with weight 1; the key holders decrypt
-    the sum of those that took part; the run goes on through rounds nobody (or too few) took part in."""
+    """Devices sample themselves, clip, add their noise shares and encrypt with weight 1, and the bit whether they
+    needed clipping (adaptive clipping); the key holders decrypt the sum of those that took part, the co-signers
+    agree on the model from its model values, and the count moves the next round's clip; the run goes on through
+    rounds nobody (or too few) took part in."""
     import json
     import os
     import subprocess
@@ -152,7 +173,7 @@ def test_a_user_level_round_runs_with_threshold_he_each_device_weighing_one(tmp_
         [sys.executable, "-m", "fedproof.cli", "simulate", "--task", "breast-cancer", "--clients", "6", "--rounds", "3",
          "--no-ledger", "--run-dir", str(tmp_path), "--run-id", "u", "--batch-size", "32", "--lr", "0.5",
          "--delta", "1e-3", "--target-epsilon", "50", "-c", "privacy=user", "-c", "participation=0.8", "-c", "update-clip=0.5",
-         "-c", "user-noise=0.5"],
+         "-c", "user-noise=0.5", "-c", "clip-quantile=0.5"],
         capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads((tmp_path / "u" / "run.json").read_text())
@@ -160,6 +181,9 @@ def test_a_user_level_round_runs_with_threshold_he_each_device_weighing_one(tmp_
     rows = [json.loads(line) for line in (tmp_path / "u" / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in rows if not r["failed"]]
     assert trained, rows  # q = 0.8 of 6 devices: at least one round held the floor of 3
+    assert rows[0]["update_clip"] == 0.5 and all(r["unclipped_share"] is not None for r in trained)
+    for before, after in zip(rows, rows[1:]):  # a round with a count moves the next round's clip, and only such
+        assert (after["update_clip"] != before["update_clip"]) == (before["unclipped_share"] is not None)
     bundle = json.loads((tmp_path / "u" / "ledger" / f"round-{trained[0]['round']}.json").read_text())
     assert bundle["updates"] and all(u["num_examples"] == 1 for u in bundle["updates"])
     eps = doc["summary"]["epsilon_by_client"]

@@ -105,6 +105,14 @@ class RunConfig:
     """User-level DP: the largest L2 norm of a device's whole update."""
     user_noise: float = 0.0
     """User-level DP: the noise multiplier of any accepted sum (0: calibrated to target-epsilon over ``rounds``)."""
+    clip_quantile: float = 0.0
+    """User-level DP: adaptive clipping (Andrew et al., NeurIPS 2021) toward the clip this share of the updates fit
+    under (0: a fixed ``update-clip``, which is then only the first round's)."""
+    clip_lr: float = 0.2
+    """Adaptive clipping: the geometric step of the clip per round."""
+    clip_count_noise: float = 5.0
+    """Adaptive clipping: the standard deviation of the noise on the count of unclipped updates (Andrew et al.'s
+    sigma_b: a twentieth of the contributors expected in a round)."""
     target_epsilon: float = 3.0
     """Each client's privacy budget over the whole run (0: no budget, needs a noise multiplier)."""
     delta: float = 1e-5
@@ -191,6 +199,9 @@ class RunConfig:
             (0.0 < self.participation <= 1.0, "participation must be in (0, 1]"),
             (self.update_clip > 0 and math.isfinite(self.update_clip), "update-clip must be a positive number"),
             (self.user_noise >= 0 and math.isfinite(self.user_noise), "user-noise must be non-negative (0: calibrate)"),
+            (0 <= self.clip_quantile < 1, "clip-quantile must be in [0, 1) (0: a fixed clip)"),
+            (0 < self.clip_lr <= 1, "clip-lr must be in (0, 1]"),
+            (self.clip_count_noise > 0 and math.isfinite(self.clip_count_noise), "clip-count-noise must be positive"),
             (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
             (self.seed >= 0, "seed must be non-negative"),
             (self.round_timeout > 0, "round-timeout must be positive"),
@@ -218,6 +229,11 @@ class RunConfig:
     def user_level(self) -> bool:
         """User-level DP: devices train without per-sample clipping and clip their whole update."""
         return self.dp and self.privacy == "user"
+
+    @property
+    def count_slots(self) -> int:
+        """Values encrypted after the model's in each update: adaptive clipping's unclipped bit (user-level DP)."""
+        return int(self.user_level and self.clip_quantile > 0)
 
     def learning_rate(self) -> float:
         """``lr``, or when it is 0 the default that suits the gradients: clipped under DP-SGD, raw without (and
@@ -390,7 +406,8 @@ class ClientSettings:
     KEYS = ("run-id", "seed", "clients", "rounds", "task", "model", "device", "partition", "alpha",
             "classes-per-client", "val-fraction", "local-epochs", "batch-size", "lr", "momentum", "dp",
             "target-epsilon", "delta", "noise-multiplier", "max-grad-norm", "accountant", "grad-sample-mode",
-            "privacy", "participation", "update-clip", "user-noise", "he", "he-threshold", "min-contributors",
+            "privacy", "participation", "update-clip", "user-noise", "clip-quantile", "clip-count-noise", "he",
+            "he-threshold", "min-contributors",
             "colluding-share", "server-lr", "ledger", "chain-id", "ledger-contract", "chain-genesis")
     SHARED_MACHINE_KEYS = ("key-set", "run-dir", "data-dir")
 

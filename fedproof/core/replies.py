@@ -146,16 +146,24 @@ class ModelSpec:
     max_abs_delta: float
     """Largest |update - global| per parameter a client may send."""
     he: ThresholdParams | None = None
+    extra: int = 0
+    """Values an encrypted update carries after the model's (adaptive clipping's unclipped bit)."""
 
     @classmethod
-    def of(cls, arrays: ArrayRecord, max_abs_delta: float, he: ThresholdParams | None = None) -> ModelSpec:
+    def of(cls, arrays: ArrayRecord, max_abs_delta: float, he: ThresholdParams | None = None, extra: int = 0
+           ) -> ModelSpec:
         ndarrays = arrays.to_numpy_ndarrays()
         layout = tuple((k, tuple(a.shape), a.dtype.str) for k, a in zip(arrays.keys(), ndarrays))
-        return cls(layout, flatten(arrays), max_abs_delta, he)
+        return cls(layout, flatten(arrays), max_abs_delta, he, extra)
 
     @property
     def num_values(self) -> int:
         return int(self.weights.size)
+
+    @property
+    def encrypted_values(self) -> int:
+        """What an encrypted update holds: the model's values, then ``extra``."""
+        return self.num_values + self.extra
 
 
 def decode_train_reply(msg: Message, spec: ModelSpec) -> Update | Declined | Rejection:
@@ -384,8 +392,8 @@ def _commitment(content, spec: ModelSpec) -> None:
         raise UpdateRejected("ciphertexts sent before the round's commitments were frozen: commit first, reveal "
                              "when asked", Reason.WRONG_MODE)
     header = get_record(content, HEADER_KEY, ConfigRecord)
-    if header is None or header.get("num-values") != spec.num_values or header.get("num-summed") != 1:
-        raise UpdateRejected(f"a commitment must announce {spec.num_values} encrypted values of one client",
+    if header is None or header.get("num-values") != spec.encrypted_values or header.get("num-summed") != 1:
+        raise UpdateRejected(f"a commitment must announce {spec.encrypted_values} encrypted values of one client",
                              Reason.WRONG_SHAPE)
 
 
@@ -396,10 +404,10 @@ def _ciphertexts(content, spec: ModelSpec) -> EncryptedPayload:
     if get_record(content, ARRAYS_KEY, ArrayRecord) is not None:
         raise UpdateRejected("a plaintext update in a run with HE", Reason.WRONG_MODE)
     payload = EncryptedPayload.take(content)
-    if payload.num_values != spec.num_values or payload.num_summed != 1:
+    if payload.num_values != spec.encrypted_values or payload.num_summed != 1:
         raise UpdateRejected(f"encrypted update of {payload.num_values} values (summed {payload.num_summed}); the "
-                             f"model has {spec.num_values}", Reason.WRONG_SHAPE)
-    expected = spec.he.num_ciphertexts(spec.num_values)
+                             f"run encrypts {spec.encrypted_values}", Reason.WRONG_SHAPE)
+    expected = spec.he.num_ciphertexts(spec.encrypted_values)
     if len(payload.chunks) != expected:
         raise UpdateRejected(f"{len(payload.chunks)} ciphertexts, expected {expected}", Reason.WRONG_SHAPE)
     if any(len(c) > spec.he.max_ciphertext_bytes for c in payload.chunks):

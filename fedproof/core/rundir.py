@@ -62,9 +62,14 @@ class RoundMetrics:
     evaluate_rejected: dict[str, int] = field(default_factory=dict)
     """Evaluate replies set aside, counted by reason code."""
     step_seconds: dict[str, float] = field(default_factory=dict)
-    """Where ``seconds`` went: ``train`` (the exchange: sending, clients training, replies back), ``aggregate``
-    (admission, sums; under HE the decryption and co-signing exchanges), ``evaluate`` (the clients' exchange),
+    """Where ``seconds`` went: ``check-in``, ``train`` (the exchange: sending, clients training, replies back),
+    ``reveal``, ``sum``, ``decrypt``, ``co-sign`` (HE's exchanges), ``evaluate`` (the clients' exchange),
     ``central`` (the server's test set)."""
+    update_clip: float | None = None
+    """User-level DP: the update clip C this round's devices clipped to."""
+    unclipped_share: float | None = None
+    """User-level DP with adaptive clipping: the noised share of this round's updates that needed no clipping,
+    which sets the next round's clip."""
 
 
 def new_run_id() -> str:

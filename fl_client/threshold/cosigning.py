@@ -52,14 +52,15 @@ def _cosign_model(content: RecordDict, config: RunConfig, server_round: int, con
     parent = request.parent
     if hash_model(parent, config.run_id) != checked.parent:
         raise DecryptionRefused(Reason.WRONG_PARENT, "the parent model sent is not the one the leaves trained from")
-    values = fuse(PARAMS, checked.c0, partials, num_values(parent))
+    values = fuse(PARAMS, checked.c0, partials, num_values(parent) + config.count_slots)
     if not fused_in_range(PARAMS, values):
         raise DecryptionRefused(Reason.OUT_OF_RANGE, "the fused sum lies outside the scheme's range")
     scale = statement.weight_scale  # signed by every holder: the server's message has no say in it
     if not 1 <= checked.examples <= scale:
         raise DecryptionRefused(Reason.BAD_WEIGHTS, f"{checked.examples} examples outside 1..{scale} (the key's weight "
                                                "scale)")
-    model = hash_model(apply_mean(parent, values * scale, checked.examples, config.server_lr), config.run_id)
+    model = hash_model(apply_mean(parent, values[: num_values(parent)] * scale, checked.examples, config.server_lr),
+                       config.run_id)
     if model != request.model_sha256:
         raise DecryptionRefused(Reason.MODEL_MISMATCH, "the model this device computed from the round is not the one "
                                                   "the server names")
