@@ -1,12 +1,12 @@
 """A fleet, in one table per question, from one invocation:
 
 1. **Seconds per round and peak memory** of ``fedproof simulate --clients N -c privacy=user`` (threshold HE with a
-   drawn key committee, user-level DP, 1,000 devices asked each round, each taking part with q = 0.1), for
-   N = 1,000 and, with ``--ten-thousand``, N = 10,000 registered (the draw and the join over all of them; a
-   1,000-device round of 10,000 asked does not fit this machine's memory: every decryptor would be sent a
-   thousand updates, 600 MB). The first
-   round pays for the actors' start and the key; the table gives the median of the later rounds and the set-up
-   (draw, committee ceremony, every other device joining the key).
+   drawn key committee, user-level DP, every device asked when due, a hundred expected to take part a round: q =
+   0.1 of 1,000, q = 0.01 of 10,000), for N = 1,000 and, with ``--ten-thousand``, N = 10,000 registered (the draw
+   and the join over all of them; a round of 1,000 contributors of 10,000 does not fit this machine's memory:
+   every decryptor would be sent a thousand updates, 600 MB). The first round pays for the actors' start and
+   every device's first check-in; the table gives the median of the later rounds and the set-up (draw, committee
+   ceremony, every other device joining the key).
 2. **What one committee member downloads per round**: every revealed update it checks before it decrypts (their
    ciphertexts and signed envelopes), the parent model, the other decryptors' partials when it co-signs.
 3. **Accuracy against epsilon** on 1,000 Fashion-MNIST devices, Dirichlet(0.5), user-level epsilon 3 at delta
@@ -29,18 +29,21 @@ from pathlib import Path
 
 from measure import measure
 
-FLEET = ["-c", "privacy=user", "-c", "min-contributors=80", "-c", "server-lr=3", "-c", "update-clip=0.3",
-         "-c", "participation=0.1"]
+FLEET = ["-c", "privacy=user", "-c", "min-contributors=80", "-c", "server-lr=3", "-c", "update-clip=0.3"]
 """The fleet settings README's "Running a fleet" recommends: a floor of 80 contributors (q N = 100 expected), a
 server step of 3 (the noise is averaged over a hundred devices), the update clip of the prototype."""
 
 
-def simulate(tmp: str, clients: int, rounds: int, name: str, asked: int = 1000) -> dict:
-    """``clients`` registered devices, ``asked`` of them asked each round (each takes part with q = 0.1)."""
-    cmd = [sys.executable, "-m", "fedproof.cli", "simulate", "--clients", str(clients), "--fraction",
-           str(min(1.0, asked / clients)),
+def participation(clients: int) -> float:
+    """q: a hundred contributors expected per round (0.1 of 1,000; 0.01 of 10,000)."""
+    return min(0.1, 100 / clients)
+
+
+def simulate(tmp: str, clients: int, rounds: int, name: str) -> dict:
+    """``clients`` registered devices, every one asked when due, each taking part with q = :func:`participation`."""
+    cmd = [sys.executable, "-m", "fedproof.cli", "simulate", "--clients", str(clients), "--fraction", "1.0",
            "--rounds", str(rounds), "--partition", "dirichlet", "--run-dir", tmp, "--run-id", name, "--no-ledger",
-           *FLEET]
+           *FLEET, "-c", f"participation={participation(clients):g}"]
     wall, rss, proc = measure(cmd)
     if proc.returncode != 0:
         return {"failed": (proc.stdout + proc.stderr)[-600:], "wall": wall, "rss": rss}
@@ -116,11 +119,18 @@ def replica_table(rounds: int) -> list[tuple[str, float, float]]:
     knobs = dict(rounds=rounds, q=0.1, clip=0.3, lr=0.05, epochs=2, batch=16, server_lr=3.0, server_momentum=0.0)
     rows = []
     for setting, extra in [(Setting("no DP", 0.0), {"server_lr": 1.0}),  # unclipped: a step of 3 overshoots
-                           (Setting("central noise (trusted server), fixed clip", sigma, "central"), {}),
-                           (Setting("distributed noise, fixed clip", sigma), {}),
-                           (Setting("distributed noise, adaptive clip (quantile 0.5)", sigma, adaptive=True), {}),
-                           (Setting("distributed noise, adaptive clip (quantile 0.1)", sigma, adaptive=True),
-                            {"target_quantile": 0.1})]:
+                           (Setting("central noise (trusted server), fixed clip 0.3", sigma, "central"), {}),
+                           (Setting("distributed noise, fixed clip 0.3 (tuned)", sigma), {}),
+                           (Setting("distributed noise, adaptive clip from 0.3 (quantile 0.5)", sigma, adaptive=True),
+                            {}),
+                           (Setting("distributed noise, adaptive clip from 0.3 (quantile 0.1)", sigma, adaptive=True),
+                            {"target_quantile": 0.1}),
+                           (Setting("distributed noise, fixed clip 0.05 (too tight)", sigma), {"clip": 0.05}),
+                           (Setting("distributed noise, adaptive clip from 0.05 (quantile 0.1)", sigma,
+                                    adaptive=True), {"clip": 0.05, "target_quantile": 0.1}),
+                           (Setting("distributed noise, fixed clip 1.0 (too loose)", sigma), {"clip": 1.0}),
+                           (Setting("distributed noise, adaptive clip from 1.0 (quantile 0.1)", sigma,
+                                    adaptive=True), {"clip": 1.0, "target_quantile": 0.1})]:
         accuracy, clip = run(fleet, setting, **{**knobs, **extra})
         rows.append((setting.name, 0.0 if not setting.sigma else 3.0, accuracy, clip))
     return rows
@@ -130,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="simulated rounds (100: the accuracy row too)")
     parser.add_argument("--ten-thousand", action="store_true",
-                        help="also simulate 10,000 registered devices, 1,000 of them asked per round")
+                        help="also simulate 10,000 registered devices, each taking part with q = 0.01")
     parser.add_argument("--ten-thousand-rounds", type=int, default=3)
     parser.add_argument("--skip-simulation", action="store_true")
     parser.add_argument("--skip-replica", action="store_true")
@@ -153,16 +163,16 @@ def main() -> None:
     registered = registration_costs(10_000)
 
     print("\n### Seconds per round, 2 cores (user-level DP, threshold HE with a drawn committee, q = 0.1)\n")
-    print("| registered devices | asked per round | took part (median) | s/round (median, rounds 2+) | check-in | "
+    print("| registered devices | q | took part (median) | s/round (median, rounds 2+) | check-in | "
           "train | reveal | decrypt | co-sign | set-up s (draw, key, join) | peak memory GiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n, r in sims.items():
         if "failed" in r:
-            print(f"| {n:,} | {min(n, 1000):,} | - | did not complete: {r['failed'][-120:]!r} | | | | | | | "
+            print(f"| {n:,} | {participation(n):g} | - | did not complete: {r['failed'][-120:]!r} | | | | | | | "
                   f"{r['rss'] / 2**30:.1f} |")
             continue
         s = r["steps"]
-        print(f"| {n:,} | {min(n, 1000):,} | {r['contributors']:.0f} | {r['per_round']:.1f} | {s.get('check-in', 0):.1f} | "
+        print(f"| {n:,} | {participation(n):g} | {r['contributors']:.0f} | {r['per_round']:.1f} | {s.get('check-in', 0):.1f} | "
               f"{s.get('train', 0):.1f} | {s.get('reveal', 0):.1f} | {s.get('sum', 0) + s.get('decrypt', 0):.1f} | "
               f"{s.get('co-sign', 0):.1f} | {r['setup']:.0f} | {r['rss'] / 2**30:.1f} |")
     if 10_000 not in sims:

@@ -123,9 +123,14 @@ class Setting:
 
 def run(fleet: Fleet, setting: Setting, *, rounds: int, q: float, clip: float, lr: float, epochs: int, batch: int,
         server_lr: float, server_momentum: float, seed: int = 0, target_quantile: float = 0.5,
-        clip_lr: float = 0.2, count_noise: float = 10.0) -> tuple[float, float]:
-    """Final test accuracy, and the final clip."""
+        clip_lr: float = 0.2, count_noise: float = 5.0) -> tuple[float, float]:
+    """Final test accuracy, and the final clip. With adaptive clipping, as ``privacy.user_dp`` splits it: the
+    updates' noise multiplier is Andrew et al.'s z_Delta = (sigma^-2 - (2 count_noise)^-2)^-1/2, the count gets
+    noise ``count_noise``, and the share of unclipped updates is over the round's contributors."""
     rng = np.random.default_rng(seed)
+    sigma = setting.sigma
+    if setting.adaptive and sigma:
+        sigma = (sigma ** -2 - (2 * count_noise) ** -2) ** -0.5
     w, b = fleet.init_w.copy(), fleet.init_b.copy()
     shape = w.shape
     velocity = np.zeros(w.size + b.size)
@@ -141,11 +146,11 @@ def run(fleet: Fleet, setting: Setting, *, rounds: int, q: float, clip: float, l
             if setting.sigma:
                 delta = delta * min(1.0, clip / max(norm, 1e-12))
                 if setting.noise == "distributed":
-                    delta = delta + rng.normal(0, setting.sigma * clip / np.sqrt(setting.floor - setting.colluders),
+                    delta = delta + rng.normal(0, sigma * clip / np.sqrt(setting.floor - setting.colluders),
                                                delta.size)
             total += delta
         if setting.sigma and setting.noise == "central":
-            total += rng.normal(0, setting.sigma * clip, total.size)
+            total += rng.normal(0, sigma * clip, total.size)
         if setting.sigma and len(chosen) < setting.floor and setting.noise == "distributed":
             continue  # the decryptors refuse a sum below the floor: the round is void
         mean = total / max(q * n, 1.0)
@@ -154,7 +159,8 @@ def run(fleet: Fleet, setting: Setting, *, rounds: int, q: float, clip: float, l
         w, b = w + step[:w.size].reshape(shape), b + step[w.size:]
         if setting.adaptive and setting.sigma:
             noisy = within + rng.normal(0, count_noise)
-            clip *= float(np.exp(-clip_lr * (noisy / max(q * n, 1.0) - target_quantile)))
+            clip *= float(np.exp(-clip_lr * (noisy / max(len(chosen), 1) - target_quantile)))
+            clip = min(1.0, max(0.01, clip))  # a default device policy's bounds, as the server keeps it
     return accuracy(w, b, fleet), clip
 
 

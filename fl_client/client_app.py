@@ -7,8 +7,6 @@ comes from its node config (``partition-id``, ``num-partitions``: set by the sim
 
 from __future__ import annotations
 
-from fedproof.base.records import get_record
-
 import hashlib
 import time
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from flwr.clientapp import ClientApp
 import torch
 from torch import nn
 
+from fedproof.base.records import get_record
 from fedproof.core.client_data import ClientData, load_client_data, own_client_data
 from fedproof.core.config import ClientSettings, RunConfig
 from fedproof.base.errors import ConfigError

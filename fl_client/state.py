@@ -15,8 +15,6 @@ that reshuffles partitions finds the same budget.
 
 from __future__ import annotations
 
-from fedproof.base.records import get_record
-
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, MetricRecord
 
+from fedproof.base.records import get_record
 from fedproof.base.files import read_bounded, write_atomically
 from fl_client.device import Device
 from privacy.dp import PrivacySpend

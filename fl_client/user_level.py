@@ -37,7 +37,7 @@ from fl_client.secure_update import checked_delta
 from fl_client.signing import client_id, sign_update
 from fl_client.state import ClientState
 from fl_client.training import train_plain
-from privacy.errors import BudgetExhausted, DPConfigError
+from privacy.errors import DPConfigError
 from privacy.policy import PolicyRefusal
 from privacy.secure_random import SecureRandom
 from privacy.user_dp import UserLevelDP, noised_update, rounds_to_next_part

@@ -17,8 +17,6 @@ revealed, and its only lever (aborting a draw) is counted by every device agains
 
 from __future__ import annotations
 
-from fedproof.base.records import get_record, need_record
-
 import logging
 import math
 from collections.abc import Mapping
@@ -27,6 +25,7 @@ from dataclasses import dataclass
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
+from fedproof.base.records import get_record, need_record
 from fedproof.core.protocol import (
     DRAW_COMMIT,
     DRAW_KEY,
@@ -65,20 +64,6 @@ JOIN_BATCH = 100
 """Devices sent the key at once (each message carries the joint public key: bounded memory on the server)."""
 
 
-@dataclass(frozen=True)
-class Committee:
-    """A drawn committee: its transcript, and the colluders the run proposes to assume (every device checks it
-    assumes no more)."""
-
-    draw: Draw
-    size: int
-    colluders: int
-
-    @property
-    def holders(self) -> tuple[str, ...]:
-        return self.draw.committee(self.size)
-
-
 def committee_colluders(share: float, registered: int) -> int:
     return math.ceil(share * registered - 1e-9)
 
@@ -111,16 +96,15 @@ def make_key(grid: Grid, settings: Mapping, allow: AllowList, domain: Domain, *,
         if drawn.draw is None:
             excluded |= drawn.dropped
             continue
-        chosen = Committee(drawn.draw, min(size, len(drawn.draw.candidates)), colluders)
-        members = [drawn.nodes[c] for c in chosen.holders]
-        try:
+        members = [drawn.nodes[c] for c in drawn.draw.committee(min(size, len(drawn.draw.candidates)))]
+        try:  # the run proposes its colluders; every member checks it assumes no more
             key = run_ceremony(grid, settings, allow, domain, threshold, timeout, weight_scale, first_round,
-                               nodes=members, draw=chosen.draw, colluders=colluders)
+                               nodes=members, draw=drawn.draw, colluders=colluders)
         except PartiesDropped as exc:
             log.warning("key committee of draw %d: %s; drawing again without them", number, exc)
             excluded |= exc.nodes
             continue
-        join(grid, settings, key, chosen.draw, [n for n in nodes if n not in set(members)], timeout)
+        join(grid, settings, key, drawn.draw, [n for n in nodes if n not in set(members)], timeout)
         return key
     raise KeyCeremonyFailed(f"key committee: no committee completed the key in {DRAW_ATTEMPTS} draws")
 

@@ -18,8 +18,6 @@ every holder's signature, which the lineage records on chain before the first ro
 
 from __future__ import annotations
 
-from fedproof.base.records import get_record, need_record
-
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedproof.base.records import get_record, need_record
 from fedproof.base.errors import FedproofError
 from fedproof.core.protocol import (
     CEREMONY_KEY,

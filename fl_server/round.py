@@ -28,8 +28,9 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
@@ -65,6 +66,7 @@ from fl_server.reveal import reveal_updates
 from ledger.bundle import SignedUpdate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Evaluates global weights on the server's test set: (loss, accuracy).
 Evaluator = Callable[[ArrayRecord], tuple[float, float]]
@@ -245,33 +247,29 @@ def check_in(grid: Grid, plan: RoundPlan, server_round: int, asked: list[int], r
     replies, missing = ask(grid, asked, CHECK_IN, RecordDict(), plan.settings, server_round, plan.timeout,
                            phase=TRAIN)
     rejections.extend(missing)
-    taking_part: list[int] = []
-    declines: list[Declined] = []
-    for reply in replies:
-        outcome = decode_check_in_reply(reply)
-        if isinstance(outcome, Declined):
-            declines.append(outcome)
-        elif isinstance(outcome, Rejection):
-            rejections.append(outcome)
-        else:
-            taking_part.append(outcome)
+    taking_part, declines = sort_outcomes((decode_check_in_reply(reply) for reply in replies), rejections)
     return sorted(taking_part), declines
 
 
 def decode_train_replies(replies: list[Message], spec: ModelSpec, rejections: list[Rejection]
                          ) -> tuple[list[Update], list[Declined]]:
     """Each train reply as a value: an update, a decline (budget or policy), or a rejection added to ``rejections``."""
-    updates: list[Update] = []
+    return sort_outcomes((decode_train_reply(reply, spec) for reply in replies), rejections)
+
+
+def sort_outcomes(outcomes: Iterable[T | Declined | Rejection], rejections: list[Rejection]
+                  ) -> tuple[list[T], list[Declined]]:
+    """Decoded replies split by kind: the values, the declines; the rejections go to ``rejections``."""
+    values: list[T] = []
     declines: list[Declined] = []
-    for reply in replies:
-        outcome = decode_train_reply(reply, spec)
-        if isinstance(outcome, Update):
-            updates.append(outcome)
-        elif isinstance(outcome, Declined):
+    for outcome in outcomes:
+        if isinstance(outcome, Declined):
             declines.append(outcome)
-        else:
+        elif isinstance(outcome, Rejection):
             rejections.append(outcome)
-    return updates, declines
+        else:
+            values.append(outcome)
+    return values, declines
 
 
 def everyone_declined(declines: list[Declined], asked: int, server_round: int) -> str:

@@ -11,8 +11,6 @@ replies, with every check.
 
 from __future__ import annotations
 
-from fedproof.base.records import get_record, need_record
-
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from fedproof.base.records import get_record, need_record
 from fedproof.base.errors import Reason, UpdateRejected
 from ledger.signing import SignedFields, payload_digest
 

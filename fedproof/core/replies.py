@@ -19,8 +19,6 @@ Checks run cheapest and most specific first, so a stock Flower client that sends
 
 from __future__ import annotations
 
-from fedproof.base.records import get_record, need_record
-
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from typing import TypeVar
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
+from fedproof.base.records import get_record, need_record
 from fedproof.base.errors import Reason, UpdateRejected
 from fedproof.core.weights import flatten
 from fedproof.core.protocol import (

@@ -3,8 +3,6 @@ confirm (the key is used only once every holder signed the same statement)."""
 
 from __future__ import annotations
 
-from fedproof.base.records import get_record, need_record
-
 import dataclasses
 import hashlib
 from dataclasses import dataclass
@@ -12,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
+from fedproof.base.records import get_record, need_record
 from fedproof.core.config import RunConfig
 from fedproof.base.errors import UpdateRejected
 from fedproof.core.protocol import CEREMONY_KEY, TRANSCRIPT_KEY, SignedEnvelope, hello_record, take_hello

@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-from fedproof.base.records import get_record
-
 import dataclasses
 import secrets
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
+from fedproof.base.records import get_record
 from fedproof.base.errors import UpdateRejected
 from fedproof.core.config import RunConfig
 from fedproof.core.protocol import DRAW_KEY, PUBLIC_KEY_KEY, TRANSCRIPT_KEY

@@ -8,8 +8,6 @@ here ever leaves the device.
 
 from __future__ import annotations
 
-from fedproof.base.records import get_record
-
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -17,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
+from fedproof.base.records import get_record
 from privacy.keygen import KeyHolding
 from privacy.threshold import JointPublicKey, ThresholdParams, common_random_polynomial
 from ledger.key_statement import KeyStatement
