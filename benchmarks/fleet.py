@@ -2,7 +2,7 @@
 
 1. **Seconds per round and peak memory** of ``fedproof simulate --clients N -c privacy=user`` (threshold HE with a
    drawn key committee, user-level DP, every device asked when due, a hundred expected to take part a round: q =
-   0.1 of 1,000, q = 0.01 of 10,000), for N = 1,000 and, with ``--ten-thousand``, N = 10,000 registered (the draw
+   0.1 of 1,000, q = 0.01 of 10,000), for N = 1,000 and, with ``--sizes 1000,10000``, N = 10,000 registered (the draw
    and the join over all of them; a round of 1,000 contributors of 10,000 does not fit this machine's memory:
    every decryptor would be sent a thousand updates, 600 MB). The first round pays for the actors' start and
    every device's first check-in; the table gives the median of the later rounds and the set-up (draw, committee
@@ -14,7 +14,7 @@
    minute) for no DP, central noise (the baseline: a trusted server adds it), distributed noise with fixed and
    with adaptive clipping; and the real run of (1) when it ran all the rounds (``--rounds 100``).
 
-    python benchmarks/fleet.py [--rounds 5] [--ten-thousand] [--skip-simulation] [--skip-replica]
+    python benchmarks/fleet.py [--rounds 5] [--sizes 1000,10000] [--skip-simulation] [--skip-replica]
 """
 
 from __future__ import annotations
@@ -139,8 +139,8 @@ def replica_table(rounds: int) -> list[tuple[str, float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="simulated rounds (100: the accuracy row too)")
-    parser.add_argument("--ten-thousand", action="store_true",
-                        help="also simulate 10,000 registered devices, each taking part with q = 0.01")
+    parser.add_argument("--sizes", default="1000",
+                        help="registered devices to simulate, comma-separated (1000,10000: also 10,000, q = 0.01)")
     parser.add_argument("--ten-thousand-rounds", type=int, default=3)
     parser.add_argument("--skip-simulation", action="store_true")
     parser.add_argument("--skip-replica", action="store_true")
@@ -155,7 +155,7 @@ def main() -> None:
     sims: dict[int, dict] = {}
     if not args.skip_simulation:
         with tempfile.TemporaryDirectory() as tmp:
-            for n in [1000] + ([10_000] if args.ten_thousand else []):
+            for n in [int(size) for size in args.sizes.split(",")]:
                 rounds = args.rounds if n == 1000 else args.ten_thousand_rounds
                 sims[n] = simulate(tmp, n, rounds, f"fleet-{n}")
                 print(f"simulated {n} devices: {json.dumps({k: v for k, v in sims[n].items() if k != 'resolved'})}",
@@ -176,7 +176,7 @@ def main() -> None:
               f"{s.get('train', 0):.1f} | {s.get('reveal', 0):.1f} | {s.get('sum', 0) + s.get('decrypt', 0):.1f} | "
               f"{s.get('co-sign', 0):.1f} | {r['setup']:.0f} | {r['rss'] / 2**30:.1f} |")
     if 10_000 not in sims:
-        print("| 10,000 | - | - | not simulated (--ten-thousand) | | | | | | | |")
+        print("| 10,000 | - | - | not simulated (--sizes 1000,10000) | | | | | | | |")
     print(f"\n10,000 registered devices before any round: key set {registered['keys']:.1f} s, allow-list "
           f"{registered['allow_bytes'] / 1e6:.1f} MB loaded in {registered['allow']:.2f} s, Dirichlet(0.5) partition "
           f"{registered['partition']:.1f} s (smallest device {registered['min_part']} records), committee of "
