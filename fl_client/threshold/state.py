@@ -144,7 +144,8 @@ class PendingKey(HeldKey):
 
 @dataclass(frozen=True)
 class Upload(Kept):
-    """The ciphertexts this device committed to in its latest train reply, until it reveals them (to one set)."""
+    """The ciphertexts this device committed to in its latest train reply, until it reveals them (to one set, once:
+    then only that set's root is kept)."""
 
     KEY: ClassVar[str] = "fedproof.upload"
 

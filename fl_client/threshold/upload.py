@@ -74,6 +74,11 @@ def _reveal_update(content: RecordDict, config: RunConfig, server_round: int, co
                       own[0].fields.parent_model_hash)
     if upload.revealed_to not in (b"", root):
         raise DecryptionRefused(Reason.SECOND_SET, "this device revealed its update to another set in this round")
-    dataclasses.replace(upload, revealed_to=root).keep(context)
+    if upload.revealed_to:
+        raise DecryptionRefused(Reason.NOTHING_COMMITTED, f"this device revealed its update of round {server_round} "
+                                                          "already")
+    # what stays is the set it was revealed to, not the 0.6 MB of ciphertexts: Flower's simulation copies a node's
+    # Context.state with every message to it, and a fleet's devices are asked again only rounds later
+    dataclasses.replace(upload, ciphertexts=(), revealed_to=root).keep(context)
     reply = EncryptedPayload(upload.ciphertexts, upload.num_values).put(RecordDict())
     return sign_statement(reply, reveal_chunks(root), REVEAL_TAG, server_round, config, context)
