@@ -25,6 +25,11 @@ from fedproof.core.replies import Reason, Rejection
 
 FIRST_POLL, MAX_POLL = 0.01, 0.1
 monotonic, wait = time.monotonic, time.sleep
+IN_MEMORY_WINDOW = 100
+"""Messages outstanding at once in a simulation. Flower's in-memory LinkState finds a node's next message by
+scanning every message it stores (``InMemoryLinkState.get_message_ins``), so an exchange of n messages pushed at
+once costs O(n^2) there: at 10,000 devices the server's core did little else for minutes. A SuperLink's store is
+indexed: deployments push everything at once."""
 
 
 def ask(grid: Grid, nodes: Iterable[int], kind: str, content: RecordDict | Callable[[int], RecordDict],
@@ -71,7 +76,8 @@ def _send_and_receive(grid: Grid, messages: list[Message], timeout: float, clock
     """``Grid.send_and_receive``'s contract (push, then pull until every message has its reply or ``timeout``
     passed), with :func:`poll_intervals` between pulls."""
     started = clock()
-    pending = set(grid.push_messages(messages))
+    window = IN_MEMORY_WINDOW if type(grid).__name__ == "InMemoryGrid" else len(messages)
+    pending, queued = set(grid.push_messages(messages[:window])), messages[window:]
     pushed = clock()
     deadline = clock() + timeout
     replies: list[Message] = []
@@ -79,8 +85,11 @@ def _send_and_receive(grid: Grid, messages: list[Message], timeout: float, clock
         for reply in grid.pull_messages(pending):
             replies.append(reply)
             pending.discard(reply.metadata.reply_to_message_id)
+        if queued and len(pending) < window:  # a simulation: keep the window full
+            more, queued = queued[: window - len(pending)], queued[window - len(pending):]
+            pending |= set(grid.push_messages(more))
         left = deadline - clock()
-        if not pending or left <= 0:
+        if not (pending or queued) or left <= 0:
             log(DEBUG, "%s: %d messages pushed in %.2f s, %d replies after %.2f s", messages[0].metadata.message_type,
                 len(messages), pushed - started, len(replies), clock() - started)
             return replies

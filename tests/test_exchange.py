@@ -71,3 +71,33 @@ def test_a_silent_node_is_a_rejection_at_the_timeout_not_before() -> None:
 def test_polls_start_short_and_level_off() -> None:
     waits = list(itertools.islice(poll_intervals(0.01, MAX_POLL), 12))
     assert waits[0] == 0.01 and waits == sorted(waits) and waits[-1] == MAX_POLL
+
+
+def test_a_simulation_keeps_a_window_of_messages_outstanding_and_collects_every_reply() -> None:
+    """Flower's in-memory LinkState scans every stored message to find a node's: a simulated exchange keeps at
+    most IN_MEMORY_WINDOW outstanding (a SuperLink gets every message at once), and loses no reply."""
+    from flwr.app import RecordDict
+
+    import fl_server.exchange as ex
+    from fakegrid import FakeGrid, virtual_time
+
+    class InMemoryGrid(FakeGrid):  # the name is what the exchange recognizes
+        outstanding = most = 0
+
+        def push_messages(self, messages):
+            ids = super().push_messages(messages)
+            self.outstanding += len(ids)
+            self.most = max(self.most, self.outstanding)
+            return ids
+
+        def pull_messages(self, message_ids):
+            replies = super().pull_messages(message_ids)
+            self.outstanding -= len(replies)
+            return replies
+
+    nodes = list(range(1, 2 * ex.IN_MEMORY_WINDOW + 38))
+    grid = InMemoryGrid(nodes, query_x=lambda node, msg: RecordDict())
+    with virtual_time():
+        replies, rejections = ex.ask(grid, nodes, "query.x", RecordDict(), {}, 1, 60.0)
+    assert sorted(r.metadata.src_node_id for r in replies) == nodes and not rejections
+    assert grid.most == ex.IN_MEMORY_WINDOW
