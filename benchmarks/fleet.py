@@ -162,7 +162,8 @@ def main() -> None:
                       file=sys.stderr, flush=True)
     registered = registration_costs(10_000)
 
-    print("\n### Seconds per round, 2 cores (user-level DP, threshold HE with a drawn committee, q = 0.1)\n")
+    print("\n### Seconds per round, 2 cores (user-level DP, threshold HE with a drawn committee, a hundred devices "
+          "expected a round)\n")
     print("| registered devices | q | took part (median) | s/round (median, rounds 2+) | check-in | "
           "train | reveal | decrypt | co-sign | set-up s (draw, key, join) | peak memory GiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
