@@ -90,6 +90,16 @@ def draw_ahead(state: ClientState, settings: UserLevelDP, first: int, last_round
     return state, None
 
 
+def part_taken(state: ClientState, settings: UserLevelDP, server_round: int, last_round: int, rng: SecureRandom
+               ) -> ClientState:
+    """After this device took its part in ``server_round``: asked for it again, it declines (one update a round);
+    the coins ahead are drawn, so the server asks it again only when it is due."""
+    state = dataclasses.replace(state, next_part=0)
+    if server_round < last_round:
+        state, _ = draw_ahead(state, settings, server_round + 1, last_round, rng)
+    return state
+
+
 def next_round(state: ClientState, server_round: int) -> int:
     """The round after ``server_round`` this device takes part in, as far as it has drawn (0: none in this run)."""
     return state.next_part if state.next_part > server_round else 0
@@ -143,11 +153,7 @@ def user_level_reply(config: RunConfig, server_round: int, model: ExtractorHead,
         return declined
     assert settings is not None
     epsilon = state.user_spend.epsilon(settings.delta, settings.accountant)  # signed: the spend through this round
-    # this round's part is taken (asked again, the device declines): the coins ahead, so the server asks it again
-    # only when it is due
-    state = dataclasses.replace(state, next_part=0)
-    if server_round < config.rounds:
-        state, _ = draw_ahead(state, settings, server_round + 1, config.rounds, SecureRandom.from_os())
+    state = part_taken(state, settings, server_round, config.rounds, SecureRandom.from_os())
     save(state)
     train_plain(model, data.train_x, data.train_y, config, seed)
     # clipped to L2 norm C first, the update is in range whatever it was (only NaN or infinity is refused)

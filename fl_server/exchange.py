@@ -32,6 +32,12 @@ once costs O(n^2) there: at 10,000 devices the server's core did little else for
 indexed: deployments push everything at once."""
 
 
+def shares_machine(grid: Grid) -> bool:
+    """Whether the clients run beside this ServerApp (Flower's simulation engine: an in-memory Grid), and so share
+    its files and its in-memory message store; a SuperLink's clients are devices with their own."""
+    return type(grid).__name__ == "InMemoryGrid"
+
+
 def ask(grid: Grid, nodes: Iterable[int], kind: str, content: RecordDict | Callable[[int], RecordDict],
         settings: Mapping, server_round: int, timeout: float, *, phase: str = "", group: str = "",
         ) -> tuple[list[Message], list[Rejection]]:
@@ -76,7 +82,7 @@ def _send_and_receive(grid: Grid, messages: list[Message], timeout: float, clock
     """``Grid.send_and_receive``'s contract (push, then pull until every message has its reply or ``timeout``
     passed), with :func:`poll_intervals` between pulls."""
     started = clock()
-    window = IN_MEMORY_WINDOW if type(grid).__name__ == "InMemoryGrid" else len(messages)
+    window = IN_MEMORY_WINDOW if shares_machine(grid) else len(messages)
     pending, queued = set(grid.push_messages(messages[:window])), messages[window:]
     pushed = clock()
     deadline = clock() + timeout

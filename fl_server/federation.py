@@ -20,6 +20,7 @@ from fl_server.admission import Admission
 from fl_server.decryptors import ThresholdCommittee
 from fl_server.committee import make_key, redraw, still_held
 from fl_server.evaluation import CentralEvaluator
+from fl_server.exchange import shares_machine
 from fl_server.lineage import Lineage
 from fl_server.metrics import FederationMetrics
 from fl_server.round import RoundPlan, RoundResult, run_round
@@ -64,12 +65,6 @@ class LedgerSummary:
     rounds_recorded: int
     pending: int
     """Round records not yet on chain (the node was unreachable): `fedproof ledger flush` sends them."""
-
-
-def shares_machine(grid: Grid) -> bool:
-    """Whether the clients run beside this ServerApp (Flower's simulation engine: an in-memory Grid), and so share
-    its files; a SuperLink's clients are devices with their own."""
-    return type(grid).__name__ == "InMemoryGrid"
 
 
 @dataclass

@@ -282,8 +282,8 @@ class _Ceremony:
         for party, reply in self._replies(KEYGEN_FINISH, with_deals):
             try:
                 envelope = SignedEnvelope.take(reply.content)
-                if get_record(reply.content, "complaint", ConfigRecord) is not None:
-                    record = need_record(reply.content, "complaint", ConfigRecord)
+                record = get_record(reply.content, "complaint", ConfigRecord)
+                if record is not None:
                     complaint = Complaint(party, str(record["dealer"]), bytes(record["exchange-private"]))
                     if complaint.dealer not in deals:
                         raise KeyCeremonyFailed(f"{party} complains about {complaint.dealer!r}, not a dealer")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedproof.base.records import get_record, need_record
+from fedproof.base.records import get_record
 from fedproof.base.errors import Reason, UpdateRejected
 from ledger.signing import SignedFields, payload_digest
 
@@ -227,8 +227,9 @@ def model_digest(arrays: ArrayRecord) -> str:
 
 def payload_chunks(content: RecordDict) -> list[bytes]:
     """The exact bytes of a reply's payload, as signed: its ciphertexts, or each plaintext array's name and bytes."""
-    if get_record(content, CIPHERTEXTS_KEY, ArrayRecord) is not None:
-        return list(unpack_ciphertexts(need_record(content, CIPHERTEXTS_KEY, ArrayRecord)))
+    ciphertexts = get_record(content, CIPHERTEXTS_KEY, ArrayRecord)
+    if ciphertexts is not None:
+        return list(unpack_ciphertexts(ciphertexts))
     arrays = get_record(content, ARRAYS_KEY, ArrayRecord)
     if arrays is None:
         raise UpdateRejected("the reply carries no update", Reason.WRONG_MODE)
