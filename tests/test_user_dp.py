@@ -9,7 +9,7 @@ import pytest
 
 from fedproof.core.protocol import BUDGET_EXHAUSTED, NOT_SAMPLED
 from fl_client.state import ClientState
-from fl_client.user_level import asked, next_round
+from fl_client.user_level import asked, next_round, part_taken
 from privacy.dp import PrivacySpend
 from privacy.errors import DPConfigError
 from privacy.policy import PolicyRefusal, PrivacyPolicy
@@ -64,6 +64,25 @@ def test_a_device_names_its_next_round_and_is_charged_for_no_coin_past_the_run_o
     assert state.drawn_through <= affordable
     spent, refusal = asked(ClientState(user_spend=tight.after_coins(PrivacySpend(), affordable)), tight, 1, 10, rng)
     assert refusal is not None and refusal[0] == BUDGET_EXHAUSTED and spent.user_spend.steps == affordable
+
+
+def test_a_server_that_asks_again_for_a_round_a_device_took_part_in_gets_no_second_update() -> None:
+    """Two noised updates of one round would average their noise shares down: once a device has taken its part in a
+    round, asking for that round again (or any earlier one) gets a decline and spends nothing."""
+    s, rng = settings(participation=0.5, max_epsilon=math.inf), SecureRandom.from_os()
+    state, server_round = ClientState(), 0
+    refusal: tuple[str, str] | None = (NOT_SAMPLED, "")
+    while refusal is not None:  # a round this device takes part in
+        server_round += 1
+        state, refusal = asked(state, s, server_round, 1000, rng)
+    for last_round in (1000, server_round):  # mid-run (the coins ahead are drawn), and the run's last round
+        taken = part_taken(state, s, server_round, last_round, rng)
+        spent, seen = taken.user_spend, taken.server_spend
+        for again in range(1, server_round + 1):
+            after, refusal = asked(taken, s, again, last_round, rng)
+            assert refusal is not None and refusal[0] == NOT_SAMPLED
+            assert (after.user_spend, after.server_spend) == (spent, seen)
+        assert (next_round(taken, server_round) > server_round) == (last_round > server_round)
 
 
 def test_the_server_which_sees_who_uploads_is_accounted_without_amplification_and_can_be_capped() -> None:
